@@ -1,0 +1,147 @@
+"""Atomic checkpoint writes and safe reads.
+
+A checkpoint is written to a temporary file in the same folder, flushed, fsynced and then
+renamed over the old one, so a kill at any moment leaves either the old or the new file, never
+a torn one. Every checkpoint holds only tensors and plain Python values and loads with
+``weights_only=True``: nothing in it is ever executed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgclf.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
+    """Write ``payload`` to ``path`` so that a crash never leaves a torn file.
+
+    Raises:
+        CheckpointError: the file could not be written (for example the disk is full); the
+            previous file at ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same folder as the target: os.replace is only atomic within one file system.
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            free = shutil.disk_usage(path.parent).free
+            raise CheckpointError(
+                f"could not write checkpoint {path}: {exc} "
+                f"({free / 2**20:.0f} MiB free in {path.parent}); the previous file is kept"
+            ) from exc
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_orphan_temps(folder: str | Path) -> list[Path]:
+    """Delete temporary files left by a save that was killed. Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(TMP_PREFIX + "*"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    if removed:
+        log.info("removed %d unfinished checkpoint file(s) in %s", len(removed), folder)
+    return removed
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint on the CPU with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: the file is missing, empty, truncated, corrupt, a git-LFS pointer or
+            not an imgclf checkpoint; the message names the path, its size and the cause.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path.resolve()}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(len(LFS_POINTER))
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    if head == LFS_POINTER:
+        raise CheckpointError(
+            f"checkpoint {path} ({size} bytes) is a git-LFS pointer, not the file: run `git lfs pull`"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt zips and pickles
+        raise CheckpointError(
+            f"checkpoint {path} ({size} bytes) cannot be read: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise CheckpointError(f"{path} ({size} bytes) is not an imgclf checkpoint (no 'model' entry)")
+    _check_finite(payload["model"], path)
+    return payload
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    # torch.load does not verify the zip CRC: a flipped bit in a weight can load silently.
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"checkpoint {path} holds non-finite values in '{name}'")
+
+
+def rng_states() -> dict[str, Any]:
+    """The state of every global random generator, as plain values and tensors."""
+    np_kind, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [np_kind, torch.from_numpy(np_keys.copy()), int(np_pos), int(np_gauss), float(np_cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` saved."""
+    random.setstate(_as_tuple(states["python"]))
+    kind, keys, pos, gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -1,0 +1,99 @@
+"""Checks of the composed config that Hydra's struct mode cannot make: types, ranges and
+combinations. They run before any data is read and name the key that is wrong.
+
+This module and ``tasks.py`` are the only readers of the config.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from imgclf.errors import ConfigError
+
+MONITORS = {"val/acc": "max", "val/f1": "max", "val/loss": "min"}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+SPLITS = ("train", "val", "test")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming the first key with a bad value."""
+    _int(cfg, "epochs", minimum=1)
+    _int(cfg, "seed", minimum=0)
+    _int(cfg, "loader.batch_size", minimum=1)
+    _int(cfg, "loader.num_workers", minimum=0)
+    _int(cfg, "dataset.image_size", minimum=8)
+    if cfg.dataset.num_classes is not None:
+        _int(cfg, "dataset.num_classes", minimum=2)
+    for key in ("deterministic", "overwrite", "progress"):
+        _bool(cfg, key)
+    device = str(cfg.device)
+    if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"device={device!r}: expected one of {', '.join(DEVICES)} or cuda:N")
+    if cfg.monitor not in MONITORS:
+        raise ConfigError(f"monitor={cfg.monitor!r}: expected one of {sorted(MONITORS)}")
+    if cfg.mode not in ("min", "max"):
+        raise ConfigError(f"mode={cfg.mode!r}: expected min or max")
+    if MONITORS[cfg.monitor] != cfg.mode:
+        raise ConfigError(f"monitor={cfg.monitor} with mode={cfg.mode} would keep the worst checkpoint; "
+                          f"use mode={MONITORS[cfg.monitor]}")
+    _resume_or_ckpt(cfg, "resume", ("auto", "never"))
+    _resume_or_ckpt(cfg, "ckpt", ("best", "last"))
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split={cfg.split!r}: expected one of {', '.join(SPLITS)}")
+    _fraction(cfg, "dataset.val_fraction")
+    _fraction(cfg, "dataset.test_fraction")
+    _normalization(cfg)
+    _positive_number(cfg, "optimizer.lr")
+    for key in ("weight_decay", "momentum"):
+        if key in cfg.optimizer:
+            _positive_number(cfg, f"optimizer.{key}", allow_zero=True)
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _int(cfg: DictConfig, key: str, minimum: int) -> None:
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r}: expected a whole number >= {minimum}")
+
+
+def _bool(cfg: DictConfig, key: str) -> None:
+    if not isinstance(_get(cfg, key), bool):
+        raise ConfigError(f"{key}={_get(cfg, key)!r}: expected true or false")
+
+
+def _positive_number(cfg: DictConfig, key: str, allow_zero: bool = False) -> None:
+    value = _get(cfg, key)
+    ok = isinstance(value, Real) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected a number {'>= 0' if allow_zero else '> 0'}")
+
+
+def _fraction(cfg: DictConfig, key: str) -> None:
+    value = _get(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < 1:
+        raise ConfigError(f"{key}={value!r}: expected a fraction in [0, 1)")
+
+
+def _normalization(cfg: DictConfig) -> None:
+    for key in ("dataset.mean", "dataset.std"):
+        values = _get(cfg, key)
+        if values is None or len(values) != 3 or not all(isinstance(v, Real) for v in values):
+            raise ConfigError(f"{key}={values!r}: expected three numbers (one per RGB channel)")
+    if any(v <= 0 for v in cfg.dataset.std):
+        raise ConfigError(f"dataset.std={list(cfg.dataset.std)!r}: every value must be > 0")
+
+
+def _resume_or_ckpt(cfg: DictConfig, key: str, words: tuple[str, ...]) -> None:
+    value = str(_get(cfg, key))
+    if value not in words and not Path(value).expanduser().is_file():
+        raise ConfigError(f"{key}={value!r}: expected {' or '.join(words)} or the path of an existing checkpoint file")

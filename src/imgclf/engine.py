@@ -1,0 +1,207 @@
+"""Training and evaluation loops. They take objects, never config, and return plain numbers.
+
+Per-step values stay on the device and are read once per epoch (and at most once a second for
+the progress bar), so the loop adds no host/device synchronisation of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from imgclf.metrics import confusion_matrix, summarize
+from imgclf.scheduling import LRSchedule
+
+logger = logging.getLogger(__name__)
+
+
+class Totals:
+    """Running loss and accuracy sums kept on the device."""
+
+    def __init__(self, device: torch.device, state: dict[str, float] | None = None) -> None:
+        state = state or {}
+        self.loss_sum = torch.tensor(state.get("loss_sum", 0.0), device=device)
+        self.correct = torch.tensor(state.get("correct", 0.0), device=device)
+        self.seen = int(state.get("seen", 0))
+        self.steps = int(state.get("steps", 0))
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = labels.shape[0]
+        self.loss_sum += loss.detach() * n
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+        self.seen += n
+        self.steps += 1
+
+    def state(self) -> dict[str, float]:
+        """Plain values (one host sync), for checkpoints and logs."""
+        return {"loss_sum": float(self.loss_sum), "correct": float(self.correct),
+                "seen": self.seen, "steps": self.steps}
+
+    def means(self) -> tuple[float, float]:
+        seen = max(self.seen, 1)
+        return float(self.loss_sum) / seen, float(self.correct) / seen
+
+
+class _Progress:
+    """A tqdm bar whose loss/acc postfix is refreshed (and synced) at most once a second."""
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool) -> None:
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, disable=not enabled)
+        self.enabled = enabled
+        self.last = time.perf_counter()
+        self.start = self.last
+
+    def update(self, totals: Totals, seen_before: int) -> None:
+        self.bar.update(1)
+        now = time.perf_counter()
+        if self.enabled and now - self.last >= 1.0:
+            loss, acc = totals.means()
+            rate = (totals.seen - seen_before) / (now - self.start)
+            self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", img_s=f"{rate:.0f}", refresh=False)
+            self.last = now
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *,
+                    device: torch.device, schedule: LRSchedule | None = None, totals: Totals | None = None,
+                    should_stop: Callable[[], bool] = lambda: False, progress: bool = False,
+                    desc: str = "train") -> dict[str, float]:
+    """Train over ``loader`` once (or until ``should_stop()``); ``totals`` is updated in place.
+
+    Returns:
+        ``train/loss``, ``train/acc`` over the epoch so far, and ``train/images_per_s``.
+    """
+    totals = totals if totals is not None else Totals(device)
+    seen_before = totals.seen
+    bar = _Progress(len(loader), totals.steps, desc, progress)  # type: ignore[arg-type]
+    model.train()
+    start = time.perf_counter()
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        logits = model(images)
+        loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if schedule is not None:
+            schedule.after_step()
+        totals.add(loss, logits, labels)
+        bar.update(totals, seen_before)
+        if should_stop():
+            break
+    loss_mean, acc = totals.means()
+    seconds = time.perf_counter() - start
+    bar.close()
+    return {"train/loss": loss_mean, "train/acc": acc,
+            "train/images_per_s": (totals.seen - seen_before) / max(seconds, 1e-9)}
+
+
+@torch.no_grad()
+def collect(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: torch.device,
+            num_classes: int, progress: bool = False, desc: str = "eval") -> tuple[float, torch.Tensor]:
+    """Mean loss and the confusion matrix of ``model`` over ``loader``."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    cm = torch.zeros((num_classes, num_classes), dtype=torch.long, device=device)
+    seen = 0
+    for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        logits = model(images)
+        loss_sum += loss_fn(logits, labels) * labels.shape[0]
+        cm += confusion_matrix(logits.argmax(1), labels, num_classes)
+        seen += labels.shape[0]
+    return float(loss_sum) / max(seen, 1), cm
+
+
+def evaluate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: torch.device, num_classes: int,
+             prefix: str = "val", progress: bool = False) -> dict[str, float]:
+    """``<prefix>/loss``, ``<prefix>/acc`` and ``<prefix>/f1`` (macro) over ``loader``."""
+    loss, cm = collect(model, loader, loss_fn, device=device, num_classes=num_classes, progress=progress, desc=prefix)
+    summary = summarize(cm)
+    return {f"{prefix}/loss": loss, f"{prefix}/acc": summary["accuracy"], f"{prefix}/f1": summary["f1"]}
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0                 # completed epochs
+    step: int = 0                  # batches done in the unfinished epoch (after an interrupt)
+    best: float | None = None      # best monitored value so far (never NaN)
+    best_epoch: int = 0
+    partial: dict[str, float] = field(default_factory=dict)  # Totals of the unfinished epoch
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Interrupted(Exception):
+    """Training stopped on request after a step; ``last.pt`` holds the state."""
+
+
+class Checkpoints(Protocol):
+    def save(self, state: TrainState, *, best: bool) -> None: ...
+
+
+class EpochLog(Protocol):
+    def write(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    """A finite value that beats ``best`` in direction ``mode``; NaN never wins."""
+    if not math.isfinite(value):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def _log_epoch(epoch: int, epochs: int, metrics: dict[str, float], improved: bool) -> None:
+    logger.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f f1 %.4f | lr %.3g | %.1fs, %.0f img/s%s",
+                epoch, epochs, metrics["train/loss"], metrics["train/acc"], metrics["val/loss"], metrics["val/acc"],
+                metrics["val/f1"], metrics["lr"], metrics["epoch_seconds"], metrics["train/images_per_s"],
+                "  (new best)" if improved else "")
+
+
+def fit(model: nn.Module, train_loader: Any, val_loader: Iterable, loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer, schedule: LRSchedule, *, epochs: int, device: torch.device,
+        num_classes: int, monitor: str, mode: str, state: TrainState, checkpoints: Checkpoints, log: EpochLog,
+        should_stop: Callable[[], bool] = lambda: False, progress: bool = False) -> TrainState:
+    """Train from ``state`` to ``epochs``, validating, logging and checkpointing every epoch.
+
+    Raises:
+        Interrupted: ``should_stop()`` turned true; ``last.pt`` was written first.
+    """
+    for epoch in range(state.epoch, epochs):
+        train_loader.batch_sampler.set_epoch(epoch, state.step)
+        totals = Totals(device, state.partial)
+        lr = schedule.lr()
+        start = time.perf_counter()
+        metrics = train_one_epoch(model, train_loader, loss_fn, optimizer, device=device, schedule=schedule,
+                                  totals=totals, should_stop=should_stop, progress=progress,
+                                  desc=f"epoch {epoch + 1}/{epochs}")
+        if should_stop():
+            state.step, state.partial = totals.steps, totals.state()
+            checkpoints.save(state, best=False)
+            raise Interrupted(f"stopped in epoch {epoch + 1} after {totals.steps} batches")
+        metrics.update(evaluate(model, val_loader, loss_fn, device=device, num_classes=num_classes))
+        metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - start})
+        schedule.after_epoch(metrics[monitor])
+        improved = is_better(metrics[monitor], state.best, mode)
+        state.epoch, state.step, state.partial = epoch + 1, 0, {}
+        if improved:
+            state.best, state.best_epoch = metrics[monitor], epoch + 1
+        log.write(epoch + 1, metrics)
+        checkpoints.save(state, best=improved)
+        _log_epoch(epoch + 1, epochs, metrics, improved)
+    return state

@@ -1,0 +1,21 @@
+"""Errors a user can cause. Each message names the file, key or value and says what to do."""
+
+
+class ImgclfError(Exception):
+    """Base class: caught by the entry points and shown without a traceback."""
+
+
+class ConfigError(ImgclfError):
+    """A config key has a wrong type, an out-of-range value or an impossible combination."""
+
+
+class DataError(ImgclfError):
+    """A data folder, image or class list cannot be used."""
+
+
+class CheckpointError(ImgclfError):
+    """A checkpoint cannot be written, read or used with this config."""
+
+
+class ExperimentError(ImgclfError):
+    """The experiment directory is busy, finished or would be overwritten."""

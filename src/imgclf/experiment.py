@@ -1,0 +1,178 @@
+"""The experiment directory: its files, its lock, its checkpoints and what resuming may do."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from imgclf.checkpoint import load_checkpoint, remove_orphan_temps, rng_states, save_atomic
+from imgclf.engine import TrainState
+from imgclf.errors import CheckpointError, ExperimentError
+from imgclf.scheduling import LRSchedule
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class ExperimentDir:
+    """``experiments/<experiment>/`` and its TensorBoard folder ``runs/<experiment>/``."""
+
+    def __init__(self, path: str | Path, tensorboard_dir: str | Path) -> None:
+        self.path = Path(path)
+        self.tensorboard_dir = Path(tensorboard_dir)
+        self.best = self.path / "best.pt"
+        self.last = self.path / "last.pt"
+        self.metrics = self.path / "metrics.jsonl"
+        self.splits = self.path / "splits.csv"
+        self.config = self.path / "config.yaml"
+        self.lock_file = self.path / ".lock"
+
+    def results(self) -> list[Path]:
+        """Files a training run leaves behind (what overwriting would delete)."""
+        return [p for p in (self.best, self.last, self.metrics, self.splits, self.config) if p.exists()]
+
+    def clear(self) -> None:
+        """Delete the results of a previous run (an explicit user choice: overwrite=true)."""
+        for path in self.results():
+            path.unlink()
+        shutil.rmtree(self.path / "test", ignore_errors=True)
+        shutil.rmtree(self.tensorboard_dir, ignore_errors=True)
+        log.warning("overwrite=true: deleted the previous results in %s and %s", self.path, self.tensorboard_dir)
+
+    def lock(self) -> ExperimentLock:
+        return ExperimentLock(self.lock_file)
+
+    def latest_checkpoint(self) -> dict[str, Any] | None:
+        """``last.pt``, or ``best.pt`` when ``last.pt`` cannot be read (saying so); None if neither exists."""
+        remove_orphan_temps(self.path)
+        errors = []
+        for path in (self.last, self.best):
+            if not path.exists():
+                continue
+            try:
+                payload = load_checkpoint(path)
+            except CheckpointError as exc:
+                errors.append(str(exc))
+                continue
+            if errors:
+                log.warning("%s; resuming from %s instead", errors[0], path)
+            return payload
+        if errors:
+            raise CheckpointError("no loadable checkpoint to resume from: " + "; ".join(errors))
+        return None
+
+
+class ExperimentLock:
+    """A lock file holding the pid, so two runs never write the same experiment at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> ExperimentLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = _read_pid(self.path)
+                if pid is not None and pid != os.getpid() and _alive(pid):
+                    raise ExperimentError(
+                        f"{self.path.parent} is in use by process {pid} (lock file {self.path}); "
+                        "wait for it to finish or choose another experiment=<name>"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # left by a run that died
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise ExperimentError(f"could not take the lock {self.path}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CheckpointWriter:
+    """Builds self-describing checkpoints and writes ``best.pt`` / ``last.pt`` atomically.
+
+    Args:
+        exp: the experiment directory.
+        model: the trained model (a :class:`~imgclf.models.classifier.Classifier`).
+        optimizer: its optimizer.
+        schedule: its learning-rate schedule.
+        meta: plain values stored in every checkpoint (class names, input size, config, ...).
+    """
+
+    def __init__(self, exp: ExperimentDir, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 schedule: LRSchedule, meta: dict[str, Any]) -> None:
+        self.exp, self.model, self.optimizer, self.schedule = exp, model, optimizer, schedule
+        self.meta = {**meta, "format": FORMAT_VERSION, "versions": versions()}
+
+    def payload(self, state: TrainState) -> dict[str, Any]:
+        return {
+            **self.meta,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "state": state.as_dict(),
+            "rng": rng_states(),
+        }
+
+    def save(self, state: TrainState, *, best: bool) -> None:
+        payload = self.payload(state)
+        if best:  # the new best is durable before last.pt moves on
+            save_atomic(payload, self.exp.best)
+        save_atomic(payload, self.exp.last)
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__)}
+
+
+def is_finished(payload: dict[str, Any], epochs: int) -> bool:
+    state = payload["state"]
+    return state["epoch"] >= epochs and not state["step"]
+
+
+STRUCTURAL_KEYS = ("model", "dataset.image_size", "dataset.root", "dataset.mean", "dataset.std")
+WARNED_KEYS = ("epochs", "optimizer", "scheduler", "loss", "loader.batch_size", "seed")
+
+
+def compare_configs(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Differences that forbid resuming, and differences that only deserve a warning."""
+    def get(cfg: dict[str, Any], dotted: str) -> Any:
+        for part in dotted.split("."):
+            cfg = cfg.get(part) if isinstance(cfg, dict) else None
+        return cfg
+
+    def diff(keys: tuple[str, ...]) -> list[str]:
+        return [f"{k}: {get(saved, k)!r} -> {get(current, k)!r}" for k in keys if get(saved, k) != get(current, k)]
+
+    return diff(STRUCTURAL_KEYS), diff(WARNED_KEYS)

@@ -1,0 +1,1 @@
+"""Model architectures, one per file, and the wrapper that owns input normalization."""

@@ -1,0 +1,34 @@
+"""The model as users ship it: a network plus the input normalization it was trained with."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class Classifier(nn.Module):
+    """Normalizes inputs, then runs ``net``.
+
+    Inputs may be uint8 images (0..255) or floats in 0..1, shape (B, 3, H, W). Keeping the
+    normalization inside the model means a checkpoint carries its own preprocessing, and uint8
+    batches travel to the device at a quarter of the size of float ones.
+
+    Args:
+        net: the network, mapping normalized images to (B, num_classes) logits.
+        mean: per-channel mean.
+        std: per-channel standard deviation.
+    """
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        if images.dtype == torch.uint8:
+            x = x / 255.0
+        return self.net((x - self.mean) / self.std)

@@ -1,0 +1,331 @@
+"""The composition root: the only module that reads the config and instantiates from it.
+
+``train(cfg)`` and ``test(cfg)`` are what ``train.py`` and ``test.py`` call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from imgclf import report
+from imgclf.checkpoint import load_checkpoint, set_rng_states
+from imgclf.config_check import check_config
+from imgclf.data.dataset import DecodedImages, decode_all, make_loader
+from imgclf.data.folder import FolderSource, Splits, remap
+from imgclf.data.splits_file import read_splits, write_splits
+from imgclf.engine import Interrupted, TrainState, collect, fit
+from imgclf.errors import CheckpointError, ConfigError, DataError, ExperimentError, ImgclfError
+from imgclf.experiment import CheckpointWriter, ExperimentDir, compare_configs, is_finished
+from imgclf.interrupt import StopOnSignal
+from imgclf.metrics import summarize
+from imgclf.models.classifier import Classifier
+from imgclf.run_log import RunLog
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train (or resume) the experiment ``cfg`` describes. Returns the best monitored value."""
+    return _user_errors_without_traceback(_train, cfg)
+
+
+def test(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate a checkpoint of the experiment on ``cfg.split``; writes ``test/metrics.json``."""
+    return _user_errors_without_traceback(_test, cfg)
+
+
+def _train(cfg: DictConfig) -> float | None:
+    check_config(cfg)
+    device = _device(cfg.device)
+    _seed_everything(cfg.seed, cfg.deterministic)
+    exp = _experiment_dir(cfg)
+    source = _source(cfg)
+    classes = source.class_names()  # lists folders only: config errors surface before any decoding
+    _fill_num_classes(cfg, classes, source.root)
+    model, loss_fn = _model(cfg, source, device), instantiate(cfg.loss).to(device)
+    optimizer, schedule = _optimizer_and_schedule(cfg, model)
+    with exp.lock():
+        payload = _resume_payload(cfg, exp)
+        if payload is not None and is_finished(payload, cfg.epochs):
+            return _report_finished(cfg, exp, payload)
+        state = TrainState()
+        if payload is not None:
+            state = _restore(cfg, payload, classes, model, optimizer, schedule)
+        splits = _splits(exp, source, classes, reuse=payload is not None)
+        exp.path.mkdir(parents=True, exist_ok=True)
+        write_splits(splits, exp.splits)
+        OmegaConf.save(cfg, exp.config, resolve=True)
+        train_loader, val_loader = _train_loaders(cfg, source, splits, device)
+        writer = CheckpointWriter(exp, model, optimizer, schedule, _checkpoint_meta(cfg, source, classes))
+        run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch)
+        if payload is not None:
+            set_rng_states(payload["rng"])  # last, so nothing above consumes the restored streams
+        log.info("training %s: %s, classes %s, %s on %s -> %s", cfg.experiment, splits.counts(), classes,
+                 type(model.net).__name__, device, exp.path)
+        with StopOnSignal() as stop:
+            try:
+                state = fit(model, train_loader, val_loader, loss_fn, optimizer, schedule, epochs=cfg.epochs,
+                            device=device, num_classes=len(classes), monitor=cfg.monitor, mode=cfg.mode,
+                            state=state, checkpoints=writer, log=run_log, should_stop=stop, progress=cfg.progress)
+            except Interrupted as exc:
+                log.warning("%s; wrote %s. Run the same command again to resume.", exc, exp.last)
+                raise SystemExit(stop.exit_code) from None
+            finally:
+                run_log.close()
+    log.info("best %s = %.4f at epoch %d; checkpoints in %s", cfg.monitor, state.best or float("nan"),
+             state.best_epoch, exp.path)
+    return state.best
+
+
+def _test(cfg: DictConfig) -> dict[str, Any]:
+    check_config(cfg)
+    device = _device(cfg.device)
+    exp = _experiment_dir(cfg)
+    path = {"best": exp.best, "last": exp.last}.get(str(cfg.ckpt), Path(str(cfg.ckpt)))
+    if not path.exists():
+        raise CheckpointError(
+            f"no checkpoint at {path.resolve()}: train it first with `python train.py -cn={_config_name()}` "
+            "(with the same overrides), or pass ckpt=<path to a .pt file>"
+        )
+    payload = load_checkpoint(path)
+    classes = list(payload["class_names"])
+    source = _source(cfg)
+    _fill_num_classes(cfg, classes, source.root, found_in=str(path))
+    saved_root = payload["config"]["dataset"]["root"]
+    splits = _splits(exp, source, classes, reuse=saved_root == str(source.root))
+    samples = splits.samples.get(cfg.split) or []
+    if not samples:
+        raise DataError(f"split '{cfg.split}' of {source.root} has no images; choose split=val or split=train")
+    model = Classifier(instantiate(cfg.model), payload["mean"], payload["std"])
+    _load_weights(model, payload, path)
+    model.to(device)
+    images = decode_all([p for p, _ in samples], payload["image_size"], desc=cfg.split, progress=cfg.progress)
+    dataset = DecodedImages(images, [label for _, label in samples], _transform(cfg.augmentation.eval))
+    loader = make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=False)
+    loss, cm = collect(model, loader, instantiate(cfg.loss).to(device), device=device, num_classes=len(classes),
+                       progress=cfg.progress, desc=cfg.split)
+    info = {"split": cfg.split, "checkpoint": str(path.resolve()), "epoch": payload["state"]["epoch"],
+            "data_root": str(source.root), "experiment": payload["experiment"]}
+    folder = exp.path / ("test" if cfg.split == "test" else f"test_{cfg.split}")
+    metrics = report.write_metrics(folder, summarize(cm), cm, loss, classes, info)
+    log.info("\n%s", report.format_table(metrics, classes))
+    report.log_to_tensorboard(exp.tensorboard_dir, metrics, step=payload["state"]["epoch"])
+    return metrics
+
+
+def _user_errors_without_traceback(fn: Any, cfg: DictConfig) -> Any:
+    try:
+        return fn(cfg)
+    except ImgclfError as exc:
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra marks this job failed and runs the others
+        log.error("%s: %s", type(exc).__name__, exc)
+        raise SystemExit(1) from None
+
+
+def _config_name() -> str:
+    return HydraConfig.get().job.config_name if HydraConfig.initialized() else "<config>"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but torch sees no CUDA GPU; use device=auto or device=cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device=mps but Apple's MPS backend is not available; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+
+
+def _project_root(cfg: DictConfig) -> Path:
+    """Where relative data paths point from: paths.project_root, else the folder holding conf/."""
+    if cfg.paths.project_root:
+        return Path(cfg.paths.project_root)
+    if HydraConfig.initialized():
+        for source in HydraConfig.get().runtime.config_sources:
+            if source.provider == "main" and source.schema == "file":
+                return Path(source.path).parent
+    return Path.cwd()
+
+
+def _experiment_dir(cfg: DictConfig) -> ExperimentDir:
+    """Hydra's output dir (one per run or sweep job); TensorBoard mirrors it under paths.runs."""
+    experiments = Path(cfg.paths.experiments)
+    if HydraConfig.initialized():
+        path = Path(HydraConfig.get().runtime.output_dir)
+    else:
+        path = experiments / cfg.experiment
+    try:
+        relative = path.resolve().relative_to(experiments.resolve())
+    except ValueError:
+        relative = Path(cfg.experiment)
+    return ExperimentDir(path, Path(cfg.paths.runs) / relative)
+
+
+def _source(cfg: DictConfig) -> FolderSource:
+    root = Path(cfg.dataset.root).expanduser()
+    if not root.is_absolute():
+        root = (_project_root(cfg) / root).resolve()
+    cfg.dataset.root = str(root)  # the saved config shows the folder actually used
+    try:
+        return instantiate(cfg.dataset)
+    except Exception as exc:
+        raise ConfigError(f"could not build `dataset` ({cfg.dataset.get('_target_')}): {exc}") from exc
+
+
+def _fill_num_classes(cfg: DictConfig, classes: list[str], root: Path, found_in: str = "the train folder") -> None:
+    configured = cfg.dataset.num_classes
+    if configured is not None and configured != len(classes):
+        raise DataError(
+            f"dataset.num_classes={configured}, but {found_in} ({root}) has {len(classes)} classes: {classes}; "
+            "remove the override or fix the data"
+        )
+    cfg.dataset.num_classes = len(classes)
+
+
+def _model(cfg: DictConfig, source: FolderSource, device: torch.device) -> Classifier:
+    """Build the model and check on two dummy images that it maps them to (2, num_classes) logits."""
+    try:
+        model = Classifier(instantiate(cfg.model), source.mean, source.std)
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.zeros(2, 3, source.image_size, source.image_size, dtype=torch.uint8))
+    except Exception as exc:
+        raise ConfigError(f"could not build `model` ({cfg.model.get('_target_')}) for "
+                          f"{source.image_size}px images: {exc}") from exc
+    if tuple(out.shape) != (2, cfg.dataset.num_classes):
+        raise ConfigError(f"model {cfg.model._target_} gives logits of shape {tuple(out.shape)}, "
+                          f"expected (batch, {cfg.dataset.num_classes})")
+    return model.to(device)
+
+
+def _optimizer_and_schedule(cfg: DictConfig, model: torch.nn.Module) -> tuple[Any, Any]:
+    built = {}
+    for group in ("optimizer", "scheduler"):
+        try:
+            factory = instantiate(cfg[group])
+            built[group] = factory(model.parameters()) if group == "optimizer" else factory(built["optimizer"])
+        except Exception as exc:
+            raise ConfigError(f"could not build `{group}` ({cfg[group].get('_target_')}): {exc}") from exc
+    return built["optimizer"], built["scheduler"]
+
+
+def _resume_payload(cfg: DictConfig, exp: ExperimentDir) -> dict[str, Any] | None:
+    """The checkpoint to resume from, None to start fresh; refuses to destroy results silently."""
+    resume = str(cfg.resume)
+    if resume not in ("auto", "never"):
+        payload = load_checkpoint(resume)
+        if exp.results() and Path(resume).resolve().parent != exp.path.resolve() and not cfg.overwrite:
+            raise ExperimentError(f"{exp.path} already holds results; resuming {resume} there would replace "
+                                  "them: choose experiment=<new name> or overwrite=true")
+        return payload
+    if cfg.overwrite:
+        if exp.results():
+            exp.clear()
+        return None
+    payload = exp.latest_checkpoint() if resume == "auto" else None
+    if payload is None and resume == "never" and exp.results():
+        raise ExperimentError(f"{exp.path} already holds results {[p.name for p in exp.results()]}; "
+                              "use resume=auto to continue it, overwrite=true to delete and start over, "
+                              "or experiment=<new name>")
+    return payload
+
+
+def _report_finished(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any]) -> float | None:
+    state = payload["state"]
+    log.warning(
+        "experiment '%s' already finished %d epochs (best %s = %s at epoch %d) in %s; nothing to do.\n"
+        "  evaluate it:    python test.py -cn=%s\n"
+        "  train it again: overwrite=true (deletes it) or experiment=<new name>; train longer: epochs=<more>",
+        cfg.experiment, state["epoch"], cfg.monitor, state["best"], state["best_epoch"], exp.path,
+        _config_name())
+    return state["best"]
+
+
+def _restore(cfg: DictConfig, payload: dict[str, Any], classes: list[str], model: torch.nn.Module,
+             optimizer: Any, schedule: Any) -> TrainState:
+    current = OmegaConf.to_container(cfg, resolve=True)
+    refused, warned = compare_configs(payload["config"], current)  # type: ignore[arg-type]
+    if list(payload["class_names"]) != classes:
+        refused.append(f"classes: {payload['class_names']} -> {classes}")
+    if refused:
+        raise ExperimentError("cannot resume: these settings differ from the checkpoint's:\n  "
+                              + "\n  ".join(refused) + "\nuse experiment=<new name> or overwrite=true")
+    for change in warned:
+        log.warning("resuming with a changed setting: %s", change)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["scheduler"])
+    state = TrainState(**payload["state"])
+    log.info("resuming %s from epoch %d (batch %d)", cfg.experiment, state.epoch, state.step)
+    return state
+
+
+def _splits(exp: ExperimentDir, source: FolderSource, classes: list[str], *, reuse: bool) -> Splits:
+    """The experiment's saved splits when reusing them, else a fresh scan mapped onto ``classes``."""
+    if reuse and exp.splits.exists():
+        return read_splits(exp.splits, classes)
+    return remap(source.scan(), classes)
+
+
+def _transform(node: Any) -> Any:
+    return instantiate(node) if node is not None else None
+
+
+def _train_loaders(cfg: DictConfig, source: FolderSource, splits: Splits, device: torch.device) -> tuple[Any, Any]:
+    if not splits.samples["val"]:
+        raise DataError(f"no validation images: {source.root} has no val/ folder and dataset.val_fraction is 0")
+    pin = device.type == "cuda" if cfg.loader.pin_memory == "auto" else bool(cfg.loader.pin_memory)
+    loaders = []
+    for split, transform in (("train", cfg.augmentation.train), ("val", cfg.augmentation.eval)):
+        samples = splits.samples[split]
+        images = decode_all([p for p, _ in samples], source.image_size, desc=split, progress=cfg.progress)
+        dataset = DecodedImages(images, [label for _, label in samples], _transform(transform))
+        loaders.append(make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=split == "train",
+                                   seed=cfg.seed, num_workers=cfg.loader.num_workers, pin_memory=pin))
+    return loaders[0], loaders[1]
+
+
+def _checkpoint_meta(cfg: DictConfig, source: FolderSource, classes: list[str]) -> dict[str, Any]:
+    return {"experiment": cfg.experiment, "class_names": classes, "image_size": source.image_size,
+            "mean": list(source.mean), "std": list(source.std), "monitor": cfg.monitor, "mode": cfg.mode,
+            "epochs": cfg.epochs, "config": OmegaConf.to_container(cfg, resolve=True)}
+
+
+def _load_weights(model: torch.nn.Module, payload: dict[str, Any], path: Path) -> None:
+    """load_state_dict with the mismatch explained in terms of classes and layers (never strict=False)."""
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path} does not fit model {type(model.net).__name__} built from this config "
+            f"(checkpoint: {len(payload['class_names'])} classes {payload['class_names']}, "
+            f"model: {payload['config']['model'].get('_target_')}): {str(exc).splitlines()[0]} "
+            "Use the config the checkpoint was trained with."
+        ) from exc

@@ -1,0 +1,15 @@
+"""Evaluate an experiment's checkpoint: python test.py [-cn=<recipe>] [ckpt=best|last|<path>] [split=test]."""
+
+import hydra
+from omegaconf import DictConfig
+
+import imgclf.tasks
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    imgclf.tasks.test(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""Train an experiment: python train.py [-cn=<recipe>] [key=value ...] [-m for sweeps]."""
+
+import hydra
+from omegaconf import DictConfig
+
+import imgclf.tasks
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    # Returns the best monitored value, so a sweeper (e.g. Optuna) can optimise it.
+    return imgclf.tasks.train(cfg)
+
+
+if __name__ == "__main__":
+    main()
