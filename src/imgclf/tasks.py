@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from imgclf import report
+from imgclf import report, resolvers
 from imgclf.checkpoint import load_checkpoint, set_rng_states
 from imgclf.config_check import check_config
 from imgclf.data.dataset import DecodedImages, decode_all, make_loader
@@ -33,6 +33,7 @@ from imgclf.models.classifier import Classifier
 from imgclf.run_log import RunLog
 
 log = logging.getLogger(__name__)
+resolvers.register()  # before Hydra composes: train.py and test.py import this module first
 
 
 def train(cfg: DictConfig) -> float | None:

@@ -1,0 +1,26 @@
+"""OmegaConf resolvers used by the YAML in conf/ (registered when imgclf.tasks is imported)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+
+def config_name(*, _root_: Any) -> str:
+    """The primary config's name (``-cn``): the default experiment name.
+
+    ``${hydra:job.config_name}`` is not available where Hydra resolves ``hydra.sweep.dir``
+    (before any job starts), so this falls back to the composed ``hydra`` node there.
+    """
+    if HydraConfig.initialized():
+        return HydraConfig.get().job.config_name
+    name = OmegaConf.select(_root_, "hydra.job.config_name", default=None)
+    if name is None:
+        raise ValueError("the experiment name is unknown outside a Hydra run: set experiment=<name>")
+    return name
+
+
+def register() -> None:
+    OmegaConf.register_new_resolver("imgclf.config_name", config_name, replace=True)

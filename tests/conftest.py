@@ -1,0 +1,93 @@
+"""Shared fixtures: configs composed exactly as the CLI composes them, and tiny image folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+import imgclf.tasks  # noqa: F401  registers the resolvers the YAML uses
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+CLASSES = ("circle", "square", "stripes")
+
+
+def compose_cfg(config_name: str = "train", overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with ``overrides``, as ``python train.py`` would."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def options(group: str) -> list[str]:
+    """Every option (YAML file) of a config group."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def draw(kind: int, rng: np.random.Generator, size: int = 24) -> Image.Image:
+    """A noisy picture whose class is visible in its shape and colour."""
+    img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    c = size / 2 + rng.uniform(-2, 2, 2)
+    if kind == 0:
+        mask = (yy - c[0]) ** 2 + (xx - c[1]) ** 2 < (size / 3) ** 2
+    elif kind == 1:
+        mask = (abs(yy - c[0]) < size / 3) & (abs(xx - c[1]) < size / 3)
+    else:
+        mask = (xx // 3) % 2 == 0
+    img[mask] = np.clip(np.array([200, 80 + 60 * kind, 220 - 80 * kind]) + rng.integers(-30, 30, 3), 0, 255)
+    return Image.fromarray(img)
+
+
+def make_folder(root: Path, per_class: dict[str, int], classes: tuple[str, ...] = CLASSES, seed: int = 0) -> Path:
+    """Write ``root/<split>/<class>/<n>.png|jpg`` with ``per_class[split]`` images per class."""
+    rng = np.random.default_rng(seed)
+    for split, count in per_class.items():
+        for kind, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                ext = "png" if i % 2 else "jpg"
+                draw(kind % 3, rng).save(folder / f"{split}_{i:03d}.{ext}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train/val/test folders, 3 classes: 16 / 6 / 6 images per class."""
+    return make_folder(tmp_path_factory.mktemp("tiny"), {"train": 16, "val": 6, "test": 6})
+
+
+@pytest.fixture(scope="session")
+def train_only_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Only train/<class>/ (like ../shared/data/plates): val and test are carved from it."""
+    return make_folder(tmp_path_factory.mktemp("trainonly"), {"train": 20})
+
+
+def tiny_overrides(tmp_path: Path, root: Path, *extra: str) -> list[str]:
+    """Overrides that train for seconds on ``root`` and write everything under ``tmp_path``."""
+    return [
+        f"dataset.root={root}", "dataset.image_size=16", "epochs=2", "progress=false",
+        "loader.batch_size=8", "experiment=tiny",
+        f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}", *extra,
+    ]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path, tiny_folder: Path) -> DictConfig:
+    return compose_cfg("train", tiny_overrides(tmp_path, tiny_folder))
+
+
+def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python <script> args...`` the way a user does."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,144 @@
+"""Atomic writes survive kills; broken files give one clear error; RNG states round-trip."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgclf.checkpoint import load_checkpoint, remove_orphan_temps, rng_states, save_atomic, set_rng_states
+from imgclf.engine import is_better
+from imgclf.errors import CheckpointError
+
+
+def payload(value: float = 1.0) -> dict:
+    return {"model": {"w": torch.full((4, 4), value)}, "state": {"epoch": 3}, "class_names": ["a", "b"]}
+
+
+def test_roundtrip_loads_with_weights_only_and_normal_permissions(tmp_path: Path) -> None:
+    path = tmp_path / "best.pt"
+    save_atomic(payload(2.0), path)
+    assert (path.stat().st_mode & 0o777) == 0o644
+    assert torch.load(path, weights_only=True, map_location="cpu")["class_names"] == ["a", "b"]
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((4, 4), 2.0))
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("content,cause", [
+    (b"", "empty"),
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 10\n", "git-LFS"),
+    (b"this is not a checkpoint at all", "cannot be read"),
+])
+def test_unreadable_files_raise_checkpoint_error_with_path(tmp_path: Path, content: bytes, cause: str) -> None:
+    path = tmp_path / "last.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=cause) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_checkpoint_raises_checkpoint_error(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    save_atomic(payload(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"{path.name}.*bytes"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_and_non_imgclf_file(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an imgclf checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_bit_flip_into_nan_weights_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    save_atomic(payload(), path)
+    with zipfile.ZipFile(path) as zf:
+        name = next(n for n in zf.namelist() if n.endswith("/data/0"))
+        raw = bytearray(zf.read(name))
+    raw[0:4] = np.array([np.nan], dtype=np.float32).tobytes()
+    # rewrite the member in place, as a flipped bit on disk would (torch does not check the CRC)
+    data = path.read_bytes()
+    original = bytes(np.full(16, 1.0, dtype=np.float32).tobytes())
+    path.write_bytes(data.replace(original, bytes(raw), 1))
+    with pytest.raises(CheckpointError, match="non-finite"):
+        load_checkpoint(path)
+
+
+def test_failed_write_keeps_the_previous_file_and_names_the_path(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "last.pt"
+    save_atomic(payload(1.0), path)
+
+    def disk_full(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match=rf"{path}.*No space left.*MiB free"):
+        save_atomic(payload(9.0), path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((4, 4), 1.0))
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_orphan_temp_files_are_removed(tmp_path: Path) -> None:
+    (tmp_path / ".tmp-last.pt.abc").write_bytes(b"half a file")
+    (tmp_path / "keep.pt").write_bytes(b"x")
+    assert [p.name for p in remove_orphan_temps(tmp_path)] == [".tmp-last.pt.abc"]
+    assert (tmp_path / "keep.pt").exists()
+
+
+SAVER = """
+import sys, torch
+from imgclf.checkpoint import save_atomic
+i = 0
+while True:
+    i += 1
+    save_atomic({"model": {"w": torch.full((1024, 1024, 4), float(i))}, "i": i}, sys.argv[1])
+    print(i, flush=True)
+"""
+
+
+def test_kill_during_repeated_saves_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    rng = random.Random(0)
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # at least one save finished
+        time.sleep(rng.uniform(0.05, 0.4))  # then kill at a random point, most likely mid-save
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        loaded = load_checkpoint(path)
+        assert torch.all(loaded["model"]["w"] == float(loaded["i"]))
+    remove_orphan_temps(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_rng_states_roundtrip_through_a_weights_only_file(tmp_path: Path) -> None:
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    save_atomic({"model": {}, "rng": rng_states()}, tmp_path / "r.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(2), np.random.seed(2), torch.manual_seed(2)
+    set_rng_states(load_checkpoint(tmp_path / "r.pt")["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+def test_nan_never_becomes_best() -> None:
+    assert not is_better(float("nan"), None, "max")
+    assert not is_better(float("nan"), 0.1, "min")
+    assert is_better(0.5, None, "max") and is_better(0.6, 0.5, "max") and not is_better(0.4, 0.5, "max")
+    assert is_better(0.4, 0.5, "min") and not is_better(float("inf"), 0.5, "max")

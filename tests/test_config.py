@@ -1,0 +1,95 @@
+"""Every config option composes; bad values fail before any data is read, naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from conftest import CONF, compose_cfg, options, tiny_overrides
+from imgclf.config_check import check_config
+from imgclf.errors import ConfigError
+
+GROUPS = ("dataset", "augmentation", "model", "optimizer", "scheduler", "loss")
+PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes_and_passes_the_checks(group: str, option: str) -> None:
+    cfg = compose_cfg("train", [f"{group}={option}", "experiment=x"])
+    check_config(cfg)
+    assert OmegaConf.select(cfg, group) is not None
+    # every option names its class (augmentation options name them per train/eval transform)
+    text = (CONF / group / f"{option}.yaml").read_text()
+    assert "_target_" in text or option == "none"
+
+
+@pytest.mark.parametrize("name", PRIMARY)
+def test_every_primary_config_composes(name: str) -> None:
+    cfg = compose_cfg(name, ["experiment=x"])
+    check_config(cfg)
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+def test_required_groups_and_top_level_keys_exist() -> None:
+    assert {"adamw", "radam", "sgd", "adam"} <= set(options("optimizer"))
+    assert {"reduce_on_plateau", "cosine", "step", "none"} <= set(options("scheduler"))
+    cfg = compose_cfg("train", ["experiment=x"])
+    for key in ("experiment", "seed", "epochs", "device", "resume", "monitor", "mode", "ckpt", "split"):
+        assert key in cfg
+    assert cfg.monitor == "val/acc" and cfg.mode == "max" and cfg.resume == "auto"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("epochs=-1", "epochs"),
+    ("epochs=abc", "epochs"),
+    ("optimizer.lr=abc", "optimizer.lr"),
+    ("optimizer.lr=0", "optimizer.lr"),
+    ("loader.batch_size=0", "loader.batch_size"),
+    ("device=tpu", "device"),
+    ("monitor=val/loss", "val/loss with mode=max"),
+    ("mode=sideways", "mode"),
+    ("dataset.val_fraction=1.5", "dataset.val_fraction"),
+    ("dataset.std=[0.5,0.5,0]", "dataset.std"),
+    ("dataset.mean=[0.5]", "dataset.mean"),
+    ("resume=/no/such/file.pt", "resume"),
+    ("split=holdout", "split"),
+    ("deterministic=maybe", "deterministic"),
+])
+def test_bad_values_are_rejected_naming_the_key(override: str, key: str) -> None:
+    cfg = compose_cfg("train", ["experiment=x", override])
+    with pytest.raises(ConfigError, match=key.replace("/", ".")):
+        check_config(cfg)
+
+
+def test_unknown_key_fails_at_composition() -> None:
+    with pytest.raises(ConfigCompositionException, match="epochz"):
+        compose_cfg("train", ["epochz=3"])
+
+
+def test_unknown_option_fails_at_composition() -> None:
+    with pytest.raises(ConfigCompositionException, match="adamx"):
+        compose_cfg("train", ["optimizer=adamx"])
+
+
+def test_bad_target_is_found_before_data_is_read(tmp_path: Path) -> None:
+    import imgclf.tasks as tasks
+
+    missing = tmp_path / "never_read"
+    missing.mkdir()
+    (missing / "a").mkdir()  # a class folder, so only the model can fail
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, missing, "model._target_=torch.nn.NoSuchNet"))
+    with pytest.raises(ConfigError, match="NoSuchNet"):
+        tasks._train(cfg)
+    assert not (tmp_path / "experiments").exists()  # nothing written, nothing decoded
+
+
+def test_wrong_num_classes_override_is_explained(tmp_path: Path, tiny_folder: Path) -> None:
+    import imgclf.tasks as tasks
+    from imgclf.errors import DataError
+
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "dataset.num_classes=5"))
+    with pytest.raises(DataError, match=r"num_classes=5.*3 classes"):
+        tasks._train(cfg)

@@ -1,0 +1,175 @@
+"""Folder layouts, splits and the one image loader."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import CLASSES, make_folder
+from imgclf.data.dataset import DecodedImages, EpochBatchSampler, decode
+from imgclf.data.folder import FolderSource, remap
+from imgclf.data.images import load_image
+from imgclf.data.splits_file import read_splits, write_splits
+from imgclf.errors import DataError
+
+
+def source(root: Path, **kw) -> FolderSource:
+    return FolderSource(str(root), image_size=16, **kw)
+
+
+def test_train_only_layout_carves_stratified_seeded_val_and_test(train_only_folder: Path) -> None:
+    splits = source(train_only_folder, val_fraction=0.2, test_fraction=0.2).scan()
+    assert splits.classes == list(CLASSES)
+    for split, per_class in (("train", 12), ("val", 4), ("test", 4)):
+        assert Counter(label for _, label in splits.samples[split]) == {i: per_class for i in range(3)}
+    all_paths = [p for items in splits.samples.values() for p, _ in items]
+    assert len(all_paths) == len(set(all_paths)) == 60  # disjoint and complete
+    again = source(train_only_folder, val_fraction=0.2, test_fraction=0.2).scan()
+    assert again.samples == splits.samples
+    other_seed = source(train_only_folder, val_fraction=0.2, test_fraction=0.2, split_seed=1).scan()
+    assert other_seed.samples["test"] != splits.samples["test"]
+
+
+def test_given_splits_are_used_as_they_are(tiny_folder: Path) -> None:
+    splits = source(tiny_folder).scan()
+    assert splits.counts() == {"train": 48, "val": 18, "test": 18}
+    assert all("/val/" in p for p, _ in splits.samples["val"])
+
+
+def test_flat_class_folders_are_split_three_ways(tmp_path: Path) -> None:
+    make_folder(tmp_path, {"x": 10})
+    flat = tmp_path / "x"
+    splits = source(flat, val_fraction=0.2, test_fraction=0.2).scan()
+    assert splits.counts() == {"train": 18, "val": 6, "test": 6}
+
+
+def test_hidden_and_tool_folders_never_become_classes(tmp_path: Path) -> None:
+    make_folder(tmp_path, {"train": 3})
+    for junk in (".ipynb_checkpoints", "__MACOSX", ".git"):
+        (tmp_path / "train" / junk).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / junk / "x.png")
+    (tmp_path / "train" / "circle" / ".DS_Store").write_bytes(b"junk")
+    (tmp_path / "train" / "circle" / "._0.jpg").write_bytes(b"junk")
+    (tmp_path / "train" / "circle" / "notes.txt").write_text("hi")
+    splits = source(tmp_path, val_fraction=0, test_fraction=0).scan()
+    assert splits.classes == list(CLASSES)
+    assert splits.counts()["train"] == 9
+    assert splits.ignored[".txt"] == 1 and sum(splits.ignored.values()) == 3
+
+
+@pytest.mark.parametrize("problem,match", [
+    ("missing_root", "dataset folder not found"),
+    ("empty_class", "hold no images.*square"),
+    ("case_clash", "differ only by case"),
+    ("unknown_test_class", "not in the train classes"),
+    ("no_class_folders", "no class folders"),
+])
+def test_bad_layouts_stop_with_a_message(tmp_path: Path, problem: str, match: str) -> None:
+    root = tmp_path / "data"
+    if problem != "missing_root":
+        make_folder(root, {"train": 2, "test": 1})
+    if problem == "empty_class":
+        for f in (root / "train" / "square").iterdir():
+            f.unlink()
+    elif problem == "case_clash":
+        (root / "train" / "Circle").mkdir()
+    elif problem == "unknown_test_class":
+        (root / "test" / "triangle").mkdir()
+    elif problem == "no_class_folders":
+        root = tmp_path / "flat"
+        root.mkdir()
+        Image.new("RGB", (8, 8)).save(root / "a.png")
+    with pytest.raises(DataError, match=match):
+        source(root).scan()
+
+
+def test_remap_matches_classes_by_name(tiny_folder: Path) -> None:
+    splits = source(tiny_folder).scan()
+    reordered = ["stripes", "circle", "square"]
+    mapped = remap(splits, reordered)
+    path, label = splits.samples["test"][0]
+    assert dict(mapped.samples["test"])[path] == reordered.index(splits.classes[label])
+    with pytest.raises(DataError, match="not among the model's classes"):
+        remap(splits, ["circle", "square"])
+
+
+def test_splits_file_roundtrip_and_missing_files(tmp_path: Path, train_only_folder: Path) -> None:
+    splits = source(train_only_folder).scan()
+    write_splits(splits, tmp_path / "splits.csv")
+    back = read_splits(tmp_path / "splits.csv", splits.classes)
+    assert back.samples == splits.samples
+    with pytest.raises(DataError, match="not in the checkpoint's classes"):
+        read_splits(tmp_path / "splits.csv", ["circle"])
+
+
+def test_truncated_and_fake_images_are_named(tmp_path: Path) -> None:
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(good.read_bytes()[:400])
+    fake = tmp_path / "fake.jpg"
+    fake.write_text("not an image")
+    assert load_image(good).size == (64, 64)
+    for bad in (truncated, fake):
+        with pytest.raises(DataError, match=bad.name):
+            load_image(bad)
+
+
+def test_extreme_aspect_ratio_is_rejected(tmp_path: Path) -> None:
+    Image.new("RGB", (2000, 4)).save(tmp_path / "strip.png")
+    with pytest.raises(DataError, match=r"strip.png.*aspect ratio"):
+        load_image(tmp_path / "strip.png")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "CMYK", "L", "I;16"])
+def test_every_mode_becomes_rgb(tmp_path: Path, mode: str) -> None:
+    if mode == "I;16":
+        img = Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16))
+    else:
+        img = Image.new(mode, (8, 8))
+    path = tmp_path / ("x.tif" if mode in ("CMYK", "I;16") else "x.png")
+    img.save(path)
+    out = load_image(path)
+    assert out.mode == "RGB" and out.size == (8, 8)
+    if mode == "I;16":  # scaled, not clipped to white
+        assert 120 <= np.asarray(out)[0, 0, 0] <= 135
+    if mode in ("RGBA", "LA"):  # fully transparent pixels land on the white background
+        assert np.asarray(out)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    img = Image.new("RGB", (20, 10), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif)
+    (tmp_path / "r.jpg").write_bytes(buf.getvalue())
+    assert load_image(tmp_path / "r.jpg").size == (10, 20)
+
+
+def test_decoded_dataset_serves_uint8_at_the_working_size(tiny_folder: Path) -> None:
+    path = source(tiny_folder).scan().samples["train"][0][0]
+    image = decode(path, 16)
+    assert image.dtype == torch.uint8 and image.shape == (3, 16, 16)
+    ds = DecodedImages(image[None], [2], transform=lambda x: x.flip(-1))
+    out, label = ds[0]
+    assert torch.equal(out, image.flip(-1)) and int(label) == 2
+
+
+def test_epoch_batch_sampler_is_a_function_of_seed_and_epoch_and_can_skip() -> None:
+    sampler = EpochBatchSampler(11, 3, seed=5)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    assert sorted(i for b in full for i in b) == list(range(11)) and len(full) == len(sampler) == 4
+    sampler.set_epoch(2, start_batch=2)
+    assert list(sampler) == full[2:]
+    sampler.set_epoch(3)
+    assert list(sampler) != full
+    # a trailing batch of one image is dropped when shuffling (BatchNorm cannot train on it)
+    assert len(EpochBatchSampler(7, 3)) == 2 and len(EpochBatchSampler(7, 3, shuffle=False)) == 3

@@ -1,0 +1,92 @@
+"""Every model option gives (B, classes) logits and gradients; every optimizer x scheduler steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import compose_cfg, options
+from imgclf.models.classifier import Classifier
+from imgclf.scheduling import LRSchedule
+
+
+@pytest.mark.parametrize("model", options("model"))
+@pytest.mark.parametrize("num_classes", [2, 7])
+def test_every_model_gives_logits_and_gradients(model: str, num_classes: int) -> None:
+    cfg = compose_cfg("train", [f"model={model}", "experiment=x", "dataset.image_size=32",
+                                f"dataset.num_classes={num_classes}"])
+    net = Classifier(instantiate(cfg.model), cfg.dataset.mean, cfg.dataset.std)
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    logits = net(images)
+    assert logits.shape == (3, num_classes)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 1])).backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_classifier_normalizes_uint8_and_float_inputs_alike() -> None:
+    net = Classifier(torch.nn.Flatten(), mean=[0.5, 0.25, 0.0], std=[0.5, 0.25, 1.0])
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    out_uint8, out_float = net(images), net(images.float() / 255)
+    torch.testing.assert_close(out_uint8, out_float)
+    expected = (images.float() / 255 - torch.tensor([0.5, 0.25, 0.0]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.5, 0.25, 1.0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(out_uint8, expected.flatten(1))
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_every_optimizer_and_scheduler_pair_steps(optimizer: str, scheduler: str) -> None:
+    cfg = compose_cfg("train", [f"optimizer={optimizer}", f"scheduler={scheduler}", "experiment=x",
+                                "epochs=4", "dataset.num_classes=3"])
+    model = torch.nn.Linear(4, 3)
+    before = model.weight.detach().clone()
+    opt = instantiate(cfg.optimizer)(model.parameters())
+    schedule: LRSchedule = instantiate(cfg.scheduler)(opt)
+    lrs = []
+    for epoch in range(4):
+        loss = model(torch.randn(8, 4)).logsumexp(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.after_step()
+        lrs.append(schedule.lr())
+        schedule.after_epoch(monitored=0.5)  # a flat metric: plateau schedulers decay
+    assert not torch.equal(before, model.weight)
+    assert lrs[0] == cfg.optimizer.lr
+    if scheduler == "none":
+        assert lrs == [cfg.optimizer.lr] * 4
+    elif scheduler in ("cosine", "reduce_on_plateau"):
+        assert schedule.lr() < lrs[0]  # after the last epoch's step
+
+
+def test_per_step_interval_steps_every_batch_and_epoch_interval_does_not() -> None:
+    def build(interval: str) -> tuple[torch.optim.Optimizer, LRSchedule]:
+        opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+        factory = lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5)  # noqa: E731
+        return opt, LRSchedule(opt, factory, interval=interval)
+
+    opt, per_step = build("step")
+    for _ in range(3):
+        per_step.after_step()
+    per_step.after_epoch(0.0)
+    assert per_step.lr() == pytest.approx(0.125)
+    opt, per_epoch = build("epoch")
+    for _ in range(3):
+        per_epoch.after_step()
+    per_epoch.after_epoch(0.0)
+    assert per_epoch.lr() == pytest.approx(0.5)
+
+
+def test_plateau_scheduler_follows_the_monitored_metric_and_mode() -> None:
+    cfg = compose_cfg("train", ["experiment=x", "scheduler=reduce_on_plateau", "scheduler.factory.patience=0",
+                                "dataset.num_classes=3"])
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    schedule = instantiate(cfg.scheduler)(opt)
+    for acc in (0.5, 0.6, 0.7):  # improving accuracy (mode=max): no decay
+        schedule.after_epoch(acc)
+    assert schedule.lr() == 1.0
+    schedule.after_epoch(0.6)  # worse
+    assert schedule.lr() == pytest.approx(cfg.scheduler.factory.factor)

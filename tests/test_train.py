@@ -1,0 +1,168 @@
+"""End to end in-process: files written, values read back, resume, and results never lost."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+import imgclf.tasks as tasks
+from conftest import compose_cfg, tiny_overrides
+from imgclf.checkpoint import load_checkpoint
+from imgclf.errors import ExperimentError
+from imgclf.run_log import read_metrics
+
+EPOCH_KEYS = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "val/f1", "lr", "epoch_seconds",
+              "train/images_per_s"}
+
+
+def exp_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.experiments) / cfg.experiment
+
+
+def test_train_then_test_writes_every_file(tiny_cfg: DictConfig, tiny_folder: Path) -> None:
+    best = tasks._train(tiny_cfg)
+    exp = exp_dir(tiny_cfg)
+    for name in ("best.pt", "last.pt", "metrics.jsonl", "config.yaml", "splits.csv"):
+        assert (exp / name).is_file(), name
+    records = read_metrics(exp / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(set(r) == EPOCH_KEYS for r in records)
+    assert best == max(r["val/acc"] for r in records)
+    assert list((Path(tiny_cfg.paths.runs) / "tiny").glob("events.out.tfevents.*"))
+
+    ckpt = torch.load(exp / "best.pt", weights_only=True, map_location="cpu")
+    assert ckpt["class_names"] == ["circle", "square", "stripes"]
+    assert ckpt["image_size"] == 16 and ckpt["mean"] == list(tiny_cfg.dataset.mean)
+    assert ckpt["config"]["dataset"]["num_classes"] == 3  # filled in from the data, written back
+    assert ckpt["state"]["best"] == best and set(ckpt["rng"]) >= {"python", "numpy", "torch"}
+    assert {"optimizer", "scheduler", "versions"} <= set(ckpt)
+
+    metrics = tasks._test(tiny_cfg)
+    written = json.loads((exp / "test" / "metrics.json").read_text())
+    assert written["samples"] == 18 == sum(written["per_class"][c]["support"] for c in written["classes"])
+    for key in ("accuracy", "precision", "recall", "f1", "precision_weighted", "recall_weighted", "f1_weighted"):
+        assert 0.0 <= written[key] <= 1.0 and written[key] == metrics[key]
+    cm = torch.tensor(written["confusion_matrix"])
+    assert cm.sum() == 18 and written["accuracy"] == pytest.approx(float(cm.diag().sum()) / 18)
+
+
+def test_metrics_agree_with_sklearn() -> None:
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    from imgclf.metrics import confusion_matrix, summarize
+
+    g = torch.Generator().manual_seed(0)
+    labels, preds = torch.randint(0, 4, (200,), generator=g), torch.randint(0, 4, (200,), generator=g)
+    preds[:5] = 3  # some imbalance
+    ours = summarize(confusion_matrix(preds, labels, 4))
+    assert ours["accuracy"] == pytest.approx(accuracy_score(labels, preds))
+    for average, suffix in (("macro", ""), ("weighted", "_weighted")):
+        p, r, f, _ = precision_recall_fscore_support(labels, preds, average=average, zero_division=0)
+        assert (ours["precision" + suffix], ours["recall" + suffix], ours["f1" + suffix]) == pytest.approx((p, r, f))
+
+
+def test_a_finished_experiment_is_not_overwritten(tiny_cfg: DictConfig, caplog) -> None:
+    first = tasks._train(tiny_cfg)
+    best = exp_dir(tiny_cfg) / "best.pt"
+    stamp = best.stat().st_mtime_ns
+    assert tasks._train(tiny_cfg) == first
+    assert best.stat().st_mtime_ns == stamp and "already finished" in caplog.text
+    assert len(read_metrics(exp_dir(tiny_cfg) / "metrics.jsonl")) == 2
+
+    never = compose_cfg("train", [*tiny_overrides(Path(tiny_cfg.paths.experiments).parent, Path(tiny_cfg.dataset.root)),
+                                  "resume=never"])
+    with pytest.raises(ExperimentError, match="overwrite=true"):
+        tasks._train(never)
+    assert best.stat().st_mtime_ns == stamp
+
+
+def test_overwrite_starts_over_and_more_epochs_continue(tmp_path: Path, tiny_folder: Path) -> None:
+    tasks._train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder)))
+    longer = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3"))
+    tasks._train(longer)
+    assert [r["epoch"] for r in read_metrics(exp_dir(longer) / "metrics.jsonl")] == [1, 2, 3]
+    tasks._train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "overwrite=true")))
+    assert [r["epoch"] for r in read_metrics(exp_dir(longer) / "metrics.jsonl")] == [1, 2]
+
+
+class StopAfter:
+    """Stands in for StopOnSignal: asks the loop to stop after ``n`` optimizer steps."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls, self.exit_code = n, 0, 143
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.n
+
+    def __enter__(self) -> StopAfter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("stop_after", [5, 6])  # mid-epoch, and exactly at the end of epoch 1 (6 batches)
+def test_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_folder: Path, monkeypatch,
+                                            stop_after: int) -> None:
+    extra = ("epochs=3", "augmentation=flip", "model.dropout=0.3")  # random augmentation and dropout
+    whole = compose_cfg("train", tiny_overrides(tmp_path / "a", tiny_folder, *extra))
+    tasks._train(whole)
+
+    parts = compose_cfg("train", tiny_overrides(tmp_path / "b", tiny_folder, *extra))
+    monkeypatch.setattr(tasks, "StopOnSignal", lambda: StopAfter(stop_after))
+    with pytest.raises(SystemExit) as exit_info:
+        tasks._train(parts)
+    assert exit_info.value.code == 143
+    interrupted = load_checkpoint(exp_dir(parts) / "last.pt")["state"]
+    assert (interrupted["epoch"], interrupted["step"]) == (0, stop_after)  # 48 images / 8 = 6 batches
+    monkeypatch.undo()
+    tasks._train(compose_cfg("train", tiny_overrides(tmp_path / "b", tiny_folder, *extra)))
+
+    a = load_checkpoint(exp_dir(whole) / "last.pt")
+    b = load_checkpoint(exp_dir(parts) / "last.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert read_metrics(exp_dir(whole) / "metrics.jsonl") != []
+    strip = lambda rs: [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k} for r in rs]  # noqa
+    assert strip(read_metrics(exp_dir(whole) / "metrics.jsonl")) == strip(read_metrics(exp_dir(parts) / "metrics.jsonl"))
+
+
+def test_resume_refuses_a_changed_model(tmp_path: Path, tiny_folder: Path, monkeypatch) -> None:
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3"))
+    monkeypatch.setattr(tasks, "StopOnSignal", lambda: StopAfter(2))
+    with pytest.raises(SystemExit):
+        tasks._train(cfg)
+    monkeypatch.undo()
+    changed = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3", "model.width=8"))
+    with pytest.raises(ExperimentError, match=r"model.*width"):
+        tasks._train(changed)
+
+
+def test_a_busy_experiment_refuses_a_second_run(tiny_cfg: DictConfig) -> None:
+    exp = exp_dir(tiny_cfg)
+    exp.mkdir(parents=True)
+    (exp / ".lock").write_text(str(os.getppid()))  # a live process holds it
+    with pytest.raises(ExperimentError, match=f"in use by process {os.getppid()}"):
+        tasks._train(tiny_cfg)
+    (exp / ".lock").write_text("999999999")  # a dead one: stale lock is taken over
+    tasks._train(tiny_cfg)
+    assert not (exp / ".lock").exists()
+
+
+def test_unreadable_last_checkpoint_falls_back_to_best(tmp_path: Path, tiny_folder: Path, monkeypatch,
+                                                       caplog) -> None:
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3"))
+    monkeypatch.setattr(tasks, "StopOnSignal", lambda: StopAfter(8))  # in epoch 2, after best.pt of epoch 1
+    with pytest.raises(SystemExit):
+        tasks._train(cfg)
+    monkeypatch.undo()
+    (exp_dir(cfg) / "last.pt").write_bytes(b"torn")
+    tasks._train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3")))
+    assert "resuming from" in caplog.text and "best.pt" in caplog.text
+    assert load_checkpoint(exp_dir(cfg) / "last.pt")["state"]["epoch"] == 3
