@@ -70,11 +70,13 @@ def test_per_step_interval_steps_every_batch_and_epoch_interval_does_not() -> No
 
     opt, per_step = build("step")
     for _ in range(3):
+        opt.step()
         per_step.after_step()
     per_step.after_epoch(0.0)
     assert per_step.lr() == pytest.approx(0.125)
     opt, per_epoch = build("epoch")
     for _ in range(3):
+        opt.step()
         per_epoch.after_step()
     per_epoch.after_epoch(0.0)
     assert per_epoch.lr() == pytest.approx(0.5)

@@ -128,6 +128,9 @@ def _test(cfg: DictConfig) -> dict[str, Any]:
 def _user_errors_without_traceback(fn: Any, cfg: DictConfig) -> Any:
     try:
         return fn(cfg)
+    except KeyboardInterrupt:  # before or after training: nothing to save
+        log.warning("interrupted")
+        raise SystemExit(130) from None
     except ImgclfError as exc:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra marks this job failed and runs the others
@@ -158,10 +161,9 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    torch.use_deterministic_algorithms(deterministic)
+    # fixed input sizes: unless runs must be bit-reproducible, let cuDNN pick the fastest kernels
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def _project_root(cfg: DictConfig) -> Path:
