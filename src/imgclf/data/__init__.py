@@ -1,0 +1,1 @@
+"""Finding images, reading them safely, splitting them and serving them as tensors."""

@@ -1,0 +1,201 @@
+"""Scan an image folder into one class list and train/val/test sample lists.
+
+Layouts found by looking at the folder:
+    root/train/<class>/*  [root/val|valid|validation/<class>/*]  [root/test/<class>/*]
+    root/<class>/*        (no split: all three are carved from it)
+Missing val/test splits are carved from train, stratified by class and seeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgclf.data.images import IMAGE_EXTENSIONS
+from imgclf.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+SKIPPED_DIRS = frozenset({"__MACOSX", "__pycache__"})
+SKIPPED_FILES = frozenset({"Thumbs.db", "desktop.ini"})
+Sample = tuple[str, int]
+
+
+@dataclass
+class Splits:
+    """One class list and the samples of each split, as (absolute path, class index)."""
+
+    classes: list[str]
+    samples: dict[str, list[Sample]]
+    ignored: Counter = field(default_factory=Counter)  # skipped files by extension
+    layout: str = ""
+
+    def counts(self) -> dict[str, int]:
+        return {split: len(items) for split, items in self.samples.items()}
+
+
+class FolderSource:
+    """A folder of labelled images, described by its root and how to split it.
+
+    Args:
+        root: absolute path of the dataset folder.
+        image_size: images are decoded once and resized to ``image_size`` x ``image_size``.
+        num_classes: expected class count; ``None`` to take it from the train folder.
+        mean: per-channel mean used to normalize inputs (recorded in checkpoints).
+        std: per-channel standard deviation used to normalize inputs.
+        val_fraction: share of each train class carved out as val when there is no val folder.
+        test_fraction: share of each train class carved out as test when there is no test folder.
+        split_seed: seed of the carving, fixed apart from the training seed.
+    """
+
+    def __init__(self, root: str, image_size: int, num_classes: int | None = None,
+                 mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+                 std: tuple[float, ...] = (0.229, 0.224, 0.225),
+                 val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0) -> None:
+        self.root = Path(root)
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+
+    def class_names(self) -> list[str]:
+        """The class list (from the train folder), found without reading any image."""
+        return _class_dirs(self._split_dirs().get("train", self.root))[0]
+
+    def scan(self) -> Splits:
+        """List every sample of every split; carve the missing splits from train."""
+        split_dirs = self._split_dirs()
+        train_dir = split_dirs.get("train", self.root)
+        classes, _ = _class_dirs(train_dir)
+        ignored: Counter = Counter()
+        found = {name: _scan_split(folder, classes, ignored) for name, folder in split_dirs.items()}
+        if not split_dirs:
+            found["train"] = _scan_split(self.root, classes, ignored)
+        _check_non_empty(found["train"], classes, train_dir)
+        samples = self._carve(found)
+        layout = "splits " + "/".join(split_dirs) if split_dirs else "class folders, no split"
+        if ignored:
+            log.warning("skipped files that are not images, by extension: %s", dict(ignored))
+        return Splits(classes, samples, ignored, layout)
+
+    def _split_dirs(self) -> dict[str, Path]:
+        if not self.root.is_dir():
+            raise DataError(
+                f"dataset folder not found: {self.root.resolve()}\n"
+                "expected root/train/<class>/<image> (with optional val/ and test/), "
+                "or root/<class>/<image>; set dataset.root=/path/to/data"
+            )
+        found = {}
+        for split, names in SPLIT_NAMES.items():
+            for name in names:
+                if (self.root / name).is_dir():
+                    found[split] = self.root / name
+                    break
+        if found and "train" not in found:
+            raise DataError(f"{self.root.resolve()} has {sorted(found)} folders but no train/ folder")
+        return found
+
+    def _carve(self, found: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
+        train = found["train"]
+        rng = random.Random(self.split_seed)
+        by_class: dict[int, list[Sample]] = {}
+        for sample in train:
+            by_class.setdefault(sample[1], []).append(sample)
+        carved: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+        wanted = {s: f for s, f in (("test", self.test_fraction), ("val", self.val_fraction)) if s not in found}
+        for label in sorted(by_class):
+            items = sorted(by_class[label])
+            total = len(items)
+            rng.shuffle(items)
+            for split, fraction in wanted.items():
+                take = min(round(total * fraction), len(items) - 1)  # fractions of the whole class
+                carved[split] += items[:take]
+                items = items[take:]
+            carved["train"] += items
+        samples = {"train": sorted(carved["train"])}
+        for split in ("val", "test"):
+            samples[split] = found[split] if split in found else sorted(carved[split])
+        return samples
+
+
+def _class_dirs(folder: Path) -> tuple[list[str], list[Path]]:
+    if not folder.is_dir():
+        raise DataError(f"folder not found: {folder.resolve()}")
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not _skipped_dir(p.name))
+    if not dirs:
+        raise DataError(
+            f"no class folders in {folder.resolve()}: expected {folder}/<class>/<image files>"
+        )
+    names = [p.name for p in dirs]
+    clashes = [n for n, c in Counter(n.lower() for n in names).items() if c > 1]
+    if clashes:
+        raise DataError(f"class folders in {folder} differ only by case: {clashes}; rename or merge them")
+    return names, dirs
+
+
+def _skipped_dir(name: str) -> bool:
+    return name.startswith(".") or name in SKIPPED_DIRS
+
+
+def _scan_split(folder: Path, classes: list[str], ignored: Counter) -> list[Sample]:
+    names, dirs = _class_dirs(folder)
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        raise DataError(
+            f"{folder} has class folders that are not in the train classes {classes}: {unknown}"
+        )
+    for missing in sorted(set(classes) - set(names)):
+        log.warning("%s has no folder for class '%s'", folder, missing)
+    samples: list[Sample] = []
+    for name, class_dir in zip(names, dirs):
+        samples += [(path, index[name]) for path in _image_files(class_dir, ignored)]
+    return samples
+
+
+def _image_files(class_dir: Path, ignored: Counter) -> list[str]:
+    """Every image below ``class_dir``; links are not followed, so loops cannot occur."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(class_dir):
+        dirnames[:] = sorted(d for d in dirnames if not _skipped_dir(d))
+        for name in sorted(filenames):
+            ext = Path(name).suffix.lower()
+            if name.startswith(".") or name in SKIPPED_FILES or ext not in IMAGE_EXTENSIONS:
+                ignored[ext or name] += 1
+                continue
+            seen.add(os.path.realpath(os.path.join(dirpath, name)))
+    return sorted(seen)
+
+
+def _check_non_empty(samples: list[Sample], classes: list[str], folder: Path) -> None:
+    counts = Counter(label for _, label in samples)
+    empty = [name for i, name in enumerate(classes) if counts[i] == 0]
+    if empty:
+        raise DataError(f"class folder(s) in {folder} hold no images: {empty}; add images or remove them")
+
+
+def remap(splits: Splits, classes: list[str]) -> Splits:
+    """Relabel ``splits`` onto ``classes`` (a checkpoint's class list), matching by name.
+
+    Raises:
+        DataError: the folder has a class that ``classes`` does not know.
+    """
+    if splits.classes == classes:
+        return splits
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(splits.classes) - set(index))
+    if unknown:
+        raise DataError(f"class folders {unknown} are not among the model's classes {classes}")
+    for missing in sorted(set(classes) - set(splits.classes)):
+        log.warning("no folder for class '%s': it is evaluated without samples", missing)
+    samples = {split: [(p, index[splits.classes[label]]) for p, label in items]
+               for split, items in splits.samples.items()}
+    return Splits(list(classes), samples, splits.ignored, splits.layout)

@@ -1,0 +1,80 @@
+"""The one image loader used by train, test and predict.
+
+It applies the EXIF orientation, converts every Pillow mode to RGB deliberately and rejects
+files that would make training fail later (truncated, not an image, absurd sizes), always
+naming the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from imgclf.errors import DataError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"})
+MAX_PIXELS = 89_478_485       # Pillow's own default bomb limit (about 0.25 GB of RGB)
+MAX_ASPECT_RATIO = 50.0       # a 20000x2 strip through a resize becomes a huge tensor
+MIN_SIDE = 2
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+
+
+def load_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Read an image file fully and return it as an RGB Pillow image.
+
+    Raises:
+        DataError: the file cannot be decoded or has an unusable size; the message names it.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_size(path, img.size, max_pixels)
+                img.seek(0)  # first frame of animations
+                img.load()   # decode everything now: a truncated file fails here, by name
+                img = ImageOps.exif_transpose(img)
+                return to_rgb(img)
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: rejected as a decompression bomb ({exc})") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{path}: cannot be read as an image ({exc}); remove or replace the file") from exc
+
+
+def _check_size(path: Path, size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise DataError(f"{path}: {width}x{height} pixels is over the limit of {max_pixels}")
+    if min(width, height) < MIN_SIDE:
+        raise DataError(f"{path}: {width}x{height} is too small to be a training image")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise DataError(
+            f"{path}: aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO:.0f}:1; crop or remove it"
+        )
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB without clipping or black transparency."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale the real range to 0..255 instead of clipping to white.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+        return Image.fromarray(arr.round().astype(np.uint8), mode="L").convert("RGB")
+    if img.mode == "P" or img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV

@@ -1,0 +1,48 @@
+"""Persist an experiment's splits as ``splits.csv`` so resume and test.py see the same files."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from imgclf.data.folder import Splits
+from imgclf.errors import DataError
+
+FIELDS = ("path", "label", "split")
+
+
+def write_splits(splits: Splits, path: str | Path) -> None:
+    """Write one row per sample: path, class name, split (atomically)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(FIELDS)
+        for split, samples in splits.samples.items():
+            writer.writerows((p, splits.classes[label], split) for p, label in samples)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_splits(path: str | Path, classes: list[str]) -> Splits:
+    """Read ``splits.csv`` back, mapping class names to the indices of ``classes``.
+
+    Raises:
+        DataError: the file names a class that is not in ``classes`` or a file that is gone.
+    """
+    index = {name: i for i, name in enumerate(classes)}
+    samples: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["label"] not in index:
+                raise DataError(f"{path}: class '{row['label']}' is not in the checkpoint's classes {classes}")
+            samples.setdefault(row["split"], []).append((row["path"], index[row["label"]]))
+    missing = [p for items in samples.values() for p, _ in items if not os.path.exists(p)]
+    if missing:
+        raise DataError(
+            f"{len(missing)} file(s) listed in {path} are gone, e.g. {missing[0]}; "
+            "restore them or start a new experiment"
+        )
+    return Splits(list(classes), samples, layout=f"splits from {path}")
