@@ -93,3 +93,12 @@ def test_wrong_num_classes_override_is_explained(tmp_path: Path, tiny_folder: Pa
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "dataset.num_classes=5"))
     with pytest.raises(DataError, match=r"num_classes=5.*3 classes"):
         tasks._train(cfg)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_requested_without_a_gpu_is_a_clear_error() -> None:
+    import imgclf.tasks as tasks
+
+    with pytest.raises(ConfigError, match="device=cuda but torch sees no CUDA GPU"):
+        tasks._device("cuda")
+    assert tasks._device("auto").type in ("cpu", "mps")

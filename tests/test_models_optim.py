@@ -62,24 +62,16 @@ def test_every_optimizer_and_scheduler_pair_steps(optimizer: str, scheduler: str
         assert schedule.lr() < lrs[0]  # after the last epoch's step
 
 
-def test_per_step_interval_steps_every_batch_and_epoch_interval_does_not() -> None:
-    def build(interval: str) -> tuple[torch.optim.Optimizer, LRSchedule]:
-        opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
-        factory = lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5)  # noqa: E731
-        return opt, LRSchedule(opt, factory, interval=interval)
-
-    opt, per_step = build("step")
-    for _ in range(3):
+@pytest.mark.parametrize("interval,expected_lr", [("step", 0.125), ("epoch", 0.5)])
+def test_per_step_interval_steps_every_batch_and_epoch_interval_once(interval: str, expected_lr: float) -> None:
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    schedule = LRSchedule(opt, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
+                          interval=interval)
+    for _ in range(3):  # three batches, then the end of the epoch
         opt.step()
-        per_step.after_step()
-    per_step.after_epoch(0.0)
-    assert per_step.lr() == pytest.approx(0.125)
-    opt, per_epoch = build("epoch")
-    for _ in range(3):
-        opt.step()
-        per_epoch.after_step()
-    per_epoch.after_epoch(0.0)
-    assert per_epoch.lr() == pytest.approx(0.5)
+        schedule.after_step()
+    schedule.after_epoch(0.0)
+    assert schedule.lr() == pytest.approx(expected_lr)
 
 
 def test_plateau_scheduler_follows_the_monitored_metric_and_mode() -> None:

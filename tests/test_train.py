@@ -20,6 +20,14 @@ EPOCH_KEYS = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "val/f1
               "train/images_per_s"}
 
 
+def read_tensorboard(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def exp_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.experiments) / cfg.experiment
 
@@ -33,7 +41,10 @@ def test_train_then_test_writes_every_file(tiny_cfg: DictConfig, tiny_folder: Pa
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(set(r) == EPOCH_KEYS for r in records)
     assert best == max(r["val/acc"] for r in records)
-    assert list((Path(tiny_cfg.paths.runs) / "tiny").glob("events.out.tfevents.*"))
+    scalars = read_tensorboard(Path(tiny_cfg.paths.runs) / "tiny")
+    assert set(EPOCH_KEYS - {"epoch"}) <= set(scalars)
+    assert [step for step, _ in scalars["val/acc"]] == [1, 2]
+    assert [value for _, value in scalars["val/acc"]] == pytest.approx([r["val/acc"] for r in records])
 
     ckpt = torch.load(exp / "best.pt", weights_only=True, map_location="cpu")
     assert ckpt["class_names"] == ["circle", "square", "stripes"]
@@ -131,6 +142,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_folder: Path, m
     assert read_metrics(exp_dir(whole) / "metrics.jsonl") != []
     strip = lambda rs: [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k} for r in rs]  # noqa
     assert strip(read_metrics(exp_dir(whole) / "metrics.jsonl")) == strip(read_metrics(exp_dir(parts) / "metrics.jsonl"))
+    curve = read_tensorboard(Path(parts.paths.runs) / "tiny")["val/acc"]
+    assert [step for step, _ in curve] == [1, 2, 3]  # one point per epoch across the two processes
 
 
 def test_resume_refuses_a_changed_model(tmp_path: Path, tiny_folder: Path, monkeypatch) -> None:
@@ -166,3 +179,40 @@ def test_unreadable_last_checkpoint_falls_back_to_best(tmp_path: Path, tiny_fold
     tasks._train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3")))
     assert "resuming from" in caplog.text and "best.pt" in caplog.text
     assert load_checkpoint(exp_dir(cfg) / "last.pt")["state"]["epoch"] == 3
+
+
+def test_same_seed_gives_identical_weights_with_deterministic(tmp_path: Path, tiny_folder: Path) -> None:
+    extra = ("deterministic=true", "augmentation=flip", "epochs=1")
+    a = compose_cfg("train", tiny_overrides(tmp_path / "a", tiny_folder, *extra))
+    b = compose_cfg("train", tiny_overrides(tmp_path / "b", tiny_folder, *extra))
+    c = compose_cfg("train", tiny_overrides(tmp_path / "c", tiny_folder, *extra, "seed=7"))
+    for cfg in (a, b, c):
+        tasks._train(cfg)
+    weights = [load_checkpoint(exp_dir(cfg) / "last.pt")["model"] for cfg in (a, b, c)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    torch.use_deterministic_algorithms(False)
+
+
+def test_loader_workers_train_the_same_pipeline(tmp_path: Path, tiny_folder: Path) -> None:
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "loader.num_workers=2", "epochs=1",
+                                              "augmentation=flip_rotate"))
+    best = tasks._train(cfg)
+    assert best is not None and len(read_metrics(exp_dir(cfg) / "metrics.jsonl")) == 1
+
+
+def test_resumed_log_drops_epochs_after_the_checkpoint(tmp_path: Path) -> None:
+    from imgclf.run_log import RunLog
+
+    first = RunLog(tmp_path / "metrics.jsonl", tmp_path / "tb")
+    for epoch in (1, 2, 3):  # epochs 2 and 3 were logged, but the process died before saving them
+        first.write(epoch, {"val/acc": 0.1 * epoch})
+    first.close()
+    resumed = RunLog(tmp_path / "metrics.jsonl", tmp_path / "tb", start_epoch=1)
+    for epoch in (2, 3):
+        resumed.write(epoch, {"val/acc": 0.5 + epoch})
+    resumed.close()
+    assert [(r["epoch"], r["val/acc"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [
+        (1, 0.1), (2, 2.5), (3, 3.5)]
+    curve = read_tensorboard(tmp_path / "tb")["val/acc"]
+    assert [(s, round(v, 4)) for s, v in curve] == [(1, 0.1), (2, 2.5), (3, 3.5)]
