@@ -50,6 +50,30 @@ class ExperimentDir:
     def lock(self) -> ExperimentLock:
         return ExperimentLock(self.lock_file)
 
+    def resume_payload(self, resume: str, *, overwrite: bool) -> dict[str, Any] | None:
+        """The checkpoint to resume from, or None to start fresh. Never destroys results silently.
+
+        Args:
+            resume: ``auto`` (continue from ``last.pt`` if there is one), ``never``, or a path.
+            overwrite: delete this experiment's previous results instead of refusing.
+        """
+        if resume not in ("auto", "never"):
+            payload = load_checkpoint(resume)
+            if self.results() and Path(resume).resolve().parent != self.path.resolve() and not overwrite:
+                raise ExperimentError(f"{self.path} already holds results; resuming {resume} there would "
+                                      "replace them: choose experiment=<new name> or overwrite=true")
+            return payload
+        if overwrite:
+            if self.results():
+                self.clear()
+            return None
+        payload = self.latest_checkpoint() if resume == "auto" else None
+        if payload is None and resume == "never" and self.results():
+            raise ExperimentError(f"{self.path} already holds results {[p.name for p in self.results()]}; "
+                                  "use resume=auto to continue it, overwrite=true to delete and start over, "
+                                  "or experiment=<new name>")
+        return payload
+
     def latest_checkpoint(self) -> dict[str, Any] | None:
         """``last.pt``, or ``best.pt`` when ``last.pt`` cannot be read (saying so); None if neither exists."""
         remove_orphan_temps(self.path)
@@ -176,3 +200,21 @@ def compare_configs(saved: dict[str, Any], current: dict[str, Any]) -> tuple[lis
         return [f"{k}: {get(saved, k)!r} -> {get(current, k)!r}" for k in keys if get(saved, k) != get(current, k)]
 
     return diff(STRUCTURAL_KEYS), diff(WARNED_KEYS)
+
+
+def check_resumable(payload: dict[str, Any], config: dict[str, Any], classes: list[str]) -> None:
+    """Refuse to resume when the model, data or classes changed; warn about other changes.
+
+    Args:
+        payload: the checkpoint to resume from.
+        config: the current resolved config, as plain data.
+        classes: the class list found in the data now.
+    """
+    refused, warned = compare_configs(payload["config"], config)
+    if list(payload["class_names"]) != classes:
+        refused.append(f"classes: {payload['class_names']} -> {classes}")
+    if refused:
+        raise ExperimentError("cannot resume: these settings differ from the checkpoint's:\n  "
+                              + "\n  ".join(refused) + "\nuse experiment=<new name> or overwrite=true")
+    for change in warned:
+        log.warning("resuming with a changed setting: %s", change)

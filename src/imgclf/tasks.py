@@ -25,8 +25,8 @@ from imgclf.data.dataset import DecodedImages, decode_all, make_loader
 from imgclf.data.folder import FolderSource, Splits, remap
 from imgclf.data.splits_file import read_splits, write_splits
 from imgclf.engine import Interrupted, TrainState, collect, fit
-from imgclf.errors import CheckpointError, ConfigError, DataError, ExperimentError, ImgclfError
-from imgclf.experiment import CheckpointWriter, ExperimentDir, compare_configs, is_finished
+from imgclf.errors import CheckpointError, ConfigError, DataError, ImgclfError
+from imgclf.experiment import CheckpointWriter, ExperimentDir, check_resumable, is_finished
 from imgclf.interrupt import StopOnSignal
 from imgclf.metrics import summarize
 from imgclf.models.classifier import Classifier
@@ -57,7 +57,7 @@ def _train(cfg: DictConfig) -> float | None:
     model, loss_fn = _model(cfg, source, device), instantiate(cfg.loss).to(device)
     optimizer, schedule = _optimizer_and_schedule(cfg, model)
     with exp.lock():
-        payload = _resume_payload(cfg, exp)
+        payload = exp.resume_payload(str(cfg.resume), overwrite=cfg.overwrite)
         if payload is not None and is_finished(payload, cfg.epochs):
             return _report_finished(cfg, exp, payload)
         state = TrainState()
@@ -239,27 +239,6 @@ def _optimizer_and_schedule(cfg: DictConfig, model: torch.nn.Module) -> tuple[An
     return built["optimizer"], built["scheduler"]
 
 
-def _resume_payload(cfg: DictConfig, exp: ExperimentDir) -> dict[str, Any] | None:
-    """The checkpoint to resume from, None to start fresh; refuses to destroy results silently."""
-    resume = str(cfg.resume)
-    if resume not in ("auto", "never"):
-        payload = load_checkpoint(resume)
-        if exp.results() and Path(resume).resolve().parent != exp.path.resolve() and not cfg.overwrite:
-            raise ExperimentError(f"{exp.path} already holds results; resuming {resume} there would replace "
-                                  "them: choose experiment=<new name> or overwrite=true")
-        return payload
-    if cfg.overwrite:
-        if exp.results():
-            exp.clear()
-        return None
-    payload = exp.latest_checkpoint() if resume == "auto" else None
-    if payload is None and resume == "never" and exp.results():
-        raise ExperimentError(f"{exp.path} already holds results {[p.name for p in exp.results()]}; "
-                              "use resume=auto to continue it, overwrite=true to delete and start over, "
-                              "or experiment=<new name>")
-    return payload
-
-
 def _report_finished(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any]) -> float | None:
     state = payload["state"]
     log.warning(
@@ -273,15 +252,7 @@ def _report_finished(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any
 
 def _restore(cfg: DictConfig, payload: dict[str, Any], classes: list[str], model: torch.nn.Module,
              optimizer: Any, schedule: Any) -> TrainState:
-    current = OmegaConf.to_container(cfg, resolve=True)
-    refused, warned = compare_configs(payload["config"], current)  # type: ignore[arg-type]
-    if list(payload["class_names"]) != classes:
-        refused.append(f"classes: {payload['class_names']} -> {classes}")
-    if refused:
-        raise ExperimentError("cannot resume: these settings differ from the checkpoint's:\n  "
-                              + "\n  ".join(refused) + "\nuse experiment=<new name> or overwrite=true")
-    for change in warned:
-        log.warning("resuming with a changed setting: %s", change)
+    check_resumable(payload, OmegaConf.to_container(cfg, resolve=True), classes)  # type: ignore[arg-type]
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     schedule.load_state_dict(payload["scheduler"])
