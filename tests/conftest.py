@@ -77,7 +77,8 @@ def tiny_overrides(tmp_path: Path, root: Path, *extra: str) -> list[str]:
     return [
         f"dataset.root={root}", "dataset.image_size=16", "epochs=2", "progress=false",
         "loader.batch_size=8", "experiment=tiny",
-        f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}", *extra,
+        f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}",
+        f"paths.cache={tmp_path / 'cache'}", *extra,
     ]
 
 

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from conftest import CLASSES, make_folder
-from imgclf.data.dataset import DecodedImages, EpochBatchSampler, decode
+from imgclf.data.cache import decode
+from imgclf.data.dataset import DecodedImages, EpochBatchSampler
 from imgclf.data.folder import FolderSource, remap
 from imgclf.data.images import load_image
 from imgclf.data.splits_file import read_splits, write_splits
@@ -101,9 +102,11 @@ def test_remap_matches_classes_by_name(tiny_folder: Path) -> None:
 
 def test_splits_file_roundtrip_and_missing_files(tmp_path: Path, train_only_folder: Path) -> None:
     splits = source(train_only_folder).scan()
-    write_splits(splits, tmp_path / "splits.csv")
-    back = read_splits(tmp_path / "splits.csv", splits.classes)
+    first = splits.samples["train"][0][0]
+    write_splits(splits, tmp_path / "splits.csv", {first: "abc123"})
+    back, digests = read_splits(tmp_path / "splits.csv", splits.classes)
     assert back.samples == splits.samples
+    assert digests[first] == "abc123" and digests[splits.samples["test"][0][0]] == ""
     with pytest.raises(DataError, match="not in the checkpoint's classes"):
         read_splits(tmp_path / "splits.csv", ["circle"])
 

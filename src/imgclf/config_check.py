@@ -44,6 +44,8 @@ def check_config(cfg: DictConfig) -> None:
     _resume_or_ckpt(cfg, "ckpt", ("best", "last"))
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r}: expected one of {', '.join(SPLITS)}")
+    _choice(cfg, "dataset.bad_files", ("stop", "skip"))
+    _choice(cfg, "loader.cache", ("disk", "memory", "none"))
     _fraction(cfg, "dataset.val_fraction")
     _fraction(cfg, "dataset.test_fraction")
     _normalization(cfg)
@@ -97,3 +99,8 @@ def _resume_or_ckpt(cfg: DictConfig, key: str, words: tuple[str, ...]) -> None:
     value = str(_get(cfg, key))
     if value not in words and not Path(value).expanduser().is_file():
         raise ConfigError(f"{key}={value!r}: expected {' or '.join(words)} or the path of an existing checkpoint file")
+
+
+def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
+    if _get(cfg, key) not in allowed:
+        raise ConfigError(f"{key}={_get(cfg, key)!r}: expected one of {', '.join(allowed)}")

@@ -21,8 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from imgclf import report, resolvers
 from imgclf.checkpoint import load_checkpoint, set_rng_states
 from imgclf.config_check import check_config
-from imgclf.data.dataset import DecodedImages, decode_all, make_loader
+from imgclf.data.cache import DecodeCache
+from imgclf.data.dataset import make_loader
 from imgclf.data.folder import FolderSource, Splits, remap
+from imgclf.data.prepare import LoadedSplit, changed_files, digests_by_path, load_splits, warn_about_leaks
 from imgclf.data.splits_file import read_splits, write_splits
 from imgclf.engine import Interrupted, TrainState, collect, fit
 from imgclf.errors import CheckpointError, ConfigError, DataError, ImgclfError
@@ -63,11 +65,13 @@ def _train(cfg: DictConfig) -> float | None:
         state = TrainState()
         if payload is not None:
             state = _restore(cfg, payload, classes, model, optimizer, schedule)
-        splits = _splits(exp, source, classes, reuse=payload is not None)
+        splits, recorded = _splits(exp, source, classes, reuse=payload is not None)
+        loaded = _load(cfg, source, splits, ("train", "val", "test"))
+        _check_unchanged(recorded, loaded, refuse=True)
         exp.path.mkdir(parents=True, exist_ok=True)
-        write_splits(splits, exp.splits)
+        write_splits(splits, exp.splits, digests_by_path(loaded))
         OmegaConf.save(cfg, exp.config, resolve=True)
-        train_loader, val_loader = _train_loaders(cfg, source, splits, device)
+        train_loader, val_loader = _train_loaders(cfg, source, loaded, device)
         writer = CheckpointWriter(exp, model, optimizer, schedule, _checkpoint_meta(cfg, source, classes))
         run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch)
         if payload is not None:
@@ -104,21 +108,21 @@ def _test(cfg: DictConfig) -> dict[str, Any]:
     source = _source(cfg)
     _fill_num_classes(cfg, classes, source.root, found_in=str(path))
     saved_root = payload["config"]["dataset"]["root"]
-    splits = _splits(exp, source, classes, reuse=saved_root == str(source.root))
-    samples = splits.samples.get(cfg.split) or []
-    if not samples:
-        raise DataError(f"split '{cfg.split}' of {source.root} has no images; choose split=val or split=train")
+    splits, recorded = _splits(exp, source, classes, reuse=saved_root == str(source.root))
+    split = _split_to_test(cfg.split, splits, source)
     model = Classifier(instantiate(cfg.model), payload["mean"], payload["std"])
     _load_weights(model, payload, path)
     model.to(device)
-    images = decode_all([p for p, _ in samples], payload["image_size"], desc=cfg.split, progress=cfg.progress)
-    dataset = DecodedImages(images, [label for _, label in samples], _transform(cfg.augmentation.eval))
-    loader = make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=False)
+    loaded = _load(cfg, source, splits, (split,), image_size=payload["image_size"])
+    _check_unchanged(recorded, loaded, refuse=False)
+    dataset = loaded[split].dataset(payload["image_size"], _transform(cfg.augmentation.eval))
+    loader = make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=False,
+                         num_workers=cfg.loader.num_workers)
     loss, cm = collect(model, loader, instantiate(cfg.loss).to(device), device=device, num_classes=len(classes),
-                       progress=cfg.progress, desc=cfg.split)
-    info = {"split": cfg.split, "checkpoint": str(path.resolve()), "epoch": payload["state"]["epoch"],
+                       progress=cfg.progress, desc=split)
+    info = {"split": split, "checkpoint": str(path.resolve()), "epoch": payload["state"]["epoch"],
             "data_root": str(source.root), "experiment": payload["experiment"]}
-    folder = exp.path / ("test" if cfg.split == "test" else f"test_{cfg.split}")
+    folder = exp.path / ("test" if split == "test" else f"test_{split}")
     metrics = report.write_metrics(folder, summarize(cm), cm, loss, classes, info)
     log.info("\n%s", report.format_table(metrics, classes))
     report.log_to_tensorboard(exp.tensorboard_dir, metrics, step=payload["state"]["epoch"])
@@ -261,26 +265,58 @@ def _restore(cfg: DictConfig, payload: dict[str, Any], classes: list[str], model
     return state
 
 
-def _splits(exp: ExperimentDir, source: FolderSource, classes: list[str], *, reuse: bool) -> Splits:
-    """The experiment's saved splits when reusing them, else a fresh scan mapped onto ``classes``."""
+def _splits(exp: ExperimentDir, source: FolderSource, classes: list[str], *,
+            reuse: bool) -> tuple[Splits, dict[str, str]]:
+    """The experiment's saved splits (and recorded file hashes) when reusing them, else a fresh
+    scan mapped onto ``classes``."""
     if reuse and exp.splits.exists():
         return read_splits(exp.splits, classes)
-    return remap(source.scan(), classes)
+    return remap(source.scan(), classes), {}
+
+
+def _split_to_test(split: str, splits: Splits, source: FolderSource) -> str:
+    if splits.samples.get(split):
+        return split
+    if split == "test" and splits.samples.get("val"):
+        log.warning("%s has no test split (no test/ folder and dataset.test_fraction=0): evaluating the "
+                    "val split instead, which also chose the best checkpoint, so expect optimistic numbers. "
+                    "Set dataset.test_fraction to carve a test split from train.", source.root)
+        return "val"
+    raise DataError(f"split '{split}' of {source.root} has no images; choose split=val or split=train")
+
+
+def _load(cfg: DictConfig, source: FolderSource, splits: Splits, names: tuple[str, ...],
+          image_size: int | None = None) -> dict[str, LoadedSplit]:
+    cache = DecodeCache(cfg.paths.cache, mode=cfg.loader.cache, progress=cfg.progress)
+    loaded = load_splits(splits, cache, image_size or source.image_size, names=names,
+                         bad_files=source.bad_files)
+    warn_about_leaks(loaded)
+    return loaded
+
+
+def _check_unchanged(recorded: dict[str, str], loaded: dict[str, LoadedSplit], *, refuse: bool) -> None:
+    changed = changed_files(recorded, digests_by_path(loaded))
+    if not changed:
+        return
+    message = f"{len(changed)} file(s) changed since this experiment's splits.csv was written, e.g. {changed[0]}"
+    if refuse:
+        raise DataError(message + "; resuming would train on different data: use experiment=<new name> or "
+                        "overwrite=true")
+    log.warning("%s; results are not comparable with earlier ones", message)
 
 
 def _transform(node: Any) -> Any:
     return instantiate(node) if node is not None else None
 
 
-def _train_loaders(cfg: DictConfig, source: FolderSource, splits: Splits, device: torch.device) -> tuple[Any, Any]:
-    if not splits.samples["val"]:
+def _train_loaders(cfg: DictConfig, source: FolderSource, loaded: dict[str, LoadedSplit],
+                   device: torch.device) -> tuple[Any, Any]:
+    if not loaded["val"].samples:
         raise DataError(f"no validation images: {source.root} has no val/ folder and dataset.val_fraction is 0")
     pin = device.type == "cuda" if cfg.loader.pin_memory == "auto" else bool(cfg.loader.pin_memory)
     loaders = []
     for split, transform in (("train", cfg.augmentation.train), ("val", cfg.augmentation.eval)):
-        samples = splits.samples[split]
-        images = decode_all([p for p, _ in samples], source.image_size, desc=split, progress=cfg.progress)
-        dataset = DecodedImages(images, [label for _, label in samples], _transform(transform))
+        dataset = loaded[split].dataset(source.image_size, _transform(transform))
         loaders.append(make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=split == "train",
                                    seed=cfg.seed, num_workers=cfg.loader.num_workers, pin_memory=pin))
     return loaders[0], loaders[1]

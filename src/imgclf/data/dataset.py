@@ -1,8 +1,8 @@
-"""Decode each image once, keep it as uint8, and augment from there.
+"""Datasets that serve uint8 images, and the loaders that batch them.
 
-Decoding and resizing JPEGs dominates small-model training on a CPU, so every image is decoded
-and resized once to ``image_size`` and kept in memory as a uint8 tensor. Augmentations run on
-those tensors; the model turns uint8 into normalized floats on its own device.
+Decoding and resizing JPEGs dominates small-model training on a CPU, so images are normally
+decoded once (see ``cache.py``) and served from a uint8 tensor; augmentations run on those
+tensors and the model turns uint8 into normalized floats on its own device.
 """
 
 from __future__ import annotations
@@ -11,51 +11,68 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms.v2 import functional as F
-from tqdm import tqdm
 
-from imgclf.data.images import load_image
+from imgclf.data.cache import decode
+from imgclf.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-def decode(path: str, image_size: int) -> torch.Tensor:
-    """Load one image and resize it to a square uint8 tensor of shape (3, size, size)."""
-    img = load_image(path).resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
-    return F.pil_to_tensor(img)
-
-
-def decode_all(paths: Sequence[str], image_size: int, *, desc: str = "decode", progress: bool = True) -> torch.Tensor:
-    """Decode every path once into one (N, 3, size, size) uint8 tensor."""
-    out = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
-    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=not progress or len(paths) < 500,
-                                  leave=False)):
-        out[i] = decode(path, image_size)
-    return out
 
 
 class DecodedImages(Dataset):
     """Samples ``(uint8 image, label)`` from images decoded in advance.
 
     Args:
-        images: uint8 tensor of shape (N, 3, H, W).
-        labels: class index of each image.
+        images: uint8 tensor of shape (N, 3, H, W) (possibly memory-mapped).
+        labels: class index of each served image.
         transform: applied to each uint8 image when it is served (augmentation); ``None`` for none.
+        rows: the row of ``images`` behind each served image (default: all rows in order), so
+            that skipped files need no copy of a memory-mapped array.
     """
 
     def __init__(self, images: torch.Tensor, labels: Sequence[int],
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 rows: Sequence[int] | None = None) -> None:
         self.images = images
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.rows = list(rows) if rows is not None else list(range(len(self.labels)))
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[index]
+        image = self.images[self.rows[index]]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[index]
+
+
+class LazyImages(Dataset):
+    """Samples ``(uint8 image, label)`` decoded from disk on every access (no cache).
+
+    Args:
+        paths: image files.
+        labels: class index of each image.
+        image_size: working size (the same decoding as the cache).
+        transform: applied to each uint8 image (augmentation); ``None`` for none.
+    """
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], image_size: int,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.paths = list(paths)
+        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.image_size = image_size
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            image = decode(self.paths[index], self.image_size)
+        except (DataError, OSError) as exc:
+            raise DataError(f"sample {index} ({self.paths[index]}) failed: {exc}") from exc
         if self.transform is not None:
             image = self.transform(image)
         return image, self.labels[index]

@@ -51,12 +51,14 @@ class FolderSource:
         val_fraction: share of each train class carved out as val when there is no val folder.
         test_fraction: share of each train class carved out as test when there is no test folder.
         split_seed: seed of the carving, fixed apart from the training seed.
+        bad_files: ``stop`` (list every unusable file before training) or ``skip`` (train without them).
     """
 
     def __init__(self, root: str, image_size: int, num_classes: int | None = None,
                  mean: tuple[float, ...] = (0.485, 0.456, 0.406),
                  std: tuple[float, ...] = (0.229, 0.224, 0.225),
-                 val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0) -> None:
+                 val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
+                 bad_files: str = "stop") -> None:
         self.root = Path(root)
         self.image_size = image_size
         self.num_classes = num_classes
@@ -65,6 +67,7 @@ class FolderSource:
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
+        self.bad_files = bad_files
 
     def class_names(self) -> list[str]:
         """The class list (from the train folder), found without reading any image."""

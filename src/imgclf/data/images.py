@@ -7,6 +7,7 @@ naming the file.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -22,8 +23,16 @@ MIN_SIDE = 2
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 
 
-def load_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(path: str | Path, *, data: bytes | None = None, draft: int | None = None,
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Read an image file fully and return it as an RGB Pillow image.
+
+    Args:
+        path: the file (named in errors; read unless ``data`` is given).
+        data: the file's bytes, when the caller has read them already.
+        draft: let JPEG decoding scale down by a power of two while keeping both sides >= this
+            (much faster when the image is resized to a small working size anyway).
+        max_pixels: larger images are rejected as decompression bombs.
 
     Raises:
         DataError: the file cannot be decoded or has an unusable size; the message names it.
@@ -32,9 +41,11 @@ def load_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> Image.Image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(io.BytesIO(data) if data is not None else path) as img:
                 _check_size(path, img.size, max_pixels)
                 img.seek(0)  # first frame of animations
+                if draft is not None and img.format == "JPEG":
+                    img.draft("RGB", (draft, draft))
                 img.load()   # decode everything now: a truncated file fails here, by name
                 img = ImageOps.exif_transpose(img)
                 return to_rgb(img)

@@ -9,33 +9,37 @@ from pathlib import Path
 from imgclf.data.folder import Splits
 from imgclf.errors import DataError
 
-FIELDS = ("path", "label", "split")
+FIELDS = ("path", "label", "split", "sha1")
 
 
-def write_splits(splits: Splits, path: str | Path) -> None:
-    """Write one row per sample: path, class name, split (atomically)."""
+def write_splits(splits: Splits, path: str | Path, digests: dict[str, str] | None = None) -> None:
+    """Write one row per sample: path, class name, split, SHA-1 of the file (atomically)."""
+    digests = digests or {}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(FIELDS)
         for split, samples in splits.samples.items():
-            writer.writerows((p, splits.classes[label], split) for p, label in samples)
+            writer.writerows((p, splits.classes[label], split, digests.get(p, "")) for p, label in samples)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def read_splits(path: str | Path, classes: list[str]) -> Splits:
-    """Read ``splits.csv`` back, mapping class names to the indices of ``classes``.
+def read_splits(path: str | Path, classes: list[str]) -> tuple[Splits, dict[str, str]]:
+    """Read ``splits.csv`` back, mapping class names to the indices of ``classes``; also returns
+    the recorded SHA-1 of each file.
 
     Raises:
         DataError: the file names a class that is not in ``classes`` or a file that is gone.
     """
     index = {name: i for i, name in enumerate(classes)}
     samples: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
+    digests: dict[str, str] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
+            digests[row["path"]] = row.get("sha1") or ""
             if row["label"] not in index:
                 raise DataError(f"{path}: class '{row['label']}' is not in the checkpoint's classes {classes}")
             samples.setdefault(row["split"], []).append((row["path"], index[row["label"]]))
@@ -45,4 +49,4 @@ def read_splits(path: str | Path, classes: list[str]) -> Splits:
             f"{len(missing)} file(s) listed in {path} are gone, e.g. {missing[0]}; "
             "restore them or start a new experiment"
         )
-    return Splits(list(classes), samples, layout=f"splits from {path}")
+    return Splits(list(classes), samples, layout=f"splits from {path}"), digests

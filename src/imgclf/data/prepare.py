@@ -1,0 +1,107 @@
+"""From sample lists to datasets: decode through the cache, apply the bad-file policy, and
+check that no image leaks between splits and that no file changed since the splits were made."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from imgclf.data.cache import DecodeCache, FileReport
+from imgclf.data.dataset import DecodedImages, LazyImages
+from imgclf.data.folder import Splits
+from imgclf.errors import DataError
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("stop", "skip")
+SHOWN = 20  # bad files listed in an error message
+
+
+@dataclass
+class LoadedSplit:
+    """One split after decoding: the samples kept, and where their pixels are."""
+
+    samples: list[tuple[str, int]]
+    rows: list[int]                 # rows of ``images`` (or of the report) of the kept samples
+    images: torch.Tensor | None     # None: decode on the fly
+    report: FileReport
+
+    def dataset(self, image_size: int, transform: Callable | None) -> Dataset:
+        labels = [label for _, label in self.samples]
+        if self.images is None:
+            return LazyImages([p for p, _ in self.samples], labels, image_size, transform)
+        return DecodedImages(self.images, labels, transform, rows=self.rows)
+
+
+def load_splits(splits: Splits, cache: DecodeCache, image_size: int, *, names: tuple[str, ...],
+                bad_files: str = "stop") -> dict[str, LoadedSplit]:
+    """Decode (or find in the cache) every split in ``names``; bad files stop or are skipped.
+
+    Raises:
+        DataError: with ``bad_files=stop``, listing every file that cannot be used.
+    """
+    if bad_files not in POLICIES:
+        raise ValueError(f"bad_files must be one of {POLICIES}, got {bad_files!r}")
+    loaded, bad = {}, []
+    for name in names:
+        samples = splits.samples.get(name) or []
+        images, report = cache.load([p for p, _ in samples], image_size, desc=f"decode {name}")
+        bad += [(name, report.paths[i], reason) for i, reason in sorted(report.errors.items())]
+        rows = report.good()
+        loaded[name] = LoadedSplit([samples[i] for i in rows], rows, images, report)
+    if bad and bad_files == "stop":
+        listed = "\n  ".join(f"[{split}] {path}: {reason}" for split, path, reason in bad[:SHOWN])
+        more = f"\n  ... and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+        raise DataError(f"{len(bad)} file(s) cannot be used:\n  {listed}{more}\n"
+                        "fix or remove them, or set dataset.bad_files=skip to train without them")
+    if bad:
+        log.warning("skipping %d unusable file(s) (dataset.bad_files=skip), e.g. %s: %s", len(bad), bad[0][1], bad[0][2])
+    _check_classes_left(loaded, splits.classes)
+    return loaded
+
+
+def _check_classes_left(loaded: dict[str, LoadedSplit], classes: list[str]) -> None:
+    if "train" not in loaded:
+        return
+    present = {label for _, label in loaded["train"].samples}
+    empty = [name for i, name in enumerate(classes) if i not in present]
+    if empty:
+        raise DataError(f"no usable training images left for class(es) {empty}")
+
+
+def digests_by_path(loaded: dict[str, LoadedSplit]) -> dict[str, str]:
+    """SHA-1 of every readable file, by path."""
+    out = {}
+    for split in loaded.values():
+        for path, digest in zip(split.report.paths, split.report.digests):
+            if digest is not None:
+                out[path] = digest
+    return out
+
+
+def leaks(loaded: dict[str, LoadedSplit]) -> dict[str, list[str]]:
+    """Files with identical bytes that sit in more than one split: {digest: ["split:path", ...]}."""
+    where: dict[str, list[str]] = defaultdict(list)
+    for name, split in loaded.items():
+        for path, digest in zip(split.report.paths, split.report.digests):
+            if digest is not None:
+                where[digest].append(f"{name}:{path}")
+    return {d: places for d, places in where.items() if len({p.split(":", 1)[0] for p in places}) > 1}
+
+
+def warn_about_leaks(loaded: dict[str, LoadedSplit]) -> None:
+    found = leaks(loaded)
+    if found:
+        example = next(iter(found.values()))
+        log.warning("%d image(s) appear in more than one split (identical files), e.g. %s; "
+                    "test results will look better than they are", len(found), " and ".join(example))
+
+
+def changed_files(recorded: dict[str, str], current: dict[str, str]) -> list[str]:
+    """Paths whose content differs from what ``splits.csv`` recorded."""
+    return sorted(p for p, digest in recorded.items() if digest and current.get(p) not in (None, digest))
