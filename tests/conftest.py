@@ -92,3 +92,20 @@ def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: float = 300) -> 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+class StopAfter:
+    """Stands in for StopOnSignal: asks the loop to stop after ``n`` optimizer steps."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls, self.exit_code = n, 0, 143
+
+    def __call__(self) -> bool:
+        self.calls += 1
+        return self.calls >= self.n
+
+    def __enter__(self) -> StopAfter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass

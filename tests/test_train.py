@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 
 import imgclf.tasks as tasks
-from conftest import compose_cfg, tiny_overrides
+from conftest import StopAfter, compose_cfg, tiny_overrides
 from imgclf.checkpoint import load_checkpoint
 from imgclf.errors import ExperimentError
 from imgclf.run_log import read_metrics
@@ -99,23 +99,6 @@ def test_overwrite_starts_over_and_more_epochs_continue(tmp_path: Path, tiny_fol
     assert [r["epoch"] for r in read_metrics(exp_dir(longer) / "metrics.jsonl")] == [1, 2, 3]
     tasks._train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "overwrite=true")))
     assert [r["epoch"] for r in read_metrics(exp_dir(longer) / "metrics.jsonl")] == [1, 2]
-
-
-class StopAfter:
-    """Stands in for StopOnSignal: asks the loop to stop after ``n`` optimizer steps."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.calls, self.exit_code = n, 0, 143
-
-    def __call__(self) -> bool:
-        self.calls += 1
-        return self.calls >= self.n
-
-    def __enter__(self) -> StopAfter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 @pytest.mark.parametrize("stop_after", [5, 6])  # mid-epoch, and exactly at the end of epoch 1 (6 batches)

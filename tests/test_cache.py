@@ -1,0 +1,152 @@
+"""The decoded-image cache: equal to the uncached path, invalidated by changes, and the
+bad-file policy, leakage and changed-file checks built on its report."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import imgclf.tasks as tasks
+from conftest import StopAfter, compose_cfg, make_folder, tiny_overrides
+from imgclf.data.cache import DecodeCache, decode
+from imgclf.data.folder import FolderSource
+from imgclf.data.prepare import leaks, load_splits
+from imgclf.errors import DataError
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "data", {"train": 6, "val": 2, "test": 2})
+
+
+def splits_of(root: Path):
+    return FolderSource(str(root), image_size=16).scan()
+
+
+@pytest.mark.parametrize("mode", ["disk", "memory"])
+def test_cached_images_equal_the_uncached_path(tmp_path: Path, folder: Path, mode: str) -> None:
+    paths = [p for p, _ in splits_of(folder).samples["train"]]
+    images, report = DecodeCache(tmp_path / "cache", mode=mode).load(paths, 16)
+    assert images.shape == (len(paths), 3, 16, 16) and images.dtype == torch.uint8
+    for i, path in enumerate(paths):
+        assert torch.equal(images[i], decode(path, 16))
+    assert not report.errors and all(d and len(d) == 40 for d in report.digests)
+    assert report.sizes[0] == [24, 24]
+
+
+def test_disk_cache_is_reused_and_invalidated_by_changed_files(tmp_path: Path, folder: Path) -> None:
+    cache = DecodeCache(tmp_path / "cache", mode="disk")
+    paths = [p for p, _ in splits_of(folder).samples["train"]]
+    first, _ = cache.load(paths, 16)
+    arrays = list((tmp_path / "cache").rglob("images-16px.npy"))
+    assert len(arrays) == 1
+    stamp = arrays[0].stat().st_mtime_ns
+    again, _ = cache.load(paths, 16)
+    assert torch.equal(first, again) and arrays[0].stat().st_mtime_ns == stamp  # read, not rebuilt
+
+    Image.new("RGB", (24, 24), (0, 255, 0)).save(paths[0])  # the file changes
+    changed, report = cache.load(paths, 16)
+    assert not torch.equal(changed[0], first[0]) and torch.equal(changed[1:], first[1:])
+    assert torch.equal(changed[0], decode(paths[0], 16))
+    assert len(list((tmp_path / "cache").rglob("images-16px.npy"))) == 2  # a new key
+
+    other_size, _ = cache.load(paths, 8)
+    assert other_size.shape[-1] == 8
+
+
+def test_none_mode_keeps_no_images_but_checks_the_files(tmp_path: Path, folder: Path) -> None:
+    paths = [p for p, _ in splits_of(folder).samples["train"]]
+    Path(paths[1]).write_bytes(b"broken")
+    images, report = DecodeCache(tmp_path / "cache", mode="none").load(paths, 16)
+    assert images is None and list(report.errors) == [1]
+
+
+def write_bad_files(root: Path) -> dict[str, str]:
+    """Every kind of unusable file, in train/circle; returns {file name: expected words}."""
+    folder = root / "train" / "circle"
+    good = next(folder.glob("*.jpg")).read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("hello, I am not a JPEG")
+    Image.new("RGB", (400, 2)).save(folder / "strip.png")
+    Image.new("RGB", (1, 1)).save(folder / "pixel.png")
+    return {"truncated.jpg": "cannot be read", "empty.jpg": "cannot be read", "text.jpg": "cannot be read",
+            "strip.png": "aspect ratio", "pixel.png": "too small"}
+
+
+def test_stop_policy_lists_every_bad_file_before_training(tmp_path: Path, folder: Path) -> None:
+    expected = write_bad_files(folder)
+    with pytest.raises(DataError) as info:
+        load_splits(splits_of(folder), DecodeCache(None, "memory"), 16, names=("train", "val"))
+    message = str(info.value)
+    assert message.startswith("5 file(s) cannot be used")
+    for name, words in expected.items():
+        line = next(line for line in message.splitlines() if name in line)
+        assert words in line, line
+    assert "dataset.bad_files=skip" in message
+
+
+def test_skip_policy_trains_without_bad_files_and_says_so(tmp_path: Path, folder: Path, caplog) -> None:
+    write_bad_files(folder)
+    loaded = load_splits(splits_of(folder), DecodeCache(None, "memory"), 16, names=("train", "val"),
+                         bad_files="skip")
+    assert len(loaded["train"].samples) == 18 and "skipping 5 unusable file(s)" in caplog.text
+    dataset = loaded["train"].dataset(16, None)
+    for i in range(len(dataset)):  # every served row is a good image with its own label
+        image, label = dataset[i]
+        path, expected_label = loaded["train"].samples[i]
+        assert torch.equal(image, decode(path, 16)) and int(label) == expected_label
+
+
+def test_a_class_left_without_images_stops(tmp_path: Path, folder: Path) -> None:
+    for f in (folder / "train" / "square").iterdir():
+        f.write_bytes(b"")
+    with pytest.raises(DataError, match=r"no usable training images left for class\(es\) \['square'\]"):
+        load_splits(splits_of(folder), DecodeCache(None, "memory"), 16, names=("train",), bad_files="skip")
+
+
+def test_the_same_image_in_two_splits_is_found(tmp_path: Path, folder: Path, caplog) -> None:
+    leaked = next((folder / "train" / "circle").glob("*.png"))
+    shutil.copy(leaked, folder / "test" / "circle" / "copy.png")
+    loaded = load_splits(splits_of(folder), DecodeCache(None, "memory"), 16, names=("train", "val", "test"))
+    found = leaks(loaded)
+    assert len(found) == 1 and {p.split(":", 1)[0] for p in next(iter(found.values()))} == {"train", "test"}
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=1"))
+    tasks._train(cfg)
+    assert "appear in more than one split" in caplog.text and "copy.png" in caplog.text
+
+
+def test_resume_refuses_and_test_warns_when_files_changed(tmp_path: Path, folder: Path, monkeypatch,
+                                                          caplog) -> None:
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2"))
+    monkeypatch.setattr(tasks, "StopOnSignal", lambda: StopAfter(1))
+    with pytest.raises(SystemExit):
+        tasks._train(cfg)
+    monkeypatch.undo()
+    victim = next((folder / "train" / "square").glob("*.png"))
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(victim)
+    with pytest.raises(DataError, match=rf"changed since.*{victim.name}.*resuming would train on different data"):
+        tasks._train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2")))
+    tasks._train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=1", "overwrite=true")))
+    os.utime(victim)  # touched again after the splits were written: content is what counts
+    tasks._test(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=1")))
+    assert "changed since" not in caplog.text
+    Image.fromarray(np.full((24, 24, 3), 255, np.uint8)).save(next((folder / "test" / "circle").glob("*.png")))
+    tasks._test(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=1")))
+    assert "changed since this experiment's splits.csv" in caplog.text
+
+
+def test_test_py_evaluates_val_plainly_when_there_is_no_test_split(tmp_path: Path, caplog) -> None:
+    folder = make_folder(tmp_path / "tv", {"train": 8, "val": 3})
+    args = tiny_overrides(tmp_path, folder, "epochs=1", "dataset.test_fraction=0")
+    tasks._train(compose_cfg("train", args))
+    metrics = tasks._test(compose_cfg("train", args))
+    assert metrics["split"] == "val" and metrics["samples"] == 9
+    assert "no test split" in caplog.text and "evaluating the val split instead" in caplog.text
+    assert (tmp_path / "experiments" / "tiny" / "test_val" / "metrics.json").exists()
