@@ -33,9 +33,9 @@ def splits_of(root: Path):
 def test_cached_images_equal_the_uncached_path(tmp_path: Path, folder: Path, mode: str) -> None:
     paths = [p for p, _ in splits_of(folder).samples["train"]]
     images, report = DecodeCache(tmp_path / "cache", mode=mode).load(paths, 16)
-    assert images.shape == (len(paths), 3, 16, 16) and images.dtype == torch.uint8
+    assert images.shape == (len(paths), 16, 16, 3) and images.dtype == torch.uint8
     for i, path in enumerate(paths):
-        assert torch.equal(images[i], decode(path, 16))
+        assert np.array_equal(images[i].numpy(), decode(path, 16))
     assert not report.errors and all(d and len(d) == 40 for d in report.digests)
     assert report.sizes[0] == [24, 24]
 
@@ -44,7 +44,7 @@ def test_disk_cache_is_reused_and_invalidated_by_changed_files(tmp_path: Path, f
     cache = DecodeCache(tmp_path / "cache", mode="disk")
     paths = [p for p, _ in splits_of(folder).samples["train"]]
     first, _ = cache.load(paths, 16)
-    arrays = list((tmp_path / "cache").rglob("images-16px.npy"))
+    arrays = list((tmp_path / "cache").rglob("images-16px*.npy"))
     assert len(arrays) == 1
     stamp = arrays[0].stat().st_mtime_ns
     again, _ = cache.load(paths, 16)
@@ -53,11 +53,11 @@ def test_disk_cache_is_reused_and_invalidated_by_changed_files(tmp_path: Path, f
     Image.new("RGB", (24, 24), (0, 255, 0)).save(paths[0])  # the file changes
     changed, report = cache.load(paths, 16)
     assert not torch.equal(changed[0], first[0]) and torch.equal(changed[1:], first[1:])
-    assert torch.equal(changed[0], decode(paths[0], 16))
-    assert len(list((tmp_path / "cache").rglob("images-16px.npy"))) == 2  # a new key
+    assert np.array_equal(changed[0].numpy(), decode(paths[0], 16))
+    assert len(list((tmp_path / "cache").rglob("images-16px*.npy"))) == 2  # a new key
 
     other_size, _ = cache.load(paths, 8)
-    assert other_size.shape[-1] == 8
+    assert other_size.shape[1:] == (8, 8, 3)
 
 
 def test_none_mode_keeps_no_images_but_checks_the_files(tmp_path: Path, folder: Path) -> None:
@@ -101,7 +101,8 @@ def test_skip_policy_trains_without_bad_files_and_says_so(tmp_path: Path, folder
     for i in range(len(dataset)):  # every served row is a good image with its own label
         image, label = dataset[i]
         path, expected_label = loaded["train"].samples[i]
-        assert torch.equal(image, decode(path, 16)) and int(label) == expected_label
+        assert torch.equal(image, torch.from_numpy(decode(path, 16)).permute(2, 0, 1))
+        assert int(label) == expected_label
 
 
 def test_a_class_left_without_images_stops(tmp_path: Path, folder: Path) -> None:
@@ -150,3 +151,21 @@ def test_test_py_evaluates_val_plainly_when_there_is_no_test_split(tmp_path: Pat
     assert metrics["split"] == "val" and metrics["samples"] == 9
     assert "no test split" in caplog.text and "evaluating the val split instead" in caplog.text
     assert (tmp_path / "experiments" / "tiny" / "test_val" / "metrics.json").exists()
+
+
+def test_cached_and_uncached_datasets_serve_the_same_augmented_images(tmp_path: Path, folder: Path) -> None:
+    from torchvision.transforms import v2
+
+    from imgclf.data.dataset import DecodedImages, LazyImages
+
+    samples = splits_of(folder).samples["train"]
+    paths, labels = [p for p, _ in samples], [label for _, label in samples]
+    augment = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomRotation(10), v2.ColorJitter(0.2, 0.2, 0.2, 0.05)])
+    images, _ = DecodeCache(tmp_path / "cache", mode="disk").load(paths, 16)
+    cached, lazy = DecodedImages(images, labels, augment), LazyImages(paths, labels, 16, augment)
+    for i in range(len(paths)):
+        torch.manual_seed(i)
+        a = cached[i]
+        torch.manual_seed(i)
+        b = lazy[i]
+        assert torch.equal(a[0], b[0]) and a[0].shape == (3, 16, 16) and int(a[1]) == int(b[1])

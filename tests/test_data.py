@@ -159,10 +159,14 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 def test_decoded_dataset_serves_uint8_at_the_working_size(tiny_folder: Path) -> None:
     path = source(tiny_folder).scan().samples["train"][0][0]
     image = decode(path, 16)
-    assert image.dtype == torch.uint8 and image.shape == (3, 16, 16)
-    ds = DecodedImages(image[None], [2], transform=lambda x: x.flip(-1))
-    out, label = ds[0]
-    assert torch.equal(out, image.flip(-1)) and int(label) == 2
+    assert image.dtype == np.uint8 and image.shape == (16, 16, 3)
+    chw = torch.from_numpy(image).permute(2, 0, 1)
+    plain, label = DecodedImages(image[None], [2])[0]
+    assert torch.equal(plain, chw) and int(label) == 2
+    flipped, _ = DecodedImages(image[None], [2], transform=lambda img: img.transpose(0))[0]  # PIL mirror
+    assert torch.equal(flipped, chw.flip(-1))
+    with pytest.raises(TypeError, match="leave float conversion and Normalize out"):
+        DecodedImages(image[None], [2], transform=lambda img: chw.float())[0]
 
 
 def test_epoch_batch_sampler_is_a_function_of_seed_and_epoch_and_can_skip() -> None:

@@ -2,7 +2,9 @@
 
 One pass over each file reads its bytes once, takes their SHA-1 (for splits.csv, duplicates
 and leakage), decodes and resizes the image to the working size. The result is a uint8 array
-of shape (N, 3, size, size) kept in memory or in a memory-mapped ``.npy`` file, plus a report
+of shape (N, size, size, 3) (height, width, RGB: what Pillow wraps without a copy, so that
+augmentation can run in Pillow's C code) kept in memory or in a memory-mapped ``.npy`` file,
+plus a report
 (errors, original sizes, digests). Both are keyed by the file list (path, size, mtime), so a
 changed, added or removed file invalidates them, and by ``LOADER_VERSION``.
 """
@@ -46,19 +48,19 @@ class FileReport:
 
 
 def decode_bytes(data: bytes, path: str, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode and resize one image to (3, size, size) uint8; also returns its original size."""
+    """Decode and resize one image to (size, size, 3) uint8; also returns its original size."""
     img = load_image(path, data=data, draft=2 * image_size)
     original = img.size
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), original
+    return np.array(img, dtype=np.uint8), original  # a writable copy
 
 
-def decode(path: str, image_size: int) -> torch.Tensor:
-    """The uncached path: the same decoding as the cache, for one file."""
+def decode(path: str, image_size: int) -> np.ndarray:
+    """The uncached path: the same decoding as the cache, for one file: (size, size, 3) uint8."""
     with open(path, "rb") as f:
         data = f.read()
-    return torch.from_numpy(decode_bytes(data, path, image_size)[0].copy())
+    return decode_bytes(data, path, image_size)[0]
 
 
 def file_key(paths: Sequence[str]) -> str:
@@ -95,10 +97,10 @@ class DecodeCache:
 
     def load(self, paths: Sequence[str], image_size: int | None, desc: str = "decode"
              ) -> tuple[torch.Tensor | None, FileReport]:
-        """Images (N, 3, size, size) uint8 (None when mode is none) and the report for ``paths``."""
+        """Images (N, size, size, 3) uint8 (None when mode is none) and the report for ``paths``."""
         paths = list(paths)
         if not paths:
-            empty = torch.empty((0, 3, image_size or 1, image_size or 1), dtype=torch.uint8)
+            empty = torch.empty((0, image_size or 1, image_size or 1, 3), dtype=torch.uint8)
             return (empty if image_size is not None and self.mode != "none" else None), FileReport([], {}, [], [])
         key = file_key(paths)
         keep = image_size is not None and self.mode != "none"
@@ -115,7 +117,7 @@ class DecodeCache:
     def _scan(self, paths: list[str], image_size: int | None, array_path: Path | None, desc: str
               ) -> tuple[torch.Tensor | None, FileReport]:
         n = len(paths)
-        shape = (n, 3, image_size or 1, image_size or 1)
+        shape = (n, image_size or 1, image_size or 1, 3)
         tmp = None
         if image_size is None:
             array = None
@@ -156,7 +158,7 @@ class DecodeCache:
 
     def _array_path(self, key: str, image_size: int | None) -> Path:
         assert self.folder is not None
-        return self.folder / key / f"images-{image_size}px.npy"
+        return self.folder / key / f"images-{image_size}px-hwc.npy"
 
     def _read_report(self, key: str) -> FileReport | None:
         if self.folder is None:
