@@ -23,6 +23,7 @@ from imgclf.checkpoint import load_checkpoint, set_rng_states
 from imgclf.config_check import check_config
 from imgclf.data.cache import DecodeCache
 from imgclf.data.dataset import make_loader
+from imgclf.data.doctor import diagnose, examine, format_report, write_report
 from imgclf.data.folder import FolderSource, Splits, remap
 from imgclf.data.prepare import LoadedSplit, changed_files, digests_by_path, load_splits, warn_about_leaks
 from imgclf.data.splits_file import read_splits, write_splits
@@ -69,6 +70,10 @@ def _train(cfg: DictConfig) -> float | None:
         loaded = _load(cfg, source, splits, ("train", "val", "test"))
         _check_unchanged(recorded, loaded, refuse=True)
         exp.path.mkdir(parents=True, exist_ok=True)
+        health = examine(splits, {n: s.report for n, s in loaded.items()}, root=str(source.root),
+                         bad_files=source.bad_files)
+        write_report(health, exp.path / "doctor.json")
+        log.info("data:\n%s", format_report(health))
         write_splits(splits, exp.splits, digests_by_path(loaded))
         OmegaConf.save(cfg, exp.config, resolve=True)
         train_loader, val_loader = _train_loaders(cfg, source, loaded, device)
@@ -127,6 +132,15 @@ def _test(cfg: DictConfig) -> dict[str, Any]:
     log.info("\n%s", report.format_table(metrics, classes))
     report.log_to_tensorboard(exp.tensorboard_dir, metrics, step=payload["state"]["epoch"])
     return metrics
+
+
+def doctor(cfg: DictConfig, project_root: Path | None = None) -> dict[str, Any]:
+    """The dataset doctor's report for the dataset ``cfg`` names (see ``imgclf-doctor``)."""
+    if project_root is not None and not cfg.paths.project_root:
+        cfg.paths.project_root = str(project_root)
+    source = _source(cfg)
+    cache = DecodeCache(cfg.paths.cache, mode="none", progress=cfg.progress)
+    return diagnose(source, cache, bad_files=source.bad_files)
 
 
 def _user_errors_without_traceback(fn: Any, cfg: DictConfig) -> Any:

@@ -25,12 +25,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from imgclf.data.images import load_image
+from imgclf.data.images import open_image
 from imgclf.errors import DataError
 
 log = logging.getLogger(__name__)
 
-LOADER_VERSION = 1  # bump whenever decoding changes: every existing cache is then ignored
+LOADER_VERSION = 2  # bump whenever decoding changes: every existing cache is then ignored
 MODES = ("memory", "disk", "none")
 
 
@@ -48,9 +48,8 @@ class FileReport:
 
 
 def decode_bytes(data: bytes, path: str, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode and resize one image to (size, size, 3) uint8; also returns its original size."""
-    img = load_image(path, data=data, draft=2 * image_size)
-    original = img.size
+    """Decode and resize one image to (size, size, 3) uint8; also returns its stored size."""
+    img, original = open_image(path, data=data, draft=2 * image_size)
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
     return np.array(img, dtype=np.uint8), original  # a writable copy

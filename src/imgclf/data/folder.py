@@ -172,10 +172,19 @@ def _image_files(class_dir: Path, ignored: Counter) -> list[str]:
         for name in sorted(filenames):
             ext = Path(name).suffix.lower()
             if name.startswith(".") or name in SKIPPED_FILES or ext not in IMAGE_EXTENSIONS:
-                ignored[ext or name] += 1
+                ignored[_ignored_kind(name)] += 1
                 continue
             seen.add(os.path.realpath(os.path.join(dirpath, name)))
     return sorted(seen)
+
+
+def _ignored_kind(name: str) -> str:
+    """How a skipped file is counted in the scan report."""
+    if name.startswith("._"):
+        return "._* (macOS metadata)"
+    if name.startswith(".") or name in SKIPPED_FILES:
+        return name if name in (".DS_Store", *SKIPPED_FILES) else "hidden files"
+    return Path(name).suffix.lower() or "(no extension)"
 
 
 def _check_non_empty(samples: list[Sample], classes: list[str], folder: Path) -> None:

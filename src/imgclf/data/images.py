@@ -25,7 +25,13 @@ BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 
 def load_image(path: str | Path, *, data: bytes | None = None, draft: int | None = None,
                max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Read an image file fully and return it as an RGB Pillow image.
+    """Read an image file fully and return it as an RGB Pillow image (see :func:`open_image`)."""
+    return open_image(path, data=data, draft=draft, max_pixels=max_pixels)[0]
+
+
+def open_image(path: str | Path, *, data: bytes | None = None, draft: int | None = None,
+               max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, tuple[int, int]]:
+    """Read an image file fully; return it as an RGB Pillow image, and its stored size.
 
     Args:
         path: the file (named in errors; read unless ``data`` is given).
@@ -42,13 +48,14 @@ def load_image(path: str | Path, *, data: bytes | None = None, draft: int | None
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data) if data is not None else path) as img:
+                stored_size = img.size
                 _check_size(path, img.size, max_pixels)
                 img.seek(0)  # first frame of animations
                 if draft is not None and img.format == "JPEG":
                     img.draft("RGB", (draft, draft))
                 img.load()   # decode everything now: a truncated file fails here, by name
                 img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
+                return to_rgb(img), stored_size
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
