@@ -45,6 +45,8 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r}: expected one of {', '.join(SPLITS)}")
     _choice(cfg, "dataset.bad_files", ("stop", "skip"))
+    _choice(cfg, "dataset.normalize", ("imagenet", "auto", "custom"))
+    _choice(cfg, "imbalance", ("none", "weighted_loss", "weighted_sampler"))
     _choice(cfg, "loader.cache", ("disk", "memory", "none"))
     _fraction(cfg, "dataset.val_fraction")
     _fraction(cfg, "dataset.test_fraction")

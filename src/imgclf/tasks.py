@@ -27,6 +27,7 @@ from imgclf.data.doctor import diagnose, examine, format_report, write_report
 from imgclf.data.folder import FolderSource, Splits, remap
 from imgclf.data.prepare import LoadedSplit, changed_files, digests_by_path, load_splits, warn_about_leaks
 from imgclf.data.splits_file import read_splits, write_splits
+from imgclf.data.stats import channel_stats, class_weights
 from imgclf.engine import Interrupted, TrainState, collect, fit
 from imgclf.errors import CheckpointError, ConfigError, DataError, ImgclfError
 from imgclf.experiment import CheckpointWriter, ExperimentDir, check_resumable, is_finished
@@ -63,20 +64,15 @@ def _train(cfg: DictConfig) -> float | None:
         payload = exp.resume_payload(str(cfg.resume), overwrite=cfg.overwrite)
         if payload is not None and is_finished(payload, cfg.epochs):
             return _report_finished(cfg, exp, payload)
+        splits, loaded = _prepare_data(cfg, exp, source, classes, resuming=payload is not None)
+        _normalize(cfg, source, loaded, model)
+        loss_fn, sample_weights = _balance(cfg, loaded["train"], len(classes), loss_fn, device)
         state = TrainState()
         if payload is not None:
             state = _restore(cfg, payload, classes, model, optimizer, schedule)
-        splits, recorded = _splits(exp, source, classes, reuse=payload is not None)
-        loaded = _load(cfg, source, splits, ("train", "val", "test"))
-        _check_unchanged(recorded, loaded, refuse=True)
-        exp.path.mkdir(parents=True, exist_ok=True)
-        health = examine(splits, {n: s.report for n, s in loaded.items()}, root=str(source.root),
-                         bad_files=source.bad_files)
-        write_report(health, exp.path / "doctor.json")
-        log.info("data:\n%s", format_report(health))
         write_splits(splits, exp.splits, digests_by_path(loaded))
         OmegaConf.save(cfg, exp.config, resolve=True)
-        train_loader, val_loader = _train_loaders(cfg, source, loaded, device)
+        train_loader, val_loader = _train_loaders(cfg, source, loaded, device, sample_weights)
         writer = CheckpointWriter(exp, model, optimizer, schedule, _checkpoint_meta(cfg, source, classes))
         run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch)
         if payload is not None:
@@ -215,9 +211,13 @@ def _source(cfg: DictConfig) -> FolderSource:
         root = (_project_root(cfg) / root).resolve()
     cfg.dataset.root = str(root)  # the saved config shows the folder actually used
     try:
-        return instantiate(cfg.dataset)
+        source = instantiate(cfg.dataset)
+    except ImgclfError:
+        raise
     except Exception as exc:
         raise ConfigError(f"could not build `dataset` ({cfg.dataset.get('_target_')}): {exc}") from exc
+    cfg.dataset.mean, cfg.dataset.std = list(source.mean), list(source.std)  # normalize=imagenet fills them
+    return source
 
 
 def _fill_num_classes(cfg: DictConfig, classes: list[str], root: Path, found_in: str = "the train folder") -> None:
@@ -255,6 +255,49 @@ def _optimizer_and_schedule(cfg: DictConfig, model: torch.nn.Module) -> tuple[An
         except Exception as exc:
             raise ConfigError(f"could not build `{group}` ({cfg[group].get('_target_')}): {exc}") from exc
     return built["optimizer"], built["scheduler"]
+
+
+def _prepare_data(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: list[str], *,
+                  resuming: bool) -> tuple[Splits, dict[str, LoadedSplit]]:
+    """Splits (reused when resuming), every split decoded once, checked, and the doctor's report."""
+    splits, recorded = _splits(exp, source, classes, reuse=resuming)
+    loaded = _load(cfg, source, splits, ("train", "val", "test"))
+    _check_unchanged(recorded, loaded, refuse=True)
+    exp.path.mkdir(parents=True, exist_ok=True)
+    health = examine(splits, {n: s.report for n, s in loaded.items()}, root=str(source.root),
+                     bad_files=source.bad_files)
+    write_report(health, exp.path / "doctor.json")
+    log.info("data:\n%s", format_report(health))
+    return splits, loaded
+
+
+def _normalize(cfg: DictConfig, source: FolderSource, loaded: dict[str, LoadedSplit], model: Classifier) -> None:
+    """``normalize: auto``: measure the train split once (remembered per file list) and use it."""
+    if source.normalize != "auto":
+        return
+    train = loaded["train"]
+    paths = [p for p, _ in train.samples]
+    cache = DecodeCache(cfg.paths.cache, mode=cfg.loader.cache, progress=cfg.progress)
+    images = train.images.numpy() if train.images is not None else None
+    mean, std = cache.memo(paths, f"stats-{source.image_size}px",
+                           lambda: channel_stats(images, train.rows, paths, source.image_size))
+    source.mean, source.std = tuple(mean), tuple(std)
+    cfg.dataset.mean, cfg.dataset.std = list(mean), list(std)  # the saved config shows what was used
+    model.set_normalization(mean, std)
+    log.info("normalize=auto: train mean %s, std %s", mean, std)
+
+
+def _balance(cfg: DictConfig, train: LoadedSplit, num_classes: int, loss_fn: torch.nn.Module,
+             device: torch.device) -> tuple[torch.nn.Module, list[float] | None]:
+    """``imbalance``: class-weighted loss, or sample weights for a class-balanced sampler."""
+    labels = [label for _, label in train.samples]
+    weights = class_weights(labels, num_classes)
+    if cfg.imbalance == "weighted_loss":
+        log.info("class weights for the loss: %s", [round(w, 3) for w in weights])
+        return instantiate(cfg.loss, weight=torch.tensor(weights, dtype=torch.float32)).to(device), None
+    if cfg.imbalance == "weighted_sampler":
+        return loss_fn, [weights[label] for label in labels]
+    return loss_fn, None
 
 
 def _report_finished(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any]) -> float | None:
@@ -323,8 +366,8 @@ def _transform(node: Any) -> Any:
     return instantiate(node) if node is not None else None
 
 
-def _train_loaders(cfg: DictConfig, source: FolderSource, loaded: dict[str, LoadedSplit],
-                   device: torch.device) -> tuple[Any, Any]:
+def _train_loaders(cfg: DictConfig, source: FolderSource, loaded: dict[str, LoadedSplit], device: torch.device,
+                   sample_weights: list[float] | None = None) -> tuple[Any, Any]:
     if not loaded["val"].samples:
         raise DataError(f"no validation images: {source.root} has no val/ folder and dataset.val_fraction is 0")
     pin = device.type == "cuda" if cfg.loader.pin_memory == "auto" else bool(cfg.loader.pin_memory)
@@ -332,7 +375,8 @@ def _train_loaders(cfg: DictConfig, source: FolderSource, loaded: dict[str, Load
     for split, transform in (("train", cfg.augmentation.train), ("val", cfg.augmentation.eval)):
         dataset = loaded[split].dataset(source.image_size, _transform(transform))
         loaders.append(make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=split == "train",
-                                   seed=cfg.seed, num_workers=cfg.loader.num_workers, pin_memory=pin))
+                                   seed=cfg.seed, num_workers=cfg.loader.num_workers, pin_memory=pin,
+                                   weights=sample_weights if split == "train" else None))
     return loaders[0], loaders[1]
 
 

@@ -18,7 +18,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -154,6 +154,22 @@ class DecodeCache:
             os.replace(tmp, array_path)
             return torch.from_numpy(np.load(array_path, mmap_mode="c")), report
         return torch.from_numpy(array), report
+
+    def memo(self, paths: Sequence[str], name: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, remembered on disk for this file list under ``name`` (JSON)."""
+        if self.folder is None or not paths:
+            return compute()
+        path = self.folder / file_key(list(paths)) / f"{name}.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+        value = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{name}.tmp-{os.getpid()}.json")
+        tmp.write_text(json.dumps(value))
+        os.replace(tmp, path)
+        return value
 
     def _array_path(self, key: str, image_size: int | None) -> Path:
         assert self.folder is not None

@@ -103,10 +103,13 @@ class EpochBatchSampler(Sampler[list[int]]):
         batch_size: samples per batch.
         shuffle: reshuffle every epoch.
         seed: base seed of the shuffling.
+        weights: sampling weight of each sample (drawn with replacement); None for a permutation.
     """
 
-    def __init__(self, size: int, batch_size: int, *, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(self, size: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 weights: Sequence[float] | None = None) -> None:
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
         self.epoch = 0
         self.start_batch = 0
 
@@ -118,6 +121,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         if not self.shuffle:
             return torch.arange(self.size)
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is not None:  # class-balanced: draw with replacement by sample weight
+            return torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
         return torch.randperm(self.size, generator=generator)
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -132,8 +137,8 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                pin_memory: bool = False) -> DataLoader:
+                pin_memory: bool = False, weights: Sequence[float] | None = None) -> DataLoader:
     """A DataLoader over ``dataset`` driven by an :class:`EpochBatchSampler`."""
-    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed)
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, weights=weights)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))

@@ -8,6 +8,7 @@ Missing val/test splits are carved from train, stratified by class and seeded.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclf.data.images import IMAGE_EXTENSIONS
+from imgclf.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from imgclf.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -46,28 +48,44 @@ class FolderSource:
         root: absolute path of the dataset folder.
         image_size: images are decoded once and resized to ``image_size`` x ``image_size``.
         num_classes: expected class count; ``None`` to take it from the train folder.
-        mean: per-channel mean used to normalize inputs (recorded in checkpoints).
-        std: per-channel standard deviation used to normalize inputs.
+        mean: per-channel mean used to normalize inputs (recorded in checkpoints) when
+            ``normalize`` is ``custom``.
+        std: per-channel standard deviation, likewise.
+        normalize: ``imagenet`` (ImageNet statistics), ``auto`` (measured on the train split, once,
+            and written back into the saved config) or ``custom`` (``mean`` and ``std`` as given).
         val_fraction: share of each train class carved out as val when there is no val folder.
         test_fraction: share of each train class carved out as test when there is no test folder.
         split_seed: seed of the carving, fixed apart from the training seed.
         bad_files: ``stop`` (list every unusable file before training) or ``skip`` (train without them).
+        val_from: where a missing val split is carved from: ``train``, or ``test`` (split the test
+            folder into val and test, as when train and test folders are given and test is large).
+        display_names: a JSON file mapping class folder names to display names (e.g. the flowers
+            project's ``cat_to_name.json``), relative to ``root`` or absolute; None for none.
     """
 
     def __init__(self, root: str, image_size: int, num_classes: int | None = None,
                  mean: tuple[float, ...] = (0.485, 0.456, 0.406),
                  std: tuple[float, ...] = (0.229, 0.224, 0.225),
                  val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
-                 bad_files: str = "stop") -> None:
+                 bad_files: str = "stop", val_from: str = "train", display_names: str | None = None,
+                 normalize: str = "custom") -> None:
+        if val_from not in ("train", "test"):
+            raise DataError(f"dataset.val_from={val_from!r}: expected train or test")
         self.root = Path(root)
         self.image_size = image_size
         self.num_classes = num_classes
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+        if normalize not in ("imagenet", "auto", "custom"):
+            raise DataError(f"dataset.normalize={normalize!r}: expected imagenet, auto or custom")
+        self.normalize = normalize
+        imagenet = normalize == "imagenet"
+        self.mean = tuple(IMAGENET_MEAN if imagenet else mean)
+        self.std = tuple(IMAGENET_STD if imagenet else std)
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
         self.bad_files = bad_files
+        self.val_from = val_from
+        self.display_names_file = display_names
 
     def class_names(self) -> list[str]:
         """The class list (from the train folder), found without reading any image."""
@@ -107,26 +125,47 @@ class FolderSource:
         return found
 
     def _carve(self, found: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
-        train = found["train"]
-        rng = random.Random(self.split_seed)
-        by_class: dict[int, list[Sample]] = {}
-        for sample in train:
-            by_class.setdefault(sample[1], []).append(sample)
-        carved: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
+        if self.val_from == "test" and "val" not in found:
+            if "test" not in found:
+                raise DataError(f"dataset.val_from=test, but {self.root} has no test/ folder")
+            val, test = _stratified(found["test"], {"val": self.val_fraction}, random.Random(self.split_seed))
+            return {"train": found["train"], "val": val["val"], "test": test}
         wanted = {s: f for s, f in (("test", self.test_fraction), ("val", self.val_fraction)) if s not in found}
-        for label in sorted(by_class):
-            items = sorted(by_class[label])
-            total = len(items)
-            rng.shuffle(items)
-            for split, fraction in wanted.items():
-                take = min(round(total * fraction), len(items) - 1)  # fractions of the whole class
-                carved[split] += items[:take]
-                items = items[take:]
-            carved["train"] += items
-        samples = {"train": sorted(carved["train"])}
-        for split in ("val", "test"):
-            samples[split] = found[split] if split in found else sorted(carved[split])
-        return samples
+        carved, train = _stratified(found["train"], wanted, random.Random(self.split_seed))
+        return {"train": train, **{s: found[s] if s in found else carved[s] for s in ("val", "test")}}
+
+    def display_names(self) -> dict[str, str]:
+        """Display names of the classes by folder name ({} when there is no names file)."""
+        if not self.display_names_file:
+            return {}
+        path = self.root / self.display_names_file
+        try:
+            names = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"dataset.display_names: cannot read {path}: {exc}") from exc
+        if not isinstance(names, dict):
+            raise DataError(f"{path} must map class folder names to display names (a JSON object)")
+        return {str(k): str(v) for k, v in names.items()}
+
+
+def _stratified(samples: list[Sample], fractions: dict[str, float],
+                rng: random.Random) -> tuple[dict[str, list[Sample]], list[Sample]]:
+    """Carve ``fractions`` of every class out of ``samples`` (at least one sample stays)."""
+    by_class: dict[int, list[Sample]] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    carved: dict[str, list[Sample]] = {split: [] for split in fractions}
+    rest: list[Sample] = []
+    for label in sorted(by_class):
+        items = sorted(by_class[label])
+        total = len(items)
+        rng.shuffle(items)
+        for split, fraction in fractions.items():
+            take = min(round(total * fraction), len(items) - 1)  # fractions of the whole class
+            carved[split] += items[:take]
+            items = items[take:]
+        rest += items
+    return {split: sorted(items) for split, items in carved.items()}, sorted(rest)
 
 
 def _class_dirs(folder: Path) -> tuple[list[str], list[Path]]:

@@ -27,6 +27,11 @@ class Classifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Replace the input statistics (e.g. once ``normalize: auto`` has measured them)."""
+        self.mean.copy_(torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.std.copy_(torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float()
         if images.dtype == torch.uint8:
