@@ -10,7 +10,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from imgclf.errors import ConfigError
 
@@ -21,6 +21,9 @@ SPLITS = ("train", "val", "test")
 
 def check_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the first key with a bad value."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"no value for {', '.join(missing)}: set it on the command line, e.g. {missing[0]}=...")
     _int(cfg, "epochs", minimum=1)
     _int(cfg, "seed", minimum=0)
     _int(cfg, "loader.batch_size", minimum=1)

@@ -43,7 +43,8 @@ def write_metrics(folder: str | Path, summary: dict[str, Any], cm: torch.Tensor,
 
 def format_table(metrics: dict[str, Any], classes: list[str]) -> str:
     """A plain-text table: overall values, then one row per class."""
-    width = max([len(c) for c in classes] + [12])
+    shown = {c: f"{c} {metrics.get('display_names', {}).get(c, '')}".strip() for c in classes}
+    width = max([len(name) for name in shown.values()] + [12])
     lines = [
         f"{metrics['split']} split of {metrics['data_root']}: {metrics['samples']} images, "
         f"checkpoint {metrics['checkpoint']} (epoch {metrics['epoch']})",
@@ -51,7 +52,7 @@ def format_table(metrics: dict[str, Any], classes: list[str]) -> str:
     ]
     for name in classes:
         row = metrics["per_class"][name]
-        lines.append(f"{name:{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:6.4f}  {row['support']:7d}")
+        lines.append(f"{shown[name]:{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:6.4f}  {row['support']:7d}")
     for label, suffix in (("macro avg", ""), ("weighted avg", "_weighted")):
         values = [metrics[m + suffix] for m in PER_CLASS]
         lines.append(f"{label:{width}}  {values[0]:9.4f}  {values[1]:6.4f}  {values[2]:6.4f}  {metrics['samples']:7d}")

@@ -122,7 +122,8 @@ def _test(cfg: DictConfig) -> dict[str, Any]:
     loss, cm = collect(model, loader, instantiate(cfg.loss).to(device), device=device, num_classes=len(classes),
                        progress=cfg.progress, desc=split)
     info = {"split": split, "checkpoint": str(path.resolve()), "epoch": payload["state"]["epoch"],
-            "data_root": str(source.root), "experiment": payload["experiment"]}
+            "data_root": str(source.root), "experiment": payload["experiment"],
+            "display_names": payload.get("display_names") or {}}
     folder = exp.path / ("test" if split == "test" else f"test_{split}")
     metrics = report.write_metrics(folder, summarize(cm), cm, loss, classes, info)
     log.info("\n%s", report.format_table(metrics, classes))
@@ -381,7 +382,8 @@ def _train_loaders(cfg: DictConfig, source: FolderSource, loaded: dict[str, Load
 
 
 def _checkpoint_meta(cfg: DictConfig, source: FolderSource, classes: list[str]) -> dict[str, Any]:
-    return {"experiment": cfg.experiment, "class_names": classes, "image_size": source.image_size,
+    return {"experiment": cfg.experiment, "class_names": classes, "display_names": source.display_names(),
+            "image_size": source.image_size,
             "mean": list(source.mean), "std": list(source.std), "monitor": cfg.monitor, "mode": cfg.mode,
             "epochs": cfg.epochs, "config": OmegaConf.to_container(cfg, resolve=True)}
 
