@@ -31,7 +31,7 @@ def check_config(cfg: DictConfig) -> None:
     _int(cfg, "dataset.image_size", minimum=8)
     if cfg.dataset.num_classes is not None:
         _int(cfg, "dataset.num_classes", minimum=2)
-    for key in ("deterministic", "overwrite", "progress"):
+    for key in ("deterministic", "overwrite", "progress", "tune_malloc"):
         _bool(cfg, key)
     device = str(cfg.device)
     if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):

@@ -35,6 +35,7 @@ from imgclf.interrupt import StopOnSignal
 from imgclf.metrics import summarize
 from imgclf.models.classifier import Classifier
 from imgclf.run_log import RunLog
+from imgclf.runtime import tune_malloc
 
 log = logging.getLogger(__name__)
 resolvers.register()  # before Hydra composes: train.py and test.py import this module first
@@ -52,6 +53,8 @@ def test(cfg: DictConfig) -> dict[str, Any]:
 
 def _train(cfg: DictConfig) -> float | None:
     check_config(cfg)
+    if cfg.tune_malloc:
+        tune_malloc()
     device = _device(cfg.device)
     _seed_everything(cfg.seed, cfg.deterministic)
     exp = _experiment_dir(cfg)
@@ -96,6 +99,8 @@ def _train(cfg: DictConfig) -> float | None:
 
 def _test(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
+    if cfg.tune_malloc:
+        tune_malloc()
     device = _device(cfg.device)
     exp = _experiment_dir(cfg)
     path = {"best": exp.best, "last": exp.last}.get(str(cfg.ckpt), Path(str(cfg.ckpt)))
