@@ -19,6 +19,8 @@ Targets: imgclf epoch 2 >= 3x naive, and >= 5x an epoch that decodes from disk.
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ from torchvision.transforms import v2
 from imgclf.data.cache import DecodeCache
 from imgclf.data.dataset import DecodedImages, LazyImages
 from imgclf.data.folder import FolderSource
+from imgclf.runtime import tune_malloc
 
 MEAN, STD = [0.519, 0.499, 0.469], [0.175, 0.183, 0.197]  # the dishes project's train statistics
 
@@ -69,43 +72,65 @@ def steady_rate(dataset, workers: int, normalize_batches: bool, n: int) -> float
     return n / min(epoch(batches, normalize_batches) for _ in range(2))
 
 
+def measure(name: str, root: Path, size: int, workers: int, cache_dir: str) -> float:
+    """Images/s of one pipeline; runs in its own process (see main)."""
+    source = FolderSource(str(root), image_size=size, val_fraction=0, test_fraction=0)
+    samples = source.scan().samples["train"]
+    paths, labels = [p for p, _ in samples], [label for _, label in samples]
+    augment = v2.Compose(dishes_augmentation())
+    flips = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
+    n = len(paths)
+    if name == "naive":
+        return steady_rate(naive_dataset(root, size), workers, False, n)
+    tune_malloc()  # imgclf's default (tune_malloc: true), applied by train.py and test.py
+    cache = DecodeCache(cache_dir, mode="disk", progress=False)
+    if name == "imgclf, epoch 1":  # a first run: build the cache, then serve one epoch
+        start = time.perf_counter()
+        images, _ = cache.load(paths, size)
+        return n / (time.perf_counter() - start + epoch(loader(DecodedImages(images, labels, augment), workers), True))
+    if name.endswith("no cache"):
+        return steady_rate(LazyImages(paths, labels, size, flips if name.startswith("flips") else augment),
+                           workers, True, n)
+    images, _ = cache.load(paths, size)  # later epochs and runs: the memory-mapped file
+    return steady_rate(DecodedImages(images, labels, flips if name.startswith("flips") else augment), workers, True, n)
+
+
+PIPELINES = ("naive", "imgclf, no cache", "imgclf, epoch 1", "imgclf, epoch 2", "flips only, no cache",
+             "flips only, cached")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_root = Path(__file__).resolve().parents[2] / "shared" / "data" / "food101_mini" / "train"
     parser.add_argument("--root", type=Path, default=default_root, help="an ImageFolder-style folder")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(1)  # per-sample transforms: threads only add overhead; same for both
-
-    source = FolderSource(str(args.root), image_size=args.size, val_fraction=0, test_fraction=0)
-    samples = source.scan().samples["train"]
-    paths, labels = [p for p, _ in samples], [label for _, label in samples]
-    augment = v2.Compose(dishes_augmentation())
-    print(f"{len(paths)} images from {args.root}, {args.size} px, dishes augmentation, batch 32")
-    n = len(paths)
+    torch.set_num_threads(1)  # per-sample transforms: threads only add overhead; same for all
+    if args.child:
+        print(measure(args.child, args.root, args.size, args.workers[0], args.cache_dir))
+        return
+    print(f"images from {args.root}, {args.size} px, dishes augmentation, batch 32; each pipeline in its own "
+          "process (naive with glibc's malloc defaults, imgclf with its own defaults)")
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as cache_dir:
-            naive = steady_rate(naive_dataset(args.root, args.size), workers, False, n)
-            lazy = steady_rate(LazyImages(paths, labels, args.size, augment), workers, True, n)
-            cache = DecodeCache(cache_dir, mode="disk", progress=False)
-            start = time.perf_counter()  # a first run: build the cache, then serve one epoch
-            images, _ = cache.load(paths, args.size)
-            first = n / (time.perf_counter() - start + epoch(loader(DecodedImages(images, labels, augment), workers), True))
-            images, _ = cache.load(paths, args.size)  # a later epoch or run: the memory-mapped file
-            second = steady_rate(DecodedImages(images, labels, augment), workers, True, n)
-            flips = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()])
-            light_lazy = steady_rate(LazyImages(paths, labels, args.size, flips), workers, True, n)
-            light = steady_rate(DecodedImages(images, labels, flips), workers, True, n)
+            rates = {}
+            for name in PIPELINES:
+                out = subprocess.run([sys.executable, __file__, "--child", name, "--root", str(args.root),
+                                      "--size", str(args.size), "--workers", str(workers), "--cache-dir", cache_dir],
+                                     capture_output=True, text=True, check=True).stdout
+                rates[name] = float(out.strip().splitlines()[-1])
         print(f"workers={workers}:")
-        for name, rate in (("naive", naive), ("imgclf, no cache", lazy), ("imgclf, epoch 1", first),
-                           ("imgclf, epoch 2", second), ("flips only, no cache", light_lazy),
-                           ("flips only, cached", light)):
+        for name, rate in rates.items():
             print(f"  {name:20s} {rate:8.0f} images/s")
-        print(f"  ratio epoch 2 / naive                 = {second / naive:5.2f} (target >= 3)")
-        print(f"  ratio epoch 2 / decoding from disk    = {second / lazy:5.2f} (target >= 5)")
-        print(f"  ratio epoch 2 / epoch 1 (cache build) = {second / first:5.2f}")
-        print(f"  flips only: cached / decoding         = {light / light_lazy:5.2f}")
+        second = rates["imgclf, epoch 2"]
+        print(f"  ratio epoch 2 / naive                 = {second / rates['naive']:5.2f} (target >= 3)")
+        print(f"  ratio epoch 2 / decoding from disk    = {second / rates['imgclf, no cache']:5.2f} (target >= 5)")
+        print(f"  ratio epoch 2 / epoch 1 (cache build) = {second / rates['imgclf, epoch 1']:5.2f}")
+        print(f"  flips only: cached / decoding         = "
+              f"{rates['flips only, cached'] / rates['flips only, no cache']:5.2f}")
 
 
 if __name__ == "__main__":
