@@ -180,3 +180,13 @@ def test_epoch_batch_sampler_is_a_function_of_seed_and_epoch_and_can_skip() -> N
     assert list(sampler) != full
     # a trailing batch of one image is dropped when shuffling (BatchNorm cannot train on it)
     assert len(EpochBatchSampler(7, 3)) == 2 and len(EpochBatchSampler(7, 3, shuffle=False)) == 3
+
+
+def test_configured_class_list_sets_the_order_and_must_match(tiny_folder: Path) -> None:
+    order = ["stripes", "circle", "square"]
+    splits = source(tiny_folder, classes=order).scan()
+    assert splits.classes == order
+    path, label = splits.samples["train"][0]
+    assert order[label] == Path(path).parent.name  # labels follow the configured order
+    with pytest.raises(DataError, match=r"folders not in the list \['stripes'\].*without a folder \['zigzag'\]"):
+        source(tiny_folder, classes=["circle", "square", "zigzag"]).scan()

@@ -51,6 +51,8 @@ class FolderSource:
         mean: per-channel mean used to normalize inputs (recorded in checkpoints) when
             ``normalize`` is ``custom``.
         std: per-channel standard deviation, likewise.
+        classes: the class list, in order; None to take the sorted train folder names. When
+            given, the train folders must be exactly these classes.
         normalize: ``imagenet`` (ImageNet statistics), ``auto`` (measured on the train split, once,
             and written back into the saved config) or ``custom`` (``mean`` and ``std`` as given).
         val_fraction: share of each train class carved out as val when there is no val folder.
@@ -68,7 +70,7 @@ class FolderSource:
                  std: tuple[float, ...] = (0.229, 0.224, 0.225),
                  val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
                  bad_files: str = "stop", val_from: str = "train", display_names: str | None = None,
-                 normalize: str = "custom") -> None:
+                 normalize: str = "custom", classes: list[str] | None = None) -> None:
         if val_from not in ("train", "test"):
             raise DataError(f"dataset.val_from={val_from!r}: expected train or test")
         self.root = Path(root)
@@ -86,16 +88,25 @@ class FolderSource:
         self.bad_files = bad_files
         self.val_from = val_from
         self.display_names_file = display_names
+        self.classes = [str(c) for c in classes] if classes else None
 
     def class_names(self) -> list[str]:
-        """The class list (from the train folder), found without reading any image."""
-        return _class_dirs(self._split_dirs().get("train", self.root))[0]
+        """The class list (configured, or the train folder names), found without reading any image."""
+        train_dir = self._split_dirs().get("train", self.root)
+        found = _class_dirs(train_dir)[0]
+        if self.classes is None:
+            return found
+        if sorted(found) != sorted(self.classes):
+            extra, missing = sorted(set(found) - set(self.classes)), sorted(set(self.classes) - set(found))
+            raise DataError(f"dataset.classes does not match the class folders in {train_dir}: "
+                            f"folders not in the list {extra}, listed classes without a folder {missing}")
+        return self.classes
 
     def scan(self) -> Splits:
         """List every sample of every split; carve the missing splits from train."""
         split_dirs = self._split_dirs()
         train_dir = split_dirs.get("train", self.root)
-        classes, _ = _class_dirs(train_dir)
+        classes = self.class_names()
         ignored: Counter = Counter()
         found = {name: _scan_split(folder, classes, ignored) for name, folder in split_dirs.items()}
         if not split_dirs:

@@ -36,9 +36,8 @@ class ManifestSource(FolderSource):
 
     def __init__(self, root: str, train: str, val: str | None = None, test: str | None = None,
                  classes: list[str] | None = None, **kwargs: Any) -> None:
-        super().__init__(root, **kwargs)
+        super().__init__(root, classes=classes, **kwargs)
         self.files = {name: f for name, f in (("train", train), ("val", val), ("test", test)) if f}
-        self.classes = [str(c) for c in classes] if classes else None
 
     def class_names(self) -> list[str]:
         if self.classes:
