@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import imgclf.tasks as tasks
 from conftest import SHARED_DATA, compose_cfg, draw, make_folder, tiny_overrides

@@ -46,7 +46,7 @@ def test_every_optimizer_and_scheduler_pair_steps(optimizer: str, scheduler: str
     opt = instantiate(cfg.optimizer)(model.parameters())
     schedule: LRSchedule = instantiate(cfg.scheduler)(opt)
     lrs = []
-    for epoch in range(4):
+    for _ in range(4):
         loss = model(torch.randn(8, 4)).logsumexp(1).mean()
         opt.zero_grad()
         loss.backward()

@@ -59,7 +59,7 @@ def _usable(splits: Splits, reports: dict[str, FileReport], name: str) -> dict[s
 def _same_bytes(reports: dict[str, FileReport]) -> tuple[list[list[str]], list[list[str]]]:
     where: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for name, r in reports.items():
-        for path, digest in zip(r.paths, r.digests):
+        for path, digest in zip(r.paths, r.digests, strict=True):
             if digest is not None:
                 where[digest].append((name, path))
     groups = [places for places in where.values() if len(places) > 1]

@@ -209,7 +209,7 @@ def _scan_split(folder: Path, classes: list[str], ignored: Counter) -> list[Samp
     for missing in sorted(set(classes) - set(names)):
         log.warning("%s has no folder for class '%s'", folder, missing)
     samples: list[Sample] = []
-    for name, class_dir in zip(names, dirs):
+    for name, class_dir in zip(names, dirs, strict=True):
         samples += [(path, index[name]) for path in _image_files(class_dir, ignored)]
     return samples
 

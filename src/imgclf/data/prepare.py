@@ -78,7 +78,7 @@ def digests_by_path(loaded: dict[str, LoadedSplit]) -> dict[str, str]:
     """SHA-1 of every readable file, by path."""
     out = {}
     for split in loaded.values():
-        for path, digest in zip(split.report.paths, split.report.digests):
+        for path, digest in zip(split.report.paths, split.report.digests, strict=True):
             if digest is not None:
                 out[path] = digest
     return out
@@ -88,7 +88,7 @@ def leaks(loaded: dict[str, LoadedSplit]) -> dict[str, list[str]]:
     """Files with identical bytes that sit in more than one split: {digest: ["split:path", ...]}."""
     where: dict[str, list[str]] = defaultdict(list)
     for name, split in loaded.items():
-        for path, digest in zip(split.report.paths, split.report.digests):
+        for path, digest in zip(split.report.paths, split.report.digests, strict=True):
             if digest is not None:
                 where[digest].append(f"{name}:{path}")
     return {d: places for d, places in where.items() if len({p.split(":", 1)[0] for p in places}) > 1}
