@@ -184,6 +184,8 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Iterable, loss_fn: nn.M
     """
     for epoch in range(state.epoch, epochs):
         train_loader.batch_sampler.set_epoch(epoch, state.step)
+        if hasattr(model, "set_epoch"):
+            model.set_epoch(epoch)  # e.g. unfreeze a pretrained backbone
         totals = Totals(device, state.partial)
         lr = schedule.lr()
         start = time.perf_counter()

@@ -239,7 +239,9 @@ def _fill_num_classes(cfg: DictConfig, classes: list[str], root: Path, found_in:
 def _model(cfg: DictConfig, source: FolderSource, device: torch.device) -> Classifier:
     """Build the model and check on two dummy images that it maps them to (2, num_classes) logits."""
     try:
-        model = Classifier(instantiate(cfg.model), source.mean, source.std)
+        net = instantiate(cfg.model)
+        _use_model_normalization(cfg, source, net)
+        model = Classifier(net, source.mean, source.std)
         model.eval()
         with torch.no_grad():
             out = model(torch.zeros(2, 3, source.image_size, source.image_size, dtype=torch.uint8))
@@ -252,12 +254,28 @@ def _model(cfg: DictConfig, source: FolderSource, device: torch.device) -> Class
     return model.to(device)
 
 
+def _params(model: Classifier, lr: float) -> Any:
+    """Parameter groups when the network has them (a backbone at its own learning rate)."""
+    return model.net.param_groups(lr) if hasattr(model.net, "param_groups") else model.parameters()
+
+
+def _use_model_normalization(cfg: DictConfig, source: FolderSource, net: torch.nn.Module) -> None:
+    """Pretrained weights expect the normalization they were trained with, whatever the dataset says."""
+    mean, std = getattr(net, "input_mean", None), getattr(net, "input_std", None)
+    if mean is None or (tuple(mean), tuple(std)) == (source.mean, source.std):
+        return
+    log.info("model %s expects inputs normalized with mean %s, std %s: using them instead of the dataset's",
+             type(net).__name__, list(mean), list(std))
+    source.mean, source.std, source.normalize = tuple(mean), tuple(std), "custom"
+    cfg.dataset.mean, cfg.dataset.std, cfg.dataset.normalize = list(mean), list(std), "custom"
+
+
 def _optimizer_and_schedule(cfg: DictConfig, model: torch.nn.Module) -> tuple[Any, Any]:
     built = {}
     for group in ("optimizer", "scheduler"):
         try:
             factory = instantiate(cfg[group])
-            built[group] = factory(model.parameters()) if group == "optimizer" else factory(built["optimizer"])
+            built[group] = factory(_params(model, cfg.optimizer.lr)) if group == "optimizer" else factory(built["optimizer"])
         except Exception as exc:
             raise ConfigError(f"could not build `{group}` ({cfg[group].get('_target_')}): {exc}") from exc
     return built["optimizer"], built["scheduler"]

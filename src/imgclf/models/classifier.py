@@ -27,6 +27,11 @@ class Classifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
+    def set_epoch(self, epoch: int) -> None:
+        """Forwarded to the network (e.g. to unfreeze a pretrained backbone at a given epoch)."""
+        if hasattr(self.net, "set_epoch"):
+            self.net.set_epoch(epoch)
+
     def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """Replace the input statistics (e.g. once ``normalize: auto`` has measured them)."""
         self.mean.copy_(torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))

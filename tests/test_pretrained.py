@@ -1,0 +1,94 @@
+"""Pretrained backbones: offline EfficientNet-Lite0, torchvision models, heads, freezing,
+per-group learning rates and the normalization the weights expect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import imgclf.tasks as tasks
+from conftest import compose_cfg, tiny_overrides
+from imgclf.checkpoint import load_checkpoint
+from imgclf.errors import ConfigError
+from imgclf.models.heads import make_head
+from imgclf.models.lite0 import EfficientNetLite0
+from imgclf.models.torchvision_net import TorchvisionNet
+
+
+def test_lite0_loads_real_imagenet_weights_offline() -> None:
+    pretrained, scratch = EfficientNetLite0(3), EfficientNetLite0(3, pretrained=False)
+    a = pretrained.backbone.net._conv_stem.weight
+    assert not torch.equal(a, scratch.backbone.net._conv_stem.weight)
+    assert a.abs().mean() > 0.05 and pretrained.input_mean == (0.5, 0.5, 0.5)
+
+
+def test_frozen_backbone_trains_only_the_head_and_keeps_batchnorm_statistics() -> None:
+    model = EfficientNetLite0(3, freeze="backbone", unfreeze_at_epoch=1)
+    bn = model.backbone.net._bn0
+    stats = bn.running_mean.clone()
+    backbone_before = [p.clone() for p in model.backbone.parameters()]
+    head_before = [p.clone() for p in model.head.parameters()]
+    opt = torch.optim.SGD(model.param_groups(0.1), lr=0.1)
+    model.train()
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0])).backward()
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(backbone_before, model.backbone.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(head_before, model.head.parameters(), strict=True))
+    assert torch.equal(bn.running_mean, stats) and not bn.training
+    model.set_epoch(1)  # unfrozen from epoch 1 on
+    model.train()
+    assert not model.frozen and bn.training
+
+
+def test_backbone_learning_rate_scale_makes_two_groups() -> None:
+    model = TorchvisionNet(4, arch="resnet18", backbone_lr_scale=0.1)
+    groups = model.param_groups(0.01)
+    assert [g["lr"] for g in groups] == [0.01, pytest.approx(0.001)]
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("arch,features", [("resnet18", 512), ("vgg11", 25088), ("efficientnet_b0", 1280),
+                                           ("mobilenet_v3_small", 576), ("convnext_tiny", 768)])
+def test_torchvision_architectures_get_a_new_head(arch: str, features: int) -> None:
+    model = TorchvisionNet(5, arch=arch, hidden=[16], dropout=0.5)
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+    assert model.head[1].in_features == features
+
+
+def test_dishes_b2_head_matches_the_project() -> None:
+    head = make_head(1408, 2, hidden=[256], dropout=0.5)
+    kinds = [type(m).__name__ for m in head]
+    assert kinds == ["Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert (head[1].in_features, head[1].out_features, head[4].out_features) == (1408, 256, 2)
+
+
+def test_pretrained_download_offline_is_a_clear_error(monkeypatch) -> None:
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(ConfigError, match=r"could not download the resnet18 weights.*model.weights=null"):
+        TorchvisionNet(3, arch="resnet18", weights="DEFAULT")
+    with pytest.raises(ConfigError, match="not a torchvision model"):
+        TorchvisionNet(3, arch="resnet1800")
+
+
+def test_local_weights_file_is_loaded(tmp_path: Path) -> None:
+    from torchvision.models import resnet18
+
+    original = resnet18()
+    torch.save(original.state_dict(), tmp_path / "r18.pth")
+    model = TorchvisionNet(3, arch="resnet18", weights=str(tmp_path / "r18.pth"))
+    assert torch.equal(model.backbone[0].conv1.weight, original.conv1.weight)
+
+
+def test_training_with_lite0_uses_the_weights_normalization(tmp_path: Path, tiny_folder: Path) -> None:
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "model=lite0", "model.freeze=backbone",
+                                              "epochs=1", "dataset.image_size=32"))
+    tasks._train(cfg)
+    ckpt = load_checkpoint(tmp_path / "experiments" / "tiny" / "best.pt")
+    assert ckpt["mean"] == [0.5, 0.5, 0.5] and ckpt["config"]["dataset"]["normalize"] == "custom"
