@@ -92,3 +92,15 @@ def test_training_with_lite0_uses_the_weights_normalization(tmp_path: Path, tiny
     tasks._train(cfg)
     ckpt = load_checkpoint(tmp_path / "experiments" / "tiny" / "best.pt")
     assert ckpt["mean"] == [0.5, 0.5, 0.5] and ckpt["config"]["dataset"]["normalize"] == "custom"
+
+
+def test_freeze_bn_trains_backbone_weights_but_keeps_its_statistics() -> None:
+    model = EfficientNetLite0(3, freeze_bn=True)
+    bn = model.backbone.net._bn0
+    stats, weight = bn.running_mean.clone(), bn.weight.clone()
+    opt = torch.optim.SGD(model.param_groups(0.1), lr=0.1)
+    model.train()
+    assert not bn.training and model.head.training
+    torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0])).backward()
+    opt.step()
+    assert torch.equal(bn.running_mean, stats) and not torch.equal(bn.weight, weight)

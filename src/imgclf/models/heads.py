@@ -29,19 +29,23 @@ class BackboneClassifier(nn.Module):
         unfreeze_at_epoch: with ``freeze=backbone``, train everything from this epoch (0-based) on;
             None to keep the backbone frozen.
         backbone_lr_scale: the backbone's learning rate relative to the head's.
+        freeze_bn: keep the backbone's BatchNorm statistics fixed while its weights train (small
+            or heavily augmented batches would otherwise overwrite the pretrained statistics).
     """
 
     input_mean: tuple[float, ...] | None = None  # the normalization the pretrained weights expect
     input_std: tuple[float, ...] | None = None
 
     def __init__(self, backbone: nn.Module, head: nn.Module, freeze: str = "none",
-                 unfreeze_at_epoch: int | None = None, backbone_lr_scale: float = 1.0) -> None:
+                 unfreeze_at_epoch: int | None = None, backbone_lr_scale: float = 1.0,
+                 freeze_bn: bool = False) -> None:
         super().__init__()
         if freeze not in ("none", "backbone"):
             raise ValueError(f"model.freeze must be none or backbone, got {freeze!r}")
         self.backbone, self.head = backbone, head
         self.freeze, self.unfreeze_at_epoch = freeze, unfreeze_at_epoch
         self.backbone_lr_scale = backbone_lr_scale
+        self.freeze_bn = freeze_bn
         self.set_epoch(0)
 
     @property
@@ -58,6 +62,10 @@ class BackboneClassifier(nn.Module):
         super().train(mode)
         if mode and self.frozen:
             self.backbone.eval()  # a frozen backbone keeps its BatchNorm statistics and no dropout
+        elif mode and self.freeze_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()  # fine-tune the weights, keep the pretrained statistics
         return self
 
     def param_groups(self, lr: float) -> list[dict]:

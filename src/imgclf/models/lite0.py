@@ -52,6 +52,7 @@ class EfficientNetLite0(BackboneClassifier):
         freeze: ``none`` or ``backbone``.
         unfreeze_at_epoch: with a frozen backbone, train everything from this epoch on (None: never).
         backbone_lr_scale: the backbone's learning rate relative to the head's (e.g. 0.1).
+        freeze_bn: keep the backbone's BatchNorm statistics fixed while fine-tuning.
     """
 
     input_mean = (0.5, 0.5, 0.5)
@@ -59,7 +60,7 @@ class EfficientNetLite0(BackboneClassifier):
 
     def __init__(self, num_classes: int, pretrained: bool = True, hidden: Sequence[int] = (), dropout: float = 0.2,
                  freeze: str = "none", unfreeze_at_epoch: int | None = None,
-                 backbone_lr_scale: float = 1.0) -> None:
+                 backbone_lr_scale: float = 1.0, freeze_bn: bool = False) -> None:
         super().__init__(_Lite0Features(pretrained), make_head(FEATURES, num_classes, hidden, dropout),
                          freeze=freeze, unfreeze_at_epoch=unfreeze_at_epoch,
-                         backbone_lr_scale=backbone_lr_scale)
+                         backbone_lr_scale=backbone_lr_scale, freeze_bn=freeze_bn)

@@ -88,13 +88,15 @@ class TorchvisionNet(BackboneClassifier):
         freeze: ``none`` or ``backbone``.
         unfreeze_at_epoch: with a frozen backbone, train everything from this epoch on (None: never).
         backbone_lr_scale: the backbone's learning rate relative to the head's (e.g. 0.1).
+        freeze_bn: keep the backbone's BatchNorm statistics fixed while fine-tuning.
     """
 
     def __init__(self, num_classes: int, arch: str = "resnet18", weights: str | None = None,
                  hidden: Sequence[int] = (), dropout: float = 0.0, freeze: str = "none",
-                 unfreeze_at_epoch: int | None = None, backbone_lr_scale: float = 1.0) -> None:
+                 unfreeze_at_epoch: int | None = None, backbone_lr_scale: float = 1.0,
+                 freeze_bn: bool = False) -> None:
         net, mean, std = _build(arch, weights)
         backbone, features = _split_classifier(net)
         super().__init__(backbone, make_head(features, num_classes, hidden, dropout), freeze=freeze,
-                         unfreeze_at_epoch=unfreeze_at_epoch, backbone_lr_scale=backbone_lr_scale)
+                         unfreeze_at_epoch=unfreeze_at_epoch, backbone_lr_scale=backbone_lr_scale, freeze_bn=freeze_bn)
         self.input_mean, self.input_std = mean, std  # pretrained weights bring their normalization
