@@ -54,6 +54,7 @@ def check_config(cfg: DictConfig) -> None:
     _fraction(cfg, "dataset.val_fraction")
     _fraction(cfg, "dataset.test_fraction")
     _normalization(cfg)
+    _trainer(cfg)
     _positive_number(cfg, "optimizer.lr")
     for key in ("weight_decay", "momentum"):
         if key in cfg.optimizer:
@@ -109,3 +110,15 @@ def _resume_or_ckpt(cfg: DictConfig, key: str, words: tuple[str, ...]) -> None:
 def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
     if _get(cfg, key) not in allowed:
         raise ConfigError(f"{key}={_get(cfg, key)!r}: expected one of {', '.join(allowed)}")
+
+
+def _trainer(cfg: DictConfig) -> None:
+    _int(cfg, "trainer.accumulate", minimum=1)
+    _choice(cfg, "trainer.amp", ("none", "bf16", "fp16"))
+    for key in ("trainer.channels_last", "trainer.compile"):
+        _bool(cfg, key)
+    if cfg.trainer.clip_grad_norm is not None:
+        _positive_number(cfg, "trainer.clip_grad_norm")
+    if cfg.trainer.early_stopping.patience is not None:
+        _int(cfg, "trainer.early_stopping.patience", minimum=1)
+    _positive_number(cfg, "trainer.early_stopping.min_delta", allow_zero=True)

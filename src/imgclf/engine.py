@@ -72,32 +72,67 @@ class _Progress:
         self.bar.close()
 
 
+def autocast(device: torch.device, amp: str) -> torch.autocast:
+    """Mixed precision for ``amp`` = ``bf16`` or ``fp16`` (``none``: full precision)."""
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp != "none")
+
+
+def _update(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+            clip_grad_norm: float | None) -> None:
+    """One optimizer step from the accumulated gradients (unscaled and clipped first if asked)."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *,
                     device: torch.device, schedule: LRSchedule | None = None, totals: Totals | None = None,
-                    should_stop: Callable[[], bool] = lambda: False, progress: bool = False,
-                    desc: str = "train") -> dict[str, float]:
+                    should_stop: Callable[[], bool] = lambda: False, progress: bool = False, desc: str = "train",
+                    accumulate: int = 1, clip_grad_norm: float | None = None, amp: str = "none",
+                    scaler: torch.amp.GradScaler | None = None, channels_last: bool = False) -> dict[str, float]:
     """Train over ``loader`` once (or until ``should_stop()``); ``totals`` is updated in place.
+
+    Args:
+        accumulate: batches whose gradients add up to one optimizer step (the loss is divided by it).
+        clip_grad_norm: clip the gradients' global norm to this value before each step (None: no clipping).
+        amp: mixed precision, ``none``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with ``scaler``).
+        scaler: the gradient scaler for fp16.
+        channels_last: feed images in channels-last memory format (for a channels-last model).
 
     Returns:
         ``train/loss``, ``train/acc`` over the epoch so far, and ``train/images_per_s``.
     """
     totals = totals if totals is not None else Totals(device)
     seen_before = totals.seen
-    bar = _Progress(len(loader), totals.steps, desc, progress)  # type: ignore[arg-type]
+    batches = len(loader)  # type: ignore[arg-type]
+    bar = _Progress(batches, totals.steps, desc, progress)
     model.train()
+    optimizer.zero_grad(set_to_none=True)
     start = time.perf_counter()
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
-        logits = model(images)
-        loss = loss_fn(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if schedule is not None:
-            schedule.after_step()
+        with autocast(device, amp):
+            logits = model(images)
+            loss = loss_fn(logits, labels)
+        (scaler.scale(loss / accumulate) if scaler is not None else loss / accumulate).backward()
         totals.add(loss, logits, labels)
         bar.update(totals, seen_before)
+        if totals.steps % accumulate and totals.steps < batches:
+            continue  # keep accumulating; a stop waits for the step, so no gradient is lost
+        _update(model, optimizer, scaler, clip_grad_norm)
+        if schedule is not None:
+            schedule.after_step()
         if should_stop():
             break
     loss_mean, acc = totals.means()
@@ -109,7 +144,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
 
 @torch.no_grad()
 def collect(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: torch.device,
-            num_classes: int, progress: bool = False, desc: str = "eval") -> tuple[float, torch.Tensor]:
+            num_classes: int, progress: bool = False, desc: str = "eval", amp: str = "none",
+            channels_last: bool = False) -> tuple[float, torch.Tensor]:
     """Mean loss and the confusion matrix of ``model`` over ``loader``."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
@@ -117,18 +153,23 @@ def collect(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: t
     seen = 0
     for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
-        logits = model(images)
-        loss_sum += loss_fn(logits, labels) * labels.shape[0]
+        with autocast(device, amp):
+            logits = model(images)
+            loss_sum += loss_fn(logits, labels).float() * labels.shape[0]
         cm += confusion_matrix(logits.argmax(1), labels, num_classes)
         seen += labels.shape[0]
     return float(loss_sum) / max(seen, 1), cm
 
 
 def evaluate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: torch.device, num_classes: int,
-             prefix: str = "val", progress: bool = False) -> dict[str, float]:
+             prefix: str = "val", progress: bool = False, amp: str = "none",
+             channels_last: bool = False) -> dict[str, float]:
     """``<prefix>/loss``, ``<prefix>/acc`` and ``<prefix>/f1`` (macro) over ``loader``."""
-    loss, cm = collect(model, loader, loss_fn, device=device, num_classes=num_classes, progress=progress, desc=prefix)
+    loss, cm = collect(model, loader, loss_fn, device=device, num_classes=num_classes, progress=progress, desc=prefix,
+                       amp=amp, channels_last=channels_last)
     summary = summarize(cm)
     return {f"{prefix}/loss": loss, f"{prefix}/acc": summary["accuracy"], f"{prefix}/f1": summary["f1"]}
 
@@ -142,6 +183,8 @@ class TrainState:
     best: float | None = None      # best monitored value so far (never NaN)
     best_epoch: int = 0
     partial: dict[str, float] = field(default_factory=dict)  # Totals of the unfinished epoch
+    bad_epochs: int = 0            # epochs since the monitored value last improved by min_delta
+    stopped_early: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,13 +219,24 @@ def _log_epoch(epoch: int, epochs: int, metrics: dict[str, float], improved: boo
 def fit(model: nn.Module, train_loader: Any, val_loader: Iterable, loss_fn: nn.Module,
         optimizer: torch.optim.Optimizer, schedule: LRSchedule, *, epochs: int, device: torch.device,
         num_classes: int, monitor: str, mode: str, state: TrainState, checkpoints: Checkpoints, log: EpochLog,
-        should_stop: Callable[[], bool] = lambda: False, progress: bool = False) -> TrainState:
+        should_stop: Callable[[], bool] = lambda: False, progress: bool = False, patience: int | None = None,
+        min_delta: float = 0.0, **step_options: Any) -> TrainState:
     """Train from ``state`` to ``epochs``, validating, logging and checkpointing every epoch.
+
+    Args:
+        patience: stop early after this many epochs without an improvement of the monitored
+            value by more than ``min_delta`` (None: never).
+        min_delta: the smallest change that counts as an improvement for early stopping.
+        **step_options: passed to :func:`train_one_epoch` (accumulate, clip_grad_norm, amp, scaler,
+            channels_last); amp and channels_last also to :func:`evaluate`.
 
     Raises:
         Interrupted: ``should_stop()`` turned true; ``last.pt`` was written first.
     """
+    eval_options = {k: v for k, v in step_options.items() if k in ("amp", "channels_last")}
     for epoch in range(state.epoch, epochs):
+        if state.stopped_early:
+            break
         train_loader.batch_sampler.set_epoch(epoch, state.step)
         if hasattr(model, "set_epoch"):
             model.set_epoch(epoch)  # e.g. unfreeze a pretrained backbone
@@ -191,19 +245,31 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Iterable, loss_fn: nn.M
         start = time.perf_counter()
         metrics = train_one_epoch(model, train_loader, loss_fn, optimizer, device=device, schedule=schedule,
                                   totals=totals, should_stop=should_stop, progress=progress,
-                                  desc=f"epoch {epoch + 1}/{epochs}")
+                                  desc=f"epoch {epoch + 1}/{epochs}", **step_options)
         if should_stop():
             state.step, state.partial = totals.steps, totals.state()
             checkpoints.save(state, best=False)
             raise Interrupted(f"stopped in epoch {epoch + 1} after {totals.steps} batches")
-        metrics.update(evaluate(model, val_loader, loss_fn, device=device, num_classes=num_classes))
+        metrics.update(evaluate(model, val_loader, loss_fn, device=device, num_classes=num_classes, **eval_options))
         metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - start})
         schedule.after_epoch(metrics[monitor])
-        improved = is_better(metrics[monitor], state.best, mode)
-        state.epoch, state.step, state.partial = epoch + 1, 0, {}
-        if improved:
-            state.best, state.best_epoch = metrics[monitor], epoch + 1
+        _track(state, metrics[monitor], mode, min_delta, epoch + 1)
+        improved = state.best_epoch == epoch + 1
+        state.stopped_early = patience is not None and state.bad_epochs >= patience
         log.write(epoch + 1, metrics)
         checkpoints.save(state, best=improved)
         _log_epoch(epoch + 1, epochs, metrics, improved)
+        if state.stopped_early:
+            logger.info("early stopping: %s has not improved by more than %g for %d epochs (best %.4f at epoch %d)",
+                        monitor, min_delta, state.bad_epochs, state.best, state.best_epoch)
     return state
+
+
+def _track(state: TrainState, value: float, mode: str, min_delta: float, epoch: int) -> None:
+    """Update best value/epoch and the early-stopping counter after an epoch."""
+    significant = is_better(value, None if state.best is None else
+                            state.best + (min_delta if mode == "max" else -min_delta), mode)
+    state.bad_epochs = 0 if significant else state.bad_epochs + 1
+    state.epoch, state.step, state.partial = epoch, 0, {}
+    if is_better(value, state.best, mode):
+        state.best, state.best_epoch = value, epoch

@@ -152,8 +152,9 @@ class CheckpointWriter:
     """
 
     def __init__(self, exp: ExperimentDir, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 schedule: LRSchedule, meta: dict[str, Any]) -> None:
+                 schedule: LRSchedule, meta: dict[str, Any], scaler: torch.amp.GradScaler | None = None) -> None:
         self.exp, self.model, self.optimizer, self.schedule = exp, model, optimizer, schedule
+        self.scaler = scaler
         self.meta = {**meta, "format": FORMAT_VERSION, "versions": versions()}
 
     def payload(self, state: TrainState) -> dict[str, Any]:
@@ -162,6 +163,7 @@ class CheckpointWriter:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "state": state.as_dict(),
             "rng": rng_states(),
         }
@@ -182,7 +184,7 @@ def versions() -> dict[str, str]:
 
 def is_finished(payload: dict[str, Any], epochs: int) -> bool:
     state = payload["state"]
-    return state["epoch"] >= epochs and not state["step"]
+    return state.get("stopped_early", False) or (state["epoch"] >= epochs and not state["step"])
 
 
 STRUCTURAL_KEYS = ("model", "dataset.image_size", "dataset.root", "dataset.mean", "dataset.std")

@@ -76,7 +76,8 @@ def _train(cfg: DictConfig) -> float | None:
         write_splits(splits, exp.splits, digests_by_path(loaded))
         OmegaConf.save(cfg, exp.config, resolve=True)
         train_loader, val_loader = _train_loaders(cfg, source, loaded, device, sample_weights)
-        writer = CheckpointWriter(exp, model, optimizer, schedule, _checkpoint_meta(cfg, source, classes))
+        scaler, trained = _precision_and_compile(cfg, model, device, payload)
+        writer = CheckpointWriter(exp, model, optimizer, schedule, _checkpoint_meta(cfg, source, classes), scaler)
         run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch)
         if payload is not None:
             set_rng_states(payload["rng"])  # last, so nothing above consumes the restored streams
@@ -84,9 +85,13 @@ def _train(cfg: DictConfig) -> float | None:
                  type(model.net).__name__, device, exp.path)
         with StopOnSignal() as stop:
             try:
-                state = fit(model, train_loader, val_loader, loss_fn, optimizer, schedule, epochs=cfg.epochs,
+                state = fit(trained, train_loader, val_loader, loss_fn, optimizer, schedule, epochs=cfg.epochs,
                             device=device, num_classes=len(classes), monitor=cfg.monitor, mode=cfg.mode,
-                            state=state, checkpoints=writer, log=run_log, should_stop=stop, progress=cfg.progress)
+                            state=state, checkpoints=writer, log=run_log, should_stop=stop, progress=cfg.progress,
+                            patience=cfg.trainer.early_stopping.patience,
+                            min_delta=cfg.trainer.early_stopping.min_delta, accumulate=cfg.trainer.accumulate,
+                            clip_grad_norm=cfg.trainer.clip_grad_norm, amp=cfg.trainer.amp, scaler=scaler,
+                            channels_last=cfg.trainer.channels_last)
             except Interrupted as exc:
                 log.warning("%s; wrote %s. Run the same command again to resume.", exc, exp.last)
                 raise SystemExit(stop.exit_code) from None
@@ -279,6 +284,20 @@ def _optimizer_and_schedule(cfg: DictConfig, model: torch.nn.Module) -> tuple[An
         except Exception as exc:
             raise ConfigError(f"could not build `{group}` ({cfg[group].get('_target_')}): {exc}") from exc
     return built["optimizer"], built["scheduler"]
+
+
+def _precision_and_compile(cfg: DictConfig, model: Classifier, device: torch.device,
+                           payload: dict[str, Any] | None) -> tuple[Any, torch.nn.Module]:
+    """The fp16 gradient scaler (CUDA only), channels-last layout, and the model the loop runs
+    (compiled when asked; checkpoints always hold the plain module's weights)."""
+    scaler = None
+    if cfg.trainer.amp == "fp16" and device.type == "cuda":
+        scaler = torch.amp.GradScaler("cuda")
+        if payload is not None and payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
+    if cfg.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return scaler, (torch.compile(model) if cfg.trainer.compile else model)
 
 
 def _prepare_data(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: list[str], *,
