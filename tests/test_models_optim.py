@@ -115,3 +115,19 @@ def test_malloc_tuning_stops_page_faults_on_repeated_large_tensors() -> None:
     assert runs["1"][0], "tune_malloc() applied on glibc"
     # each 16 MiB output is faulted in afresh without tuning, and reused with it
     assert runs["1"][1] * 10 < runs["0"][1], runs
+
+
+@pytest.mark.parametrize("augmentation", options("augmentation"))
+def test_every_augmentation_gives_uint8_images_of_the_working_size(augmentation: str) -> None:
+    import numpy as np
+
+    from imgclf.data.dataset import DecodedImages
+
+    cfg = compose_cfg("train", [f"augmentation={augmentation}", "experiment=x", "dataset.image_size=24"])
+    images = np.random.default_rng(0).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
+    for split in ("train", "eval"):
+        node = cfg.augmentation[split]
+        dataset = DecodedImages(images, [0, 1, 2], instantiate(node) if node is not None else None)
+        for i in range(3):
+            image, label = dataset[i]
+            assert image.dtype == torch.uint8 and image.shape == (3, 24, 24) and int(label) == i
