@@ -12,7 +12,7 @@ from conftest import CONF, compose_cfg, options, tiny_overrides
 from imgclf.config_check import check_config
 from imgclf.errors import ConfigError
 
-GROUPS = ("dataset", "augmentation", "model", "optimizer", "scheduler", "loss")
+GROUPS = ("dataset", "augmentation", "model", "optimizer", "scheduler", "loss", "batch_mix")
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
 
 

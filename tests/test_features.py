@@ -92,3 +92,20 @@ def test_compiled_model_trains_and_saves_plain_weights(tmp_path: Path, tiny_fold
     tasks._train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=1", "trainer.compile=true")))
     keys = list(load_checkpoint(tmp_path / "experiments" / "tiny" / "best.pt")["model"])
     assert keys[:2] == ["mean", "std"] and not any("_orig_mod" in k for k in keys)
+
+
+@pytest.mark.parametrize("mix", ["mixup", "cutmix", "mixup_cutmix"])
+def test_batch_mix_blends_images_and_softens_labels(mix: str, tmp_path: Path, tiny_folder: Path) -> None:
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg("train", ["experiment=x", f"batch_mix={mix}", "dataset.num_classes=3"])
+    transform = instantiate(cfg.batch_mix)
+    torch.manual_seed(0)
+    images = torch.rand(8, 3, 16, 16)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    mixed, soft = transform(images, labels)
+    assert mixed.shape == images.shape and soft.shape == (8, 3)
+    torch.testing.assert_close(soft.sum(1), torch.ones(8))
+    assert not torch.equal(mixed, images) and (soft.max(1).values < 1).any()
+    best = tasks._train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=1", f"batch_mix={mix}")))
+    assert best is not None

@@ -36,7 +36,8 @@ class Totals:
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         n = labels.shape[0]
         self.loss_sum += loss.detach() * n
-        self.correct += (logits.detach().argmax(1) == labels).sum()
+        targets = labels.argmax(1) if labels.ndim == 2 else labels  # soft labels (MixUp/CutMix): the larger share
+        self.correct += (logits.detach().argmax(1) == targets).sum()
         self.seen += n
         self.steps += 1
 
@@ -97,7 +98,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
                     device: torch.device, schedule: LRSchedule | None = None, totals: Totals | None = None,
                     should_stop: Callable[[], bool] = lambda: False, progress: bool = False, desc: str = "train",
                     accumulate: int = 1, clip_grad_norm: float | None = None, amp: str = "none",
-                    scaler: torch.amp.GradScaler | None = None, channels_last: bool = False) -> dict[str, float]:
+                    scaler: torch.amp.GradScaler | None = None, channels_last: bool = False,
+                    batch_mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                    ) -> dict[str, float]:
     """Train over ``loader`` once (or until ``should_stop()``); ``totals`` is updated in place.
 
     Args:
@@ -106,6 +109,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
         amp: mixed precision, ``none``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with ``scaler``).
         scaler: the gradient scaler for fp16.
         channels_last: feed images in channels-last memory format (for a channels-last model).
+        batch_mix: a batch-level transform such as ``v2.MixUp`` that returns (images, soft labels);
+            images reach it as floats in 0..1.
 
     Returns:
         ``train/loss``, ``train/acc`` over the epoch so far, and ``train/images_per_s``.
@@ -122,6 +127,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
+        if batch_mix is not None:
+            images, labels = batch_mix(images.float() / 255 if images.dtype == torch.uint8 else images, labels)
         with autocast(device, amp):
             logits = model(images)
             loss = loss_fn(logits, labels)
@@ -228,7 +235,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Iterable, loss_fn: nn.M
             value by more than ``min_delta`` (None: never).
         min_delta: the smallest change that counts as an improvement for early stopping.
         **step_options: passed to :func:`train_one_epoch` (accumulate, clip_grad_norm, amp, scaler,
-            channels_last); amp and channels_last also to :func:`evaluate`.
+            channels_last, batch_mix); amp and channels_last also to :func:`evaluate`.
 
     Raises:
         Interrupted: ``should_stop()`` turned true; ``last.pt`` was written first.

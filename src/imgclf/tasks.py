@@ -91,7 +91,7 @@ def _train(cfg: DictConfig) -> float | None:
                             patience=cfg.trainer.early_stopping.patience,
                             min_delta=cfg.trainer.early_stopping.min_delta, accumulate=cfg.trainer.accumulate,
                             clip_grad_norm=cfg.trainer.clip_grad_norm, amp=cfg.trainer.amp, scaler=scaler,
-                            channels_last=cfg.trainer.channels_last)
+                            channels_last=cfg.trainer.channels_last, batch_mix=_batch_mix(cfg))
             except Interrupted as exc:
                 log.warning("%s; wrote %s. Run the same command again to resume.", exc, exp.last)
                 raise SystemExit(stop.exit_code) from None
@@ -284,6 +284,11 @@ def _optimizer_and_schedule(cfg: DictConfig, model: torch.nn.Module) -> tuple[An
         except Exception as exc:
             raise ConfigError(f"could not build `{group}` ({cfg[group].get('_target_')}): {exc}") from exc
     return built["optimizer"], built["scheduler"]
+
+
+def _batch_mix(cfg: DictConfig) -> Any:
+    """MixUp/CutMix from the batch_mix group (None for ``batch_mix=none``)."""
+    return instantiate(cfg.batch_mix) if cfg.batch_mix and "_target_" in cfg.batch_mix else None
 
 
 def _precision_and_compile(cfg: DictConfig, model: Classifier, device: torch.device,
