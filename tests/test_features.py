@@ -109,3 +109,41 @@ def test_batch_mix_blends_images_and_softens_labels(mix: str, tmp_path: Path, ti
     assert not torch.equal(mixed, images) and (soft.max(1).values < 1).any()
     best = tasks._train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=1", f"batch_mix={mix}")))
     assert best is not None
+
+
+def test_ema_weights_are_validated_kept_and_resumed(tmp_path: Path, tiny_folder: Path, monkeypatch) -> None:
+    from conftest import StopAfter
+    from imgclf.data.cache import DecodeCache
+    from imgclf.data.folder import FolderSource
+    from imgclf.data.prepare import load_splits
+    from imgclf.engine import evaluate
+    from imgclf.models.classifier import Classifier
+    from imgclf.models.small_cnn import SmallCNN
+
+    args = tiny_overrides(tmp_path, tiny_folder, "epochs=2", "trainer.ema_decay=0.8")
+    tasks._train(compose_cfg("train", args))
+    exp = tmp_path / "experiments" / "tiny"
+    ckpt = load_checkpoint(exp / "last.pt")
+    assert ckpt["ema_steps"] == 12  # 2 epochs x 6 optimizer steps
+    differs = [k for k in ckpt["model"] if ckpt["model"][k].is_floating_point()
+               and not torch.equal(ckpt["model"][k], ckpt["train_model"][k])]
+    assert differs  # the averaged weights are not the trained ones
+    model = Classifier(SmallCNN(3, width=32, dropout=0.1), ckpt["mean"], ckpt["std"])
+    model.load_state_dict(ckpt["model"])
+    loaded = load_splits(FolderSource(str(tiny_folder), image_size=16).scan(), DecodeCache(None, "memory"), 16,
+                         names=("val",))
+    from imgclf.data.dataset import make_loader
+    val = evaluate(model, make_loader(loaded["val"].dataset(16, None), batch_size=8, shuffle=False),
+                   torch.nn.CrossEntropyLoss(), device=torch.device("cpu"), num_classes=3)
+    logged = read_metrics(exp / "metrics.jsonl")[-1]
+    assert val["val/acc"] == pytest.approx(logged["val/acc"]) and val["val/loss"] == pytest.approx(logged["val/loss"])
+
+    whole = load_checkpoint(exp / "last.pt")  # resume mid-run equals the uninterrupted EMA run
+    other = tiny_overrides(tmp_path / "b", tiny_folder, "epochs=2", "trainer.ema_decay=0.8")
+    monkeypatch.setattr(tasks, "StopOnSignal", lambda: StopAfter(8))
+    with pytest.raises(SystemExit):
+        tasks._train(compose_cfg("train", other))
+    monkeypatch.undo()
+    tasks._train(compose_cfg("train", other))
+    resumed = load_checkpoint(tmp_path / "b" / "experiments" / "tiny" / "last.pt")
+    assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])

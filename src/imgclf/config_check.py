@@ -117,6 +117,9 @@ def _trainer(cfg: DictConfig) -> None:
     _choice(cfg, "trainer.amp", ("none", "bf16", "fp16"))
     for key in ("trainer.channels_last", "trainer.compile"):
         _bool(cfg, key)
+    decay = cfg.trainer.ema_decay
+    if decay is not None and (isinstance(decay, bool) or not isinstance(decay, Real) or not 0 < decay < 1):
+        raise ConfigError(f"trainer.ema_decay={decay!r}: expected a number between 0 and 1, or null")
     if cfg.trainer.clip_grad_norm is not None:
         _positive_number(cfg, "trainer.clip_grad_norm")
     if cfg.trainer.early_stopping.patience is not None:

@@ -100,7 +100,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
                     accumulate: int = 1, clip_grad_norm: float | None = None, amp: str = "none",
                     scaler: torch.amp.GradScaler | None = None, channels_last: bool = False,
                     batch_mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-                    ) -> dict[str, float]:
+                    ema: torch.optim.swa_utils.AveragedModel | None = None) -> dict[str, float]:
     """Train over ``loader`` once (or until ``should_stop()``); ``totals`` is updated in place.
 
     Args:
@@ -111,6 +111,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
         channels_last: feed images in channels-last memory format (for a channels-last model).
         batch_mix: a batch-level transform such as ``v2.MixUp`` that returns (images, soft labels);
             images reach it as floats in 0..1.
+        ema: an exponential moving average of the weights, updated after every optimizer step.
 
     Returns:
         ``train/loss``, ``train/acc`` over the epoch so far, and ``train/images_per_s``.
@@ -138,6 +139,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
         if totals.steps % accumulate and totals.steps < batches:
             continue  # keep accumulating; a stop waits for the step, so no gradient is lost
         _update(model, optimizer, scaler, clip_grad_norm)
+        if ema is not None:
+            ema.update_parameters(model)
         if schedule is not None:
             schedule.after_step()
         if should_stop():
@@ -235,12 +238,15 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Iterable, loss_fn: nn.M
             value by more than ``min_delta`` (None: never).
         min_delta: the smallest change that counts as an improvement for early stopping.
         **step_options: passed to :func:`train_one_epoch` (accumulate, clip_grad_norm, amp, scaler,
-            channels_last, batch_mix); amp and channels_last also to :func:`evaluate`.
+            channels_last, batch_mix, ema); amp and channels_last also to :func:`evaluate`. With ``ema``,
+            validation (and so best.pt) uses the averaged weights.
 
     Raises:
         Interrupted: ``should_stop()`` turned true; ``last.pt`` was written first.
     """
     eval_options = {k: v for k, v in step_options.items() if k in ("amp", "channels_last")}
+    ema = step_options.get("ema")
+    evaluated = ema.module if ema is not None else model  # with EMA, the averaged weights are validated and kept
     for epoch in range(state.epoch, epochs):
         if state.stopped_early:
             break
@@ -257,7 +263,7 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Iterable, loss_fn: nn.M
             state.step, state.partial = totals.steps, totals.state()
             checkpoints.save(state, best=False)
             raise Interrupted(f"stopped in epoch {epoch + 1} after {totals.steps} batches")
-        metrics.update(evaluate(model, val_loader, loss_fn, device=device, num_classes=num_classes, **eval_options))
+        metrics.update(evaluate(evaluated, val_loader, loss_fn, device=device, num_classes=num_classes, **eval_options))
         metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - start})
         schedule.after_epoch(metrics[monitor])
         _track(state, metrics[monitor], mode, min_delta, epoch + 1)

@@ -152,15 +152,20 @@ class CheckpointWriter:
     """
 
     def __init__(self, exp: ExperimentDir, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 schedule: LRSchedule, meta: dict[str, Any], scaler: torch.amp.GradScaler | None = None) -> None:
+                 schedule: LRSchedule, meta: dict[str, Any], scaler: torch.amp.GradScaler | None = None,
+                 ema: torch.optim.swa_utils.AveragedModel | None = None) -> None:
         self.exp, self.model, self.optimizer, self.schedule = exp, model, optimizer, schedule
-        self.scaler = scaler
+        self.scaler, self.ema = scaler, ema
         self.meta = {**meta, "format": FORMAT_VERSION, "versions": versions()}
 
     def payload(self, state: TrainState) -> dict[str, Any]:
         return {
             **self.meta,
-            "model": self.model.state_dict(),
+            # with EMA, "model" holds the averaged weights (what test and predict use) and
+            # "train_model" the weights training continues from
+            "model": (self.ema.module if self.ema is not None else self.model).state_dict(),
+            "train_model": self.model.state_dict() if self.ema is not None else {},
+            "ema_steps": int(self.ema.n_averaged) if self.ema is not None else 0,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},

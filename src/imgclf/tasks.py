@@ -70,14 +70,15 @@ def _train(cfg: DictConfig) -> float | None:
         splits, loaded = _prepare_data(cfg, exp, source, classes, resuming=payload is not None)
         _normalize(cfg, source, loaded, model)
         loss_fn, sample_weights = _balance(cfg, loaded["train"], len(classes), loss_fn, device)
+        ema = _ema(cfg, model)
         state = TrainState()
         if payload is not None:
-            state = _restore(cfg, payload, classes, model, optimizer, schedule)
+            state = _restore(cfg, payload, classes, model, optimizer, schedule, ema)
         write_splits(splits, exp.splits, digests_by_path(loaded))
         OmegaConf.save(cfg, exp.config, resolve=True)
         train_loader, val_loader = _train_loaders(cfg, source, loaded, device, sample_weights)
         scaler, trained = _precision_and_compile(cfg, model, device, payload)
-        writer = CheckpointWriter(exp, model, optimizer, schedule, _checkpoint_meta(cfg, source, classes), scaler)
+        writer = CheckpointWriter(exp, model, optimizer, schedule, _checkpoint_meta(cfg, source, classes), scaler, ema)
         run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch)
         if payload is not None:
             set_rng_states(payload["rng"])  # last, so nothing above consumes the restored streams
@@ -91,7 +92,7 @@ def _train(cfg: DictConfig) -> float | None:
                             patience=cfg.trainer.early_stopping.patience,
                             min_delta=cfg.trainer.early_stopping.min_delta, accumulate=cfg.trainer.accumulate,
                             clip_grad_norm=cfg.trainer.clip_grad_norm, amp=cfg.trainer.amp, scaler=scaler,
-                            channels_last=cfg.trainer.channels_last, batch_mix=_batch_mix(cfg))
+                            channels_last=cfg.trainer.channels_last, batch_mix=_batch_mix(cfg), ema=ema)
             except Interrupted as exc:
                 log.warning("%s; wrote %s. Run the same command again to resume.", exc, exp.last)
                 raise SystemExit(stop.exit_code) from None
@@ -286,6 +287,15 @@ def _optimizer_and_schedule(cfg: DictConfig, model: torch.nn.Module) -> tuple[An
     return built["optimizer"], built["scheduler"]
 
 
+def _ema(cfg: DictConfig, model: torch.nn.Module) -> Any:
+    """An exponential moving average of the weights (``trainer.ema_decay``), or None."""
+    if cfg.trainer.ema_decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.trainer.ema_decay), use_buffers=True)
+
+
 def _batch_mix(cfg: DictConfig) -> Any:
     """MixUp/CutMix from the batch_mix group (None for ``batch_mix=none``)."""
     return instantiate(cfg.batch_mix) if cfg.batch_mix and "_target_" in cfg.batch_mix else None
@@ -360,9 +370,12 @@ def _report_finished(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any
 
 
 def _restore(cfg: DictConfig, payload: dict[str, Any], classes: list[str], model: torch.nn.Module,
-             optimizer: Any, schedule: Any) -> TrainState:
+             optimizer: Any, schedule: Any, ema: Any = None) -> TrainState:
     check_resumable(payload, OmegaConf.to_container(cfg, resolve=True), classes)  # type: ignore[arg-type]
-    model.load_state_dict(payload["model"])
+    model.load_state_dict(payload.get("train_model") or payload["model"])
+    if ema is not None and payload.get("train_model"):
+        ema.module.load_state_dict(payload["model"])
+        ema.n_averaged.fill_(payload["ema_steps"])
     optimizer.load_state_dict(payload["optimizer"])
     schedule.load_state_dict(payload["scheduler"])
     state = TrainState(**payload["state"])
