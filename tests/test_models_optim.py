@@ -131,3 +131,33 @@ def test_every_augmentation_gives_uint8_images_of_the_working_size(augmentation:
         for i in range(3):
             image, label = dataset[i]
             assert image.dtype == torch.uint8 and image.shape == (3, 24, 24) and int(label) == i
+
+
+def test_warmup_ramps_the_learning_rate_then_follows_the_scheduler() -> None:
+    def run(warmup: int) -> list[float]:
+        opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+        schedule = LRSchedule(opt, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
+                              warmup_steps=warmup)
+        lrs = []
+        for epoch in range(3):
+            for _ in range(2):
+                lrs.append(schedule.lr())
+                opt.step()
+                schedule.after_step()
+            schedule.after_epoch(0.0)
+        return lrs
+
+    assert run(0) == pytest.approx([1, 1, 0.5, 0.5, 0.25, 0.25])
+    assert run(4) == pytest.approx([0.25, 0.5, 0.75 * 0.5, 0.5, 0.25, 0.25])  # warmup scales the scheduled lr
+
+
+def test_warmup_state_survives_a_checkpoint() -> None:
+    opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    schedule = LRSchedule(opt, None, warmup_steps=10)
+    for _ in range(3):
+        schedule.after_step()
+    state = schedule.state_dict()
+    opt2 = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    again = LRSchedule(opt2, None, warmup_steps=10)
+    again.load_state_dict(state)
+    assert again.lr() == schedule.lr() == pytest.approx(0.4)
