@@ -104,3 +104,32 @@ def test_freeze_bn_trains_backbone_weights_but_keeps_its_statistics() -> None:
     torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 0])).backward()
     opt.step()
     assert torch.equal(bn.running_mean, stats) and not torch.equal(bn.weight, weight)
+
+
+def test_cached_features_train_the_same_head_as_the_full_model(tmp_path: Path, tiny_folder: Path) -> None:
+    common = ("model=lite0", "model.freeze=backbone", "epochs=2", "dataset.image_size=32", "model.dropout=0")
+    tasks._train(compose_cfg("train", tiny_overrides(tmp_path / "full", tiny_folder, *common)))
+    tasks._train(compose_cfg("train", tiny_overrides(tmp_path / "cached", tiny_folder, *common,
+                                                     "trainer.cache_features=true")))
+    full = load_checkpoint(tmp_path / "full" / "experiments" / "tiny" / "last.pt")["model"]
+    cached = load_checkpoint(tmp_path / "cached" / "experiments" / "tiny" / "last.pt")["model"]
+    for key in full:
+        torch.testing.assert_close(cached[key], full[key], atol=1e-4, rtol=1e-4)  # backbone untouched, head alike
+    from imgclf.run_log import read_metrics
+
+    logs = [read_metrics(tmp_path / run / "experiments" / "tiny" / "metrics.jsonl") for run in ("full", "cached")]
+    for a, b in zip(*logs, strict=True):  # the same training, epoch by epoch
+        assert a["train/loss"] == pytest.approx(b["train/loss"], abs=1e-4) and a["val/acc"] == b["val/acc"]
+    assert logs[0][1]["train/loss"] < logs[0][0]["train/loss"]  # and the head did learn
+
+
+@pytest.mark.parametrize("extra,reason", [
+    (("model.freeze=none",), "backbone is not frozen"),
+    (("model.freeze=backbone", "augmentation=flip"), "train augmentation is random"),
+    (("model.freeze=backbone", "batch_mix=mixup"), "batch_mix"),
+])
+def test_feature_cache_says_why_it_cannot_apply(tmp_path: Path, tiny_folder: Path, extra: tuple, reason: str) -> None:
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "model=lite0", "dataset.image_size=32",
+                                              "trainer.cache_features=true", *extra))
+    with pytest.raises(ConfigError, match=f"cache_features=true cannot apply: .*{reason}"):
+        tasks._train(cfg)

@@ -115,7 +115,7 @@ def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
 def _trainer(cfg: DictConfig) -> None:
     _int(cfg, "trainer.accumulate", minimum=1)
     _choice(cfg, "trainer.amp", ("none", "bf16", "fp16"))
-    for key in ("trainer.channels_last", "trainer.compile"):
+    for key in ("trainer.channels_last", "trainer.compile", "trainer.cache_features"):
         _bool(cfg, key)
     decay = cfg.trainer.ema_decay
     if decay is not None and (isinstance(decay, bool) or not isinstance(decay, Real) or not 0 < decay < 1):

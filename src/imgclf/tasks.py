@@ -30,6 +30,7 @@ from imgclf.data.splits_file import read_splits, write_splits
 from imgclf.data.stats import channel_stats, class_weights
 from imgclf.engine import Interrupted, TrainState, collect, fit
 from imgclf.errors import CheckpointError, ConfigError, DataError, ImgclfError
+from imgclf.features import extract, why_not_cacheable
 from imgclf.experiment import CheckpointWriter, ExperimentDir, check_resumable, is_finished
 from imgclf.interrupt import StopOnSignal
 from imgclf.metrics import summarize
@@ -77,7 +78,8 @@ def _train(cfg: DictConfig) -> float | None:
         write_splits(splits, exp.splits, digests_by_path(loaded))
         OmegaConf.save(cfg, exp.config, resolve=True)
         train_loader, val_loader = _train_loaders(cfg, source, loaded, device, sample_weights)
-        scaler, trained = _precision_and_compile(cfg, model, device, payload)
+        trained, train_loader, val_loader = _maybe_cache_features(cfg, model, train_loader, val_loader, device)
+        scaler, trained = _precision_and_compile(cfg, trained, device, payload)
         writer = CheckpointWriter(exp, model, optimizer, schedule, _checkpoint_meta(cfg, source, classes), scaler, ema)
         run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch)
         if payload is not None:
@@ -285,6 +287,32 @@ def _optimizer_and_schedule(cfg: DictConfig, model: torch.nn.Module) -> tuple[An
         except Exception as exc:
             raise ConfigError(f"could not build `{group}` ({cfg[group].get('_target_')}): {exc}") from exc
     return built["optimizer"], built["scheduler"]
+
+
+def _maybe_cache_features(cfg: DictConfig, model: Classifier, train_loader: Any, val_loader: Any,
+                          device: torch.device) -> tuple[torch.nn.Module, Any, Any]:
+    """With ``trainer.cache_features``: the head and loaders of precomputed backbone features."""
+    if not cfg.trainer.cache_features:
+        return model, train_loader, val_loader
+    reason = why_not_cacheable(model, cfg.augmentation.train is not None, _batch_mix(cfg) is not None)
+    if reason is None and cfg.trainer.ema_decay is not None:
+        reason = "trainer.ema_decay is not supported with cached features yet (set trainer.ema_decay=null)"
+    if reason:
+        raise ConfigError(f"trainer.cache_features=true cannot apply: {reason}")
+    model.to(device)
+    datasets = [extract(model, loader, device, desc=f"features {split}", progress=cfg.progress)
+                for split, loader in (("train", _in_order(train_loader)), ("val", val_loader))]
+    log.info("cached backbone features %s: later epochs train only the head", tuple(datasets[0].tensors[0].shape))
+    train_sampler = train_loader.batch_sampler
+    loaders = [make_loader(datasets[0], batch_size=cfg.loader.batch_size, shuffle=True, seed=cfg.seed,
+                           weights=train_sampler.weights),
+               make_loader(datasets[1], batch_size=cfg.loader.batch_size, shuffle=False)]
+    return model.net.head, loaders[0], loaders[1]
+
+
+def _in_order(loader: Any) -> Any:
+    """The same dataset in file order (features are cached per sample, not per shuffled batch)."""
+    return make_loader(loader.dataset, batch_size=loader.batch_sampler.batch_size, shuffle=False)
 
 
 def _ema(cfg: DictConfig, model: torch.nn.Module) -> Any:

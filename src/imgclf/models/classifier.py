@@ -37,8 +37,12 @@ class Classifier(nn.Module):
         self.mean.copy_(torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.std.copy_(torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (0..255) or float (0..1) images -> the normalized floats the network takes."""
         x = images.float()
         if images.dtype == torch.uint8:
             x = x / 255.0
-        return self.net((x - self.mean) / self.std)
+        return (x - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(images))
