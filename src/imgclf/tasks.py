@@ -23,9 +23,9 @@ from imgclf.checkpoint import load_checkpoint, set_rng_states
 from imgclf.config_check import check_config
 from imgclf.data.cache import DecodeCache
 from imgclf.data.dataset import make_loader
-from imgclf.data.doctor import diagnose, examine, format_report, write_report
+from imgclf.data.doctor import diagnose, examine, format_report, warn_about_leaks, write_report
 from imgclf.data.folder import FolderSource, Splits, remap
-from imgclf.data.prepare import LoadedSplit, changed_files, digests_by_path, load_splits, warn_about_leaks
+from imgclf.data.prepare import LoadedSplit, changed_files, digests_by_path, load_splits
 from imgclf.data.splits_file import read_splits, write_splits
 from imgclf.data.stats import channel_stats, class_weights
 from imgclf.engine import Interrupted, TrainState, collect, fit
@@ -354,6 +354,7 @@ def _prepare_data(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, cla
                      bad_files=source.bad_files)
     write_report(health, exp.path / "doctor.json")
     log.info("data:\n%s", format_report(health))
+    warn_about_leaks(health)
     return splits, loaded
 
 
@@ -434,10 +435,7 @@ def _split_to_test(split: str, splits: Splits, source: FolderSource) -> str:
 def _load(cfg: DictConfig, source: FolderSource, splits: Splits, names: tuple[str, ...],
           image_size: int | None = None) -> dict[str, LoadedSplit]:
     cache = DecodeCache(cfg.paths.cache, mode=cfg.loader.cache, progress=cfg.progress)
-    loaded = load_splits(splits, cache, image_size or source.image_size, names=names,
-                         bad_files=source.bad_files)
-    warn_about_leaks(loaded)
-    return loaded
+    return load_splits(splits, cache, image_size or source.image_size, names=names, bad_files=source.bad_files)
 
 
 def _check_unchanged(recorded: dict[str, str], loaded: dict[str, LoadedSplit], *, refuse: bool) -> None:

@@ -4,6 +4,7 @@ leakage, as JSON-able data and as a table. Used by ``imgclf-doctor`` and at the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 
 from imgclf.data.cache import DecodeCache, FileReport
 from imgclf.data.folder import FolderSource, Splits
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 EXAMPLES = 10
@@ -23,7 +26,7 @@ def examine(splits: Splits, reports: dict[str, FileReport], *, root: str, bad_fi
               for name in SPLITS}
     bad = [{"split": name, "path": r.paths[i], "reason": reason}
            for name, r in reports.items() for i, reason in sorted(r.errors.items())]
-    duplicates, leakage = _same_bytes(reports)
+    duplicates, leakage = same_bytes(reports)
     report: dict[str, Any] = {
         "root": root,
         "layout": splits.layout,
@@ -56,7 +59,8 @@ def _usable(splits: Splits, reports: dict[str, FileReport], name: str) -> dict[s
     return {c: usable[c] for c in splits.classes}
 
 
-def _same_bytes(reports: dict[str, FileReport]) -> tuple[list[list[str]], list[list[str]]]:
+def same_bytes(reports: dict[str, FileReport]) -> tuple[list[list[str]], list[list[str]]]:
+    """Groups of identical files ("split:path"): within one split (duplicates), across splits (leakage)."""
     where: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for name, r in reports.items():
         for path, digest in zip(r.paths, r.digests, strict=True):
@@ -66,6 +70,14 @@ def _same_bytes(reports: dict[str, FileReport]) -> tuple[list[list[str]], list[l
     leakage = [[f"{s}:{p}" for s, p in g] for g in groups if len({s for s, _ in g}) > 1]
     duplicates = [[f"{s}:{p}" for s, p in g] for g in groups if len({s for s, _ in g}) == 1]
     return duplicates, leakage
+
+
+def warn_about_leaks(report: dict[str, Any]) -> None:
+    """Log the doctor report's leakage loudly: test results would look better than they are."""
+    if report["leakage"]:
+        log.warning("%d image(s) appear in more than one split (identical files), e.g. %s; "
+                    "test results will look better than they are", len(report["leakage"]),
+                    " and ".join(report["leakage"][0]))
 
 
 def _sizes(reports: dict[str, FileReport]) -> dict[str, Any]:

@@ -1,10 +1,9 @@
 """From sample lists to datasets: decode through the cache, apply the bad-file policy, and
-check that no image leaks between splits and that no file changed since the splits were made."""
+check that no file changed since the splits were made."""
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,24 +81,6 @@ def digests_by_path(loaded: dict[str, LoadedSplit]) -> dict[str, str]:
             if digest is not None:
                 out[path] = digest
     return out
-
-
-def leaks(loaded: dict[str, LoadedSplit]) -> dict[str, list[str]]:
-    """Files with identical bytes that sit in more than one split: {digest: ["split:path", ...]}."""
-    where: dict[str, list[str]] = defaultdict(list)
-    for name, split in loaded.items():
-        for path, digest in zip(split.report.paths, split.report.digests, strict=True):
-            if digest is not None:
-                where[digest].append(f"{name}:{path}")
-    return {d: places for d, places in where.items() if len({p.split(":", 1)[0] for p in places}) > 1}
-
-
-def warn_about_leaks(loaded: dict[str, LoadedSplit]) -> None:
-    found = leaks(loaded)
-    if found:
-        example = next(iter(found.values()))
-        log.warning("%d image(s) appear in more than one split (identical files), e.g. %s; "
-                    "test results will look better than they are", len(found), " and ".join(example))
 
 
 def changed_files(recorded: dict[str, str], current: dict[str, str]) -> list[str]:
