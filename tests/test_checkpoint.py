@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -141,3 +142,19 @@ def test_nan_never_becomes_best() -> None:
     assert not is_better(float("nan"), 0.1, "min")
     assert is_better(0.5, None, "max") and is_better(0.6, 0.5, "max") and not is_better(0.4, 0.5, "max")
     assert is_better(0.4, 0.5, "min") and not is_better(float("inf"), 0.5, "max")
+
+
+def test_text_writes_are_atomic_and_leave_no_temp_on_failure(tmp_path: Path, monkeypatch) -> None:
+    from imgclf.atomic import write_text_atomic
+
+    target = tmp_path / "metrics.json"
+    write_text_atomic(target, '{"old": 1}')
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="No space left"):
+        write_text_atomic(target, '{"new": 2}')
+    monkeypatch.undo()
+    assert target.read_text() == '{"old": 1}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgclf.atomic import TMP_PREFIX
 from imgclf.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-TMP_PREFIX = ".tmp-"
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 

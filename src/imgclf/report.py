@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from imgclf.atomic import write_text_atomic
 
 PER_CLASS = ("precision", "recall", "f1")
 
@@ -30,14 +31,7 @@ def write_metrics(folder: str | Path, summary: dict[str, Any], cm: torch.Tensor,
         "confusion_matrix": cm.cpu().tolist(),
         "classes": classes,
     }
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "metrics.json.tmp"
-    with open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / "metrics.json")
+    write_text_atomic(Path(folder) / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -7,6 +7,8 @@ import math
 import os
 from pathlib import Path
 
+from imgclf.atomic import write_text_atomic
+
 
 class RunLog:
     """Writes each epoch's metrics to ``metrics.jsonl`` (fsynced) and TensorBoard.
@@ -60,9 +62,7 @@ def _truncate_after(path: Path, epoch: int) -> None:
             continue  # a line torn by a crash
         if record.get("epoch", 0) <= epoch:
             kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:

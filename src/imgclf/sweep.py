@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+
+from imgclf.atomic import write_text_atomic
 
 FIELDS = ("job", "overrides", "status", "best", "error", "dir")
 
@@ -40,12 +42,11 @@ class SweepSummary(Callback):
         path = Path(config.hydra.sweep.dir) / "summary.csv"
         rows = _read(path) + [row]
         rows.sort(key=lambda r: int(r["job"]))
-        tmp = path.with_name("summary.csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(path, text.getvalue())
 
 
 def _read(path: Path) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from imgclf.atomic import write_text_atomic
 from imgclf.data.images import open_image
 from imgclf.errors import DataError
 
@@ -165,10 +166,7 @@ class DecodeCache:
         except (OSError, ValueError):
             pass
         value = compute()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{name}.tmp-{os.getpid()}.json")
-        tmp.write_text(json.dumps(value))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(value))
         return value
 
     def _array_path(self, key: str, image_size: int | None) -> Path:
@@ -188,8 +186,4 @@ class DecodeCache:
     def _write_report(self, key: str, report: FileReport) -> None:
         if self.folder is None:
             return
-        path = self.folder / key / "report.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"report.tmp-{os.getpid()}.json")
-        tmp.write_text(json.dumps(asdict(report)))
-        os.replace(tmp, path)
+        write_text_atomic(self.folder / key / "report.json", json.dumps(asdict(report)))

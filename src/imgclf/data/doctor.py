@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from statistics import median
 from typing import Any
 
+from imgclf.atomic import write_text_atomic
 from imgclf.data.cache import DecodeCache, FileReport
 from imgclf.data.folder import FolderSource, Splits
 
@@ -138,8 +138,4 @@ def _section(lines: list[str], title: str, items: list[str]) -> None:
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(report, indent=2))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
+from imgclf.atomic import write_text_atomic
 from imgclf.data.folder import Splits
 from imgclf.errors import DataError
 
@@ -15,16 +17,12 @@ FIELDS = ("path", "label", "split", "sha1")
 def write_splits(splits: Splits, path: str | Path, digests: dict[str, str] | None = None) -> None:
     """Write one row per sample: path, class name, split, SHA-1 of the file (atomically)."""
     digests = digests or {}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(FIELDS)
-        for split, samples in splits.samples.items():
-            writer.writerows((p, splits.classes[label], split, digests.get(p, "")) for p, label in samples)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(FIELDS)
+    for split, samples in splits.samples.items():
+        writer.writerows((p, splits.classes[label], split, digests.get(p, "")) for p, label in samples)
+    write_text_atomic(path, text.getvalue())
 
 
 def read_splits(path: str | Path, classes: list[str]) -> tuple[Splits, dict[str, str]]:

@@ -1,0 +1,29 @@
+"""Atomic file writes: a crash leaves the old file or the new one, never a torn one.
+
+The temporary file sits in the target's own folder (``os.replace`` is only atomic within one
+file system) and starts with ``TMP_PREFIX``, so ``checkpoint.remove_orphan_temps`` finds what a
+killed writer left behind.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TMP_PREFIX = ".tmp-"
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a flushed, fsynced temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
