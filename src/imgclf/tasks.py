@@ -78,7 +78,9 @@ def _train(cfg: DictConfig) -> float | None:
         write_splits(splits, exp.splits, digests_by_path(loaded))
         OmegaConf.save(cfg, exp.config, resolve=True)
         train_loader, val_loader = _train_loaders(cfg, source, loaded, device, sample_weights)
-        trained, train_loader, val_loader = _maybe_cache_features(cfg, model, train_loader, val_loader, device)
+        batch_mix = _batch_mix(cfg)
+        trained, train_loader, val_loader = _maybe_cache_features(cfg, model, train_loader, val_loader, device,
+                                                                  batch_mix is not None)
         scaler, trained = _precision_and_compile(cfg, trained, device, payload)
         writer = CheckpointWriter(exp, model, optimizer, schedule, _checkpoint_meta(cfg, source, classes), scaler, ema)
         run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch)
@@ -94,7 +96,7 @@ def _train(cfg: DictConfig) -> float | None:
                             patience=cfg.trainer.early_stopping.patience,
                             min_delta=cfg.trainer.early_stopping.min_delta, accumulate=cfg.trainer.accumulate,
                             clip_grad_norm=cfg.trainer.clip_grad_norm, amp=cfg.trainer.amp, scaler=scaler,
-                            channels_last=cfg.trainer.channels_last, batch_mix=_batch_mix(cfg), ema=ema)
+                            channels_last=cfg.trainer.channels_last, batch_mix=batch_mix, ema=ema)
             except Interrupted as exc:
                 log.warning("%s; wrote %s. Run the same command again to resume.", exc, exp.last)
                 raise SystemExit(stop.exit_code) from None
@@ -149,8 +151,7 @@ def doctor(cfg: DictConfig, project_root: Path | None = None) -> dict[str, Any]:
     if project_root is not None and not cfg.paths.project_root:
         cfg.paths.project_root = str(project_root)
     source = _source(cfg)
-    cache = DecodeCache(cfg.paths.cache, mode="none", progress=cfg.progress)
-    return diagnose(source, cache, bad_files=source.bad_files)
+    return diagnose(source, _cache(cfg, mode="none"), bad_files=source.bad_files)
 
 
 def _user_errors_without_traceback(fn: Any, cfg: DictConfig) -> Any:
@@ -290,16 +291,15 @@ def _optimizer_and_schedule(cfg: DictConfig, model: torch.nn.Module) -> tuple[An
 
 
 def _maybe_cache_features(cfg: DictConfig, model: Classifier, train_loader: Any, val_loader: Any,
-                          device: torch.device) -> tuple[torch.nn.Module, Any, Any]:
+                          device: torch.device, batch_mix: bool) -> tuple[torch.nn.Module, Any, Any]:
     """With ``trainer.cache_features``: the head and loaders of precomputed backbone features."""
     if not cfg.trainer.cache_features:
         return model, train_loader, val_loader
-    reason = why_not_cacheable(model, cfg.augmentation.train is not None, _batch_mix(cfg) is not None)
+    reason = why_not_cacheable(model, cfg.augmentation.train is not None, batch_mix)
     if reason is None and cfg.trainer.ema_decay is not None:
         reason = "trainer.ema_decay is not supported with cached features yet (set trainer.ema_decay=null)"
     if reason:
         raise ConfigError(f"trainer.cache_features=true cannot apply: {reason}")
-    model.to(device)
     datasets = [extract(model, loader, device, desc=f"features {split}", progress=cfg.progress)
                 for split, loader in (("train", _in_order(train_loader)), ("val", val_loader))]
     log.info("cached backbone features %s: later epochs train only the head", tuple(datasets[0].tensors[0].shape))
@@ -364,9 +364,8 @@ def _normalize(cfg: DictConfig, source: FolderSource, loaded: dict[str, LoadedSp
         return
     train = loaded["train"]
     paths = [p for p, _ in train.samples]
-    cache = DecodeCache(cfg.paths.cache, mode=cfg.loader.cache, progress=cfg.progress)
     images = train.images.numpy() if train.images is not None else None
-    mean, std = cache.memo(paths, f"stats-{source.image_size}px",
+    mean, std = _cache(cfg).memo(paths, f"stats-{source.image_size}px",
                            lambda: channel_stats(images, train.rows, paths, source.image_size))
     source.mean, source.std = tuple(mean), tuple(std)
     cfg.dataset.mean, cfg.dataset.std = list(mean), list(std)  # the saved config shows what was used
@@ -432,10 +431,14 @@ def _split_to_test(split: str, splits: Splits, source: FolderSource) -> str:
     raise DataError(f"split '{split}' of {source.root} has no images; choose split=val or split=train")
 
 
+def _cache(cfg: DictConfig, mode: str | None = None) -> DecodeCache:
+    """The decoded-image cache the config describes (``mode`` overrides ``loader.cache``)."""
+    return DecodeCache(cfg.paths.cache, mode=mode or cfg.loader.cache, progress=cfg.progress)
+
+
 def _load(cfg: DictConfig, source: FolderSource, splits: Splits, names: tuple[str, ...],
           image_size: int | None = None) -> dict[str, LoadedSplit]:
-    cache = DecodeCache(cfg.paths.cache, mode=cfg.loader.cache, progress=cfg.progress)
-    return load_splits(splits, cache, image_size or source.image_size, names=names, bad_files=source.bad_files)
+    return load_splits(splits, _cache(cfg), image_size or source.image_size, names=names, bad_files=source.bad_files)
 
 
 def _check_unchanged(recorded: dict[str, str], loaded: dict[str, LoadedSplit], *, refuse: bool) -> None:
