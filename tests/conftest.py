@@ -82,6 +82,20 @@ def tiny_overrides(tmp_path: Path, root: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_folder: Path) -> tuple[list[str], Path]:
+    """A tiny experiment trained once per session: ``(its overrides, experiments/tiny)``.
+
+    Shared by every test that needs a checkpoint: copy it (``shutil.copytree``) before changing it.
+    """
+    from imgclf import tasks
+
+    overrides = tiny_overrides(tmp_path_factory.mktemp("trained"), tiny_folder, "epochs=3")
+    cfg = compose_cfg("train", overrides)
+    tasks._train(cfg)
+    return overrides, Path(cfg.paths.experiments) / cfg.experiment
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path: Path, tiny_folder: Path) -> DictConfig:
     return compose_cfg("train", tiny_overrides(tmp_path, tiny_folder))

@@ -82,7 +82,8 @@ def _train(cfg: DictConfig) -> float | None:
         trained, train_loader, val_loader = _maybe_cache_features(cfg, model, train_loader, val_loader, device,
                                                                   batch_mix is not None)
         scaler, trained = _precision_and_compile(cfg, trained, device, payload)
-        writer = CheckpointWriter(exp, model, optimizer, schedule, _checkpoint_meta(cfg, source, classes), scaler, ema)
+        meta = _checkpoint_meta(cfg, source, classes, model)
+        writer = CheckpointWriter(exp, model, optimizer, schedule, meta, scaler, ema)
         run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch)
         if payload is not None:
             set_rng_states(payload["rng"])  # last, so nothing above consumes the restored streams
@@ -470,8 +471,9 @@ def _train_loaders(cfg: DictConfig, source: FolderSource, loaded: dict[str, Load
     return loaders[0], loaders[1]
 
 
-def _checkpoint_meta(cfg: DictConfig, source: FolderSource, classes: list[str]) -> dict[str, Any]:
+def _checkpoint_meta(cfg: DictConfig, source: FolderSource, classes: list[str], model: Classifier) -> dict[str, Any]:
     return {"experiment": cfg.experiment, "class_names": classes, "display_names": source.display_names(),
+            "num_parameters": sum(p.numel() for p in model.parameters()),
             "image_size": source.image_size,
             "mean": list(source.mean), "std": list(source.std), "monitor": cfg.monitor, "mode": cfg.mode,
             "epochs": cfg.epochs, "config": OmegaConf.to_container(cfg, resolve=True)}
