@@ -16,7 +16,7 @@ from imgclf.errors import ConfigError
 
 MONITORS = {"val/acc": "max", "val/f1": "max", "val/loss": "min"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "all")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -31,7 +31,10 @@ def check_config(cfg: DictConfig) -> None:
     _int(cfg, "dataset.image_size", minimum=8)
     if cfg.dataset.num_classes is not None:
         _int(cfg, "dataset.num_classes", minimum=2)
-    for key in ("deterministic", "overwrite", "progress", "tune_malloc"):
+    _int(cfg, "report.top_k", minimum=1)
+    _int(cfg, "report.bootstrap", minimum=0)
+    _int(cfg, "report.mistakes", minimum=0)
+    for key in ("deterministic", "overwrite", "progress", "tune_malloc", "calibrate", "report.figures"):
         _bool(cfg, key)
     device = str(cfg.device)
     if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):

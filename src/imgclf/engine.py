@@ -152,15 +152,27 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
             "train/images_per_s": (totals.seen - seen_before) / max(seconds, 1e-9)}
 
 
+@dataclass
+class Outputs:
+    """A model's outputs over a whole split, in loader order, on the CPU."""
+
+    loss: float              # mean loss
+    logits: torch.Tensor     # (N, C) float32
+    labels: torch.Tensor     # (N,) class indices
+
+    def confusion(self, num_classes: int) -> torch.Tensor:
+        """Rows true classes, columns predictions."""
+        return confusion_matrix(self.logits.argmax(1), self.labels, num_classes)
+
+
 @torch.no_grad()
 def collect(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: torch.device,
-            num_classes: int, progress: bool = False, desc: str = "eval", amp: str = "none",
-            channels_last: bool = False) -> tuple[float, torch.Tensor]:
-    """Mean loss and the confusion matrix of ``model`` over ``loader``."""
+            progress: bool = False, desc: str = "eval", amp: str = "none",
+            channels_last: bool = False) -> Outputs:
+    """Logits, labels and mean loss of ``model`` over ``loader`` (one transfer to the CPU at the end)."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
-    cm = torch.zeros((num_classes, num_classes), dtype=torch.long, device=device)
-    seen = 0
+    logits_list, labels_list = [], []
     for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         images = images.to(device, non_blocking=True)
         if channels_last:
@@ -169,19 +181,23 @@ def collect(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: t
         with autocast(device, amp):
             logits = model(images)
             loss_sum += loss_fn(logits, labels).float() * labels.shape[0]
-        cm += confusion_matrix(logits.argmax(1), labels, num_classes)
-        seen += labels.shape[0]
-    return float(loss_sum) / max(seen, 1), cm
+        logits_list.append(logits.float())
+        labels_list.append(labels)
+    if not logits_list:
+        return Outputs(0.0, torch.zeros(0, 0), torch.zeros(0, dtype=torch.long))
+    all_logits, all_labels = torch.cat(logits_list).cpu(), torch.cat(labels_list).cpu()
+    return Outputs(float(loss_sum) / max(len(all_labels), 1), all_logits, all_labels)
 
 
 def evaluate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: torch.device, num_classes: int,
              prefix: str = "val", progress: bool = False, amp: str = "none",
-             channels_last: bool = False) -> dict[str, float]:
-    """``<prefix>/loss``, ``<prefix>/acc`` and ``<prefix>/f1`` (macro) over ``loader``."""
-    loss, cm = collect(model, loader, loss_fn, device=device, num_classes=num_classes, progress=progress, desc=prefix,
-                       amp=amp, channels_last=channels_last)
-    summary = summarize(cm)
-    return {f"{prefix}/loss": loss, f"{prefix}/acc": summary["accuracy"], f"{prefix}/f1": summary["f1"]}
+             channels_last: bool = False) -> tuple[dict[str, float], Outputs]:
+    """``<prefix>/loss``, ``<prefix>/acc`` and ``<prefix>/f1`` (macro) over ``loader``, and the outputs."""
+    outputs = collect(model, loader, loss_fn, device=device, progress=progress, desc=prefix, amp=amp,
+                      channels_last=channels_last)
+    summary = summarize(outputs.confusion(num_classes))
+    metrics = {f"{prefix}/loss": outputs.loss, f"{prefix}/acc": summary["accuracy"], f"{prefix}/f1": summary["f1"]}
+    return metrics, outputs
 
 
 @dataclass
@@ -210,6 +226,8 @@ class Checkpoints(Protocol):
 
 class EpochLog(Protocol):
     def write(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def new_best(self, epoch: int, outputs: Outputs) -> None: ...
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
@@ -263,7 +281,9 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Iterable, loss_fn: nn.M
             state.step, state.partial = totals.steps, totals.state()
             checkpoints.save(state, best=False)
             raise Interrupted(f"stopped in epoch {epoch + 1} after {totals.steps} batches")
-        metrics.update(evaluate(evaluated, val_loader, loss_fn, device=device, num_classes=num_classes, **eval_options))
+        val_metrics, outputs = evaluate(evaluated, val_loader, loss_fn, device=device, num_classes=num_classes,
+                                        **eval_options)
+        metrics.update(val_metrics)
         metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - start})
         schedule.after_epoch(metrics[monitor])
         _track(state, metrics[monitor], mode, min_delta, epoch + 1)
@@ -271,6 +291,8 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Iterable, loss_fn: nn.M
         state.stopped_early = patience is not None and state.bad_epochs >= patience
         log.write(epoch + 1, metrics)
         checkpoints.save(state, best=improved)
+        if improved:
+            log.new_best(epoch + 1, outputs)
         _log_epoch(epoch + 1, epochs, metrics, improved)
         if state.stopped_early:
             logger.info("early stopping: %s has not improved by more than %g for %d epochs (best %.4f at epoch %d)",

@@ -43,7 +43,9 @@ class ExperimentDir:
         """Delete the results of a previous run (an explicit user choice: overwrite=true)."""
         for path in self.results():
             path.unlink()
-        shutil.rmtree(self.path / "test", ignore_errors=True)
+        for report in self.path.glob("test*"):  # test/, test_val/, test_<other data>/ ...
+            if report.is_dir():
+                shutil.rmtree(report, ignore_errors=True)
         shutil.rmtree(self.tensorboard_dir, ignore_errors=True)
         log.warning("overwrite=true: deleted the previous results in %s and %s", self.path, self.tensorboard_dir)
 

@@ -1,42 +1,159 @@
-"""The test report: ``metrics.json``, a terminal table and TensorBoard scalars."""
+"""The test report: every file of ``experiments/<experiment>/test*/``, a terminal table and
+TensorBoard entries.
+
+Files: ``metrics.json``, ``per_class.csv``, ``confusion_matrix.csv`` and ``.png``,
+``predictions.csv``, ``misclassified.png``, ``reliability.png`` and ``report.md``.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from imgclf import evaluation, figures
 from imgclf.atomic import write_text_atomic
+from imgclf.engine import Outputs
+from imgclf.metrics import summarize
 
 PER_CLASS = ("precision", "recall", "f1")
 
 
-def write_metrics(folder: str | Path, summary: dict[str, Any], cm: torch.Tensor, loss: float,
-                  classes: list[str], info: dict[str, Any]) -> dict[str, Any]:
-    """Write ``folder/metrics.json`` (atomically) and return what was written."""
-    per_class = {
-        name: {**{m: summary[f"per_class_{m}"][i] for m in PER_CLASS}, "support": summary["per_class_support"][i]}
-        for i, name in enumerate(classes)
-    }
-    metrics = {
-        **info,
+@dataclass
+class Evaluation:
+    """A model's outputs on one split, and what is needed to describe them."""
+
+    outputs: Outputs
+    classes: list[str]
+    paths: list[str]
+    image: Callable[[int], np.ndarray]          # (H, W, 3) uint8 picture of sample i, as the model saw it
+    info: dict[str, Any]                        # split, checkpoint, epoch, data_root, experiment, ...
+    temperature: float = 1.0                    # logits are divided by it (1: uncalibrated)
+    display_names: dict[str, str] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return [self.display_names.get(c, c) for c in self.classes]
+
+
+def compute(ev: Evaluation, *, top_k: int, bootstrap: int) -> tuple[dict[str, Any], torch.Tensor]:
+    """metrics.json's content and the (calibrated) probabilities of every sample."""
+    logits, labels = ev.outputs.logits, ev.outputs.labels
+    num_classes = len(ev.classes)
+    probs = torch.softmax(logits.double() / ev.temperature, 1)
+    cm = ev.outputs.confusion(num_classes)
+    summary = summarize(cm)
+    rel = evaluation.reliability(probs, labels)
+    metrics: dict[str, Any] = {
+        **ev.info,
         "samples": summary["samples"],
-        "loss": loss,
+        "loss": ev.outputs.loss,
         "accuracy": summary["accuracy"],
         **{m: summary[m] for m in PER_CLASS},
         **{f"{m}_weighted": summary[f"{m}_weighted"] for m in PER_CLASS},
-        "per_class": per_class,
-        "confusion_matrix": cm.cpu().tolist(),
-        "classes": classes,
     }
-    write_text_atomic(Path(folder) / "metrics.json", json.dumps(metrics, indent=2))
+    k = min(top_k, num_classes - 1)
+    if k >= 2:
+        metrics.update(top_k=k, top_k_accuracy=evaluation.topk_accuracy(probs, labels, k))
+    if bootstrap:
+        ci = evaluation.bootstrap_ci(logits.argmax(1), labels, num_classes, resamples=bootstrap)
+        metrics.update(accuracy_ci=ci["accuracy"], f1_ci=ci["f1"], ci_level=0.95, bootstrap_resamples=bootstrap)
+    metrics.update(ece=rel.ece, nll=evaluation.nll(logits, labels, ev.temperature), temperature=ev.temperature)
+    if ev.temperature != 1.0:
+        metrics.update(ece_uncalibrated=evaluation.reliability(torch.softmax(logits.double(), 1), labels).ece,
+                       nll_uncalibrated=evaluation.nll(logits, labels))
+    metrics["per_class"] = {
+        name: {**{m: summary[f"per_class_{m}"][i] for m in PER_CLASS}, "support": summary["per_class_support"][i]}
+        for i, name in enumerate(ev.classes)
+    }
+    metrics.update(confusion_matrix=cm.tolist(), classes=ev.classes, display_names=ev.display_names)
+    return metrics, probs
+
+
+def write(folder: str | Path, ev: Evaluation, *, top_k: int = 5, bootstrap: int = 1000, mistakes: int = 16,
+          tensorboard: str | Path | None = None, step: int = 0) -> dict[str, Any]:
+    """Write every report file to ``folder`` (and, given ``tensorboard``, add the split's metrics,
+    PR curves and figures to that run at ``step``); return metrics.json's content."""
+    folder = Path(folder)
+    metrics, probs = compute(ev, top_k=top_k, bootstrap=bootstrap)
+    write_text_atomic(folder / "metrics.json", json.dumps(metrics, indent=2))
+    write_text_atomic(folder / "per_class.csv", _csv(
+        ["class", "name", *PER_CLASS, "support"],
+        [[c, n, *(f"{metrics['per_class'][c][m]:.6f}" for m in PER_CLASS), metrics["per_class"][c]["support"]]
+         for c, n in zip(ev.classes, ev.names(), strict=True)]))
+    cm = torch.tensor(metrics["confusion_matrix"])
+    write_text_atomic(folder / "confusion_matrix.csv", _csv(
+        ["true \\ predicted", *ev.classes], [[c, *row] for c, row in zip(ev.classes, cm.tolist(), strict=True)]))
+    write_text_atomic(folder / "predictions.csv", predictions_csv(ev, probs, min(top_k, len(ev.classes))))
+    pics = pictures(ev, probs, cm, mistakes)
+    if tensorboard is not None:
+        log_to_tensorboard(tensorboard, metrics, ev, probs, pics, step)
+    for name, fig in pics.items():
+        figures.save(fig, folder / f"{name}.png")
+    write_text_atomic(folder / "report.md", markdown(metrics, ev))
     return metrics
 
 
+def pictures(ev: Evaluation, probs: torch.Tensor, cm: torch.Tensor, mistakes: int) -> dict[str, Any]:
+    """The report's figures by file stem: confusion matrix, worst mistakes, reliability diagram."""
+    labels = ev.outputs.labels
+    calibrated = evaluation.reliability(probs, labels) if ev.temperature != 1.0 else None
+    raw = evaluation.reliability(torch.softmax(ev.outputs.logits.double(), 1), labels)
+    return {
+        "confusion_matrix": figures.confusion_figure(cm, ev.names(), f"{ev.info.get('split', '')} split"),
+        "misclassified": figures.mistakes_figure(probs, labels, ev.names(), ev.image, mistakes, ev.paths),
+        "reliability": figures.reliability_figure(raw, calibrated),
+    }
+
+
+def predictions_csv(ev: Evaluation, probs: torch.Tensor, k: int) -> str:
+    """One row per image: path, true, pred, confidence, then the k best classes and probabilities."""
+    top_p, top_i = probs.topk(k, dim=1)
+    header = ["path", "true", "pred", "confidence"] + [f"{kind}{j + 1}" for j in range(k) for kind in ("top", "p")]
+    rows = []
+    for n in range(len(ev.outputs.labels)):
+        guesses = [v for j in range(k) for v in (ev.classes[int(top_i[n, j])], f"{float(top_p[n, j]):.6f}")]
+        rows.append([ev.paths[n] if ev.paths else n, ev.classes[int(ev.outputs.labels[n])], guesses[0],
+                     guesses[1], *guesses])
+    return _csv(header, rows)
+
+
+def _csv(header: list[str], rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def headline(metrics: dict[str, Any]) -> list[str]:
+    """The overall numbers, one per line: accuracy with its interval, top-k, F1, calibration."""
+    lines = [f"accuracy {metrics['accuracy']:.4f}" + _ci(metrics, "accuracy_ci"),
+             f"macro F1 {metrics['f1']:.4f}" + _ci(metrics, "f1_ci")]
+    if "top_k_accuracy" in metrics:
+        lines.append(f"top-{metrics['top_k']} accuracy {metrics['top_k_accuracy']:.4f}")
+    calibration = f"ECE {metrics['ece']:.4f}, NLL {metrics['nll']:.4f}"
+    if "ece_uncalibrated" in metrics:
+        calibration += (f" at temperature {metrics['temperature']:.3f} (uncalibrated: ECE "
+                        f"{metrics['ece_uncalibrated']:.4f}, NLL {metrics['nll_uncalibrated']:.4f})")
+    return [*lines, calibration, f"loss {metrics['loss']:.4f}"]
+
+
+def _ci(metrics: dict[str, Any], key: str) -> str:
+    if key not in metrics:
+        return ""
+    low, high = metrics[key]
+    return f" (95% CI {low:.4f}-{high:.4f}, bootstrap)"
+
+
 def format_table(metrics: dict[str, Any], classes: list[str]) -> str:
-    """A plain-text table: overall values, then one row per class."""
+    """A plain-text table: where the numbers come from, one row per class, then the overall values."""
     shown = {c: f"{c} {metrics.get('display_names', {}).get(c, '')}".strip() for c in classes}
     width = max([len(name) for name in shown.values()] + [12])
     lines = [
@@ -50,15 +167,54 @@ def format_table(metrics: dict[str, Any], classes: list[str]) -> str:
     for label, suffix in (("macro avg", ""), ("weighted avg", "_weighted")):
         values = [metrics[m + suffix] for m in PER_CLASS]
         lines.append(f"{label:{width}}  {values[0]:9.4f}  {values[1]:6.4f}  {values[2]:6.4f}  {metrics['samples']:7d}")
-    lines.append(f"{'accuracy':{width}}  {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}")
-    return "\n".join(lines)
+    return "\n".join(lines + headline(metrics))
 
 
-def log_to_tensorboard(folder: str | Path, metrics: dict[str, Any], step: int) -> None:
-    """Add the test split's headline numbers to the experiment's TensorBoard run."""
+def markdown(metrics: dict[str, Any], ev: Evaluation) -> str:
+    """report.md: the headline numbers, the per-class table and links to the pictures."""
+    rows = "\n".join(f"| {name} | {metrics['per_class'][c]['precision']:.4f} | {metrics['per_class'][c]['recall']:.4f} "
+                     f"| {metrics['per_class'][c]['f1']:.4f} | {metrics['per_class'][c]['support']} |"
+                     for c, name in zip(ev.classes, ev.names(), strict=True))
+    bullets = "\n".join(f"- {line}" for line in headline(metrics))
+    return f"""# Test report: {metrics['experiment']}, {metrics['split']} split
+
+{metrics['samples']} images from `{metrics['data_root']}`; checkpoint `{metrics['checkpoint']}` (epoch {metrics['epoch']}).
+
+{bullets}
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{rows}
+
+## Confusion matrix
+
+![confusion matrix](confusion_matrix.png)
+
+Counts in [confusion_matrix.csv](confusion_matrix.csv); per-class values in [per_class.csv](per_class.csv);
+every prediction with its top-{min(metrics.get('top_k', len(ev.classes)), len(ev.classes))} guesses in
+[predictions.csv](predictions.csv).
+
+## Most confident mistakes
+
+![misclassified](misclassified.png)
+
+## Calibration
+
+![reliability diagram](reliability.png)
+"""
+
+
+def log_to_tensorboard(folder: str | Path, metrics: dict[str, Any], ev: Evaluation, probs: torch.Tensor,
+                       pics: dict[str, Any], step: int) -> None:
+    """Add the split's metrics, per-class PR curves and the report's figures to the experiment's run."""
     from torch.utils.tensorboard import SummaryWriter
 
     split = metrics["split"]
     with SummaryWriter(str(folder)) as writer:
-        for key in ("accuracy", "precision", "recall", "f1", "loss"):
-            writer.add_scalar(f"{split}/{'acc' if key == 'accuracy' else key}", metrics[key], step)
+        for key in ("accuracy", "precision", "recall", "f1", "loss", "ece", "top_k_accuracy"):
+            if key in metrics:
+                writer.add_scalar(f"{split}/{'acc' if key == 'accuracy' else key}", metrics[key], step)
+        for i, name in enumerate(ev.classes[:100]):  # PR curves: one per class, the first 100
+            writer.add_pr_curve(f"{split}/pr/{name}", ev.outputs.labels == i, probs[:, i].float(), step)
+        for name, fig in pics.items():
+            writer.add_figure(f"{split}/{name}", fig, step, close=False)

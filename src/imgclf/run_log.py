@@ -1,13 +1,20 @@
-"""Per-epoch metrics to TensorBoard and to ``metrics.jsonl``, both flushed every epoch."""
+"""Per-epoch metrics to TensorBoard and to ``metrics.jsonl``, both flushed every epoch; figures of
+each new best epoch and the run's hyperparameters to TensorBoard."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
 
 from imgclf.atomic import write_text_atomic
+from imgclf.engine import Outputs
 
 
 class RunLog:
@@ -22,12 +29,14 @@ class RunLog:
         start_epoch: completed epochs of the checkpoint training resumes from (0 for a new run).
     """
 
-    def __init__(self, jsonl_path: str | Path, tensorboard_dir: str | Path, start_epoch: int = 0) -> None:
+    def __init__(self, jsonl_path: str | Path, tensorboard_dir: str | Path, start_epoch: int = 0,
+                 figures: BestFigures | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
 
         self.jsonl_path = Path(jsonl_path)
         _truncate_after(self.jsonl_path, start_epoch)
         self.writer = SummaryWriter(str(tensorboard_dir), purge_step=start_epoch + 1 if start_epoch else None)
+        self.figures = figures
 
     def write(self, epoch: int, metrics: dict[str, float]) -> None:
         record = {"epoch": epoch, **{k: _json_number(v) for k, v in metrics.items()}}
@@ -39,12 +48,57 @@ class RunLog:
             self.writer.add_scalar(key, value, epoch)
         self.writer.flush()
 
+    def new_best(self, epoch: int, outputs: Outputs) -> None:
+        """The confusion matrix and the most confident mistakes of a new best epoch on val."""
+        if self.figures is None:
+            return
+        for tag, fig in self.figures.draw(outputs).items():
+            self.writer.add_figure(f"val/{tag}", fig, epoch)
+        self.writer.flush()
+
+    def hparams(self, values: dict[str, Any], metrics: list[str]) -> None:
+        """An HParams entry for this run: ``values`` against the scalar tags in ``metrics``.
+
+        Written into the run's own folder (not a sub-run as ``SummaryWriter.add_hparams`` does), so
+        the HParams tab lists one row per experiment or sweep job with its curves.
+        """
+        from torch.utils.tensorboard.summary import hparams
+
+        clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
+        for summary in hparams(clean, dict.fromkeys(metrics, 0.0)):
+            self.writer.file_writer.add_summary(summary)
+        self.writer.flush()
+
     def add_text(self, tag: str, text: str) -> None:
         self.writer.add_text(tag, text, 0)
         self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
+
+
+class BestFigures:
+    """Draws the figures of a new best epoch: confusion matrix and most confident mistakes.
+
+    Args:
+        classes: class names, in label order.
+        picture: the (H, W, 3) uint8 image of validation sample i (None: no mistakes grid, e.g.
+            when training on cached features).
+        mistakes: how many mistakes to show.
+    """
+
+    def __init__(self, classes: list[str], picture: Callable[[int], np.ndarray] | None, mistakes: int = 16) -> None:
+        self.classes, self.picture, self.mistakes = classes, picture, mistakes
+
+    def draw(self, outputs: Outputs) -> dict[str, Any]:
+        from imgclf import figures
+
+        drawn = {"confusion_matrix": figures.confusion_figure(outputs.confusion(len(self.classes)), self.classes, "val")}
+        if self.picture is not None and self.mistakes:
+            probs = torch.softmax(outputs.logits.double(), 1)
+            drawn["misclassified"] = figures.mistakes_figure(probs, outputs.labels, self.classes, self.picture,
+                                                             self.mistakes)
+        return drawn
 
 
 def _json_number(value: float) -> float | None:

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf import report, resolvers
-from imgclf.checkpoint import load_checkpoint, set_rng_states
+from imgclf.checkpoint import load_checkpoint, save_atomic, set_rng_states
 from imgclf.config_check import check_config
 from imgclf.data.cache import DecodeCache
 from imgclf.data.dataset import make_loader
@@ -28,14 +28,14 @@ from imgclf.data.folder import FolderSource, Splits, remap
 from imgclf.data.prepare import LoadedSplit, changed_files, digests_by_path, load_splits
 from imgclf.data.splits_file import read_splits, write_splits
 from imgclf.data.stats import channel_stats, class_weights
-from imgclf.engine import Interrupted, TrainState, collect, fit
+from imgclf.engine import Interrupted, Outputs, TrainState, collect, fit
+from imgclf.evaluation import fit_temperature, nll
 from imgclf.errors import CheckpointError, ConfigError, DataError, ImgclfError
 from imgclf.features import extract, why_not_cacheable
 from imgclf.experiment import CheckpointWriter, ExperimentDir, check_resumable, is_finished
 from imgclf.interrupt import StopOnSignal
-from imgclf.metrics import summarize
 from imgclf.models.classifier import Classifier
-from imgclf.run_log import RunLog
+from imgclf.run_log import BestFigures, RunLog
 from imgclf.runtime import tune_malloc
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,17 @@ def _train(cfg: DictConfig) -> float | None:
         write_splits(splits, exp.splits, digests_by_path(loaded))
         OmegaConf.save(cfg, exp.config, resolve=True)
         train_loader, val_loader = _train_loaders(cfg, source, loaded, device, sample_weights)
+        val_images = val_loader.dataset
         batch_mix = _batch_mix(cfg)
         trained, train_loader, val_loader = _maybe_cache_features(cfg, model, train_loader, val_loader, device,
                                                                   batch_mix is not None)
         scaler, trained = _precision_and_compile(cfg, trained, device, payload)
         meta = _checkpoint_meta(cfg, source, classes, model)
         writer = CheckpointWriter(exp, model, optimizer, schedule, meta, scaler, ema)
-        run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch)
+        figures = BestFigures(classes, lambda i: _picture(val_images, i), cfg.report.mistakes)
+        run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch,
+                         figures=figures if cfg.report.figures else None)
+        run_log.hparams(_hparams(cfg, meta["num_parameters"]), [cfg.monitor, "val/acc", "val/loss", "val/f1"])
         if payload is not None:
             set_rng_states(payload["rng"])  # last, so nothing above consumes the restored streams
         log.info("training %s: %s, classes %s, %s on %s -> %s", cfg.experiment, splits.counts(), classes,
@@ -103,9 +107,38 @@ def _train(cfg: DictConfig) -> float | None:
                 raise SystemExit(stop.exit_code) from None
             finally:
                 run_log.close()
+        if cfg.calibrate and exp.best.exists():
+            best = load_checkpoint(exp.best)
+            _load_weights(model, best, exp.best)
+            _calibrate(cfg, exp, exp.best, best, model, device)
     log.info("best %s = %.4f at epoch %d; checkpoints in %s", cfg.monitor, state.best or float("nan"),
              state.best_epoch, exp.path)
     return state.best
+
+
+HPARAM_KEYS = ("optimizer.lr", "optimizer.weight_decay", "loader.batch_size", "epochs", "dataset.image_size", "seed")
+
+
+def _hparams(cfg: DictConfig, num_parameters: int) -> dict[str, Any]:
+    """What TensorBoard's HParams tab compares: the group choices (model=..., optimizer=...), the
+    usual numbers, and every value overridden on the command line (what differs across sweep jobs)."""
+    values: dict[str, Any] = {"parameters": num_parameters}
+    for group in ("model", "optimizer", "scheduler", "loss"):  # without Hydra's choices: the class names
+        values[group] = str(OmegaConf.select(cfg, f"{group}._target_", default="")).rsplit(".", 1)[-1]
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        values.update({group: str(choice) for group, choice in hydra_cfg.runtime.choices.items()
+                       if not group.startswith("hydra") and choice is not None})
+        bookkeeping = set(hydra_cfg.job.config.override_dirname.exclude_keys) - {"dataset.root"}
+        overridden = [key for key in (o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task)
+                      if key not in bookkeeping]
+    else:
+        overridden = []
+    for key in (*HPARAM_KEYS, *overridden):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not OmegaConf.is_config(value):
+            values[key] = value
+    return values
 
 
 def _test(cfg: DictConfig) -> dict[str, Any]:
@@ -124,27 +157,69 @@ def _test(cfg: DictConfig) -> dict[str, Any]:
     classes = list(payload["class_names"])
     source = _source(cfg)
     _fill_num_classes(cfg, classes, source.root, found_in=str(path))
-    saved_root = payload["config"]["dataset"]["root"]
-    splits, recorded = _splits(exp, source, classes, reuse=saved_root == str(source.root))
+    own_data = payload["config"]["dataset"]["root"] == str(source.root)
+    splits, recorded = _splits(exp, source, classes, reuse=own_data)
     split = _split_to_test(cfg.split, splits, source)
     model = Classifier(instantiate(cfg.model), payload["mean"], payload["std"])
     _load_weights(model, payload, path)
     model.to(device)
+    if cfg.calibrate:
+        payload = _calibrate(cfg, exp, path, payload, model, device)
     loaded = _load(cfg, source, splits, (split,), image_size=payload["image_size"])
     _check_unchanged(recorded, loaded, refuse=False)
     dataset = loaded[split].dataset(payload["image_size"], _transform(cfg.augmentation.eval))
-    loader = make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=False,
-                         num_workers=cfg.loader.num_workers)
-    loss, cm = collect(model, loader, instantiate(cfg.loss).to(device), device=device, num_classes=len(classes),
-                       progress=cfg.progress, desc=split)
+    outputs = _outputs(cfg, model, dataset, device, desc=split)
     info = {"split": split, "checkpoint": str(path.resolve()), "epoch": payload["state"]["epoch"],
-            "data_root": str(source.root), "experiment": payload["experiment"],
-            "display_names": payload.get("display_names") or {}}
-    folder = exp.path / ("test" if split == "test" else f"test_{split}")
-    metrics = report.write_metrics(folder, summarize(cm), cm, loss, classes, info)
-    log.info("\n%s", report.format_table(metrics, classes))
-    report.log_to_tensorboard(exp.tensorboard_dir, metrics, step=payload["state"]["epoch"])
+            "data_root": str(source.root), "experiment": payload["experiment"]}
+    ev = report.Evaluation(outputs, classes, [p for p, _ in loaded[split].samples], lambda i: _picture(dataset, i),
+                           info, temperature=float(payload.get("temperature", 1.0)),
+                           display_names=payload.get("display_names") or {})
+    folder = exp.path / _report_folder(split, None if own_data else source.root)
+    metrics = report.write(folder, ev, top_k=cfg.report.top_k, bootstrap=cfg.report.bootstrap,
+                           mistakes=cfg.report.mistakes, tensorboard=exp.tensorboard_dir,
+                           step=payload["state"]["epoch"])
+    log.info("\n%s\nreport: %s", report.format_table(metrics, classes), folder / "report.md")
     return metrics
+
+
+def _report_folder(split: str, other_root: Path | None) -> str:
+    """``test`` for the test split, ``test_<split>`` for another, ``test_<folder name>[_<split>]`` for
+    data that is not the experiment's own."""
+    if other_root is None:
+        return "test" if split == "test" else f"test_{split}"
+    return f"test_{other_root.name}" + ("" if split in ("test", "all") else f"_{split}")
+
+
+def _picture(dataset: Any, index: int) -> np.ndarray:
+    """Sample ``index`` of an image dataset as the (H, W, 3) uint8 array the model saw."""
+    return dataset[index][0].permute(1, 2, 0).numpy()
+
+
+def _outputs(cfg: DictConfig, model: torch.nn.Module, dataset: Any, device: torch.device, desc: str) -> Outputs:
+    loader = make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=False, num_workers=cfg.loader.num_workers)
+    return collect(model, loader, instantiate(cfg.loss).to(device), device=device, progress=cfg.progress, desc=desc)
+
+
+def _calibrate(cfg: DictConfig, exp: ExperimentDir, path: Path, payload: dict[str, Any], model: Classifier,
+               device: torch.device) -> dict[str, Any]:
+    """Fit a temperature on the experiment's val split and store it in the checkpoint at ``path``."""
+    if not exp.splits.exists():
+        raise DataError(f"calibrate=true needs the experiment's val split, listed in {exp.splits}, which is missing")
+    classes = list(payload["class_names"])
+    splits, _ = read_splits(exp.splits, classes)
+    if not splits.samples.get("val"):
+        raise DataError(f"calibrate=true: {exp.splits} lists no val images to fit the temperature on")
+    val = _load(cfg, _source(cfg), splits, ("val",), image_size=payload["image_size"])["val"]
+    outputs = _outputs(cfg, model, val.dataset(payload["image_size"], _transform(cfg.augmentation.eval)), device,
+                       desc="calibrate on val")
+    temperature = fit_temperature(outputs.logits, outputs.labels)
+    before, after = nll(outputs.logits, outputs.labels), nll(outputs.logits, outputs.labels, temperature)
+    payload = {**payload, "temperature": temperature,
+               "calibration": {"split": "val", "samples": len(outputs.labels), "nll_before": before, "nll_after": after}}
+    save_atomic(payload, path)
+    log.info("calibrated on %d val images: temperature %.3f, NLL %.4f -> %.4f; stored in %s",
+             len(outputs.labels), temperature, before, after, path)
+    return payload
 
 
 def doctor(cfg: DictConfig, project_root: Path | None = None) -> dict[str, Any]:
@@ -422,6 +497,9 @@ def _splits(exp: ExperimentDir, source: FolderSource, classes: list[str], *,
 
 
 def _split_to_test(split: str, splits: Splits, source: FolderSource) -> str:
+    """The split test.py evaluates; ``all`` is added to ``splits`` as the union of every split."""
+    if split == "all":
+        splits.samples["all"] = [s for name in ("train", "val", "test") for s in splits.samples.get(name) or []]
     if splits.samples.get(split):
         return split
     if split == "test" and splits.samples.get("val"):
@@ -429,7 +507,7 @@ def _split_to_test(split: str, splits: Splits, source: FolderSource) -> str:
                     "val split instead, which also chose the best checkpoint, so expect optimistic numbers. "
                     "Set dataset.test_fraction to carve a test split from train.", source.root)
         return "val"
-    raise DataError(f"split '{split}' of {source.root} has no images; choose split=val or split=train")
+    raise DataError(f"split '{split}' of {source.root} has no images; choose split=val, split=train or split=all")
 
 
 def _cache(cfg: DictConfig, mode: str | None = None) -> DecodeCache:
