@@ -133,8 +133,8 @@ def test_ema_weights_are_validated_kept_and_resumed(tmp_path: Path, tiny_folder:
     loaded = load_splits(FolderSource(str(tiny_folder), image_size=16).scan(), DecodeCache(None, "memory"), 16,
                          names=("val",))
     from imgclf.data.dataset import make_loader
-    val = evaluate(model, make_loader(loaded["val"].dataset(16, None), batch_size=8, shuffle=False),
-                   torch.nn.CrossEntropyLoss(), device=torch.device("cpu"), num_classes=3)
+    val, _ = evaluate(model, make_loader(loaded["val"].dataset(16, None), batch_size=8, shuffle=False),
+                      torch.nn.CrossEntropyLoss(), device=torch.device("cpu"), num_classes=3)
     logged = read_metrics(exp / "metrics.jsonl")[-1]
     assert val["val/acc"] == pytest.approx(logged["val/acc"]) and val["val/loss"] == pytest.approx(logged["val/loss"])
 

@@ -1,0 +1,143 @@
+"""Train and test the offline recipes on ../shared/data and write their results table into README.md.
+
+For every recipe: `python train.py -cn=<recipe>` then `python test.py -cn=<recipe>`, exactly as a
+user runs them (each a fresh process, 2 CPU cores here), then the test accuracy, macro F1 with
+their 95% bootstrap intervals and the training time are read back from the experiment's files.
+Recipes on tiny data (plates: 8 test photos) run once per split seed, each seed carving a
+different stratified val/test split, and report mean and standard deviation over the seeds.
+
+The table replaces what lies between the `recipe-results` markers in README.md, so the README's
+numbers are never typed by hand. Finished experiments are reused (train.py says so and exits);
+`--fresh` trains them again.
+
+    python benchmarks/recipe_results.py [--recipes flowers5_lite0 ...] [--seeds 5] [--fresh] [--no-readme]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+BEGIN, END = "<!-- recipe-results:begin -->", "<!-- recipe-results:end -->"
+
+# recipe -> (shared data folder, target test accuracy or None, repeated over split seeds)
+RECIPES = {
+    "quickstart": (None, 0.95, False),
+    "flowers5_lite0": ("flowers5", 0.90, False),
+    "food101_mini_lite0": ("food101_mini", 0.85, False),
+    "flowers5_tinyvgg": ("flowers5", 0.80, False),
+    "food101_mini_resnet_like": ("food101_mini", None, False),
+    "plates_tinyvgg": ("plates", None, True),
+    "plates_lite0": ("plates", None, True),
+}
+
+
+def run(script: str, *args: str) -> None:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / script), *args, "progress=false"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{script} {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
+
+def one_run(recipe: str, experiment: str, overrides: list[str], fresh: bool) -> dict[str, float]:
+    """Train and test one experiment; its test metrics and training time."""
+    common = [f"-cn={recipe}", f"experiment={experiment}", *overrides]
+    run("train.py", *common, *(["overwrite=true"] if fresh else []))
+    run("test.py", *common)
+    exp = ROOT / "experiments" / experiment
+    metrics = json.loads((exp / "test" / "metrics.json").read_text())
+    epochs = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {"accuracy": metrics["accuracy"], "accuracy_ci": metrics.get("accuracy_ci"), "f1": metrics["f1"],
+            "samples": metrics["samples"], "seconds": sum(e["epoch_seconds"] for e in epochs), "epochs": len(epochs)}
+
+
+def measure(recipe: str, seeds: int, fresh: bool) -> dict[str, object]:
+    data, target, repeated = RECIPES[recipe]
+    if not repeated:
+        result = one_run(recipe, recipe, [], fresh)
+        return {**result, "runs": 1, "target": target, "data": data}
+    runs = [one_run(recipe, f"{recipe}_seed{s}", [f"dataset.split_seed={s}", f"seed={s}"], fresh)
+            for s in range(seeds)]
+    accuracies = [r["accuracy"] for r in runs]
+    return {"accuracy": statistics.mean(accuracies), "accuracy_sd": statistics.stdev(accuracies),
+            "f1": statistics.mean(r["f1"] for r in runs), "samples": runs[0]["samples"],
+            "seconds": statistics.mean(r["seconds"] for r in runs), "epochs": runs[0]["epochs"],
+            "runs": len(runs), "target": target, "data": data}
+
+
+def row(recipe: str, r: dict[str, object]) -> str:
+    if r["runs"] == 1:
+        low, high = r["accuracy_ci"] or (float("nan"), float("nan"))
+        accuracy = f"{r['accuracy']:.3f} ({low:.3f}-{high:.3f})"
+    else:
+        accuracy = f"{r['accuracy']:.3f} ± {r['accuracy_sd']:.3f} over {r['runs']} split seeds"
+    target = "" if r["target"] is None else (f"{r['target']:.2f}: " + ("met" if r["accuracy"] >= r["target"]
+                                                                      else "**not met**"))
+    minutes = r["seconds"] / 60
+    return (f"| `{recipe}` | {r['data'] or 'digits (offline)'} | {r['samples']} | {accuracy} | {r['f1']:.3f} | "
+            f"{r['epochs']} epochs, {minutes:.1f} min | {target} |")
+
+
+def table(results: dict[str, dict[str, object]]) -> str:
+    header = ("| recipe | data | test images | test accuracy (95% CI) | macro F1 | training | target |\n"
+              "|---|---|---:|---|---:|---|---|")
+    machine = f"{os.cpu_count()} CPU cores, {platform.machine()}, torch {_torch_version()}"
+    note = (f"Written by `python benchmarks/recipe_results.py` on {time.strftime('%Y-%m-%d')} ({machine}); "
+            "training time is the sum of the epochs' wall time.")
+    return "\n".join([header, *(row(name, r) for name, r in results.items()), "", note])
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]
+
+
+def update_readme(text: str, readme: Path) -> None:
+    content = readme.read_text()
+    if BEGIN not in content or END not in content:
+        raise SystemExit(f"{readme} has no {BEGIN} ... {END} block to replace")
+    head, rest = content.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--seeds", type=int, default=5, help="split seeds of the repeated (tiny-data) recipes")
+    parser.add_argument("--fresh", action="store_true", help="train again even if the experiment finished")
+    parser.add_argument("--no-readme", action="store_true", help="print the table only")
+    parser.add_argument("--results", type=Path, default=ROOT / "experiments" / "recipe_results.json",
+                        help="results of earlier runs, merged with this one's so one recipe can be re-run alone")
+    args = parser.parse_args()
+    missing = {RECIPES[r][0] for r in args.recipes} - {None} - {p.name for p in SHARED.glob("*")}
+    if missing:
+        raise SystemExit(f"{SHARED} lacks {sorted(missing)}: these recipes need ../shared/data")
+    results = json.loads(args.results.read_text()) if args.results.exists() else {}
+    for recipe in args.recipes:
+        start = time.perf_counter()
+        results[recipe] = measure(recipe, args.seeds, args.fresh)
+        print(f"{recipe}: test accuracy {results[recipe]['accuracy']:.3f} ({time.perf_counter() - start:.0f} s)",
+              flush=True)
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(results, indent=2))
+    ordered = {name: results[name] for name in RECIPES if name in results}
+    text = table(ordered)
+    print(text)
+    if not args.no_readme:
+        update_readme(text, ROOT / "README.md")
+
+
+if __name__ == "__main__":
+    main()
