@@ -17,7 +17,7 @@ from imgclf.errors import ExperimentError
 from imgclf.run_log import read_metrics
 
 EPOCH_KEYS = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "val/f1", "lr", "epoch_seconds",
-              "train/images_per_s"}
+              "train/images_per_s", "train/skipped_steps"}
 
 
 def read_tensorboard(folder: Path) -> dict[str, list[tuple[int, float]]]:

@@ -31,6 +31,8 @@ def check_config(cfg: DictConfig) -> None:
     _int(cfg, "dataset.image_size", minimum=8)
     if cfg.dataset.num_classes is not None:
         _int(cfg, "dataset.num_classes", minimum=2)
+    _int(cfg, "trainer.max_nonfinite", minimum=1)
+    _positive_number(cfg, "loader.timeout", allow_zero=True)
     _int(cfg, "report.top_k", minimum=1)
     _int(cfg, "report.bootstrap", minimum=0)
     _int(cfg, "report.mistakes", minimum=0)

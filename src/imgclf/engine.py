@@ -1,7 +1,8 @@
 """Training and evaluation loops. They take objects, never config, and return plain numbers.
 
 Per-step values stay on the device and are read once per epoch (and at most once a second for
-the progress bar), so the loop adds no host/device synchronisation of its own.
+the progress bar); the only per-step host read is whether the loss is finite, so that a NaN step
+is skipped before it reaches the weights.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Totals:
         self.correct = torch.tensor(state.get("correct", 0.0), device=device)
         self.seen = int(state.get("seen", 0))
         self.steps = int(state.get("steps", 0))
+        self.skipped = int(state.get("skipped", 0))
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         n = labels.shape[0]
@@ -41,10 +43,15 @@ class Totals:
         self.seen += n
         self.steps += 1
 
+    def skip(self) -> None:
+        """A batch consumed without training on it (its loss was not finite)."""
+        self.steps += 1
+        self.skipped += 1
+
     def state(self) -> dict[str, float]:
         """Plain values (one host sync), for checkpoints and logs."""
         return {"loss_sum": float(self.loss_sum), "correct": float(self.correct),
-                "seen": self.seen, "steps": self.steps}
+                "seen": self.seen, "steps": self.steps, "skipped": self.skipped}
 
     def means(self) -> tuple[float, float]:
         seen = max(self.seen, 1)
@@ -100,8 +107,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
                     accumulate: int = 1, clip_grad_norm: float | None = None, amp: str = "none",
                     scaler: torch.amp.GradScaler | None = None, channels_last: bool = False,
                     batch_mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-                    ema: torch.optim.swa_utils.AveragedModel | None = None) -> dict[str, float]:
+                    ema: torch.optim.swa_utils.AveragedModel | None = None, max_nonfinite: int = 10) -> dict[str, float]:
     """Train over ``loader`` once (or until ``should_stop()``); ``totals`` is updated in place.
+
+    A batch whose loss is NaN or infinite is skipped (no backward pass, counted in
+    ``train/skipped_steps``); ``max_nonfinite`` of them in a row raise :class:`Diverged`, before
+    anything non-finite reaches the weights. Checking costs one host read of the loss per batch.
 
     Args:
         accumulate: batches whose gradients add up to one optimizer step (the loss is divided by it).
@@ -122,6 +133,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     bar = _Progress(batches, totals.steps, desc, progress)
     model.train()
     optimizer.zero_grad(set_to_none=True)
+    bad_in_row = 0
     start = time.perf_counter()
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
@@ -133,8 +145,16 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
         with autocast(device, amp):
             logits = model(images)
             loss = loss_fn(logits, labels)
-        (scaler.scale(loss / accumulate) if scaler is not None else loss / accumulate).backward()
-        totals.add(loss, logits, labels)
+        if bool(torch.isfinite(loss.detach())):
+            (scaler.scale(loss / accumulate) if scaler is not None else loss / accumulate).backward()
+            totals.add(loss, logits, labels)
+            bad_in_row = 0
+        else:
+            totals.skip()
+            bad_in_row += 1
+            if bad_in_row >= max_nonfinite:
+                raise Diverged(f"the loss was {float(loss.detach())} for {bad_in_row} batches in a row (batch {totals.steps} "
+                               f"of {batches}, lr {optimizer.param_groups[0]['lr']:.3g})")
         bar.update(totals, seen_before)
         if totals.steps % accumulate and totals.steps < batches:
             continue  # keep accumulating; a stop waits for the step, so no gradient is lost
@@ -148,7 +168,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     loss_mean, acc = totals.means()
     seconds = time.perf_counter() - start
     bar.close()
-    return {"train/loss": loss_mean, "train/acc": acc,
+    return {"train/loss": loss_mean, "train/acc": acc, "train/skipped_steps": totals.skipped,
             "train/images_per_s": (totals.seen - seen_before) / max(seconds, 1e-9)}
 
 
@@ -220,6 +240,10 @@ class Interrupted(Exception):
     """Training stopped on request after a step; ``last.pt`` holds the state."""
 
 
+class Diverged(Exception):
+    """Too many non-finite losses in a row: training cannot go on with these settings."""
+
+
 class Checkpoints(Protocol):
     def save(self, state: TrainState, *, best: bool) -> None: ...
 
@@ -238,6 +262,9 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
 
 
 def _log_epoch(epoch: int, epochs: int, metrics: dict[str, float], improved: bool) -> None:
+    if metrics["train/skipped_steps"]:
+        logger.warning("epoch %d: skipped %d batch(es) whose loss was NaN or infinite", epoch,
+                       metrics["train/skipped_steps"])
     logger.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f f1 %.4f | lr %.3g | %.1fs, %.0f img/s%s",
                 epoch, epochs, metrics["train/loss"], metrics["train/acc"], metrics["val/loss"], metrics["val/acc"],
                 metrics["val/f1"], metrics["lr"], metrics["epoch_seconds"], metrics["train/images_per_s"],
@@ -274,9 +301,12 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Iterable, loss_fn: nn.M
         totals = Totals(device, state.partial)
         lr = schedule.lr()
         start = time.perf_counter()
-        metrics = train_one_epoch(model, train_loader, loss_fn, optimizer, device=device, schedule=schedule,
-                                  totals=totals, should_stop=should_stop, progress=progress,
-                                  desc=f"epoch {epoch + 1}/{epochs}", **step_options)
+        try:
+            metrics = train_one_epoch(model, train_loader, loss_fn, optimizer, device=device, schedule=schedule,
+                                      totals=totals, should_stop=should_stop, progress=progress,
+                                      desc=f"epoch {epoch + 1}/{epochs}", **step_options)
+        except Diverged as exc:
+            raise Diverged(f"epoch {epoch + 1}: {exc}") from None
         if should_stop():
             state.step, state.partial = totals.steps, totals.state()
             checkpoints.save(state, best=False)

@@ -19,3 +19,7 @@ class CheckpointError(ImgclfError):
 
 class ExperimentError(ImgclfError):
     """The experiment directory is busy, finished or would be overwritten."""
+
+
+class TrainingError(ImgclfError):
+    """Training cannot go on: the loss diverged, memory ran out or a loader worker died."""

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from imgclf.checkpoint import load_checkpoint, remove_orphan_temps, rng_states, save_atomic
-from imgclf.engine import TrainState
+from imgclf.engine import Diverged, TrainState
 from imgclf.errors import CheckpointError, ExperimentError
 from imgclf.scheduling import LRSchedule
 
@@ -176,6 +176,15 @@ class CheckpointWriter:
         }
 
     def save(self, state: TrainState, *, best: bool) -> None:
+        """Write ``last.pt`` (and ``best.pt`` first when ``best``); non-finite weights are never written.
+
+        Raises:
+            Diverged: a weight is NaN or infinite; the files on disk keep the previous state.
+        """
+        for name, tensor in self.model.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise Diverged(f"weight '{name}' became NaN or infinite after epoch {state.epoch} "
+                               f"(batch {state.step}); it was not saved")
         payload = self.payload(state)
         if best:  # the new best is durable before last.pt moves on
             save_atomic(payload, self.exp.best)

@@ -28,9 +28,9 @@ from imgclf.data.folder import FolderSource, Splits, remap
 from imgclf.data.prepare import LoadedSplit, changed_files, digests_by_path, load_splits
 from imgclf.data.splits_file import read_splits, write_splits
 from imgclf.data.stats import channel_stats, class_weights
-from imgclf.engine import Interrupted, Outputs, TrainState, collect, fit
+from imgclf.engine import Diverged, Interrupted, Outputs, TrainState, collect, fit
 from imgclf.evaluation import fit_temperature, nll
-from imgclf.errors import CheckpointError, ConfigError, DataError, ImgclfError
+from imgclf.errors import CheckpointError, ConfigError, DataError, ImgclfError, TrainingError
 from imgclf.features import extract, why_not_cacheable
 from imgclf.experiment import CheckpointWriter, ExperimentDir, check_resumable, is_finished
 from imgclf.interrupt import StopOnSignal
@@ -101,10 +101,13 @@ def _train(cfg: DictConfig) -> float | None:
                             patience=cfg.trainer.early_stopping.patience,
                             min_delta=cfg.trainer.early_stopping.min_delta, accumulate=cfg.trainer.accumulate,
                             clip_grad_norm=cfg.trainer.clip_grad_norm, amp=cfg.trainer.amp, scaler=scaler,
-                            channels_last=cfg.trainer.channels_last, batch_mix=batch_mix, ema=ema)
+                            channels_last=cfg.trainer.channels_last, batch_mix=batch_mix, ema=ema,
+                            max_nonfinite=cfg.trainer.max_nonfinite)
             except Interrupted as exc:
                 log.warning("%s; wrote %s. Run the same command again to resume.", exc, exp.last)
                 raise SystemExit(stop.exit_code) from None
+            except (Diverged, torch.OutOfMemoryError, RuntimeError) as exc:
+                raise _training_error(cfg, exc, device, exp) from None
             finally:
                 run_log.close()
         if cfg.calibrate and exp.best.exists():
@@ -114,6 +117,28 @@ def _train(cfg: DictConfig) -> float | None:
     log.info("best %s = %.4f at epoch %d; checkpoints in %s", cfg.monitor, state.best or float("nan"),
              state.best_epoch, exp.path)
     return state.best
+
+
+def _training_error(cfg: DictConfig, exc: BaseException, device: torch.device, exp: ExperimentDir) -> BaseException:
+    """The user's version of a fault in the middle of training (RELIABILITY E2-E4), or ``exc`` itself."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    kept = f"{exp.last} keeps the last finished epoch" if exp.last.exists() else "no checkpoint was written yet"
+    if isinstance(exc, Diverged):
+        return TrainingError(f"training diverged: {first}; {kept}. Lower optimizer.lr, set trainer.clip_grad_norm=1.0, "
+                             "or check the inputs (dataset.normalize, bad images)")
+    if isinstance(exc, torch.OutOfMemoryError):
+        return TrainingError(
+            f"out of memory on {device} with loader.batch_size={cfg.loader.batch_size} at "
+            f"dataset.image_size={cfg.dataset.image_size} ({first}); {kept}. Lower loader.batch_size "
+            "(trainer.accumulate=N keeps the effective batch), use trainer.amp=bf16 (or fp16 on CUDA), or a smaller "
+            "dataset.image_size, then run the same command to resume")
+    if "DataLoader" in first:
+        return TrainingError(
+            f"loading batches failed with loader.num_workers={cfg.loader.num_workers}: {first}; {kept}. A worker "
+            "killed by the system usually ran out of memory or shared memory (/dev/shm): use loader.num_workers=0 or a "
+            f"smaller loader.batch_size; a worker that hangs past loader.timeout={cfg.loader.timeout} s is stopped. "
+            "Run the same command to resume")
+    return exc
 
 
 HPARAM_KEYS = ("optimizer.lr", "optimizer.weight_decay", "loader.batch_size", "epochs", "dataset.image_size", "seed")
@@ -545,6 +570,7 @@ def _train_loaders(cfg: DictConfig, source: FolderSource, loaded: dict[str, Load
         dataset = loaded[split].dataset(source.image_size, _transform(transform))
         loaders.append(make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=split == "train",
                                    seed=cfg.seed, num_workers=cfg.loader.num_workers, pin_memory=pin,
+                                   timeout=cfg.loader.timeout,
                                    weights=sample_weights if split == "train" else None))
     return loaders[0], loaders[1]
 

@@ -137,8 +137,12 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                pin_memory: bool = False, weights: Sequence[float] | None = None) -> DataLoader:
-    """A DataLoader over ``dataset`` driven by an :class:`EpochBatchSampler`."""
+                pin_memory: bool = False, weights: Sequence[float] | None = None, timeout: float = 0) -> DataLoader:
+    """A DataLoader over ``dataset`` driven by an :class:`EpochBatchSampler`.
+
+    ``timeout``: seconds to wait for a batch from a worker process before failing (0: forever).
+    """
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, weights=weights)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
+                      timeout=timeout if num_workers > 0 else 0)

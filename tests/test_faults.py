@@ -1,0 +1,144 @@
+"""Faults in the middle of training (RELIABILITY E2-E4): NaN losses, out of memory, dead or hung
+loader workers. Each gets a clear message and never leaves non-finite weights on disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+import imgclf.tasks as tasks
+from conftest import compose_cfg, tiny_overrides
+from imgclf.checkpoint import load_checkpoint
+from imgclf.data.dataset import DecodedImages, make_loader
+from imgclf.engine import Diverged, train_one_epoch
+from imgclf.errors import TrainingError
+
+
+class NaNAt:
+    """Cross-entropy that returns NaN on the given (0-based) calls."""
+
+    def __init__(self, bad_calls: set[int]) -> None:
+        self.bad_calls, self.calls = bad_calls, 0
+        self.loss = torch.nn.CrossEntropyLoss()
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = self.loss(logits, labels)
+        self.calls += 1
+        return loss * float("nan") if self.calls - 1 in self.bad_calls else loss
+
+
+def tiny_setup(batches: int = 6):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    data = TensorDataset(torch.randn(4 * batches, 3, 2, 2), torch.randint(0, 3, (4 * batches,)))
+    return model, make_loader(data, batch_size=4, shuffle=True), torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def test_nan_batches_are_skipped_and_counted() -> None:
+    model, loader, optimizer = tiny_setup()
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train_one_epoch(model, loader, NaNAt({1, 3}), optimizer, device=torch.device("cpu"))
+    assert result["train/skipped_steps"] == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # good batches trained
+
+
+def test_nan_batches_in_a_row_stop_before_touching_the_weights() -> None:
+    model, loader, optimizer = tiny_setup()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(Diverged, match=r"nan for 3 batches in a row \(batch 3 of 6, lr 0.1\)"):
+        train_one_epoch(model, loader, NaNAt({0, 1, 2}), optimizer, device=torch.device("cpu"), max_nonfinite=3)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_a_diverging_run_says_what_to_do_and_keeps_finite_checkpoints(tmp_path: Path, tiny_folder: Path,
+                                                                      monkeypatch) -> None:
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=2", "trainer.max_nonfinite=2"))
+    real = torch.nn.CrossEntropyLoss.forward
+    calls = {"n": 0}
+
+    def nan_in_epoch_two(self, logits, labels):
+        calls["n"] += 1
+        loss = real(self, logits, labels)
+        return loss * float("nan") if self.training and calls["n"] > 8 else loss
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", nan_in_epoch_two)
+    with pytest.raises(TrainingError, match=r"training diverged: epoch 2: the loss was nan .*lr .*last.pt keeps"):
+        tasks._train(cfg)
+    last = load_checkpoint(Path(cfg.paths.experiments) / "tiny" / "last.pt")  # refuses non-finite weights
+    assert last["state"]["epoch"] == 1
+
+
+def test_out_of_memory_names_the_batch_size_and_the_remedies(tmp_path: Path, tiny_folder: Path, monkeypatch) -> None:
+    from imgclf.models.small_cnn import SmallCNN
+
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder))
+    real = SmallCNN.forward
+
+    def oom_when_training(self, x):
+        if self.training:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, x)
+
+    monkeypatch.setattr(SmallCNN, "forward", oom_when_training)
+    with pytest.raises(TrainingError, match=r"out of memory on cpu with loader.batch_size=8 .*trainer.accumulate"):
+        tasks._train(cfg)
+
+
+class DiesInWorker(Dataset):
+    """A dataset whose worker process is killed (as the OOM killer would) on the first sample."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int):
+        if torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return torch.zeros(3, 4, 4, dtype=torch.uint8), 0
+
+
+def test_a_killed_loader_worker_gets_a_clear_message(tmp_path: Path, tiny_folder: Path, monkeypatch) -> None:
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "loader.num_workers=1"))
+    monkeypatch.setattr(DecodedImages, "__getitem__", lambda self, i: DiesInWorker()[i])
+    with pytest.raises(TrainingError, match=r"loader.num_workers=1: DataLoader worker .* loader.num_workers=0"):
+        tasks._train(cfg)
+
+
+class Hangs(Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        time.sleep(30)
+        return torch.zeros(1), 0
+
+
+def test_a_hung_loader_worker_times_out() -> None:
+    loader = make_loader(Hangs(), batch_size=2, shuffle=False, num_workers=1, timeout=1)
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="DataLoader timed out after 1 seconds"):
+        next(iter(loader))
+    assert time.perf_counter() - start < 20
+
+
+def test_non_finite_weights_are_never_written(tmp_path: Path) -> None:
+    from imgclf.engine import TrainState
+    from imgclf.experiment import CheckpointWriter, ExperimentDir
+    from imgclf.scheduling import LRSchedule
+
+    model, _, optimizer = tiny_setup()
+    exp = ExperimentDir(tmp_path / "exp", tmp_path / "runs")
+    writer = CheckpointWriter(exp, model, optimizer, LRSchedule(optimizer, None), {"class_names": ["a", "b", "c"]})
+    writer.save(TrainState(epoch=1), best=True)
+    good = exp.last.read_bytes()
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("inf")
+    with pytest.raises(Diverged, match=r"weight '1.weight' became NaN or infinite after epoch 2"):
+        writer.save(TrainState(epoch=2), best=True)
+    assert exp.last.read_bytes() == good and load_checkpoint(exp.best)["state"]["epoch"] == 1
