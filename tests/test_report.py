@@ -185,3 +185,14 @@ def test_confusion_figure_stays_readable_with_many_classes(tmp_path: Path) -> No
     assert (tmp_path / "cm.png").stat().st_size > 0
     small = figures.confusion_figure(torch.tensor([[3, 1], [0, 4]]), ["a", "b"])
     assert len(small.axes[0].texts) == 4
+
+
+def test_calibrate_at_the_end_of_training(tmp_path: Path, tiny_folder: Path) -> None:
+    from conftest import tiny_overrides
+
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "calibrate=true"))
+    tasks._train(cfg)
+    payload = load_checkpoint(Path(cfg.paths.experiments) / "tiny" / "best.pt")
+    assert payload["temperature"] > 0 and payload["calibration"]["samples"] == 18
+    assert payload["calibration"]["nll_after"] <= payload["calibration"]["nll_before"]
+    assert tasks._test(cfg)["temperature"] == payload["temperature"]
