@@ -59,7 +59,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.images, 3, args.size, args.size), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (args.images,), generator=g)
-    batches = list(zip(images.split(args.batch_size), labels.split(args.batch_size)))
+    batches = list(zip(images.split(args.batch_size), labels.split(args.batch_size), strict=True))
 
     hand, ours = build(device), build(device)
     run_hand = lambda: hand_written_epoch(hand[0], batches, hand[2], hand[1], device)  # noqa: E731

@@ -71,7 +71,7 @@ def test_sweep_gives_every_job_its_own_dirs_and_a_summary(tmp_path: Path, tiny_f
     job_dirs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and p.name[0].isdigit())
     names = [p.name for p in job_dirs]  # named after the overrides, readable in TensorBoard
     assert names[0].startswith("0_") and names[0].endswith("optimizer.lr=0.001,optimizer=adamw")
-    for row, job_dir in zip(rows, job_dirs):
+    for row, job_dir in zip(rows, job_dirs, strict=True):
         assert (job_dir / "best.pt").exists() == (row["status"] == "COMPLETED")
     runs = tmp_path / "runs" / "tiny" / "multirun" / sweeps[0].name
     assert sorted(p.name for p in runs.iterdir()) == [job_dirs[0].name, job_dirs[2].name]

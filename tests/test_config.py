@@ -99,8 +99,8 @@ def test_wrong_num_classes_override_is_explained(tmp_path: Path, tiny_folder: Pa
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_cuda_requested_without_a_gpu_is_a_clear_error() -> None:
-    import imgclf.tasks as tasks
+    from imgclf.runtime import resolve_device
 
     with pytest.raises(ConfigError, match="device=cuda but torch sees no CUDA GPU"):
-        tasks._device("cuda")
-    assert tasks._device("auto").type in ("cpu", "mps")
+        resolve_device("cuda")
+    assert resolve_device("auto").type in ("cpu", "mps")

@@ -139,7 +139,7 @@ def test_warmup_ramps_the_learning_rate_then_follows_the_scheduler() -> None:
         schedule = LRSchedule(opt, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
                               warmup_steps=warmup)
         lrs = []
-        for epoch in range(3):
+        for _epoch in range(3):
             for _ in range(2):
                 lrs.append(schedule.lr())
                 opt.step()

@@ -14,6 +14,10 @@ import ctypes
 import logging
 import sys
 
+import torch
+
+from imgclf.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -2, -3, -4  # glibc mallopt parameters
@@ -32,3 +36,18 @@ def tune_malloc() -> bool:
     if not applied:
         log.debug("glibc refused a mallopt setting; memory tuning is partial")
     return applied
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA, else Apple MPS, else CPU), ``cpu``, ``cuda[:N]`` or ``mps``; a clear error when
+    the named device is not there."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but torch sees no CUDA GPU; use device=auto or device=cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device=mps but Apple's MPS backend is not available; use device=auto or device=cpu")
+    return torch.device(name)

@@ -36,7 +36,7 @@ from imgclf.experiment import CheckpointWriter, ExperimentDir, check_resumable, 
 from imgclf.interrupt import StopOnSignal
 from imgclf.models.classifier import Classifier
 from imgclf.run_log import BestFigures, RunLog
-from imgclf.runtime import tune_malloc
+from imgclf.runtime import resolve_device, tune_malloc
 
 log = logging.getLogger(__name__)
 resolvers.register()  # before Hydra composes: train.py and test.py import this module first
@@ -56,7 +56,7 @@ def _train(cfg: DictConfig) -> float | None:
     check_config(cfg)
     if cfg.tune_malloc:
         tune_malloc()
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     _seed_everything(cfg.seed, cfg.deterministic)
     exp = _experiment_dir(cfg)
     source = _source(cfg)
@@ -170,7 +170,7 @@ def _test(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     if cfg.tune_malloc:
         tune_malloc()
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     exp = _experiment_dir(cfg)
     path = {"best": exp.best, "last": exp.last}.get(str(cfg.ckpt), Path(str(cfg.ckpt)))
     if not path.exists():
@@ -270,19 +270,6 @@ def _user_errors_without_traceback(fn: Any, cfg: DictConfig) -> Any:
 
 def _config_name() -> str:
     return HydraConfig.get().job.config_name if HydraConfig.initialized() else "<config>"
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but torch sees no CUDA GPU; use device=auto or device=cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device=mps but Apple's MPS backend is not available; use device=auto or device=cpu")
-    return torch.device(name)
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:

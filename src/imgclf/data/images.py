@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imgclf.errors import DataError
 
@@ -60,6 +60,9 @@ def open_image(path: str | Path, *, data: bytes | None = None, draft: int | None
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: rejected as a decompression bomb ({exc})") from exc
+    except UnidentifiedImageError as exc:  # its message names a BytesIO, not the file
+        raise DataError(f"{path}: cannot be read: not an image file (Pillow recognizes no image format in it); "
+                        "remove or replace the file") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot be read as an image ({exc}); remove or replace the file") from exc
 
