@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,3 +125,17 @@ class StopAfter:
 
     def __exit__(self, *exc: object) -> None:
         pass
+
+
+def copy_trained(trained_tiny: tuple[list[str], Path], tmp_path: Path, *extra: str) -> tuple[list[str], Path]:
+    """The session's trained experiment copied under ``tmp_path``: (overrides, experiment dir)."""
+    overrides, exp = trained_tiny
+    shutil.copytree(exp.parent, tmp_path / "experiments")
+    kept = [o for o in overrides if not o.startswith(("paths.experiments=", "paths.runs="))]
+    moved = [*kept, f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}", *extra]
+    return moved, tmp_path / "experiments" / exp.name
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,26 +12,12 @@ import torch
 from sklearn.metrics import precision_recall_fscore_support
 
 import imgclf.tasks as tasks
-from conftest import compose_cfg, make_folder
+from conftest import compose_cfg, copy_trained, make_folder, read_csv
 from imgclf import evaluation, figures
 from imgclf.checkpoint import load_checkpoint
 
 REPORT_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png", "predictions.csv",
                 "misclassified.png", "reliability.png", "report.md")
-
-
-def copy_trained(trained_tiny: tuple[list[str], Path], tmp_path: Path, *extra: str) -> tuple[list[str], Path]:
-    """The session's trained experiment copied under ``tmp_path``: (overrides, experiment dir)."""
-    overrides, exp = trained_tiny
-    shutil.copytree(exp.parent, tmp_path / "experiments")
-    kept = [o for o in overrides if not o.startswith(("paths.experiments=", "paths.runs="))]
-    moved = [*kept, f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}", *extra]
-    return moved, tmp_path / "experiments" / exp.name
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def tensorboard_events(folder: Path):

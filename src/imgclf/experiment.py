@@ -108,8 +108,8 @@ class ExperimentLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                pid = _read_pid(self.path)
-                if pid is not None and pid != os.getpid() and _alive(pid):
+                pid = read_pid(self.path)
+                if pid is not None and pid != os.getpid() and pid_alive(pid):
                     raise ExperimentError(
                         f"{self.path.parent} is in use by process {pid} (lock file {self.path}); "
                         "wait for it to finish or choose another experiment=<name>"
@@ -125,14 +125,16 @@ class ExperimentLock:
         self.path.unlink(missing_ok=True)
 
 
-def _read_pid(path: Path) -> int | None:
+def read_pid(path: Path) -> int | None:
+    """The process id written in a lock file, or None when it cannot be read."""
     try:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -1,0 +1,238 @@
+"""The leaderboard's table: one :class:`Row` per experiment, sorted, with the config columns that
+differ between the rows, written as markdown and as CSV with the very same cells.
+
+Reading the rows from disk is :mod:`imgclf.leaderboard`'s job; this module never touches files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# bookkeeping keys that say where or how a run was started, not what was trained; `monitor`,
+# `mode` and `epochs` have columns of their own
+IGNORED_KEYS = frozenset({"experiment", "progress", "resume", "overwrite", "monitor", "mode", "epochs"})
+IGNORED_PREFIXES = ("paths.", "hydra.")
+# --sort METRIC: these words in a metric's name mean smaller is better
+SMALLER_IS_BETTER = ("loss", "ece", "nll", "seconds", "error")
+TEST_ALIASES = {"acc": "accuracy", "macro_f1": "f1"}
+# --sort metrics that have a column anyway (when some row has them)
+SHOWN_METRICS = frozenset({"test/accuracy", "test/acc", "test/f1", "test/macro_f1", "test/ece"})
+
+
+@dataclass
+class Row:
+    """What is known about one experiment (or sweep job); None where it is unknown."""
+
+    name: str
+    config: dict[str, Any] | None = None     # flattened: dotted key -> value
+    monitor: str | None = None
+    mode: str | None = None                  # max | min
+    best: float | None = None                # best monitored value in metrics.jsonl
+    best_epoch: int | None = None
+    epochs_done: int = 0
+    epochs: int | None = None                # configured
+    status: str = "failed"
+    seconds: float | None = None             # sum of epoch_seconds
+    num_parameters: int | None = None
+    test: dict[str, Any] = field(default_factory=dict)   # test/metrics.json
+    records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl, one per epoch
+    notes: list[str] = field(default_factory=list)
+
+
+Cell = Callable[[Row], str]  # one column's cell of a row
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer.lr": 0.1}``; lists stay values, empty dicts vanish."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    """A finite ``value`` that strictly beats ``best`` in direction ``mode`` (the engine's rule)."""
+    if not math.isfinite(value):
+        return False
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def best_of(records: Iterable[Mapping[str, Any]], key: str, mode: str) -> tuple[float | None, int | None]:
+    """The best finite value of ``key`` over the epochs, and its (first) epoch."""
+    best, epoch = None, None
+    for record in records:
+        value = record.get(key)
+        if _is_number(value) and is_better(float(value), best, mode):
+            best, epoch = float(value), record.get("epoch")
+    return best, epoch
+
+
+def direction(metric: str) -> str:
+    """``min`` for losses, calibration errors and times, else ``max``."""
+    return "min" if any(word in metric for word in SMALLER_IS_BETTER) else "max"
+
+
+def sort_value(row: Row, metric: str | None) -> tuple[float | None, str]:
+    """The value ``row`` is ranked by and its direction: the monitored metric by default,
+    ``test/<key>`` from test/metrics.json, or the best epoch's value of a metrics.jsonl key."""
+    if metric is None:
+        return row.best, row.mode or "max"
+    if metric.startswith("test/"):
+        key = metric.removeprefix("test/")
+        value = row.test.get(TEST_ALIASES.get(key, key))
+        return (float(value) if _is_number(value) else None), direction(metric)
+    return best_of(row.records, metric, direction(metric))[0], direction(metric)
+
+
+def sort_rows(rows: list[Row], metric: str | None = None) -> list[Row]:
+    """Best first, each row in its own direction; rows without a value last, then by name."""
+    def key(row: Row) -> tuple[int, float, str]:
+        value, mode = sort_value(row, metric)
+        if value is None or not math.isfinite(value):
+            return 1, 0.0, row.name
+        return 0, -value if mode == "max" else value, row.name
+
+    return sorted(rows, key=key)
+
+
+def differing_keys(rows: Iterable[Row]) -> list[str]:
+    """Config keys whose value is not the same in every row with a config (in config order)."""
+    configs = [row.config for row in rows if row.config is not None]
+    keys: dict[str, None] = {}
+    for config in configs:
+        keys.update(dict.fromkeys(k for k in config if not _ignored(k)))
+    return [k for k in keys if len({(k in c, format_value(k, c.get(k))) for c in configs}) > 1]
+
+
+def _ignored(key: str) -> bool:
+    return key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES)
+
+
+def column_names(keys: list[str]) -> list[str]:
+    """``optimizer._target_`` -> ``optimizer`` (the class says which option of the group ran),
+    unless ``optimizer`` is a key of its own (a group that is null in some configs)."""
+    return [k.removesuffix("._target_") if k.removesuffix("._target_") not in keys else k for k in keys]
+
+
+def format_value(key: str, value: Any) -> str:
+    """A config value as a short cell: classes by their last name, YAML spellings of bools and null."""
+    if isinstance(value, str):
+        return value.rsplit(".", 1)[-1] if key.endswith("_target_") else value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_value("", v) for v in value) + "]"
+    if isinstance(value, Mapping):  # e.g. one transform of a list: RandomResizedCrop(size=224, scale=[0.5, 1.0])
+        name = format_value("_target_", value.get("_target_", ""))
+        args = ", ".join(f"{k}={format_value(k, v)}" for k, v in value.items() if not str(k).startswith("_"))
+        return f"{name}({args})" if name else "{" + args + "}"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return str(value)
+
+
+def build(rows: list[Row], sort: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """The header and the cells (strings) of the table, sorted.
+
+    Args:
+        rows: the experiments.
+        sort: None to rank by each row's monitored metric, else a metric (see :func:`sort_value`).
+    """
+    rows = sort_rows(rows, sort)
+    keys = differing_keys(rows)
+    monitors = {row.monitor for row in rows if row.monitor}
+    shared = next(iter(monitors)) if len(monitors) == 1 else None
+    has = {k: any(k in row.test for row in rows) for k in ("accuracy", "f1", "accuracy_ci", "ece")}
+    columns: list[tuple[str, Cell]] = [("name", lambda r: r.name)]
+    columns += [(title, _config_cell(k)) for title, k in zip(column_names(keys), keys, strict=True)]
+    if shared is None:
+        columns.append(("monitor", lambda r: f"{r.monitor} ({r.mode})" if r.monitor else ""))
+    columns += [(f"best {shared}" if shared else "best", lambda r: _number(r.best)),
+                ("best epoch", lambda r: "" if r.best_epoch is None else str(r.best_epoch)),
+                ("epochs", lambda r: f"{r.epochs_done}/{'?' if r.epochs is None else r.epochs}"),
+                ("status", lambda r: r.status)]
+    columns += [(title, cell) for key, title, cell in _test_columns() if has[key]]
+    if sort is not None and sort not in SHOWN_METRICS:
+        columns.append((sort, lambda r: _number(sort_value(r, sort)[0])))
+    columns += [("time", lambda r: duration(r.seconds)),
+                ("params", lambda r: "" if r.num_parameters is None else str(r.num_parameters))]
+    if any(row.notes for row in rows):
+        columns.append(("notes", lambda r: "; ".join(r.notes)))
+    return [title for title, _ in columns], [[one_line(cell(row)) for _, cell in columns] for row in rows]
+
+
+def one_line(cell: str) -> str:
+    """Runs of whitespace (newlines included) as one space, so both tables hold the same cells."""
+    return " ".join(cell.split())
+
+
+
+def _test_columns() -> list[tuple[str, str, Cell]]:
+    return [("accuracy", "test/acc", lambda r: _number(r.test.get("accuracy"))),
+            ("f1", "test/f1", lambda r: _number(r.test.get("f1"))),
+            ("accuracy_ci", "test/acc 95% CI", lambda r: _interval(r.test.get("accuracy_ci"))),
+            ("ece", "test/ece", lambda r: _number(r.test.get("ece")))]
+
+
+def _config_cell(key: str) -> Cell:
+    return lambda r: "" if r.config is None or key not in r.config else format_value(key, r.config[key])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if _is_number(value) else ""
+
+
+def _interval(value: Any) -> str:
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value):
+        return f"{value[0]:.4f}-{value[1]:.4f}"
+    return ""
+
+
+def duration(seconds: float | None) -> str:
+    """``12.3s``, ``4m05s``, ``2h03m``; empty when unknown."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def escape(cell: str) -> str:
+    """A cell that cannot break a markdown table: backslashes and pipes escaped."""
+    return cell.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def to_markdown(header: list[str], cells: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table, columns padded so it reads well in a terminal too."""
+    table = [[escape(c) for c in header]] + [[escape(c) for c in row] for row in cells]
+    widths = [max(3, *(len(line[i]) for line in table)) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in table]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(header: list[str], cells: list[list[str]]) -> str:
+    """The same cells as CSV (csv module quoting)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(cells)
+    return buffer.getvalue()
