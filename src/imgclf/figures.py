@@ -1,4 +1,4 @@
-"""Figures of a report: confusion matrix, worst mistakes, reliability diagram.
+"""Figures of a report: confusion matrix, worst mistakes, reliability diagram; predict's bar charts.
 
 Each function returns a matplotlib Figure (Agg backend, no display needed), so the same picture
 goes to a PNG file and to TensorBoard. matplotlib is imported here only, on first use.
@@ -87,6 +87,30 @@ def mistakes_figure(probs: torch.Tensor, labels: torch.Tensor, names: Sequence[s
                 + (f"\n{Path(paths[i]).name}" if paths else "") for i in worst]
     return image_grid([picture(i) for i in worst], captions,
                       f"most confident mistakes ({len(worst)} of {int((preds != labels).sum())})")
+
+
+def predictions_figure(images: Sequence[np.ndarray], top: Sequence[Sequence[tuple[str, float]]],
+                       captions: Sequence[str]) -> Any:
+    """One row per image: the picture, and a bar chart of its top-k classes' probabilities."""
+    plt = _pyplot()
+    k = max((len(t) for t in top), default=1)
+    rows = max(len(images), 1)
+    fig, axes = plt.subplots(rows, 2, figsize=(8, max(2.2, 0.35 * k + 0.8) * rows), squeeze=False,
+                             width_ratios=[1, 1.6], constrained_layout=True)
+    for (left, right), image, classes, caption in zip(axes, images, top, captions, strict=False):
+        left.imshow(image)
+        left.axis("off")
+        left.set_title(caption, fontsize=8)
+        names = [name for name, _ in classes][::-1]
+        probs = [p for _, p in classes][::-1]
+        bars = right.barh(range(len(names)), probs, color="tab:blue")
+        if len(bars):
+            bars[-1].set_color("tab:orange")  # the prediction
+        right.set_yticks(range(len(names)), names, fontsize=8)
+        right.set_xlim(0, 1)
+        right.bar_label(bars, labels=[f"{p:.1%}" for p in probs], fontsize=7, padding=2)
+        right.set_xlabel("probability", fontsize=8)
+    return fig
 
 
 def reliability_figure(rel: Reliability, calibrated: Reliability | None = None) -> Any:

@@ -1,0 +1,152 @@
+"""A trained model, loaded from its checkpoint alone, classifying image files.
+
+Nothing a checkpoint names is imported or executed on its say-so: the model class must be one of
+imgclf's own (:data:`MODELS`), evaluation transforms one of :data:`EVAL_TRANSFORMS`, and the
+file loads with ``weights_only=True``. The class list, input size, normalization and the
+temperature fitted by ``calibrate=true`` all come from the checkpoint, and images are decoded
+and resized by the very code that made the training cache, so predictions match ``test.py``'s.
+
+This module imports neither Hydra nor OmegaConf: ``predict.py`` starts in about the time it
+takes to import torch and torchvision.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imgclf.checkpoint import load_checkpoint
+from imgclf.data.cache import decode
+from imgclf.data.dataset import serve
+from imgclf.errors import CheckpointError
+from imgclf.models.classifier import Classifier
+from imgclf.runtime import resolve_device
+
+# `_target_` of a checkpoint's model -> the class predict may build
+MODELS = {f"imgclf.models.{module}.{name}": (f"imgclf.models.{module}", name) for module, name in (
+    ("tinyvgg", "TinyVGG"), ("small_cnn", "SmallCNN"), ("cifar_cnn", "CifarCNN"),
+    ("quality_cnn", "QualityCNN"), ("resnet_like", "ResNetLike"), ("resnet_like", "ResNetLikeV2"),
+    ("lite0", "EfficientNetLite0"), ("torchvision_net", "TorchvisionNet"))}
+# the trained weights are in the checkpoint: never load or download pretrained ones
+NO_PRETRAINED = {"pretrained": False, "weights": None}
+# deterministic torchvision transforms an `augmentation.eval` may use
+EVAL_TRANSFORMS = frozenset(f"torchvision.transforms.v2.{name}" for name in (
+    "Compose", "Resize", "CenterCrop", "Pad", "Grayscale", "RGB", "Identity"))
+PLAIN = (str, int, float, bool, type(None))
+
+
+@dataclass
+class Predictor:
+    """A model ready to classify images, with what its checkpoint says about them."""
+
+    model: Classifier
+    classes: list[str]
+    display_names: dict[str, str]   # class name -> a readable name (may be empty)
+    image_size: int
+    transform: Callable[[Any], Any] | None
+    temperature: float
+    device: torch.device
+    checkpoint: Path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> Predictor:
+        """Build the model a checkpoint was trained as and load its weights.
+
+        Raises:
+            CheckpointError: the file is unreadable, not an imgclf checkpoint, names a model or
+                transform predict does not build, or its weights do not fit; the message says which.
+            ConfigError: ``device`` is not available.
+        """
+        path = Path(path)
+        payload = load_checkpoint(path)
+        try:
+            config = payload["config"]
+            classes = [str(c) for c in payload["class_names"]]
+            image_size = int(payload["image_size"])
+            net = build_model(config["model"], path)
+            model = Classifier(net, payload["mean"], payload["std"])
+            transform = build_transform(config.get("augmentation", {}).get("eval"), path)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{path} lacks what predict needs ({type(exc).__name__}: {exc}); "
+                                  "it was not written by imgclf's train.py") from exc
+        try:
+            model.load_state_dict(payload["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: the weights do not fit {type(net).__name__} "
+                                  f"({str(exc).splitlines()[0]})") from exc
+        torch_device = resolve_device(device)
+        model.to(torch_device).eval()
+        names = payload.get("display_names") or {}
+        return cls(model=model, classes=classes, display_names={str(k): str(v) for k, v in names.items()},
+                   image_size=image_size, transform=transform,
+                   temperature=float(payload.get("temperature", 1.0)), device=torch_device, checkpoint=path)
+
+    def load_image(self, path: str | Path) -> torch.Tensor:
+        """One file as the (3, H, W) uint8 tensor the model takes.
+
+        Raises:
+            DataError: the file cannot be decoded; the message names it.
+        """
+        return serve(decode(str(path), self.image_size), self.transform)
+
+    @torch.inference_mode()
+    def probabilities(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Class probabilities (B, num_classes) on the CPU, with the checkpoint's temperature."""
+        batch = torch.stack(list(images)).to(self.device, non_blocking=True)
+        logits = self.model(batch).float()
+        return torch.softmax(logits / self.temperature, dim=1).cpu()
+
+
+def build_model(spec: Mapping[str, Any], path: Path) -> torch.nn.Module:
+    """The network of a checkpoint's ``config.model``, from :data:`MODELS` only, without pretrained weights."""
+    target = spec.get("_target_")
+    if target not in MODELS:
+        raise CheckpointError(f"{path}: model {target!r} is not one of imgclf's models ({', '.join(sorted(MODELS))}); "
+                              "predict builds only these")
+    module, name = MODELS[target]
+    kwargs = {**_arguments(spec, path), **{k: v for k, v in NO_PRETRAINED.items() if k in spec}}
+    try:
+        return getattr(importlib.import_module(module), name)(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot build {name} from the checkpoint's settings {kwargs}: {exc}") from exc
+
+
+def build_transform(spec: Any, path: Path) -> Callable[[Any], Any] | None:
+    """The checkpoint's ``augmentation.eval``: None, or deterministic transforms from :data:`EVAL_TRANSFORMS`."""
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping) or spec.get("_target_") not in EVAL_TRANSFORMS:
+        target = spec.get("_target_") if isinstance(spec, Mapping) else spec
+        raise CheckpointError(f"{path}: evaluation transform {target!r} is not one predict applies "
+                              f"({', '.join(sorted(EVAL_TRANSFORMS))})")
+    module, name = spec["_target_"].rsplit(".", 1)
+    kwargs = _arguments(spec, path, nested=True)
+    if name == "Compose":
+        kwargs["transforms"] = [build_transform(t, path) for t in spec.get("transforms") or []]
+    try:
+        return getattr(importlib.import_module(module), name)(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot build {name}{kwargs}: {exc}") from exc
+
+
+def _arguments(spec: Mapping[str, Any], path: Path, nested: bool = False) -> dict[str, Any]:
+    """The plain values of a ``_target_`` node (Hydra's ``_convert_`` and other ``_`` keys dropped)."""
+    kwargs = {}
+    for key, value in spec.items():
+        if str(key).startswith("_") or (nested and key == "transforms"):
+            continue
+        if not _plain(value):
+            raise CheckpointError(f"{path}: setting {key}={value!r} of {spec.get('_target_')} is not a plain value")
+        kwargs[str(key)] = value
+    return kwargs
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, PLAIN)

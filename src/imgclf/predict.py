@@ -1,0 +1,292 @@
+"""predict.py: classify image files with a trained experiment's checkpoint.
+
+    python predict.py PATH... (--experiment NAME | --checkpoint FILE) [--top-k K]
+                      [--category-names names.json] [--output out.csv|out.json] [--plot out.png]
+                      [--min-confidence P] [--device auto] [--batch-size N]
+
+PATH: image files, folders (searched recursively; hidden folders skipped) or glob patterns
+(quote them: "photos/**/*.jpg"). Class names, input size, normalization and the calibrated
+temperature come from the checkpoint. A file that cannot be read gets an error row and the exit
+status is 1 at the end; every other file is still classified. Exit status 2: the command line
+or the checkpoint cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgclf.atomic import write_text_atomic
+from imgclf.data.images import IMAGE_EXTENSIONS
+from imgclf.errors import ImgclfError
+
+GLOB_CHARS = frozenset("*?[")
+PLOT_ROWS = 12            # images per page of --plot
+DEFAULT_TOP_K = 5
+EXIT_BAD_FILES, EXIT_USAGE = 1, 2
+
+
+@dataclass
+class Prediction:
+    """What predict says about one file: its top-k (class, probability), or why it has none."""
+
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+    low_confidence: bool = False
+
+    @property
+    def label(self) -> str | None:
+        return self.top[0][0] if self.top else None
+
+    @property
+    def confidence(self) -> float | None:
+        return self.top[0][1] if self.top else None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experiment", metavar="NAME", help="use <experiments-dir>/NAME/best.pt")
+    source.add_argument("--checkpoint", type=Path, metavar="FILE", help="a checkpoint file (best.pt, last.pt)")
+    parser.add_argument("--experiments-dir", type=Path, default=Path("experiments"), metavar="DIR",
+                        help="where --experiment looks (default: ./experiments)")
+    parser.add_argument("--top-k", type=int, default=None, metavar="K",
+                        help=f"classes to show per image (default {DEFAULT_TOP_K}, at most the class count)")
+    parser.add_argument("--category-names", type=Path, metavar="JSON",
+                        help="JSON object mapping class names (or class indices) to display names")
+    parser.add_argument("--output", type=Path, metavar="FILE", help="write the predictions to a .csv or .json file")
+    parser.add_argument("--plot", type=Path, metavar="PNG",
+                        help=f"draw each image with a bar chart of its top-k ({PLOT_ROWS} per page: out.png, out-2.png, ...)")
+    parser.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                        help="flag predictions whose probability is below P (0..1)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
+    args = parser.parse_args(argv)
+    if args.top_k is not None and args.top_k < 1:
+        parser.error(f"--top-k {args.top_k}: must be at least 1")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
+        parser.error(f"--min-confidence {args.min_confidence}: must be a probability between 0 and 1")
+    if args.output is not None and args.output.suffix.lower() not in (".csv", ".json"):
+        parser.error(f"--output {args.output}: the file must end in .csv or .json")
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        parser.error(f"--plot {args.plot}: the file must end in .png")
+    return args
+
+
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    """The checkpoint to use; a missing experiment's message lists the ones there are."""
+    if args.checkpoint is not None:
+        return args.checkpoint
+    path = args.experiments_dir / args.experiment / "best.pt"
+    if path.is_file():
+        return path
+    there = sorted(p.parent.name for p in args.experiments_dir.glob("*/best.pt")) if args.experiments_dir.is_dir() else []
+    hint = (f"experiments with a best.pt in {args.experiments_dir}: {', '.join(there)}" if there
+            else f"{args.experiments_dir} holds no trained experiment; train one with `python train.py`")
+    raise ImgclfError(f"no checkpoint {path}: {hint} (or pass --checkpoint FILE, --experiments-dir DIR)")
+
+
+def find_images(specs: Sequence[str]) -> tuple[list[str], list[Prediction]]:
+    """The image files named by ``specs`` (in the order given, each once), and error records for
+    specs that name nothing."""
+    files: dict[str, None] = {}
+    missing = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            found = list(_images_under(path))
+            if not found:
+                missing.append(Prediction(spec, error=f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder"))
+        elif path.exists():
+            found = [spec]  # named explicitly: tried whatever its extension
+        elif GLOB_CHARS & set(spec):
+            found = sorted(p for p in glob.glob(spec, recursive=True)
+                           if os.path.isfile(p) and Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                missing.append(Prediction(spec, error="the pattern matches no image file"))
+        else:
+            missing.append(Prediction(spec, error="no such file or folder"))
+            found = []
+        files.update(dict.fromkeys(found))
+    return list(files), missing
+
+
+def _images_under(folder: Path) -> Iterator[str]:
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
+        for name in sorted(names):
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                yield os.path.join(root, name)
+
+
+def display_names(predictor: Any, mapping_file: Path | None) -> dict[str, str]:
+    """Class name -> display name: ``--category-names`` if given, else the checkpoint's own."""
+    if mapping_file is None:
+        return dict(predictor.display_names)
+    try:
+        mapping = json.loads(mapping_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ImgclfError(f"--category-names {mapping_file}: cannot be read as JSON ({exc})") from exc
+    if not isinstance(mapping, dict) or not all(isinstance(v, (str, int, float)) for v in mapping.values()):
+        raise ImgclfError(f"--category-names {mapping_file}: expected a JSON object of names, "
+                          'e.g. {"21": "fire lily", "3": "canterbury bells"}')
+    classes = predictor.classes
+    names = {c: str(mapping[c]) for c in classes if c in mapping}
+    if not names and all(str(k).isdigit() and int(k) < len(classes) for k in mapping):
+        names = {classes[int(k)]: str(v) for k, v in mapping.items()}  # keyed by class index
+    if not names:
+        raise ImgclfError(f"--category-names {mapping_file}: no key is a class of the checkpoint "
+                          f"({', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''}) or a class index")
+    unnamed = [c for c in classes if c not in names]
+    if unnamed:
+        warn(f"--category-names {mapping_file} has no name for {len(unnamed)} class(es) "
+             f"({', '.join(unnamed[:5])}{', ...' if len(unnamed) > 5 else ''}); their class names are shown")
+    return names
+
+
+def predict(predictor: Any, files: Sequence[str], top_k: int, batch_size: int,
+            min_confidence: float | None = None) -> Iterator[tuple[Prediction, Any]]:
+    """Yield each file's :class:`Prediction` (in order) with its decoded image (None when unreadable).
+    Files are decoded in threads (Pillow releases the GIL) and classified a batch at a time."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            images = list(pool.map(_try_load, [predictor] * len(chunk), chunk))
+            good = [image for image in images if not isinstance(image, str)]
+            probs = iter(predictor.probabilities(good) if good else [])
+            for path, image in zip(chunk, images, strict=True):
+                if isinstance(image, str):
+                    yield Prediction(path, error=image), None
+                    continue
+                values, indices = next(probs).topk(top_k)
+                top = [(predictor.classes[int(i)], float(v)) for v, i in zip(values, indices, strict=True)]
+                low = min_confidence is not None and top[0][1] < min_confidence
+                yield Prediction(path, top=top, low_confidence=low), image
+
+
+def _try_load(predictor: Any, path: str) -> Any:
+    """The image tensor, or the reason it cannot be read (a string: the error record)."""
+    try:
+        return predictor.load_image(path)
+    except ImgclfError as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    except OSError as exc:  # unreadable file (permissions, vanished since it was listed)
+        return exc.strerror or str(exc)
+
+
+def table(predictions: Sequence[Prediction], names: dict[str, str], min_confidence: float | None) -> str:
+    """The terminal table: file, prediction, confidence, the other top-k classes."""
+    def cells(p: Prediction) -> list[str]:
+        if p.error is not None:
+            return [p.path, "ERROR", "", p.error]
+        flag = f" (below {min_confidence:g})" if p.low_confidence else ""
+        rest = ", ".join(f"{names.get(c, c)} {v:.1%}" for c, v in p.top[1:])
+        return [p.path, names.get(p.label, p.label), f"{p.confidence:.1%}{flag}", rest]
+
+    rows = [["file", "prediction", "confidence", "next"]] + [cells(p) for p in predictions]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=False)) + "  " + r[3]
+                     for r in rows)
+
+
+def to_csv(predictions: Sequence[Prediction], names: dict[str, str], top_k: int) -> str:
+    """Columns: path, pred, name, confidence, low_confidence, top1, p1 ... topK, pK, error."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["path", "pred", "name", "confidence", "low_confidence"]
+    header += [f"{col}{i}" for i in range(1, top_k + 1) for col in ("top", "p")] + ["error"]
+    writer.writerow(header)
+    for p in predictions:
+        if p.error is not None:
+            writer.writerow([p.path] + [""] * (len(header) - 2) + [p.error])
+            continue
+        top = [cell for c, v in p.top for cell in (c, f"{v:.6f}")]
+        writer.writerow([p.path, p.label, names.get(p.label, p.label), f"{p.confidence:.6f}",
+                         str(p.low_confidence).lower(), *top, ""])
+    return buffer.getvalue()
+
+
+def to_json(predictions: Sequence[Prediction], names: dict[str, str], checkpoint: Path) -> str:
+    """``{"checkpoint": ..., "predictions": [{path, pred, name, confidence, low_confidence, top_k, error}]}``."""
+    records = [{"path": p.path, "pred": p.label, "name": names.get(p.label, p.label) if p.label else None,
+                "confidence": p.confidence, "low_confidence": p.low_confidence,
+                "top_k": [{"class": c, "name": names.get(c, c), "probability": v} for c, v in p.top],
+                "error": p.error} for p in predictions]
+    return json.dumps({"checkpoint": str(checkpoint), "predictions": records}, indent=2) + "\n"
+
+
+def plot(pages: Sequence[Sequence[tuple[Prediction, Any]]], names: dict[str, str], path: Path) -> list[Path]:
+    """Write one PNG per page of (prediction, image) pairs; returns the files."""
+    from imgclf import figures  # matplotlib only when a plot is asked for
+
+    written = []
+    for number, page in enumerate(pages, start=1):
+        out = path if number == 1 else path.with_name(f"{path.stem}-{number}{path.suffix}")
+        images = [image.permute(1, 2, 0).numpy() for _, image in page]
+        tops = [[(names.get(c, c), v) for c, v in p.top] for p, _ in page]
+        captions = [Path(p.path).name + (" (low confidence)" if p.low_confidence else "") for p, _ in page]
+        figures.save(figures.predictions_figure(images, tops, captions), out)
+        written.append(out)
+    return written
+
+
+def warn(message: str) -> None:
+    print(f"predict.py: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        from imgclf.inference import Predictor
+
+        predictor = Predictor.load(checkpoint_path(args), device=args.device)
+        names = display_names(predictor, args.category_names)
+    except ImgclfError as exc:
+        print(f"predict.py: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    num_classes = len(predictor.classes)
+    top_k = min(args.top_k or DEFAULT_TOP_K, num_classes)
+    if args.top_k is not None and args.top_k > num_classes:
+        warn(f"--top-k {args.top_k} is more than the model's {num_classes} classes; showing {num_classes}")
+    files, missing = find_images(args.paths)
+    predictions, pages = list(missing), [[]]
+    for prediction, image in predict(predictor, files, top_k, args.batch_size, args.min_confidence):
+        predictions.append(prediction)
+        if args.plot is not None and image is not None:
+            if len(pages[-1]) == PLOT_ROWS:
+                pages.append([])
+            pages[-1].append((prediction, image))
+    print(table(predictions, names, args.min_confidence))
+    if args.output is not None:
+        text = (to_json(predictions, names, predictor.checkpoint) if args.output.suffix.lower() == ".json"
+                else to_csv(predictions, names, top_k))
+        write_text_atomic(args.output, text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    if args.plot is not None and pages[0]:
+        print(f"wrote {', '.join(map(str, plot(pages, names, args.plot)))}", file=sys.stderr)
+    bad = [p for p in predictions if p.error is not None]
+    low = sum(p.low_confidence for p in predictions)
+    summary = f"{len(predictions) - len(bad)} image(s) classified with {predictor.checkpoint}"
+    summary += f", {low} below --min-confidence {args.min_confidence:g}" if args.min_confidence is not None else ""
+    summary += f"; {len(bad)} could not be read (ERROR rows)" if bad else ""
+    print(summary, file=sys.stderr)
+    return EXIT_BAD_FILES if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
