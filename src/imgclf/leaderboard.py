@@ -49,9 +49,9 @@ from typing import Any
 import torch
 import yaml
 
-from imgclf.atomic import write_text_atomic
+from imgclf.atomic import csv_text, write_text_atomic
 from imgclf.experiment import pid_alive, read_pid
-from imgclf.leaderboard_table import Row, best_of, build, direction, flatten, sort_value, to_csv, to_markdown
+from imgclf.leaderboard_table import Row, best_of, build, direction, flatten, sort_value, to_markdown
 
 EXPERIMENT_FILES = ("config.yaml", "metrics.jsonl", "best.pt", "last.pt")
 BUFFER_NAMES = frozenset({"mean", "std", "num_batches_tracked"})  # and running_*
@@ -226,7 +226,7 @@ def write_leaderboard(folder: Path, rows: list[Row], sort: str | None) -> str:
     ranked = f"by {sort}" if sort else "by each row's monitored metric"
     markdown = (f"# Leaderboard: {folder}\n\n{len(rows)} run(s), best first {ranked}.\n\n"
                 + to_markdown(header, cells))
-    write_text_atomic(folder / "leaderboard.csv", to_csv(header, cells))
+    write_text_atomic(folder / "leaderboard.csv", csv_text(header, cells))
     write_text_atomic(folder / "leaderboard.md", markdown)
     return markdown
 

@@ -6,8 +6,6 @@ Reading the rows from disk is :mod:`imgclf.leaderboard`'s job; this module never
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -227,12 +225,3 @@ def to_markdown(header: list[str], cells: list[list[str]]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in table]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines) + "\n"
-
-
-def to_csv(header: list[str], cells: list[list[str]]) -> str:
-    """The same cells as CSV (csv module quoting)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(cells)
-    return buffer.getvalue()

@@ -14,9 +14,7 @@ or the checkpoint cannot be used.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
-import io
 import json
 import os
 import sys
@@ -26,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgclf.atomic import write_text_atomic
+from imgclf.atomic import csv_text, write_text_atomic
 from imgclf.data.images import IMAGE_EXTENSIONS
 from imgclf.errors import ImgclfError
 
@@ -206,19 +204,17 @@ def table(predictions: Sequence[Prediction], names: dict[str, str], min_confiden
 
 def to_csv(predictions: Sequence[Prediction], names: dict[str, str], top_k: int) -> str:
     """Columns: path, pred, name, confidence, low_confidence, top1, p1 ... topK, pK, error."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
     header = ["path", "pred", "name", "confidence", "low_confidence"]
     header += [f"{col}{i}" for i in range(1, top_k + 1) for col in ("top", "p")] + ["error"]
-    writer.writerow(header)
-    for p in predictions:
+
+    def row(p: Prediction) -> list[str]:
         if p.error is not None:
-            writer.writerow([p.path] + [""] * (len(header) - 2) + [p.error])
-            continue
+            return [p.path] + [""] * (len(header) - 2) + [p.error]
         top = [cell for c, v in p.top for cell in (c, f"{v:.6f}")]
-        writer.writerow([p.path, p.label, names.get(p.label, p.label), f"{p.confidence:.6f}",
-                         str(p.low_confidence).lower(), *top, ""])
-    return buffer.getvalue()
+        return [p.path, p.label, names.get(p.label, p.label), f"{p.confidence:.6f}", str(p.low_confidence).lower(),
+                *top, ""]
+
+    return csv_text(header, map(row, predictions))
 
 
 def to_json(predictions: Sequence[Prediction], names: dict[str, str], checkpoint: Path) -> str:

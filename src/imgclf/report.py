@@ -7,8 +7,6 @@ Files: ``metrics.json``, ``per_class.csv``, ``confusion_matrix.csv`` and ``.png`
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +17,7 @@ import numpy as np
 import torch
 
 from imgclf import evaluation, figures
-from imgclf.atomic import write_text_atomic
+from imgclf.atomic import csv_text, write_text_atomic
 from imgclf.engine import Outputs
 from imgclf.metrics import summarize
 
@@ -83,12 +81,12 @@ def write(folder: str | Path, ev: Evaluation, *, top_k: int = 5, bootstrap: int 
     folder = Path(folder)
     metrics, probs = compute(ev, top_k=top_k, bootstrap=bootstrap)
     write_text_atomic(folder / "metrics.json", json.dumps(metrics, indent=2))
-    write_text_atomic(folder / "per_class.csv", _csv(
+    write_text_atomic(folder / "per_class.csv", csv_text(
         ["class", "name", *PER_CLASS, "support"],
         [[c, n, *(f"{metrics['per_class'][c][m]:.6f}" for m in PER_CLASS), metrics["per_class"][c]["support"]]
          for c, n in zip(ev.classes, ev.names(), strict=True)]))
     cm = torch.tensor(metrics["confusion_matrix"])
-    write_text_atomic(folder / "confusion_matrix.csv", _csv(
+    write_text_atomic(folder / "confusion_matrix.csv", csv_text(
         ["true \\ predicted", *ev.classes], [[c, *row] for c, row in zip(ev.classes, cm.tolist(), strict=True)]))
     write_text_atomic(folder / "predictions.csv", predictions_csv(ev, probs, min(top_k, len(ev.classes))))
     pics = pictures(ev, probs, cm, mistakes)
@@ -121,15 +119,7 @@ def predictions_csv(ev: Evaluation, probs: torch.Tensor, k: int) -> str:
         guesses = [v for j in range(k) for v in (ev.classes[int(top_i[n, j])], f"{float(top_p[n, j]):.6f}")]
         rows.append([ev.paths[n] if ev.paths else n, ev.classes[int(ev.outputs.labels[n])], guesses[0],
                      guesses[1], *guesses])
-    return _csv(header, rows)
-
-
-def _csv(header: list[str], rows: list[list[Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return csv_text(header, rows)
 
 
 def headline(metrics: dict[str, Any]) -> list[str]:
