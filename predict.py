@@ -3,9 +3,7 @@
 No Hydra here: it starts about as fast as `import torch, torchvision`. See imgclf/predict.py for the options.
 """
 
-import sys
-
-from imgclf.predict import main
+from imgclf.predict import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -161,6 +161,10 @@ def test_missing_experiment_lists_the_trained_ones(trained, tmp_path, capsys) ->
     names.write_text("{not json")
     code, _, err = run_predict(capsys, tmp_path, "--checkpoint", exp / "best.pt", "--category-names", names)
     assert code == 2 and f"--category-names {names}: cannot be read as JSON" in err
+    (tmp_path / "a_file").write_text("")
+    image = next((data_root(trained[0]) / "test").rglob("*.png"))
+    code, _, err = run_predict(capsys, image, "--checkpoint", exp / "best.pt", "--output", tmp_path / "a_file" / "p.csv")
+    assert code == 2 and "cannot write" in err and "a_file" in err
     with pytest.raises(SystemExit) as exit_info:
         predict.main([str(tmp_path), "--checkpoint", str(exp / "best.pt"), "--min-confidence", "1.5"])
     assert exit_info.value.code == 2

@@ -268,13 +268,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pages.append([])
             pages[-1].append((prediction, image))
     print(table(predictions, names, args.min_confidence))
-    if args.output is not None:
-        text = (to_json(predictions, names, predictor.checkpoint) if args.output.suffix.lower() == ".json"
-                else to_csv(predictions, names, top_k))
-        write_text_atomic(args.output, text)
-        print(f"wrote {args.output}", file=sys.stderr)
-    if args.plot is not None and pages[0]:
-        print(f"wrote {', '.join(map(str, plot(pages, names, args.plot)))}", file=sys.stderr)
+    try:
+        if args.output is not None:
+            text = (to_json(predictions, names, predictor.checkpoint) if args.output.suffix.lower() == ".json"
+                    else to_csv(predictions, names, top_k))
+            write_text_atomic(args.output, text)
+            print(f"wrote {args.output}", file=sys.stderr)
+        if args.plot is not None and pages[0]:
+            args.plot.parent.mkdir(parents=True, exist_ok=True)
+            print(f"wrote {', '.join(map(str, plot(pages, names, args.plot)))}", file=sys.stderr)
+    except OSError as exc:
+        print(f"predict.py: error: cannot write {exc.filename or args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     bad = [p for p in predictions if p.error is not None]
     low = sum(p.low_confidence for p in predictions)
     summary = f"{len(predictions) - len(bad)} image(s) classified with {predictor.checkpoint}"
@@ -284,5 +289,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_BAD_FILES if bad else 0
 
 
+def run() -> None:
+    """The console entry point: ``main`` with Ctrl-C as exit status 130 instead of a traceback."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("predict.py: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
