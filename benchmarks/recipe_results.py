@@ -83,9 +83,9 @@ def row(recipe: str, r: dict[str, object]) -> str:
         accuracy = f"{r['accuracy']:.3f} ± {r['accuracy_sd']:.3f} over {r['runs']} split seeds"
     target = "" if r["target"] is None else (f"{r['target']:.2f}: " + ("met" if r["accuracy"] >= r["target"]
                                                                       else "**not met**"))
-    minutes = r["seconds"] / 60
+    took = f"{r['seconds']:.0f} s" if r["seconds"] < 60 else f"{r['seconds'] / 60:.1f} min"
     return (f"| `{recipe}` | {r['data'] or 'digits (offline)'} | {r['samples']} | {accuracy} | {r['f1']:.3f} | "
-            f"{r['epochs']} epochs, {minutes:.1f} min | {target} |")
+            f"{r['epochs']} epochs, {took} | {target} |")
 
 
 def table(results: dict[str, dict[str, object]]) -> str:

@@ -139,6 +139,31 @@ def test_only_config_keys_that_differ_become_columns_and_targets_are_shortened(b
     assert rows["alpha"]["optimizer.lr"] == "0.001" and rows["alpha"]["model.dropout"] == "0.3"
 
 
+def write_hydra_record(folder: Path, choices: dict[str, str], unresolved: dict[str, Any]) -> None:
+    """What Hydra keeps of a training command: its groups' options and the config before interpolation."""
+    record = folder / ".hydra" / "train" / "2026-02-02_00-00-00"
+    record.mkdir(parents=True, exist_ok=True)
+    hydra = {"hydra": {"runtime": {"choices": {**choices, "hydra/launcher": "basic", "hydra/output": "default"}}}}
+    (record / "hydra.yaml").write_text(yaml.safe_dump(hydra))
+    (record / "config.yaml").write_text(yaml.safe_dump(unresolved))
+
+
+def test_group_options_stand_for_the_keys_they_imply_and_interpolated_keys_are_left_out(board: Path) -> None:
+    unresolved = {"model": {"num_classes": "${dataset.num_classes}"}}
+    for name in VAL_ACC:
+        dataset = "flowers5" if name == "alpha" else "plates"
+        edit_config(board / name, {"dataset.root": f"/data/{dataset}", "model.num_classes": 5 if name == "alpha" else 2})
+        write_hydra_record(board / name, {"dataset": dataset, "optimizer": "adamw"}, unresolved)
+    rows = {row["name"]: row for row in run_board(board)}
+    header = config_columns(list(rows["alpha"]))
+    assert header == ["dataset", "model.dropout", "optimizer.lr"]  # not dataset.root, model.num_classes, optimizer
+    assert rows["alpha"]["dataset"] == "flowers5" and rows["beta"]["dataset"] == "plates"
+    edit_config(board / "beta", {"dataset.root": "/elsewhere/plates"})  # the same option, another folder
+    rows = {row["name"]: row for row in run_board(board)}
+    assert config_columns(list(rows["beta"])) == ["dataset", "dataset.root", "model.dropout", "optimizer.lr"]
+    assert rows["beta"]["dataset.root"] == "/elsewhere/plates" and rows["alpha"]["dataset.root"] == "/data/flowers5"
+
+
 def test_rows_are_ranked_best_first_by_the_monitored_metric(board: Path) -> None:
     rows = run_board(board)
     values = [float(row["best val/acc"]) for row in rows]

@@ -11,9 +11,11 @@ reports are not). Exit status 1 when DIR is missing or holds no experiment (noth
 
 Columns:
     name            the folder, relative to DIR (to the sweep folder in a sweep's table)
-    <config keys>   only the keys of config.yaml (flattened: ``optimizer.lr``) whose values differ
-                    between the rows; ``x._target_`` is shown as ``x`` with the class's last name
-                    (``torch.optim.AdamW`` -> ``AdamW``). Never shown: experiment, paths.*, hydra.*,
+    <config keys>   what differs between the rows: a config group's option (``model``: ``lite0``,
+                    from the ``.hydra`` record; without one, the class's last name: ``AdamW``), and
+                    the keys of config.yaml (flattened: ``optimizer.lr``) whose values differ between
+                    rows that use the same option of their group. Never shown: keys set by
+                    interpolation (``${dataset.num_classes}``), experiment, paths.*, hydra.*,
                     progress, resume, overwrite, and monitor, mode, epochs (columns of their own)
     monitor         ``val/acc (max)``, only when the rows monitor different metrics; otherwise
                     the metric is named in the next header
@@ -80,6 +82,7 @@ def read_row(folder: Path, name: str) -> Row:
         config = dict(checkpoint["config"])
         row.notes.append("config from the checkpoint")
     row.config = flatten(config) if config is not None else None
+    row.choices, row.derived = _read_hydra_record(folder, row.notes)
     _fill_settings(row, config or {}, checkpoint)
     row.records = records
     state = checkpoint.get("state") if isinstance(checkpoint.get("state"), Mapping) else {}
@@ -143,6 +146,28 @@ def _read_config(folder: Path, notes: list[str]) -> dict[str, Any] | None:
         notes.append("config.yaml is not a mapping")
         return None
     return config
+
+
+def _read_hydra_record(folder: Path, notes: list[str]) -> tuple[dict[str, str], set[str]]:
+    """From the latest training command's record ``.hydra/train/<time>/``: the config groups'
+    options (``hydra.yaml``: ``hydra.runtime.choices``, without Hydra's own groups), and the keys
+    whose value is an interpolation such as ``${dataset.num_classes}`` (``config.yaml``, unresolved):
+    they follow other keys. Empty when there is no record."""
+    records = sorted((folder / ".hydra" / "train").glob("*/hydra.yaml"))
+    if not records:
+        return {}, set()
+    try:
+        choices = yaml.safe_load(records[-1].read_text(errors="replace"))["hydra"]["runtime"]["choices"]
+        unresolved = yaml.safe_load((records[-1].parent / "config.yaml").read_text(errors="replace"))
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        notes.append(f"{records[-1].parent.relative_to(folder)} unreadable ({type(exc).__name__})")
+        return {}, set()
+    derived = {key for key, value in flatten(unresolved if isinstance(unresolved, dict) else {}).items()
+               if isinstance(value, str) and "${" in value}
+    if not isinstance(choices, dict):
+        return {}, derived
+    return {str(group): "null" if option is None else str(option) for group, option in choices.items()
+            if "/" not in str(group) and not str(group).startswith("hydra")}, derived
 
 
 def _read_metrics(path: Path, notes: list[str]) -> list[dict[str, Any]]:

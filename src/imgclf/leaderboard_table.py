@@ -28,6 +28,8 @@ class Row:
 
     name: str
     config: dict[str, Any] | None = None     # flattened: dotted key -> value
+    choices: dict[str, str] = field(default_factory=dict)  # config group -> option (Hydra's choices)
+    derived: set[str] = field(default_factory=set)         # keys set by interpolation (${...})
     monitor: str | None = None
     mode: str | None = None                  # max | min
     best: float | None = None                # best monitored value in metrics.jsonl
@@ -103,12 +105,53 @@ def sort_rows(rows: list[Row], metric: str | None = None) -> list[Row]:
 
 
 def differing_keys(rows: Iterable[Row]) -> list[str]:
-    """Config keys whose value is not the same in every row with a config (in config order)."""
-    configs = [row.config for row in rows if row.config is not None]
+    """The config keys worth a column, in config order: a config group (``model``) whose option
+    differs between the rows, and any other key whose value differs between rows that use the same
+    option of its group. ``dataset.root`` differs between a flowers and a plates run, but the
+    ``dataset`` column says so already; ``optimizer.lr`` of two ``adamw`` runs is shown. Keys set by
+    interpolation (``model.num_classes: ${dataset.num_classes}``) follow others and are left out."""
+    rows = [row for row in rows if row.config is not None]
+    groups = config_groups(rows)
+    derived = set().union(*(row.derived for row in rows))
     keys: dict[str, None] = {}
-    for config in configs:
-        keys.update(dict.fromkeys(k for k in config if not _ignored(k)))
-    return [k for k in keys if len({(k in c, format_value(k, c.get(k))) for c in configs}) > 1]
+    for row in rows:
+        for key in row.config or {}:
+            if not _ignored(key) and key not in derived:
+                head = key.split(".", 1)[0]
+                if head in groups:
+                    keys.setdefault(head)  # the group's own column first
+                keys.setdefault(key)
+    return [key for key in keys if _differs(rows, key, groups)]
+
+
+def config_groups(rows: Iterable[Row]) -> list[str]:
+    """The config groups of the rows: Hydra's choices, or any top-level node with a ``_target_``."""
+    groups: dict[str, None] = {}
+    for row in rows:
+        groups.update(dict.fromkeys(row.choices))
+        groups.update(dict.fromkeys(k.removesuffix("._target_") for k in row.config or {}
+                                    if k.endswith("._target_") and k.count(".") == 1))
+    return list(groups)
+
+
+def choice(row: Row, group: str) -> str:
+    """The option of ``group`` a row used (``lite0``), else its class's short name (``EfficientNetLite0``)."""
+    if group in row.choices:
+        return row.choices[group]
+    target = (row.config or {}).get(f"{group}._target_")
+    return "" if target is None else format_value("_target_", target)
+
+
+def _differs(rows: list[Row], key: str, groups: list[str]) -> bool:
+    if key in groups:
+        return len({choice(row, key) for row in rows}) > 1
+    head = key.split(".", 1)[0]
+    values: dict[str, set[tuple[bool, str]]] = {}
+    for row in rows:
+        config = row.config or {}
+        values.setdefault(choice(row, head) if head in groups else "", set()).add(
+            (key in config, format_value(key, config.get(key))))
+    return any(len(seen) > 1 for seen in values.values())
 
 
 def _ignored(key: str) -> bool:
@@ -117,7 +160,7 @@ def _ignored(key: str) -> bool:
 
 def column_names(keys: list[str]) -> list[str]:
     """``optimizer._target_`` -> ``optimizer`` (the class says which option of the group ran),
-    unless ``optimizer`` is a key of its own (a group that is null in some configs)."""
+    unless ``optimizer`` has a column of its own (the group's option)."""
     return [k.removesuffix("._target_") if k.removesuffix("._target_") not in keys else k for k in keys]
 
 
@@ -153,7 +196,9 @@ def build(rows: list[Row], sort: str | None = None) -> tuple[list[str], list[lis
     shared = next(iter(monitors)) if len(monitors) == 1 else None
     has = {k: any(k in row.test for row in rows) for k in ("accuracy", "f1", "accuracy_ci", "ece")}
     columns: list[tuple[str, Cell]] = [("name", lambda r: r.name)]
-    columns += [(title, _config_cell(k)) for title, k in zip(column_names(keys), keys, strict=True)]
+    groups = config_groups(rows)
+    columns += [(title, _group_cell(k) if k in groups else _config_cell(k))
+                for title, k in zip(column_names(keys), keys, strict=True)]
     if shared is None:
         columns.append(("monitor", lambda r: f"{r.monitor} ({r.mode})" if r.monitor else ""))
     columns += [(f"best {shared}" if shared else "best", lambda r: _number(r.best)),
@@ -181,6 +226,10 @@ def _test_columns() -> list[tuple[str, str, Cell]]:
             ("f1", "test/f1", lambda r: _number(r.test.get("f1"))),
             ("accuracy_ci", "test/acc 95% CI", lambda r: _interval(r.test.get("accuracy_ci"))),
             ("ece", "test/ece", lambda r: _number(r.test.get("ece")))]
+
+
+def _group_cell(group: str) -> Cell:
+    return lambda r: choice(r, group)
 
 
 def _config_cell(key: str) -> Cell:
