@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclf.atomic import csv_text, write_text_atomic
+from imgclf.data.folder import walk_images
 from imgclf.data.images import IMAGE_EXTENSIONS
 from imgclf.errors import ImgclfError
 
@@ -107,7 +108,7 @@ def find_images(specs: Sequence[str]) -> tuple[list[str], list[Prediction]]:
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            found = list(_images_under(path))
+            found = list(walk_images(path))  # the rules of the training data's scan
             if not found:
                 missing.append(Prediction(spec, error=f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder"))
         elif path.exists():
@@ -122,14 +123,6 @@ def find_images(specs: Sequence[str]) -> tuple[list[str], list[Prediction]]:
             found = []
         files.update(dict.fromkeys(found))
     return list(files), missing
-
-
-def _images_under(folder: Path) -> Iterator[str]:
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
-        for name in sorted(names):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                yield os.path.join(root, name)
 
 
 def display_names(predictor: Any, mapping_file: Path | None) -> dict[str, str]:

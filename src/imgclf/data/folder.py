@@ -13,6 +13,7 @@ import logging
 import os
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,17 +216,23 @@ def _scan_split(folder: Path, classes: list[str], ignored: Counter) -> list[Samp
 
 
 def _image_files(class_dir: Path, ignored: Counter) -> list[str]:
-    """Every image below ``class_dir``; links are not followed, so loops cannot occur."""
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(class_dir):
+    """Every image below ``class_dir`` once (by real path), sorted."""
+    return sorted({os.path.realpath(path) for path in walk_images(class_dir, ignored)})
+
+
+def walk_images(folder: str | Path, ignored: Counter | None = None) -> Iterator[str]:
+    """The image files below ``folder`` (``folder/...`` paths, in sorted walk order), skipping hidden
+    and system files and folders, and counting each skipped file's kind in ``ignored``. Links to
+    folders are not followed, so loops cannot occur."""
+    for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not _skipped_dir(d))
         for name in sorted(filenames):
             ext = Path(name).suffix.lower()
             if name.startswith(".") or name in SKIPPED_FILES or ext not in IMAGE_EXTENSIONS:
-                ignored[_ignored_kind(name)] += 1
+                if ignored is not None:
+                    ignored[_ignored_kind(name)] += 1
                 continue
-            seen.add(os.path.realpath(os.path.join(dirpath, name)))
-    return sorted(seen)
+            yield os.path.join(dirpath, name)
 
 
 def _ignored_kind(name: str) -> str:
