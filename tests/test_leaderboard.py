@@ -18,6 +18,7 @@ import yaml
 
 from conftest import ROOT, read_csv
 from imgclf import leaderboard
+from imgclf.run_log import read_metrics
 
 SWEEP = "beta/multirun/2026-01-01_00-00-00"
 JOBS = ("0_optimizer.lr=0.1,optimizer=adamw", "1_optimizer.lr=0.01,optimizer=adamw")
@@ -33,7 +34,7 @@ def copy_experiment(src: Path, dest: Path, config: dict[str, Any] | None = None,
     if config:
         edit_config(dest, config)
     if val_acc:
-        records = read_records(dest)
+        records = read_metrics(dest / "metrics.jsonl")
         assert len(records) == len(val_acc)
         for record, acc in zip(records, val_acc, strict=True):
             record["val/acc"] = acc
@@ -52,17 +53,13 @@ def edit_config(folder: Path, values: dict[str, Any]) -> None:
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
 
 
-def read_records(folder: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def write_records(folder: Path, records: list[dict[str, Any]]) -> None:
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def best_in_file(folder: Path, key: str = "val/acc", mode: str = "max") -> tuple[float, int]:
     """The best value of ``key`` in the folder's metrics.jsonl and its first epoch, computed here."""
-    records = read_records(folder)
+    records = read_metrics(folder / "metrics.jsonl")
     pick = max if mode == "max" else min
     best = pick(r[key] for r in records)
     return best, next(r["epoch"] for r in records if r[key] == best)
@@ -124,7 +121,7 @@ def test_one_row_per_experiment_and_job_with_best_value_and_epoch_from_metrics(b
         assert float(row["best val/acc"]) == pytest.approx(best, abs=5e-5)
         assert row["best epoch"] == str(epoch)
         assert row["epochs"] == "3/3" and row["status"] == "finished"
-        seconds = sum(r["epoch_seconds"] for r in read_records(board / name))
+        seconds = sum(r["epoch_seconds"] for r in read_metrics(board / name / "metrics.jsonl"))
         assert row["time"] == f"{seconds:.1f}s"
     assert rows["beta"]["best epoch"] == "2"  # a tie keeps the first epoch, as the engine does
 
@@ -173,7 +170,7 @@ def test_rows_are_ranked_best_first_by_the_monitored_metric(board: Path) -> None
 def test_mode_min_ranks_the_smallest_val_loss_first(board: Path) -> None:
     for name in VAL_ACC:
         edit_config(board / name, {"monitor": "val/loss", "mode": "min"})
-        records = read_records(board / name)
+        records = read_metrics(board / name / "metrics.jsonl")
         for i, record in enumerate(records):  # distinct losses per experiment
             record["val/loss"] = 1.0 + VAL_ACC[name][i] * (1 if i % 2 else -1)
         write_records(board / name, records)
