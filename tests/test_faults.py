@@ -104,8 +104,9 @@ class DiesInWorker(Dataset):
 
 
 def test_a_killed_loader_worker_gets_a_clear_message(tmp_path: Path, tiny_folder: Path, monkeypatch) -> None:
-    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "loader.num_workers=1"))
-    monkeypatch.setattr(DecodedImages, "__getitem__", lambda self, i: DiesInWorker()[i])
+    # per-image augmentation: batches come from worker processes (batch augmentation uses threads)
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "loader.num_workers=1", "loader.batch_augment=false"))
+    monkeypatch.setattr(DecodedImages, "__getitems__", lambda self, indices: [DiesInWorker()[i] for i in indices])
     with pytest.raises(TrainingError, match=r"loader.num_workers=1: DataLoader worker .* loader.num_workers=0"):
         tasks._train(cfg)
 

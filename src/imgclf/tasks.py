@@ -192,7 +192,7 @@ def _test(cfg: DictConfig) -> dict[str, Any]:
         payload = _calibrate(cfg, exp, path, payload, model, device)
     loaded = _load(cfg, source, splits, (split,), image_size=payload["image_size"])
     _check_unchanged(recorded, loaded, refuse=False)
-    dataset = loaded[split].dataset(payload["image_size"], _transform(cfg.augmentation.eval))
+    dataset = _serve(cfg, loaded[split], payload["image_size"], cfg.augmentation.eval)
     outputs = _outputs(cfg, model, dataset, device, desc=split)
     info = {"split": split, "checkpoint": str(path.resolve()), "epoch": payload["state"]["epoch"],
             "data_root": str(source.root), "experiment": payload["experiment"]}
@@ -235,7 +235,7 @@ def _calibrate(cfg: DictConfig, exp: ExperimentDir, path: Path, payload: dict[st
     if not splits.samples.get("val"):
         raise DataError(f"calibrate=true: {exp.splits} lists no val images to fit the temperature on")
     val = _load(cfg, _source(cfg), splits, ("val",), image_size=payload["image_size"])["val"]
-    outputs = _outputs(cfg, model, val.dataset(payload["image_size"], _transform(cfg.augmentation.eval)), device,
+    outputs = _outputs(cfg, model, _serve(cfg, val, payload["image_size"], cfg.augmentation.eval), device,
                        desc="calibrate on val")
     temperature = fit_temperature(outputs.logits, outputs.labels)
     before, after = nll(outputs.logits, outputs.labels), nll(outputs.logits, outputs.labels, temperature)
@@ -547,6 +547,10 @@ def _transform(node: Any) -> Any:
     return instantiate(node) if node is not None else None
 
 
+def _serve(cfg: DictConfig, split: LoadedSplit, image_size: int, node: Any) -> Any:
+    return split.dataset(image_size, _transform(node), batched=cfg.loader.batch_augment)
+
+
 def _train_loaders(cfg: DictConfig, source: FolderSource, loaded: dict[str, LoadedSplit], device: torch.device,
                    sample_weights: list[float] | None = None) -> tuple[Any, Any]:
     if not loaded["val"].samples:
@@ -554,7 +558,9 @@ def _train_loaders(cfg: DictConfig, source: FolderSource, loaded: dict[str, Load
     pin = device.type == "cuda" if cfg.loader.pin_memory == "auto" else bool(cfg.loader.pin_memory)
     loaders = []
     for split, transform in (("train", cfg.augmentation.train), ("val", cfg.augmentation.eval)):
-        dataset = loaded[split].dataset(source.image_size, _transform(transform))
+        dataset = _serve(cfg, loaded[split], source.image_size, transform)
+        if split == "train" and transform is not None and dataset.batch_op is None:
+            log.info("augmentation runs image by image: %s", dataset.why_per_image)
         loaders.append(make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=split == "train",
                                    seed=cfg.seed, num_workers=cfg.loader.num_workers, pin_memory=pin,
                                    timeout=cfg.loader.timeout,

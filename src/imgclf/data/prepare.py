@@ -30,11 +30,12 @@ class LoadedSplit:
     images: torch.Tensor | None     # None: decode on the fly
     report: FileReport
 
-    def dataset(self, image_size: int, transform: Callable | None) -> Dataset:
+    def dataset(self, image_size: int, transform: Callable | None, batched: bool = True) -> Dataset:
+        """Serve the split; ``batched``: augment whole batches when the transform allows it."""
         labels = [label for _, label in self.samples]
         if self.images is None:
-            return LazyImages([p for p, _ in self.samples], labels, image_size, transform)
-        return DecodedImages(self.images, labels, transform, rows=self.rows)
+            return LazyImages([p for p, _ in self.samples], labels, image_size, transform, batched=batched)
+        return DecodedImages(self.images, labels, transform, rows=self.rows, batched=batched)
 
 
 def load_splits(splits: Splits, cache: DecodeCache, image_size: int, *, names: tuple[str, ...],
