@@ -3,13 +3,18 @@
 Both serve the same real photos (default: ../shared/data/food101_mini, 300-512 px JPEGs) at
 128 px with the dishes project's augmentation (Resize, horizontal and vertical flips, rotation 10,
 ColorJitter(.1, .1, .1, .05), TrivialAugmentWide(31), then float conversion and Normalize), in
-batches of 32 through a DataLoader with the same worker count. Printed:
+batches of 32 with the same worker count. Printed:
 
-  naive               ImageFolder, decode + resize + augment every image every epoch (PIL)
-  imgclf, no cache    the same decoding as the cache, but from disk at every access
+  naive               ImageFolder, decode + resize + augment every image every epoch (PIL, per image)
+  imgclf, no cache    the same decoding as the cache, from disk at every access (worker processes),
+                      then imgclf's batch augmentation
   imgclf, epoch 1     building the disk cache (decode + resize once) while serving
-  imgclf, epoch 2     augmenting the cached uint8 images
+  imgclf, epoch 2     batch augmentation of the cached uint8 images (worker threads)
   flips only          the same two imgclf pipelines with a light augmentation (flips only)
+
+imgclf augments whole batches (data/batch_augment.py: per-image random parameters, compiled
+loops); with cached images its workers are threads, since batches then need no copy between
+processes. Every pipeline runs with one intra-op thread per worker.
 
 Targets: imgclf epoch 2 >= 3x naive, and >= 5x an epoch that decodes from disk.
 
@@ -31,7 +36,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from imgclf.data.cache import DecodeCache
-from imgclf.data.dataset import DecodedImages, LazyImages
+from imgclf.data.dataset import DecodedImages, LazyImages, make_loader
 from imgclf.data.folder import FolderSource
 from imgclf.runtime import tune_malloc
 
@@ -50,9 +55,13 @@ def naive_dataset(root: Path, size: int) -> datasets.ImageFolder:
     return datasets.ImageFolder(str(root), transform=transform)
 
 
-def loader(dataset, workers: int) -> DataLoader:
-    # the same settings for every pipeline; persistent workers so that steady epochs are timed
-    return DataLoader(dataset, batch_size=32, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+def loader(dataset, workers: int):
+    """Shuffled batches of 32 with ``workers`` workers: the naive pipeline gets a plain DataLoader
+    (persistent worker processes, so that steady epochs are timed), imgclf's datasets what training
+    gives them (``make_loader``: threads for decoded images with a batch augmentation)."""
+    if isinstance(dataset, datasets.ImageFolder):
+        return DataLoader(dataset, batch_size=32, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+    return make_loader(dataset, batch_size=32, shuffle=True, num_workers=workers)
 
 
 def epoch(batches: DataLoader, normalize_batches: bool) -> float:
@@ -65,11 +74,16 @@ def epoch(batches: DataLoader, normalize_batches: bool) -> float:
     return time.perf_counter() - start
 
 
-def steady_rate(dataset, workers: int, normalize_batches: bool, n: int) -> float:
-    """Images/s of the faster of two epochs after a warm-up epoch (workers started)."""
+def steady_rate(dataset, workers: int, normalize_batches: bool, n: int, seconds: float = 4.0) -> float:
+    """Images/s over whole epochs after a warm-up epoch (workers started, code compiled): at least
+    two epochs and ``seconds`` in all, so that a fast pipeline is not timed on a 0.1 s epoch."""
     batches = loader(dataset, workers)
     epoch(batches, normalize_batches)
-    return n / min(epoch(batches, normalize_batches) for _ in range(2))
+    elapsed, epochs = 0.0, 0
+    while epochs < 2 or elapsed < seconds:
+        elapsed += epoch(batches, normalize_batches)
+        epochs += 1
+    return epochs * n / elapsed
 
 
 def measure(name: str, root: Path, size: int, workers: int, cache_dir: str) -> float:
