@@ -22,7 +22,7 @@ import torch
 
 from imgclf.checkpoint import load_checkpoint
 from imgclf.data.cache import decode
-from imgclf.data.dataset import serve
+from imgclf.data.images import serve
 from imgclf.errors import CheckpointError
 from imgclf.models.classifier import Classifier
 from imgclf.runtime import resolve_device

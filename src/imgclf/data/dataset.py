@@ -8,40 +8,17 @@ tensors and the model turns uint8 into normalized floats on its own device.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms.v2 import functional as F
 
 from imgclf.data.batch_augment import batch_transform
 from imgclf.data.cache import decode
+from imgclf.data.images import Transform, serve
 from imgclf.errors import DataError
-
-Transform = Callable[[Any], Any]
-
-
-def serve(image: np.ndarray, transform: Transform | None) -> torch.Tensor:
-    """Turn one (H, W, 3) uint8 image into the (3, H, W) uint8 tensor a batch is made of.
-
-    Augmentations see a Pillow image, as in torchvision's own recipes: Pillow runs flips,
-    rotations and colour changes in C on uint8 (about twice as fast as the same v2 transforms
-    on tensors), and the results equal those of a pipeline that augments freshly decoded files.
-    A transform may also return a tensor (e.g. one that ends with ``v2.ToImage()``).
-    """
-    if transform is None:
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    out = transform(Image.fromarray(np.asarray(image)))
-    if isinstance(out, Image.Image):
-        return F.pil_to_tensor(out.convert("RGB") if out.mode != "RGB" else out)
-    if not isinstance(out, torch.Tensor) or out.dtype != torch.uint8 or out.ndim != 3:
-        raise TypeError("augmentation must return a Pillow image or a (3, H, W) uint8 tensor: "
-                        "leave float conversion and Normalize out (the model normalizes its inputs)")
-    return out
 
 
 class _Served(Dataset):
