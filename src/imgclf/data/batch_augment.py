@@ -2,7 +2,7 @@
 
 Augmenting one image at a time costs a Python round trip per transform per image, and some
 operations (hue, sharpness) are slow however they are written as tensor code. For the transforms
-listed in :data:`SUPPORTED`, :func:`batch_transform` builds an equivalent that draws every
+that :func:`_convert` knows, :func:`batch_transform` builds an equivalent that draws every
 image's parameters from the same distributions as torchvision does and applies them to the
 whole batch, with compiled loops (``kernels.py``) where tensor code is slow. Outputs follow
 torchvision's uint8 tensor kernels (up to one intensity level of float rounding, and
@@ -32,7 +32,7 @@ BatchOp = Callable[[torch.Tensor, Generator], torch.Tensor]
 
 def inverse_affine(angle: np.ndarray, translate: tuple[np.ndarray, np.ndarray] = (0.0, 0.0),
                    shear: tuple[np.ndarray, np.ndarray] = (0.0, 0.0),
-                   center: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+                   center: tuple[np.ndarray, np.ndarray] = (0.0, 0.0)) -> np.ndarray:
     """(B, 6) maps from output to source pixels for torchvision's affine(angle, translate, scale=1,
     shear) about ``center`` (offset from the image centre), in image-centred coordinates."""
     rot = np.radians(np.asarray(angle, dtype=np.float64))
@@ -59,6 +59,10 @@ def _color(images: torch.Tensor, ops: np.ndarray, factors: np.ndarray) -> torch.
     return images
 
 
+def _identities(n: int) -> np.ndarray:
+    return np.tile(np.eye(3), (n, 1, 1))
+
+
 def _uniform(n: int, low: float, high: float, g: Generator) -> np.ndarray:
     return torch.empty(n, dtype=torch.float64).uniform_(low, high, generator=g).numpy()
 
@@ -68,11 +72,10 @@ class Flip:
 
     def __init__(self, p: float, axis: int) -> None:
         self.p, self.axis = p, axis
-        self.fill: Sequence[int] | None = None  # a flip never looks outside the image
 
     def maps(self, n: int, g: Generator) -> np.ndarray:
         """(n, 3, 3) inverse maps in image-centred coordinates (a flip is its own inverse)."""
-        m = np.tile(np.eye(3), (n, 1, 1))
+        m = _identities(n)
         m[:, self.axis, self.axis] = np.where((torch.rand(n, generator=g) < self.p).numpy(), -1.0, 1.0)
         return m
 
@@ -90,7 +93,7 @@ class Rotation:
 
 def _square(theta: np.ndarray) -> np.ndarray:
     """(n, 6) affine maps as (n, 3, 3) matrices."""
-    m = np.tile(np.eye(3), (len(theta), 1, 1))
+    m = _identities(len(theta))
     m[:, :2, :] = theta.reshape(-1, 2, 3)
     return m
 
@@ -102,10 +105,16 @@ class Warp:
 
     def __init__(self, parts: Sequence[Flip | Rotation]) -> None:
         self.parts = list(parts)
-        self.fill = next((p.fill for p in self.parts if p.fill is not None), [0])
+        # a flip never looks outside the image: only a rotation has a fill
+        self.fill = next((p.fill for p in self.parts if isinstance(p, Rotation)), [0])
+
+    def takes(self, op: Any) -> bool:
+        """Whether ``op`` can join this resampling (a flip, or a first rotation)."""
+        return isinstance(op, Flip) or (isinstance(op, Rotation)
+                                        and not any(isinstance(p, Rotation) for p in self.parts))
 
     def __call__(self, images: torch.Tensor, g: Generator = None) -> torch.Tensor:
-        total = np.tile(np.eye(3), (len(images), 1, 1))
+        total = _identities(len(images))
         for part in self.parts:  # the first transform's map is applied last: source of source ...
             total = total @ part.maps(len(images), g)
         return _warp(images, total[:, :2, :].reshape(-1, 6), self.fill)
@@ -187,35 +196,33 @@ class TrivialAugmentWide:
 
         pixels = images.numpy()  # numpy copies whole rows when indexing the first axis (torch: per byte)
 
-        def apply(selected: np.ndarray, fn: Callable[[torch.Tensor, np.ndarray], torch.Tensor]) -> None:
+        def on(selected: np.ndarray, fn: Callable[[torch.Tensor, np.ndarray], torch.Tensor]) -> None:
             if selected.any():
                 pixels[selected] = fn(torch.from_numpy(pixels[selected]), magnitude[selected]).numpy()
 
         geometric = np.isin(names, ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate"))
-        apply(geometric, lambda sub, m: _warp(sub, self._geometry(names[geometric], m, width, height), self.fill))
+        on(geometric, lambda sub, m: _warp(sub, self._geometry(names[geometric], m, width, height), self.fill))
         colour = np.isin(names, tuple(_COLOR_CODES))
         codes = np.array([_COLOR_CODES.get(name, kernels.SKIP) for name in names[colour]], dtype=np.int64)
-        apply(colour, lambda sub, m: _color(sub, codes[:, None], (1.0 + m[:, None]).astype(np.float32)))
-        apply(names == "Sharpness", lambda sub, m: _sharpen(sub, 1.0 + m))
-        apply(names == "Posterize", _posterize)
-        apply(names == "Solarize", lambda sub, m: torch.where(sub >= _threshold(m),
-                                                              255 - sub, sub))
-        apply(names == "AutoContrast", lambda sub, m: F.autocontrast(sub))
-        apply(names == "Equalize", lambda sub, m: F.equalize(sub))
+        on(colour, lambda sub, m: _color(sub, codes[:, None], (1.0 + m[:, None]).astype(np.float32)))
+        on(names == "Sharpness", lambda sub, m: _sharpen(sub, 1.0 + m))
+        on(names == "Posterize", _posterize)
+        on(names == "Solarize", lambda sub, m: torch.where(sub >= _threshold(m), 255 - sub, sub))
+        on(names == "AutoContrast", lambda sub, m: F.autocontrast(sub))
+        on(names == "Equalize", lambda sub, m: F.equalize(sub))
         return images
 
     @staticmethod
     def _geometry(names: np.ndarray, m: np.ndarray, width: int, height: int) -> np.ndarray:
-        zero = np.zeros_like(m)
-        shear_x, shear_y = names == "ShearX", names == "ShearY"
-        shear_deg = np.degrees(np.arctan(m))
-        sheared = inverse_affine(zero, shear=(np.where(shear_x, shear_deg, 0.0), np.where(shear_y, shear_deg, 0.0)),
-                                 center=(-width * 0.5, -height * 0.5))  # about the top-left corner, as torchvision
-        moves = np.trunc(m)
-        moved = inverse_affine(zero, translate=(np.where(names == "TranslateX", moves, 0.0),
-                                                np.where(names == "TranslateY", moves, 0.0)))
-        rotated = inverse_affine(-np.where(names == "Rotate", m, 0.0))
-        return np.where((shear_x | shear_y)[:, None], sheared, np.where((names == "Rotate")[:, None], rotated, moved))
+        """One affine map per image; each image has one non-zero parameter. Shears turn about the
+        top-left corner, as in torchvision (a centre does not change a translation's map)."""
+        shear = np.degrees(np.arctan(m))
+        sheared = np.isin(names, ("ShearX", "ShearY"))
+        return inverse_affine(-np.where(names == "Rotate", m, 0.0),
+                              translate=(np.where(names == "TranslateX", np.trunc(m), 0.0),
+                                         np.where(names == "TranslateY", np.trunc(m), 0.0)),
+                              shear=(np.where(names == "ShearX", shear, 0.0), np.where(names == "ShearY", shear, 0.0)),
+                              center=(np.where(sheared, -width * 0.5, 0.0), np.where(sheared, -height * 0.5, 0.0)))
 
 
 def _sharpen(images: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
@@ -339,16 +346,16 @@ def _convert(t: Any) -> BatchOp | str:
         return Flip(t.p, 0 if isinstance(t, v2.RandomHorizontalFlip) else 1)
     if isinstance(t, v2.RandomRotation):
         fill = _fill(t.fill, name)
-        if isinstance(fill, str) or t.expand or t.center is not None or not _nearest(t):
-            return f"{name} with expand, center or non-nearest interpolation" if not isinstance(fill, str) else fill
-        return Rotation(float(t.degrees[0]), float(t.degrees[1]), fill)
+        if t.expand or t.center is not None or not _nearest(t):
+            return f"{name} with expand, center or non-nearest interpolation"
+        return fill if isinstance(fill, str) else Rotation(float(t.degrees[0]), float(t.degrees[1]), fill)
     if isinstance(t, v2.ColorJitter):
         return ColorJitter([t.brightness, t.contrast, t.saturation, t.hue])
     if isinstance(t, v2.TrivialAugmentWide):
         fill = _fill(t.fill, name)
-        if isinstance(fill, str) or not _nearest(t):
-            return fill if isinstance(fill, str) else f"{name} with non-nearest interpolation"
-        return TrivialAugmentWide(t.num_magnitude_bins, fill)
+        if not _nearest(t):
+            return f"{name} with non-nearest interpolation"
+        return fill if isinstance(fill, str) else TrivialAugmentWide(t.num_magnitude_bins, fill)
     if isinstance(t, v2.RandomCrop):
         if t.pad_if_needed or t.padding_mode not in Crop.MODES or not isinstance(t.fill, (int, float)):
             return f"{name} with pad_if_needed, padding_mode={t.padding_mode!r} or fill={t.fill!r}"
@@ -358,10 +365,6 @@ def _convert(t: Any) -> BatchOp | str:
     if isinstance(t, (v2.Resize, v2.CenterCrop, v2.Identity, v2.ToImage)):
         return Whole(t)
     return f"{name} (no batch version)"
-
-
-SUPPORTED = ("RandomHorizontalFlip", "RandomVerticalFlip", "RandomRotation", "ColorJitter", "TrivialAugmentWide",
-             "RandomCrop", "RandomResizedCrop", "Resize", "CenterCrop", "Identity", "ToImage")
 
 
 def batch_transform(transform: Any) -> tuple[BatchOp | None, str | None]:
@@ -375,11 +378,9 @@ def batch_transform(transform: Any) -> tuple[BatchOp | None, str | None]:
         op = _convert(part)
         if isinstance(op, str):
             return None, op
-        geometric = isinstance(op, (Flip, Rotation))
-        if geometric and ops and isinstance(ops[-1], Warp) and not (
-                isinstance(op, Rotation) and any(isinstance(p, Rotation) for p in ops[-1].parts)):
+        if ops and isinstance(ops[-1], Warp) and ops[-1].takes(op):
             ops[-1] = Warp([*ops[-1].parts, op])
         else:
-            ops.append(Warp([op]) if geometric else op)
+            ops.append(Warp([op]) if isinstance(op, (Flip, Rotation)) else op)
     return Sequential(ops), None
 
