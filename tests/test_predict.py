@@ -203,12 +203,13 @@ def test_evaluation_transforms_of_the_checkpoint_are_applied(trained, tmp_path) 
     assert np.abs(tensor.permute(1, 2, 0).numpy().astype(int) - np.asarray(center).astype(int)).max() <= 2
 
 
-def test_predict_starts_without_hydra_or_plotting_libraries(trained, tmp_path) -> None:
+def test_predict_starts_without_hydra_plotting_or_training_libraries(trained, tmp_path) -> None:
+    # torchvision and numba (batch augmentation) only load when the checkpoint's model needs them
     overrides, exp = trained
     image = next((data_root(overrides) / "test").rglob("*.png"))
     code = ("import sys; from imgclf.predict import main; main(sys.argv[1:]); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'hydra', 'omegaconf', 'matplotlib', 'sklearn', 'tensorboard'}))")
+            "{'hydra', 'omegaconf', 'matplotlib', 'sklearn', 'tensorboard', 'numba', 'torchvision'}))")
     done = subprocess.run([sys.executable, "-c", code, str(image), "--checkpoint", str(exp / "best.pt")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
