@@ -127,9 +127,50 @@ def test_cached_features_train_the_same_head_as_the_full_model(tmp_path: Path, t
     (("model.freeze=none",), "backbone is not frozen"),
     (("model.freeze=backbone", "augmentation=flip"), "train augmentation is random"),
     (("model.freeze=backbone", "batch_mix=mixup"), "batch_mix"),
+    (("model.freeze=backbone", "trainer.feature_views=2"), "needs a random train augmentation"),
 ])
 def test_feature_cache_says_why_it_cannot_apply(tmp_path: Path, tiny_folder: Path, extra: tuple, reason: str) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "model=lite0", "dataset.image_size=32",
                                               "trainer.cache_features=true", *extra))
     with pytest.raises(ConfigError, match=f"cache_features=true cannot apply: .*{reason}"):
         tasks._train(cfg)
+
+
+def test_feature_views_are_augmented_copies_read_one_per_epoch() -> None:
+    from torchvision.transforms import v2
+
+    from imgclf.data.dataset import DecodedImages, make_loader
+    from imgclf.features import extract_views
+    from imgclf.models.classifier import Classifier
+
+    images = torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    dataset = DecodedImages(images.numpy(), [0, 1, 2, 0, 1, 2], v2.RandomHorizontalFlip())
+    model = Classifier(EfficientNetLite0(3, pretrained=False, freeze="backbone"), [0.5] * 3, [0.5] * 3).eval()
+    copies = extract_views(model, make_loader(dataset, batch_size=4, shuffle=False), torch.device("cpu"), views=4)
+    chw = images.permute(0, 3, 1, 2)
+    with torch.no_grad():
+        plain, flipped = (model.net.backbone(model.normalize(x)) for x in (chw, chw.flip(-1)))
+    for view in copies.features:  # every copy is the image or its mirror image, as the augmentation draws
+        as_drawn = [torch.allclose(f, p, atol=1e-4) or torch.allclose(f, m, atol=1e-4)
+                    for f, p, m in zip(view, plain, flipped, strict=True)]
+        assert all(as_drawn)
+    assert not all(torch.equal(copies.features[0], view) for view in copies.features[1:])  # new draws per copy
+    copies.set_epoch(5)
+    feature, label = copies[2]
+    assert torch.equal(feature, copies.features[1, 2]) and label == 2
+
+
+def test_training_on_cached_augmented_copies(tmp_path: Path, tiny_folder: Path, monkeypatch) -> None:
+    from imgclf.features import AugmentedFeatures
+
+    read = []
+    set_epoch = AugmentedFeatures.set_epoch
+    monkeypatch.setattr(AugmentedFeatures, "set_epoch", lambda self, epoch: (set_epoch(self, epoch), read.append(self.view)))
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "model=lite0", "model.freeze=backbone",
+                                              "dataset.image_size=32", "augmentation=flip", "epochs=3",
+                                              "trainer.cache_features=true", "trainer.feature_views=2"))
+    tasks._train(cfg)
+    assert read == [0, 1, 0]  # the trainer moves to the next cached copy every epoch
+    trained = load_checkpoint(tmp_path / "experiments" / "tiny" / "last.pt")["model"]
+    pretrained = EfficientNetLite0(2).state_dict()
+    assert all(torch.equal(trained[f"net.{key}"], value) for key, value in pretrained.items() if "backbone" in key)

@@ -119,6 +119,7 @@ def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
 
 def _trainer(cfg: DictConfig) -> None:
     _int(cfg, "trainer.accumulate", minimum=1)
+    _int(cfg, "trainer.feature_views", minimum=1)
     _choice(cfg, "trainer.amp", ("none", "bf16", "fp16"))
     for key in ("trainer.channels_last", "trainer.compile", "trainer.cache_features"):
         _bool(cfg, key)

@@ -296,8 +296,9 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Iterable, loss_fn: nn.M
         if state.stopped_early:
             break
         train_loader.batch_sampler.set_epoch(epoch, state.step)
-        if hasattr(model, "set_epoch"):
-            model.set_epoch(epoch)  # e.g. unfreeze a pretrained backbone
+        for follower in (model, train_loader.dataset):  # e.g. unfreeze a backbone, read the next cached copy
+            if hasattr(follower, "set_epoch"):
+                follower.set_epoch(epoch)
         totals = Totals(device, state.partial)
         lr = schedule.lr()
         start = time.perf_counter()

@@ -31,7 +31,7 @@ from imgclf.data.stats import channel_stats, class_weights
 from imgclf.engine import Diverged, Interrupted, Outputs, TrainState, collect, fit
 from imgclf.evaluation import fit_temperature, nll
 from imgclf.errors import CheckpointError, ConfigError, DataError, ImgclfError, TrainingError
-from imgclf.features import extract, why_not_cacheable
+from imgclf.features import extract, extract_views, why_not_cacheable
 from imgclf.experiment import CheckpointWriter, ExperimentDir, check_resumable, is_finished
 from imgclf.interrupt import StopOnSignal
 from imgclf.models.classifier import Classifier
@@ -383,14 +383,18 @@ def _maybe_cache_features(cfg: DictConfig, model: Classifier, train_loader: Any,
     """With ``trainer.cache_features``: the head and loaders of precomputed backbone features."""
     if not cfg.trainer.cache_features:
         return model, train_loader, val_loader
-    reason = why_not_cacheable(model, cfg.augmentation.train is not None, batch_mix)
+    views = cfg.trainer.feature_views
+    reason = why_not_cacheable(model, cfg.augmentation.train is not None, batch_mix, views)
     if reason is None and cfg.trainer.ema_decay is not None:
         reason = "trainer.ema_decay is not supported with cached features yet (set trainer.ema_decay=null)"
     if reason:
         raise ConfigError(f"trainer.cache_features=true cannot apply: {reason}")
-    datasets = [extract(model, loader, device, desc=f"features {split}", progress=cfg.progress)
-                for split, loader in (("train", _in_order(train_loader)), ("val", val_loader))]
-    log.info("cached backbone features %s: later epochs train only the head", tuple(datasets[0].tensors[0].shape))
+    train = _in_order(train_loader)
+    datasets = [extract_views(model, train, device, views, cfg.progress) if views > 1
+                else extract(model, train, device, desc="features train", progress=cfg.progress),
+                extract(model, val_loader, device, desc="features val", progress=cfg.progress)]
+    log.info("cached backbone features of %d image(s) x %d cop%s: later epochs train only the head",
+             len(datasets[0]), views, "y" if views == 1 else "ies (epoch e reads copy e mod views)")
     train_sampler = train_loader.batch_sampler
     loaders = [make_loader(datasets[0], batch_size=cfg.loader.batch_size, shuffle=True, seed=cfg.seed,
                            weights=train_sampler.weights),
