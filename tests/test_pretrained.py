@@ -168,7 +168,8 @@ def test_training_on_cached_augmented_copies(tmp_path: Path, tiny_folder: Path, 
     monkeypatch.setattr(AugmentedFeatures, "set_epoch", lambda self, epoch: (set_epoch(self, epoch), read.append(self.view)))
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "model=lite0", "model.freeze=backbone",
                                               "dataset.image_size=32", "augmentation=flip", "epochs=3",
-                                              "trainer.cache_features=true", "trainer.feature_views=2"))
+                                              "trainer.cache_features=true", "trainer.feature_views=2",
+                                              "trainer.channels_last=true"))  # images 4-d, features 2-d
     tasks._train(cfg)
     assert read == [0, 1, 0]  # the trainer moves to the next cached copy every epoch
     trained = load_checkpoint(tmp_path / "experiments" / "tiny" / "last.pt")["model"]

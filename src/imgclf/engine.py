@@ -101,6 +101,12 @@ def _update(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.am
     optimizer.zero_grad(set_to_none=True)
 
 
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """A batch on ``device``; image batches (not cached feature vectors) channels-last when asked."""
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last and images.dim() == 4 else images
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *,
                     device: torch.device, schedule: LRSchedule | None = None, totals: Totals | None = None,
                     should_stop: Callable[[], bool] = lambda: False, progress: bool = False, desc: str = "train",
@@ -136,9 +142,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     bad_in_row = 0
     start = time.perf_counter()
     for images, labels in loader:
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = to_device(images, device, channels_last)
         labels = labels.to(device, non_blocking=True)
         if batch_mix is not None:
             images, labels = batch_mix(images.float() / 255 if images.dtype == torch.uint8 else images, labels)
@@ -194,9 +198,7 @@ def collect(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: t
     loss_sum = torch.zeros((), device=device)
     logits_list, labels_list = [], []
     for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = to_device(images, device, channels_last)
         labels = labels.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(images)

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 from tqdm import tqdm
 
+from imgclf.engine import to_device
 from imgclf.models.classifier import Classifier
 
 
@@ -40,12 +41,12 @@ def why_not_cacheable(model: Classifier, random_augmentation: bool, batch_mix: b
 
 @torch.no_grad()
 def extract(model: Classifier, loader: Iterable, device: torch.device, desc: str = "features",
-            progress: bool = False) -> TensorDataset:
+            progress: bool = False, channels_last: bool = False) -> TensorDataset:
     """(features, labels) of every batch of ``loader`` through the frozen backbone."""
     model.eval()
     features, labels = [], []
     for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
-        features.append(model.net.backbone(model.normalize(images.to(device))).float())
+        features.append(model.net.backbone(model.normalize(to_device(images, device, channels_last))).float())
         labels.append(targets.to(device))
     return TensorDataset(torch.cat(features), torch.cat(labels))
 
@@ -73,12 +74,13 @@ class AugmentedFeatures(Dataset):
 
 
 def extract_views(model: Classifier, loader: Iterable, device: torch.device, views: int,
-                  progress: bool = False) -> AugmentedFeatures:
+                  progress: bool = False, channels_last: bool = False) -> AugmentedFeatures:
     """Features of ``views`` passes over ``loader`` (in order, augmented at random): pass ``v`` is the
     loader's epoch ``v``, so seeded batch augmentation draws new parameters for every copy."""
     copies = []
     for view in range(views):
         loader.batch_sampler.set_epoch(view)
-        copies.append(extract(model, loader, device, desc=f"features train {view + 1}/{views}", progress=progress))
+        copies.append(extract(model, loader, device, desc=f"features train {view + 1}/{views}", progress=progress,
+                              channels_last=channels_last))
     labels = copies[0].tensors[1]
     return AugmentedFeatures(torch.stack([copy.tensors[0] for copy in copies]), labels)

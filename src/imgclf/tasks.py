@@ -348,7 +348,8 @@ def _model(cfg: DictConfig, source: FolderSource, device: torch.device) -> Class
     if tuple(out.shape) != (2, cfg.dataset.num_classes):
         raise ConfigError(f"model {cfg.model._target_} gives logits of shape {tuple(out.shape)}, "
                           f"expected (batch, {cfg.dataset.num_classes})")
-    return model.to(device)
+    layout = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
+    return model.to(device, memory_format=layout)
 
 
 def _params(model: Classifier, lr: float) -> Any:
@@ -390,9 +391,10 @@ def _maybe_cache_features(cfg: DictConfig, model: Classifier, train_loader: Any,
     if reason:
         raise ConfigError(f"trainer.cache_features=true cannot apply: {reason}")
     train = _in_order(train_loader)
-    datasets = [extract_views(model, train, device, views, cfg.progress) if views > 1
-                else extract(model, train, device, desc="features train", progress=cfg.progress),
-                extract(model, val_loader, device, desc="features val", progress=cfg.progress)]
+    layout = {"progress": cfg.progress, "channels_last": cfg.trainer.channels_last}
+    datasets = [extract_views(model, train, device, views, **layout) if views > 1
+                else extract(model, train, device, desc="features train", **layout),
+                extract(model, val_loader, device, desc="features val", **layout)]
     log.info("cached backbone features of %d image(s) x %d cop%s: later epochs train only the head",
              len(datasets[0]), views, "y" if views == 1 else "ies (epoch e reads copy e mod views)")
     train_sampler = train_loader.batch_sampler
@@ -423,15 +425,13 @@ def _batch_mix(cfg: DictConfig) -> Any:
 
 def _precision_and_compile(cfg: DictConfig, model: Classifier, device: torch.device,
                            payload: dict[str, Any] | None) -> tuple[Any, torch.nn.Module]:
-    """The fp16 gradient scaler (CUDA only), channels-last layout, and the model the loop runs
+    """The fp16 gradient scaler (CUDA only) and the model the loop runs
     (compiled when asked; checkpoints always hold the plain module's weights)."""
     scaler = None
     if cfg.trainer.amp == "fp16" and device.type == "cuda":
         scaler = torch.amp.GradScaler("cuda")
         if payload is not None and payload.get("scaler"):
             scaler.load_state_dict(payload["scaler"])
-    if cfg.trainer.channels_last:
-        model.to(memory_format=torch.channels_last)
     return scaler, (torch.compile(model) if cfg.trainer.compile else model)
 
 
