@@ -235,3 +235,20 @@ def test_plates_train_test_predict_and_leaderboard_as_a_user_runs_them(tmp_path)
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "plates_tinyvgg" in (tmp_path / "experiments" / "leaderboard.md").read_text()
+
+
+def test_flip_tta_equals_the_mean_over_the_image_and_its_mirror_file(trained, tmp_path: Path) -> None:
+    overrides, exp = trained
+    image = next((data_root(overrides) / "test").rglob("*.png"))
+    with Image.open(image) as img:
+        img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "mirror.png")
+    plain = Predictor.load(exp / "best.pt", device="cpu")
+    tta = Predictor.load(exp / "best.pt", device="cpu", tta="flip")
+    p, p_mirror = (plain.probabilities([plain.load_image(f)])[0] for f in (image, tmp_path / "mirror.png"))
+    torch.testing.assert_close(tta.probabilities([tta.load_image(image)])[0], (p + p_mirror) / 2)
+    assert not torch.allclose(p, p_mirror)  # the check above means something
+    out = tmp_path / "tta.json"
+    assert predict.main([str(image), "--checkpoint", str(exp / "best.pt"), "--tta", "flip", "--device", "cpu",
+                         "--output", str(out)]) == 0
+    record = json.loads(out.read_text())["predictions"][0]
+    assert record["confidence"] == pytest.approx(float(((p + p_mirror) / 2).max()), abs=1e-5)

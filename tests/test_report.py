@@ -181,3 +181,22 @@ def test_calibrate_at_the_end_of_training(tmp_path: Path, tiny_folder: Path) -> 
     assert payload["temperature"] > 0 and payload["calibration"]["samples"] == 18
     assert payload["calibration"]["nll_after"] <= payload["calibration"]["nll_before"]
     assert tasks._test(cfg)["temperature"] == payload["temperature"]
+
+
+def test_flip_tta_averages_the_probabilities_of_image_and_mirror(trained_tiny, tmp_path: Path) -> None:
+    from imgclf.models.classifier import with_tta
+
+    overrides, exp = copy_trained(trained_tiny, tmp_path)
+    plain = tasks._test(compose_cfg("train", overrides))
+    probs = {row["path"]: float(row["p1"]) for row in read_csv(exp / "test" / "predictions.csv")}
+    flipped = tasks._test(compose_cfg("train", [*overrides, "tta=flip"]))
+    assert flipped["tta"] == "flip" and "test-time augmentation: flip" in (exp / "test" / "report.md").read_text()
+    assert flipped["loss"] != plain["loss"] and flipped["samples"] == plain["samples"]
+    changed = [row for row in read_csv(exp / "test" / "predictions.csv") if float(row["p1"]) != probs[row["path"]]]
+    assert changed  # the mirror images moved the probabilities
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    images = torch.randn(5, 3, 4, 4)
+    expected = (torch.softmax(model(images), 1) + torch.softmax(model(images.flip(-1)), 1)) / 2
+    torch.testing.assert_close(torch.softmax(with_tta(model, "flip")(images), 1), expected)
+    assert with_tta(model, "none") is model

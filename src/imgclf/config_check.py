@@ -55,6 +55,7 @@ def check_config(cfg: DictConfig) -> None:
     _choice(cfg, "dataset.bad_files", ("stop", "skip"))
     _choice(cfg, "dataset.normalize", ("imagenet", "auto", "custom"))
     _choice(cfg, "imbalance", ("none", "weighted_loss", "weighted_sampler"))
+    _choice(cfg, "tta", ("none", "flip"))
     _choice(cfg, "loader.cache", ("disk", "memory", "none"))
     _fraction(cfg, "dataset.val_fraction")
     _fraction(cfg, "dataset.test_fraction")

@@ -24,7 +24,7 @@ from imgclf.checkpoint import load_checkpoint
 from imgclf.data.cache import decode
 from imgclf.data.images import serve
 from imgclf.errors import CheckpointError
-from imgclf.models.classifier import Classifier
+from imgclf.models.classifier import Classifier, with_tta
 from imgclf.runtime import resolve_device
 
 # `_target_` of a checkpoint's model -> the class predict may build
@@ -44,7 +44,7 @@ PLAIN = (str, int, float, bool, type(None))
 class Predictor:
     """A model ready to classify images, with what its checkpoint says about them."""
 
-    model: Classifier
+    model: torch.nn.Module  # the Classifier, or it wrapped for test-time augmentation
     classes: list[str]
     display_names: dict[str, str]   # class name -> a readable name (may be empty)
     image_size: int
@@ -54,8 +54,9 @@ class Predictor:
     checkpoint: Path
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> Predictor:
-        """Build the model a checkpoint was trained as and load its weights.
+    def load(cls, path: str | Path, device: str = "auto", tta: str = "none") -> Predictor:
+        """Build the model a checkpoint was trained as and load its weights; ``tta="flip"`` averages
+        the probabilities of every image and its mirror image.
 
         Raises:
             CheckpointError: the file is unreadable, not an imgclf checkpoint, names a model or
@@ -82,7 +83,7 @@ class Predictor:
         torch_device = resolve_device(device)
         model.to(torch_device).eval()
         names = payload.get("display_names") or {}
-        return cls(model=model, classes=classes, display_names={str(k): str(v) for k, v in names.items()},
+        return cls(model=with_tta(model, tta), classes=classes, display_names={str(k): str(v) for k, v in names.items()},
                    image_size=image_size, transform=transform,
                    temperature=float(payload.get("temperature", 1.0)), device=torch_device, checkpoint=path)
 

@@ -73,6 +73,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="flag predictions whose probability is below P (0..1)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
+    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+                        help="test-time augmentation: flip averages the probabilities of each image and its mirror "
+                             "image (two forward passes)")
     args = parser.parse_args(argv)
     if args.top_k is not None and args.top_k < 1:
         parser.error(f"--top-k {args.top_k}: must be at least 1")
@@ -243,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from imgclf.inference import Predictor
 
-        predictor = Predictor.load(checkpoint_path(args), device=args.device)
+        predictor = Predictor.load(checkpoint_path(args), device=args.device, tta=args.tta)
         names = display_names(predictor, args.category_names)
     except ImgclfError as exc:
         print(f"predict.py: error: {exc}", file=sys.stderr)

@@ -142,13 +142,18 @@ def _ci(metrics: dict[str, Any], key: str) -> str:
     return f" (95% CI {low:.4f}-{high:.4f}, bootstrap)"
 
 
+def _tta(metrics: dict[str, Any]) -> str:
+    tta = metrics.get("tta", "none")
+    return "" if tta == "none" else f", test-time augmentation: {tta}"
+
+
 def format_table(metrics: dict[str, Any], classes: list[str]) -> str:
     """A plain-text table: where the numbers come from, one row per class, then the overall values."""
     shown = {c: f"{c} {metrics.get('display_names', {}).get(c, '')}".strip() for c in classes}
     width = max([len(name) for name in shown.values()] + [12])
     lines = [
         f"{metrics['split']} split of {metrics['data_root']}: {metrics['samples']} images, "
-        f"checkpoint {metrics['checkpoint']} (epoch {metrics['epoch']})",
+        f"checkpoint {metrics['checkpoint']} (epoch {metrics['epoch']}){_tta(metrics)}",
         f"{'':{width}}  precision  recall     f1  support",
     ]
     for name in classes:
@@ -168,7 +173,7 @@ def markdown(metrics: dict[str, Any], ev: Evaluation) -> str:
     bullets = "\n".join(f"- {line}" for line in headline(metrics))
     return f"""# Test report: {metrics['experiment']}, {metrics['split']} split
 
-{metrics['samples']} images from `{metrics['data_root']}`; checkpoint `{metrics['checkpoint']}` (epoch {metrics['epoch']}).
+{metrics['samples']} images from `{metrics['data_root']}`; checkpoint `{metrics['checkpoint']}` (epoch {metrics['epoch']}){_tta(metrics)}.
 
 {bullets}
 

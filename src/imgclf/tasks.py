@@ -34,7 +34,7 @@ from imgclf.errors import CheckpointError, ConfigError, DataError, ImgclfError, 
 from imgclf.features import extract, extract_views, why_not_cacheable
 from imgclf.experiment import CheckpointWriter, ExperimentDir, check_resumable, is_finished
 from imgclf.interrupt import StopOnSignal
-from imgclf.models.classifier import Classifier
+from imgclf.models.classifier import Classifier, with_tta
 from imgclf.run_log import BestFigures, RunLog
 from imgclf.runtime import resolve_device, tune_malloc
 
@@ -189,13 +189,13 @@ def _test(cfg: DictConfig) -> dict[str, Any]:
     _load_weights(model, payload, path)
     model.to(device)
     if cfg.calibrate:
-        payload = _calibrate(cfg, exp, path, payload, model, device)
+        payload = _calibrate(cfg, exp, path, payload, model, device)  # the temperature of the model as shipped
     loaded = _load(cfg, source, splits, (split,), image_size=payload["image_size"])
     _check_unchanged(recorded, loaded, refuse=False)
     dataset = _serve(cfg, loaded[split], payload["image_size"], cfg.augmentation.eval)
-    outputs = _outputs(cfg, model, dataset, device, desc=split)
+    outputs = _outputs(cfg, with_tta(model, cfg.tta), dataset, device, desc=split)
     info = {"split": split, "checkpoint": str(path.resolve()), "epoch": payload["state"]["epoch"],
-            "data_root": str(source.root), "experiment": payload["experiment"]}
+            "data_root": str(source.root), "experiment": payload["experiment"], "tta": cfg.tta}
     ev = report.Evaluation(outputs, classes, [p for p, _ in loaded[split].samples], lambda i: _picture(dataset, i),
                            info, temperature=float(payload.get("temperature", 1.0)),
                            display_names=payload.get("display_names") or {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -46,3 +47,26 @@ class Classifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(images))
+
+
+class FlipAveraged(nn.Module):
+    """Test-time augmentation: the mean of the class probabilities of every image and its mirror image.
+
+    Returns log-probabilities, so a softmax of the output (with or without a temperature of 1) gives
+    exactly the averaged probabilities, and every metric reads it like logits.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        both = torch.stack([torch.log_softmax(self.model(x).float(), dim=1) for x in (images, images.flip(-1))])
+        return torch.logsumexp(both, dim=0) - math.log(2)
+
+
+def with_tta(model: nn.Module, tta: str) -> nn.Module:
+    """``model`` as evaluated with test-time augmentation ``tta`` (``none`` or ``flip``)."""
+    if tta not in ("none", "flip"):
+        raise ValueError(f"unknown test-time augmentation {tta!r}: expected none or flip")
+    return FlipAveraged(model) if tta == "flip" else model
