@@ -58,7 +58,7 @@ def main() -> None:
     tune_malloc()
     device = resolve_device(args.device)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch 32")
-    print(f"| model | input | default img/s | channels-last img/s | ratio |\n|---|---:|---:|---:|---:|")
+    print("| model | input | default img/s | channels-last img/s | ratio |\n|---|---:|---:|---:|---:|")
     for name, build, size in CASES:
         g = torch.Generator().manual_seed(0)
         batches = [(torch.randint(0, 256, (32, 3, size, size), dtype=torch.uint8, generator=g),
