@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from loop_overhead import timed  # the same clock, synchronized on CUDA
 
 from imgclf.engine import train_one_epoch
 from imgclf.models.classifier import Classifier
@@ -40,13 +40,8 @@ def epoch_time(net: torch.nn.Module, batches: list, device: torch.device, channe
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
     train_one_epoch(model, batches[:1], loss_fn, optimizer, device=device, channels_last=channels_last)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    train_one_epoch(model, batches, loss_fn, optimizer, device=device, channels_last=channels_last)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return timed(lambda: train_one_epoch(model, batches, loss_fn, optimizer, device=device,
+                                         channels_last=channels_last), device)
 
 
 def main() -> None:
