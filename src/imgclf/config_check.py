@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf.errors import ConfigError
+from imgclf.models.classifier import TTA_MODES
 
 MONITORS = {"val/acc": "max", "val/f1": "max", "val/loss": "min"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -55,7 +56,7 @@ def check_config(cfg: DictConfig) -> None:
     _choice(cfg, "dataset.bad_files", ("stop", "skip"))
     _choice(cfg, "dataset.normalize", ("imagenet", "auto", "custom"))
     _choice(cfg, "imbalance", ("none", "weighted_loss", "weighted_sampler"))
-    _choice(cfg, "tta", ("none", "flip"))
+    _choice(cfg, "tta", TTA_MODES)
     _choice(cfg, "loader.cache", ("disk", "memory", "none"))
     _fraction(cfg, "dataset.val_fraction")
     _fraction(cfg, "dataset.test_fraction")

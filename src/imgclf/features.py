@@ -75,8 +75,8 @@ class AugmentedFeatures(Dataset):
 
 def extract_views(model: Classifier, loader: Iterable, device: torch.device, views: int,
                   progress: bool = False, channels_last: bool = False) -> AugmentedFeatures:
-    """Features of ``views`` passes over ``loader`` (in order, augmented at random): pass ``v`` is the
-    loader's epoch ``v``, so seeded batch augmentation draws new parameters for every copy."""
+    """Features of ``views`` passes over ``loader`` (in order, augmented at random when ``views > 1``):
+    pass ``v`` is the loader's epoch ``v``, so seeded batch augmentation draws new parameters for every copy."""
     copies = []
     for view in range(views):
         loader.batch_sampler.set_epoch(view)

@@ -391,10 +391,9 @@ def _maybe_cache_features(cfg: DictConfig, model: Classifier, train_loader: Any,
     if reason:
         raise ConfigError(f"trainer.cache_features=true cannot apply: {reason}")
     train = _in_order(train_loader)
-    layout = {"progress": cfg.progress, "channels_last": cfg.trainer.channels_last}
-    datasets = [extract_views(model, train, device, views, **layout) if views > 1
-                else extract(model, train, device, desc="features train", **layout),
-                extract(model, val_loader, device, desc="features val", **layout)]
+    options = {"progress": cfg.progress, "channels_last": cfg.trainer.channels_last}
+    datasets = [extract_views(model, train, device, views, **options),
+                extract(model, val_loader, device, desc="features val", **options)]
     log.info("cached backbone features of %d image(s) x %d cop%s: later epochs train only the head",
              len(datasets[0]), views, "y" if views == 1 else "ies (epoch e reads copy e mod views)")
     train_sampler = train_loader.batch_sampler

@@ -65,8 +65,11 @@ class FlipAveraged(nn.Module):
         return torch.logsumexp(both, dim=0) - math.log(2)
 
 
+TTA_MODES = ("none", "flip")
+
+
 def with_tta(model: nn.Module, tta: str) -> nn.Module:
-    """``model`` as evaluated with test-time augmentation ``tta`` (``none`` or ``flip``)."""
-    if tta not in ("none", "flip"):
-        raise ValueError(f"unknown test-time augmentation {tta!r}: expected none or flip")
+    """``model`` as evaluated with test-time augmentation ``tta`` (one of :data:`TTA_MODES`)."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}: expected one of {', '.join(TTA_MODES)}")
     return FlipAveraged(model) if tta == "flip" else model
