@@ -1,4 +1,4 @@
-"""Pretrained backbones: offline EfficientNet-Lite0, torchvision models, heads, freezing,
+"""Pretrained backbones: offline EfficientNet-Lite0/1/2 and their ensemble, torchvision models, heads, freezing,
 per-group learning rates and the normalization the weights expect."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import imgclf.tasks as tasks
 from conftest import compose_cfg, tiny_overrides
 from imgclf.checkpoint import load_checkpoint
 from imgclf.errors import ConfigError
+from imgclf.models.efficientnet_lite import EfficientNetLite
 from imgclf.models.heads import make_head
 from imgclf.models.lite0 import EfficientNetLite0
 from imgclf.models.torchvision_net import TorchvisionNet
@@ -22,6 +23,41 @@ def test_lite0_loads_real_imagenet_weights_offline() -> None:
     a = pretrained.backbone.net._conv_stem.weight
     assert not torch.equal(a, scratch.backbone.net._conv_stem.weight)
     assert a.abs().mean() > 0.05 and pretrained.input_mean == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_larger_lite_variants_load_their_own_imagenet_weights_offline(variant: str) -> None:
+    model, lite0 = EfficientNetLite(3, variant), EfficientNetLite0(3)
+    stem = model.backbone.net._conv_stem.weight
+    assert not torch.equal(stem, EfficientNetLite(3, variant, pretrained=False).backbone.net._conv_stem.weight)
+    assert stem.abs().mean() > 0.05
+    size = sum(p.numel() for p in model.backbone.parameters())
+    assert size > sum(p.numel() for p in lite0.backbone.parameters())  # a larger network, not Lite0 again
+    assert model.eval()(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+
+
+def test_an_ensemble_concatenates_the_features_of_its_members() -> None:
+    ensemble = EfficientNetLite(4, ["lite0", "lite1"], freeze="backbone").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        members = [EfficientNetLite(4, name).eval().backbone(x) for name in ("lite0", "lite1")]
+        assert torch.allclose(ensemble.backbone(x), torch.cat(members, dim=1), atol=1e-5)
+    assert ensemble.head[-1].in_features == 2 * 1280 and ensemble(x).shape == (2, 4)
+    assert ensemble.frozen and all(not p.requires_grad for p in ensemble.backbone.parameters())
+
+
+@pytest.mark.parametrize("variant,message", [("lite4", "one of .*'lite0'"), ([], "one of"),
+                                             (["lite0", "lite0"], "lists a backbone twice")])
+def test_bad_lite_variants_are_config_errors(variant, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"model.variant .*{message}"):
+        EfficientNetLite(3, variant, pretrained=False)
+
+
+def test_lite0_checkpoints_load_into_the_general_model() -> None:
+    old = EfficientNetLite0(3, pretrained=False).state_dict()
+    new = EfficientNetLite(3, "lite0", pretrained=False)
+    new.load_state_dict(old)  # strict: the same keys and shapes
+    assert torch.equal(new.backbone.net._conv_stem.weight, old["backbone.net._conv_stem.weight"])
 
 
 def test_frozen_backbone_trains_only_the_head_and_keeps_batchnorm_statistics() -> None:
@@ -92,6 +128,23 @@ def test_training_with_lite0_uses_the_weights_normalization(tmp_path: Path, tiny
     tasks._train(cfg)
     ckpt = load_checkpoint(tmp_path / "experiments" / "tiny" / "best.pt")
     assert ckpt["mean"] == [0.5, 0.5, 0.5] and ckpt["config"]["dataset"]["normalize"] == "custom"
+
+
+def test_an_ensemble_trains_on_cached_features_and_predict_rebuilds_it(tmp_path: Path, tiny_folder: Path) -> None:
+    from imgclf.inference import Predictor
+
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "model=lite_ensemble", "model.freeze=backbone",
+                                              "epochs=2", "dataset.image_size=32", "trainer.cache_features=true"))
+    tasks._train(cfg)
+    exp = tmp_path / "experiments" / "tiny"
+    predictor = Predictor.load(exp / "best.pt", device="cpu")
+    members = predictor.model.net.backbone.members
+    assert len(members) == 3
+    lite2 = EfficientNetLite(2, "lite2").backbone.state_dict()  # frozen: still the ImageNet weights
+    assert all(torch.equal(members[2].state_dict()[key], value) for key, value in lite2.items())
+    image = next(tiny_folder.rglob("*.png"))
+    probabilities = predictor.probabilities([predictor.load_image(image)])[0]
+    assert probabilities.shape == (3,) and float(probabilities.sum()) == pytest.approx(1.0)
 
 
 def test_freeze_bn_trains_backbone_weights_but_keeps_its_statistics() -> None:

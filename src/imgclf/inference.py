@@ -31,7 +31,7 @@ from imgclf.runtime import resolve_device
 MODELS = {f"imgclf.models.{module}.{name}": (f"imgclf.models.{module}", name) for module, name in (
     ("tinyvgg", "TinyVGG"), ("small_cnn", "SmallCNN"), ("cifar_cnn", "CifarCNN"),
     ("quality_cnn", "QualityCNN"), ("resnet_like", "ResNetLike"), ("resnet_like", "ResNetLikeV2"),
-    ("lite0", "EfficientNetLite0"), ("torchvision_net", "TorchvisionNet"))}
+    ("lite0", "EfficientNetLite0"), ("efficientnet_lite", "EfficientNetLite"), ("torchvision_net", "TorchvisionNet"))}
 # the trained weights are in the checkpoint: never load or download pretrained ones
 NO_PRETRAINED = {"pretrained": False, "weights": None}
 # deterministic torchvision transforms an `augmentation.eval` may use
