@@ -26,6 +26,26 @@ def test_every_model_gives_logits_and_gradients(model: str, num_classes: int) ->
     assert any(g.abs().sum() > 0 for g in grads)
 
 
+def test_tinyvgg_width_list_makes_one_block_per_entry() -> None:
+    from imgclf.models.tinyvgg import TinyVGG
+
+    two = TinyVGG(5, 32, width=8)  # the dishes project's model: two blocks of one width
+    assert [m.out_channels for m in two.modules() if isinstance(m, torch.nn.Conv2d)] == [8] * 4
+    three = TinyVGG(5, 32, width=[8, 16, 32], batch_norm=True)
+    assert [m.out_channels for m in three.modules() if isinstance(m, torch.nn.Conv2d)] == [8, 8, 16, 16, 32, 32]
+    assert three[-1].in_features == 32 * 4 * 4 and three(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+
+
+@pytest.mark.parametrize("width,message", [([], "positive integer"), ([8, 0], "positive integer"),
+                                           ([8] * 6, "6 blocks.*image_size=32 allows at most 5")])
+def test_tinyvgg_rejects_impossible_widths(width: list[int], message: str) -> None:
+    from imgclf.errors import ConfigError
+    from imgclf.models.tinyvgg import TinyVGG
+
+    with pytest.raises(ConfigError, match=message):
+        TinyVGG(5, 32, width=width)
+
+
 def test_classifier_normalizes_uint8_and_float_inputs_alike() -> None:
     net = Classifier(torch.nn.Flatten(), mean=[0.5, 0.25, 0.0], std=[0.5, 0.25, 1.0])
     images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
