@@ -34,6 +34,7 @@ RECIPES = {
     "quickstart": (None, 0.95, False),
     "flowers5_lite0": ("flowers5", 0.90, False),
     "food101_mini_lite0": ("food101_mini", 0.85, False),
+    "food101_mini_lite_ensemble": ("food101_mini", 0.85, False),
     "flowers5_tinyvgg": ("flowers5", 0.80, False),
     "food101_mini_resnet_like": ("food101_mini", None, False),
     "plates_tinyvgg": ("plates", None, True),
