@@ -3,7 +3,7 @@
 No Hydra here: it starts about as fast as `import torch, torchvision`. See imgclf/predict.py for the options.
 """
 
-from imgclf.predict import run
+from imgclf.cli.predict import run
 
 if __name__ == "__main__":
     run()

@@ -15,7 +15,7 @@ import statistics
 import torch
 from loop_overhead import timed  # the same clock, synchronized on CUDA
 
-from imgclf.engine import train_one_epoch
+from imgclf.training.engine import train_one_epoch
 from imgclf.models.classifier import Classifier
 from imgclf.models.lite0 import EfficientNetLite0
 from imgclf.models.resnet_like import ResNetLike

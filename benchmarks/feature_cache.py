@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from imgclf.data.dataset import make_loader
-from imgclf.engine import train_one_epoch
-from imgclf.features import extract
+from imgclf.training.engine import train_one_epoch
+from imgclf.training.features import extract
 from imgclf.models.classifier import Classifier
 from imgclf.models.lite0 import EfficientNetLite0
 from imgclf.runtime import tune_malloc

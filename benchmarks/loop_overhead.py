@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from imgclf.engine import train_one_epoch
+from imgclf.training.engine import train_one_epoch
 from imgclf.models.classifier import Classifier
 from imgclf.models.small_cnn import SmallCNN
 

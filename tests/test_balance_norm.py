@@ -11,7 +11,7 @@ import yaml
 
 import imgclf.tasks as tasks
 from conftest import compose_cfg, make_folder, tiny_overrides
-from imgclf.checkpoint import load_checkpoint
+from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.data.cache import decode
 from imgclf.data.dataset import EpochBatchSampler
 from imgclf.data.folder import FolderSource
@@ -86,7 +86,7 @@ def test_weighted_sampler_balances_classes_and_stays_resumable() -> None:
 
 
 def test_bad_choices_are_config_errors() -> None:
-    from imgclf.config_check import check_config
+    from imgclf.tasks.config_check import check_config
     from imgclf.errors import ConfigError
 
     for override, key in (("imbalance=sometimes", "imbalance"), ("dataset.normalize=zscore", "dataset.normalize")):

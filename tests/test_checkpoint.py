@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from imgclf.checkpoint import load_checkpoint, remove_orphan_temps, rng_states, save_atomic, set_rng_states
-from imgclf.engine import is_better
+from imgclf.experiment.checkpoint import load_checkpoint, remove_orphan_temps, rng_states, save_atomic, set_rng_states
+from imgclf.training.engine import is_better
 from imgclf.errors import CheckpointError
 
 
@@ -103,7 +103,7 @@ def test_orphan_temp_files_are_removed(tmp_path: Path) -> None:
 
 SAVER = """
 import sys, torch
-from imgclf.checkpoint import save_atomic
+from imgclf.experiment.checkpoint import save_atomic
 i = 0
 while True:
     i += 1
@@ -145,7 +145,7 @@ def test_nan_never_becomes_best() -> None:
 
 
 def test_text_writes_are_atomic_and_leave_no_temp_on_failure(tmp_path: Path, monkeypatch) -> None:
-    from imgclf.atomic import write_text_atomic
+    from imgclf.experiment.atomic import write_text_atomic
 
     target = tmp_path / "metrics.json"
     write_text_atomic(target, '{"old": 1}')

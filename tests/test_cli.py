@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli, tiny_overrides
-from imgclf.checkpoint import load_checkpoint
-from imgclf.run_log import read_metrics
+from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.experiment.run_log import read_metrics
 
 
 def test_train_then_test_from_the_command_line(tmp_path: Path, tiny_folder: Path) -> None:

@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import CONF, compose_cfg, options, tiny_overrides
-from imgclf.config_check import check_config
+from imgclf.tasks.config_check import check_config
 from imgclf.errors import ConfigError
 
 GROUPS = ("dataset", "augmentation", "model", "optimizer", "scheduler", "loss", "batch_mix")

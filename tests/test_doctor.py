@@ -21,7 +21,7 @@ from zoo import BAD, GOOD, IGNORED, make_zoo
 
 
 def doctor(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imgclf.cli_doctor", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "imgclf.cli.doctor", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -14,9 +14,9 @@ from torch.utils.data import Dataset, TensorDataset
 
 import imgclf.tasks as tasks
 from conftest import compose_cfg, tiny_overrides
-from imgclf.checkpoint import load_checkpoint
+from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.data.dataset import DecodedImages, make_loader
-from imgclf.engine import Diverged, train_one_epoch
+from imgclf.training.engine import Diverged, train_one_epoch
 from imgclf.errors import TrainingError
 
 
@@ -129,9 +129,9 @@ def test_a_hung_loader_worker_times_out() -> None:
 
 
 def test_non_finite_weights_are_never_written(tmp_path: Path) -> None:
-    from imgclf.engine import TrainState
-    from imgclf.experiment import CheckpointWriter, ExperimentDir
-    from imgclf.scheduling import LRSchedule
+    from imgclf.training.engine import TrainState
+    from imgclf.experiment.folder import CheckpointWriter, ExperimentDir
+    from imgclf.training.scheduler import LRSchedule
 
     model, _, optimizer = tiny_setup()
     exp = ExperimentDir(tmp_path / "exp", tmp_path / "runs")

@@ -9,9 +9,9 @@ import torch
 
 import imgclf.tasks as tasks
 from conftest import compose_cfg, tiny_overrides
-from imgclf.checkpoint import load_checkpoint
-from imgclf.engine import train_one_epoch
-from imgclf.run_log import read_metrics
+from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.training.engine import train_one_epoch
+from imgclf.experiment.run_log import read_metrics
 
 
 def linear_setup(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
@@ -81,7 +81,7 @@ def test_options_train_end_to_end(tmp_path: Path, tiny_folder: Path, option: str
                                           ("trainer.early_stopping.patience=0", "patience"),
                                           ("trainer.feature_views=0", "trainer.feature_views"), ("tta=rotate", "tta")])
 def test_bad_trainer_values_are_rejected(override: str, key: str) -> None:
-    from imgclf.config_check import check_config
+    from imgclf.tasks.config_check import check_config
     from imgclf.errors import ConfigError
 
     with pytest.raises(ConfigError, match=key):
@@ -117,7 +117,7 @@ def test_ema_weights_are_validated_kept_and_resumed(tmp_path: Path, tiny_folder:
     from imgclf.data.cache import DecodeCache
     from imgclf.data.folder import FolderSource
     from imgclf.data.prepare import load_splits
-    from imgclf.engine import evaluate
+    from imgclf.training.engine import evaluate
     from imgclf.models.classifier import Classifier
     from imgclf.models.small_cnn import SmallCNN
 

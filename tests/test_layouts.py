@@ -13,8 +13,8 @@ import pytest
 
 import imgclf.tasks as tasks
 from conftest import SHARED_DATA, compose_cfg, draw, make_folder, tiny_overrides
-from imgclf.checkpoint import load_checkpoint
-from imgclf.config_check import check_config
+from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.tasks.config_check import check_config
 from imgclf.data.folder import FolderSource
 from imgclf.data.manifest import ManifestSource, main as split_main, read_manifest
 from imgclf.errors import ConfigError, DataError

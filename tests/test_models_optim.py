@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 
 from conftest import compose_cfg, options
 from imgclf.models.classifier import Classifier
-from imgclf.scheduling import LRSchedule
+from imgclf.training.scheduler import LRSchedule
 
 
 @pytest.mark.parametrize("model", options("model"))

@@ -16,8 +16,8 @@ from PIL import Image
 
 import imgclf.tasks as tasks
 from conftest import CLASSES, SHARED_DATA, compose_cfg, copy_trained, read_csv, run_cli
-from imgclf import predict
-from imgclf.checkpoint import load_checkpoint, save_atomic
+from imgclf.cli import predict
+from imgclf.experiment.checkpoint import load_checkpoint, save_atomic
 from imgclf.errors import CheckpointError
 from imgclf.inference import Predictor
 
@@ -207,7 +207,7 @@ def test_predict_starts_without_hydra_plotting_or_training_libraries(trained, tm
     # torchvision and numba (batch augmentation) only load when the checkpoint's model needs them
     overrides, exp = trained
     image = next((data_root(overrides) / "test").rglob("*.png"))
-    code = ("import sys; from imgclf.predict import main; main(sys.argv[1:]); "
+    code = ("import sys; from imgclf.cli.predict import main; main(sys.argv[1:]); "
             "print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'hydra', 'omegaconf', 'matplotlib', 'sklearn', 'tensorboard', 'numba', 'torchvision'}))")
     done = subprocess.run([sys.executable, "-c", code, str(image), "--checkpoint", str(exp / "best.pt")],
@@ -231,7 +231,7 @@ def test_plates_train_test_predict_and_leaderboard_as_a_user_runs_them(tmp_path)
     rows = read_csv(tmp_path / "p.csv")
     assert len(rows) == len(list((SHARED_DATA / "plates" / "train").rglob("*.jpg")))
     assert {r["pred"] for r in rows} <= {"cleaned", "dirty"}
-    done = subprocess.run([sys.executable, "-m", "imgclf.leaderboard", "--experiments", str(tmp_path / "experiments")],
+    done = subprocess.run([sys.executable, "-m", "imgclf.cli.leaderboard", "--experiments", str(tmp_path / "experiments")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "plates_tinyvgg" in (tmp_path / "experiments" / "leaderboard.md").read_text()

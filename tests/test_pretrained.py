@@ -10,7 +10,7 @@ import torch
 
 import imgclf.tasks as tasks
 from conftest import compose_cfg, tiny_overrides
-from imgclf.checkpoint import load_checkpoint
+from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.errors import ConfigError
 from imgclf.models.efficientnet_lite import EfficientNetLite
 from imgclf.models.heads import make_head
@@ -180,7 +180,7 @@ def test_cached_features_train_the_same_head_as_the_full_model(tmp_path: Path, t
     cached = load_checkpoint(tmp_path / "cached" / "experiments" / "tiny" / "last.pt")["model"]
     for key in full:
         torch.testing.assert_close(cached[key], full[key], atol=1e-4, rtol=1e-4)  # backbone untouched, head alike
-    from imgclf.run_log import read_metrics
+    from imgclf.experiment.run_log import read_metrics
 
     logs = [read_metrics(tmp_path / run / "experiments" / "tiny" / "metrics.jsonl") for run in ("full", "cached")]
     for a, b in zip(*logs, strict=True):  # the same training, epoch by epoch
@@ -205,7 +205,7 @@ def test_feature_views_are_augmented_copies_read_one_per_epoch() -> None:
     from torchvision.transforms import v2
 
     from imgclf.data.dataset import DecodedImages, make_loader
-    from imgclf.features import extract_views
+    from imgclf.training.features import extract_views
     from imgclf.models.classifier import Classifier
 
     images = torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -226,7 +226,7 @@ def test_feature_views_are_augmented_copies_read_one_per_epoch() -> None:
 
 
 def test_training_on_cached_augmented_copies(tmp_path: Path, tiny_folder: Path, monkeypatch) -> None:
-    from imgclf.features import AugmentedFeatures
+    from imgclf.training.features import AugmentedFeatures
 
     read = []
     set_epoch = AugmentedFeatures.set_epoch

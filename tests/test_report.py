@@ -13,8 +13,8 @@ from sklearn.metrics import precision_recall_fscore_support
 
 import imgclf.tasks as tasks
 from conftest import compose_cfg, copy_trained, make_folder, read_csv
-from imgclf import evaluation, figures
-from imgclf.checkpoint import load_checkpoint
+from imgclf.reporting import figures, statistics
+from imgclf.experiment.checkpoint import load_checkpoint
 
 REPORT_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png", "predictions.csv",
                 "misclassified.png", "reliability.png", "report.md")
@@ -138,12 +138,12 @@ def test_temperature_fit_recovers_overconfidence() -> None:
     logits = torch.randn(4000, 5, generator=generator) * 2
     labels = torch.multinomial(torch.softmax(logits, 1), 1, generator=generator).flatten()  # calibrated at T=1
     overconfident = logits * 3
-    temperature = evaluation.fit_temperature(overconfident, labels)
+    temperature = statistics.fit_temperature(overconfident, labels)
     assert temperature == pytest.approx(3.0, rel=0.1)
-    assert evaluation.nll(overconfident, labels, temperature) < evaluation.nll(overconfident, labels)
+    assert statistics.nll(overconfident, labels, temperature) < statistics.nll(overconfident, labels)
     assert torch.equal((overconfident / temperature).argmax(1), overconfident.argmax(1))
-    assert evaluation.reliability(torch.softmax(logits, 1), labels).ece < 0.03
-    assert evaluation.reliability(torch.softmax(overconfident, 1), labels).ece > 0.1
+    assert statistics.reliability(torch.softmax(logits, 1), labels).ece < 0.03
+    assert statistics.reliability(torch.softmax(overconfident, 1), labels).ece > 0.1
 
 
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_data() -> None:
@@ -152,10 +152,10 @@ def test_bootstrap_interval_contains_the_estimate_and_narrows_with_data() -> Non
     for n in (50, 2000):
         labels = torch.randint(3, (n,), generator=generator)
         preds = torch.where(torch.rand(n, generator=generator) < 0.8, labels, (labels + 1) % 3)
-        ci = evaluation.bootstrap_ci(preds, labels, 3, resamples=400, seed=0)
+        ci = statistics.bootstrap_ci(preds, labels, 3, resamples=400, seed=0)
         accuracy = float((preds == labels).float().mean())
         assert ci["accuracy"][0] <= accuracy <= ci["accuracy"][1]
-        assert ci == evaluation.bootstrap_ci(preds, labels, 3, resamples=400, seed=0)  # reproducible
+        assert ci == statistics.bootstrap_ci(preds, labels, 3, resamples=400, seed=0)  # reproducible
         widths.append(ci["accuracy"][1] - ci["accuracy"][0])
     assert widths[1] < widths[0] / 3
 

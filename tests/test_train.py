@@ -12,9 +12,9 @@ from omegaconf import DictConfig
 
 import imgclf.tasks as tasks
 from conftest import StopAfter, compose_cfg, tiny_overrides
-from imgclf.checkpoint import load_checkpoint
+from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.errors import ExperimentError
-from imgclf.run_log import read_metrics
+from imgclf.experiment.run_log import read_metrics
 
 EPOCH_KEYS = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "val/f1", "lr", "epoch_seconds",
               "train/images_per_s", "train/skipped_steps"}
@@ -65,7 +65,7 @@ def test_train_then_test_writes_every_file(tiny_cfg: DictConfig, tiny_folder: Pa
 def test_metrics_agree_with_sklearn() -> None:
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-    from imgclf.metrics import confusion_matrix, summarize
+    from imgclf.reporting.metrics import confusion_matrix, summarize
 
     g = torch.Generator().manual_seed(0)
     labels, preds = torch.randint(0, 4, (200,), generator=g), torch.randint(0, 4, (200,), generator=g)
@@ -185,7 +185,7 @@ def test_loader_workers_train_the_same_pipeline(tmp_path: Path, tiny_folder: Pat
 
 
 def test_resumed_log_drops_epochs_after_the_checkpoint(tmp_path: Path) -> None:
-    from imgclf.run_log import RunLog
+    from imgclf.experiment.run_log import RunLog
 
     first = RunLog(tmp_path / "metrics.jsonl", tmp_path / "tb")
     for epoch in (1, 2, 3):  # epochs 2 and 3 were logged, but the process died before saving them

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from imgclf.checkpoint import load_checkpoint
+from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.data.cache import decode
 from imgclf.data.images import serve
 from imgclf.errors import CheckpointError

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from imgclf.atomic import write_text_atomic
+from imgclf.experiment.atomic import write_text_atomic
 from imgclf.data.images import open_image
 from imgclf.errors import DataError
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgclf.atomic import csv_text, write_text_atomic
+from imgclf.experiment.atomic import csv_text, write_text_atomic
 from imgclf.data.folder import walk_images
 from imgclf.data.images import IMAGE_EXTENSIONS
 from imgclf.errors import ImgclfError
@@ -224,7 +224,7 @@ def to_json(predictions: Sequence[Prediction], names: dict[str, str], checkpoint
 
 def plot(pages: Sequence[Sequence[tuple[Prediction, Any]]], names: dict[str, str], path: Path) -> list[Path]:
     """Write one PNG per page of (prediction, image) pairs; returns the files."""
-    from imgclf import figures  # matplotlib only when a plot is asked for
+    from imgclf.reporting import figures  # matplotlib only when a plot is asked for
 
     written = []
     for number, page in enumerate(pages, start=1):

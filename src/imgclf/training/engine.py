@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from imgclf.metrics import confusion_matrix, summarize
-from imgclf.scheduling import LRSchedule
+from imgclf.reporting.metrics import confusion_matrix, summarize
+from imgclf.training.scheduler import LRSchedule
 
 logger = logging.getLogger(__name__)
 

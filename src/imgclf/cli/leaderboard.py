@@ -1,7 +1,7 @@
 """imgclf-leaderboard: one table of every experiment and sweep job.
 
     imgclf-leaderboard [--experiments DIR] [--sort METRIC]
-    python -m imgclf.leaderboard --experiments experiments --sort test/accuracy
+    python -m imgclf.cli.leaderboard --experiments experiments --sort test/accuracy
 
 Writes ``DIR/leaderboard.md`` and ``DIR/leaderboard.csv`` (the same cells) and prints the
 markdown; every sweep folder ``DIR/<experiment>/multirun/<date_time>/`` also gets a leaderboard of
@@ -51,9 +51,9 @@ from typing import Any
 import torch
 import yaml
 
-from imgclf.atomic import csv_text, write_text_atomic
-from imgclf.experiment import pid_alive, read_pid
-from imgclf.leaderboard_table import Row, best_of, build, direction, flatten, sort_value, to_markdown
+from imgclf.experiment.atomic import csv_text, write_text_atomic
+from imgclf.experiment.folder import pid_alive, read_pid
+from imgclf.cli.leaderboard_table import Row, best_of, build, direction, flatten, sort_value, to_markdown
 
 EXPERIMENT_FILES = ("config.yaml", "metrics.jsonl", "best.pt", "last.pt")
 BUFFER_NAMES = frozenset({"mean", "std", "num_batches_tracked"})  # and running_*

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf import evaluation, figures
-from imgclf.atomic import csv_text, write_text_atomic
-from imgclf.engine import Outputs
-from imgclf.metrics import summarize
+from imgclf.reporting import figures, statistics
+from imgclf.experiment.atomic import csv_text, write_text_atomic
+from imgclf.training.engine import Outputs
+from imgclf.reporting.metrics import summarize
 
 PER_CLASS = ("precision", "recall", "f1")
 
@@ -47,7 +47,7 @@ def compute(ev: Evaluation, *, top_k: int, bootstrap: int) -> tuple[dict[str, An
     probs = torch.softmax(logits.double() / ev.temperature, 1)
     cm = ev.outputs.confusion(num_classes)
     summary = summarize(cm)
-    rel = evaluation.reliability(probs, labels)
+    rel = statistics.reliability(probs, labels)
     metrics: dict[str, Any] = {
         **ev.info,
         "samples": summary["samples"],
@@ -58,14 +58,14 @@ def compute(ev: Evaluation, *, top_k: int, bootstrap: int) -> tuple[dict[str, An
     }
     k = min(top_k, num_classes - 1)
     if k >= 2:
-        metrics.update(top_k=k, top_k_accuracy=evaluation.topk_accuracy(probs, labels, k))
+        metrics.update(top_k=k, top_k_accuracy=statistics.topk_accuracy(probs, labels, k))
     if bootstrap:
-        ci = evaluation.bootstrap_ci(logits.argmax(1), labels, num_classes, resamples=bootstrap)
+        ci = statistics.bootstrap_ci(logits.argmax(1), labels, num_classes, resamples=bootstrap)
         metrics.update(accuracy_ci=ci["accuracy"], f1_ci=ci["f1"], ci_level=0.95, bootstrap_resamples=bootstrap)
-    metrics.update(ece=rel.ece, nll=evaluation.nll(logits, labels, ev.temperature), temperature=ev.temperature)
+    metrics.update(ece=rel.ece, nll=statistics.nll(logits, labels, ev.temperature), temperature=ev.temperature)
     if ev.temperature != 1.0:
-        metrics.update(ece_uncalibrated=evaluation.reliability(torch.softmax(logits.double(), 1), labels).ece,
-                       nll_uncalibrated=evaluation.nll(logits, labels))
+        metrics.update(ece_uncalibrated=statistics.reliability(torch.softmax(logits.double(), 1), labels).ece,
+                       nll_uncalibrated=statistics.nll(logits, labels))
     metrics["per_class"] = {
         name: {**{m: summary[f"per_class_{m}"][i] for m in PER_CLASS}, "support": summary["per_class_support"][i]}
         for i, name in enumerate(ev.classes)
@@ -101,8 +101,8 @@ def write(folder: str | Path, ev: Evaluation, *, top_k: int = 5, bootstrap: int 
 def pictures(ev: Evaluation, probs: torch.Tensor, cm: torch.Tensor, mistakes: int) -> dict[str, Any]:
     """The report's figures by file stem: confusion matrix, worst mistakes, reliability diagram."""
     labels = ev.outputs.labels
-    calibrated = evaluation.reliability(probs, labels) if ev.temperature != 1.0 else None
-    raw = evaluation.reliability(torch.softmax(ev.outputs.logits.double(), 1), labels)
+    calibrated = statistics.reliability(probs, labels) if ev.temperature != 1.0 else None
+    raw = statistics.reliability(torch.softmax(ev.outputs.logits.double(), 1), labels)
     return {
         "confusion_matrix": figures.confusion_figure(cm, ev.names(), f"{ev.info.get('split', '')} split"),
         "misclassified": figures.mistakes_figure(probs, labels, ev.names(), ev.image, mistakes, ev.paths),

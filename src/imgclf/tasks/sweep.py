@@ -13,7 +13,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from imgclf.atomic import write_text_atomic
+from imgclf.experiment.atomic import write_text_atomic
 
 FIELDS = ("job", "overrides", "status", "best", "error", "dir")
 

@@ -18,9 +18,10 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from imgclf import report, resolvers
-from imgclf.checkpoint import load_checkpoint, save_atomic, set_rng_states
-from imgclf.config_check import check_config
+from imgclf.reporting import report
+from imgclf.tasks import resolvers
+from imgclf.experiment.checkpoint import load_checkpoint, save_atomic, set_rng_states
+from imgclf.tasks.config_check import check_config
 from imgclf.data.cache import DecodeCache
 from imgclf.data.dataset import make_loader
 from imgclf.data.doctor import diagnose, examine, format_report, warn_about_leaks, write_report
@@ -28,14 +29,14 @@ from imgclf.data.folder import FolderSource, Splits, remap
 from imgclf.data.prepare import LoadedSplit, changed_files, digests_by_path, load_splits
 from imgclf.data.splits_file import read_splits, write_splits
 from imgclf.data.stats import channel_stats, class_weights
-from imgclf.engine import Diverged, Interrupted, Outputs, TrainState, collect, fit
-from imgclf.evaluation import fit_temperature, nll
+from imgclf.training.engine import Diverged, Interrupted, Outputs, TrainState, collect, fit
+from imgclf.reporting.statistics import fit_temperature, nll
 from imgclf.errors import CheckpointError, ConfigError, DataError, ImgclfError, TrainingError
-from imgclf.features import extract, extract_views, why_not_cacheable
-from imgclf.experiment import CheckpointWriter, ExperimentDir, check_resumable, is_finished
-from imgclf.interrupt import StopOnSignal
+from imgclf.training.features import extract, extract_views, why_not_cacheable
+from imgclf.experiment.folder import CheckpointWriter, ExperimentDir, check_resumable, is_finished
+from imgclf.training.signals import StopOnSignal
 from imgclf.models.classifier import Classifier, with_tta
-from imgclf.run_log import BestFigures, RunLog
+from imgclf.experiment.run_log import BestFigures, RunLog
 from imgclf.runtime import resolve_device, tune_malloc
 
 log = logging.getLogger(__name__)

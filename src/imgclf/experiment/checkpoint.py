@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf.atomic import TMP_PREFIX
+from imgclf.experiment.atomic import TMP_PREFIX
 from imgclf.errors import CheckpointError
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf.atomic import TMP_PREFIX
-from imgclf.evaluation import Reliability, worst_mistakes
+from imgclf.experiment.atomic import TMP_PREFIX
+from imgclf.reporting.statistics import Reliability, worst_mistakes
 
 ANNOTATE_UP_TO = 30  # classes; beyond that the cells are too small for numbers
 

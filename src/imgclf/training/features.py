@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 from tqdm import tqdm
 
-from imgclf.engine import to_device
+from imgclf.training.engine import to_device
 from imgclf.models.classifier import Classifier
 
 

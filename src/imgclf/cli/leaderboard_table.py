@@ -1,7 +1,7 @@
 """The leaderboard's table: one :class:`Row` per experiment, sorted, with the config columns that
 differ between the rows, written as markdown and as CSV with the very same cells.
 
-Reading the rows from disk is :mod:`imgclf.leaderboard`'s job; this module never touches files.
+Reading the rows from disk is :mod:`imgclf.cli.leaderboard`'s job; this module never touches files.
 """
 
 from __future__ import annotations

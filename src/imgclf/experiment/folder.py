@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from imgclf.checkpoint import load_checkpoint, remove_orphan_temps, rng_states, save_atomic
-from imgclf.engine import Diverged, TrainState
+from imgclf.experiment.checkpoint import load_checkpoint, remove_orphan_temps, rng_states, save_atomic
+from imgclf.training.engine import Diverged, TrainState
 from imgclf.errors import CheckpointError, ExperimentError
-from imgclf.scheduling import LRSchedule
+from imgclf.training.scheduler import LRSchedule
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf.atomic import write_text_atomic
-from imgclf.engine import Outputs
+from imgclf.experiment.atomic import write_text_atomic
+from imgclf.training.engine import Outputs
 
 
 class RunLog:
@@ -91,7 +91,7 @@ class BestFigures:
         self.classes, self.picture, self.mistakes = classes, picture, mistakes
 
     def draw(self, outputs: Outputs) -> dict[str, Any]:
-        from imgclf import figures
+        from imgclf.reporting import figures
 
         drawn = {"confusion_matrix": figures.confusion_figure(outputs.confusion(len(self.classes)), self.classes, "val")}
         if self.picture is not None and self.mistakes:
