@@ -4,11 +4,12 @@ import hydra
 from omegaconf import DictConfig
 
 import imgclf.tasks
+from imgclf.cli.exits import exit_on_error
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    imgclf.tasks.test(cfg)
+    exit_on_error(imgclf.tasks.test, cfg)
 
 
 if __name__ == "__main__":

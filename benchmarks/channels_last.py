@@ -15,7 +15,7 @@ import statistics
 import torch
 from loop_overhead import timed  # the same clock, synchronized on CUDA
 
-from imgclf.training.engine import train_one_epoch
+from imgclf.training.engine import TrainOptions, train_one_epoch
 from imgclf.models.classifier import Classifier
 from imgclf.models.lite0 import EfficientNetLite0
 from imgclf.models.resnet_like import ResNetLike
@@ -38,10 +38,11 @@ def epoch_time(net: torch.nn.Module, batches: list, device: torch.device, channe
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    options = TrainOptions(channels_last=channels_last)
     loss_fn = torch.nn.CrossEntropyLoss()
-    train_one_epoch(model, batches[:1], loss_fn, optimizer, device=device, channels_last=channels_last)  # warm-up
+    train_one_epoch(model, batches[:1], loss_fn, optimizer, device=device, options=options)  # warm-up
     return timed(lambda: train_one_epoch(model, batches, loss_fn, optimizer, device=device,
-                                         channels_last=channels_last), device)
+                                         options=options), device)
 
 
 def main() -> None:

@@ -88,7 +88,7 @@ def steady_rate(dataset, workers: int, normalize_batches: bool, n: int, seconds:
 
 def measure(name: str, root: Path, size: int, workers: int, cache_dir: str) -> float:
     """Images/s of one pipeline; runs in its own process (see main)."""
-    source = FolderSource(str(root), image_size=size, val_fraction=0, test_fraction=0)
+    source = FolderSource(str(root), val_fraction=0, test_fraction=0)
     samples = source.scan().samples["train"]
     paths, labels = [p for p, _ in samples], [label for _, label in samples]
     augment = v2.Compose(dishes_augmentation())

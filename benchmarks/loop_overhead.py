@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from imgclf.training.engine import train_one_epoch
+from imgclf.training.engine import TrainOptions, train_one_epoch
 from imgclf.models.classifier import Classifier
 from imgclf.models.small_cnn import SmallCNN
 
@@ -63,7 +63,7 @@ def main() -> None:
 
     hand, ours = build(device), build(device)
     run_hand = lambda: hand_written_epoch(hand[0], batches, hand[2], hand[1], device)  # noqa: E731
-    run_ours = lambda: train_one_epoch(ours[0], batches, ours[2], ours[1], device=device, progress=True)  # noqa: E731
+    run_ours = lambda: train_one_epoch(ours[0], batches, ours[2], ours[1], device=device, options=TrainOptions(progress=True))  # noqa: E731
     run_hand(), run_ours()  # warm-up
     times: dict[str, list[float]] = {"hand-written": [], "imgclf": []}
     for _ in range(args.epochs):

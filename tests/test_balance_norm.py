@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import imgclf.tasks as tasks
-from conftest import compose_cfg, make_folder, tiny_overrides
+from helpers import RecordingLoss, compose_cfg, make_folder, tiny_overrides
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.data.cache import decode
 from imgclf.data.dataset import EpochBatchSampler
@@ -27,7 +27,7 @@ def imbalanced(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_channel_stats_match_a_direct_computation(tiny_folder: Path) -> None:
-    paths = [p for p, _ in FolderSource(str(tiny_folder), image_size=16).scan().samples["train"]]
+    paths = [p for p, _ in FolderSource(str(tiny_folder)).scan().samples["train"]]
     pixels = np.stack([decode(p, 16) for p in paths]).astype(np.float64) / 255
     mean, std = channel_stats(None, range(len(paths)), paths, 16)
     assert mean == pytest.approx(pixels.mean(axis=(0, 1, 2)), abs=1e-5)
@@ -36,10 +36,10 @@ def test_channel_stats_match_a_direct_computation(tiny_folder: Path) -> None:
 
 def test_normalize_auto_is_measured_saved_and_used(tmp_path: Path, tiny_folder: Path) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=1", "dataset.normalize=auto"))
-    tasks._train(cfg)
+    tasks.train(cfg)
     exp = tmp_path / "experiments" / "tiny"
     saved = yaml.safe_load((exp / "config.yaml").read_text())["dataset"]
-    paths = [p for p, _ in FolderSource(str(tiny_folder), image_size=16).scan().samples["train"]]
+    paths = [p for p, _ in FolderSource(str(tiny_folder)).scan().samples["train"]]
     mean, std = channel_stats(None, range(len(paths)), paths, 16)
     assert saved["mean"] == pytest.approx(mean) and saved["std"] == pytest.approx(std)
     ckpt = load_checkpoint(exp / "best.pt")
@@ -50,7 +50,7 @@ def test_normalize_auto_is_measured_saved_and_used(tmp_path: Path, tiny_folder: 
 
 def test_normalize_imagenet_overrides_the_listed_values(tmp_path: Path, tiny_folder: Path) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=1", "dataset.normalize=imagenet"))
-    tasks._train(cfg)
+    tasks.train(cfg)
     assert load_checkpoint(tmp_path / "experiments" / "tiny" / "last.pt")["mean"] == pytest.approx(IMAGENET_MEAN)
 
 
@@ -59,18 +59,14 @@ def test_class_weights_are_inverse_frequency() -> None:
     assert class_weights([0, 1, 2], 3) == pytest.approx([1, 1, 1])
 
 
-def test_weighted_loss_gets_the_train_class_weights(tmp_path: Path, imbalanced: Path, monkeypatch) -> None:
-    seen = {}
-    real_fit = tasks.fit
-
-    def spy(model, train_loader, val_loader, loss_fn, *a, **k):
-        seen["weight"] = loss_fn.weight
-        return real_fit(model, train_loader, val_loader, loss_fn, *a, **k)
-
-    monkeypatch.setattr(tasks, "fit", spy)
-    cfg = compose_cfg("train", tiny_overrides(tmp_path, imbalanced, "epochs=1", "imbalance=weighted_loss"))
-    tasks._train(cfg)
-    assert seen["weight"].tolist() == pytest.approx([36 / (3 * 24), 36 / (3 * 6), 36 / (3 * 6)])
+def test_weighted_loss_gets_the_train_class_weights(tmp_path: Path, imbalanced: Path) -> None:
+    RecordingLoss.calls.clear()
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, imbalanced, "epochs=1", "imbalance=weighted_loss",
+                                              "loss._target_=helpers.RecordingLoss"))
+    tasks.train(cfg)
+    assert RecordingLoss.calls  # every batch of training and validation went through the weighted loss
+    for weight in RecordingLoss.calls:
+        assert weight.tolist() == pytest.approx([36 / (3 * 24), 36 / (3 * 6), 36 / (3 * 6)])
 
 
 def test_weighted_sampler_balances_classes_and_stays_resumable() -> None:

@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as F
 from imgclf.data import batch_augment as B
 from imgclf.data import kernels
 from imgclf.data.dataset import BatchLoader, DecodedImages, EpochBatchSampler, LazyImages, make_loader
-from conftest import CONF
+from helpers import CONF
 
 N = 24
 

@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 
 import imgclf.tasks as tasks
-from conftest import StopAfter, compose_cfg, make_folder, tiny_overrides
+from helpers import StopAfter, compose_cfg, make_folder, tiny_overrides
 from imgclf.data.cache import DecodeCache, decode
 from imgclf.data.folder import FolderSource
 from imgclf.data.doctor import same_bytes
 from imgclf.data.prepare import load_splits
+from imgclf.training.state import Interrupted
 from imgclf.errors import DataError
 
 
@@ -27,7 +28,7 @@ def folder(tmp_path: Path) -> Path:
 
 
 def splits_of(root: Path):
-    return FolderSource(str(root), image_size=16).scan()
+    return FolderSource(str(root)).scan()
 
 
 @pytest.mark.parametrize("mode", ["disk", "memory"])
@@ -120,35 +121,33 @@ def test_the_same_image_in_two_splits_is_found(tmp_path: Path, folder: Path, cap
     _, found = same_bytes({name: split.report for name, split in loaded.items()})
     assert len(found) == 1 and {p.split(":", 1)[0] for p in found[0]} == {"train", "test"}
     cfg = compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=1"))
-    tasks._train(cfg)
+    tasks.train(cfg)
     assert "appear in more than one split" in caplog.text and "copy.png" in caplog.text
 
 
-def test_resume_refuses_and_test_warns_when_files_changed(tmp_path: Path, folder: Path, monkeypatch,
+def test_resume_refuses_and_test_warns_when_files_changed(tmp_path: Path, folder: Path,
                                                           caplog) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2"))
-    monkeypatch.setattr(tasks, "StopOnSignal", lambda: StopAfter(1))
-    with pytest.raises(SystemExit):
-        tasks._train(cfg)
-    monkeypatch.undo()
+    with pytest.raises(Interrupted):
+        tasks.train(cfg, stop_signal=lambda: StopAfter(1))
     victim = next((folder / "train" / "square").glob("*.png"))
     Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(victim)
     with pytest.raises(DataError, match=rf"changed since.*{victim.name}.*resuming would train on different data"):
-        tasks._train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2")))
-    tasks._train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=1", "overwrite=true")))
+        tasks.train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2")))
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=1", "overwrite=true")))
     os.utime(victim)  # touched again after the splits were written: content is what counts
-    tasks._test(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=1")))
+    tasks.test(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=1")))
     assert "changed since" not in caplog.text
     Image.fromarray(np.full((24, 24, 3), 255, np.uint8)).save(next((folder / "test" / "circle").glob("*.png")))
-    tasks._test(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=1")))
+    tasks.test(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=1")))
     assert "changed since this experiment's splits.csv" in caplog.text
 
 
 def test_test_py_evaluates_val_plainly_when_there_is_no_test_split(tmp_path: Path, caplog) -> None:
     folder = make_folder(tmp_path / "tv", {"train": 8, "val": 3})
     args = tiny_overrides(tmp_path, folder, "epochs=1", "dataset.test_fraction=0")
-    tasks._train(compose_cfg("train", args))
-    metrics = tasks._test(compose_cfg("train", args))
+    tasks.train(compose_cfg("train", args))
+    metrics = tasks.test(compose_cfg("train", args))
     assert metrics["split"] == "val" and metrics["samples"] == 9
     assert "no test split" in caplog.text and "evaluating the val split instead" in caplog.text
     assert (tmp_path / "experiments" / "tiny" / "test_val" / "metrics.json").exists()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from imgclf.experiment.checkpoint import load_checkpoint, remove_orphan_temps, rng_states, save_atomic, set_rng_states
-from imgclf.training.engine import is_better
+from imgclf.training.state import is_better
 from imgclf.errors import CheckpointError
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli, tiny_overrides
+from helpers import ROOT, run_cli, tiny_overrides
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.experiment.run_log import read_metrics
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CLASSES, make_folder
+from helpers import CLASSES, make_folder
 from imgclf.data.cache import decode
 from imgclf.data.dataset import DecodedImages, EpochBatchSampler
 from imgclf.data.folder import FolderSource, remap
@@ -21,7 +21,7 @@ from imgclf.errors import DataError
 
 
 def source(root: Path, **kw) -> FolderSource:
-    return FolderSource(str(root), image_size=16, **kw)
+    return FolderSource(str(root), **kw)
 
 
 def test_train_only_layout_carves_stratified_seeded_val_and_test(train_only_folder: Path) -> None:

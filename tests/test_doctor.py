@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, compose_cfg, make_folder, tiny_overrides
+from helpers import ROOT, compose_cfg, make_folder, tiny_overrides
 from imgclf.data.cache import DecodeCache, decode
 from imgclf.data.doctor import diagnose
 from imgclf.data.folder import FolderSource
@@ -31,7 +31,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def source(root: Path) -> FolderSource:
-    return FolderSource(str(root), image_size=16)
+    return FolderSource(str(root))
 
 
 def test_report_names_every_bad_file_and_counts_skipped_ones(tmp_path: Path, zoo: Path) -> None:
@@ -105,9 +105,9 @@ def test_training_on_the_zoo_stops_or_skips_by_policy(tmp_path: Path, zoo: Path)
     import imgclf.tasks as tasks
 
     with pytest.raises(DataError, match=f"{len(BAD)} file\\(s\\) cannot be used"):
-        tasks._train(compose_cfg("train", tiny_overrides(tmp_path, zoo, "epochs=1")))
+        tasks.train(compose_cfg("train", tiny_overrides(tmp_path, zoo, "epochs=1")))
     cfg = compose_cfg("train", tiny_overrides(tmp_path, zoo, "epochs=1", "dataset.bad_files=skip"))
-    tasks._train(cfg)
+    tasks.train(cfg)
     report = json.loads((tmp_path / "experiments" / "tiny" / "doctor.json").read_text())
     assert len(report["bad_files"]) == len(BAD) and report["usable"]["train"]["circle"] == 6 + len(GOOD)
     loaded = load_splits(source(zoo).scan(), DecodeCache(None, "memory"), 16, names=("train",), bad_files="skip")

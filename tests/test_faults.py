@@ -13,10 +13,11 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 import imgclf.tasks as tasks
-from conftest import compose_cfg, tiny_overrides
+from helpers import compose_cfg, tiny_overrides
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.data.dataset import DecodedImages, make_loader
-from imgclf.training.engine import Diverged, train_one_epoch
+from imgclf.training.engine import TrainOptions, train_one_epoch
+from imgclf.training.state import Diverged
 from imgclf.errors import TrainingError
 
 
@@ -53,7 +54,8 @@ def test_nan_batches_in_a_row_stop_before_touching_the_weights() -> None:
     model, loader, optimizer = tiny_setup()
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(Diverged, match=r"nan for 3 batches in a row \(batch 3 of 6, lr 0.1\)"):
-        train_one_epoch(model, loader, NaNAt({0, 1, 2}), optimizer, device=torch.device("cpu"), max_nonfinite=3)
+        train_one_epoch(model, loader, NaNAt({0, 1, 2}), optimizer, device=torch.device("cpu"),
+                        options=TrainOptions(max_nonfinite=3))
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
@@ -70,7 +72,7 @@ def test_a_diverging_run_says_what_to_do_and_keeps_finite_checkpoints(tmp_path: 
 
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", nan_in_epoch_two)
     with pytest.raises(TrainingError, match=r"training diverged: epoch 2: the loss was nan .*lr .*last.pt keeps"):
-        tasks._train(cfg)
+        tasks.train(cfg)
     last = load_checkpoint(Path(cfg.paths.experiments) / "tiny" / "last.pt")  # refuses non-finite weights
     assert last["state"]["epoch"] == 1
 
@@ -88,7 +90,7 @@ def test_out_of_memory_names_the_batch_size_and_the_remedies(tmp_path: Path, tin
 
     monkeypatch.setattr(SmallCNN, "forward", oom_when_training)
     with pytest.raises(TrainingError, match=r"out of memory on cpu with loader.batch_size=8 .*trainer.accumulate"):
-        tasks._train(cfg)
+        tasks.train(cfg)
 
 
 class DiesInWorker(Dataset):
@@ -108,7 +110,7 @@ def test_a_killed_loader_worker_gets_a_clear_message(tmp_path: Path, tiny_folder
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "loader.num_workers=1", "loader.batch_augment=false"))
     monkeypatch.setattr(DecodedImages, "__getitems__", lambda self, indices: [DiesInWorker()[i] for i in indices])
     with pytest.raises(TrainingError, match=r"loader.num_workers=1: DataLoader worker .* loader.num_workers=0"):
-        tasks._train(cfg)
+        tasks.train(cfg)
 
 
 class Hangs(Dataset):
@@ -129,13 +131,14 @@ def test_a_hung_loader_worker_times_out() -> None:
 
 
 def test_non_finite_weights_are_never_written(tmp_path: Path) -> None:
-    from imgclf.training.engine import TrainState
-    from imgclf.experiment.folder import CheckpointWriter, ExperimentDir
-    from imgclf.training.scheduler import LRSchedule
+    from imgclf.training.state import TrainState
+    from imgclf.experiment.folder import ExperimentDir
+    from imgclf.experiment.writer import CheckpointWriter
+    from imgclf.training.scheduler import Scheduler
 
     model, _, optimizer = tiny_setup()
     exp = ExperimentDir(tmp_path / "exp", tmp_path / "runs")
-    writer = CheckpointWriter(exp, model, optimizer, LRSchedule(optimizer, None), {"class_names": ["a", "b", "c"]})
+    writer = CheckpointWriter(exp, model, optimizer, Scheduler(optimizer, None), {"class_names": ["a", "b", "c"]})
     writer.save(TrainState(epoch=1), best=True)
     good = exp.last.read_bytes()
     with torch.no_grad():

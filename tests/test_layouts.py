@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import imgclf.tasks as tasks
-from conftest import SHARED_DATA, compose_cfg, draw, make_folder, tiny_overrides
+from helpers import SHARED_DATA, compose_cfg, draw, make_folder, tiny_overrides
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.tasks.config_check import check_config
 from imgclf.data.folder import FolderSource
@@ -24,8 +24,8 @@ def train_and_test(tmp_path: Path, dataset: str, root: Path, *extra: str) -> tup
     """One epoch with dataset=<dataset> dataset.root=<root>, then test.py; returns (checkpoint, metrics)."""
     args = tiny_overrides(tmp_path, root, f"dataset={dataset}", "epochs=1", "dataset.num_classes=null", *extra)
     args = [a for a in args if not a.startswith("dataset.root")] + [f"dataset.root={root}"]
-    tasks._train(compose_cfg("train", args))
-    return load_checkpoint(tmp_path / "experiments" / "tiny" / "best.pt"), tasks._test(compose_cfg("train", args))
+    tasks.train(compose_cfg("train", args))
+    return load_checkpoint(tmp_path / "experiments" / "tiny" / "best.pt"), tasks.test(compose_cfg("train", args))
 
 
 def split_counts(tmp_path: Path) -> dict[str, int]:
@@ -79,14 +79,14 @@ def test_manifest_formats_and_errors(tmp_path: Path) -> None:
     (tmp_path / "m.json").write_text(json.dumps({f: f.split("/")[1] for f in files}))
     (tmp_path / "pairs.json").write_text(json.dumps([[f, f.split("/")[1]] for f in files]))
     for name in ("m.csv", "m.json", "pairs.json"):
-        splits = ManifestSource(str(tmp_path), train=name, image_size=16, val_fraction=0.5, test_fraction=0).scan()
+        splits = ManifestSource(str(tmp_path), train=name, val_fraction=0.5, test_fraction=0).scan()
         assert splits.classes == ["a", "b"] and splits.counts() == {"train": 2, "val": 2, "test": 0}
     (tmp_path / "bad.csv").write_text("file,class\nx.png,a\n")
     with pytest.raises(DataError, match="lacks a path or label column"):
-        ManifestSource(str(tmp_path), train="bad.csv", image_size=16).scan()
+        ManifestSource(str(tmp_path), train="bad.csv").scan()
     (tmp_path / "t.csv").write_text(f"path,label\n{files[0]},zebra\n")
     with pytest.raises(DataError, match=r"labels \['zebra'\] that are not among the classes"):
-        ManifestSource(str(tmp_path), train="m.csv", test="t.csv", image_size=16).scan()
+        ManifestSource(str(tmp_path), train="m.csv", test="t.csv").scan()
 
 
 def fake_cifar10(root: Path, per_batch: int = 4) -> None:
@@ -121,7 +121,7 @@ def test_cifar10_through_torchvision_becomes_class_folders(tmp_path: Path, monke
 def test_torchvision_dataset_missing_offline_names_the_folder(tmp_path: Path) -> None:
     args = tiny_overrides(tmp_path, tmp_path / "none", "dataset=cifar10")
     with pytest.raises(DataError, match=rf"CIFAR10 is not in {tmp_path / 'none'}.*dataset.download=true"):
-        tasks._train(compose_cfg("train", [a for a in args if not a.startswith("dataset.root")]
+        tasks.train(compose_cfg("train", [a for a in args if not a.startswith("dataset.root")]
                                  + [f"dataset.root={tmp_path / 'none'}"]))
 
 
@@ -151,7 +151,7 @@ def test_shared_datasets_scan_as_documented(name: str) -> None:
         pytest.skip(f"../shared/data/{name} is not beside the checkout")
     cfg = compose_cfg("train", ["experiment=x", f"dataset={name}"])
     root = (SHARED_DATA / name).resolve()
-    source = FolderSource(str(root), image_size=32, val_fraction=cfg.dataset.val_fraction,
+    source = FolderSource(str(root), val_fraction=cfg.dataset.val_fraction,
                           test_fraction=cfg.dataset.test_fraction, split_seed=cfg.dataset.split_seed)
     splits = source.scan()
     total, classes = SHARED[name]

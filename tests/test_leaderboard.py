@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, read_csv
+from helpers import ROOT, read_csv
 from imgclf.cli import leaderboard
 from imgclf.experiment.run_log import read_metrics
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import compose_cfg, options
+from helpers import compose_cfg, options
 from imgclf.models.classifier import Classifier
-from imgclf.training.scheduler import LRSchedule
+from imgclf.training.scheduler import Scheduler
 
 
 @pytest.mark.parametrize("model", options("model"))
@@ -64,46 +64,46 @@ def test_every_optimizer_and_scheduler_pair_steps(optimizer: str, scheduler: str
     model = torch.nn.Linear(4, 3)
     before = model.weight.detach().clone()
     opt = instantiate(cfg.optimizer)(model.parameters())
-    schedule: LRSchedule = instantiate(cfg.scheduler)(opt)
+    scheduler: Scheduler = instantiate(cfg.scheduler)(opt)
     lrs = []
     for _ in range(4):
         loss = model(torch.randn(8, 4)).logsumexp(1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        schedule.after_step()
-        lrs.append(schedule.lr())
-        schedule.after_epoch(monitored=0.5)  # a flat metric: plateau schedulers decay
+        scheduler.after_step()
+        lrs.append(scheduler.lr())
+        scheduler.after_epoch(monitored=0.5)  # a flat metric: plateau schedulers decay
     assert not torch.equal(before, model.weight)
     assert lrs[0] == cfg.optimizer.lr
     if scheduler == "none":
         assert lrs == [cfg.optimizer.lr] * 4
     elif scheduler in ("cosine", "reduce_on_plateau"):
-        assert schedule.lr() < lrs[0]  # after the last epoch's step
+        assert scheduler.lr() < lrs[0]  # after the last epoch's step
 
 
 @pytest.mark.parametrize("interval,expected_lr", [("step", 0.125), ("epoch", 0.5)])
 def test_per_step_interval_steps_every_batch_and_epoch_interval_once(interval: str, expected_lr: float) -> None:
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
-    schedule = LRSchedule(opt, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
+    scheduler = Scheduler(opt, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
                           interval=interval)
     for _ in range(3):  # three batches, then the end of the epoch
         opt.step()
-        schedule.after_step()
-    schedule.after_epoch(0.0)
-    assert schedule.lr() == pytest.approx(expected_lr)
+        scheduler.after_step()
+    scheduler.after_epoch(0.0)
+    assert scheduler.lr() == pytest.approx(expected_lr)
 
 
 def test_plateau_scheduler_follows_the_monitored_metric_and_mode() -> None:
     cfg = compose_cfg("train", ["experiment=x", "scheduler=reduce_on_plateau", "scheduler.factory.patience=0",
                                 "dataset.num_classes=3"])
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
-    schedule = instantiate(cfg.scheduler)(opt)
+    scheduler = instantiate(cfg.scheduler)(opt)
     for acc in (0.5, 0.6, 0.7):  # improving accuracy (mode=max): no decay
-        schedule.after_epoch(acc)
-    assert schedule.lr() == 1.0
-    schedule.after_epoch(0.6)  # worse
-    assert schedule.lr() == pytest.approx(cfg.scheduler.factory.factor)
+        scheduler.after_epoch(acc)
+    assert scheduler.lr() == 1.0
+    scheduler.after_epoch(0.6)  # worse
+    assert scheduler.lr() == pytest.approx(cfg.scheduler.factory.factor)
 
 
 PROBE = """
@@ -156,15 +156,15 @@ def test_every_augmentation_gives_uint8_images_of_the_working_size(augmentation:
 def test_warmup_ramps_the_learning_rate_then_follows_the_scheduler() -> None:
     def run(warmup: int) -> list[float]:
         opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
-        schedule = LRSchedule(opt, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
+        scheduler = Scheduler(opt, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
                               warmup_steps=warmup)
         lrs = []
         for _epoch in range(3):
             for _ in range(2):
-                lrs.append(schedule.lr())
+                lrs.append(scheduler.lr())
                 opt.step()
-                schedule.after_step()
-            schedule.after_epoch(0.0)
+                scheduler.after_step()
+            scheduler.after_epoch(0.0)
         return lrs
 
     assert run(0) == pytest.approx([1, 1, 0.5, 0.5, 0.25, 0.25])
@@ -173,11 +173,11 @@ def test_warmup_ramps_the_learning_rate_then_follows_the_scheduler() -> None:
 
 def test_warmup_state_survives_a_checkpoint() -> None:
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
-    schedule = LRSchedule(opt, None, warmup_steps=10)
+    scheduler = Scheduler(opt, None, warmup_steps=10)
     for _ in range(3):
-        schedule.after_step()
-    state = schedule.state_dict()
+        scheduler.after_step()
+    state = scheduler.state_dict()
     opt2 = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
-    again = LRSchedule(opt2, None, warmup_steps=10)
+    again = Scheduler(opt2, None, warmup_steps=10)
     again.load_state_dict(state)
-    assert again.lr() == schedule.lr() == pytest.approx(0.4)
+    assert again.lr() == scheduler.lr() == pytest.approx(0.4)

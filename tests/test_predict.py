@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import imgclf.tasks as tasks
-from conftest import CLASSES, SHARED_DATA, compose_cfg, copy_trained, read_csv, run_cli
+from helpers import CLASSES, SHARED_DATA, compose_cfg, copy_trained, read_csv, run_cli
 from imgclf.cli import predict
 from imgclf.experiment.checkpoint import load_checkpoint, save_atomic
 from imgclf.errors import CheckpointError
@@ -53,7 +53,7 @@ def run_predict(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, st
 
 def test_predictions_match_test_reports_and_bad_files_get_error_rows(trained, tmp_path, capsys) -> None:
     overrides, exp = trained
-    tasks._test(compose_cfg("train", overrides))
+    tasks.test(compose_cfg("train", overrides))
     report = {str(Path(r["path"]).resolve()): r for r in read_csv(exp / "test" / "predictions.csv")}
     test_files = sorted((data_root(overrides) / "test").rglob("*.*"))
     folder = mixed_folder(tmp_path / "photos", test_files)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import imgclf.tasks as tasks
-from conftest import compose_cfg, tiny_overrides
+from helpers import compose_cfg, tiny_overrides
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.errors import ConfigError
 from imgclf.models.efficientnet_lite import EfficientNetLite
@@ -137,7 +137,7 @@ def test_local_weights_file_is_loaded(tmp_path: Path) -> None:
 def test_training_with_lite0_uses_the_weights_normalization(tmp_path: Path, tiny_folder: Path) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "model=lite0", "model.freeze=backbone",
                                               "epochs=1", "dataset.image_size=32"))
-    tasks._train(cfg)
+    tasks.train(cfg)
     ckpt = load_checkpoint(tmp_path / "experiments" / "tiny" / "best.pt")
     assert ckpt["mean"] == [0.5, 0.5, 0.5] and ckpt["config"]["dataset"]["normalize"] == "custom"
 
@@ -147,7 +147,7 @@ def test_an_ensemble_trains_on_cached_features_and_predict_rebuilds_it(tmp_path:
 
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "model=lite_ensemble", "model.freeze=backbone",
                                               "epochs=2", "dataset.image_size=32", "trainer.cache_features=true"))
-    tasks._train(cfg)
+    tasks.train(cfg)
     exp = tmp_path / "experiments" / "tiny"
     predictor = Predictor.load(exp / "best.pt", device="cpu")
     members = predictor.model.net.backbone.members
@@ -173,8 +173,8 @@ def test_freeze_bn_trains_backbone_weights_but_keeps_its_statistics() -> None:
 
 def test_cached_features_train_the_same_head_as_the_full_model(tmp_path: Path, tiny_folder: Path) -> None:
     common = ("model=lite0", "model.freeze=backbone", "epochs=2", "dataset.image_size=32", "model.dropout=0")
-    tasks._train(compose_cfg("train", tiny_overrides(tmp_path / "full", tiny_folder, *common)))
-    tasks._train(compose_cfg("train", tiny_overrides(tmp_path / "cached", tiny_folder, *common,
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path / "full", tiny_folder, *common)))
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path / "cached", tiny_folder, *common,
                                                      "trainer.cache_features=true")))
     full = load_checkpoint(tmp_path / "full" / "experiments" / "tiny" / "last.pt")["model"]
     cached = load_checkpoint(tmp_path / "cached" / "experiments" / "tiny" / "last.pt")["model"]
@@ -198,7 +198,7 @@ def test_feature_cache_says_why_it_cannot_apply(tmp_path: Path, tiny_folder: Pat
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "model=lite0", "dataset.image_size=32",
                                               "trainer.cache_features=true", *extra))
     with pytest.raises(ConfigError, match=f"cache_features=true cannot apply: .*{reason}"):
-        tasks._train(cfg)
+        tasks.train(cfg)
 
 
 def test_feature_views_are_augmented_copies_read_one_per_epoch() -> None:
@@ -235,7 +235,7 @@ def test_training_on_cached_augmented_copies(tmp_path: Path, tiny_folder: Path, 
                                               "dataset.image_size=32", "augmentation=flip", "epochs=3",
                                               "trainer.cache_features=true", "trainer.feature_views=2",
                                               "trainer.channels_last=true"))  # images 4-d, features 2-d
-    tasks._train(cfg)
+    tasks.train(cfg)
     assert read == [0, 1, 0]  # the trainer moves to the next cached copy every epoch
     trained = load_checkpoint(tmp_path / "experiments" / "tiny" / "last.pt")["model"]
     pretrained = EfficientNetLite0(2).state_dict()

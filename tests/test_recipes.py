@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import imgclf.tasks as tasks
-from conftest import CONF, compose_cfg, draw, make_folder, tiny_overrides
+from helpers import CONF, compose_cfg, draw, make_folder, tiny_overrides
 
 RECIPES = sorted(p.stem for p in CONF.glob("*.yaml") if p.stem not in ("train", "quickstart"))
 
@@ -70,6 +70,6 @@ def test_recipe_trains_one_epoch_on_data_of_its_layout(recipe: str, tmp_path: Pa
         extra += ["model.weights=null", "model.hidden=[16]"]  # tests never download; small VGG head
     args = [a for a in tiny_overrides(tmp_path, root) if not a.startswith(("dataset.", "epochs", "loader"))]
     cfg = compose_cfg(recipe, [*args, *extra])
-    assert tasks._train(cfg) is not None
+    assert tasks.train(cfg) is not None
     assert (tmp_path / "experiments" / "tiny" / "best.pt").exists()
-    assert tasks._test(cfg)["samples"] > 0
+    assert tasks.test(cfg)["samples"] > 0

@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import precision_recall_fscore_support
 
 import imgclf.tasks as tasks
-from conftest import compose_cfg, copy_trained, make_folder, read_csv
+from helpers import compose_cfg, copy_trained, make_folder, read_csv
 from imgclf.reporting import figures, statistics
 from imgclf.experiment.checkpoint import load_checkpoint
 
@@ -30,7 +30,7 @@ def tensorboard_events(folder: Path):
 
 def test_report_files_agree_with_each_other_and_sklearn(trained_tiny, tmp_path: Path) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path)
-    metrics = tasks._test(compose_cfg("train", overrides))
+    metrics = tasks.test(compose_cfg("train", overrides))
     folder = exp / "test"
     for name in REPORT_FILES:
         assert (folder / name).is_file() and (folder / name).stat().st_size > 0, name
@@ -65,10 +65,11 @@ def test_report_files_agree_with_each_other_and_sklearn(trained_tiny, tmp_path: 
     assert low <= written["accuracy"] <= high and written["f1_ci"][0] <= written["f1"] <= written["f1_ci"][1]
     assert written["top_k"] == 2 and written["top_k_accuracy"] >= written["accuracy"]
 
-    # ECE recomputed independently from the confidences in predictions.csv
+    # ECE recomputed independently from the confidences in predictions.csv, binned as torchmetrics
+    # does: [i/15, (i+1)/15), and a confidence of exactly 1 in a bin of its own
     conf = np.array([float(r["confidence"]) for r in rows])
     correct = np.array(true) == np.array(pred)
-    bins = np.minimum(np.ceil(conf * 15).astype(int), 15) - 1
+    bins = np.searchsorted(np.linspace(0, 1, 16), conf, side="right") - 1
     ece = sum(abs(correct[bins == b].mean() - conf[bins == b].mean()) * (bins == b).sum() for b in set(bins)) / len(rows)
     assert written["ece"] == pytest.approx(ece, abs=1e-5)
 
@@ -79,7 +80,7 @@ def test_report_files_agree_with_each_other_and_sklearn(trained_tiny, tmp_path: 
 
 def test_test_adds_figures_and_pr_curves_to_tensorboard(trained_tiny, tmp_path: Path) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path)
-    tasks._test(compose_cfg("train", overrides))
+    tasks.test(compose_cfg("train", overrides))
     events = tensorboard_events(tmp_path / "runs" / exp.name)
     assert {"test/confusion_matrix", "test/misclassified", "test/reliability"} <= set(events.Tags()["images"])
     assert any(tag.startswith("test/pr/") for tag in events.Tags()["tensors"])
@@ -104,9 +105,9 @@ def test_training_logs_best_epoch_figures_and_hparams(trained_tiny) -> None:
 
 def test_calibration_keeps_predictions_and_lowers_val_nll(trained_tiny, tmp_path: Path) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path)
-    before = tasks._test(compose_cfg("train", overrides))
+    before = tasks.test(compose_cfg("train", overrides))
     preds_before = [r["pred"] for r in read_csv(exp / "test" / "predictions.csv")]
-    after = tasks._test(compose_cfg("train", [*overrides, "calibrate=true"]))
+    after = tasks.test(compose_cfg("train", [*overrides, "calibrate=true"]))
     payload = load_checkpoint(exp / "best.pt")
     assert payload["temperature"] == after["temperature"] != 1.0
     assert payload["calibration"]["nll_after"] < payload["calibration"]["nll_before"]
@@ -114,18 +115,18 @@ def test_calibration_keeps_predictions_and_lowers_val_nll(trained_tiny, tmp_path
     assert after["accuracy"] == before["accuracy"]
     assert after["ece_uncalibrated"] == pytest.approx(before["ece"])  # the report shows both
     # a later test.py without calibrate=true uses the stored temperature
-    again = tasks._test(compose_cfg("train", overrides))
+    again = tasks.test(compose_cfg("train", overrides))
     assert again["temperature"] == payload["temperature"]
 
 
 def test_other_split_and_other_folder_get_their_own_report(trained_tiny, tmp_path: Path) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path)
-    val = tasks._test(compose_cfg("train", [*overrides, "split=val"]))
+    val = tasks.test(compose_cfg("train", [*overrides, "split=val"]))
     assert val["split"] == "val" and (exp / "test_val" / "metrics.json").is_file() and val["samples"] == 18
     # a hidden test set: flat class folders, two of the three classes, evaluated whole
     hidden = make_folder(tmp_path / "hidden_set", {"x": 4}, classes=("stripes", "circle"), seed=5) / "x"
     moved = [o for o in overrides if not o.startswith("dataset.root=")]
-    metrics = tasks._test(compose_cfg("train", [*moved, f"dataset.root={hidden}", "split=all"]))
+    metrics = tasks.test(compose_cfg("train", [*moved, f"dataset.root={hidden}", "split=all"]))
     assert metrics["classes"] == ["circle", "square", "stripes"]  # from the checkpoint
     rows = read_csv(exp / "test_x" / "predictions.csv")
     assert len(rows) == 8 == metrics["samples"]
@@ -173,23 +174,23 @@ def test_confusion_figure_stays_readable_with_many_classes(tmp_path: Path) -> No
 
 
 def test_calibrate_at_the_end_of_training(tmp_path: Path, tiny_folder: Path) -> None:
-    from conftest import tiny_overrides
+    from helpers import tiny_overrides
 
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "calibrate=true"))
-    tasks._train(cfg)
+    tasks.train(cfg)
     payload = load_checkpoint(Path(cfg.paths.experiments) / "tiny" / "best.pt")
     assert payload["temperature"] > 0 and payload["calibration"]["samples"] == 18
     assert payload["calibration"]["nll_after"] <= payload["calibration"]["nll_before"]
-    assert tasks._test(cfg)["temperature"] == payload["temperature"]
+    assert tasks.test(cfg)["temperature"] == payload["temperature"]
 
 
 def test_flip_tta_averages_the_probabilities_of_image_and_mirror(trained_tiny, tmp_path: Path) -> None:
     from imgclf.models.classifier import with_tta
 
     overrides, exp = copy_trained(trained_tiny, tmp_path)
-    plain = tasks._test(compose_cfg("train", overrides))
+    plain = tasks.test(compose_cfg("train", overrides))
     probs = {row["path"]: float(row["p1"]) for row in read_csv(exp / "test" / "predictions.csv")}
-    flipped = tasks._test(compose_cfg("train", [*overrides, "tta=flip"]))
+    flipped = tasks.test(compose_cfg("train", [*overrides, "tta=flip"]))
     assert flipped["tta"] == "flip" and "test-time augmentation: flip" in (exp / "test" / "report.md").read_text()
     assert flipped["loss"] != plain["loss"] and flipped["samples"] == plain["samples"]
     changed = [row for row in read_csv(exp / "test" / "predictions.csv") if float(row["p1"]) != probs[row["path"]]]

@@ -11,8 +11,9 @@ import torch
 from omegaconf import DictConfig
 
 import imgclf.tasks as tasks
-from conftest import StopAfter, compose_cfg, tiny_overrides
+from helpers import StopAfter, compose_cfg, tiny_overrides
 from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.training.state import Interrupted
 from imgclf.errors import ExperimentError
 from imgclf.experiment.run_log import read_metrics
 
@@ -33,7 +34,7 @@ def exp_dir(cfg: DictConfig) -> Path:
 
 
 def test_train_then_test_writes_every_file(tiny_cfg: DictConfig, tiny_folder: Path) -> None:
-    best = tasks._train(tiny_cfg)
+    best = tasks.train(tiny_cfg)
     exp = exp_dir(tiny_cfg)
     for name in ("best.pt", "last.pt", "metrics.jsonl", "config.yaml", "splits.csv"):
         assert (exp / name).is_file(), name
@@ -53,7 +54,7 @@ def test_train_then_test_writes_every_file(tiny_cfg: DictConfig, tiny_folder: Pa
     assert ckpt["state"]["best"] == best and set(ckpt["rng"]) >= {"python", "numpy", "torch"}
     assert {"optimizer", "scheduler", "versions"} <= set(ckpt)
 
-    metrics = tasks._test(tiny_cfg)
+    metrics = tasks.test(tiny_cfg)
     written = json.loads((exp / "test" / "metrics.json").read_text())
     assert written["samples"] == 18 == sum(written["per_class"][c]["support"] for c in written["classes"])
     for key in ("accuracy", "precision", "recall", "f1", "precision_weighted", "recall_weighted", "f1_weighted"):
@@ -65,12 +66,12 @@ def test_train_then_test_writes_every_file(tiny_cfg: DictConfig, tiny_folder: Pa
 def test_metrics_agree_with_sklearn() -> None:
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-    from imgclf.reporting.metrics import confusion_matrix, summarize
+    from imgclf.reporting.metrics import summarize
 
     g = torch.Generator().manual_seed(0)
     labels, preds = torch.randint(0, 4, (200,), generator=g), torch.randint(0, 4, (200,), generator=g)
     preds[:5] = 3  # some imbalance
-    ours = summarize(confusion_matrix(preds, labels, 4))
+    ours = summarize(torch.nn.functional.one_hot(preds, 4).float(), labels, 4)  # logits whose argmax is preds
     assert ours["accuracy"] == pytest.approx(accuracy_score(labels, preds))
     for average, suffix in (("macro", ""), ("weighted", "_weighted")):
         p, r, f, _ = precision_recall_fscore_support(labels, preds, average=average, zero_division=0)
@@ -78,45 +79,43 @@ def test_metrics_agree_with_sklearn() -> None:
 
 
 def test_a_finished_experiment_is_not_overwritten(tiny_cfg: DictConfig, caplog) -> None:
-    first = tasks._train(tiny_cfg)
+    first = tasks.train(tiny_cfg)
     best = exp_dir(tiny_cfg) / "best.pt"
     stamp = best.stat().st_mtime_ns
-    assert tasks._train(tiny_cfg) == first
+    assert tasks.train(tiny_cfg) == first
     assert best.stat().st_mtime_ns == stamp and "already finished" in caplog.text
     assert len(read_metrics(exp_dir(tiny_cfg) / "metrics.jsonl")) == 2
 
     never = compose_cfg("train", [*tiny_overrides(Path(tiny_cfg.paths.experiments).parent, Path(tiny_cfg.dataset.root)),
                                   "resume=never"])
     with pytest.raises(ExperimentError, match="overwrite=true"):
-        tasks._train(never)
+        tasks.train(never)
     assert best.stat().st_mtime_ns == stamp
 
 
 def test_overwrite_starts_over_and_more_epochs_continue(tmp_path: Path, tiny_folder: Path) -> None:
-    tasks._train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder)))
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder)))
     longer = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3"))
-    tasks._train(longer)
+    tasks.train(longer)
     assert [r["epoch"] for r in read_metrics(exp_dir(longer) / "metrics.jsonl")] == [1, 2, 3]
-    tasks._train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "overwrite=true")))
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "overwrite=true")))
     assert [r["epoch"] for r in read_metrics(exp_dir(longer) / "metrics.jsonl")] == [1, 2]
 
 
 @pytest.mark.parametrize("stop_after", [5, 6])  # mid-epoch, and exactly at the end of epoch 1 (6 batches)
-def test_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_folder: Path, monkeypatch,
+def test_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_folder: Path,
                                             stop_after: int) -> None:
     extra = ("epochs=3", "augmentation=flip", "model.dropout=0.3")  # random augmentation and dropout
     whole = compose_cfg("train", tiny_overrides(tmp_path / "a", tiny_folder, *extra))
-    tasks._train(whole)
+    tasks.train(whole)
 
     parts = compose_cfg("train", tiny_overrides(tmp_path / "b", tiny_folder, *extra))
-    monkeypatch.setattr(tasks, "StopOnSignal", lambda: StopAfter(stop_after))
-    with pytest.raises(SystemExit) as exit_info:
-        tasks._train(parts)
-    assert exit_info.value.code == 143
+    with pytest.raises(Interrupted) as exit_info:
+        tasks.train(parts, stop_signal=lambda: StopAfter(stop_after))
+    assert exit_info.value.exit_code == 143
     interrupted = load_checkpoint(exp_dir(parts) / "last.pt")["state"]
     assert (interrupted["epoch"], interrupted["step"]) == (0, stop_after)  # 48 images / 8 = 6 batches
-    monkeypatch.undo()
-    tasks._train(compose_cfg("train", tiny_overrides(tmp_path / "b", tiny_folder, *extra)))
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path / "b", tiny_folder, *extra)))
 
     a = load_checkpoint(exp_dir(whole) / "last.pt")
     b = load_checkpoint(exp_dir(parts) / "last.pt")
@@ -129,15 +128,13 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_folder: Path, m
     assert [step for step, _ in curve] == [1, 2, 3]  # one point per epoch across the two processes
 
 
-def test_resume_refuses_a_changed_model(tmp_path: Path, tiny_folder: Path, monkeypatch) -> None:
+def test_resume_refuses_a_changed_model(tmp_path: Path, tiny_folder: Path) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3"))
-    monkeypatch.setattr(tasks, "StopOnSignal", lambda: StopAfter(2))
-    with pytest.raises(SystemExit):
-        tasks._train(cfg)
-    monkeypatch.undo()
+    with pytest.raises(Interrupted):
+        tasks.train(cfg, stop_signal=lambda: StopAfter(2))
     changed = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3", "model.width=8"))
     with pytest.raises(ExperimentError, match=r"model.*width"):
-        tasks._train(changed)
+        tasks.train(changed)
 
 
 def test_a_busy_experiment_refuses_a_second_run(tiny_cfg: DictConfig) -> None:
@@ -145,21 +142,19 @@ def test_a_busy_experiment_refuses_a_second_run(tiny_cfg: DictConfig) -> None:
     exp.mkdir(parents=True)
     (exp / ".lock").write_text(str(os.getppid()))  # a live process holds it
     with pytest.raises(ExperimentError, match=f"in use by process {os.getppid()}"):
-        tasks._train(tiny_cfg)
+        tasks.train(tiny_cfg)
     (exp / ".lock").write_text("999999999")  # a dead one: stale lock is taken over
-    tasks._train(tiny_cfg)
+    tasks.train(tiny_cfg)
     assert not (exp / ".lock").exists()
 
 
-def test_unreadable_last_checkpoint_falls_back_to_best(tmp_path: Path, tiny_folder: Path, monkeypatch,
+def test_unreadable_last_checkpoint_falls_back_to_best(tmp_path: Path, tiny_folder: Path,
                                                        caplog) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3"))
-    monkeypatch.setattr(tasks, "StopOnSignal", lambda: StopAfter(8))  # in epoch 2, after best.pt of epoch 1
-    with pytest.raises(SystemExit):
-        tasks._train(cfg)
-    monkeypatch.undo()
+    with pytest.raises(Interrupted):  # in epoch 2, after best.pt of epoch 1
+        tasks.train(cfg, stop_signal=lambda: StopAfter(8))
     (exp_dir(cfg) / "last.pt").write_bytes(b"torn")
-    tasks._train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3")))
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3")))
     assert "resuming from" in caplog.text and "best.pt" in caplog.text
     assert load_checkpoint(exp_dir(cfg) / "last.pt")["state"]["epoch"] == 3
 
@@ -170,7 +165,7 @@ def test_same_seed_gives_identical_weights_with_deterministic(tmp_path: Path, ti
     b = compose_cfg("train", tiny_overrides(tmp_path / "b", tiny_folder, *extra))
     c = compose_cfg("train", tiny_overrides(tmp_path / "c", tiny_folder, *extra, "seed=7"))
     for cfg in (a, b, c):
-        tasks._train(cfg)
+        tasks.train(cfg)
     weights = [load_checkpoint(exp_dir(cfg) / "last.pt")["model"] for cfg in (a, b, c)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
@@ -180,7 +175,7 @@ def test_same_seed_gives_identical_weights_with_deterministic(tmp_path: Path, ti
 def test_loader_workers_train_the_same_pipeline(tmp_path: Path, tiny_folder: Path) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "loader.num_workers=2", "epochs=1",
                                               "augmentation=flip_rotate"))
-    best = tasks._train(cfg)
+    best = tasks.train(cfg)
     assert best is not None and len(read_metrics(exp_dir(cfg) / "metrics.jsonl")) == 1
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import draw
+from helpers import draw
 
 # file name -> words its error must contain
 BAD = {

@@ -18,6 +18,7 @@ from pathlib import Path
 from imgclf.data.cache import DecodeCache
 from imgclf.data.doctor import diagnose, format_report, write_report
 from imgclf.data.folder import FolderSource
+from imgclf.data.prepare import BAD_FILE_POLICIES
 from imgclf.errors import ImgclfError
 
 
@@ -32,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15)
     parser.add_argument("--split-seed", type=int, default=0)
-    parser.add_argument("--bad-files", choices=("stop", "skip"), default="stop")
+    parser.add_argument("--bad-files", choices=BAD_FILE_POLICIES, default="stop")
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/imgclf"), help="where file reports are kept")
     args = parser.parse_args(argv)
     if args.config_name and args.path is not None:  # with -cn every positional is an override
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.config_name:
             report = _from_config(args)
         else:
-            source = FolderSource(str(args.path.expanduser().resolve()), image_size=32,
+            source = FolderSource(str(args.path.expanduser().resolve()),
                                   val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                                   split_seed=args.split_seed)
             report = diagnose(source, DecodeCache(args.cache, mode="none"), bad_files=args.bad_files)

@@ -11,9 +11,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from imgclf.experiment.bookkeeping import BOOKKEEPING_KEYS
+from imgclf.training.state import is_better
+
 # bookkeeping keys that say where or how a run was started, not what was trained; `monitor`,
 # `mode` and `epochs` have columns of their own
-IGNORED_KEYS = frozenset({"experiment", "progress", "resume", "overwrite", "monitor", "mode", "epochs"})
+IGNORED_KEYS = frozenset({*BOOKKEEPING_KEYS, "monitor", "mode", "epochs"})
 IGNORED_PREFIXES = ("paths.", "hydra.")
 # --sort METRIC: these words in a metric's name mean smaller is better
 SMALLER_IS_BETTER = ("loss", "ece", "nll", "seconds", "error")
@@ -57,13 +60,6 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[dotted] = value
     return flat
-
-
-def is_better(value: float, best: float | None, mode: str) -> bool:
-    """A finite ``value`` that strictly beats ``best`` in direction ``mode`` (the engine's rule)."""
-    if not math.isfinite(value):
-        return False
-    return best is None or (value > best if mode == "max" else value < best)
 
 
 def best_of(records: Iterable[Mapping[str, Any]], key: str, mode: str) -> tuple[float | None, int | None]:

@@ -28,6 +28,7 @@ from imgclf.experiment.atomic import csv_text, write_text_atomic
 from imgclf.data.folder import walk_images
 from imgclf.data.images import IMAGE_EXTENSIONS
 from imgclf.errors import ImgclfError
+from imgclf.models.classifier import TTA_MODES
 
 GLOB_CHARS = frozenset("*?[")
 PLOT_ROWS = 12            # images per page of --plot
@@ -73,7 +74,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="flag predictions whose probability is below P (0..1)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
-    parser.add_argument("--tta", choices=("none", "flip"), default="none",
+    parser.add_argument("--tta", choices=TTA_MODES, default="none",
                         help="test-time augmentation: flip averages the probabilities of each image and its mirror "
                              "image (two forward passes)")
     args = parser.parse_args(argv)

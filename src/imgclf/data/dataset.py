@@ -169,6 +169,10 @@ class BatchLoader:
     def __len__(self) -> int:
         return len(self.batch_sampler)
 
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order (and batch augmentation parameters); skip the batches already trained on."""
+        self.batch_sampler.set_epoch(epoch, start_batch)
+
     def _make(self, number: int, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         sampler = self.batch_sampler
         seed = (sampler.seed * 1_000_003 + sampler.epoch) * 1_000_003 + number
@@ -197,9 +201,19 @@ class BatchLoader:
                     future.cancel()
 
 
+class EpochLoader(DataLoader):
+    """A DataLoader over an :class:`EpochBatchSampler` that the training loop can set to an epoch."""
+
+    batch_sampler: EpochBatchSampler
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order; skip the batches already trained on."""
+        self.batch_sampler.set_epoch(epoch, start_batch)
+
+
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
                 pin_memory: bool = False, weights: Sequence[float] | None = None,
-                timeout: float = 0) -> DataLoader | BatchLoader:
+                timeout: float = 0) -> EpochLoader | BatchLoader:
     """Batches of ``dataset`` in the order of an :class:`EpochBatchSampler`.
 
     Decoded images with a batch augmentation get a :class:`BatchLoader` (``num_workers``
@@ -209,6 +223,6 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int =
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, weights=weights)
     if isinstance(dataset, DecodedImages) and dataset.batch_op is not None:
         return BatchLoader(dataset, sampler, threads=num_workers, pin_memory=pin_memory)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+    return EpochLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
                       timeout=timeout if num_workers > 0 else 0)

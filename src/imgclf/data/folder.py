@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclf.data.images import IMAGE_EXTENSIONS
-from imgclf.data.stats import IMAGENET_MEAN, IMAGENET_STD
 from imgclf.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -45,17 +44,14 @@ class Splits:
 class FolderSource:
     """A folder of labelled images, described by its root and how to split it.
 
+    How images are fed to the model (``dataset.image_size``, ``normalize``, ``mean``, ``std``) is not
+    the folder's business: ``imgclf.tasks.preprocess`` decides it.
+
     Args:
         root: absolute path of the dataset folder.
-        image_size: images are decoded once and resized to ``image_size`` x ``image_size``.
         num_classes: expected class count; ``None`` to take it from the train folder.
-        mean: per-channel mean used to normalize inputs (recorded in checkpoints) when
-            ``normalize`` is ``custom``.
-        std: per-channel standard deviation, likewise.
         classes: the class list, in order; None to take the sorted train folder names. When
             given, the train folders must be exactly these classes.
-        normalize: ``imagenet`` (ImageNet statistics), ``auto`` (measured on the train split, once,
-            and written back into the saved config) or ``custom`` (``mean`` and ``std`` as given).
         val_fraction: share of each train class carved out as val when there is no val folder.
         test_fraction: share of each train class carved out as test when there is no test folder.
         split_seed: seed of the carving, fixed apart from the training seed.
@@ -66,23 +62,14 @@ class FolderSource:
             project's ``cat_to_name.json``), relative to ``root`` or absolute; None for none.
     """
 
-    def __init__(self, root: str, image_size: int, num_classes: int | None = None,
-                 mean: tuple[float, ...] = (0.485, 0.456, 0.406),
-                 std: tuple[float, ...] = (0.229, 0.224, 0.225),
+    def __init__(self, root: str, num_classes: int | None = None,
                  val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
                  bad_files: str = "stop", val_from: str = "train", display_names: str | None = None,
-                 normalize: str = "custom", classes: list[str] | None = None) -> None:
+                 classes: list[str] | None = None) -> None:
         if val_from not in ("train", "test"):
             raise DataError(f"dataset.val_from={val_from!r}: expected train or test")
         self.root = Path(root)
-        self.image_size = image_size
         self.num_classes = num_classes
-        if normalize not in ("imagenet", "auto", "custom"):
-            raise DataError(f"dataset.normalize={normalize!r}: expected imagenet, auto or custom")
-        self.normalize = normalize
-        imagenet = normalize == "imagenet"
-        self.mean = tuple(IMAGENET_MEAN if imagenet else mean)
-        self.std = tuple(IMAGENET_STD if imagenet else std)
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed

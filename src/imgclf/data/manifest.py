@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.root.expanduser().resolve()
     try:
-        splits = FolderSource(str(root), image_size=32, val_fraction=args.val, test_fraction=args.test,
+        splits = FolderSource(str(root), val_fraction=args.val, test_fraction=args.test,
                               split_seed=args.seed).scan()
     except ImgclfError as exc:
         print(f"imgclf-split: {exc}", file=sys.stderr)

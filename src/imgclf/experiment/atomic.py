@@ -1,8 +1,9 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never a torn one.
+"""The one atomic file writer: a crash leaves the old file or the new one, never a torn one.
 
 The temporary file sits in the target's own folder (``os.replace`` is only atomic within one
 file system) and starts with ``TMP_PREFIX``, so ``checkpoint.remove_orphan_temps`` finds what a
-killed writer left behind.
+killed writer left behind. The file is flushed and fsynced before the rename, and the folder after
+it, so the rename itself survives a power cut.
 """
 
 from __future__ import annotations
@@ -10,27 +11,50 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 TMP_PREFIX = ".tmp-"
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a flushed, fsynced temporary file and a rename."""
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Create ``path`` with ``write(binary file)`` through a fsynced temporary file, a rename and a fsync
+    of the folder. On any failure the temporary file is removed and the previous ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
     try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (not every file system lets a folder be fsynced)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

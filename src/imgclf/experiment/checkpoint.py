@@ -9,17 +9,15 @@ a torn one. Every checkpoint holds only tensors and plain Python values and load
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from imgclf.experiment.atomic import TMP_PREFIX
+from imgclf.experiment.atomic import TMP_PREFIX, write_atomic
 from imgclf.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -35,40 +33,14 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
             previous file at ``path`` is left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder as the target: os.replace is only atomic within one file system.
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            free = shutil.disk_usage(path.parent).free
-            raise CheckpointError(
-                f"could not write checkpoint {path}: {exc} "
-                f"({free / 2**20:.0f} MiB free in {path.parent}); the previous file is kept"
-            ) from exc
-        raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        write_atomic(path, lambda f: torch.save(payload, f))
+    except OSError as exc:
+        free = shutil.disk_usage(path.parent).free
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {exc} "
+            f"({free / 2**20:.0f} MiB free in {path.parent}); the previous file is kept"
+        ) from exc
 
 
 def remove_orphan_temps(folder: str | Path) -> list[Path]:
@@ -109,15 +81,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(payload, dict) or "model" not in payload:
         raise CheckpointError(f"{path} ({size} bytes) is not an imgclf checkpoint (no 'model' entry)")
-    _check_finite(payload["model"], path)
+    bad = first_non_finite(payload["model"])  # torch.load does not verify the zip CRC: a flipped bit loads silently
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} holds non-finite values in '{bad}'")
     return payload
 
 
-def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
-    # torch.load does not verify the zip CRC: a flipped bit in a weight can load silently.
+def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor of ``state`` holding a NaN or infinity, else None."""
     for name, tensor in state.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise CheckpointError(f"checkpoint {path} holds non-finite values in '{name}'")
+            return name
+    return None
 
 
 def rng_states() -> dict[str, Any]:

@@ -1,25 +1,17 @@
-"""The experiment directory: its files, its lock, its checkpoints and what resuming may do."""
+"""The experiment directory: its files, its lock, and which checkpoint a run continues from."""
 
 from __future__ import annotations
 
 import logging
 import os
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from imgclf.experiment.checkpoint import load_checkpoint, remove_orphan_temps, rng_states, save_atomic
-from imgclf.training.engine import Diverged, TrainState
 from imgclf.errors import CheckpointError, ExperimentError
-from imgclf.training.scheduler import LRSchedule
+from imgclf.experiment.checkpoint import load_checkpoint, remove_orphan_temps
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
 
 
 class ExperimentDir:
@@ -142,99 +134,3 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-class CheckpointWriter:
-    """Builds self-describing checkpoints and writes ``best.pt`` / ``last.pt`` atomically.
-
-    Args:
-        exp: the experiment directory.
-        model: the trained model (a :class:`~imgclf.models.classifier.Classifier`).
-        optimizer: its optimizer.
-        schedule: its learning-rate schedule.
-        meta: plain values stored in every checkpoint (class names, input size, config, ...).
-    """
-
-    def __init__(self, exp: ExperimentDir, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 schedule: LRSchedule, meta: dict[str, Any], scaler: torch.amp.GradScaler | None = None,
-                 ema: torch.optim.swa_utils.AveragedModel | None = None) -> None:
-        self.exp, self.model, self.optimizer, self.schedule = exp, model, optimizer, schedule
-        self.scaler, self.ema = scaler, ema
-        self.meta = {**meta, "format": FORMAT_VERSION, "versions": versions()}
-
-    def payload(self, state: TrainState) -> dict[str, Any]:
-        return {
-            **self.meta,
-            # with EMA, "model" holds the averaged weights (what test and predict use) and
-            # "train_model" the weights training continues from
-            "model": (self.ema.module if self.ema is not None else self.model).state_dict(),
-            "train_model": self.model.state_dict() if self.ema is not None else {},
-            "ema_steps": int(self.ema.n_averaged) if self.ema is not None else 0,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            "state": state.as_dict(),
-            "rng": rng_states(),
-        }
-
-    def save(self, state: TrainState, *, best: bool) -> None:
-        """Write ``last.pt`` (and ``best.pt`` first when ``best``); non-finite weights are never written.
-
-        Raises:
-            Diverged: a weight is NaN or infinite; the files on disk keep the previous state.
-        """
-        for name, tensor in self.model.state_dict().items():
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise Diverged(f"weight '{name}' became NaN or infinite after epoch {state.epoch} "
-                               f"(batch {state.step}); it was not saved")
-        payload = self.payload(state)
-        if best:  # the new best is durable before last.pt moves on
-            save_atomic(payload, self.exp.best)
-        save_atomic(payload, self.exp.last)
-
-
-def versions() -> dict[str, str]:
-    import torchvision
-
-    return {"python": platform.python_version(), "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__)}
-
-
-def is_finished(payload: dict[str, Any], epochs: int) -> bool:
-    state = payload["state"]
-    return state.get("stopped_early", False) or (state["epoch"] >= epochs and not state["step"])
-
-
-STRUCTURAL_KEYS = ("model", "dataset.image_size", "dataset.root", "dataset.mean", "dataset.std")
-WARNED_KEYS = ("epochs", "optimizer", "scheduler", "loss", "loader.batch_size", "seed")
-
-
-def compare_configs(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Differences that forbid resuming, and differences that only deserve a warning."""
-    def get(cfg: dict[str, Any], dotted: str) -> Any:
-        for part in dotted.split("."):
-            cfg = cfg.get(part) if isinstance(cfg, dict) else None
-        return cfg
-
-    def diff(keys: tuple[str, ...]) -> list[str]:
-        return [f"{k}: {get(saved, k)!r} -> {get(current, k)!r}" for k in keys if get(saved, k) != get(current, k)]
-
-    return diff(STRUCTURAL_KEYS), diff(WARNED_KEYS)
-
-
-def check_resumable(payload: dict[str, Any], config: dict[str, Any], classes: list[str]) -> None:
-    """Refuse to resume when the model, data or classes changed; warn about other changes.
-
-    Args:
-        payload: the checkpoint to resume from.
-        config: the current resolved config, as plain data.
-        classes: the class list found in the data now.
-    """
-    refused, warned = compare_configs(payload["config"], config)
-    if list(payload["class_names"]) != classes:
-        refused.append(f"classes: {payload['class_names']} -> {classes}")
-    if refused:
-        raise ExperimentError("cannot resume: these settings differ from the checkpoint's:\n  "
-                              + "\n  ".join(refused) + "\nuse experiment=<new name> or overwrite=true")
-    for change in warned:
-        log.warning("resuming with a changed setting: %s", change)

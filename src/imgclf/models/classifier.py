@@ -65,11 +65,12 @@ class FlipAveraged(nn.Module):
         return torch.logsumexp(both, dim=0) - math.log(2)
 
 
-TTA_MODES = ("none", "flip")
+# test-time augmentation by name: the model as it is evaluated (test.py tta=..., predict.py --tta ...)
+TTA = {"none": lambda model: model, "flip": FlipAveraged}
+TTA_MODES = tuple(TTA)
 
 
 def with_tta(model: nn.Module, tta: str) -> nn.Module:
-    """``model`` as evaluated with test-time augmentation ``tta`` (one of :data:`TTA_MODES`)."""
-    if tta not in TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {tta!r}: expected one of {', '.join(TTA_MODES)}")
-    return FlipAveraged(model) if tta == "flip" else model
+    """``model`` as evaluated with test-time augmentation ``tta``, one of :data:`TTA_MODES` (the config check
+    and predict's command line accept only those)."""
+    return TTA[tta](model)

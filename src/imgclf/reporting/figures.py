@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf.experiment.atomic import TMP_PREFIX
+from imgclf.experiment.atomic import write_atomic
 from imgclf.reporting.statistics import Reliability, worst_mistakes
 
 ANNOTATE_UP_TO = 30  # classes; beyond that the cells are too small for numbers
@@ -137,9 +137,6 @@ def reliability_figure(rel: Reliability, calibrated: Reliability | None = None) 
 
 
 def save(fig: Any, path: str | Path) -> None:
-    """Write ``fig`` as a PNG (through a temporary name, so a kill leaves no torn file) and close it."""
-    path = Path(path)
-    tmp = path.with_name(TMP_PREFIX + path.name)
-    fig.savefig(tmp, dpi=110, format="png")
-    tmp.replace(path)
+    """Write ``fig`` as a PNG (atomically, so a kill leaves no torn file) and close it."""
+    write_atomic(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     _pyplot().close(fig)

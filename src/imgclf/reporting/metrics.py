@@ -1,39 +1,158 @@
-"""Classification metrics from a confusion matrix accumulated on the device."""
+"""Classification metrics computed by torchmetrics: confusion matrix, accuracy, precision and
+recall (per class, macro and weighted), F1 from them, top-k accuracy and expected calibration error.
+
+The numbers follow scikit-learn's ``precision_recall_fscore_support(labels=range(C),
+zero_division=0)``: a class that is never predicted has precision 0, a class without support has
+recall 0, and the macro average is the plain mean over all C classes. torchmetrics' own ``macro``
+leaves out classes absent from both predictions and targets, so it is taken per class
+(``average=None``) here and averaged over every class.
+
+Counts are accumulated on the device as int64; the scores are derived from them in float64 on the
+CPU (torchmetrics would divide in float32), so they are the same numbers as scikit-learn's.
+
+F1 is the harmonic mean ``2PR / (P + R)`` of torchmetrics' precision and recall, as it always was
+here and in ``statistics.bootstrap_ci``. ``MulticlassF1Score`` computes ``2TP / (2TP + FP + FN)``
+instead: the same number mathematically, but it rounds differently in the last bit for about a
+quarter of the classes, which would change metrics.json.
+"""
 
 from __future__ import annotations
 
+import copy
+import warnings
+from typing import Any
+
 import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassCalibrationError,
+    MulticlassConfusionMatrix,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+PER_CLASS = ("precision", "recall", "f1")
+
+
+class SplitMetrics:
+    """Classification metrics of one split, accumulated batch by batch ON THE DEVICE with torchmetrics
+    (no host sync until compute()).
+
+    Args:
+        num_classes: C; labels are class indices in ``[0, C)``.
+        device: where the counts live: the device the logits come from.
+
+    Note:
+        No values are copied to the host before ``compute()``. But torchmetrics counts with
+        ``torch.bincount``, and PyTorch's CUDA bincount reads the input's min and max back to size
+        its output, so on CUDA each ``update()`` still waits for its batch.
+    """
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
+        self.num_classes = num_classes
+        # validate_args=False: the checks read values back to the host on every update
+        common = {"num_classes": num_classes, "validate_args": False}
+        per_class = {**common, "average": None, "zero_division": 0}
+        self._metrics = MetricCollection(
+            {
+                "confusion_matrix": MulticlassConfusionMatrix(**common),
+                "accuracy": MulticlassAccuracy(**common, average="micro"),
+                "precision": MulticlassPrecision(**per_class),
+                "recall": MulticlassRecall(**per_class),
+            },
+            # precision and recall share one set of per-class counts; naming the group up front
+            # also skips torchmetrics' state comparison (a host sync) on the first update
+            compute_groups=[["precision", "recall"]],
+        ).to(device)
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add a batch: ``logits`` (N, C) and ``labels`` (N,) class indices, on the device."""
+        if not len(labels):
+            return  # torchmetrics cannot reshape an empty batch; it adds nothing anyway
+        self._metrics.update(logits.detach().argmax(1), labels)
+
+    def compute(self) -> dict[str, Any]:
+        """Metrics of everything added since the last reset.
+
+        Returns:
+            ``accuracy``, ``samples``, the macro averages ``precision``, ``recall``, ``f1``, the
+            support-weighted ``precision_weighted``, ``recall_weighted``, ``f1_weighted``, the lists
+            ``per_class_precision``, ``per_class_recall``, ``per_class_f1``, ``per_class_support``,
+            and ``confusion_matrix``: (C, C) int64 on the CPU, rows true classes.
+        """
+        # A float64 copy on the CPU: the int64 counts convert exactly, and torchmetrics then divides
+        # in float64 (as scikit-learn does) instead of float32; the device accumulators stay as
+        # they are, so more batches can still be added.
+        with warnings.catch_warnings():
+            # no batch yet (an empty split): the zero counts are the answer, not a mistake
+            warnings.filterwarnings("ignore", message=r".*called before the ``update`` method")
+            exact = copy.deepcopy(self._metrics).to("cpu").set_dtype(torch.float64).compute()
+        cm = exact["confusion_matrix"].long()
+        support = cm.sum(1).double()
+        total = float(support.sum())
+        weights = support / max(total, 1.0)
+        precision, recall = exact["precision"], exact["recall"]
+        denom = precision + recall
+        f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(denom))
+        out: dict[str, Any] = {"accuracy": float(exact["accuracy"]), "samples": int(total)}
+        for name, values in zip(PER_CLASS, (precision, recall, f1), strict=True):
+            out[name] = float(values.mean())  # over all C classes (see the module docstring)
+            out[f"{name}_weighted"] = float((values * weights).sum())
+            out[f"per_class_{name}"] = values.tolist()
+        out["per_class_support"] = [int(s) for s in cm.sum(1).tolist()]
+        out["confusion_matrix"] = cm
+        return out
+
+    def reset(self) -> None:
+        """Forget every batch, e.g. before the next epoch."""
+        self._metrics.reset()
+
+
+def summarize(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """One-shot: SplitMetrics over one batch of everything (see ``SplitMetrics.compute``)."""
+    metrics = SplitMetrics(num_classes, logits.device)
+    metrics.update(logits, labels)
+    return metrics.compute()
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Counts of (true, predicted) pairs: rows are true classes, columns predictions."""
-    flat = labels.long() * num_classes + preds.long()
-    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    """Counts of (true, predicted) pairs, rows true classes, columns predictions (int64), via torchmetrics."""
+    metric = MulticlassConfusionMatrix(num_classes, validate_args=False).to(preds.device)
+    metric.update(preds, labels)
+    return metric.compute()
 
 
-def summarize(cm: torch.Tensor) -> dict[str, float | list[float] | list[int]]:
-    """Accuracy, macro and weighted precision/recall/F1 and per-class values.
+def topk_accuracy(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Share of samples whose true class is among the ``k`` most probable (k clamped to C), via torchmetrics.
 
-    Classes with no predictions get precision 0 (and no support gets recall 0), as in
-    scikit-learn with ``zero_division=0``.
+    torchmetrics divides in float32 here, as this value always was computed (a float32 mean).
     """
-    cm = cm.detach().to("cpu", torch.float64)
-    tp = cm.diag()
-    support = cm.sum(1)
-    predicted = cm.sum(0)
-    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
-    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
-    denom = precision + recall
-    f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp))
-    total = float(support.sum())
-    weights = support / max(total, 1.0)
-    out: dict[str, float | list[float] | list[int]] = {
-        "accuracy": float(tp.sum()) / max(total, 1.0),
-        "samples": int(total),
-    }
-    for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
-        out[name] = float(values.mean())
-        out[f"{name}_weighted"] = float((values * weights).sum())
-        out[f"per_class_{name}"] = values.tolist()
-    out["per_class_support"] = [int(s) for s in support.tolist()]
-    return out
+    if not len(labels):
+        return 0.0
+    metric = MulticlassAccuracy(probs.shape[1], top_k=min(k, probs.shape[1]), average="micro",
+                                validate_args=False).to(probs.device)
+    metric.update(probs, labels)
+    return float(metric.compute())
+
+
+def calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """Expected calibration error of the top-1 prediction via torchmetrics (l1 norm, equal-width bins).
+
+    torchmetrics stores the top-1 confidences as float32 and bins them by ``torch.bucketize(...,
+    right=True)``: bin i holds [i/bins, (i+1)/bins), and a confidence of exactly 1 is a bin of its
+    own. The sums over the bins are done in float64. ``statistics.reliability`` bins the same way.
+
+    Args:
+        probs: (N, C) probabilities (rows sum to 1).
+        labels: (N,) class indices.
+        bins: number of equal-width confidence bins in [0, 1].
+
+    Returns:
+        sum over bins of |accuracy - mean confidence| * share of samples; 0 for no samples.
+    """
+    if not len(labels):
+        return 0.0  # torchmetrics would give NaN (0 / 0 samples)
+    metric = MulticlassCalibrationError(probs.shape[1], n_bins=bins, norm="l1", validate_args=False).to(probs.device)
+    metric.update(probs, labels)
+    return float(metric.to("cpu").set_dtype(torch.float64).compute())

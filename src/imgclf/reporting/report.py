@@ -19,13 +19,13 @@ import torch
 from imgclf.reporting import figures, statistics
 from imgclf.experiment.atomic import csv_text, write_text_atomic
 from imgclf.training.engine import Outputs
-from imgclf.reporting.metrics import summarize
+from imgclf.reporting.metrics import calibration_error, summarize, topk_accuracy
 
 PER_CLASS = ("precision", "recall", "f1")
 
 
 @dataclass
-class Evaluation:
+class SplitResult:
     """A model's outputs on one split, and what is needed to describe them."""
 
     outputs: Outputs
@@ -40,84 +40,84 @@ class Evaluation:
         return [self.display_names.get(c, c) for c in self.classes]
 
 
-def compute(ev: Evaluation, *, top_k: int, bootstrap: int) -> tuple[dict[str, Any], torch.Tensor]:
+def compute(result: SplitResult, *, top_k: int, bootstrap: int) -> tuple[dict[str, Any], torch.Tensor]:
     """metrics.json's content and the (calibrated) probabilities of every sample."""
-    logits, labels = ev.outputs.logits, ev.outputs.labels
-    num_classes = len(ev.classes)
-    probs = torch.softmax(logits.double() / ev.temperature, 1)
-    cm = ev.outputs.confusion(num_classes)
-    summary = summarize(cm)
-    rel = statistics.reliability(probs, labels)
+    logits, labels = result.outputs.logits, result.outputs.labels
+    num_classes = len(result.classes)
+    probs = torch.softmax(logits.double() / result.temperature, 1)
+    summary = summarize(logits, labels, num_classes)
     metrics: dict[str, Any] = {
-        **ev.info,
+        **result.info,
         "samples": summary["samples"],
-        "loss": ev.outputs.loss,
+        "loss": result.outputs.loss,
         "accuracy": summary["accuracy"],
         **{m: summary[m] for m in PER_CLASS},
         **{f"{m}_weighted": summary[f"{m}_weighted"] for m in PER_CLASS},
     }
     k = min(top_k, num_classes - 1)
     if k >= 2:
-        metrics.update(top_k=k, top_k_accuracy=statistics.topk_accuracy(probs, labels, k))
+        metrics.update(top_k=k, top_k_accuracy=topk_accuracy(probs, labels, k))
     if bootstrap:
         ci = statistics.bootstrap_ci(logits.argmax(1), labels, num_classes, resamples=bootstrap)
         metrics.update(accuracy_ci=ci["accuracy"], f1_ci=ci["f1"], ci_level=0.95, bootstrap_resamples=bootstrap)
-    metrics.update(ece=rel.ece, nll=statistics.nll(logits, labels, ev.temperature), temperature=ev.temperature)
-    if ev.temperature != 1.0:
-        metrics.update(ece_uncalibrated=statistics.reliability(torch.softmax(logits.double(), 1), labels).ece,
+    metrics.update(ece=calibration_error(probs, labels), nll=statistics.nll(logits, labels, result.temperature),
+                   temperature=result.temperature)
+    if result.temperature != 1.0:
+        metrics.update(ece_uncalibrated=calibration_error(torch.softmax(logits.double(), 1), labels),
                        nll_uncalibrated=statistics.nll(logits, labels))
     metrics["per_class"] = {
         name: {**{m: summary[f"per_class_{m}"][i] for m in PER_CLASS}, "support": summary["per_class_support"][i]}
-        for i, name in enumerate(ev.classes)
+        for i, name in enumerate(result.classes)
     }
-    metrics.update(confusion_matrix=cm.tolist(), classes=ev.classes, display_names=ev.display_names)
+    metrics.update(confusion_matrix=summary["confusion_matrix"].tolist(), classes=result.classes,
+                   display_names=result.display_names)
     return metrics, probs
 
 
-def write(folder: str | Path, ev: Evaluation, *, top_k: int = 5, bootstrap: int = 1000, mistakes: int = 16,
+def write(folder: str | Path, result: SplitResult, *, top_k: int = 5, bootstrap: int = 1000, mistakes: int = 16,
           tensorboard: str | Path | None = None, step: int = 0) -> dict[str, Any]:
     """Write every report file to ``folder`` (and, given ``tensorboard``, add the split's metrics,
     PR curves and figures to that run at ``step``); return metrics.json's content."""
     folder = Path(folder)
-    metrics, probs = compute(ev, top_k=top_k, bootstrap=bootstrap)
+    metrics, probs = compute(result, top_k=top_k, bootstrap=bootstrap)
     write_text_atomic(folder / "metrics.json", json.dumps(metrics, indent=2))
     write_text_atomic(folder / "per_class.csv", csv_text(
         ["class", "name", *PER_CLASS, "support"],
         [[c, n, *(f"{metrics['per_class'][c][m]:.6f}" for m in PER_CLASS), metrics["per_class"][c]["support"]]
-         for c, n in zip(ev.classes, ev.names(), strict=True)]))
+         for c, n in zip(result.classes, result.names(), strict=True)]))
     cm = torch.tensor(metrics["confusion_matrix"])
     write_text_atomic(folder / "confusion_matrix.csv", csv_text(
-        ["true \\ predicted", *ev.classes], [[c, *row] for c, row in zip(ev.classes, cm.tolist(), strict=True)]))
-    write_text_atomic(folder / "predictions.csv", predictions_csv(ev, probs, min(top_k, len(ev.classes))))
-    pics = pictures(ev, probs, cm, mistakes)
+        ["true \\ predicted", *result.classes], [[c, *row] for c, row in zip(result.classes, cm.tolist(), strict=True)]))
+    write_text_atomic(folder / "predictions.csv", predictions_csv(result, probs, min(top_k, len(result.classes))))
+    pics = pictures(result, probs, cm, mistakes)
     if tensorboard is not None:
-        log_to_tensorboard(tensorboard, metrics, ev, probs, pics, step)
+        log_to_tensorboard(tensorboard, metrics, result, probs, pics, step)
     for name, fig in pics.items():
         figures.save(fig, folder / f"{name}.png")
-    write_text_atomic(folder / "report.md", markdown(metrics, ev))
+    write_text_atomic(folder / "report.md", markdown(metrics, result))
     return metrics
 
 
-def pictures(ev: Evaluation, probs: torch.Tensor, cm: torch.Tensor, mistakes: int) -> dict[str, Any]:
+def pictures(result: SplitResult, probs: torch.Tensor, cm: torch.Tensor, mistakes: int) -> dict[str, Any]:
     """The report's figures by file stem: confusion matrix, worst mistakes, reliability diagram."""
-    labels = ev.outputs.labels
-    calibrated = statistics.reliability(probs, labels) if ev.temperature != 1.0 else None
-    raw = statistics.reliability(torch.softmax(ev.outputs.logits.double(), 1), labels)
+    labels = result.outputs.labels
+    calibrated = statistics.reliability(probs, labels) if result.temperature != 1.0 else None
+    raw = statistics.reliability(torch.softmax(result.outputs.logits.double(), 1), labels)
     return {
-        "confusion_matrix": figures.confusion_figure(cm, ev.names(), f"{ev.info.get('split', '')} split"),
-        "misclassified": figures.mistakes_figure(probs, labels, ev.names(), ev.image, mistakes, ev.paths),
+        "confusion_matrix": figures.confusion_figure(cm, result.names(), f"{result.info.get('split', '')} split"),
+        "misclassified": figures.mistakes_figure(probs, labels, result.names(), result.image, mistakes, result.paths),
         "reliability": figures.reliability_figure(raw, calibrated),
     }
 
 
-def predictions_csv(ev: Evaluation, probs: torch.Tensor, k: int) -> str:
+def predictions_csv(result: SplitResult, probs: torch.Tensor, k: int) -> str:
     """One row per image: path, true, pred, confidence, then the k best classes and probabilities."""
     top_p, top_i = probs.topk(k, dim=1)
     header = ["path", "true", "pred", "confidence"] + [f"{kind}{j + 1}" for j in range(k) for kind in ("top", "p")]
     rows = []
-    for n in range(len(ev.outputs.labels)):
-        guesses = [v for j in range(k) for v in (ev.classes[int(top_i[n, j])], f"{float(top_p[n, j]):.6f}")]
-        rows.append([ev.paths[n] if ev.paths else n, ev.classes[int(ev.outputs.labels[n])], guesses[0],
+    for n in range(len(result.outputs.labels)):
+        guesses = [v for j in range(k) for v in (result.classes[int(top_i[n, j])], f"{float(top_p[n, j]):.6f}")]
+        rows.append([result.paths[n] if result.paths else n, result.classes[int(result.outputs.labels[n])], guesses[0],
                      guesses[1], *guesses])
     return csv_text(header, rows)
 
@@ -165,11 +165,11 @@ def format_table(metrics: dict[str, Any], classes: list[str]) -> str:
     return "\n".join(lines + headline(metrics))
 
 
-def markdown(metrics: dict[str, Any], ev: Evaluation) -> str:
+def markdown(metrics: dict[str, Any], result: SplitResult) -> str:
     """report.md: the headline numbers, the per-class table and links to the pictures."""
     rows = "\n".join(f"| {name} | {metrics['per_class'][c]['precision']:.4f} | {metrics['per_class'][c]['recall']:.4f} "
                      f"| {metrics['per_class'][c]['f1']:.4f} | {metrics['per_class'][c]['support']} |"
-                     for c, name in zip(ev.classes, ev.names(), strict=True))
+                     for c, name in zip(result.classes, result.names(), strict=True))
     bullets = "\n".join(f"- {line}" for line in headline(metrics))
     return f"""# Test report: {metrics['experiment']}, {metrics['split']} split
 
@@ -186,7 +186,7 @@ def markdown(metrics: dict[str, Any], ev: Evaluation) -> str:
 ![confusion matrix](confusion_matrix.png)
 
 Counts in [confusion_matrix.csv](confusion_matrix.csv); per-class values in [per_class.csv](per_class.csv);
-every prediction with its top-{min(metrics.get('top_k', len(ev.classes)), len(ev.classes))} guesses in
+every prediction with its top-{min(metrics.get('top_k', len(result.classes)), len(result.classes))} guesses in
 [predictions.csv](predictions.csv).
 
 ## Most confident mistakes
@@ -199,7 +199,7 @@ every prediction with its top-{min(metrics.get('top_k', len(ev.classes)), len(ev
 """
 
 
-def log_to_tensorboard(folder: str | Path, metrics: dict[str, Any], ev: Evaluation, probs: torch.Tensor,
+def log_to_tensorboard(folder: str | Path, metrics: dict[str, Any], result: SplitResult, probs: torch.Tensor,
                        pics: dict[str, Any], step: int) -> None:
     """Add the split's metrics, per-class PR curves and the report's figures to the experiment's run."""
     from torch.utils.tensorboard import SummaryWriter
@@ -209,7 +209,7 @@ def log_to_tensorboard(folder: str | Path, metrics: dict[str, Any], ev: Evaluati
         for key in ("accuracy", "precision", "recall", "f1", "loss", "ece", "top_k_accuracy"):
             if key in metrics:
                 writer.add_scalar(f"{split}/{'acc' if key == 'accuracy' else key}", metrics[key], step)
-        for i, name in enumerate(ev.classes[:100]):  # PR curves: one per class, the first 100
-            writer.add_pr_curve(f"{split}/pr/{name}", ev.outputs.labels == i, probs[:, i].float(), step)
+        for i, name in enumerate(result.classes[:100]):  # PR curves: one per class, the first 100
+            writer.add_pr_curve(f"{split}/pr/{name}", result.outputs.labels == i, probs[:, i].float(), step)
         for name, fig in pics.items():
             writer.add_figure(f"{split}/{name}", fig, step, close=False)

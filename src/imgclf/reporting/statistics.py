@@ -1,5 +1,5 @@
-"""What a test report computes from a model's logits: top-k accuracy, calibration (expected
-calibration error, reliability bins, temperature scaling) and bootstrap confidence intervals.
+"""What a test report computes beyond torchmetrics (``imgclf.reporting.metrics``): the
+reliability-diagram bins, temperature scaling, bootstrap confidence intervals and the worst mistakes.
 
 Every function takes CPU tensors: ``logits`` (N, C) and ``labels`` (N,) class indices.
 """
@@ -12,13 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-
-
-def topk_accuracy(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    """Share of samples whose true class is among the ``k`` most probable (k clamped to C)."""
-    k = min(k, probs.shape[1])
-    hits = (probs.topk(k, dim=1).indices == labels.view(-1, 1)).any(1)
-    return float(hits.float().mean()) if len(labels) else 0.0
+from imgclf.reporting.metrics import calibration_error
 
 
 @dataclass
@@ -33,21 +27,26 @@ class Reliability:
 
 
 def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> Reliability:
-    """Expected calibration error (ECE) of the top-1 prediction, with its per-bin values."""
+    """The reliability diagram's bins of the top-1 prediction, and its expected calibration error (ECE).
+
+    ``ece`` is torchmetrics' (``metrics.calibration_error``), and the bins are torchmetrics' too:
+    the confidence rounded to float32, bin i holding [i/bins, (i+1)/bins). torchmetrics scores a
+    confidence of exactly 1 as a bin of its own; the diagram shows it in the last bin, which then
+    covers [(bins-1)/bins, 1]. So ``ece`` is the sum of |accuracy - confidence| * share over these
+    bins, except where that last bin mixes confidences below 1 with confidences of exactly 1 and
+    their gaps have opposite signs: there torchmetrics' sum is the larger.
+    """
     confidence, preds = probs.max(1)
     correct = (preds == labels).double()
-    confidence = confidence.double()
-    # bin i holds confidences in (i/bins, (i+1)/bins]; a confidence of exactly 0 goes to bin 0
-    index = (confidence * bins).ceil().long().clamp(1, bins) - 1
+    confidence = confidence.float().double()  # what torchmetrics bins
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+    index = (torch.bucketize(confidence, edges, right=True) - 1).clamp(max=bins - 1)
     counts = torch.bincount(index, minlength=bins)
-    conf_sum = torch.bincount(index, weights=confidence, minlength=bins)
-    acc_sum = torch.bincount(index, weights=correct, minlength=bins)
     safe = counts.clamp(min=1).double()
-    mean_conf, mean_acc = conf_sum / safe, acc_sum / safe
-    total = max(int(counts.sum()), 1)
-    ece = float(((mean_acc - mean_conf).abs() * counts.double()).sum() / total)
-    return Reliability([i / bins for i in range(bins + 1)], counts.tolist(), mean_conf.tolist(),
-                       mean_acc.tolist(), ece)
+    mean_conf = torch.bincount(index, weights=confidence, minlength=bins) / safe
+    mean_acc = torch.bincount(index, weights=correct, minlength=bins) / safe
+    return Reliability(edges.tolist(), counts.tolist(), mean_conf.tolist(), mean_acc.tolist(),
+                       calibration_error(probs, labels, bins))
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:

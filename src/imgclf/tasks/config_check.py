@@ -1,7 +1,7 @@
 """Checks of the composed config that Hydra's struct mode cannot make: types, ranges and
 combinations. They run before any data is read and name the key that is wrong.
 
-This module and ``tasks.py`` are the only readers of the config.
+Each key is validated here and only here; the lists of allowed words come from the code that uses them.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from imgclf.data.prepare import BAD_FILE_POLICIES
 from imgclf.errors import ConfigError
 from imgclf.models.classifier import TTA_MODES
+from imgclf.tasks.preprocess import NORMALIZE
 
 MONITORS = {"val/acc": "max", "val/f1": "max", "val/loss": "min"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -53,8 +55,8 @@ def check_config(cfg: DictConfig) -> None:
     _resume_or_ckpt(cfg, "ckpt", ("best", "last"))
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r}: expected one of {', '.join(SPLITS)}")
-    _choice(cfg, "dataset.bad_files", ("stop", "skip"))
-    _choice(cfg, "dataset.normalize", ("imagenet", "auto", "custom"))
+    _choice(cfg, "dataset.bad_files", BAD_FILE_POLICIES)
+    _choice(cfg, "dataset.normalize", NORMALIZE)
     _choice(cfg, "imbalance", ("none", "weighted_loss", "weighted_sampler"))
     _choice(cfg, "tta", TTA_MODES)
     _choice(cfg, "loader.cache", ("disk", "memory", "none"))

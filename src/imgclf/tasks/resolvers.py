@@ -7,6 +7,8 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
+from imgclf.experiment.bookkeeping import BOOKKEEPING_KEYS
+
 
 def config_name(*, _root_: Any) -> str:
     """The primary config's name (``-cn``): the default experiment name.
@@ -22,5 +24,11 @@ def config_name(*, _root_: Any) -> str:
     return name
 
 
+def bookkeeping(*extra: str) -> list[str]:
+    """The bookkeeping keys (:data:`~imgclf.experiment.bookkeeping.BOOKKEEPING_KEYS`) and ``extra`` ones."""
+    return [*BOOKKEEPING_KEYS, *extra]
+
+
 def register() -> None:
     OmegaConf.register_new_resolver("imgclf.config_name", config_name, replace=True)
+    OmegaConf.register_new_resolver("imgclf.bookkeeping", bookkeeping, replace=True)

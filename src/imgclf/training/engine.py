@@ -1,4 +1,4 @@
-"""Training and evaluation loops. They take objects, never config, and return plain numbers.
+"""The training loop. It takes objects, never config, and returns plain numbers.
 
 Per-step values stay on the device and are read once per epoch (and at most once a second for
 the progress bar); the only per-step host read is whether the loss is finite, so that a NaN step
@@ -8,20 +8,99 @@ is skipped before it reaches the weights.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from imgclf.reporting.metrics import confusion_matrix, summarize
-from imgclf.training.scheduler import LRSchedule
+from imgclf.training.device import autocast, to_device
+from imgclf.training.scheduler import Scheduler
+from imgclf.training.state import Diverged, Interrupted, TrainState
+from imgclf.training.validation import Outputs, validate
 
 logger = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to train: the settings of ``cfg.trainer`` and the run, as the loop needs them.
+
+    Attributes:
+        epochs: train until this many epochs are done.
+        monitor: the validation metric that selects ``best.pt`` (``val/acc``, ``val/f1``, ``val/loss``).
+        mode: ``max`` or ``min``: the direction in which ``monitor`` improves.
+        accumulate: batches whose gradients add up to one optimizer step (the loss is divided by it).
+        clip_grad_norm: clip the gradients' global norm to this value before each step (None: no clipping).
+        amp: mixed precision, ``none``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with a gradient scaler).
+        channels_last: feed images in channels-last memory format (for a channels-last model).
+        max_nonfinite: this many batches with a NaN or infinite loss in a row raise :class:`Diverged`.
+        patience: stop early after this many epochs without an improvement of ``monitor`` by more than
+            ``min_delta`` (None: never).
+        min_delta: the smallest change that counts as an improvement for early stopping.
+        progress: show tqdm progress bars.
+    """
+
+    epochs: int = 1
+    monitor: str = "val/acc"
+    mode: str = "max"
+    accumulate: int = 1
+    clip_grad_norm: float | None = None
+    amp: str = "none"
+    channels_last: bool = False
+    max_nonfinite: int = 10
+    patience: int | None = None
+    min_delta: float = 0.0
+    progress: bool = False
+
+
+@dataclass
+class StepExtras:
+    """Objects that take part in every training step besides the model and the optimizer.
+
+    Attributes:
+        scaler: the fp16 gradient scaler (CUDA).
+        batch_mix: a batch-level transform such as ``v2.MixUp`` that returns (images, soft labels);
+            images reach it as floats in 0..1.
+        ema: an exponential moving average of the weights, updated after every optimizer step; with it,
+            validation (and so ``best.pt``) uses the averaged weights.
+    """
+
+    scaler: torch.amp.GradScaler | None = None
+    batch_mix: Callable[[torch.Tensor, torch.Tensor], Batch] | None = None
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+
+
+class TrainLoader(Protocol):
+    """What the loop needs of a training loader (``imgclf.data.dataset.make_loader`` builds them)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Shuffle for ``epoch`` and skip the first ``start_batch`` batches (resuming mid-epoch)."""
+
+
+class EpochFollower(Protocol):
+    """Something that changes with the epoch: a model that unfreezes its backbone, cached feature copies."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+class Checkpoints(Protocol):
+    def save(self, state: TrainState, *, best: bool) -> None: ...
+
+
+class EpochLog(Protocol):
+    def write(self, epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def new_best(self, epoch: int, outputs: Outputs) -> None: ...
 
 
 class Totals:
@@ -80,12 +159,6 @@ class _Progress:
         self.bar.close()
 
 
-def autocast(device: torch.device, amp: str) -> torch.autocast:
-    """Mixed precision for ``amp`` = ``bf16`` or ``fp16`` (``none``: full precision)."""
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp != "none")
-
-
 def _update(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
             clip_grad_norm: float | None) -> None:
     """One optimizer step from the accumulated gradients (unscaled and clipped first if asked)."""
@@ -101,72 +174,55 @@ def _update(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.am
     optimizer.zero_grad(set_to_none=True)
 
 
-def to_device(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """A batch on ``device``; image batches (not cached feature vectors) channels-last when asked."""
-    images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if channels_last and images.dim() == 4 else images
-
-
-def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, *,
-                    device: torch.device, schedule: LRSchedule | None = None, totals: Totals | None = None,
-                    should_stop: Callable[[], bool] = lambda: False, progress: bool = False, desc: str = "train",
-                    accumulate: int = 1, clip_grad_norm: float | None = None, amp: str = "none",
-                    scaler: torch.amp.GradScaler | None = None, channels_last: bool = False,
-                    batch_mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-                    ema: torch.optim.swa_utils.AveragedModel | None = None, max_nonfinite: int = 10) -> dict[str, float]:
+def train_one_epoch(model: nn.Module, loader: Iterable[Batch], loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                    *, device: torch.device, options: TrainOptions = TrainOptions(),
+                    extras: StepExtras = StepExtras(), scheduler: Scheduler | None = None,
+                    totals: Totals | None = None, should_stop: Callable[[], bool] = lambda: False,
+                    desc: str = "train") -> dict[str, float]:
     """Train over ``loader`` once (or until ``should_stop()``); ``totals`` is updated in place.
 
     A batch whose loss is NaN or infinite is skipped (no backward pass, counted in
-    ``train/skipped_steps``); ``max_nonfinite`` of them in a row raise :class:`Diverged`, before
-    anything non-finite reaches the weights. Checking costs one host read of the loss per batch.
-
-    Args:
-        accumulate: batches whose gradients add up to one optimizer step (the loss is divided by it).
-        clip_grad_norm: clip the gradients' global norm to this value before each step (None: no clipping).
-        amp: mixed precision, ``none``, ``bf16`` (CPU or CUDA) or ``fp16`` (CUDA, with ``scaler``).
-        scaler: the gradient scaler for fp16.
-        channels_last: feed images in channels-last memory format (for a channels-last model).
-        batch_mix: a batch-level transform such as ``v2.MixUp`` that returns (images, soft labels);
-            images reach it as floats in 0..1.
-        ema: an exponential moving average of the weights, updated after every optimizer step.
+    ``train/skipped_steps``); ``options.max_nonfinite`` of them in a row raise :class:`Diverged`,
+    before anything non-finite reaches the weights. Checking costs one host read of the loss per batch.
 
     Returns:
-        ``train/loss``, ``train/acc`` over the epoch so far, and ``train/images_per_s``.
+        ``train/loss``, ``train/acc`` over the epoch so far, ``train/skipped_steps`` and ``train/images_per_s``.
     """
     totals = totals if totals is not None else Totals(device)
     seen_before = totals.seen
     batches = len(loader)  # type: ignore[arg-type]
-    bar = _Progress(batches, totals.steps, desc, progress)
+    bar = _Progress(batches, totals.steps, desc, options.progress)
+    accumulate, scaler = options.accumulate, extras.scaler
     model.train()
     optimizer.zero_grad(set_to_none=True)
     bad_in_row = 0
     start = time.perf_counter()
     for images, labels in loader:
-        images = to_device(images, device, channels_last)
+        images = to_device(images, device, options.channels_last)
         labels = labels.to(device, non_blocking=True)
-        if batch_mix is not None:
-            images, labels = batch_mix(images.float() / 255 if images.dtype == torch.uint8 else images, labels)
-        with autocast(device, amp):
+        if extras.batch_mix is not None:
+            images, labels = extras.batch_mix(images.float() / 255 if images.dtype == torch.uint8 else images, labels)
+        with autocast(device, options.amp):
             logits = model(images)
             loss = loss_fn(logits, labels)
-        if bool(torch.isfinite(loss.detach())):
+        if bool(torch.isfinite(loss.detach())):  # the one per-step host read
             (scaler.scale(loss / accumulate) if scaler is not None else loss / accumulate).backward()
             totals.add(loss, logits, labels)
             bad_in_row = 0
         else:
             totals.skip()
             bad_in_row += 1
-            if bad_in_row >= max_nonfinite:
+            if bad_in_row >= options.max_nonfinite:
                 raise Diverged(f"the loss was {float(loss.detach())} for {bad_in_row} batches in a row (batch {totals.steps} "
                                f"of {batches}, lr {optimizer.param_groups[0]['lr']:.3g})")
         bar.update(totals, seen_before)
         if totals.steps % accumulate and totals.steps < batches:
             continue  # keep accumulating; a stop waits for the step, so no gradient is lost
-        _update(model, optimizer, scaler, clip_grad_norm)
-        if ema is not None:
-            ema.update_parameters(model)
-        if schedule is not None:
-            schedule.after_step()
+        _update(model, optimizer, scaler, options.clip_grad_norm)
+        if extras.ema is not None:
+            extras.ema.update_parameters(model)
+        if scheduler is not None:
+            scheduler.after_step()
         if should_stop():
             break
     loss_mean, acc = totals.means()
@@ -174,93 +230,6 @@ def train_one_epoch(model: nn.Module, loader: Iterable, loss_fn: nn.Module, opti
     bar.close()
     return {"train/loss": loss_mean, "train/acc": acc, "train/skipped_steps": totals.skipped,
             "train/images_per_s": (totals.seen - seen_before) / max(seconds, 1e-9)}
-
-
-@dataclass
-class Outputs:
-    """A model's outputs over a whole split, in loader order, on the CPU."""
-
-    loss: float              # mean loss
-    logits: torch.Tensor     # (N, C) float32
-    labels: torch.Tensor     # (N,) class indices
-
-    def confusion(self, num_classes: int) -> torch.Tensor:
-        """Rows true classes, columns predictions."""
-        return confusion_matrix(self.logits.argmax(1), self.labels, num_classes)
-
-
-@torch.no_grad()
-def collect(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: torch.device,
-            progress: bool = False, desc: str = "eval", amp: str = "none",
-            channels_last: bool = False) -> Outputs:
-    """Logits, labels and mean loss of ``model`` over ``loader`` (one transfer to the CPU at the end)."""
-    model.eval()
-    loss_sum = torch.zeros((), device=device)
-    logits_list, labels_list = [], []
-    for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
-        images = to_device(images, device, channels_last)
-        labels = labels.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(images)
-            loss_sum += loss_fn(logits, labels).float() * labels.shape[0]
-        logits_list.append(logits.float())
-        labels_list.append(labels)
-    if not logits_list:
-        return Outputs(0.0, torch.zeros(0, 0), torch.zeros(0, dtype=torch.long))
-    all_logits, all_labels = torch.cat(logits_list).cpu(), torch.cat(labels_list).cpu()
-    return Outputs(float(loss_sum) / max(len(all_labels), 1), all_logits, all_labels)
-
-
-def evaluate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: torch.device, num_classes: int,
-             prefix: str = "val", progress: bool = False, amp: str = "none",
-             channels_last: bool = False) -> tuple[dict[str, float], Outputs]:
-    """``<prefix>/loss``, ``<prefix>/acc`` and ``<prefix>/f1`` (macro) over ``loader``, and the outputs."""
-    outputs = collect(model, loader, loss_fn, device=device, progress=progress, desc=prefix, amp=amp,
-                      channels_last=channels_last)
-    summary = summarize(outputs.confusion(num_classes))
-    metrics = {f"{prefix}/loss": outputs.loss, f"{prefix}/acc": summary["accuracy"], f"{prefix}/f1": summary["f1"]}
-    return metrics, outputs
-
-
-@dataclass
-class TrainState:
-    """Where training stands; saved in every checkpoint."""
-
-    epoch: int = 0                 # completed epochs
-    step: int = 0                  # batches done in the unfinished epoch (after an interrupt)
-    best: float | None = None      # best monitored value so far (never NaN)
-    best_epoch: int = 0
-    partial: dict[str, float] = field(default_factory=dict)  # Totals of the unfinished epoch
-    bad_epochs: int = 0            # epochs since the monitored value last improved by min_delta
-    stopped_early: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Interrupted(Exception):
-    """Training stopped on request after a step; ``last.pt`` holds the state."""
-
-
-class Diverged(Exception):
-    """Too many non-finite losses in a row: training cannot go on with these settings."""
-
-
-class Checkpoints(Protocol):
-    def save(self, state: TrainState, *, best: bool) -> None: ...
-
-
-class EpochLog(Protocol):
-    def write(self, epoch: int, metrics: dict[str, float]) -> None: ...
-
-    def new_best(self, epoch: int, outputs: Outputs) -> None: ...
-
-
-def is_better(value: float, best: float | None, mode: str) -> bool:
-    """A finite value that beats ``best`` in direction ``mode``; NaN never wins."""
-    if not math.isfinite(value):
-        return False
-    return best is None or (value > best if mode == "max" else value < best)
 
 
 def _log_epoch(epoch: int, epochs: int, metrics: dict[str, float], improved: bool) -> None:
@@ -273,55 +242,48 @@ def _log_epoch(epoch: int, epochs: int, metrics: dict[str, float], improved: boo
                 "  (new best)" if improved else "")
 
 
-def fit(model: nn.Module, train_loader: Any, val_loader: Iterable, loss_fn: nn.Module,
-        optimizer: torch.optim.Optimizer, schedule: LRSchedule, *, epochs: int, device: torch.device,
-        num_classes: int, monitor: str, mode: str, state: TrainState, checkpoints: Checkpoints, log: EpochLog,
-        should_stop: Callable[[], bool] = lambda: False, progress: bool = False, patience: int | None = None,
-        min_delta: float = 0.0, **step_options: Any) -> TrainState:
-    """Train from ``state`` to ``epochs``, validating, logging and checkpointing every epoch.
+def fit(model: nn.Module, train_loader: TrainLoader, val_loader: Iterable[Batch], loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer, scheduler: Scheduler, options: TrainOptions, *, device: torch.device,
+        num_classes: int, state: TrainState, checkpoints: Checkpoints, log: EpochLog,
+        extras: StepExtras = StepExtras(), followers: Sequence[EpochFollower] = (),
+        should_stop: Callable[[], bool] = lambda: False) -> TrainState:
+    """Train from ``state`` to ``options.epochs``, validating, logging and checkpointing every epoch.
 
     Args:
-        patience: stop early after this many epochs without an improvement of the monitored
-            value by more than ``min_delta`` (None: never).
-        min_delta: the smallest change that counts as an improvement for early stopping.
-        **step_options: passed to :func:`train_one_epoch` (accumulate, clip_grad_norm, amp, scaler,
-            channels_last, batch_mix, ema); amp and channels_last also to :func:`evaluate`. With ``ema``,
-            validation (and so best.pt) uses the averaged weights.
+        followers: told the epoch before it starts (e.g. a model that unfreezes its backbone at an epoch).
 
     Raises:
         Interrupted: ``should_stop()`` turned true; ``last.pt`` was written first.
+        Diverged: the loss stayed non-finite (see :func:`train_one_epoch`).
     """
-    eval_options = {k: v for k, v in step_options.items() if k in ("amp", "channels_last")}
-    ema = step_options.get("ema")
-    evaluated = ema.module if ema is not None else model  # with EMA, the averaged weights are validated and kept
+    evaluated = extras.ema.module if extras.ema is not None else model  # with EMA, the averaged weights are kept
+    epochs = options.epochs
     for epoch in range(state.epoch, epochs):
         if state.stopped_early:
             break
-        train_loader.batch_sampler.set_epoch(epoch, state.step)
-        for follower in (model, train_loader.dataset):  # e.g. unfreeze a backbone, read the next cached copy
-            if hasattr(follower, "set_epoch"):
-                follower.set_epoch(epoch)
+        train_loader.set_epoch(epoch, state.step)
+        for follower in followers:
+            follower.set_epoch(epoch)
         totals = Totals(device, state.partial)
-        lr = schedule.lr()
+        lr = scheduler.lr()
         start = time.perf_counter()
         try:
-            metrics = train_one_epoch(model, train_loader, loss_fn, optimizer, device=device, schedule=schedule,
-                                      totals=totals, should_stop=should_stop, progress=progress,
-                                      desc=f"epoch {epoch + 1}/{epochs}", **step_options)
+            metrics = train_one_epoch(model, train_loader, loss_fn, optimizer, device=device, options=options,
+                                      extras=extras, scheduler=scheduler, totals=totals, should_stop=should_stop,
+                                      desc=f"epoch {epoch + 1}/{epochs}")
         except Diverged as exc:
             raise Diverged(f"epoch {epoch + 1}: {exc}") from None
         if should_stop():
             state.step, state.partial = totals.steps, totals.state()
             checkpoints.save(state, best=False)
             raise Interrupted(f"stopped in epoch {epoch + 1} after {totals.steps} batches")
-        val_metrics, outputs = evaluate(evaluated, val_loader, loss_fn, device=device, num_classes=num_classes,
-                                        **eval_options)
+        val_metrics, outputs = validate(evaluated, val_loader, loss_fn, device=device, num_classes=num_classes,
+                                        amp=options.amp, channels_last=options.channels_last)
         metrics.update(val_metrics)
         metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - start})
-        schedule.after_epoch(metrics[monitor])
-        _track(state, metrics[monitor], mode, min_delta, epoch + 1)
-        improved = state.best_epoch == epoch + 1
-        state.stopped_early = patience is not None and state.bad_epochs >= patience
+        scheduler.after_epoch(metrics[options.monitor])
+        improved = state.end_epoch(epoch + 1, metrics[options.monitor], options.mode, options.min_delta)
+        state.stopped_early = options.patience is not None and state.bad_epochs >= options.patience
         log.write(epoch + 1, metrics)
         checkpoints.save(state, best=improved)
         if improved:
@@ -329,15 +291,5 @@ def fit(model: nn.Module, train_loader: Any, val_loader: Iterable, loss_fn: nn.M
         _log_epoch(epoch + 1, epochs, metrics, improved)
         if state.stopped_early:
             logger.info("early stopping: %s has not improved by more than %g for %d epochs (best %.4f at epoch %d)",
-                        monitor, min_delta, state.bad_epochs, state.best, state.best_epoch)
+                        options.monitor, options.min_delta, state.bad_epochs, state.best, state.best_epoch)
     return state
-
-
-def _track(state: TrainState, value: float, mode: str, min_delta: float, epoch: int) -> None:
-    """Update best value/epoch and the early-stopping counter after an epoch."""
-    significant = is_better(value, None if state.best is None else
-                            state.best + (min_delta if mode == "max" else -min_delta), mode)
-    state.bad_epochs = 0 if significant else state.bad_epochs + 1
-    state.epoch, state.step, state.partial = epoch, 0, {}
-    if is_better(value, state.best, mode):
-        state.best, state.best_epoch = value, epoch

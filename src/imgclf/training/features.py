@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 from tqdm import tqdm
 
-from imgclf.training.engine import to_device
+from imgclf.training.device import to_device
+from imgclf.training.engine import TrainLoader
 from imgclf.models.classifier import Classifier
 
 
@@ -73,13 +74,13 @@ class AugmentedFeatures(Dataset):
         return self.features[self.view, index], self.labels[index]
 
 
-def extract_views(model: Classifier, loader: Iterable, device: torch.device, views: int,
+def extract_views(model: Classifier, loader: TrainLoader, device: torch.device, views: int,
                   progress: bool = False, channels_last: bool = False) -> AugmentedFeatures:
     """Features of ``views`` passes over ``loader`` (in order, augmented at random when ``views > 1``):
     pass ``v`` is the loader's epoch ``v``, so seeded batch augmentation draws new parameters for every copy."""
     copies = []
     for view in range(views):
-        loader.batch_sampler.set_epoch(view)
+        loader.set_epoch(view)
         copies.append(extract(model, loader, device, desc=f"features train {view + 1}/{views}", progress=progress,
                               channels_last=channels_last))
     labels = copies[0].tensors[1]

@@ -1,4 +1,4 @@
-"""When a learning-rate scheduler steps, and on what."""
+"""The `scheduler` group's object: when a torch learning-rate scheduler steps, and on what."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 
-class LRSchedule:
+class Scheduler:
     """Steps a torch scheduler per optimizer step or per epoch, optionally on a metric.
 
     Args:

@@ -1,0 +1,1 @@
+"""Command-line programs without Hydra: predict, doctor, leaderboard."""

@@ -1,0 +1,9 @@
+"""The config keys that say where or how a run was started, not what was trained.
+
+Left out of sweep job folder names (``hydra.job.override_dirname``, through the
+``${imgclf.bookkeeping:}`` resolver in conf/train.yaml), of TensorBoard's HParams and of the
+leaderboard's columns.
+"""
+
+BOOKKEEPING_KEYS = ("experiment", "resume", "overwrite", "device", "progress",
+                    "paths.experiments", "paths.runs", "paths.cache", "paths.project_root")

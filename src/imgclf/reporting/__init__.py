@@ -1,0 +1,1 @@
+"""Metrics (torchmetrics), statistics torchmetrics does not have, the test report and its figures."""

@@ -1,0 +1,129 @@
+"""One builder per config group: the objects a run is made of, instantiated from ``cfg``.
+
+Only the composition root (this package) reads the config; every object below it takes plain,
+typed arguments. A builder that fails names the group and its ``_target_``, so a bad override is a
+one-line error before any data is read.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from imgclf.data.cache import DecodeCache
+from imgclf.data.folder import FolderSource
+from imgclf.errors import ConfigError, ImgclfError
+from imgclf.tasks import preprocess
+from imgclf.tasks.experiment import project_root
+from imgclf.training.engine import StepExtras, TrainOptions
+from imgclf.training.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+def source(cfg: DictConfig) -> FolderSource:
+    """The ``dataset`` group's data source; a relative ``dataset.root`` resolves against the project root
+    and the absolute path is written back, so the saved config shows the folder actually used."""
+    root = Path(cfg.dataset.root).expanduser()
+    if not root.is_absolute():
+        root = (project_root(cfg) / root).resolve()
+    cfg.dataset.root = str(root)
+    node = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in preprocess.KEYS}
+    try:
+        return instantiate(node)
+    except ImgclfError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"could not build `dataset` ({cfg.dataset.get('_target_')}): {exc}") from exc
+
+
+def network(cfg: DictConfig, image_size: int, device: torch.device) -> nn.Module:
+    """The ``model`` group's network, checked on two blank images to give (2, num_classes) logits,
+    on ``device`` in the memory layout ``trainer.channels_last`` asks for."""
+    try:
+        net = instantiate(cfg.model)
+        net.eval()
+        with torch.no_grad():
+            out = net(torch.zeros(2, 3, image_size, image_size))
+    except Exception as exc:
+        raise ConfigError(f"could not build `model` ({cfg.model.get('_target_')}) for "
+                          f"{image_size}px images: {exc}") from exc
+    if tuple(out.shape) != (2, cfg.dataset.num_classes):
+        raise ConfigError(f"model {cfg.model._target_} gives logits of shape {tuple(out.shape)}, "
+                          f"expected (batch, {cfg.dataset.num_classes})")
+    layout = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
+    return net.to(device, memory_format=layout)
+
+
+def optimizer_and_scheduler(cfg: DictConfig, net: nn.Module) -> tuple[torch.optim.Optimizer, Scheduler]:
+    """The ``optimizer`` over the network's parameters (its own groups when it has them: a backbone at its
+    own learning rate), and the ``scheduler`` over the optimizer."""
+    built: dict[str, Any] = {}
+    for group in ("optimizer", "scheduler"):
+        try:
+            factory = instantiate(cfg[group])
+            if group == "optimizer":
+                params = net.param_groups(cfg.optimizer.lr) if hasattr(net, "param_groups") else net.parameters()
+                built[group] = factory(params)
+            else:
+                built[group] = factory(built["optimizer"])
+        except Exception as exc:
+            raise ConfigError(f"could not build `{group}` ({cfg[group].get('_target_')}): {exc}") from exc
+    return built["optimizer"], built["scheduler"]
+
+
+def loss(cfg: DictConfig, device: torch.device, class_weights: list[float] | None = None) -> nn.Module:
+    """The ``loss`` group's loss function, weighted by class when ``class_weights`` are given."""
+    if class_weights is None:
+        return instantiate(cfg.loss).to(device)
+    return instantiate(cfg.loss, weight=torch.tensor(class_weights, dtype=torch.float32)).to(device)
+
+
+def step_extras(cfg: DictConfig, model: nn.Module, device: torch.device,
+                payload: dict[str, Any] | None) -> StepExtras:
+    """The fp16 gradient scaler (CUDA only; restored when resuming), ``batch_mix`` and the EMA of the weights."""
+    scaler = None
+    if cfg.trainer.amp == "fp16" and device.type == "cuda":
+        scaler = torch.amp.GradScaler("cuda")
+        if payload is not None and payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
+    return StepExtras(scaler=scaler, batch_mix=batch_mix(cfg), ema=ema(cfg, model))
+
+
+def ema(cfg: DictConfig, model: nn.Module) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of the weights (``trainer.ema_decay``), or None."""
+    if cfg.trainer.ema_decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.trainer.ema_decay), use_buffers=True)
+
+
+def batch_mix(cfg: DictConfig) -> Any:
+    """MixUp/CutMix from the ``batch_mix`` group (None for ``batch_mix=none``)."""
+    return instantiate(cfg.batch_mix) if cfg.batch_mix and "_target_" in cfg.batch_mix else None
+
+
+def train_options(cfg: DictConfig) -> TrainOptions:
+    """The loop's settings from ``cfg.trainer`` and the run's top-level keys."""
+    trainer = cfg.trainer
+    return TrainOptions(epochs=cfg.epochs, monitor=cfg.monitor, mode=cfg.mode, accumulate=trainer.accumulate,
+                        clip_grad_norm=trainer.clip_grad_norm, amp=trainer.amp, channels_last=trainer.channels_last,
+                        max_nonfinite=trainer.max_nonfinite, patience=trainer.early_stopping.patience,
+                        min_delta=trainer.early_stopping.min_delta, progress=cfg.progress)
+
+
+def transform(node: Any) -> Any:
+    """A transform of the ``augmentation`` group (``train`` or ``eval``), or None."""
+    return instantiate(node) if node is not None else None
+
+
+def cache(cfg: DictConfig, mode: str | None = None) -> DecodeCache:
+    """The decoded-image cache the config describes (``mode`` overrides ``loader.cache``)."""
+    return DecodeCache(cfg.paths.cache, mode=mode or cfg.loader.cache, progress=cfg.progress)

@@ -1,0 +1,64 @@
+"""Temperature scaling of a trained model on the experiment's val split (``calibrate=true``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from imgclf.data.dataset import make_loader
+from imgclf.data.splits_file import read_splits
+from imgclf.errors import CheckpointError, DataError
+from imgclf.experiment.checkpoint import save_atomic
+from imgclf.experiment.folder import ExperimentDir
+from imgclf.models.classifier import Classifier
+from imgclf.reporting.statistics import fit_temperature, nll
+from imgclf.tasks import build, data
+from imgclf.training.validation import Outputs, collect
+
+log = logging.getLogger(__name__)
+
+
+def outputs(cfg: DictConfig, model: torch.nn.Module, dataset: Any, device: torch.device, desc: str) -> Outputs:
+    """The model's logits, labels and mean loss over ``dataset``, in order."""
+    loader = make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=False, num_workers=cfg.loader.num_workers)
+    return collect(model, loader, build.loss(cfg, device), device=device, progress=cfg.progress, desc=desc)
+
+
+def calibrate(cfg: DictConfig, exp: ExperimentDir, path: Path, payload: dict[str, Any], model: Classifier,
+              device: torch.device) -> dict[str, Any]:
+    """Fit a temperature on the experiment's val split and store it in the checkpoint at ``path``;
+    returns the checkpoint with it."""
+    if not exp.splits.exists():
+        raise DataError(f"calibrate=true needs the experiment's val split, listed in {exp.splits}, which is missing")
+    classes = list(payload["class_names"])
+    splits, _ = read_splits(exp.splits, classes)
+    if not splits.samples.get("val"):
+        raise DataError(f"calibrate=true: {exp.splits} lists no val images to fit the temperature on")
+    size = payload["image_size"]
+    val = data.load(cfg, build.source(cfg), splits, ("val",), size)["val"]
+    found = outputs(cfg, model, data.serve(cfg, val, size, cfg.augmentation.eval), device, desc="calibrate on val")
+    temperature = fit_temperature(found.logits, found.labels)
+    before, after = nll(found.logits, found.labels), nll(found.logits, found.labels, temperature)
+    payload = {**payload, "temperature": temperature,
+               "calibration": {"split": "val", "samples": len(found.labels), "nll_before": before, "nll_after": after}}
+    save_atomic(payload, path)
+    log.info("calibrated on %d val images: temperature %.3f, NLL %.4f -> %.4f; stored in %s",
+             len(found.labels), temperature, before, after, path)
+    return payload
+
+
+def load_weights(model: torch.nn.Module, payload: dict[str, Any], path: Path) -> None:
+    """load_state_dict with the mismatch explained in terms of classes and layers (never strict=False)."""
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{path} does not fit model {type(model.net).__name__} built from this config "
+            f"(checkpoint: {len(payload['class_names'])} classes {payload['class_names']}, "
+            f"model: {payload['config']['model'].get('_target_')}): {str(exc).splitlines()[0]} "
+            "Use the config the checkpoint was trained with."
+        ) from exc

@@ -1,0 +1,152 @@
+"""The data of a run, from the config: splits, decoded images, loaders and cached backbone features."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from imgclf.data.dataset import make_loader
+from imgclf.data.doctor import examine, format_report, warn_about_leaks, write_report
+from imgclf.data.folder import FolderSource, Splits, remap
+from imgclf.data.prepare import LoadedSplit, changed_files, digests_by_path, load_splits
+from imgclf.data.splits_file import read_splits
+from imgclf.data.stats import channel_stats, class_weights
+from imgclf.errors import ConfigError, DataError
+from imgclf.experiment.folder import ExperimentDir
+from imgclf.models.classifier import Classifier
+from imgclf.tasks import build
+from imgclf.tasks.preprocess import Stats
+from imgclf.training.engine import EpochFollower, TrainLoader
+from imgclf.training.features import extract, extract_views, why_not_cacheable
+
+log = logging.getLogger(__name__)
+
+
+def fill_num_classes(cfg: DictConfig, classes: list[str], root: Any, found_in: str = "the train folder") -> None:
+    """``dataset.num_classes`` from the data (checked against the config when it is set)."""
+    configured = cfg.dataset.num_classes
+    if configured is not None and configured != len(classes):
+        raise DataError(
+            f"dataset.num_classes={configured}, but {found_in} ({root}) has {len(classes)} classes: {classes}; "
+            "remove the override or fix the data"
+        )
+    cfg.dataset.num_classes = len(classes)
+
+
+def splits(exp: ExperimentDir, source: FolderSource, classes: list[str], *,
+           reuse: bool) -> tuple[Splits, dict[str, str]]:
+    """The experiment's saved splits (and recorded file hashes) when reusing them, else a fresh
+    scan mapped onto ``classes``."""
+    if reuse and exp.splits.exists():
+        return read_splits(exp.splits, classes)
+    return remap(source.scan(), classes), {}
+
+
+def load(cfg: DictConfig, source: FolderSource, splits: Splits, names: tuple[str, ...],
+         image_size: int) -> dict[str, LoadedSplit]:
+    """Decode (or find in the cache) the splits in ``names`` at ``image_size``."""
+    return load_splits(splits, build.cache(cfg), image_size, names=names, bad_files=source.bad_files)
+
+
+def check_unchanged(recorded: dict[str, str], loaded: dict[str, LoadedSplit], *, refuse: bool) -> None:
+    """Compare the files with the hashes splits.csv recorded: refuse to resume on changed data, or warn."""
+    changed = changed_files(recorded, digests_by_path(loaded))
+    if not changed:
+        return
+    message = f"{len(changed)} file(s) changed since this experiment's splits.csv was written, e.g. {changed[0]}"
+    if refuse:
+        raise DataError(message + "; resuming would train on different data: use experiment=<new name> or "
+                        "overwrite=true")
+    log.warning("%s; results are not comparable with earlier ones", message)
+
+
+def prepare(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: list[str], image_size: int, *,
+            resuming: bool) -> tuple[Splits, dict[str, LoadedSplit]]:
+    """Splits (reused when resuming), every split decoded once, checked, and the doctor's report."""
+    found, recorded = splits(exp, source, classes, reuse=resuming)
+    loaded = load(cfg, source, found, ("train", "val", "test"), image_size)
+    check_unchanged(recorded, loaded, refuse=True)
+    if not loaded["val"].samples:
+        raise DataError(f"no validation images: {source.root} has no val/ folder and dataset.val_fraction is 0")
+    exp.path.mkdir(parents=True, exist_ok=True)
+    health = examine(found, {n: s.report for n, s in loaded.items()}, root=str(source.root),
+                     bad_files=source.bad_files)
+    write_report(health, exp.path / "doctor.json")
+    log.info("data:\n%s", format_report(health))
+    warn_about_leaks(health)
+    return found, loaded
+
+
+def train_stats(cfg: DictConfig, train: LoadedSplit, image_size: int) -> Stats:
+    """Per-channel mean and std of the train split (remembered per file list in the cache)."""
+    paths = [p for p, _ in train.samples]
+    images = train.images.numpy() if train.images is not None else None
+    mean, std = build.cache(cfg).memo(paths, f"stats-{image_size}px",
+                                      lambda: channel_stats(images, train.rows, paths, image_size))
+    return tuple(mean), tuple(std)
+
+
+def balance(cfg: DictConfig, train: LoadedSplit, num_classes: int) -> tuple[list[float] | None, list[float] | None]:
+    """``imbalance``: (class weights for the loss, sample weights for a class-balanced sampler)."""
+    labels = [label for _, label in train.samples]
+    weights = class_weights(labels, num_classes)
+    if cfg.imbalance == "weighted_loss":
+        log.info("class weights for the loss: %s", [round(w, 3) for w in weights])
+        return weights, None
+    if cfg.imbalance == "weighted_sampler":
+        return None, [weights[label] for label in labels]
+    return None, None
+
+
+def serve(cfg: DictConfig, split: LoadedSplit, image_size: int, node: Any) -> Any:
+    """The split as a dataset with the transform of an ``augmentation`` node."""
+    return split.dataset(image_size, build.transform(node), batched=cfg.loader.batch_augment)
+
+
+def train_loaders(cfg: DictConfig, loaded: dict[str, LoadedSplit], image_size: int, device: torch.device,
+                  sample_weights: list[float] | None = None) -> tuple[TrainLoader, TrainLoader]:
+    """The shuffled (and augmented) train loader and the val loader."""
+    pin = device.type == "cuda" if cfg.loader.pin_memory == "auto" else bool(cfg.loader.pin_memory)
+    loaders = []
+    for split, transform in (("train", cfg.augmentation.train), ("val", cfg.augmentation.eval)):
+        dataset = serve(cfg, loaded[split], image_size, transform)
+        if split == "train" and transform is not None and dataset.batch_op is None:
+            log.info("augmentation runs image by image: %s", dataset.why_per_image)
+        loaders.append(make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=split == "train",
+                                   seed=cfg.seed, num_workers=cfg.loader.num_workers, pin_memory=pin,
+                                   timeout=cfg.loader.timeout,
+                                   weights=sample_weights if split == "train" else None))
+    return loaders[0], loaders[1]
+
+
+def picture(dataset: Any, index: int) -> np.ndarray:
+    """Sample ``index`` of an image dataset as the (H, W, 3) uint8 array the model saw."""
+    return dataset[index][0].permute(1, 2, 0).numpy()
+
+
+def cached_features(cfg: DictConfig, model: Classifier, train_loader: TrainLoader, val_loader: TrainLoader,
+                    device: torch.device, sample_weights: list[float] | None,
+                    batch_mix: bool) -> tuple[torch.nn.Module, TrainLoader, TrainLoader, list[EpochFollower]]:
+    """With ``trainer.cache_features``: the head, loaders of precomputed backbone features, and what follows
+    the epoch (the copy of augmented features an epoch reads). Without it: the model and loaders as they are."""
+    if not cfg.trainer.cache_features:
+        return model, train_loader, val_loader, [model]
+    views = cfg.trainer.feature_views
+    reason = why_not_cacheable(model, cfg.augmentation.train is not None, batch_mix, views)
+    if reason is None and cfg.trainer.ema_decay is not None:
+        reason = "trainer.ema_decay is not supported with cached features yet (set trainer.ema_decay=null)"
+    if reason:
+        raise ConfigError(f"trainer.cache_features=true cannot apply: {reason}")
+    in_order = make_loader(train_loader.dataset, batch_size=cfg.loader.batch_size, shuffle=False)  # per sample
+    options = {"progress": cfg.progress, "channels_last": cfg.trainer.channels_last}
+    train = extract_views(model, in_order, device, views, **options)
+    val = extract(model, val_loader, device, desc="features val", **options)
+    log.info("cached backbone features of %d image(s) x %d cop%s: later epochs train only the head",
+             len(train), views, "y" if views == 1 else "ies (epoch e reads copy e mod views)")
+    loaders = (make_loader(train, batch_size=cfg.loader.batch_size, shuffle=True, seed=cfg.seed, weights=sample_weights),
+               make_loader(val, batch_size=cfg.loader.batch_size, shuffle=False))
+    return model.net.head, loaders[0], loaders[1], [train]

@@ -1,0 +1,96 @@
+"""``test(cfg)``: evaluate a checkpoint of the experiment on one split and write the test report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from imgclf.data.folder import FolderSource, Splits
+from imgclf.errors import CheckpointError, DataError
+from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.models.classifier import Classifier, with_tta
+from imgclf.reporting import report
+from imgclf.runtime import resolve_device, tune_malloc
+from imgclf.tasks import build, data
+from imgclf.tasks.calibration import calibrate, load_weights, outputs
+from imgclf.tasks.config_check import check_config
+from imgclf.tasks.experiment import config_name, experiment_dir
+
+log = logging.getLogger(__name__)
+
+
+def test(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt`` of the experiment on ``cfg.split``; writes ``test*/`` and returns metrics.json's content.
+
+    The checkpoint alone decides the classes, input size and normalization, so a report on other data
+    (``dataset.root=...``) evaluates the model as it was trained.
+
+    Raises:
+        ImgclfError: no such checkpoint, split or data; the message says what to do.
+    """
+    check_config(cfg)
+    if cfg.tune_malloc:
+        tune_malloc()
+    device = resolve_device(cfg.device)
+    exp = experiment_dir(cfg)
+    path = {"best": exp.best, "last": exp.last}.get(str(cfg.ckpt), Path(str(cfg.ckpt)))
+    if not path.exists():
+        raise CheckpointError(
+            f"no checkpoint at {path.resolve()}: train it first with `python train.py -cn={config_name()}` "
+            "(with the same overrides), or pass ckpt=<path to a .pt file>"
+        )
+    payload = load_checkpoint(path)
+    classes = list(payload["class_names"])
+    source = build.source(cfg)
+    data.fill_num_classes(cfg, classes, source.root, found_in=str(path))
+    own_data = payload["config"]["dataset"]["root"] == str(source.root)
+    splits, recorded = data.splits(exp, source, classes, reuse=own_data)
+    split = split_to_test(cfg.split, splits, source)
+    model = Classifier(instantiate(cfg.model), payload["mean"], payload["std"])
+    load_weights(model, payload, path)
+    model.to(device)
+    if cfg.calibrate:
+        payload = calibrate(cfg, exp, path, payload, model, device)  # the temperature of the model as shipped
+    size = payload["image_size"]
+    loaded = data.load(cfg, source, splits, (split,), size)
+    data.check_unchanged(recorded, loaded, refuse=False)
+    dataset = data.serve(cfg, loaded[split], size, cfg.augmentation.eval)
+    found = outputs(cfg, with_tta(model, cfg.tta), dataset, device, desc=split)
+    info = {"split": split, "checkpoint": str(path.resolve()), "epoch": payload["state"]["epoch"],
+            "data_root": str(source.root), "experiment": payload["experiment"], "tta": cfg.tta}
+    result = report.SplitResult(found, classes, [p for p, _ in loaded[split].samples],
+                                lambda i: data.picture(dataset, i), info,
+                                temperature=float(payload.get("temperature", 1.0)),
+                                display_names=payload.get("display_names") or {})
+    folder = exp.path / report_folder(split, None if own_data else source.root)
+    metrics = report.write(folder, result, top_k=cfg.report.top_k, bootstrap=cfg.report.bootstrap,
+                           mistakes=cfg.report.mistakes, tensorboard=exp.tensorboard_dir,
+                           step=payload["state"]["epoch"])
+    log.info("\n%s\nreport: %s", report.format_table(metrics, classes), folder / "report.md")
+    return metrics
+
+
+def report_folder(split: str, other_root: Path | None) -> str:
+    """``test`` for the test split, ``test_<split>`` for another, ``test_<folder name>[_<split>]`` for
+    data that is not the experiment's own."""
+    if other_root is None:
+        return "test" if split == "test" else f"test_{split}"
+    return f"test_{other_root.name}" + ("" if split in ("test", "all") else f"_{split}")
+
+
+def split_to_test(split: str, splits: Splits, source: FolderSource) -> str:
+    """The split test.py evaluates; ``all`` is added to ``splits`` as the union of every split."""
+    if split == "all":
+        splits.samples["all"] = [s for name in ("train", "val", "test") for s in splits.samples.get(name) or []]
+    if splits.samples.get(split):
+        return split
+    if split == "test" and splits.samples.get("val"):
+        log.warning("%s has no test split (no test/ folder and dataset.test_fraction=0): evaluating the "
+                    "val split instead, which also chose the best checkpoint, so expect optimistic numbers. "
+                    "Set dataset.test_fraction to carve a test split from train.", source.root)
+        return "val"
+    raise DataError(f"split '{split}' of {source.root} has no images; choose split=val, split=train or split=all")

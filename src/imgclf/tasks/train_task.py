@@ -1,0 +1,169 @@
+"""``train(cfg)``: one training run, as a handful of named steps in call order."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from imgclf.experiment.checkpoint import load_checkpoint, set_rng_states
+from imgclf.experiment.folder import ExperimentDir
+from imgclf.experiment.resume import check_resumable, is_finished
+from imgclf.experiment.run_log import BestFigures, RunLog
+from imgclf.experiment.writer import CheckpointWriter
+from imgclf.data.splits_file import write_splits
+from imgclf.data.prepare import digests_by_path
+from imgclf.models.classifier import Classifier
+from imgclf.runtime import resolve_device, tune_malloc
+from imgclf.tasks import build, data, preprocess
+from imgclf.tasks.calibration import calibrate, load_weights
+from imgclf.tasks.config_check import check_config
+from imgclf.tasks.experiment import experiment_dir, report_finished
+from imgclf.tasks.failures import training_error
+from imgclf.tasks.hparams import hparams
+from imgclf.training.engine import fit
+from imgclf.training.signals import StopOnSignal
+from imgclf.training.state import Diverged, Interrupted, TrainState
+
+log = logging.getLogger(__name__)
+
+StopSignal = Callable[[], AbstractContextManager[Any]]  # a context manager whose value says "stop now" when called
+
+
+def train(cfg: DictConfig, *, stop_signal: StopSignal = StopOnSignal) -> float | None:
+    """Train (or resume) the experiment ``cfg`` describes; returns the best monitored value (for sweepers).
+
+    Args:
+        cfg: the composed config (``conf/train.yaml`` or a recipe, with overrides).
+        stop_signal: makes the object the loop asks whether to stop; by default Ctrl-C and SIGTERM stop
+            training after the current step, with ``last.pt`` written.
+
+    Raises:
+        ImgclfError: a config key, the data, a checkpoint or the experiment folder cannot be used, or training
+            cannot go on; the message names what and says what to do.
+        Interrupted: stopped on request; run the same command again to resume.
+    """
+    check_config(cfg)
+    if cfg.tune_malloc:
+        tune_malloc()
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    exp = experiment_dir(cfg)
+    source = build.source(cfg)
+    classes = source.class_names()  # lists folders only: config errors surface before any decoding
+    data.fill_num_classes(cfg, classes, source.root)
+    image_size = cfg.dataset.image_size
+    net = build.network(cfg, image_size, device)  # initialises the weights: the first draw from the seeded RNG
+    optimizer, scheduler = build.optimizer_and_scheduler(cfg, net)
+    loss_fn = build.loss(cfg, device)
+    with exp.lock():
+        payload = exp.resume_payload(str(cfg.resume), overwrite=cfg.overwrite)
+        if payload is not None and is_finished(payload, cfg.epochs):
+            return report_finished(cfg, exp, payload)
+        splits, loaded = data.prepare(cfg, exp, source, classes, image_size, resuming=payload is not None)
+        prep = preprocess.resolve(image_size, cfg.dataset.normalize, cfg.dataset.mean, cfg.dataset.std,
+                                  expected=preprocess.model_stats(net),
+                                  measure=lambda: data.train_stats(cfg, loaded["train"], image_size))
+        record_preprocessing(cfg, prep)
+        model = Classifier(net, prep.mean, prep.std).to(device)
+        loss_weights, sample_weights = data.balance(cfg, loaded["train"], len(classes))
+        if loss_weights is not None:
+            loss_fn = build.loss(cfg, device, loss_weights)
+        extras = build.step_extras(cfg, model, device, payload)
+        state = TrainState() if payload is None else restore(cfg, payload, classes, model, optimizer, scheduler,
+                                                              extras.ema)
+        write_splits(splits, exp.splits, digests_by_path(loaded))
+        OmegaConf.save(cfg, exp.config, resolve=True)
+        train_loader, val_loader = data.train_loaders(cfg, loaded, image_size, device, sample_weights)
+        val_images = val_loader.dataset
+        trained, train_loader, val_loader, followers = data.cached_features(
+            cfg, model, train_loader, val_loader, device, sample_weights, extras.batch_mix is not None)
+        if cfg.trainer.compile:
+            trained = torch.compile(trained)  # checkpoints always hold the plain module's weights
+        meta = checkpoint_meta(cfg, source.display_names(), classes, model, prep)
+        writer = CheckpointWriter(exp, model, optimizer, scheduler, meta, extras.scaler, extras.ema)
+        figures = BestFigures(classes, lambda i: data.picture(val_images, i), cfg.report.mistakes)
+        run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch,
+                         figures=figures if cfg.report.figures else None)
+        run_log.hparams(hparams(cfg, meta["num_parameters"]), [cfg.monitor, "val/acc", "val/loss", "val/f1"])
+        if payload is not None:
+            set_rng_states(payload["rng"])  # last, so nothing above consumes the restored streams
+        log.info("training %s: %s, classes %s, %s on %s -> %s", cfg.experiment, splits.counts(), classes,
+                 type(net).__name__, device, exp.path)
+        with stop_signal() as stop:
+            try:
+                state = fit(trained, train_loader, val_loader, loss_fn, optimizer, scheduler, build.train_options(cfg),
+                            device=device, num_classes=len(classes), state=state, checkpoints=writer, log=run_log,
+                            extras=extras, followers=followers, should_stop=stop)
+            except Interrupted as exc:
+                log.warning("%s; wrote %s. Run the same command again to resume.", exc, exp.last)
+                raise Interrupted(str(exc), exit_code=stop.exit_code) from None
+            except (Diverged, torch.OutOfMemoryError, RuntimeError) as exc:
+                raise training_error(cfg, exc, device, exp) from None
+            finally:
+                run_log.close()
+        if cfg.calibrate and exp.best.exists():
+            calibrate_best(cfg, exp, model, device)
+    log.info("best %s = %.4f at epoch %d; checkpoints in %s", cfg.monitor, state.best or float("nan"),
+             state.best_epoch, exp.path)
+    return state.best
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; ``deterministic`` asks for bit-reproducible kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    # fixed input sizes: unless runs must be bit-reproducible, let cuDNN pick the fastest kernels
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def record_preprocessing(cfg: DictConfig, prep: preprocess.Preprocessing) -> None:
+    """Write the resolved preprocessing into the config that is saved with the run, so that the saved
+    config reproduces it: the values used, and ``normalize: custom`` when they came from the model."""
+    cfg.dataset.image_size = prep.image_size
+    cfg.dataset.mean, cfg.dataset.std = list(prep.mean), list(prep.std)
+    if prep.source == "model":
+        cfg.dataset.normalize = "custom"
+
+
+def restore(cfg: DictConfig, payload: dict[str, Any], classes: list[str], model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer, scheduler: Any, ema: Any = None) -> TrainState:
+    """Load the state of an interrupted run into the freshly built objects (refusing a changed setup)."""
+    check_resumable(payload, OmegaConf.to_container(cfg, resolve=True), classes)  # type: ignore[arg-type]
+    model.load_state_dict(payload.get("train_model") or payload["model"])
+    if ema is not None and payload.get("train_model"):
+        ema.module.load_state_dict(payload["model"])
+        ema.n_averaged.fill_(payload["ema_steps"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    state = TrainState(**payload["state"])
+    log.info("resuming %s from epoch %d (batch %d)", cfg.experiment, state.epoch, state.step)
+    return state
+
+
+def checkpoint_meta(cfg: DictConfig, display_names: dict[str, str], classes: list[str], model: Classifier,
+                    prep: preprocess.Preprocessing) -> dict[str, Any]:
+    """The plain values every checkpoint of the run carries: enough for test.py and predict.py alone."""
+    return {"experiment": cfg.experiment, "class_names": classes, "display_names": display_names,
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+            "image_size": prep.image_size, "mean": list(prep.mean), "std": list(prep.std),
+            "preprocessing": prep.record(), "monitor": cfg.monitor, "mode": cfg.mode,
+            "epochs": cfg.epochs, "config": OmegaConf.to_container(cfg, resolve=True)}
+
+
+def calibrate_best(cfg: DictConfig, exp: ExperimentDir, model: Classifier, device: torch.device) -> None:
+    """``calibrate=true``: fit a temperature for ``best.pt`` on val and store it there."""
+    best = load_checkpoint(exp.best)
+    load_weights(model, best, exp.best)
+    calibrate(cfg, exp, exp.best, best, model, device)

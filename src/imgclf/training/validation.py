@@ -1,0 +1,63 @@
+"""A model's outputs over a whole split, and the validation metrics of an epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from imgclf.reporting.metrics import SplitMetrics, confusion_matrix
+from imgclf.training.device import autocast, to_device
+
+
+@dataclass
+class Outputs:
+    """A model's outputs over a whole split, in loader order, on the CPU."""
+
+    loss: float              # mean loss
+    logits: torch.Tensor     # (N, C) float32
+    labels: torch.Tensor     # (N,) class indices
+
+    def confusion(self, num_classes: int) -> torch.Tensor:
+        """Rows true classes, columns predictions."""
+        return confusion_matrix(self.logits.argmax(1), self.labels, num_classes)
+
+
+@torch.no_grad()
+def collect(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: torch.device,
+            progress: bool = False, desc: str = "eval", amp: str = "none",
+            channels_last: bool = False, metrics: SplitMetrics | None = None) -> Outputs:
+    """Logits, labels and mean loss of ``model`` over ``loader`` (one transfer to the CPU at the end);
+    ``metrics`` are updated batch by batch on the device."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    logits_list, labels_list = [], []
+    for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+        images = to_device(images, device, channels_last)
+        labels = labels.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(images)
+            loss_sum += loss_fn(logits, labels).float() * labels.shape[0]
+        logits_list.append(logits.float())
+        labels_list.append(labels)
+        if metrics is not None:
+            metrics.update(logits_list[-1], labels)
+    if not logits_list:
+        return Outputs(0.0, torch.zeros(0, 0), torch.zeros(0, dtype=torch.long))
+    all_logits, all_labels = torch.cat(logits_list).cpu(), torch.cat(labels_list).cpu()
+    return Outputs(float(loss_sum) / max(len(all_labels), 1), all_logits, all_labels)
+
+
+def validate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: torch.device, num_classes: int,
+             prefix: str = "val", progress: bool = False, amp: str = "none",
+             channels_last: bool = False) -> tuple[dict[str, float], Outputs]:
+    """``<prefix>/loss``, ``<prefix>/acc`` and ``<prefix>/f1`` (macro) over ``loader``, and the outputs."""
+    split_metrics = SplitMetrics(num_classes, device)
+    outputs = collect(model, loader, loss_fn, device=device, progress=progress, desc=prefix, amp=amp,
+                      channels_last=channels_last, metrics=split_metrics)
+    summary = split_metrics.compute()  # the one host sync of the metrics
+    metrics = {f"{prefix}/loss": outputs.loss, f"{prefix}/acc": summary["accuracy"], f"{prefix}/f1": summary["f1"]}
+    return metrics, outputs
