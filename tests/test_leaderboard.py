@@ -306,13 +306,13 @@ def test_no_experiments_exits_1_with_a_message_and_writes_nothing(tmp_path: Path
 
 def test_python_m_imgclf_leaderboard(board: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run([sys.executable, "-m", "imgclf.cli.leaderboard", "--experiments", str(board)], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "imgclf.leaderboard", "--experiments", str(board)], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     table = markdown_table(result.stdout)
     assert table[0][:3] == ["name", "model.dropout", "optimizer.lr"]
     assert sorted(row[0] for row in table[1:]) == sorted(VAL_ACC)
     assert (board / "leaderboard.md").read_text() == result.stdout.rstrip("\n") + "\n"
-    empty = subprocess.run([sys.executable, "-m", "imgclf.cli.leaderboard", "--experiments", str(board / "nowhere")],
+    empty = subprocess.run([sys.executable, "-m", "imgclf.leaderboard", "--experiments", str(board / "nowhere")],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert empty.returncode == 1 and "nowhere" in empty.stderr

@@ -231,7 +231,7 @@ def test_plates_train_test_predict_and_leaderboard_as_a_user_runs_them(tmp_path)
     rows = read_csv(tmp_path / "p.csv")
     assert len(rows) == len(list((SHARED_DATA / "plates" / "train").rglob("*.jpg")))
     assert {r["pred"] for r in rows} <= {"cleaned", "dirty"}
-    done = subprocess.run([sys.executable, "-m", "imgclf.cli.leaderboard", "--experiments", str(tmp_path / "experiments")],
+    done = subprocess.run([sys.executable, "-m", "imgclf.leaderboard", "--experiments", str(tmp_path / "experiments")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "plates_tinyvgg" in (tmp_path / "experiments" / "leaderboard.md").read_text()

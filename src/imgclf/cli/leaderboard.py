@@ -1,7 +1,7 @@
 """imgclf-leaderboard: one table of every experiment and sweep job.
 
     imgclf-leaderboard [--experiments DIR] [--sort METRIC]
-    python -m imgclf.cli.leaderboard --experiments experiments --sort test/accuracy
+    python -m imgclf.leaderboard --experiments experiments --sort test/accuracy
 
 Writes ``DIR/leaderboard.md`` and ``DIR/leaderboard.csv`` (the same cells) and prints the
 markdown; every sweep folder ``DIR/<experiment>/multirun/<date_time>/`` also gets a leaderboard of
