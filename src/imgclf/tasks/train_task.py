@@ -50,11 +50,7 @@ def train(cfg: DictConfig, *, stop_signal: StopSignal = StopOnSignal) -> float |
             cannot go on; the message names what and says what to do.
         Interrupted: stopped on request; run the same command again to resume.
     """
-    check_config(cfg)
-    if cfg.tune_malloc:
-        tune_malloc()
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed, cfg.deterministic)
+    device = start(cfg)
     exp = experiment_dir(cfg)
     source = build.source(cfg)
     classes = source.class_names()  # lists folders only: config errors surface before any decoding
@@ -79,7 +75,7 @@ def train(cfg: DictConfig, *, stop_signal: StopSignal = StopOnSignal) -> float |
         extras = build.step_extras(cfg, model, device, payload)
         state = TrainState() if payload is None else restore(cfg, payload, classes, model, optimizer, scheduler,
                                                               extras.ema)
-        write_splits(splits, exp.splits, digests_by_path(loaded))
+        write_splits(splits, exp.splits, digests_by_path(loaded))  # what this run trains on, and as what
         OmegaConf.save(cfg, exp.config, resolve=True)
         train_loader, val_loader = data.train_loaders(cfg, loaded, image_size, device, sample_weights)
         val_images = val_loader.dataset
@@ -89,10 +85,7 @@ def train(cfg: DictConfig, *, stop_signal: StopSignal = StopOnSignal) -> float |
             trained = torch.compile(trained)  # checkpoints always hold the plain module's weights
         meta = checkpoint_meta(cfg, source.display_names(), classes, model, prep)
         writer = CheckpointWriter(exp, model, optimizer, scheduler, meta, extras.scaler, extras.ema)
-        figures = BestFigures(classes, lambda i: data.picture(val_images, i), cfg.report.mistakes)
-        run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch,
-                         figures=figures if cfg.report.figures else None)
-        run_log.hparams(hparams(cfg, meta["num_parameters"]), [cfg.monitor, "val/acc", "val/loss", "val/f1"])
+        run_log = open_run_log(cfg, exp, state, classes, val_images, meta["num_parameters"])
         if payload is not None:
             set_rng_states(payload["rng"])  # last, so nothing above consumes the restored streams
         log.info("training %s: %s, classes %s, %s on %s -> %s", cfg.experiment, splits.counts(), classes,
@@ -114,6 +107,26 @@ def train(cfg: DictConfig, *, stop_signal: StopSignal = StopOnSignal) -> float |
     log.info("best %s = %.4f at epoch %d; checkpoints in %s", cfg.monitor, state.best or float("nan"),
              state.best_epoch, exp.path)
     return state.best
+
+
+def start(cfg: DictConfig) -> torch.device:
+    """Check the config, tune the process, seed every generator; the device to train on."""
+    check_config(cfg)
+    if cfg.tune_malloc:
+        tune_malloc()
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    return device
+
+
+def open_run_log(cfg: DictConfig, exp: ExperimentDir, state: TrainState, classes: list[str], val_images: Any,
+                 num_parameters: int) -> RunLog:
+    """metrics.jsonl and TensorBoard (continuing after ``state.epoch``), with the HParams entry of the run."""
+    figures = BestFigures(classes, lambda i: data.picture(val_images, i), cfg.report.mistakes)
+    run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch,
+                     figures=figures if cfg.report.figures else None)
+    run_log.hparams(hparams(cfg, num_parameters), [cfg.monitor, "val/acc", "val/loss", "val/f1"])
+    return run_log
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
