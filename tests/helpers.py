@@ -66,7 +66,7 @@ def make_folder(root: Path, per_class: dict[str, int], classes: tuple[str, ...] 
 def tiny_overrides(tmp_path: Path, root: Path, *extra: str) -> list[str]:
     """Overrides that train for seconds on ``root`` and write everything under ``tmp_path``."""
     return [
-        f"dataset.root={root}", "dataset.image_size=16", "epochs=2", "progress=false",
+        "dataset=image_folder", f"dataset.root={root}", "dataset.image_size=16", "epochs=2", "progress=false",
         "loader.batch_size=8", "experiment=tiny",
         f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}",
         f"paths.cache={tmp_path / 'cache'}", *extra,

@@ -80,7 +80,7 @@ def test_sweep_gives_every_job_its_own_dirs_and_a_summary(tmp_path: Path, tiny_f
 @pytest.mark.slow
 def test_quickstart_reaches_095_test_accuracy(tmp_path: Path) -> None:
     out = [f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}",
-           f"dataset.root={tmp_path / 'digits'}", "progress=false"]
+           f"dataset.home={tmp_path / 'digits'}", "progress=false"]
     assert run_cli("train.py", *out).returncode == 0
     tested = run_cli("test.py", *out)
     assert tested.returncode == 0, tested.stderr[-2000:]

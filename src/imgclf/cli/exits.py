@@ -11,11 +11,10 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from imgclf.errors import ImgclfError
+from imgclf.tasks.experiment import in_sweep
 from imgclf.training.state import Interrupted
 
 log = logging.getLogger("imgclf")
@@ -32,13 +31,7 @@ def exit_on_error(task: Callable[[DictConfig], T], cfg: DictConfig) -> T:
         log.warning("interrupted")
         raise SystemExit(130) from None
     except ImgclfError as exc:
-        if _in_sweep():
+        if in_sweep():
             raise
         log.error("%s: %s", type(exc).__name__, exc)
         raise SystemExit(1) from None
-
-
-def _in_sweep() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-

@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -19,15 +20,34 @@ FRACTIONS = {"val": 0.15, "test": 0.15}
 
 
 class DigitsSource(FolderSource):
-    """A :class:`FolderSource` that writes the digits folder first if it is not there."""
+    """A :class:`FolderSource` that writes the digits into its own folder, ``home``, first if they are not there.
+
+    Any other ``root`` is read as a plain folder (``test.py`` may evaluate a digits model on other digit
+    images) and never written to; training refuses it (:attr:`foreign_root`), because the quickstart's
+    settings are made for 8x8 digits and a mistyped path must never train on something else.
+
+    Args:
+        root: the folder to read (absolute).
+        home: the quickstart's own folder (absolute), the only one the digits are written to; None: ``root``.
+        **kwargs: as for :class:`FolderSource`.
+    """
+
+    def __init__(self, root: str, home: str | None = None, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.home = Path(home) if home is not None else self.root
+        self.foreign_root = self.root.absolute() != self.home.absolute()
 
     def class_names(self) -> list[str]:
-        write_digits(self.root)
+        self._write()
         return super().class_names()
 
     def scan(self) -> Splits:
-        write_digits(self.root)
+        self._write()
         return super().scan()
+
+    def _write(self) -> None:
+        if not self.foreign_root:
+            write_digits(self.root)
 
 
 def write_digits(root: str | Path) -> Path:
@@ -39,7 +59,7 @@ def write_digits(root: str | Path) -> Path:
     """
     root = Path(root)
     if root.exists() and any(root.iterdir()):
-        return root  # written before, or a user's own folder given as dataset.root: never touched
+        return root  # written before: never touched again
     from sklearn.datasets import load_digits  # imported only when the folder is missing
 
     digits = load_digits()

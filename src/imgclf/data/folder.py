@@ -108,11 +108,8 @@ class FolderSource:
 
     def _split_dirs(self) -> dict[str, Path]:
         if not self.root.is_dir():
-            raise DataError(
-                f"dataset folder not found: {self.root.resolve()}\n"
-                "expected root/train/<class>/<image> (with optional val/ and test/), "
-                "or root/<class>/<image>; set dataset.root=/path/to/data"
-            )
+            what = "dataset folder not found" if not self.root.exists() else "dataset.root is not a folder"
+            raise DataError(unusable_root(self.root, f"{what}: {self.root.resolve()} {describe(self.root)}"))
         found = {}
         for split, names in SPLIT_NAMES.items():
             for name in names:
@@ -169,17 +166,67 @@ def _stratified(samples: list[Sample], fractions: dict[str, float],
 
 def _class_dirs(folder: Path) -> tuple[list[str], list[Path]]:
     if not folder.is_dir():
-        raise DataError(f"folder not found: {folder.resolve()}")
+        raise DataError(unusable_root(folder, f"{folder.resolve()} {describe(folder)}"))
     dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not _skipped_dir(p.name))
     if not dirs:
-        raise DataError(
-            f"no class folders in {folder.resolve()}: expected {folder}/<class>/<image files>"
-        )
+        raise DataError(unusable_root(folder, f"{folder.resolve()} holds no class folders: it {describe(folder)}"))
     names = [p.name for p in dirs]
     clashes = [n for n, c in Counter(n.lower() for n in names).items() if c > 1]
     if clashes:
         raise DataError(f"class folders in {folder} differ only by case: {clashes}; rename or merge them")
     return names, dirs
+
+
+LAYOUTS = ("ROOT/<class>/<image>                 (val and test are carved from it)\n"
+           "  ROOT/train/<class>/<image>           (+ optional ROOT/val/<class>/..., ROOT/test/<class>/...)")
+OWN_FOLDER = "python train.py -cn=transfer dataset.root=/path/to/photos"
+SHOWN_ENTRIES = 5
+
+
+def unusable_root(folder: Path, found: str) -> str:
+    """The message for a folder that holds no usable layout: what was found, what works, the command."""
+    return (f"{found}\nlayouts that work (one folder per class, named after it):\n  {LAYOUTS}\n"
+            f"for your own photos: {OWN_FOLDER}")
+
+
+def describe(path: Path) -> str:
+    """What ``path`` is, in words: missing (and what its nearest existing parent holds), a file, or a
+    folder and a few of its entries."""
+    if not path.exists() and not path.is_symlink():
+        parent = path.absolute().parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        return f"does not exist (the nearest existing folder, {parent}, holds {_entries(parent)})"
+    if path.is_symlink() and not path.exists():
+        return f"is a link to {os.readlink(path)}, which does not exist"
+    if not path.is_dir():
+        kind = "a file" if path.is_file() else "not a folder (a device, pipe or socket)"
+        return f"is {kind}" + (f" of {path.stat().st_size:,} bytes" if path.is_file() else "")
+    return f"holds {_entries(path)}"
+
+
+def _entries(folder: Path) -> str:
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        return f"nothing that can be listed ({exc.strerror})"
+    if not entries:
+        return "nothing (an empty folder)"
+    dirs = [p.name + "/" for p in entries if p.is_dir()]
+    files = [p.name for p in entries if not p.is_dir()]
+    images = sum(Path(name).suffix.lower() in IMAGE_EXTENSIONS for name in files)
+    parts = []
+    if dirs:
+        parts.append(f"{len(dirs)} folder(s): {_first(dirs)}")
+    if files:
+        parts.append(f"{len(files)} file(s){f' ({images} images)' if images else ''}: {_first(files)}")
+    hint = "; images directly in the root have no class: put each class's images in a folder named after it" \
+        if images and not dirs else ""
+    return " and ".join(parts) + hint
+
+
+def _first(names: list[str]) -> str:
+    return ", ".join(names[:SHOWN_ENTRIES]) + (", ..." if len(names) > SHOWN_ENTRIES else "")
 
 
 def _skipped_dir(name: str) -> bool:

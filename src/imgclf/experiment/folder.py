@@ -5,13 +5,29 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from imgclf.errors import CheckpointError, ExperimentError
+from imgclf.errors import CheckpointError, ExperimentError, ImgclfError
 from imgclf.experiment.checkpoint import load_checkpoint, remove_orphan_temps
 
 log = logging.getLogger(__name__)
+
+
+HYDRA_RECORDS = frozenset({".hydra", ".lock"})  # what Hydra (and a lock) leave in a folder before a run writes
+
+
+def _remove_empty_parents(folder: Path, top: Path) -> None:
+    """Remove ``folder`` and its parents while they are empty, up to and including ``top``."""
+    folder, top = folder.absolute(), top.absolute()
+    while folder == top or top in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
 
 
 class ExperimentDir:
@@ -40,6 +56,19 @@ class ExperimentDir:
                 shutil.rmtree(report, ignore_errors=True)
         shutil.rmtree(self.tensorboard_dir, ignore_errors=True)
         log.warning("overwrite=true: deleted the previous results in %s and %s", self.path, self.tensorboard_dir)
+
+    @contextmanager
+    def discarded_unless_used(self, experiments: Path) -> Iterator[None]:
+        """Remove the folder again when the block fails and the folder holds nothing but what Hydra wrote
+        at start-up (its ``.hydra`` record and log), and then its empty parents up to ``experiments``: a run
+        stopped by bad input creates nothing."""
+        try:
+            yield
+        except ImgclfError:
+            if self.path.is_dir() and all(p.name in HYDRA_RECORDS or p.suffix == ".log" for p in self.path.iterdir()):
+                shutil.rmtree(self.path, ignore_errors=True)
+                _remove_empty_parents(self.path.parent, experiments)
+            raise
 
     def lock(self) -> ExperimentLock:
         return ExperimentLock(self.lock_file)

@@ -26,14 +26,16 @@ from imgclf.training.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
+PATH_KEYS = ("root", "home")  # dataset keys that name folders
+
 
 def source(cfg: DictConfig) -> FolderSource:
     """The ``dataset`` group's data source; a relative ``dataset.root`` resolves against the project root
     and the absolute path is written back, so the saved config shows the folder actually used."""
-    root = Path(cfg.dataset.root).expanduser()
-    if not root.is_absolute():
-        root = (project_root(cfg) / root).resolve()
-    cfg.dataset.root = str(root)
+    for key in PATH_KEYS:
+        if cfg.dataset.get(key) is not None:
+            path = Path(cfg.dataset[key]).expanduser()
+            cfg.dataset[key] = str(path if path.is_absolute() else (project_root(cfg) / path).resolve())
     node = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in preprocess.KEYS}
     try:
         return instantiate(node)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from imgclf.data.dataset import make_loader
 from imgclf.data.doctor import examine, format_report, warn_about_leaks, write_report
-from imgclf.data.folder import FolderSource, Splits, remap
+from imgclf.data.folder import FolderSource, Splits, describe, remap
 from imgclf.data.prepare import LoadedSplit, changed_files, digests_by_path, load_splits
 from imgclf.data.splits_file import read_splits
 from imgclf.data.stats import channel_stats, class_weights
@@ -24,6 +24,21 @@ from imgclf.training.engine import EpochFollower, TrainLoader
 from imgclf.training.features import extract, extract_views, why_not_cacheable
 
 log = logging.getLogger(__name__)
+
+
+def check_trainable(source: FolderSource) -> None:
+    """Refuse to train the quickstart's digits settings on another folder (a source's ``foreign_root``):
+    the user means their own photos, and those need a recipe made for them."""
+    if not getattr(source, "foreign_root", False):
+        return
+    root = source.root.absolute()
+    raise ConfigError(
+        f"dataset.root={root} was given, but the default config trains the quickstart's handwritten digits "
+        f"(8x8 pixels, a small CNN) and reads no other folder. {root} {describe(root)}.\n"
+        "To train on your own photos, choose a recipe made for any folder:\n"
+        f"  python train.py -cn=transfer dataset.root={root}   # pretrained EfficientNet-Lite: the best start\n"
+        f"  python train.py -cn=scratch dataset.root={root}    # from scratch: small or unusual images\n"
+        f"  python train.py dataset=image_folder dataset.root={root}   # the default model on your folder")
 
 
 def fill_num_classes(cfg: DictConfig, classes: list[str], root: Any, found_in: str = "the train folder") -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from imgclf.experiment.folder import ExperimentDir
@@ -17,6 +18,11 @@ log = logging.getLogger(__name__)
 def config_name() -> str:
     """The primary config's name (``-cn``), for the commands the messages suggest."""
     return HydraConfig.get().job.config_name if HydraConfig.initialized() else "<config>"
+
+
+def in_sweep() -> bool:
+    """Whether this run is one job of a sweep (``-m``)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def project_root(cfg: DictConfig) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from pathlib import Path
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -25,7 +26,7 @@ from imgclf.runtime import resolve_device, tune_malloc
 from imgclf.tasks import build, data, preprocess
 from imgclf.tasks.calibration import calibrate, load_weights
 from imgclf.tasks.config_check import check_config
-from imgclf.tasks.experiment import experiment_dir, report_finished
+from imgclf.tasks.experiment import experiment_dir, in_sweep, report_finished
 from imgclf.tasks.failures import training_error
 from imgclf.tasks.hparams import hparams
 from imgclf.training.engine import fit
@@ -50,9 +51,17 @@ def train(cfg: DictConfig, *, stop_signal: StopSignal = StopOnSignal) -> float |
             cannot go on; the message names what and says what to do.
         Interrupted: stopped on request; run the same command again to resume.
     """
-    device = start(cfg)
     exp = experiment_dir(cfg)
+    if in_sweep():  # a failed job keeps its folder and log: the sweep's summary points there
+        return _train(cfg, exp, stop_signal)
+    with exp.discarded_unless_used(Path(cfg.paths.experiments)):  # bad input before any result: no folder left
+        return _train(cfg, exp, stop_signal)
+
+
+def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> float | None:
+    device = start(cfg)
     source = build.source(cfg)
+    data.check_trainable(source)
     classes = source.class_names()  # lists folders only: config errors surface before any decoding
     data.fill_num_classes(cfg, classes, source.root)
     image_size = cfg.dataset.image_size
