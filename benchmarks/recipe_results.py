@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 BEGIN, END = "<!-- recipe-results:begin -->", "<!-- recipe-results:end -->"
 
-# recipe -> (shared data folder, target test accuracy or None, repeated over split seeds)
+# row -> (shared data folder, target test accuracy or None, repeated over split seeds). A row is a recipe, or
+# "<recipe>@<folder>" for the recipes made for any folder (transfer, scratch): trained with dataset.root=<folder>.
 RECIPES = {
     "quickstart": (None, 0.95, False),
     "flowers5_lite0": ("flowers5", 0.90, False),
@@ -39,7 +40,19 @@ RECIPES = {
     "food101_mini_resnet_like": ("food101_mini", None, False),
     "plates_tinyvgg": ("plates", None, True),
     "plates_lite0": ("plates", None, True),
+    "transfer@food101_mini": ("food101_mini", 0.82, False),
+    "transfer@plates": ("plates", 0.80, True),
+    "transfer@flowers5": ("flowers5", 0.81, False),
+    "scratch@flowers5": ("flowers5", 0.78, False),
 }
+
+
+def recipe_and_overrides(name: str) -> tuple[str, list[str], str]:
+    """The recipe of a row, the overrides that point it at its folder, and its experiment name."""
+    recipe, _, folder = name.partition("@")
+    if not folder:
+        return recipe, [], recipe
+    return recipe, [f"dataset.root={SHARED / folder}"], f"{recipe}_{folder}"
 
 
 def run(script: str, *args: str) -> None:
@@ -67,10 +80,11 @@ def one_run(recipe: str, experiment: str, overrides: list[str], fresh: bool) -> 
 
 def measure(recipe: str, seeds: int, fresh: bool) -> dict[str, object]:
     data, target, repeated = RECIPES[recipe]
+    recipe, folder, experiment = recipe_and_overrides(recipe)
     if not repeated:
-        result = one_run(recipe, recipe, [], fresh)
+        result = one_run(recipe, experiment, folder, fresh)
         return {**result, "runs": 1, "target": target, "data": data}
-    runs = [one_run(recipe, f"{recipe}_seed{s}", [f"dataset.split_seed={s}", f"seed={s}"], fresh)
+    runs = [one_run(recipe, f"{experiment}_seed{s}", [*folder, f"dataset.split_seed={s}", f"seed={s}"], fresh)
             for s in range(seeds)]
     accuracies = [r["accuracy"] for r in runs]
     return {"accuracy": statistics.mean(accuracies), "accuracy_sd": statistics.stdev(accuracies),
@@ -90,6 +104,7 @@ def row(recipe: str, r: dict[str, object]) -> str:
                                                                       else "**not met**"))
     wall = r.get("wall_seconds")
     took = f"{r['epochs']} epochs, {duration(r['seconds'])}" + (f" ({duration(wall)} in all)" if wall else "")
+    recipe = recipe.split("@")[0]
     return (f"| `{recipe}` | {r['data'] or 'digits (offline)'} | {r['samples']} | {accuracy} | {r['f1']:.3f} | "
             f"{took} | {target} |")
 

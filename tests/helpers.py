@@ -50,23 +50,27 @@ def draw(kind: int, rng: np.random.Generator, size: int = 24) -> Image.Image:
     return Image.fromarray(img)
 
 
-def make_folder(root: Path, per_class: dict[str, int], classes: tuple[str, ...] = CLASSES, seed: int = 0) -> Path:
-    """Write ``root/<split>/<class>/<n>.png|jpg`` with ``per_class[split]`` images per class."""
+def make_folder(root: Path, per_class: dict[str, int], classes: tuple[str, ...] = CLASSES, seed: int = 0,
+                shape: tuple[int, int] = (24, 24)) -> Path:
+    """Write ``root/<split>/<class>/<n>.png|jpg`` with ``per_class[split]`` images per class, ``shape``
+    (width, height) pixels each (split "": ``root/<class>/``)."""
     rng = np.random.default_rng(seed)
+    width, height = shape
     for split, count in per_class.items():
         for kind, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 ext = "png" if i % 2 else "jpg"
-                draw(kind % 3, rng).save(folder / f"{split}_{i:03d}.{ext}")
+                image = draw(kind % 3, rng, max(shape)).crop((0, 0, width, height))
+                image.save(folder / f"{split or 'img'}_{i:03d}.{ext}")
     return root
 
 
 def tiny_overrides(tmp_path: Path, root: Path, *extra: str) -> list[str]:
     """Overrides that train for seconds on ``root`` and write everything under ``tmp_path``."""
     return [
-        "dataset=image_folder", f"dataset.root={root}", "dataset.image_size=16", "epochs=2", "progress=false",
+        "dataset=image_folder", f"dataset.root={root}", "dataset.image_size=16", "dataset.resize=squash", "epochs=2", "progress=false",
         "loader.batch_size=8", "experiment=tiny",
         f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}",
         f"paths.cache={tmp_path / 'cache'}", *extra,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from helpers import make_folder, run_cli
+import imgclf.tasks as tasks
+from helpers import compose_cfg, make_folder, read_csv, run_cli, tiny_overrides
+from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.inference import Predictor
+from imgclf.tasks import build, preprocess
 
 
 def _outputs(tmp_path: Path) -> list[str]:
@@ -62,3 +69,113 @@ def test_a_mistyped_root_gets_no_digits_written_into_it(tmp_path: Path) -> None:
     result = run_cli("train.py", f"dataset.root={typo}", *_outputs(tmp_path))
     assert result.returncode == 1 and "does not exist" in result.stdout + result.stderr
     assert not typo.exists()
+
+
+# --- sizes from the data -------------------------------------------------------------------------
+
+def _choose(setting: int | str, sizes: list[tuple[int, int]], native: int | None = None,
+            resize: str = "keep_aspect", max_size: int = 128) -> preprocess.SizeChoice:
+    return preprocess.image_size(setting, sizes, native=native, max_size=max_size, resize=resize,
+                                 crop_fraction=0.875)
+
+
+def test_auto_takes_small_images_at_their_own_size_from_scratch() -> None:
+    choice = _choose("auto", [(32, 32)] * 9 + [(500, 400)])
+    assert (choice.image_size, choice.decode_size) == (32, 32)  # no margin to crop: never enlarged
+    assert "median shorter side is 32 px" in choice.reason
+
+
+def test_auto_gives_a_pretrained_model_its_native_size_for_large_photos() -> None:
+    choice = _choose("auto", [(640, 480), (512, 384), (1024, 768)], native=224)
+    assert (choice.image_size, choice.decode_size) == (224, 256)  # resize 256, centre crop 224
+    assert "native input size is 224 px" in choice.reason
+    assert _choose("auto", [(640, 480)], native=224, resize="squash").decode_size == 224
+
+
+def test_auto_never_enlarges_beyond_what_the_model_needs() -> None:
+    assert _choose("auto", [(128, 128)] * 5, native=224).image_size == 128  # stored at 128: kept at 128
+    assert _choose("auto", [(32, 32)] * 5, native=224).image_size == 112   # half the native size at least
+    assert _choose("auto", [(300, 200)] * 5).image_size == 128             # capped by max_image_size
+    assert _choose("auto", [(300, 203)] * 5, max_size=512).image_size == 200  # a multiple of 8
+
+
+def test_an_explicit_size_that_enlarges_most_images_4x_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        choice = _choose(128, [(32, 32)] * 6 + [(256, 256)] * 4)
+    assert choice.image_size == 128
+    assert "enlarges 6 of 10 train images more than 2x" in caplog.text and "image_size=auto" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _choose(64, [(32, 32)] * 6)  # 2x: no warning
+    assert "enlarges" not in caplog.text
+
+
+def _own_cfg(tmp_path: Path, root: Path, *extra: str) -> DictConfig:
+    args = [a for a in tiny_overrides(tmp_path, root) if not a.startswith(("dataset.image_size", "dataset.resize"))]
+    return compose_cfg("train", [*args, "epochs=1", *extra])
+
+
+def test_auto_size_is_recorded_in_the_saved_config_and_checkpoint(tmp_path: Path, caplog) -> None:
+    root = make_folder(tmp_path / "small", {"train": 6, "test": 2}, shape=(32, 32))
+    cfg = _own_cfg(tmp_path, root)
+    assert cfg.dataset.image_size == "auto"
+    with caplog.at_level(logging.INFO):
+        tasks.train(cfg)
+    exp = tmp_path / "experiments" / "tiny"
+    assert OmegaConf.load(exp / "config.yaml").dataset.image_size == 32
+    record = load_checkpoint(exp / "best.pt")["preprocessing"]
+    assert (record["image_size"], record["decode_size"], record["resize"]) == (32, 32, "keep_aspect")
+    assert "image size 32 px (the train images' median shorter side is 32 px" in caplog.text
+
+
+def test_keep_aspect_crops_the_centre_and_test_and_predict_agree(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "wide", {"train": 6, "test": 3}, shape=(64, 48))
+    cfg = _own_cfg(tmp_path, root, "dataset.max_image_size=32")
+    tasks.train(cfg)
+    exp = tmp_path / "experiments" / "tiny"
+    record = load_checkpoint(exp / "best.pt")["preprocessing"]
+    assert (record["image_size"], record["decode_size"]) == (32, 37)  # 32 / 0.875, shorter side 48: room for it
+    tasks.test(_own_cfg(tmp_path, root, "dataset.max_image_size=32"))
+    report = {Path(r["path"]).resolve(): r for r in read_csv(exp / "test" / "predictions.csv")}
+    predictor = Predictor.load(exp / "best.pt", device="cpu")
+    for path, row in report.items():
+        image = predictor.load_image(path)
+        with Image.open(path) as photo:  # centre square 48x48, resized to 37, centre 32 (nothing stretched)
+            square = photo.convert("RGB").resize((37, 37), Image.Resampling.BILINEAR, box=(8, 0, 56, 48))
+        expected = np.asarray(square)[2:34, 2:34]
+        assert image.shape == (3, 32, 32)
+        assert np.abs(image.permute(1, 2, 0).numpy().astype(int) - expected.astype(int)).max() <= 1
+        probs = predictor.probabilities([image])[0]
+        assert predictor.classes[int(probs.argmax())] == row["pred"]
+        assert float(probs.max()) == pytest.approx(float(row["confidence"]), abs=1e-4)
+
+
+@pytest.mark.parametrize("overrides,native", [
+    (["model=lite0"], 224), (["model=lite_ensemble"], 260), (["model=lite0", "model.pretrained=false"], None),
+    (["model=torchvision", "model.arch=resnet50", "model.weights=DEFAULT"], 224),  # read without downloading
+    (["model=torchvision", "model.weights=null"], None), (["model=small_cnn"], None),
+])
+def test_the_native_size_comes_from_the_model_before_it_is_built(overrides: list[str], native: int | None) -> None:
+    assert build.native_size(compose_cfg("train", ["dataset=image_folder", "dataset.root=x", *overrides])) == native
+
+
+LAYOUTS = {
+    "class folders": {"": 8},
+    "train only": {"train": 8},
+    "train and test": {"train": 6, "test": 3},
+    "train, val and test": {"train": 5, "val": 2, "test": 2},
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("recipe", ["transfer", "scratch"])
+def test_the_own_folder_recipes_train_and_test_in_every_layout(tmp_path: Path, recipe: str, layout: str) -> None:
+    root = make_folder(tmp_path / "photos", LAYOUTS[layout], classes=("cat", "dog"), shape=(40, 30))
+    args = [a for a in tiny_overrides(tmp_path, root) if not a.startswith(("dataset", "epochs"))]
+    overrides = [*args, f"dataset.root={root}", "epochs=1", "dataset.val_fraction=0.25", "dataset.test_fraction=0.25"]
+    assert tasks.train(compose_cfg(recipe, overrides)) is not None
+    metrics = tasks.test(compose_cfg(recipe, overrides))
+    test_images = 2 * LAYOUTS[layout].get("test", 2)  # two classes; carved: a quarter of 8 per class
+    assert metrics["samples"] == test_images
+    saved = OmegaConf.load(tmp_path / "experiments" / "tiny" / "config.yaml")
+    assert saved.dataset.image_size == (128 if recipe == "transfer" else 24)  # auto: half of 260 / the images' own

@@ -22,6 +22,7 @@ import torch
 
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.data.cache import decode
+from imgclf.data.preprocessing import Preprocessing
 from imgclf.data.images import serve
 from imgclf.errors import CheckpointError
 from imgclf.models.classifier import Classifier, with_tta
@@ -31,6 +32,7 @@ from imgclf.runtime import resolve_device
 MODELS = {f"imgclf.models.{module}.{name}": (f"imgclf.models.{module}", name) for module, name in (
     ("tinyvgg", "TinyVGG"), ("small_cnn", "SmallCNN"), ("cifar_cnn", "CifarCNN"),
     ("quality_cnn", "QualityCNN"), ("resnet_like", "ResNetLike"), ("resnet_like", "ResNetLikeV2"),
+    ("small_resnet", "SmallResNet"),
     ("lite0", "EfficientNetLite0"), ("efficientnet_lite", "EfficientNetLite"), ("torchvision_net", "TorchvisionNet"))}
 # the trained weights are in the checkpoint: never load or download pretrained ones
 NO_PRETRAINED = {"pretrained": False, "weights": None}
@@ -48,7 +50,8 @@ class Predictor:
     classes: list[str]
     display_names: dict[str, str]   # class name -> a readable name (may be empty)
     image_size: int
-    transform: Callable[[Any], Any] | None
+    transform: Callable[[Any], Any] | None   # the evaluation transform, ending with the centre crop
+    preprocessing: Preprocessing
     temperature: float
     device: torch.device
     checkpoint: Path
@@ -68,10 +71,10 @@ class Predictor:
         try:
             config = payload["config"]
             classes = [str(c) for c in payload["class_names"]]
-            image_size = int(payload["image_size"])
+            prep = Preprocessing.from_checkpoint(payload)
             net = build_model(config["model"], path)
             model = Classifier(net, payload["mean"], payload["std"])
-            transform = build_transform(config.get("augmentation", {}).get("eval"), path)
+            transform = prep.view(build_transform(config.get("augmentation", {}).get("eval"), path))
         except (KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(f"{path} lacks what predict needs ({type(exc).__name__}: {exc}); "
                                   "it was not written by imgclf's train.py") from exc
@@ -84,7 +87,7 @@ class Predictor:
         model.to(torch_device).eval()
         names = payload.get("display_names") or {}
         return cls(model=with_tta(model, tta), classes=classes, display_names={str(k): str(v) for k, v in names.items()},
-                   image_size=image_size, transform=transform,
+                   image_size=prep.image_size, transform=transform, preprocessing=prep,
                    temperature=float(payload.get("temperature", 1.0)), device=torch_device, checkpoint=path)
 
     def load_image(self, path: str | Path) -> torch.Tensor:
@@ -93,7 +96,8 @@ class Predictor:
         Raises:
             DataError: the file cannot be decoded; the message names it.
         """
-        return serve(decode(str(path), self.image_size), self.transform)
+        prep = self.preprocessing
+        return serve(decode(str(path), prep.decode_size, prep.resize), self.transform)
 
     @torch.inference_mode()
     def probabilities(self, images: Sequence[torch.Tensor]) -> torch.Tensor:

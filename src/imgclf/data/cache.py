@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from imgclf.experiment.atomic import write_text_atomic
-from imgclf.data.images import open_image
+from imgclf.data.images import RESIZE_MODES, fit, open_image
 from imgclf.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -48,19 +48,18 @@ class FileReport:
         return [i for i in range(len(self.paths)) if i not in self.errors]
 
 
-def decode_bytes(data: bytes, path: str, image_size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode and resize one image to (size, size, 3) uint8; also returns its stored size."""
+def decode_bytes(data: bytes, path: str, image_size: int, resize: str = "squash"
+                 ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode one image to (size, size, 3) uint8 (see :data:`RESIZE_MODES`); also returns its stored size."""
     img, original = open_image(path, data=data, draft=2 * image_size)
-    if img.size != (image_size, image_size):
-        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.array(img, dtype=np.uint8), original  # a writable copy
+    return np.array(fit(img, image_size, resize), dtype=np.uint8), original  # a writable copy
 
 
-def decode(path: str, image_size: int) -> np.ndarray:
+def decode(path: str, image_size: int, resize: str = "squash") -> np.ndarray:
     """The uncached path: the same decoding as the cache, for one file: (size, size, 3) uint8."""
     with open(path, "rb") as f:
         data = f.read()
-    return decode_bytes(data, path, image_size)[0]
+    return decode_bytes(data, path, image_size, resize)[0]
 
 
 def file_key(paths: Sequence[str]) -> str:
@@ -95,9 +94,12 @@ class DecodeCache:
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.progress = progress
 
-    def load(self, paths: Sequence[str], image_size: int | None, desc: str = "decode"
+    def load(self, paths: Sequence[str], image_size: int | None, desc: str = "decode", resize: str = "squash"
              ) -> tuple[torch.Tensor | None, FileReport]:
-        """Images (N, size, size, 3) uint8 (None when mode is none) and the report for ``paths``."""
+        """Images (N, size, size, 3) uint8 (None when mode is none), each fitted to the square by ``resize``
+        (:data:`~imgclf.data.images.RESIZE_MODES`), and the report for ``paths``."""
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         paths = list(paths)
         if not paths:
             empty = torch.empty((0, image_size or 1, image_size or 1, 3), dtype=torch.uint8)
@@ -107,14 +109,14 @@ class DecodeCache:
         report = self._read_report(key)
         if report is not None and not keep:
             return None, report
-        array_path = self._array_path(key, image_size) if keep and self.mode == "disk" else None
+        array_path = self._array_path(key, image_size, resize) if keep and self.mode == "disk" else None
         if report is not None and array_path is not None and array_path.exists():
             return torch.from_numpy(np.load(array_path, mmap_mode="c")), report
-        images, report = self._scan(paths, image_size if keep else None, array_path, desc)
+        images, report = self._scan(paths, image_size if keep else None, resize, array_path, desc)
         self._write_report(key, report)
         return images, report
 
-    def _scan(self, paths: list[str], image_size: int | None, array_path: Path | None, desc: str
+    def _scan(self, paths: list[str], image_size: int | None, resize: str, array_path: Path | None, desc: str
               ) -> tuple[torch.Tensor | None, FileReport]:
         n = len(paths)
         shape = (n, image_size or 1, image_size or 1, 3)
@@ -134,7 +136,7 @@ class DecodeCache:
                 with open(paths[i], "rb") as f:
                     data = f.read()
                 report.digests[i] = hashlib.sha1(data).hexdigest()
-                pixels, original = decode_bytes(data, paths[i], image_size or 8)
+                pixels, original = decode_bytes(data, paths[i], image_size or 8, resize)
                 report.sizes[i] = list(original)
                 if array is not None:
                     array[i] = pixels
@@ -169,9 +171,10 @@ class DecodeCache:
         write_text_atomic(path, json.dumps(value))
         return value
 
-    def _array_path(self, key: str, image_size: int | None) -> Path:
+    def _array_path(self, key: str, image_size: int | None, resize: str) -> Path:
         assert self.folder is not None
-        return self.folder / key / f"images-{image_size}px-hwc.npy"
+        mode = "" if resize == "squash" else f"-{resize}"  # squashed arrays keep the name they always had
+        return self.folder / key / f"images-{image_size}px{mode}-hwc.npy"
 
     def _read_report(self, key: str) -> FileReport | None:
         if self.folder is None:

@@ -90,20 +90,22 @@ class LazyImages(_Served):
         image_size: working size (the same decoding as the cache).
         transform: augmentation, applied to each image as it is served; ``None`` for none.
         batched: augment whole batches when the transform allows it (see :class:`_Served`).
+        resize: how each image becomes the square (``images.RESIZE_MODES``), as in the cache.
     """
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], image_size: int,
-                 transform: Transform | None = None, batched: bool = True) -> None:
+                 transform: Transform | None = None, batched: bool = True, resize: str = "squash") -> None:
         super().__init__(labels, transform, batched)
         self.paths = list(paths)
         self.image_size = image_size
+        self.resize = resize
 
     def _pixels(self, indices: list[int]) -> np.ndarray:
         return np.stack([self._decode(i) for i in indices])
 
     def _decode(self, index: int) -> np.ndarray:
         try:
-            return decode(self.paths[index], self.image_size)
+            return decode(self.paths[index], self.image_size, self.resize)
         except (DataError, OSError) as exc:
             raise DataError(f"sample {index} ({self.paths[index]}) failed: {exc}") from exc
 

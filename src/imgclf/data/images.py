@@ -8,6 +8,7 @@ naming the file.
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,9 @@ MAX_PIXELS = 89_478_485       # Pillow's own default bomb limit (about 0.25 GB o
 MAX_ASPECT_RATIO = 50.0       # a 20000x2 strip through a resize becomes a huge tensor
 MIN_SIDE = 2
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+# how a photo becomes the square the model is fed: squash (both sides resized to the square: the aspect
+# ratio is lost) | keep_aspect (the shorter side resized to the square, the centre kept: nothing is stretched)
+RESIZE_MODES = ("squash", "keep_aspect")
 
 
 def load_image(path: str | Path, *, data: bytes | None = None, draft: int | None = None,
@@ -80,6 +84,35 @@ def _check_size(path: Path, size: tuple[int, int], max_pixels: int) -> None:
         raise DataError(
             f"{path}: aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO:.0f}:1; crop or remove it"
         )
+
+
+def stored_size(path: str | Path) -> tuple[int, int] | None:
+    """An image file's (width, height) from its header, without decoding it; None when it cannot be read
+    (the decoding pass reports why)."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def stored_sizes(paths: list[str], workers: int = 8) -> list[tuple[int, int] | None]:
+    """:func:`stored_size` of every file, read by a few threads (header reads wait on the disk)."""
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(stored_size, paths))
+
+
+def fit(img: Image.Image, size: int, resize: str = "squash") -> Image.Image:
+    """``img`` as a ``size`` x ``size`` square (see :data:`RESIZE_MODES`), resampled once (bilinear)."""
+    width, height = img.size
+    box = None
+    if resize == "keep_aspect" and width != height:
+        side = min(width, height)  # the centre square, cut and resized in one resampling
+        left, top = (width - side) / 2, (height - side) / 2
+        box = (left, top, left + side, top + side)
+    if img.size == (size, size) and box is None:
+        return img
+    return img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -29,18 +29,21 @@ class LoadedSplit:
     rows: list[int]                 # rows of ``images`` (or of the report) of the kept samples
     images: torch.Tensor | None     # None: decode on the fly
     report: FileReport
+    resize: str = "squash"          # how the images were fitted to the square (images.RESIZE_MODES)
 
     def dataset(self, image_size: int, transform: Callable | None, batched: bool = True) -> Dataset:
         """Serve the split; ``batched``: augment whole batches when the transform allows it."""
         labels = [label for _, label in self.samples]
         if self.images is None:
-            return LazyImages([p for p, _ in self.samples], labels, image_size, transform, batched=batched)
+            return LazyImages([p for p, _ in self.samples], labels, image_size, transform, batched=batched,
+                              resize=self.resize)
         return DecodedImages(self.images, labels, transform, rows=self.rows, batched=batched)
 
 
 def load_splits(splits: Splits, cache: DecodeCache, image_size: int, *, names: tuple[str, ...],
-                bad_files: str = "stop") -> dict[str, LoadedSplit]:
-    """Decode (or find in the cache) every split in ``names``; bad files stop or are skipped.
+                bad_files: str = "stop", resize: str = "squash") -> dict[str, LoadedSplit]:
+    """Decode (or find in the cache) every split in ``names`` at ``image_size`` (fitted by ``resize``);
+    bad files stop or are skipped.
 
     Raises:
         DataError: with ``bad_files=stop``, listing every file that cannot be used.
@@ -48,10 +51,10 @@ def load_splits(splits: Splits, cache: DecodeCache, image_size: int, *, names: t
     loaded, bad = {}, []
     for name in names:
         samples = splits.samples.get(name) or []
-        images, report = cache.load([p for p, _ in samples], image_size, desc=f"decode {name}")
+        images, report = cache.load([p for p, _ in samples], image_size, desc=f"decode {name}", resize=resize)
         bad += [(name, report.paths[i], reason) for i, reason in sorted(report.errors.items())]
         rows = report.good()
-        loaded[name] = LoadedSplit([samples[i] for i in rows], rows, images, report)
+        loaded[name] = LoadedSplit([samples[i] for i in rows], rows, images, report, resize)
     if bad and bad_files == "stop":
         listed = "\n  ".join(f"[{split}] {path}: {reason}" for split, path, reason in bad[:SHOWN])
         more = f"\n  ... and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""

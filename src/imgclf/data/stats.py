@@ -15,7 +15,7 @@ CHUNK = 256  # images per step: bounded memory for memory-mapped caches of any s
 
 
 def channel_stats(images: np.ndarray | None, rows: Sequence[int], paths: Sequence[str],
-                  image_size: int) -> tuple[list[float], list[float]]:
+                  image_size: int, resize: str = "squash") -> tuple[list[float], list[float]]:
     """Mean and standard deviation of each RGB channel (0..1 scale) over the given images.
 
     Args:
@@ -23,6 +23,7 @@ def channel_stats(images: np.ndarray | None, rows: Sequence[int], paths: Sequenc
         rows: rows of ``images`` to use.
         paths: the files (used when ``images`` is None).
         image_size: working size (when decoding).
+        resize: how each image becomes the square (when decoding; ``images.RESIZE_MODES``).
     """
     total = np.zeros(3)
     squares = np.zeros(3)
@@ -31,7 +32,7 @@ def channel_stats(images: np.ndarray | None, rows: Sequence[int], paths: Sequenc
         if images is not None:
             chunk = np.asarray(images[list(rows[start:start + CHUNK])], dtype=np.float64)
         else:
-            chunk = np.stack([decode(p, image_size) for p in paths[start:start + CHUNK]]).astype(np.float64)
+            chunk = np.stack([decode(p, image_size, resize) for p in paths[start:start + CHUNK]]).astype(np.float64)
         chunk /= 255.0
         total += chunk.sum(axis=(0, 1, 2))
         squares += (chunk ** 2).sum(axis=(0, 1, 2))

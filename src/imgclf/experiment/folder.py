@@ -16,7 +16,7 @@ from imgclf.experiment.checkpoint import load_checkpoint, remove_orphan_temps
 log = logging.getLogger(__name__)
 
 
-HYDRA_RECORDS = frozenset({".hydra", ".lock"})  # what Hydra (and a lock) leave in a folder before a run writes
+HYDRA_RECORDS = frozenset({".hydra"})  # with *.log: what Hydra writes into a run folder before the run does
 
 
 def _remove_empty_parents(folder: Path, top: Path) -> None:

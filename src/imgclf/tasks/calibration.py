@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from imgclf.data.preprocessing import Preprocessing
 from imgclf.data.dataset import make_loader
 from imgclf.data.splits_file import read_splits
 from imgclf.errors import CheckpointError, DataError
@@ -38,9 +39,9 @@ def calibrate(cfg: DictConfig, exp: ExperimentDir, path: Path, payload: dict[str
     splits, _ = read_splits(exp.splits, classes)
     if not splits.samples.get("val"):
         raise DataError(f"calibrate=true: {exp.splits} lists no val images to fit the temperature on")
-    size = payload["image_size"]
-    val = data.load(cfg, build.source(cfg), splits, ("val",), size)["val"]
-    found = outputs(cfg, model, data.serve(cfg, val, size, cfg.augmentation.eval), device, desc="calibrate on val")
+    prep = Preprocessing.from_checkpoint(payload)
+    val = data.load(cfg, build.source(cfg), splits, ("val",), prep, prep.resize)["val"]
+    found = outputs(cfg, model, data.serve(cfg, val, prep, cfg.augmentation.eval), device, desc="calibrate on val")
     temperature = fit_temperature(found.logits, found.labels)
     before, after = nll(found.logits, found.labels), nll(found.logits, found.labels, temperature)
     payload = {**payload, "temperature": temperature,

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from imgclf.data.prepare import BAD_FILE_POLICIES
 from imgclf.errors import ConfigError
 from imgclf.models.classifier import TTA_MODES
-from imgclf.tasks.preprocess import NORMALIZE
+from imgclf.data.images import RESIZE_MODES
+from imgclf.tasks.preprocess import AUTO, NORMALIZE
 
 MONITORS = {"val/acc": "max", "val/f1": "max", "val/loss": "min"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -31,7 +32,7 @@ def check_config(cfg: DictConfig) -> None:
     _int(cfg, "seed", minimum=0)
     _int(cfg, "loader.batch_size", minimum=1)
     _int(cfg, "loader.num_workers", minimum=0)
-    _int(cfg, "dataset.image_size", minimum=8)
+    _image_size(cfg)
     if cfg.dataset.num_classes is not None:
         _int(cfg, "dataset.num_classes", minimum=2)
     _int(cfg, "trainer.max_nonfinite", minimum=1)
@@ -108,6 +109,20 @@ def _normalization(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={values!r}: expected three numbers (one per RGB channel)")
     if any(v <= 0 for v in cfg.dataset.std):
         raise ConfigError(f"dataset.std={list(cfg.dataset.std)!r}: every value must be > 0")
+
+
+def _image_size(cfg: DictConfig) -> None:
+    if cfg.dataset.image_size != AUTO:
+        _int(cfg, "dataset.image_size", minimum=8)
+    if "max_image_size" in cfg.dataset:
+        _int(cfg, "dataset.max_image_size", minimum=8)
+    if "resize" in cfg.dataset:
+        _choice(cfg, "dataset.resize", RESIZE_MODES)
+    if "crop_fraction" in cfg.dataset:
+        value = cfg.dataset.crop_fraction
+        if isinstance(value, bool) or not isinstance(value, Real) or not 0.5 <= value <= 1:
+            raise ConfigError(f"dataset.crop_fraction={value!r}: expected a fraction in [0.5, 1] (0.875: evaluation "
+                              "sees the centre 87.5% of the resized shorter side)")
 
 
 def _resume_or_ckpt(cfg: DictConfig, key: str, words: tuple[str, ...]) -> None:

@@ -12,14 +12,16 @@ from omegaconf import DictConfig
 from imgclf.data.dataset import make_loader
 from imgclf.data.doctor import examine, format_report, warn_about_leaks, write_report
 from imgclf.data.folder import FolderSource, Splits, describe, remap
+from imgclf.data.images import stored_sizes
 from imgclf.data.prepare import LoadedSplit, changed_files, digests_by_path, load_splits
+from imgclf.data.preprocessing import Preprocessing
 from imgclf.data.splits_file import read_splits
 from imgclf.data.stats import channel_stats, class_weights
 from imgclf.errors import ConfigError, DataError
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier
 from imgclf.tasks import build
-from imgclf.tasks.preprocess import Stats
+from imgclf.tasks.preprocess import SizeChoice, Stats
 from imgclf.training.engine import EpochFollower, TrainLoader
 from imgclf.training.features import extract, extract_views, why_not_cacheable
 
@@ -62,9 +64,16 @@ def splits(exp: ExperimentDir, source: FolderSource, classes: list[str], *,
 
 
 def load(cfg: DictConfig, source: FolderSource, splits: Splits, names: tuple[str, ...],
-         image_size: int) -> dict[str, LoadedSplit]:
-    """Decode (or find in the cache) the splits in ``names`` at ``image_size``."""
-    return load_splits(splits, build.cache(cfg), image_size, names=names, bad_files=source.bad_files)
+         prep: Preprocessing | SizeChoice, resize: str) -> dict[str, LoadedSplit]:
+    """Decode (or find in the cache) the splits in ``names`` to the squares of ``prep.decode_size``."""
+    return load_splits(splits, build.cache(cfg), prep.decode_size, names=names, bad_files=source.bad_files,
+                       resize=resize)
+
+
+def train_sizes(cfg: DictConfig, source: FolderSource) -> list[tuple[int, int] | None]:
+    """The stored (width, height) of every train image, read from the file headers (remembered per file list)."""
+    paths = [p for p, _ in source.scan().samples["train"]]
+    return [tuple(s) if s else None for s in build.cache(cfg).memo(paths, "sizes", lambda: stored_sizes(paths))]
 
 
 def check_unchanged(recorded: dict[str, str], loaded: dict[str, LoadedSplit], *, refuse: bool) -> None:
@@ -79,11 +88,11 @@ def check_unchanged(recorded: dict[str, str], loaded: dict[str, LoadedSplit], *,
     log.warning("%s; results are not comparable with earlier ones", message)
 
 
-def prepare(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: list[str], image_size: int, *,
-            resuming: bool) -> tuple[Splits, dict[str, LoadedSplit]]:
+def prepare(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: list[str], size: SizeChoice,
+            resize: str, *, resuming: bool) -> tuple[Splits, dict[str, LoadedSplit]]:
     """Splits (reused when resuming), every split decoded once, checked, and the doctor's report."""
     found, recorded = splits(exp, source, classes, reuse=resuming)
-    loaded = load(cfg, source, found, ("train", "val", "test"), image_size)
+    loaded = load(cfg, source, found, ("train", "val", "test"), size, resize)
     check_unchanged(recorded, loaded, refuse=True)
     if not loaded["val"].samples:
         raise DataError(f"no validation images: {source.root} has no val/ folder and dataset.val_fraction is 0")
@@ -96,12 +105,13 @@ def prepare(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: 
     return found, loaded
 
 
-def train_stats(cfg: DictConfig, train: LoadedSplit, image_size: int) -> Stats:
-    """Per-channel mean and std of the train split (remembered per file list in the cache)."""
+def train_stats(cfg: DictConfig, train: LoadedSplit, size: SizeChoice) -> Stats:
+    """Per-channel mean and std of the train split's cached squares (remembered per file list in the cache)."""
     paths = [p for p, _ in train.samples]
     images = train.images.numpy() if train.images is not None else None
-    mean, std = build.cache(cfg).memo(paths, f"stats-{image_size}px",
-                                      lambda: channel_stats(images, train.rows, paths, image_size))
+    side, mode = size.decode_size, train.resize
+    name = f"stats-{side}px" + ("" if mode == "squash" else f"-{mode}")
+    mean, std = build.cache(cfg).memo(paths, name, lambda: channel_stats(images, train.rows, paths, side, mode))
     return tuple(mean), tuple(std)
 
 
@@ -117,18 +127,18 @@ def balance(cfg: DictConfig, train: LoadedSplit, num_classes: int) -> tuple[list
     return None, None
 
 
-def serve(cfg: DictConfig, split: LoadedSplit, image_size: int, node: Any) -> Any:
-    """The split as a dataset with the transform of an ``augmentation`` node."""
-    return split.dataset(image_size, build.transform(node), batched=cfg.loader.batch_augment)
+def serve(cfg: DictConfig, split: LoadedSplit, prep: Preprocessing, node: Any) -> Any:
+    """The split as a dataset with the transform of an ``augmentation`` node, cropped to the input size."""
+    return split.dataset(prep.decode_size, prep.view(build.transform(node)), batched=cfg.loader.batch_augment)
 
 
-def train_loaders(cfg: DictConfig, loaded: dict[str, LoadedSplit], image_size: int, device: torch.device,
+def train_loaders(cfg: DictConfig, loaded: dict[str, LoadedSplit], prep: Preprocessing, device: torch.device,
                   sample_weights: list[float] | None = None) -> tuple[TrainLoader, TrainLoader]:
     """The shuffled (and augmented) train loader and the val loader."""
     pin = device.type == "cuda" if cfg.loader.pin_memory == "auto" else bool(cfg.loader.pin_memory)
     loaders = []
     for split, transform in (("train", cfg.augmentation.train), ("val", cfg.augmentation.eval)):
-        dataset = serve(cfg, loaded[split], image_size, transform)
+        dataset = serve(cfg, loaded[split], prep, transform)
         if split == "train" and transform is not None and dataset.batch_op is None:
             log.info("augmentation runs image by image: %s", dataset.why_per_image)
         loaders.append(make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=split == "train",

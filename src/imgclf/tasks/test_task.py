@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from imgclf.data.folder import FolderSource, Splits
+from imgclf.data.preprocessing import Preprocessing
 from imgclf.errors import CheckpointError, DataError
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.models.classifier import Classifier, with_tta
@@ -50,15 +51,16 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     own_data = payload["config"]["dataset"]["root"] == str(source.root)
     splits, recorded = data.splits(exp, source, classes, reuse=own_data)
     split = split_to_test(cfg.split, splits, source)
+    prep = Preprocessing.from_checkpoint(payload)
+    cfg.dataset.image_size = prep.image_size  # the size it was trained at (a model may be built for it; auto is past)
     model = Classifier(instantiate(cfg.model), payload["mean"], payload["std"])
     load_weights(model, payload, path)
     model.to(device)
     if cfg.calibrate:
         payload = calibrate(cfg, exp, path, payload, model, device)  # the temperature of the model as shipped
-    size = payload["image_size"]
-    loaded = data.load(cfg, source, splits, (split,), size)
+    loaded = data.load(cfg, source, splits, (split,), prep, prep.resize)
     data.check_unchanged(recorded, loaded, refuse=False)
-    dataset = data.serve(cfg, loaded[split], size, cfg.augmentation.eval)
+    dataset = data.serve(cfg, loaded[split], prep, cfg.augmentation.eval)
     found = outputs(cfg, with_tta(model, cfg.tta), dataset, device, desc=split)
     info = {"split": split, "checkpoint": str(path.resolve()), "epoch": payload["state"]["epoch"],
             "data_root": str(source.root), "experiment": payload["experiment"], "tta": cfg.tta}

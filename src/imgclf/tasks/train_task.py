@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from imgclf.errors import ConfigError
 from imgclf.experiment.checkpoint import load_checkpoint, set_rng_states
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.resume import check_resumable, is_finished
@@ -64,18 +65,20 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
     data.check_trainable(source)
     classes = source.class_names()  # lists folders only: config errors surface before any decoding
     data.fill_num_classes(cfg, classes, source.root)
-    image_size = cfg.dataset.image_size
-    net = build.network(cfg, image_size, device)  # initialises the weights: the first draw from the seeded RNG
+    size = choose_image_size(cfg, build.native_size(cfg), data.train_sizes(cfg, source))
+    net = build.network(cfg)  # initialises the weights: the first draw from the seeded RNG
+    net = build.placed(cfg, net, size.image_size, device)
     optimizer, scheduler = build.optimizer_and_scheduler(cfg, net)
     loss_fn = build.loss(cfg, device)
     with exp.lock():
         payload = exp.resume_payload(str(cfg.resume), overwrite=cfg.overwrite)
         if payload is not None and is_finished(payload, cfg.epochs):
             return report_finished(cfg, exp, payload)
-        splits, loaded = data.prepare(cfg, exp, source, classes, image_size, resuming=payload is not None)
-        prep = preprocess.resolve(image_size, cfg.dataset.normalize, cfg.dataset.mean, cfg.dataset.std,
+        resize = cfg.dataset.get("resize", "squash")
+        splits, loaded = data.prepare(cfg, exp, source, classes, size, resize, resuming=payload is not None)
+        prep = preprocess.resolve(size, resize, cfg.dataset.normalize, cfg.dataset.mean, cfg.dataset.std,
                                   expected=preprocess.model_stats(net),
-                                  measure=lambda: data.train_stats(cfg, loaded["train"], image_size))
+                                  measure=lambda: data.train_stats(cfg, loaded["train"], size))
         record_preprocessing(cfg, prep)
         model = Classifier(net, prep.mean, prep.std).to(device)
         loss_weights, sample_weights = data.balance(cfg, loaded["train"], len(classes))
@@ -86,7 +89,7 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
                                                               extras.ema)
         write_splits(splits, exp.splits, digests_by_path(loaded))  # what this run trains on, and as what
         OmegaConf.save(cfg, exp.config, resolve=True)
-        train_loader, val_loader = data.train_loaders(cfg, loaded, image_size, device, sample_weights)
+        train_loader, val_loader = data.train_loaders(cfg, loaded, prep, device, sample_weights)
         val_images = val_loader.dataset
         trained, train_loader, val_loader, followers = data.cached_features(
             cfg, model, train_loader, val_loader, device, sample_weights, extras.batch_mix is not None)
@@ -116,6 +119,22 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
     log.info("best %s = %.4f at epoch %d; checkpoints in %s", cfg.monitor, state.best or float("nan"),
              state.best_epoch, exp.path)
     return state.best
+
+
+def choose_image_size(cfg: DictConfig, native: int | None, sizes: list[Any]) -> preprocess.SizeChoice:
+    """``dataset.image_size`` (a number or ``auto``) as the sizes the run uses; written into ``cfg`` at once, so
+    every ``${dataset.image_size}`` (an augmentation's crop size) and the saved config read the number."""
+    try:
+        choice = preprocess.image_size(cfg.dataset.image_size, sizes, native=native,
+                                       max_size=cfg.dataset.get("max_image_size", 224),
+                                       resize=cfg.dataset.get("resize", "squash"),
+                                       crop_fraction=cfg.dataset.get("crop_fraction", 0.875))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    cfg.dataset.image_size = choice.image_size
+    cached = f", cached as {choice.decode_size} px squares for the centre crop" if choice.decode_size > choice.image_size else ""
+    log.info("image size %d px (%s)%s", choice.image_size, choice.reason, cached)
+    return choice
 
 
 def start(cfg: DictConfig) -> torch.device:
