@@ -6,8 +6,10 @@ their 95% bootstrap intervals and the training time are read back from the exper
 Recipes on tiny data (plates: 8 test photos) run once per split seed, each seed carving a
 different stratified val/test split, and report mean and standard deviation over the seeds.
 
-The table replaces what lies between the `recipe-results` markers in README.md, so the README's
-numbers are never typed by hand. Finished experiments are reused (train.py says so and exits);
+The shipped recipes' table replaces what lies between the `recipe-results` markers in README.md, and
+the rows `transfer@<folder>` / `scratch@<folder>` (the recipes for any folder, trained with
+`dataset.root=../shared/data/<folder>`) the `own-data-results` block, so the README's numbers are
+never typed by hand; a block is rewritten only when the results hold its rows. Finished experiments are reused (train.py says so and exits);
 `--fresh` trains them again.
 
     python benchmarks/recipe_results.py [--recipes flowers5_lite0 ...] [--seeds 5] [--fresh] [--no-readme]
@@ -27,7 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-BEGIN, END = "<!-- recipe-results:begin -->", "<!-- recipe-results:end -->"
+# README blocks: the shipped recipes' table, and the table of the recipes for any folder ("<recipe>@<folder>" rows)
+BLOCKS = {"recipe-results": lambda name: "@" not in name, "own-data-results": lambda name: "@" in name}
 
 # row -> (shared data folder, target test accuracy or None, repeated over split seeds). A row is a recipe, or
 # "<recipe>@<folder>" for the recipes made for any folder (transfer, scratch): trained with dataset.root=<folder>.
@@ -129,13 +132,14 @@ def _torch_version() -> str:
     return torch.__version__.split("+")[0]
 
 
-def update_readme(text: str, readme: Path) -> None:
+def update_readme(block: str, text: str, readme: Path) -> None:
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     content = readme.read_text()
-    if BEGIN not in content or END not in content:
-        raise SystemExit(f"{readme} has no {BEGIN} ... {END} block to replace")
-    head, rest = content.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    if begin not in content or end not in content:
+        raise SystemExit(f"{readme} has no {begin} ... {end} block to replace")
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
 def main() -> None:
@@ -158,11 +162,14 @@ def main() -> None:
               flush=True)
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=2))
-    ordered = {name: results[name] for name in RECIPES if name in results}
-    text = table(ordered)
-    print(text)
-    if not args.no_readme:
-        update_readme(text, ROOT / "README.md")
+    for block, belongs in BLOCKS.items():
+        ordered = {name: results[name] for name in RECIPES if name in results and belongs(name)}
+        if not ordered:  # a block is rewritten only from results that hold its rows
+            continue
+        text = table(ordered)
+        print(text)
+        if not args.no_readme:
+            update_readme(block, text, ROOT / "README.md")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ def test_every_group_option_composes_and_passes_the_checks(group: str, option: s
 @pytest.mark.parametrize("name", PRIMARY)
 def test_every_primary_config_composes(name: str) -> None:
     cfg = compose_cfg(name, ["experiment=x"])
+    if OmegaConf.is_missing(cfg.dataset, "root"):  # the recipes for any folder (transfer, scratch) ask for it
+        with pytest.raises(ConfigError, match="no value for dataset.root: set it on the command line"):
+            check_config(cfg)
+        cfg = compose_cfg(name, ["experiment=x", "dataset.root=/photos"])
     check_config(cfg)
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
 

@@ -8,6 +8,8 @@ one-line error before any data is read.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,18 @@ log = logging.getLogger(__name__)
 PATH_KEYS = ("root", "home")  # dataset keys that name folders
 
 
+@contextmanager
+def building(cfg: DictConfig, group: str) -> Iterator[None]:
+    """Turn any failure while building from a config group into a ConfigError naming the group and its
+    ``_target_`` (imgclf's own errors pass as they are: they name what to fix already)."""
+    try:
+        yield
+    except ImgclfError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"could not build `{group}` ({cfg[group].get('_target_')}): {exc}") from exc
+
+
 def source(cfg: DictConfig) -> FolderSource:
     """The ``dataset`` group's data source; a relative ``dataset.root`` resolves against the project root
     and the absolute path is written back, so the saved config shows the folder actually used."""
@@ -37,34 +51,22 @@ def source(cfg: DictConfig) -> FolderSource:
             path = Path(cfg.dataset[key]).expanduser()
             cfg.dataset[key] = str(path if path.is_absolute() else (project_root(cfg) / path).resolve())
     node = {k: v for k, v in OmegaConf.to_container(cfg.dataset, resolve=True).items() if k not in preprocess.KEYS}
-    try:
+    with building(cfg, "dataset"):
         return instantiate(node)
-    except ImgclfError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"could not build `dataset` ({cfg.dataset.get('_target_')}): {exc}") from exc
 
 
 def native_size(cfg: DictConfig) -> int | None:
     """The input size the ``model`` group's pretrained weights were trained at (None: from scratch)."""
-    try:
+    with building(cfg, "model"):
         model_class = get_class(cfg.model._target_)
         arguments = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if not k.startswith("_")}
         return preprocess.native_size(model_class, arguments)
-    except ImgclfError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"could not build `model` ({cfg.model.get('_target_')}): {exc}") from exc
 
 
 def network(cfg: DictConfig) -> nn.Module:
     """The ``model`` group's network (on the CPU; :func:`placed` checks it and moves it)."""
-    try:
+    with building(cfg, "model"):
         return instantiate(cfg.model)
-    except ImgclfError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"could not build `model` ({cfg.model.get('_target_')}): {exc}") from exc
 
 
 def placed(cfg: DictConfig, net: nn.Module, image_size: int, device: torch.device) -> nn.Module:
