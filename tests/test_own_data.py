@@ -13,6 +13,7 @@ from PIL import Image
 import imgclf.tasks as tasks
 from helpers import compose_cfg, make_folder, read_csv, run_cli, tiny_overrides
 from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.experiment.resume import compare_configs
 from imgclf.inference import Predictor
 from imgclf.tasks import build, preprocess
 
@@ -179,3 +180,10 @@ def test_the_own_folder_recipes_train_and_test_in_every_layout(tmp_path: Path, r
     assert metrics["samples"] == test_images
     saved = OmegaConf.load(tmp_path / "experiments" / "tiny" / "config.yaml")
     assert saved.dataset.image_size == (128 if recipe == "transfer" else 24)  # auto: half of 260 / the images' own
+
+
+def test_resuming_with_another_resize_mode_is_refused_and_old_configs_mean_squash() -> None:
+    saved = {"dataset": {"image_size": 32, "root": "/photos"}}  # written before dataset.resize existed
+    refused, _ = compare_configs(saved, {"dataset": {"image_size": 32, "root": "/photos", "resize": "keep_aspect"}})
+    assert refused == ["dataset.resize: 'squash' -> 'keep_aspect'"]
+    assert compare_configs(saved, {"dataset": {"image_size": 32, "root": "/photos", "resize": "squash"}})[0] == []

@@ -15,16 +15,19 @@ def is_finished(payload: dict[str, Any], epochs: int) -> bool:
     return state.get("stopped_early", False) or (state["epoch"] >= epochs and not state["step"])
 
 
-STRUCTURAL_KEYS = ("model", "dataset.image_size", "dataset.root", "dataset.mean", "dataset.std")
+STRUCTURAL_KEYS = ("model", "dataset.image_size", "dataset.resize", "dataset.root", "dataset.mean", "dataset.std")
+# what a setting meant in configs saved before it existed (checkpoints from before dataset.resize squashed)
+OLD_DEFAULTS = {"dataset.resize": "squash"}
 WARNED_KEYS = ("epochs", "optimizer", "scheduler", "loss", "loader.batch_size", "seed")
 
 
 def compare_configs(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Differences that forbid resuming, and differences that only deserve a warning."""
     def get(cfg: dict[str, Any], dotted: str) -> Any:
+        value: Any = cfg
         for part in dotted.split("."):
-            cfg = cfg.get(part) if isinstance(cfg, dict) else None
-        return cfg
+            value = value.get(part) if isinstance(value, dict) else None
+        return OLD_DEFAULTS.get(dotted) if value is None else value
 
     def diff(keys: tuple[str, ...]) -> list[str]:
         return [f"{k}: {get(saved, k)!r} -> {get(current, k)!r}" for k in keys if get(saved, k) != get(current, k)]
