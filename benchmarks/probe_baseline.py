@@ -51,7 +51,7 @@ from imgclf.data.folder import Splits
 from imgclf.data.images import load_image
 from imgclf.data.splits_file import read_splits
 from imgclf.errors import ImgclfError
-from imgclf.models.efficientnet_lite import EfficientNetLite, _LiteFeatures
+from imgclf.models.efficientnet_lite import EfficientNetLite, LiteFeatures
 
 ROOT = Path(__file__).resolve().parents[1]  # where train.py and test.py are
 SIZE = 224
@@ -120,7 +120,7 @@ class Features:
     def __call__(self, files: Sequence[str]) -> np.ndarray:
         todo = list(dict.fromkeys(f for f in files if f not in self.done))
         if self.net is None:
-            self.net = _LiteFeatures("lite0", pretrained=True).eval()
+            self.net = LiteFeatures("lite0", pretrained=True).eval()
         with torch.inference_mode():
             for start in tqdm(range(0, len(todo), self.batch_size), desc="Lite0 features", unit="batch"):
                 batch = todo[start:start + self.batch_size]

@@ -34,7 +34,7 @@ def _variants(variant: str | Sequence[str]) -> list[str]:
     return names
 
 
-class _LiteFeatures(nn.Module):
+class LiteFeatures(nn.Module):
     """One EfficientNet-Lite up to global average pooling: (B, 3, H, W) -> (B, 1280)."""
 
     def __init__(self, variant: str, pretrained: bool) -> None:
@@ -102,7 +102,7 @@ class EfficientNetLite(BackboneClassifier):
                  unfreeze_at_epoch: int | None = None, backbone_lr_scale: float = 1.0,
                  freeze_bn: bool = False) -> None:
         names = _variants(variant)
-        members = [_LiteFeatures(name, pretrained) for name in names]
+        members = [LiteFeatures(name, pretrained) for name in names]
         # one backbone keeps the state-dict keys of a plain Lite0 (`backbone.net.*`), so older checkpoints load
         backbone = members[0] if len(members) == 1 else _ConcatFeatures(members)
         super().__init__(backbone, make_head(FEATURES * len(members), num_classes, hidden, dropout),
