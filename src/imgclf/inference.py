@@ -49,7 +49,6 @@ class Predictor:
     model: torch.nn.Module  # the Classifier, or it wrapped for test-time augmentation
     classes: list[str]
     display_names: dict[str, str]   # class name -> a readable name (may be empty)
-    image_size: int
     transform: Callable[[Any], Any] | None   # the evaluation transform, ending with the centre crop
     preprocessing: Preprocessing
     temperature: float
@@ -87,8 +86,13 @@ class Predictor:
         model.to(torch_device).eval()
         names = payload.get("display_names") or {}
         return cls(model=with_tta(model, tta), classes=classes, display_names={str(k): str(v) for k, v in names.items()},
-                   image_size=prep.image_size, transform=transform, preprocessing=prep,
+                   transform=transform, preprocessing=prep,
                    temperature=float(payload.get("temperature", 1.0)), device=torch_device, checkpoint=path)
+
+    @property
+    def image_size(self) -> int:
+        """The network's input side."""
+        return self.preprocessing.image_size
 
     def load_image(self, path: str | Path) -> torch.Tensor:
         """One file as the (3, H, W) uint8 tensor the model takes.

@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from imgclf.experiment.atomic import write_text_atomic

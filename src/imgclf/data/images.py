@@ -8,9 +8,9 @@ naming the file.
 from __future__ import annotations
 
 import io
-from concurrent.futures import ThreadPoolExecutor
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 

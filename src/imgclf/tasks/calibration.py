@@ -40,7 +40,7 @@ def calibrate(cfg: DictConfig, exp: ExperimentDir, path: Path, payload: dict[str
     if not splits.samples.get("val"):
         raise DataError(f"calibrate=true: {exp.splits} lists no val images to fit the temperature on")
     prep = Preprocessing.from_checkpoint(payload)
-    val = data.load(cfg, build.source(cfg), splits, ("val",), prep, prep.resize)["val"]
+    val = data.load(cfg, build.source(cfg), splits, ("val",), prep)["val"]
     found = outputs(cfg, model, data.serve(cfg, val, prep, cfg.augmentation.eval), device, desc="calibrate on val")
     temperature = fit_temperature(found.logits, found.labels)
     before, after = nll(found.logits, found.labels), nll(found.logits, found.labels, temperature)

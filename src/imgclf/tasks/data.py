@@ -55,24 +55,25 @@ def fill_num_classes(cfg: DictConfig, classes: list[str], root: Any, found_in: s
 
 
 def splits(exp: ExperimentDir, source: FolderSource, classes: list[str], *,
-           reuse: bool) -> tuple[Splits, dict[str, str]]:
+           reuse: bool, scanned: Splits | None = None) -> tuple[Splits, dict[str, str]]:
     """The experiment's saved splits (and recorded file hashes) when reusing them, else a fresh
-    scan mapped onto ``classes``."""
+    scan (``scanned``, or the source scanned now) mapped onto ``classes``."""
     if reuse and exp.splits.exists():
         return read_splits(exp.splits, classes)
-    return remap(source.scan(), classes), {}
+    return remap(scanned if scanned is not None else source.scan(), classes), {}
 
 
 def load(cfg: DictConfig, source: FolderSource, splits: Splits, names: tuple[str, ...],
-         prep: Preprocessing | SizeChoice, resize: str) -> dict[str, LoadedSplit]:
+         prep: Preprocessing | SizeChoice) -> dict[str, LoadedSplit]:
     """Decode (or find in the cache) the splits in ``names`` to the squares of ``prep.decode_size``."""
     return load_splits(splits, build.cache(cfg), prep.decode_size, names=names, bad_files=source.bad_files,
-                       resize=resize)
+                       resize=prep.resize)
 
 
-def train_sizes(cfg: DictConfig, source: FolderSource) -> list[tuple[int, int] | None]:
-    """The stored (width, height) of every train image, read from the file headers (remembered per file list)."""
-    paths = [p for p, _ in source.scan().samples["train"]]
+def train_sizes(cfg: DictConfig, scanned: Splits) -> list[tuple[int, int] | None]:
+    """The stored (width, height) of every train image of ``scanned``, read from the file headers
+    (remembered per file list)."""
+    paths = [p for p, _ in scanned.samples["train"]]
     return [tuple(s) if s else None for s in build.cache(cfg).memo(paths, "sizes", lambda: stored_sizes(paths))]
 
 
@@ -88,11 +89,11 @@ def check_unchanged(recorded: dict[str, str], loaded: dict[str, LoadedSplit], *,
     log.warning("%s; results are not comparable with earlier ones", message)
 
 
-def prepare(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: list[str], size: SizeChoice,
-            resize: str, *, resuming: bool) -> tuple[Splits, dict[str, LoadedSplit]]:
-    """Splits (reused when resuming), every split decoded once, checked, and the doctor's report."""
-    found, recorded = splits(exp, source, classes, reuse=resuming)
-    loaded = load(cfg, source, found, ("train", "val", "test"), size, resize)
+def prepare(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: list[str], size: SizeChoice, *,
+            scanned: Splits, resuming: bool) -> tuple[Splits, dict[str, LoadedSplit]]:
+    """Splits (reused when resuming, else ``scanned``), every split decoded once, checked, and the doctor's report."""
+    found, recorded = splits(exp, source, classes, reuse=resuming, scanned=scanned)
+    loaded = load(cfg, source, found, ("train", "val", "test"), size)
     check_unchanged(recorded, loaded, refuse=True)
     if not loaded["val"].samples:
         raise DataError(f"no validation images: {source.root} has no val/ folder and dataset.val_fraction is 0")

@@ -17,7 +17,6 @@ from typing import Any
 
 from torch import nn
 
-from imgclf.data.images import RESIZE_MODES
 from imgclf.data.preprocessing import Preprocessing
 from imgclf.data.stats import IMAGENET_MEAN, IMAGENET_STD
 
@@ -37,10 +36,11 @@ Size = tuple[int, int]
 
 @dataclass(frozen=True)
 class SizeChoice:
-    """The network's input side and the cached square's side, and why."""
+    """The network's input side, the cached square's side and how photos become that square, and why."""
 
     image_size: int
     decode_size: int
+    resize: str
     reason: str
 
 
@@ -76,8 +76,6 @@ def image_size(setting: int | str, sizes: Sequence[Size | None], *, native: int 
     used, with a warning. With ``resize: keep_aspect`` the square is cached ``1 / crop_fraction`` larger
     (never larger than the images), so evaluation takes its centre crop, as torchvision's references do.
     """
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"dataset.resize={resize!r}: expected one of {list(RESIZE_MODES)}")
     typical = typical_side(sizes)
     if setting == AUTO:
         size, reason = _auto(typical, native, max_size)
@@ -88,7 +86,7 @@ def image_size(setting: int | str, sizes: Sequence[Size | None], *, native: int 
     if resize == "keep_aspect":
         margin = round(size / crop_fraction)
         decode = max(size, min(margin, typical or margin))
-    return SizeChoice(size, decode, reason)
+    return SizeChoice(size, decode, resize, reason)
 
 
 def _auto(typical: int | None, native: int | None, max_size: int) -> tuple[int, str]:
@@ -118,13 +116,12 @@ def _warn_upscale(size: int, sizes: Sequence[Size | None]) -> None:
                     "picks a size from the images", size, enlarged, len(sides), UPSCALE_WARNING, typical_side(sizes))
 
 
-def resolve(choice: SizeChoice, resize: str, normalize: str, mean: Sequence[float], std: Sequence[float], *,
+def resolve(choice: SizeChoice, normalize: str, mean: Sequence[float], std: Sequence[float], *,
             expected: Stats | None, measure: Callable[[], Stats]) -> Preprocessing:
     """Decide the preprocessing.
 
     Args:
-        choice: the input and cached sizes (:func:`image_size`).
-        resize: ``dataset.resize``: ``squash`` or ``keep_aspect``.
+        choice: the input and cached sizes and the resize mode (:func:`image_size`).
         normalize: ``dataset.normalize``: ``imagenet``, ``auto`` or ``custom``.
         mean: ``dataset.mean`` (used with ``custom``).
         std: ``dataset.std`` (used with ``custom``).
@@ -132,7 +129,7 @@ def resolve(choice: SizeChoice, resize: str, normalize: str, mean: Sequence[floa
             statistics they were trained with, whatever the dataset says, so these win.
         measure: the train split's statistics, called only for ``normalize: auto`` without ``expected``.
     """
-    shape = {"resize": resize, "decode_size": choice.decode_size}
+    shape = {"resize": choice.resize, "decode_size": choice.decode_size}
     if expected is not None:
         if expected != (tuple(mean), tuple(std)):
             log.info("the model expects inputs normalized with mean %s, std %s: using them instead of the dataset's",

@@ -58,7 +58,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     model.to(device)
     if cfg.calibrate:
         payload = calibrate(cfg, exp, path, payload, model, device)  # the temperature of the model as shipped
-    loaded = data.load(cfg, source, splits, (split,), prep, prep.resize)
+    loaded = data.load(cfg, source, splits, (split,), prep)
     data.check_unchanged(recorded, loaded, refuse=False)
     dataset = data.serve(cfg, loaded[split], prep, cfg.augmentation.eval)
     found = outputs(cfg, with_tta(model, cfg.tta), dataset, device, desc=split)

@@ -65,7 +65,8 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
     data.check_trainable(source)
     classes = source.class_names()  # lists folders only: config errors surface before any decoding
     data.fill_num_classes(cfg, classes, source.root)
-    size = choose_image_size(cfg, build.native_size(cfg), data.train_sizes(cfg, source))
+    scanned = source.scan()  # once: the sizes below and the splits (unless resuming) come from it
+    size = choose_image_size(cfg, build.native_size(cfg), data.train_sizes(cfg, scanned))
     net = build.network(cfg)  # initialises the weights: the first draw from the seeded RNG
     net = build.placed(cfg, net, size.image_size, device)
     optimizer, scheduler = build.optimizer_and_scheduler(cfg, net)
@@ -74,9 +75,8 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
         payload = exp.resume_payload(str(cfg.resume), overwrite=cfg.overwrite)
         if payload is not None and is_finished(payload, cfg.epochs):
             return report_finished(cfg, exp, payload)
-        resize = cfg.dataset.get("resize", "squash")
-        splits, loaded = data.prepare(cfg, exp, source, classes, size, resize, resuming=payload is not None)
-        prep = preprocess.resolve(size, resize, cfg.dataset.normalize, cfg.dataset.mean, cfg.dataset.std,
+        splits, loaded = data.prepare(cfg, exp, source, classes, size, scanned=scanned, resuming=payload is not None)
+        prep = preprocess.resolve(size, cfg.dataset.normalize, cfg.dataset.mean, cfg.dataset.std,
                                   expected=preprocess.model_stats(net),
                                   measure=lambda: data.train_stats(cfg, loaded["train"], size))
         record_preprocessing(cfg, prep)
