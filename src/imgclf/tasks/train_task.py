@@ -65,8 +65,9 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
     data.check_trainable(source)
     classes = source.class_names()  # lists folders only: config errors surface before any decoding
     data.fill_num_classes(cfg, classes, source.root)
+    native = build.native_size(cfg)  # a bad model target fails here, before any file is read
     scanned = source.scan()  # once: the sizes below and the splits (unless resuming) come from it
-    size = choose_image_size(cfg, build.native_size(cfg), data.train_sizes(cfg, scanned))
+    size = choose_image_size(cfg, native, data.train_sizes(cfg, scanned))
     net = build.network(cfg)  # initialises the weights: the first draw from the seeded RNG
     net = build.placed(cfg, net, size.image_size, device)
     optimizer, scheduler = build.optimizer_and_scheduler(cfg, net)
