@@ -63,9 +63,11 @@ def test_required_groups_and_top_level_keys_exist() -> None:
     ("resume=/no/such/file.pt", "resume"),
     ("split=holdout", "split"),
     ("deterministic=maybe", "deterministic"),
+    ("dataset=image_folder dataset.root=x dataset.native_scale=3", "dataset.native_scale"),
+    ("dataset=image_folder dataset.root=x dataset.native_scale=true", "dataset.native_scale"),
 ])
 def test_bad_values_are_rejected_naming_the_key(override: str, key: str) -> None:
-    cfg = compose_cfg("train", ["experiment=x", override])
+    cfg = compose_cfg("train", ["experiment=x", *override.split()])
     with pytest.raises(ConfigError, match=key.replace("/", ".")):
         check_config(cfg)
 

@@ -75,9 +75,9 @@ def test_a_mistyped_root_gets_no_digits_written_into_it(tmp_path: Path) -> None:
 # --- sizes from the data -------------------------------------------------------------------------
 
 def _choose(setting: int | str, sizes: list[tuple[int, int]], native: int | None = None,
-            resize: str = "keep_aspect", max_size: int = 128) -> preprocess.SizeChoice:
+            resize: str = "keep_aspect", max_size: int = 128, native_scale: float = 1.0) -> preprocess.SizeChoice:
     return preprocess.image_size(setting, sizes, native=native, max_size=max_size, resize=resize,
-                                 crop_fraction=0.875)
+                                 crop_fraction=0.875, native_scale=native_scale)
 
 
 def test_auto_takes_small_images_at_their_own_size_from_scratch() -> None:
@@ -98,6 +98,18 @@ def test_auto_never_enlarges_beyond_what_the_model_needs() -> None:
     assert _choose("auto", [(32, 32)] * 5, native=224).image_size == 112   # half the native size at least
     assert _choose("auto", [(300, 200)] * 5).image_size == 128             # capped by max_image_size
     assert _choose("auto", [(300, 203)] * 5, max_size=512).image_size == 200  # a multiple of 8
+
+
+def test_native_scale_lets_a_pretrained_model_see_photos_above_its_native_size() -> None:
+    photos = [(512, 384)] * 5
+    assert _choose("auto", photos, native=260, native_scale=1.5).image_size == 384  # 1.5 x 260 = 390 -> 384
+    assert _choose("auto", [(256, 256)] * 5, native=260, native_scale=1.5).image_size == 384  # enlarged 1.5x
+    assert _choose("auto", [(128, 128)] * 5, native=260, native_scale=1.5).image_size == 192  # at most 1.5x
+    assert _choose("auto", [(32, 32)] * 5, native=224, native_scale=1.5).image_size == 112  # half native at least
+    choice = _choose("auto", [(128, 128)] * 5, native=260, native_scale=1.5)
+    assert "enlarged 1.5x (dataset.native_scale)" in choice.reason
+    assert _choose("auto", photos, native=260).image_size == 260  # scale 1: the native size, as before
+    assert _choose("auto", photos, native_scale=1.5).image_size == 128  # from scratch: no effect
 
 
 def test_an_explicit_size_that_enlarges_most_images_4x_warns(caplog: pytest.LogCaptureFixture) -> None:

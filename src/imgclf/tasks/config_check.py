@@ -116,6 +116,11 @@ def _image_size(cfg: DictConfig) -> None:
         _int(cfg, "dataset.image_size", minimum=8)
     if "max_image_size" in cfg.dataset:
         _int(cfg, "dataset.max_image_size", minimum=8)
+    if "native_scale" in cfg.dataset:
+        value = cfg.dataset.native_scale
+        if isinstance(value, bool) or not isinstance(value, Real) or not 1 <= value <= 2:
+            raise ConfigError(f"dataset.native_scale={value!r}: expected a number in [1, 2] (1: a pretrained model "
+                              "sees the images at most at its native size; 1.5: up to 1.5x, enlarging them up to 1.5x)")
     if "resize" in cfg.dataset:
         _choice(cfg, "dataset.resize", RESIZE_MODES)
     if "crop_fraction" in cfg.dataset:

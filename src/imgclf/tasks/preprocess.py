@@ -23,7 +23,7 @@ from imgclf.data.stats import IMAGENET_MEAN, IMAGENET_STD
 log = logging.getLogger(__name__)
 
 # dataset keys that describe how images are fed to the model, not the folder: the data source never sees them
-KEYS = ("image_size", "max_image_size", "resize", "crop_fraction", "normalize", "mean", "std")
+KEYS = ("image_size", "max_image_size", "native_scale", "resize", "crop_fraction", "normalize", "mean", "std")
 NORMALIZE = ("imagenet", "auto", "custom")
 AUTO = "auto"
 SMALLEST = 16          # auto never goes below this (a from-scratch model's input)
@@ -65,20 +65,23 @@ def typical_side(sizes: Sequence[Size | None]) -> int | None:
 
 
 def image_size(setting: int | str, sizes: Sequence[Size | None], *, native: int | None, max_size: int,
-               resize: str, crop_fraction: float) -> SizeChoice:
+               resize: str, crop_fraction: float, native_scale: float = 1.0) -> SizeChoice:
     """Decide the input size (``dataset.image_size``: a number, or ``auto``) and the cached square's side.
 
     ``auto`` takes the median shorter side of the train images (``sizes``: width, height of each), rounded
     down to a multiple of 8, and clamps it: a pretrained backbone (``native``: the size its weights were
     trained at) gets at most its native size and at least half of it (smaller inputs leave its last feature
-    maps a pixel or two wide); a model from scratch gets at most ``max_size`` (``dataset.max_image_size``)
+    maps a pixel or two wide); with ``native_scale`` (``dataset.native_scale``) s > 1 it gets up to s times its
+    native size and the images are enlarged up to s times (frozen ImageNet features are better a little above
+    the native size: training crops enlarge objects, see docs/recipes.md); a model from scratch gets at most
+    ``max_size`` (``dataset.max_image_size``)
     and never more than the images have. An explicit size that enlarges most images by more than 2x is
     used, with a warning. With ``resize: keep_aspect`` the square is cached ``1 / crop_fraction`` larger
     (never larger than the images), so evaluation takes its centre crop, as torchvision's references do.
     """
     typical = typical_side(sizes)
     if setting == AUTO:
-        size, reason = _auto(typical, native, max_size)
+        size, reason = _auto(typical, native, max_size, native_scale)
     else:
         size, reason = int(setting), "dataset.image_size"
         _warn_upscale(size, sizes)
@@ -89,11 +92,13 @@ def image_size(setting: int | str, sizes: Sequence[Size | None], *, native: int 
     return SizeChoice(size, decode, resize, reason)
 
 
-def _auto(typical: int | None, native: int | None, max_size: int) -> tuple[int, str]:
+def _auto(typical: int | None, native: int | None, max_size: int, native_scale: float = 1.0) -> tuple[int, str]:
     if typical is None:
         raise ValueError("dataset.image_size=auto needs the train images' sizes, and none could be read")
     found = f"the train images' median shorter side is {typical} px"
     side = max(MULTIPLE, typical // MULTIPLE * MULTIPLE)
+    if native is not None and native_scale != 1:
+        return _auto_scaled(found, typical, native, native_scale)
     if native is not None:
         if side >= native:
             return native, f"{found}; the pretrained model's native input size is {native} px"
@@ -105,6 +110,23 @@ def _auto(typical: int | None, native: int | None, max_size: int) -> tuple[int, 
         return max_size, f"{found}; capped by dataset.max_image_size={max_size} for a model trained from scratch"
     side = max(side, SMALLEST)
     return side, f"{found}: a model trained from scratch sees them at their own size"
+
+
+def _auto_scaled(found: str, typical: int, native: int, scale: float) -> tuple[int, str]:
+    """A pretrained model with ``dataset.native_scale`` s: up to s x native, enlarging the images up to s x."""
+    limit = _multiple(native * scale)
+    enlarged = _multiple(typical * scale)
+    floor = native // 2 // MULTIPLE * MULTIPLE
+    if enlarged >= limit:
+        return limit, f"{found}; dataset.native_scale={scale:g} x the pretrained model's native {native} px"
+    if enlarged < floor:
+        return floor, f"{found}; enlarged to half the pretrained model's native {native} px, the least it needs"
+    return enlarged, (f"{found}, enlarged {scale:g}x (dataset.native_scale) for the pretrained model "
+                      f"(native {native} px, up to {limit} px)")
+
+
+def _multiple(value: float) -> int:
+    return max(MULTIPLE, int(value) // MULTIPLE * MULTIPLE)
 
 
 def _warn_upscale(size: int, sizes: Sequence[Size | None]) -> None:

@@ -129,7 +129,8 @@ def choose_image_size(cfg: DictConfig, native: int | None, sizes: list[Any]) -> 
         choice = preprocess.image_size(cfg.dataset.image_size, sizes, native=native,
                                        max_size=cfg.dataset.get("max_image_size", 224),
                                        resize=cfg.dataset.get("resize", "squash"),
-                                       crop_fraction=cfg.dataset.get("crop_fraction", 0.875))
+                                       crop_fraction=cfg.dataset.get("crop_fraction", 0.875),
+                                       native_scale=cfg.dataset.get("native_scale", 1.0))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     cfg.dataset.image_size = choice.image_size
