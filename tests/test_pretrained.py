@@ -188,8 +188,72 @@ def test_cached_features_train_the_same_head_as_the_full_model(tmp_path: Path, t
     assert logs[0][1]["train/loss"] < logs[0][0]["train/loss"]  # and the head did learn
 
 
+def _weights(tmp_path: Path, run: str, name: str = "last.pt") -> dict[str, torch.Tensor]:
+    return load_checkpoint(tmp_path / run / "experiments" / "tiny" / name)["model"]
+
+
+def test_head_epochs_on_cached_features_then_fine_tuning_equal_the_same_run_on_images(tmp_path: Path,
+                                                                                       tiny_folder: Path) -> None:
+    from imgclf.experiment.run_log import read_metrics
+
+    common = ("model=lite0", "model.freeze=backbone", "model.unfreeze_at_epoch=1", "epochs=2",
+              "dataset.image_size=32", "model.dropout=0")
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path / "full", tiny_folder, *common)))
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path / "staged", tiny_folder, *common,
+                                                     "trainer.cache_features=true")))
+    full, staged = _weights(tmp_path, "full"), _weights(tmp_path, "staged")
+    for key in full:
+        torch.testing.assert_close(staged[key], full[key], atol=1e-4, rtol=1e-4)
+    pretrained = EfficientNetLite0(2).state_dict()
+    stem = "backbone.net._conv_stem.weight"
+    assert not torch.equal(staged[f"net.{stem}"], pretrained[stem])  # epoch 2 fine-tuned the backbone
+    logs = [read_metrics(tmp_path / run / "experiments" / "tiny" / "metrics.jsonl") for run in ("full", "staged")]
+    assert len(logs[1]) == 2
+    for a, b in zip(*logs, strict=True):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], abs=1e-4) and a["val/acc"] == b["val/acc"]
+
+
+def test_with_a_random_augmentation_the_head_epochs_read_features_of_the_plain_images(tmp_path: Path,
+                                                                                      tiny_folder: Path) -> None:
+    common = ("model=lite0", "model.freeze=backbone", "epochs=2", "dataset.image_size=32", "model.dropout=0",
+              "trainer.cache_features=true")
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path / "plain", tiny_folder, *common)))
+    # the flips start at epoch 3 (never reached): epochs 1-2 must train on the same features as without them
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path / "flip", tiny_folder, *common, "augmentation=flip",
+                                                     "model.unfreeze_at_epoch=2")))
+    plain, flip = _weights(tmp_path, "plain"), _weights(tmp_path, "flip")
+    for key in plain:
+        torch.testing.assert_close(flip[key], plain[key], atol=1e-5, rtol=1e-5)
+
+
+def test_a_run_resumed_in_the_fine_tuning_epochs_computes_no_features(tmp_path: Path, tiny_folder: Path,
+                                                                      monkeypatch, caplog) -> None:
+    import logging
+
+    from helpers import StopAfter
+    from imgclf.tasks import data
+    from imgclf.training.state import Interrupted
+
+    cfg = tiny_overrides(tmp_path, tiny_folder, "model=lite0", "model.freeze=backbone", "model.unfreeze_at_epoch=1",
+                         "epochs=3", "dataset.image_size=32", "trainer.cache_features=true", "augmentation=flip")
+    calls = []
+    extract = data.extract
+    monkeypatch.setattr(data, "extract", lambda *a, **k: (calls.append(k.get("desc")), extract(*a, **k))[1])
+    with pytest.raises(Interrupted):
+        tasks.train(compose_cfg("train", cfg), stop_signal=lambda: StopAfter(16))  # 6 steps + 1 check per epoch: in epoch 3
+    assert calls == ["features val"]  # extract_views is called separately for train; val through extract
+    state = load_checkpoint(tmp_path / "experiments" / "tiny" / "last.pt")["state"]
+    assert state["epoch"] == 2
+    calls.clear()
+    with caplog.at_level(logging.INFO):
+        tasks.train(compose_cfg("train", cfg))
+    assert calls == [] and "after the epochs on cached features" in caplog.text
+    assert load_checkpoint(tmp_path / "experiments" / "tiny" / "last.pt")["state"]["epoch"] == 3
+
+
 @pytest.mark.parametrize("extra,reason", [
     (("model.freeze=none",), "backbone is not frozen"),
+    (("model.freeze=backbone", "model.unfreeze_at_epoch=0"), "no epoch could use cached features"),
     (("model.freeze=backbone", "augmentation=flip"), "train augmentation is random"),
     (("model.freeze=backbone", "batch_mix=mixup"), "batch_mix"),
     (("model.freeze=backbone", "trainer.feature_views=2"), "needs a random train augmentation"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -154,25 +155,53 @@ def picture(dataset: Any, index: int) -> np.ndarray:
     return dataset[index][0].permute(1, 2, 0).numpy()
 
 
-def cached_features(cfg: DictConfig, model: Classifier, train_loader: TrainLoader, val_loader: TrainLoader,
-                    device: torch.device, sample_weights: list[float] | None,
-                    batch_mix: bool) -> tuple[torch.nn.Module, TrainLoader, TrainLoader, list[EpochFollower]]:
-    """With ``trainer.cache_features``: the head, loaders of precomputed backbone features, and what follows
-    the epoch (the copy of augmented features an epoch reads). Without it: the model and loaders as they are."""
+@dataclass(frozen=True)
+class Stage:
+    """The epochs up to ``until`` train ``module`` on these loaders; ``followers`` are told every epoch."""
+
+    module: torch.nn.Module
+    train: TrainLoader
+    val: TrainLoader
+    followers: list[EpochFollower]
+    until: int
+
+
+def stages(cfg: DictConfig, model: Classifier, train_loader: TrainLoader, val_loader: TrainLoader,
+           device: torch.device, sample_weights: list[float] | None, batch_mix: bool, *,
+           eval_train: Any, start_epoch: int) -> list[Stage]:
+    """What trains in which epochs. Without ``trainer.cache_features``: the model on the loaders, every epoch.
+
+    With it: the head on loaders of precomputed backbone features, for every epoch, or with
+    ``model.unfreeze_at_epoch`` K for the epochs before K, then the whole model on the image loaders (its
+    random train augmentation starts there; the cached features are of ``eval_train``, the un-augmented train
+    images, unless ``trainer.feature_views`` > 1). ``best.pt`` is one for the whole run, so the fine-tuned
+    network replaces the head-only one only when it validates better. A run resumed at or after K computes
+    no features. Early stopping during the head epochs ends the run (no fine-tuning).
+    """
+    whole = Stage(model, train_loader, val_loader, [model], cfg.epochs)
     if not cfg.trainer.cache_features:
-        return model, train_loader, val_loader, [model]
+        return [whole]
     views = cfg.trainer.feature_views
     reason = why_not_cacheable(model, cfg.augmentation.train is not None, batch_mix, views)
     if reason is None and cfg.trainer.ema_decay is not None:
         reason = "trainer.ema_decay is not supported with cached features yet (set trainer.ema_decay=null)"
     if reason:
         raise ConfigError(f"trainer.cache_features=true cannot apply: {reason}")
-    in_order = make_loader(train_loader.dataset, batch_size=cfg.loader.batch_size, shuffle=False)  # per sample
+    unfreeze = getattr(model.net, "unfreeze_at_epoch", None)
+    until = cfg.epochs if unfreeze is None else min(unfreeze, cfg.epochs)
+    if start_epoch >= until:
+        log.info("resuming at epoch %d, after the epochs on cached features: the whole network trains on images",
+                 start_epoch + 1)
+        return [whole]
+    images = train_loader.dataset if views > 1 or unfreeze is None else eval_train
+    in_order = make_loader(images, batch_size=cfg.loader.batch_size, shuffle=False)  # per sample
     options = {"progress": cfg.progress, "channels_last": cfg.trainer.channels_last}
     train = extract_views(model, in_order, device, views, **options)
     val = extract(model, val_loader, device, desc="features val", **options)
-    log.info("cached backbone features of %d image(s) x %d cop%s: later epochs train only the head",
-             len(train), views, "y" if views == 1 else "ies (epoch e reads copy e mod views)")
+    log.info("cached backbone features of %d image(s) x %d cop%s: epochs 1-%d train only the head%s",
+             len(train), views, "y" if views == 1 else "ies (epoch e reads copy e mod views)", until,
+             f", epochs {until + 1}-{cfg.epochs} the whole network on images" if until < cfg.epochs else "")
     loaders = (make_loader(train, batch_size=cfg.loader.batch_size, shuffle=True, seed=cfg.seed, weights=sample_weights),
                make_loader(val, batch_size=cfg.loader.batch_size, shuffle=False))
-    return model.net.head, loaders[0], loaders[1], [train]
+    head = Stage(model.net.head, loaders[0], loaders[1], [train], until)
+    return [head, whole] if until < cfg.epochs else [head]

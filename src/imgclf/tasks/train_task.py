@@ -92,10 +92,9 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
         OmegaConf.save(cfg, exp.config, resolve=True)
         train_loader, val_loader = data.train_loaders(cfg, loaded, prep, device, sample_weights)
         val_images = val_loader.dataset
-        trained, train_loader, val_loader, followers = data.cached_features(
-            cfg, model, train_loader, val_loader, device, sample_weights, extras.batch_mix is not None)
-        if cfg.trainer.compile:
-            trained = torch.compile(trained)  # checkpoints always hold the plain module's weights
+        stages = data.stages(cfg, model, train_loader, val_loader, device, sample_weights,
+                             extras.batch_mix is not None, start_epoch=state.epoch,
+                             eval_train=data.serve(cfg, loaded["train"], prep, cfg.augmentation.eval))
         meta = checkpoint_meta(cfg, source.display_names(), classes, model, prep)
         writer = CheckpointWriter(exp, model, optimizer, scheduler, meta, extras.scaler, extras.ema)
         run_log = open_run_log(cfg, exp, state, classes, val_images, meta["num_parameters"])
@@ -105,9 +104,13 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
                  type(net).__name__, device, exp.path)
         with stop_signal() as stop:
             try:
-                state = fit(trained, train_loader, val_loader, loss_fn, optimizer, scheduler, build.train_options(cfg),
-                            device=device, num_classes=len(classes), state=state, checkpoints=writer, log=run_log,
-                            extras=extras, followers=followers, should_stop=stop)
+                for stage in stages:
+                    # checkpoints always hold the plain module's weights
+                    trained = torch.compile(stage.module) if cfg.trainer.compile else stage.module
+                    state = fit(trained, stage.train, stage.val, loss_fn, optimizer, scheduler,
+                                build.train_options(cfg), device=device, num_classes=len(classes), state=state,
+                                checkpoints=writer, log=run_log, extras=extras, followers=stage.followers,
+                                should_stop=stop, until=stage.until)
             except Interrupted as exc:
                 log.warning("%s; wrote %s. Run the same command again to resume.", exc, exp.last)
                 raise Interrupted(str(exc), exit_code=stop.exit_code) from None

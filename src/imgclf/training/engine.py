@@ -246,11 +246,13 @@ def fit(model: nn.Module, train_loader: TrainLoader, val_loader: Iterable[Batch]
         optimizer: torch.optim.Optimizer, scheduler: Scheduler, options: TrainOptions, *, device: torch.device,
         num_classes: int, state: TrainState, checkpoints: Checkpoints, log: EpochLog,
         extras: StepExtras = StepExtras(), followers: Sequence[EpochFollower] = (),
-        should_stop: Callable[[], bool] = lambda: False) -> TrainState:
+        should_stop: Callable[[], bool] = lambda: False, until: int | None = None) -> TrainState:
     """Train from ``state`` to ``options.epochs``, validating, logging and checkpointing every epoch.
 
     Args:
         followers: told the epoch before it starts (e.g. a model that unfreezes its backbone at an epoch).
+        until: stop after this epoch instead (one stage of a run: its epochs are still shown out of
+            ``options.epochs``).
 
     Raises:
         Interrupted: ``should_stop()`` turned true; ``last.pt`` was written first.
@@ -258,7 +260,7 @@ def fit(model: nn.Module, train_loader: TrainLoader, val_loader: Iterable[Batch]
     """
     evaluated = extras.ema.module if extras.ema is not None else model  # with EMA, the averaged weights are kept
     epochs = options.epochs
-    for epoch in range(state.epoch, epochs):
+    for epoch in range(state.epoch, epochs if until is None else min(until, epochs)):
         if state.stopped_early:
             break
         train_loader.set_epoch(epoch, state.step)

@@ -23,13 +23,21 @@ from imgclf.models.classifier import Classifier
 
 
 def why_not_cacheable(model: Classifier, random_augmentation: bool, batch_mix: bool, views: int = 1) -> str | None:
-    """None when backbone features (of ``views`` augmented copies) can be cached, else the reason they cannot."""
+    """None when backbone features (of ``views`` augmented copies) can be cached, else the reason they cannot.
+
+    With ``unfreeze_at_epoch`` K the features serve the epochs before K only (the whole network trains on
+    images from K on); a random train augmentation then applies from K, and the cached features are of the
+    un-augmented images (unless ``views > 1``)."""
     net = model.net
     if not hasattr(net, "backbone") or not hasattr(net, "head"):
         return f"{type(net).__name__} has no separate backbone and head"
-    if getattr(net, "freeze", "none") != "backbone" or getattr(net, "unfreeze_at_epoch", None) is not None:
-        return "the backbone is not frozen for the whole run (set model.freeze=backbone, model.unfreeze_at_epoch=null)"
-    if random_augmentation and views == 1:
+    unfreeze = getattr(net, "unfreeze_at_epoch", None)
+    if getattr(net, "freeze", "none") != "backbone":
+        return "the backbone is not frozen (set model.freeze=backbone)"
+    if unfreeze == 0:
+        return ("model.unfreeze_at_epoch=0 trains the whole network from the first epoch, so no epoch could use "
+                "cached features (set model.unfreeze_at_epoch to the number of head-only epochs)")
+    if random_augmentation and views == 1 and unfreeze is None:
         return ("the train augmentation is random, so every epoch needs new features (use augmentation=none, "
                 "trainer.feature_views=N to cache N augmented copies of every image, or trainer.cache_features=false)")
     if views > 1 and not random_augmentation:
