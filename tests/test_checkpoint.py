@@ -63,18 +63,45 @@ def test_missing_checkpoint_and_non_imgclf_file(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "other.pt")
 
 
-def test_bit_flip_into_nan_weights_is_rejected(tmp_path: Path) -> None:
+def test_nan_weights_in_a_checkpoint_are_rejected(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
-    save_atomic(payload(), path)
+    bad = payload()
+    bad["model"]["w"][1, 2] = float("nan")  # written so (a diverged run saved by other code): the checksums match
+    save_atomic(bad, path)
+    with pytest.raises(CheckpointError, match="non-finite values in 'w'"):
+        load_checkpoint(path)
+
+
+def _flip_bit_in_member(path: Path, suffix: str, offset: int = 0, bit: int = 0) -> str:
+    """Flip one bit of a stored zip member's bytes in place, as a disk or copy error would; its name."""
     with zipfile.ZipFile(path) as zf:
-        name = next(n for n in zf.namelist() if n.endswith("/data/0"))
-        raw = bytearray(zf.read(name))
-    raw[0:4] = np.array([np.nan], dtype=np.float32).tobytes()
-    # rewrite the member in place, as a flipped bit on disk would (torch does not check the CRC)
-    data = path.read_bytes()
-    original = bytes(np.full(16, 1.0, dtype=np.float32).tobytes())
-    path.write_bytes(data.replace(original, bytes(raw), 1))
-    with pytest.raises(CheckpointError, match="non-finite"):
+        info = next(i for i in zf.infolist() if i.filename.endswith(suffix))
+    data = bytearray(path.read_bytes())
+    header = info.header_offset
+    name_length, extra_length = int.from_bytes(data[header + 26:header + 28], "little"), \
+        int.from_bytes(data[header + 28:header + 30], "little")
+    data[header + 30 + name_length + extra_length + offset] ^= 1 << bit
+    path.write_bytes(bytes(data))
+    return info.filename
+
+
+def test_C7_a_flipped_bit_that_keeps_the_weights_finite_is_caught_by_the_zip_checksum(tmp_path: Path) -> None:
+    path = tmp_path / "best.pt"
+    save_atomic(payload(1.0), path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((4, 4), 1.0))  # intact: loads
+    member = _flip_bit_in_member(path, "/data/0", offset=5, bit=3)  # 1.0 becomes another finite float
+    raw = torch.load(path, weights_only=True, map_location="cpu")["model"]["w"]
+    assert torch.isfinite(raw).all() and not torch.equal(raw, torch.full((4, 4), 1.0))  # torch alone: silent
+    with pytest.raises(CheckpointError, match=rf"{path.name} \(\d+ bytes\) is damaged: its part '{member}'") as info:
+        load_checkpoint(path)
+    assert "another checkpoint" in str(info.value)
+
+
+def test_C7_a_flipped_bit_in_the_pickle_is_a_clear_error_not_a_decode_error(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    save_atomic(payload(1.0), path)
+    member = _flip_bit_in_member(path, "data.pkl", offset=40, bit=6)
+    with pytest.raises(CheckpointError, match=f"is damaged: its part '{member}'"):
         load_checkpoint(path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint {path} ({size} bytes) is a git-LFS pointer, not the file: run `git lfs pull`"
         )
+    damaged = failed_crc(path)  # torch.load does not verify the zip CRC: a flipped bit would load silently
+    if damaged is not None:
+        raise CheckpointError(
+            f"checkpoint {path} ({size} bytes) is damaged: its part '{damaged}' no longer matches the checksum "
+            "written with it (a disk, memory or copy error changed the file after it was saved). Use another "
+            "checkpoint of the run (best.pt or last.pt), a backup, or train again"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt zips and pickles
@@ -81,10 +89,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from exc
     if not isinstance(payload, dict) or "model" not in payload:
         raise CheckpointError(f"{path} ({size} bytes) is not an imgclf checkpoint (no 'model' entry)")
-    bad = first_non_finite(payload["model"])  # torch.load does not verify the zip CRC: a flipped bit loads silently
+    bad = first_non_finite(payload["model"])
     if bad is not None:
         raise CheckpointError(f"checkpoint {path} holds non-finite values in '{bad}'")
     return payload
+
+
+def failed_crc(path: Path) -> str | None:
+    """The first member of a zip checkpoint whose CRC-32 does not match its bytes, else None (also for files
+    that are not zips, e.g. torch's legacy format: torch.load then reports what it can)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        return None  # a damaged directory: torch.load's own error says more
 
 
 def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
