@@ -111,6 +111,43 @@ def test_splits_file_roundtrip_and_missing_files(tmp_path: Path, train_only_fold
         read_splits(tmp_path / "splits.csv", ["circle"])
 
 
+def _cut_at_line(text: str) -> str:
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[: len(lines) // 2])
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda text: _cut_at_line(text).encode(), "is not the file this experiment wrote"),  # still valid CSV
+    (lambda text: text.encode()[: len(text) // 2 + 7], "is not the file this experiment wrote"),  # mid-line
+    (lambda text: bytes(range(256)) * 4, "is not the file this experiment wrote"),
+])
+def test_G1_a_cut_or_damaged_splits_file_is_refused_with_its_path(tmp_path: Path, train_only_folder: Path,
+                                                                  damage, message: str) -> None:
+    splits = source(train_only_folder).scan()
+    path = tmp_path / "splits.csv"
+    write_splits(splits, path)
+    rows = sum(len(s) for s in splits.samples.values())
+    path.write_bytes(damage(path.read_text()))
+    with pytest.raises(DataError, match=message) as info:
+        read_splits(path, splits.classes)
+    assert str(path) in str(info.value) and f"({rows} rows" in str(info.value)
+
+
+def test_G1_a_splits_file_without_its_checksum_record_is_parsed_with_clear_errors(tmp_path: Path,
+                                                                                 train_only_folder: Path) -> None:
+    splits = source(train_only_folder).scan()
+    path = tmp_path / "splits.csv"
+    write_splits(splits, path)
+    (tmp_path / "splits.csv.sha256").unlink()  # an experiment from before the record, or deleted on purpose
+    assert read_splits(path, splits.classes)[0].samples == splits.samples
+    path.write_bytes(path.read_bytes()[:-30])  # cut mid-line
+    with pytest.raises(DataError, match=rf"{path.name}, line \d+: expected the columns path, label, split"):
+        read_splits(path, splits.classes)
+    path.write_bytes(b"path,label,split\n\xff\xfe\x00garbage\n")
+    with pytest.raises(DataError, match="not a readable splits file"):
+        read_splits(path, splits.classes)
+
+
 def test_truncated_and_fake_images_are_named(tmp_path: Path) -> None:
     good = tmp_path / "good.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good)
@@ -190,3 +227,16 @@ def test_configured_class_list_sets_the_order_and_must_match(tiny_folder: Path) 
     assert order[label] == Path(path).parent.name  # labels follow the configured order
     with pytest.raises(DataError, match=r"folders not in the list \['stripes'\].*without a folder \['zigzag'\]"):
         source(tiny_folder, classes=["circle", "square", "zigzag"]).scan()
+
+
+def test_G1_test_py_refuses_a_splits_file_cut_at_a_line_boundary(tmp_path: Path, tiny_folder: Path) -> None:
+    import imgclf.tasks as tasks
+    from helpers import compose_cfg, tiny_overrides
+
+    cfg = lambda: compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=1"))  # noqa: E731
+    tasks.train(cfg())
+    path = tmp_path / "experiments" / "tiny" / "splits.csv"
+    path.write_text(_cut_at_line(path.read_text()))  # fewer test rows, still a valid CSV
+    with pytest.raises(DataError, match="splits.csv .* is not the file this experiment wrote"):
+        tasks.test(cfg())
+    assert not (tmp_path / "experiments" / "tiny" / "test" / "metrics.json").exists()

@@ -45,7 +45,8 @@ class ExperimentDir:
 
     def results(self) -> list[Path]:
         """Files a training run leaves behind (what overwriting would delete)."""
-        return [p for p in (self.best, self.last, self.metrics, self.splits, self.config) if p.exists()]
+        checksum = self.splits.with_name(self.splits.name + ".sha256")
+        return [p for p in (self.best, self.last, self.metrics, self.splits, checksum, self.config) if p.exists()]
 
     def clear(self) -> None:
         """Delete the results of a previous run (an explicit user choice: overwrite=true)."""
