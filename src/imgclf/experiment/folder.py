@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from imgclf.data.splits_file import checksum_path
 from imgclf.errors import CheckpointError, ExperimentError, ImgclfError
 from imgclf.experiment.checkpoint import load_checkpoint, remove_orphan_temps
 
@@ -45,8 +46,8 @@ class ExperimentDir:
 
     def results(self) -> list[Path]:
         """Files a training run leaves behind (what overwriting would delete)."""
-        checksum = self.splits.with_name(self.splits.name + ".sha256")
-        return [p for p in (self.best, self.last, self.metrics, self.splits, checksum, self.config) if p.exists()]
+        files = (self.best, self.last, self.metrics, self.splits, checksum_path(self.splits), self.config)
+        return [p for p in files if p.exists()]
 
     def clear(self) -> None:
         """Delete the results of a previous run (an explicit user choice: overwrite=true)."""

@@ -168,13 +168,13 @@ class Stage:
 
 def stages(cfg: DictConfig, model: Classifier, train_loader: TrainLoader, val_loader: TrainLoader,
            device: torch.device, sample_weights: list[float] | None, batch_mix: bool, *,
-           eval_train: Any, start_epoch: int) -> list[Stage]:
+           train_split: LoadedSplit, prep: Preprocessing, start_epoch: int) -> list[Stage]:
     """What trains in which epochs. Without ``trainer.cache_features``: the model on the loaders, every epoch.
 
     With it: the head on loaders of precomputed backbone features, for every epoch, or with
     ``model.unfreeze_at_epoch`` K for the epochs before K, then the whole model on the image loaders (its
-    random train augmentation starts there; the cached features are of ``eval_train``, the un-augmented train
-    images, unless ``trainer.feature_views`` > 1). ``best.pt`` is one for the whole run, so the fine-tuned
+    random train augmentation starts there; the cached features are of ``train_split`` served with the eval
+    transform, the un-augmented train images, unless ``trainer.feature_views`` > 1). ``best.pt`` is one for the whole run, so the fine-tuned
     network replaces the head-only one only when it validates better. A run resumed at or after K computes
     no features. Early stopping during the head epochs ends the run (no fine-tuning).
     """
@@ -193,7 +193,8 @@ def stages(cfg: DictConfig, model: Classifier, train_loader: TrainLoader, val_lo
         log.info("resuming at epoch %d, after the epochs on cached features: the whole network trains on images",
                  start_epoch + 1)
         return [whole]
-    images = train_loader.dataset if views > 1 or unfreeze is None else eval_train
+    images = (train_loader.dataset if views > 1 or unfreeze is None
+              else serve(cfg, train_split, prep, cfg.augmentation.eval))
     in_order = make_loader(images, batch_size=cfg.loader.batch_size, shuffle=False)  # per sample
     options = {"progress": cfg.progress, "channels_last": cfg.trainer.channels_last}
     train = extract_views(model, in_order, device, views, **options)

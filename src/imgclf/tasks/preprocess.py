@@ -96,33 +96,30 @@ def _auto(typical: int | None, native: int | None, max_size: int, native_scale: 
     if typical is None:
         raise ValueError("dataset.image_size=auto needs the train images' sizes, and none could be read")
     found = f"the train images' median shorter side is {typical} px"
-    side = max(MULTIPLE, typical // MULTIPLE * MULTIPLE)
-    if native is not None and native_scale != 1:
-        return _auto_scaled(found, typical, native, native_scale)
     if native is not None:
-        if side >= native:
-            return native, f"{found}; the pretrained model's native input size is {native} px"
-        floor = native // 2 // MULTIPLE * MULTIPLE
-        if side < floor:
-            return floor, f"{found}; enlarged to half the pretrained model's native {native} px, the least it needs"
-        return side, f"{found} (under the pretrained model's native {native} px: not enlarged)"
+        return _pretrained(found, typical, native, native_scale)
+    side = _multiple(typical)
     if side > max_size:
         return max_size, f"{found}; capped by dataset.max_image_size={max_size} for a model trained from scratch"
     side = max(side, SMALLEST)
     return side, f"{found}: a model trained from scratch sees them at their own size"
 
 
-def _auto_scaled(found: str, typical: int, native: int, scale: float) -> tuple[int, str]:
-    """A pretrained model with ``dataset.native_scale`` s: up to s x native, enlarging the images up to s x."""
-    limit = _multiple(native * scale)
-    enlarged = _multiple(typical * scale)
+def _pretrained(found: str, typical: int, native: int, scale: float) -> tuple[int, str]:
+    """A pretrained model: at most ``scale`` x its native size (the native size itself at scale 1), the images
+    enlarged at most ``scale`` x, and at least half the native size."""
+    limit = native if scale == 1 else _multiple(native * scale)
+    wanted = _multiple(typical * scale)
+    if wanted >= limit:
+        return limit, (f"{found}; the pretrained model's native input size is {native} px" if scale == 1 else
+                       f"{found}; dataset.native_scale={scale:g} x the pretrained model's native {native} px")
     floor = native // 2 // MULTIPLE * MULTIPLE
-    if enlarged >= limit:
-        return limit, f"{found}; dataset.native_scale={scale:g} x the pretrained model's native {native} px"
-    if enlarged < floor:
+    if wanted < floor:
         return floor, f"{found}; enlarged to half the pretrained model's native {native} px, the least it needs"
-    return enlarged, (f"{found}, enlarged {scale:g}x (dataset.native_scale) for the pretrained model "
-                      f"(native {native} px, up to {limit} px)")
+    if scale == 1:
+        return wanted, f"{found} (under the pretrained model's native {native} px: not enlarged)"
+    return wanted, (f"{found}, enlarged {scale:g}x (dataset.native_scale) for the pretrained model "
+                    f"(native {native} px, up to {limit} px)")
 
 
 def _multiple(value: float) -> int:

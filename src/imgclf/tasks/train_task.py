@@ -93,8 +93,8 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
         train_loader, val_loader = data.train_loaders(cfg, loaded, prep, device, sample_weights)
         val_images = val_loader.dataset
         stages = data.stages(cfg, model, train_loader, val_loader, device, sample_weights,
-                             extras.batch_mix is not None, start_epoch=state.epoch,
-                             eval_train=data.serve(cfg, loaded["train"], prep, cfg.augmentation.eval))
+                             extras.batch_mix is not None, train_split=loaded["train"], prep=prep,
+                             start_epoch=state.epoch)
         meta = checkpoint_meta(cfg, source.display_names(), classes, model, prep)
         writer = CheckpointWriter(exp, model, optimizer, scheduler, meta, extras.scaler, extras.ema)
         run_log = open_run_log(cfg, exp, state, classes, val_images, meta["num_parameters"])
