@@ -14,7 +14,9 @@ from sklearn.metrics import precision_recall_fscore_support
 import imgclf.tasks as tasks
 from helpers import compose_cfg, copy_trained, make_folder, read_csv
 from imgclf.reporting import figures, statistics
-from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.cli import leaderboard
+from imgclf.errors import CheckpointError
+from imgclf.experiment.checkpoint import load_checkpoint, save_atomic
 
 REPORT_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png", "predictions.csv",
                 "misclassified.png", "reliability.png", "report.md")
@@ -132,6 +134,39 @@ def test_other_split_and_other_folder_get_their_own_report(trained_tiny, tmp_pat
     assert len(rows) == 8 == metrics["samples"]
     assert all(Path(r["path"]).parent.name == r["true"] for r in rows)
     assert metrics["per_class"]["square"]["support"] == 0
+
+
+def test_G2_another_checkpoint_gets_its_own_report_and_never_the_experiments(trained_tiny, tmp_path: Path) -> None:
+    overrides, exp = copy_trained(trained_tiny, tmp_path)
+    own = tasks.test(compose_cfg("train", overrides))
+    own_bytes = (exp / "test" / "metrics.json").read_bytes()
+    # another model: the same network with its output rows rotated, so it predicts other classes
+    payload = load_checkpoint(exp / "best.pt")
+    last_weight = [k for k, v in payload["model"].items() if v.ndim == 2][-1]
+    for key in (last_weight, last_weight.replace("weight", "bias")):
+        payload["model"][key] = payload["model"][key].roll(1, dims=0)
+    other = tmp_path / "other_model" / "best.pt"
+    other.parent.mkdir()
+    save_atomic(payload, other)
+    foreign = tasks.test(compose_cfg("train", [*overrides, f"ckpt={other}"]))
+    assert foreign["checkpoint"] == str(other.resolve()) and foreign["accuracy"] != own["accuracy"]
+    assert (exp / "test" / "metrics.json").read_bytes() == own_bytes  # the experiment's own report is untouched
+    written = json.loads((exp / "test_ckpt-other_model-best" / "metrics.json").read_text())
+    assert written["accuracy"] == foreign["accuracy"]
+    last = tasks.test(compose_cfg("train", [*overrides, "ckpt=last", "split=val"]))
+    assert (exp / "test_val_ckpt-last" / "metrics.json").is_file() and not (exp / "test_val").exists()
+    assert last["checkpoint"] == str((exp / "last.pt").resolve())
+    with pytest.raises(CheckpointError, match="not a checkpoint of experiment"):
+        tasks.test(compose_cfg("train", [*overrides, f"ckpt={other}", "calibrate=true"]))
+    assert load_checkpoint(other).get("temperature") is None
+    # the leaderboard shows the experiment's own numbers, and ignores a report of another checkpoint in test/
+    assert leaderboard.main(["--experiments", str(exp.parent)]) == 0
+    row = next(r for r in read_csv(exp.parent / "leaderboard.csv") if r["name"] == exp.name)
+    assert float(row["test/acc"]) == pytest.approx(own["accuracy"], abs=1e-4)
+    (exp / "test" / "metrics.json").write_text(json.dumps(written))  # as test.py wrote it before this fix
+    assert leaderboard.main(["--experiments", str(exp.parent)]) == 0
+    row = next(r for r in read_csv(exp.parent / "leaderboard.csv") if r["name"] == exp.name)
+    assert "test/acc" not in row and "not of this experiment's best.pt" in row["notes"]
 
 
 def test_temperature_fit_recovers_overconfidence() -> None:

@@ -237,7 +237,15 @@ def _read_test(path: Path, notes: list[str]) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as exc:
         notes.append(f"test/metrics.json unreadable ({type(exc).__name__})")
         return {}
-    return metrics if isinstance(metrics, dict) else {}
+    if not isinstance(metrics, dict):
+        return {}
+    checkpoint, best = Path(str(metrics.get("checkpoint", "best.pt"))), path.parent.parent / "best.pt"
+    if checkpoint.name != "best.pt" or (checkpoint.is_absolute() and checkpoint.exists() and best.exists()
+                                        and not checkpoint.samefile(best)):
+        # written by test.py before reports of other checkpoints got their own folder: not this experiment's numbers
+        notes.append(f"test/metrics.json is a report of {checkpoint}, not of this experiment's best.pt: run test.py again for it")
+        return {}
+    return metrics
 
 
 def sweep_folder(folder: Path) -> Path | None:

@@ -45,11 +45,14 @@ def test(cfg: DictConfig) -> dict[str, Any]:
             "(with the same overrides), or pass ckpt=<path to a .pt file>"
         )
     payload = load_checkpoint(path)
+    tag = checkpoint_tag(path, exp.path, exp.best)
     classes = list(payload["class_names"])
     source = build.source(cfg)
     data.fill_num_classes(cfg, classes, source.root, found_in=str(path))
     own_data = payload["config"]["dataset"]["root"] == str(source.root)
     splits, recorded = data.splits(exp, source, classes, reuse=own_data)
+    if tag and own_data:
+        warn_if_split_differently(payload["config"]["dataset"], cfg.dataset, path)
     split = split_to_test(cfg.split, splits, source)
     prep = Preprocessing.from_checkpoint(payload)
     cfg.dataset.image_size = prep.image_size  # the size it was trained at (a model may be built for it; auto is past)
@@ -57,6 +60,9 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     load_weights(model, payload, path)
     model.to(device)
     if cfg.calibrate:
+        if path.resolve().parent != exp.path.resolve():
+            raise CheckpointError(f"calibrate=true would write a temperature into {path.resolve()}, which is not a "
+                                  f"checkpoint of experiment {exp.path.name}: calibrate it in its own experiment")
         payload = calibrate(cfg, exp, path, payload, model, device)  # the temperature of the model as shipped
     loaded = data.load(cfg, source, splits, (split,), prep)
     data.check_unchanged(recorded, loaded, refuse=False)
@@ -68,12 +74,38 @@ def test(cfg: DictConfig) -> dict[str, Any]:
                                 lambda i: data.picture(dataset, i), info,
                                 temperature=float(payload.get("temperature", 1.0)),
                                 display_names=payload.get("display_names") or {})
-    folder = exp.path / report_folder(split, None if own_data else source.root)
+    folder = exp.path / (report_folder(split, None if own_data else source.root) + (f"_ckpt-{tag}" if tag else ""))
+    if tag:
+        log.info("%s is not the experiment's best.pt: its report goes to %s, and the experiment's own report and "
+                 "TensorBoard run are left as they are", path, folder)
     metrics = report.write(folder, result, top_k=cfg.report.top_k, bootstrap=cfg.report.bootstrap,
-                           mistakes=cfg.report.mistakes, tensorboard=exp.tensorboard_dir,
+                           mistakes=cfg.report.mistakes, tensorboard=None if tag else exp.tensorboard_dir,
                            step=payload["state"]["epoch"])
     log.info("\n%s\nreport: %s", report.format_table(metrics, classes), folder / "report.md")
     return metrics
+
+
+def checkpoint_tag(path: Path, experiment: Path, best: Path) -> str:
+    """'' for the experiment's own ``best.pt`` (its report is the experiment's); else a name for the checkpoint:
+    its stem when it lies in the experiment folder (``last``), else ``<its folder>-<stem>``."""
+    path = path.resolve()
+    if path == best.resolve():
+        return ""
+    name = path.stem if path.parent == experiment.resolve() else f"{path.parent.name}-{path.stem}"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+SPLIT_KEYS = ("split_seed", "val_fraction", "test_fraction", "val_from")
+
+
+def warn_if_split_differently(theirs: Any, ours: Any, path: Path) -> None:
+    """A checkpoint of another experiment, evaluated on this one's split of the same folder: when it carved its
+    splits otherwise, it may have trained on some of these test images."""
+    changed = [f"dataset.{k}: {theirs.get(k)!r} (its run) vs {ours.get(k)!r}" for k in SPLIT_KEYS
+               if theirs.get(k) != ours.get(k)]
+    if changed:
+        log.warning("%s split the same folder differently (%s): it may have trained on images of this split, "
+                    "so its numbers can be optimistic", path, "; ".join(changed))
 
 
 def report_folder(split: str, other_root: Path | None) -> str:
