@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from omegaconf import DictConfig
 
 import imgclf.tasks as tasks
-from helpers import StopAfter, compose_cfg, tiny_overrides
+from helpers import CLASSES, StopAfter, compose_cfg, make_folder, tiny_overrides
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.training.state import Interrupted
-from imgclf.errors import ExperimentError
+from imgclf.errors import DataError, ExperimentError
 from imgclf.experiment.run_log import read_metrics
 
 EPOCH_KEYS = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "val/f1", "lr", "epoch_seconds",
@@ -102,6 +104,26 @@ def test_overwrite_starts_over_and_more_epochs_continue(tmp_path: Path, tiny_fol
     assert [r["epoch"] for r in read_metrics(exp_dir(longer) / "metrics.jsonl")] == [1, 2]
 
 
+def test_G5_overwrite_checks_the_new_data_before_deleting_anything(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "photos", {"train": 6, "val": 2, "test": 2})
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=1"))
+    tasks.train(cfg)
+    exp = exp_dir(cfg)
+    kept = {p.relative_to(exp): p.read_bytes() for p in exp.rglob("*") if p.is_file() and ".hydra" not in p.parts}
+    runs = Path(cfg.paths.runs) / cfg.experiment
+    assert {"best.pt", "last.pt", "metrics.jsonl", "splits.csv", "config.yaml"} <= {p.name for p in kept}
+    assert any(runs.rglob("events.out.tfevents*"))
+    (folder / "train" / CLASSES[0] / "junk.jpg").write_text("not an image")  # the new run's data is bad
+    with pytest.raises(DataError, match="junk.jpg"):
+        tasks.train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=1", "overwrite=true")))
+    for name, data in kept.items():  # nothing of the old run was deleted
+        assert (exp / name).read_bytes() == data, name
+    assert any(runs.rglob("events.out.tfevents*"))
+    (folder / "train" / CLASSES[0] / "junk.jpg").unlink()
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2", "overwrite=true")))
+    assert [r["epoch"] for r in read_metrics(exp / "metrics.jsonl")] == [1, 2]
+
+
 @pytest.mark.parametrize("stop_after", [5, 6])  # mid-epoch, and exactly at the end of epoch 1 (6 batches)
 def test_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_folder: Path,
                                             stop_after: int) -> None:
@@ -128,13 +150,50 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_folder: Path,
     assert [step for step, _ in curve] == [1, 2, 3]  # one point per epoch across the two processes
 
 
-def test_resume_refuses_a_changed_model(tmp_path: Path, tiny_folder: Path) -> None:
-    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3"))
+def test_D6_resume_refuses_a_changed_model_size_data_or_classes(tmp_path: Path, caplog) -> None:
+    folder = make_folder(tmp_path / "photos", {"train": 6, "val": 2, "test": 2})
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=3"))
     with pytest.raises(Interrupted):
         tasks.train(cfg, stop_signal=lambda: StopAfter(2))
-    changed = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3", "model.width=8"))
-    with pytest.raises(ExperimentError, match=r"model.*width"):
-        tasks.train(changed)
+    last = exp_dir(cfg) / "last.pt"
+    stamp = last.read_bytes()
+    other = make_folder(tmp_path / "other", {"train": 6, "val": 2, "test": 2}, seed=3)
+    for change, refused in (("model.width=8", r"model.*width"), ("dataset.image_size=24", r"dataset.image_size: 16 -> 24"),
+                            (f"dataset.root={other}", r"dataset.root: .*photos.* -> .*other")):
+        with pytest.raises(ExperimentError, match=refused):
+            tasks.train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=3", change)))
+    make_folder(folder, {"train": 6, "val": 2, "test": 2}, classes=("zigzag",), seed=9)  # a class was added
+    with pytest.raises(ExperimentError, match=r"classes: .* -> .*zigzag"):
+        tasks.train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=3")))
+    assert last.read_bytes() == stamp  # nothing was written by a refused resume
+    shutil.rmtree(folder / "train" / "zigzag"), shutil.rmtree(folder / "val" / "zigzag"), shutil.rmtree(folder / "test" / "zigzag")
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2", "optimizer.lr=0.002")))
+    assert "epochs: 3 -> 2" in caplog.text and "optimizer.lr: 0.001 -> 0.002" in caplog.text
+
+
+def test_G6_resume_warns_about_every_changed_setting_and_keeps_the_config_history(tmp_path: Path, caplog) -> None:
+    folder = make_folder(tmp_path / "photos", {"train": 6, "val": 2, "test": 2})
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2"))
+    with pytest.raises(Interrupted):
+        tasks.train(cfg, stop_signal=lambda: StopAfter(2))
+    exp = exp_dir(cfg)
+    stopped = load_checkpoint(exp / "last.pt")["state"]
+    resumed_at = f"epoch-{stopped['epoch']}-step-{stopped['step']}.yaml"
+    changes = ("augmentation=flip", "batch_mix=mixup", "imbalance=weighted_loss", "loss.label_smoothing=0.1",
+               "trainer.clip_grad_norm=1.0")
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2", *changes)))
+    warning = next(r.getMessage() for r in caplog.records if "changed setting" in r.getMessage())
+    for expected in ("imbalance: 'none' -> 'weighted_loss'", "loss.label_smoothing: 0.0 -> 0.1",
+                     "trainer.clip_grad_norm: None -> 1.0", "batch_mix._target_: None -> ", "augmentation.train"):
+        assert expected in warning, expected
+    history = sorted(p.name for p in (exp / "config_history").glob("*.yaml"))
+    assert history == ["epoch-0-step-0.yaml", resumed_at] and resumed_at == "epoch-0-step-2.yaml"
+    first, second = (yaml.safe_load((exp / "config_history" / name).read_text()) for name in history)
+    assert first["imbalance"] == "none" and first["loss"]["label_smoothing"] == 0.0  # what ran before the resume
+    assert second["imbalance"] == "weighted_loss" and second["loss"]["label_smoothing"] == 0.1
+    assert yaml.safe_load((exp / "config.yaml").read_text()) == second  # config.yaml: the latest
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2", "overwrite=true")))
+    assert sorted(p.name for p in (exp / "config_history").glob("*.yaml")) == ["epoch-0-step-0.yaml"]
 
 
 def test_a_busy_experiment_refuses_a_second_run(tiny_cfg: DictConfig) -> None:

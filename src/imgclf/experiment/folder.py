@@ -10,8 +10,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from imgclf.data.splits_file import checksum_path
 from imgclf.errors import CheckpointError, ExperimentError, ImgclfError
+from imgclf.experiment.atomic import write_text_atomic
 from imgclf.experiment.checkpoint import load_checkpoint, remove_orphan_temps
 
 log = logging.getLogger(__name__)
@@ -43,21 +46,41 @@ class ExperimentDir:
         self.splits = self.path / "splits.csv"
         self.config = self.path / "config.yaml"
         self.lock_file = self.path / ".lock"
+        self.config_history = self.path / "config_history"
 
     def results(self) -> list[Path]:
         """Files a training run leaves behind (what overwriting would delete)."""
         files = (self.best, self.last, self.metrics, self.splits, checksum_path(self.splits), self.config)
-        return [p for p in files if p.exists()]
+        return [p for p in files if p.exists()] + sorted(self.config_history.glob("*.yaml"))
 
     def clear(self) -> None:
-        """Delete the results of a previous run (an explicit user choice: overwrite=true)."""
+        """Delete the results of a previous run (an explicit user choice: overwrite=true), if there are any.
+        Call it last: after the new run's config and data have been checked (RELIABILITY G5)."""
+        reports = [p for p in self.path.glob("test*") if p.is_dir()]
+        if not self.results() and not reports and not self.tensorboard_dir.exists():
+            return
         for path in self.results():
             path.unlink()
+        _remove_empty_parents(self.config_history, self.config_history)
         for report in self.path.glob("test*"):  # test/, test_val/, test_<other data>/ ...
             if report.is_dir():
                 shutil.rmtree(report, ignore_errors=True)
         shutil.rmtree(self.tensorboard_dir, ignore_errors=True)
         log.warning("overwrite=true: deleted the previous results in %s and %s", self.path, self.tensorboard_dir)
+
+    def record_config(self, config: dict[str, Any], epoch: int, step: int, saved: dict[str, Any] | None) -> Path:
+        """Keep the config a run starts with as ``config_history/epoch-<E>-step-<S>.yaml`` (``config.yaml`` is
+        always the latest): a resumed run with changed settings leaves the record of what ran before it.
+        ``saved``: the config of the checkpoint resumed from, recorded first when the history lacks it."""
+        if saved is not None and not any(self.config_history.glob("*.yaml")):
+            self._write_config(self.config_history / "epoch-0-step-0.yaml", saved)  # written before the history
+        path = self.config_history / f"epoch-{epoch}-step-{step}.yaml"
+        self._write_config(path, config)
+        return path
+
+    @staticmethod
+    def _write_config(path: Path, config: dict[str, Any]) -> None:
+        write_text_atomic(path, OmegaConf.to_yaml(OmegaConf.create(config)))
 
     @contextmanager
     def discarded_unless_used(self, experiments: Path) -> Iterator[None]:
@@ -88,9 +111,7 @@ class ExperimentDir:
                 raise ExperimentError(f"{self.path} already holds results; resuming {resume} there would "
                                       "replace them: choose experiment=<new name> or overwrite=true")
             return payload
-        if overwrite:
-            if self.results():
-                self.clear()
+        if overwrite:  # deleted by the caller, with clear(), once the new run's config and data are checked
             return None
         payload = self.latest_checkpoint() if resume == "auto" else None
         if payload is None and resume == "never" and self.results():

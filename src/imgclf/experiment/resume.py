@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from imgclf.errors import ExperimentError
+from imgclf.experiment.bookkeeping import BOOKKEEPING_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -18,25 +19,59 @@ def is_finished(payload: dict[str, Any], epochs: int) -> bool:
 STRUCTURAL_KEYS = ("model", "dataset.image_size", "dataset.resize", "dataset.root", "dataset.mean", "dataset.std")
 # what a setting meant in configs saved before it existed (checkpoints from before dataset.resize squashed)
 OLD_DEFAULTS = {"dataset.resize": "squash"}
-WARNED_KEYS = ("epochs", "optimizer", "scheduler", "loss", "loader.batch_size", "seed")
+# keys that say where or how a run was started, or what test.py evaluates: changing them changes no training
+UNWARNED_KEYS = (*BOOKKEEPING_KEYS, "ckpt", "split", "tta", "loader.num_workers", "loader.pin_memory", "report")
+
+
+def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(cfg, dict):
+        return {prefix: cfg}
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else
+                    {f"{prefix}{key}": value})
+    return flat
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
 def compare_configs(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Differences that forbid resuming, and differences that only deserve a warning."""
+    """Differences that forbid resuming (:data:`STRUCTURAL_KEYS`), and every other changed setting as
+    ``key: old -> new``, which resuming warns about (RELIABILITY D6, G6)."""
     def get(cfg: dict[str, Any], dotted: str) -> Any:
         value: Any = cfg
         for part in dotted.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         return OLD_DEFAULTS.get(dotted) if value is None else value
 
-    def diff(keys: tuple[str, ...]) -> list[str]:
-        return [f"{k}: {get(saved, k)!r} -> {get(current, k)!r}" for k in keys if get(saved, k) != get(current, k)]
+    def change(key: str, old: Any, new: Any) -> str:
+        return f"{key}: {old!r} -> {new!r}"
 
-    return diff(STRUCTURAL_KEYS), diff(WARNED_KEYS)
+    refused = [change(k, get(saved, k), get(current, k)) for k in STRUCTURAL_KEYS if get(saved, k) != get(current, k)]
+    old, new = _flatten(saved), _flatten(current)
+    sections = {k.split(".", 1)[0] for k in old}  # a top-level key added to imgclf after the checkpoint: no change
+    warned = [change(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+              if old.get(k) != new.get(k) and not _under(k, (*STRUCTURAL_KEYS, *UNWARNED_KEYS))
+              and k.split(".", 1)[0] in sections]
+    return refused, warned
 
 
-def check_resumable(payload: dict[str, Any], config: dict[str, Any], classes: list[str]) -> None:
-    """Refuse to resume when the model, data or classes changed; warn about other changes.
+def check_classes(payload: dict[str, Any], classes: list[str]) -> None:
+    """Refuse to resume when the class folders changed (checked before the saved splits are read)."""
+    if list(payload["class_names"]) != classes:
+        refuse([f"classes: {payload['class_names']} -> {classes}"])
+
+
+def refuse(refused: list[str]) -> None:
+    if refused:
+        raise ExperimentError("cannot resume: these settings differ from the checkpoint's:\n  "
+                              + "\n  ".join(refused) + "\nuse experiment=<new name> or overwrite=true")
+
+
+def check_resumable(payload: dict[str, Any], config: dict[str, Any], classes: list[str]) -> list[str]:
+    """Refuse to resume when the model, data or classes changed; warn about other changes, and return them.
 
     Args:
         payload: the checkpoint to resume from.
@@ -46,8 +81,9 @@ def check_resumable(payload: dict[str, Any], config: dict[str, Any], classes: li
     refused, warned = compare_configs(payload["config"], config)
     if list(payload["class_names"]) != classes:
         refused.append(f"classes: {payload['class_names']} -> {classes}")
-    if refused:
-        raise ExperimentError("cannot resume: these settings differ from the checkpoint's:\n  "
-                              + "\n  ".join(refused) + "\nuse experiment=<new name> or overwrite=true")
-    for change in warned:
-        log.warning("resuming with a changed setting: %s", change)
+    refuse(refused)
+    if warned:
+        log.warning("resuming from epoch %d with %d changed setting(s), which apply from here on (the config "
+                    "history in config_history/ keeps what ran before):\n  %s", payload["state"]["epoch"],
+                    len(warned), "\n  ".join(warned))
+    return warned

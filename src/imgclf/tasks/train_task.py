@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from imgclf.errors import ConfigError
 from imgclf.experiment.checkpoint import load_checkpoint, set_rng_states
 from imgclf.experiment.folder import ExperimentDir
-from imgclf.experiment.resume import check_resumable, is_finished
+from imgclf.experiment.resume import check_classes, check_resumable, is_finished
 from imgclf.experiment.run_log import BestFigures, RunLog
 from imgclf.experiment.writer import CheckpointWriter
 from imgclf.data.splits_file import write_splits
@@ -76,6 +76,8 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
         payload = exp.resume_payload(str(cfg.resume), overwrite=cfg.overwrite)
         if payload is not None and is_finished(payload, cfg.epochs):
             return report_finished(cfg, exp, payload)
+        if payload is not None:
+            check_classes(payload, classes)
         splits, loaded = data.prepare(cfg, exp, source, classes, size, scanned=scanned, resuming=payload is not None)
         prep = preprocess.resolve(size, cfg.dataset.normalize, cfg.dataset.mean, cfg.dataset.std,
                                   expected=preprocess.model_stats(net),
@@ -88,8 +90,12 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
         extras = build.step_extras(cfg, model, device, payload)
         state = TrainState() if payload is None else restore(cfg, payload, classes, model, optimizer, scheduler,
                                                               extras.ema)
+        if cfg.overwrite and payload is None:
+            exp.clear()  # only now: the new run's config, model and data have all been checked
         write_splits(splits, exp.splits, digests_by_path(loaded))  # what this run trains on, and as what
-        OmegaConf.save(cfg, exp.config, resolve=True)
+        OmegaConf.save(cfg, exp.config, resolve=True)  # the latest; config_history/ keeps each start's
+        exp.record_config(OmegaConf.to_container(cfg, resolve=True), state.epoch, state.step,  # type: ignore[arg-type]
+                          payload["config"] if payload is not None else None)
         train_loader, val_loader = data.train_loaders(cfg, loaded, prep, device, sample_weights)
         val_images = val_loader.dataset
         stages = data.stages(cfg, model, train_loader, val_loader, device, sample_weights,
