@@ -105,20 +105,53 @@ def test_C7_a_flipped_bit_in_the_pickle_is_a_clear_error_not_a_decode_error(tmp_
         load_checkpoint(path)
 
 
-def test_failed_write_keeps_the_previous_file_and_names_the_path(tmp_path: Path, monkeypatch) -> None:
+LIMITED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+sys.argv = sys.argv[2:]
+"""
+
+
+def run_with_file_size_limit(limit: int, code: str, *args: str, cwd: Path | None = None
+                             ) -> subprocess.CompletedProcess:
+    """Run python ``code`` with ``args`` in a process that cannot write a file past ``limit`` bytes: a real
+    disk-full (EFBIG) for every write, torch's included."""
+    return subprocess.run([sys.executable, "-c", LIMITED + code, str(limit), *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+SAVE_ONCE = """
+import torch
+from imgclf.errors import CheckpointError
+from imgclf.experiment.checkpoint import save_atomic
+try:
+    save_atomic({"model": {"w": torch.full((100_000,), 9.0)}}, sys.argv[0])
+except CheckpointError as exc:
+    print("CheckpointError:", exc)
+    raise SystemExit(1)
+"""
+
+
+def test_C3_disk_full_during_a_save_keeps_the_previous_file_and_names_the_path(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
     save_atomic(payload(1.0), path)
-
-    def disk_full(obj, f, *a, **k):
-        f.write(b"partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(CheckpointError, match=rf"{path}.*No space left.*MiB free"):
-        save_atomic(payload(9.0), path)
-    monkeypatch.undo()
+    done = run_with_file_size_limit(100_000, SAVE_ONCE, str(path))
+    # torch alone says "RuntimeError: [enforce fail at inline_container.cc] unexpected pos"
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"could not write checkpoint {path}: File too large" in done.stdout
+    assert "MiB free" in done.stdout and "the previous file is kept" in done.stdout
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.full((4, 4), 1.0))
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+
+
+def test_C3_disk_full_during_a_text_write_keeps_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.json"
+    target.write_text('{"old": 1}')
+    code = "from imgclf.experiment.atomic import write_text_atomic\nwrite_text_atomic(sys.argv[0], 'x' * 10_000)"
+    done = run_with_file_size_limit(1000, code, str(target))
+    assert done.returncode != 0 and "File too large" in done.stderr
+    assert target.read_text() == '{"old": 1}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 def test_orphan_temp_files_are_removed(tmp_path: Path) -> None:

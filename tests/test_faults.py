@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 import imgclf.tasks as tasks
-from helpers import compose_cfg, tiny_overrides
+from helpers import ROOT, compose_cfg, tiny_overrides
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.data.dataset import DecodedImages, make_loader
 from imgclf.training.engine import TrainOptions, train_one_epoch
@@ -146,3 +146,25 @@ def test_non_finite_weights_are_never_written(tmp_path: Path) -> None:
     with pytest.raises(Diverged, match=r"weight '1.weight' became NaN or infinite after epoch 2"):
         writer.save(TrainState(epoch=2), best=True)
     assert exp.last.read_bytes() == good and load_checkpoint(exp.best)["state"]["epoch"] == 1
+
+
+def test_C4_disk_full_while_training_fails_the_run_and_keeps_a_resumable_last_pt(tmp_path: Path,
+                                                                               tiny_folder: Path) -> None:
+    from test_checkpoint import run_with_file_size_limit
+
+    overrides = tiny_overrides(tmp_path, tiny_folder, "epochs=1")
+    tasks.train(compose_cfg("train", overrides))
+    exp = tmp_path / "experiments" / "tiny"
+    assert (exp / "last.pt").stat().st_size > 300_000 > max(p.stat().st_size for p in (exp / "metrics.jsonl",
+                                                                                         exp / "splits.csv"))
+    # epoch 2 under a real 300 kB file size limit: the logs still fit, the checkpoint does not
+    train = "import runpy; runpy.run_path('train.py', run_name='__main__')"
+    done = run_with_file_size_limit(300_000, train, "train.py", *overrides, "epochs=2", cwd=ROOT)
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said[-2000:]
+    assert "Traceback" not in said and "could not write checkpoint" in said
+    assert "File too large" in said and "run the same command to resume" in said
+    assert load_checkpoint(exp / "last.pt")["state"]["epoch"] == 1  # the epoch before is intact
+    assert not list(exp.glob(".tmp-*"))
+    tasks.train(compose_cfg("train", [*overrides, "epochs=2"]))  # and the same command, with space, resumes
+    assert load_checkpoint(exp / "last.pt")["state"]["epoch"] == 2

@@ -25,17 +25,41 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
+    recorder = None
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recorder = _WriteErrors(f)
+            write(recorder)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if recorder is not None and recorder.error is not None and recorder.error is not exc:
+            # torch.save reports a failed write (disk full, file too large) as "RuntimeError: [enforce fail at
+            # inline_container.cc] unexpected pos": raise the OSError it hid instead
+            raise recorder.error from exc
         raise
     _fsync_dir(path.parent)
+
+
+class _WriteErrors:
+    """A binary file that keeps the first OSError its ``write`` raised, for writers that replace it with their own."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -39,8 +39,10 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
     except OSError as exc:
         free = shutil.disk_usage(path.parent).free
         raise CheckpointError(
-            f"could not write checkpoint {path}: {exc} "
-            f"({free / 2**20:.0f} MiB free in {path.parent}); the previous file is kept"
+            f"could not write checkpoint {path}: {exc.strerror or exc} ({free / 2**20:.0f} MiB free in "
+            f"{path.parent}; the file size limit of this process may be lower: ulimit -f); the previous file is "
+            "kept. Free some space (or write elsewhere: paths.experiments=<folder on a larger disk>), then run "
+            "the same command to resume"
         ) from exc
 
 
