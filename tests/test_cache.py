@@ -4,6 +4,7 @@ bad-file policy, leakage and changed-file checks built on its report."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -169,3 +170,115 @@ def test_cached_and_uncached_datasets_serve_the_same_augmented_images(tmp_path: 
         torch.manual_seed(i)
         b = lazy[i]
         assert torch.equal(a[0], b[0]) and a[0].shape == (3, 16, 16) and int(a[1]) == int(b[1])
+
+
+# --- G1 / C3: the disk cache checks itself on every load and is rebuilt when damaged ---------------------
+
+
+def built_cache(tmp_path: Path, folder: Path, caplog) -> tuple[DecodeCache, list[str], Path]:
+    """A disk cache of the train split, built once: (cache, paths, its .npy file)."""
+    cache = DecodeCache(tmp_path / "cache", mode="disk")
+    paths = [p for p, _ in splits_of(folder).samples["train"]]
+    cache.load(paths, 16)
+    (array,) = (tmp_path / "cache").rglob("images-16px*.npy")
+    caplog.clear()
+    return cache, paths, array
+
+
+def assert_rebuilt(cache: DecodeCache, paths: list[str], array: Path, caplog, *words: str) -> None:
+    """The next load serves the uncached decode, warns naming the file, and the rebuilt file is trusted."""
+    images, _ = cache.load(paths, 16)
+    for i, path in enumerate(paths):
+        assert np.array_equal(images[i].numpy(), decode(path, 16)), i
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(str(array) in w and "rebuilding" in w and all(x in w for x in words) for w in warnings), warnings
+    caplog.clear()
+    again, _ = cache.load(paths, 16)
+    assert torch.equal(again, images) and not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert not [p for p in array.parent.iterdir() if "tmp" in p.name]
+
+
+def test_G1_a_zeroed_cache_file_is_rebuilt_with_a_warning(tmp_path: Path, folder: Path, caplog) -> None:
+    cache, paths, array = built_cache(tmp_path, folder, caplog)
+    pixels = len(paths) * 16 * 16 * 3
+    with open(array, "r+b") as f:  # blocks lost in a crash read back as zeros; the .npy header survives
+        f.seek(array.stat().st_size - pixels)
+        f.write(bytes(pixels))
+    assert_rebuilt(cache, paths, array, caplog, "checksum")
+    assert (array.stat().st_mode & 0o777) == 0o644  # C5: not mkstemp's 0600
+
+
+def test_G1_a_truncated_cache_file_is_rebuilt_with_a_warning(tmp_path: Path, folder: Path, caplog) -> None:
+    cache, paths, array = built_cache(tmp_path, folder, caplog)
+    os.truncate(array, array.stat().st_size // 2)
+    assert_rebuilt(cache, paths, array, caplog, "bytes")
+
+
+def test_G1_a_cache_file_without_its_integrity_record_is_rebuilt(tmp_path: Path, folder: Path, caplog) -> None:
+    cache, paths, array = built_cache(tmp_path, folder, caplog)
+    (record,) = [p for p in array.parent.iterdir() if p.name.startswith(array.stem) and p != array]
+    record.unlink()  # as an older imgclf, or a build killed between the array and its record, leaves it
+    assert_rebuilt(cache, paths, array, caplog, "integrity record")
+
+
+def tear_report(text: str, how: str) -> str:
+    import json
+
+    raw = json.loads(text)
+    if how == "torn":
+        return text[: len(text) // 2]
+    if how == "garbage":
+        return "[1, 2, 3]"
+    raw[how] = raw[how][:-1]  # still valid JSON, but one entry short
+    return json.dumps(raw)
+
+
+@pytest.mark.parametrize("how", ["torn", "garbage", "paths", "digests"])
+@pytest.mark.parametrize("mode", ["disk", "memory"])
+def test_G1_a_torn_report_is_rebuilt_with_a_warning(tmp_path: Path, folder: Path, caplog, how: str,
+                                                     mode: str) -> None:
+    cache = DecodeCache(tmp_path / "cache", mode=mode)
+    paths = [p for p, _ in splits_of(folder).samples["train"]]
+    _, first = cache.load(paths, 16)
+    (report_file,) = (tmp_path / "cache").rglob("report.json")
+    report_file.write_text(tear_report(report_file.read_text(), how))
+    caplog.clear()
+    images, report = cache.load(paths, 16)
+    assert report == first and len(report.digests) == len(paths)
+    assert torch.equal(images, torch.from_numpy(np.stack([decode(p, 16) for p in paths])))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(str(report_file) in w and "re-scanning" in w for w in warnings), warnings
+    caplog.clear()
+    assert cache.load(paths, 16)[1] == first and not caplog.records  # the rewritten report is trusted
+
+
+DISK_FULL_SCRIPT = """
+import resource, signal, sys
+from imgclf.data.cache import DecodeCache
+from imgclf.errors import DataError
+paths, cache_dir = sys.argv[2:], sys.argv[1]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so the write fails with EFBIG, as a full disk fails with ENOSPC
+resource.setrlimit(resource.RLIMIT_FSIZE, (32_000, 32_000))
+try:
+    DecodeCache(cache_dir, mode="disk", progress=False).load(paths, 64)
+except DataError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_C3_disk_full_while_building_the_cache_is_a_clear_error_and_leaves_no_temp_file(
+        tmp_path: Path, folder: Path) -> None:
+    import subprocess
+    import sys
+
+    paths = [p for p, _ in splits_of(folder).samples["train"]]  # 18 x 64 x 64 x 3 = 221 kB > the 32 kB limit
+    cache_dir = tmp_path / "cache"
+    done = subprocess.run([sys.executable, "-c", DISK_FULL_SCRIPT, str(cache_dir), *paths],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stdout + done.stderr
+    message = done.stdout
+    assert "Traceback" not in done.stderr and str(cache_dir) in message
+    assert re.search(r"221\.3 kB needed, [\d.]+ [kMGT]?B free", message), message  # 128 header bytes + pixels
+    assert "loader.cache=memory" in message and "Free some space" in message, message
+    assert not [p for p in cache_dir.rglob("*") if "tmp" in p.name]
