@@ -252,3 +252,32 @@ def test_flip_tta_equals_the_mean_over_the_image_and_its_mirror_file(trained, tm
                          "--output", str(out)]) == 0
     record = json.loads(out.read_text())["predictions"][0]
     assert record["confidence"] == pytest.approx(float(((p + p_mirror) / 2).max()), abs=1e-5)
+
+
+def test_A8_predict_refuses_an_image_over_its_pixel_limit_from_the_header(trained, tmp_path, capsys) -> None:
+    overrides, exp = trained
+    small = next((data_root(overrides) / "test").rglob("*.png"))
+    big, cut, bomb = tmp_path / "big.png", tmp_path / "cut.png", tmp_path / "bomb.png"
+    Image.new("1", (9000, 9000)).save(big)  # 81 megapixels in ~10 KB: under Pillow's limit, over predict's
+    cut.write_bytes(big.read_bytes()[:200])  # the header alone: refused before any pixel data is read
+    Image.new("1", (9500, 9500)).save(bomb)  # 90 megapixels: Pillow's decompression-bomb warning
+    assert big.stat().st_size < 100_000
+
+    code, out, err = run_predict(capsys, big, small, cut, "--checkpoint", exp / "best.pt", "--output", tmp_path / "p.csv")
+    assert code == 1, "a refused file makes the exit status non-zero"
+    rows = {Path(r["path"]).name: r for r in read_csv(tmp_path / "p.csv")}
+    assert rows[small.name]["error"] == "" and rows[small.name]["pred"] in CLASSES
+    for name in ("big.png", "cut.png"):
+        assert rows[name]["pred"] == ""
+        assert "9000x9000 pixels is 81.0 megapixels, over the limit of 40000000 pixels" in rows[name]["error"]
+        assert "--max-pixels" in rows[name]["error"]
+    assert "big.png" in out and "2 could not be read" in err
+
+    # the option moves the limit; at its highest, Pillow's own warning is an error too
+    code, out, err = run_predict(capsys, big, bomb, "--checkpoint", exp / "best.pt", "--max-pixels", "89478485",
+                                 "--output", tmp_path / "q.csv")
+    rows = {Path(r["path"]).name: r for r in read_csv(tmp_path / "q.csv")}
+    assert code == 1 and rows["big.png"]["error"] == "" and rows["big.png"]["pred"] in CLASSES
+    assert "decompression bomb" in rows["bomb.png"]["error"]
+    with pytest.raises(SystemExit):
+        predict.parse_args([str(small), "--experiment", "x", "--max-pixels", "100000000"])

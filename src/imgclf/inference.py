@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from imgclf.experiment.checkpoint import load_checkpoint
-from imgclf.data.cache import decode
+from imgclf.data.cache import decode_bytes
 from imgclf.data.preprocessing import Preprocessing
-from imgclf.data.images import serve
+from imgclf.data.images import PREDICT_MAX_PIXELS, check_decoded_pixels, serve
 from imgclf.errors import CheckpointError
 from imgclf.models.classifier import Classifier, with_tta
 from imgclf.runtime import resolve_device
@@ -54,11 +54,13 @@ class Predictor:
     temperature: float
     device: torch.device
     checkpoint: Path
+    max_pixels: int = PREDICT_MAX_PIXELS  # images that would decode to more pixels are refused (images.py says why)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", tta: str = "none") -> Predictor:
+    def load(cls, path: str | Path, device: str = "auto", tta: str = "none",
+             max_pixels: int = PREDICT_MAX_PIXELS) -> Predictor:
         """Build the model a checkpoint was trained as and load its weights; ``tta="flip"`` averages
-        the probabilities of every image and its mirror image.
+        the probabilities of every image and its mirror image; ``max_pixels``: see :meth:`load_image`.
 
         Raises:
             CheckpointError: the file is unreadable, not an imgclf checkpoint, names a model or
@@ -87,21 +89,30 @@ class Predictor:
         names = payload.get("display_names") or {}
         return cls(model=with_tta(model, tta), classes=classes, display_names={str(k): str(v) for k, v in names.items()},
                    transform=transform, preprocessing=prep,
-                   temperature=float(payload.get("temperature", 1.0)), device=torch_device, checkpoint=path)
+                   temperature=float(payload.get("temperature", 1.0)), device=torch_device, checkpoint=path,
+                   max_pixels=max_pixels)
 
     @property
     def image_size(self) -> int:
         """The network's input side."""
         return self.preprocessing.image_size
 
-    def load_image(self, path: str | Path) -> torch.Tensor:
-        """One file as the (3, H, W) uint8 tensor the model takes.
+    def load_image(self, path: str | Path, data: bytes | None = None) -> torch.Tensor:
+        """One file (or its bytes ``data``, e.g. an upload; ``path`` then only names it) as the (3, H, W)
+        uint8 tensor the model takes, decoded as the training cache decodes.
+
+        An image that would decode to more than ``max_pixels`` is refused from its header, before any
+        pixel is decoded (Pillow's decompression-bomb warning is an error too).
 
         Raises:
-            DataError: the file cannot be decoded; the message names it.
+            DataError: the file is over the pixel limit or cannot be decoded; the message names it.
+            OSError: the file cannot be read.
         """
         prep = self.preprocessing
-        return serve(decode(str(path), prep.decode_size, prep.resize), self.transform)
+        data = Path(path).read_bytes() if data is None else data  # read once: the header checked is the one decoded
+        draft = 2 * prep.decode_size  # as cache.decode_bytes: JPEGs are decoded at reduced scale
+        check_decoded_pixels(path, self.max_pixels, data=data, draft=draft, setting="predict.py --max-pixels")
+        return serve(decode_bytes(data, str(path), prep.decode_size, prep.resize)[0], self.transform)
 
     @torch.inference_mode()
     def probabilities(self, images: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -2,11 +2,12 @@
 
     python predict.py PATH... (--experiment NAME | --checkpoint FILE) [--top-k K]
                       [--category-names names.json] [--output out.csv|out.json] [--plot out.png]
-                      [--min-confidence P] [--device auto] [--batch-size N]
+                      [--min-confidence P] [--device auto] [--batch-size N] [--max-pixels N]
 
 PATH: image files, folders (searched recursively; hidden folders skipped) or glob patterns
 (quote them: "photos/**/*.jpg"). Class names, input size, normalization and the calibrated
-temperature come from the checkpoint. A file that cannot be read gets an error row and the exit
+temperature come from the checkpoint. A file that cannot be read, or that would decode to more
+than --max-pixels (checked from its header, before decoding), gets an error row and the exit
 status is 1 at the end; every other file is still classified. Exit status 2: the command line
 or the checkpoint cannot be used.
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 from imgclf.experiment.atomic import csv_text, write_text_atomic
 from imgclf.data.folder import walk_images
-from imgclf.data.images import IMAGE_EXTENSIONS
+from imgclf.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, PREDICT_MAX_PIXELS
 from imgclf.errors import ImgclfError
 from imgclf.models.classifier import TTA_MODES
 
@@ -77,7 +78,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tta", choices=TTA_MODES, default="none",
                         help="test-time augmentation: flip averages the probabilities of each image and its mirror "
                              "image (two forward passes)")
+    parser.add_argument("--max-pixels", type=int, default=PREDICT_MAX_PIXELS, metavar="N",
+                        help=f"refuse images that would decode to more pixels (default {PREDICT_MAX_PIXELS:_}, "
+                             f"at most {MAX_PIXELS:_}); camera JPEGs decode at reduced scale and pass")
     args = parser.parse_args(argv)
+    if not 1 <= args.max_pixels <= MAX_PIXELS:
+        parser.error(f"--max-pixels {args.max_pixels}: must be between 1 and {MAX_PIXELS} (the training limit, "
+                     "Pillow's decompression-bomb level)")
     if args.top_k is not None and args.top_k < 1:
         parser.error(f"--top-k {args.top_k}: must be at least 1")
     if args.batch_size < 1:
@@ -247,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from imgclf.inference import Predictor
 
-        predictor = Predictor.load(checkpoint_path(args), device=args.device, tta=args.tta)
+        predictor = Predictor.load(checkpoint_path(args), device=args.device, tta=args.tta,
+                                   max_pixels=args.max_pixels)
         names = display_names(predictor, args.category_names)
     except ImgclfError as exc:
         print(f"predict.py: error: {exc}", file=sys.stderr)

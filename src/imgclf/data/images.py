@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,12 @@ from imgclf.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"})
 MAX_PIXELS = 89_478_485       # Pillow's own default bomb limit (about 0.25 GB of RGB)
+# predict's (and a web endpoint's) limit on the pixels it decodes. Decoding takes up to ~24 bytes per pixel (a
+# palette PNG with transparency goes through RGBA and a composite: a 10 KB 9000x9000 file peaks at 2.0 GB and
+# 6.5 s), and predict decodes several files at once: 40 MP keeps one file near 1 GB. It counts the pixels
+# actually decoded, so camera JPEGs pass (a 48 MP one decodes at 1/8 scale, 1000x750, for a 256 px model input);
+# PNG, TIFF, WebP or BMP files over 40 MP (e.g. 7300x5500) are refused.
+PREDICT_MAX_PIXELS = 40_000_000
 MAX_ASPECT_RATIO = 50.0       # a 20000x2 strip through a resize becomes a huge tensor
 MIN_SIDE = 2
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
@@ -51,18 +58,55 @@ def open_image(path: str | Path, *, data: bytes | None = None, draft: int | None
         DataError: the file cannot be decoded or has an unusable size; the message names it.
     """
     path = Path(path)
+    with _read_errors_named(path), Image.open(io.BytesIO(data) if data is not None else path) as img:
+        stored_size = img.size
+        _check_size(path, img.size, max_pixels)
+        img.seek(0)  # first frame of animations
+        if draft is not None and img.format == "JPEG":
+            img.draft("RGB", (draft, draft))
+        img.load()   # decode everything now: a truncated file fails here, by name
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img), stored_size
+
+
+def check_decoded_pixels(path: str | Path, max_pixels: int, *, data: bytes | None = None,
+                         draft: int | None = None, setting: str = "max_pixels") -> tuple[int, int]:
+    """Refuse an image that would decode to more than ``max_pixels``, from its header alone (``Image.open``
+    reads no pixel data); returns the (width, height) it decodes to.
+
+    Args:
+        path: the file (named in errors; read unless ``data`` is given).
+        max_pixels: the limit, lower than the training one for predict and web endpoints.
+        data: the file's bytes, when the caller has read them already.
+        draft: as in :func:`open_image`: a JPEG is decoded at the reduced scale this allows, so its
+            decoded size counts, not its stored one.
+        setting: how the user raises the limit, named in the message.
+
+    Raises:
+        DataError: the decoded size is over ``max_pixels``, Pillow warns of a decompression bomb, or the
+            header cannot be read; the message names the file, its size and the limit.
+    """
+    path = Path(path)
+    with _read_errors_named(path), Image.open(io.BytesIO(data) if data is not None else path) as img:
+        stored = img.size
+        if draft is not None and img.format == "JPEG":
+            img.draft("RGB", (draft, draft))
+        width, height = img.size
+    if width * height > max_pixels:
+        scaled = f" (decoded at {width}x{height})" if (width, height) != stored else ""
+        raise DataError(f"{path}: {stored[0]}x{stored[1]} pixels{scaled} is {width * height / 1e6:.1f} megapixels, "
+                        f"over the limit of {max_pixels} pixels ({setting}); downscale the image, or raise "
+                        f"{setting} if the memory allows (decoding takes up to ~24 bytes per pixel)")
+    return width, height
+
+
+@contextmanager
+def _read_errors_named(path: Path) -> Iterator[None]:
+    """Pillow's errors (and its decompression-bomb warning, as an error) as a DataError naming ``path``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data) if data is not None else path) as img:
-                stored_size = img.size
-                _check_size(path, img.size, max_pixels)
-                img.seek(0)  # first frame of animations
-                if draft is not None and img.format == "JPEG":
-                    img.draft("RGB", (draft, draft))
-                img.load()   # decode everything now: a truncated file fails here, by name
-                img = ImageOps.exif_transpose(img)
-                return to_rgb(img), stored_size
+            yield
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
