@@ -19,6 +19,7 @@ from imgclf.data.dataset import DecodedImages, make_loader
 from imgclf.training.engine import TrainOptions, train_one_epoch
 from imgclf.training.state import Diverged
 from imgclf.errors import TrainingError
+from imgclf.models.small_cnn import SmallCNN
 
 
 class NaNAt:
@@ -41,7 +42,7 @@ def tiny_setup(batches: int = 6):
     return model, make_loader(data, batch_size=4, shuffle=True), torch.optim.SGD(model.parameters(), lr=0.1)
 
 
-def test_nan_batches_are_skipped_and_counted() -> None:
+def test_E2_nan_batches_are_skipped_and_counted() -> None:
     model, loader, optimizer = tiny_setup()
     before = [p.detach().clone() for p in model.parameters()]
     result = train_one_epoch(model, loader, NaNAt({1, 3}), optimizer, device=torch.device("cpu"))
@@ -50,7 +51,7 @@ def test_nan_batches_are_skipped_and_counted() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # good batches trained
 
 
-def test_nan_batches_in_a_row_stop_before_touching_the_weights() -> None:
+def test_E2_nan_batches_in_a_row_stop_before_touching_the_weights() -> None:
     model, loader, optimizer = tiny_setup()
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(Diverged, match=r"nan for 3 batches in a row \(batch 3 of 6, lr 0.1\)"):
@@ -59,7 +60,7 @@ def test_nan_batches_in_a_row_stop_before_touching_the_weights() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-def test_a_diverging_run_says_what_to_do_and_keeps_finite_checkpoints(tmp_path: Path, tiny_folder: Path,
+def test_E2_a_diverging_run_says_what_to_do_and_keeps_finite_checkpoints(tmp_path: Path, tiny_folder: Path,
                                                                       monkeypatch) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=2", "trainer.max_nonfinite=2"))
     real = torch.nn.CrossEntropyLoss.forward
@@ -77,7 +78,7 @@ def test_a_diverging_run_says_what_to_do_and_keeps_finite_checkpoints(tmp_path: 
     assert last["state"]["epoch"] == 1
 
 
-def test_out_of_memory_names_the_batch_size_and_the_remedies(tmp_path: Path, tiny_folder: Path, monkeypatch) -> None:
+def test_E3_out_of_memory_names_the_batch_size_and_the_remedies(tmp_path: Path, tiny_folder: Path, monkeypatch) -> None:
     from imgclf.models.small_cnn import SmallCNN
 
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder))
@@ -105,7 +106,7 @@ class DiesInWorker(Dataset):
         return torch.zeros(3, 4, 4, dtype=torch.uint8), 0
 
 
-def test_a_killed_loader_worker_gets_a_clear_message(tmp_path: Path, tiny_folder: Path, monkeypatch) -> None:
+def test_E4_a_killed_loader_worker_gets_a_clear_message(tmp_path: Path, tiny_folder: Path, monkeypatch) -> None:
     # per-image augmentation: batches come from worker processes (batch augmentation uses threads)
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "loader.num_workers=1", "loader.batch_augment=false"))
     monkeypatch.setattr(DecodedImages, "__getitems__", lambda self, indices: [DiesInWorker()[i] for i in indices])
@@ -122,7 +123,7 @@ class Hangs(Dataset):
         return torch.zeros(1), 0
 
 
-def test_a_hung_loader_worker_times_out() -> None:
+def test_E4_a_hung_loader_worker_times_out() -> None:
     loader = make_loader(Hangs(), batch_size=2, shuffle=False, num_workers=1, timeout=1)
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match="DataLoader timed out after 1 seconds"):
@@ -130,7 +131,7 @@ def test_a_hung_loader_worker_times_out() -> None:
     assert time.perf_counter() - start < 20
 
 
-def test_non_finite_weights_are_never_written(tmp_path: Path) -> None:
+def test_E2_non_finite_weights_are_never_written(tmp_path: Path) -> None:
     from imgclf.training.state import TrainState
     from imgclf.experiment.folder import ExperimentDir
     from imgclf.experiment.writer import CheckpointWriter
@@ -168,3 +169,64 @@ def test_C4_disk_full_while_training_fails_the_run_and_keeps_a_resumable_last_pt
     assert not list(exp.glob(".tmp-*"))
     tasks.train(compose_cfg("train", [*overrides, "epochs=2"]))  # and the same command, with space, resumes
     assert load_checkpoint(exp / "last.pt")["state"]["epoch"] == 2
+
+
+def allocate_a_petabyte(self, x):
+    """What a model too large for the machine meets: torch's CPU allocator cannot allocate (a real failure, which
+    torch raises as a RuntimeError, not as torch.OutOfMemoryError)."""
+    return torch.empty(2**50, dtype=torch.uint8)
+
+
+PLAIN_FORWARD = SmallCNN.forward
+
+
+def allocate_a_petabyte_when_training(self, x):
+    return allocate_a_petabyte(self, x) if self.training else PLAIN_FORWARD(self, x)
+
+
+def test_E3_the_cpu_allocator_running_out_in_training_is_explained(tmp_path: Path, tiny_folder: Path,
+                                                                   monkeypatch) -> None:
+    from imgclf.models.small_cnn import SmallCNN
+
+    monkeypatch.setattr(SmallCNN, "forward", allocate_a_petabyte_when_training)
+    with pytest.raises(TrainingError, match=r"out of memory on cpu with loader.batch_size=8 at dataset.image_size=16 "
+                                            r"while training \(.*DefaultCPUAllocator.*\); no checkpoint was written"):
+        tasks.train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder)))
+
+
+@pytest.fixture
+def tested(trained_tiny, tmp_path: Path):
+    """A copy of the session's trained experiment: (overrides for test.py, experiment folder)."""
+    from helpers import copy_trained
+
+    return copy_trained(trained_tiny, tmp_path, "report.bootstrap=0")
+
+
+def test_E3_out_of_memory_in_test_py_is_explained_and_writes_no_report(tested, monkeypatch) -> None:
+    from imgclf.models.small_cnn import SmallCNN
+
+    overrides, exp = tested
+    monkeypatch.setattr(SmallCNN, "forward", allocate_a_petabyte)
+    with pytest.raises(TrainingError, match=r"out of memory on cpu with loader.batch_size=8 .* while evaluating "
+                                            r"\(.*DefaultCPUAllocator.*\); nothing was written. Lower loader.batch_size"):
+        tasks.test(compose_cfg("train", overrides))
+    assert not (exp / "test").exists()
+
+
+def test_E4_test_py_names_a_killed_loader_worker(tested, monkeypatch) -> None:
+    overrides, _ = tested
+    cfg = compose_cfg("train", [*overrides, "loader.num_workers=1", "loader.batch_augment=false"])
+    monkeypatch.setattr(DecodedImages, "__getitems__", lambda self, indices: [DiesInWorker()[i] for i in indices])
+    with pytest.raises(TrainingError, match=r"while evaluating with loader.num_workers=1: DataLoader worker .* "
+                                            r"loader.num_workers=0"):
+        tasks.test(cfg)
+
+
+def test_E4_test_py_stops_a_hung_loader_worker_after_loader_timeout(tested, monkeypatch) -> None:
+    overrides, _ = tested
+    cfg = compose_cfg("train", [*overrides, "loader.num_workers=1", "loader.batch_augment=false", "loader.timeout=1"])
+    monkeypatch.setattr(DecodedImages, "__getitems__", lambda self, indices: [Hangs()[i] for i in indices])
+    start = time.perf_counter()
+    with pytest.raises(TrainingError, match=r"DataLoader timed out after 1 seconds.*loader.timeout=1"):
+        tasks.test(cfg)
+    assert time.perf_counter() - start < 25

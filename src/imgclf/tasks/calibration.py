@@ -18,6 +18,7 @@ from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier
 from imgclf.reporting.statistics import fit_temperature, nll
 from imgclf.tasks import build, data
+from imgclf.tasks.failures import evaluation_error
 from imgclf.training.validation import Outputs, collect
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,12 @@ log = logging.getLogger(__name__)
 
 def outputs(cfg: DictConfig, model: torch.nn.Module, dataset: Any, device: torch.device, desc: str) -> Outputs:
     """The model's logits, labels and mean loss over ``dataset``, in order."""
-    loader = make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=False, num_workers=cfg.loader.num_workers)
-    return collect(model, loader, build.loss(cfg, device), device=device, progress=cfg.progress, desc=desc)
+    loader = make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=False, num_workers=cfg.loader.num_workers,
+                         timeout=cfg.loader.timeout)
+    try:
+        return collect(model, loader, build.loss(cfg, device), device=device, progress=cfg.progress, desc=desc)
+    except RuntimeError as exc:  # out of memory, a killed or hung loader worker: said with the settings to change
+        raise evaluation_error(cfg, exc, device) from None
 
 
 def calibrate(cfg: DictConfig, exp: ExperimentDir, path: Path, payload: dict[str, Any], model: Classifier,
