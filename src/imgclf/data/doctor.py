@@ -36,6 +36,7 @@ def examine(splits: Splits, reports: dict[str, FileReport], *, root: str, bad_fi
         "bad_files": bad,
         "bad_file_policy": bad_files,
         "ignored_by_extension": dict(sorted(splits.ignored.items())),
+        "skipped": list(splits.skipped),  # links and special files passed over, named
         "duplicates": duplicates,
         "leakage": leakage,
     }
@@ -120,6 +121,7 @@ def format_report(report: dict[str, Any]) -> str:
                      + ", ".join(f"{w}x{h} ({n})" for w, h, n in sizes["most_common"]))
     if report["ignored_by_extension"]:
         lines.append("ignored (not images): " + ", ".join(f"{ext} {n}" for ext, n in report["ignored_by_extension"].items()))
+    _section(lines, "skipped links and special files", report.get("skipped", []))
     _section(lines, "unusable files", [f"[{b['split']}] {b['path']}: {b['reason']}" for b in report["bad_files"]])
     _section(lines, "identical files within a split", [" = ".join(g) for g in report["duplicates"]])
     _section(lines, "identical files in different splits (leakage)", [" = ".join(g) for g in report["leakage"]])

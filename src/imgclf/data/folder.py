@@ -13,19 +13,19 @@ import logging
 import os
 import random
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgclf.data.class_names import check_distinct, match
 from imgclf.data.images import IMAGE_EXTENSIONS
+from imgclf.data.walk import WalkNotes, skipped_dir, walk_files, walk_images  # noqa: F401  walk_images: predict's
 from imgclf.errors import DataError
 
 log = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
-SKIPPED_DIRS = frozenset({"__MACOSX", "__pycache__"})
-SKIPPED_FILES = frozenset({"Thumbs.db", "desktop.ini"})
 Sample = tuple[str, int]
+SHOWN_SKIPPED = 10
 
 
 @dataclass
@@ -34,8 +34,9 @@ class Splits:
 
     classes: list[str]
     samples: dict[str, list[Sample]]
-    ignored: Counter = field(default_factory=Counter)  # skipped files by extension
+    ignored: Counter = field(default_factory=Counter)  # skipped files by extension or kind (dangling link...)
     layout: str = ""
+    skipped: list[str] = field(default_factory=list)  # links and special files passed over, named
 
     def counts(self) -> dict[str, int]:
         return {split: len(items) for split, items in self.samples.items()}
@@ -84,10 +85,11 @@ class FolderSource:
         found = _class_dirs(train_dir)[0]
         if self.classes is None:
             return found
-        if sorted(found) != sorted(self.classes):
-            extra, missing = sorted(set(found) - set(self.classes)), sorted(set(self.classes) - set(found))
-            raise DataError(f"dataset.classes does not match the class folders in {train_dir}: "
-                            f"folders not in the list {extra}, listed classes without a folder {missing}")
+        index, extra = match(found, self.classes, str(train_dir), kind="class of dataset.classes")
+        missing = [c for i, c in enumerate(self.classes) if i not in index.values()]
+        if extra or missing:
+            raise DataError(f"dataset.classes does not match the class folders in {train_dir}: folders not in "
+                            f"the list [{', '.join(extra)}], listed classes without a folder {missing}")
         return self.classes
 
     def scan(self) -> Splits:
@@ -95,16 +97,38 @@ class FolderSource:
         split_dirs = self._split_dirs()
         train_dir = split_dirs.get("train", self.root)
         classes = self.class_names()
-        ignored: Counter = Counter()
-        found = {name: _scan_split(folder, classes, ignored) for name, folder in split_dirs.items()}
-        if not split_dirs:
-            found["train"] = _scan_split(self.root, classes, ignored)
-        _check_non_empty(found["train"], classes, train_dir)
+        notes = WalkNotes()
+        held: dict[str, Counter] = {}
+        found = {name: self._scan_split(folder, classes, notes, held if name == "train" else {})
+                 for name, folder in (split_dirs or {"train": self.root}).items()}
+        _check_non_empty(found["train"], classes, train_dir, held)
         samples = self._carve(found)
         layout = "splits " + "/".join(split_dirs) if split_dirs else "class folders, no split"
-        if ignored:
-            log.warning("skipped files that are not images, by extension: %s", dict(ignored))
-        return Splits(classes, samples, ignored, layout)
+        _log_notes(notes)
+        return Splits(classes, samples, notes.ignored, layout, notes.skipped)
+
+    def _scan_split(self, folder: Path, classes: list[str], notes: WalkNotes,
+                    held: dict[str, Counter]) -> list[Sample]:
+        """The samples of one split folder; what each class folder held besides images goes to ``held``."""
+        names, dirs = _class_dirs(folder)
+        index, unknown = match(names, classes, str(folder))
+        if unknown:
+            raise DataError(f"{folder} has class folders that are not in the train classes {classes}: "
+                            + "; ".join(unknown))
+        for missing in sorted(set(classes) - {classes[i] for i in index.values()}):
+            log.warning("%s has no folder for class '%s'", folder, missing)
+        reached: dict[str, dict[int, str]] = {}  # real path -> {label: path as reached}, first way in each class
+        per_class: list[tuple[int, list[str]]] = []
+        for name, class_dir in zip(names, dirs, strict=True):
+            class_notes, reals = WalkNotes(), set()
+            for path, real in walk_files(class_dir, class_notes):
+                reached.setdefault(real, {}).setdefault(index[name], path)
+                reals.add(real)  # a file reached twice in one class is kept once
+            per_class.append((index[name], sorted(reals)))
+            held[classes[index[name]]] = class_notes.ignored
+            notes.merge(class_notes)
+        twice = _in_two_classes(reached, classes, self.bad_files, notes)
+        return [(real, label) for label, reals in per_class for real in reals if real not in twice]
 
     def _split_dirs(self) -> dict[str, Path]:
         if not self.root.is_dir():
@@ -167,13 +191,11 @@ def _stratified(samples: list[Sample], fractions: dict[str, float],
 def _class_dirs(folder: Path) -> tuple[list[str], list[Path]]:
     if not folder.is_dir():
         raise DataError(unusable_root(folder, f"{folder.resolve()} {describe(folder)}"))
-    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not _skipped_dir(p.name))
+    dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not skipped_dir(p.name))
     if not dirs:
         raise DataError(unusable_root(folder, f"{folder.resolve()} holds no class folders: it {describe(folder)}"))
     names = [p.name for p in dirs]
-    clashes = [n for n, c in Counter(n.lower() for n in names).items() if c > 1]
-    if clashes:
-        raise DataError(f"class folders in {folder} differ only by case: {clashes}; rename or merge them")
+    check_distinct(names, folder)
     return names, dirs
 
 
@@ -229,60 +251,69 @@ def _first(names: list[str]) -> str:
     return ", ".join(names[:SHOWN_ENTRIES]) + (", ..." if len(names) > SHOWN_ENTRIES else "")
 
 
-def _skipped_dir(name: str) -> bool:
-    return name.startswith(".") or name in SKIPPED_DIRS
+def _in_two_classes(reached: dict[str, dict[int, str]], classes: list[str], policy: str,
+                    notes: WalkNotes) -> set[str]:
+    """The real paths reached under more than one class (through links), which would be trained with two
+    labels: a DataError naming them under ``bad_files=stop``, else left out of every class with a warning."""
+    twice = {real: labels for real, labels in reached.items() if len(labels) > 1}
+    if not twice:
+        return set()
+    named = [" and ".join(f"{_arrow(path, real)} (class '{classes[label]}')" for label, path in sorted(labels.items()))
+             for real, labels in sorted(twice.items())]
+    if policy == "stop":
+        shown = "\n  ".join(named[:SHOWN_SKIPPED]) + (f"\n  ... and {len(named) - SHOWN_SKIPPED} more"
+                                                      if len(named) > SHOWN_SKIPPED else "")
+        raise DataError(f"{len(named)} file(s) are reached under two classes (through links), so they would be "
+                        f"trained with two labels:\n  {shown}\nremove one of the links (keep the file in the "
+                        "class it belongs to), or set dataset.bad_files=skip to leave such files out")
+    for note in named:
+        notes.skip("file in two classes", f"file in two classes: {note}")
+    log.warning("left out %d file(s) reached under two classes through links (dataset.bad_files=skip), e.g. %s",
+                len(named), named[0])
+    return set(twice)
 
 
-def _scan_split(folder: Path, classes: list[str], ignored: Counter) -> list[Sample]:
-    names, dirs = _class_dirs(folder)
-    index = {name: i for i, name in enumerate(classes)}
-    unknown = sorted(set(names) - set(index))
-    if unknown:
-        raise DataError(
-            f"{folder} has class folders that are not in the train classes {classes}: {unknown}"
-        )
-    for missing in sorted(set(classes) - set(names)):
-        log.warning("%s has no folder for class '%s'", folder, missing)
-    samples: list[Sample] = []
-    for name, class_dir in zip(names, dirs, strict=True):
-        samples += [(path, index[name]) for path in _image_files(class_dir, ignored)]
-    return samples
+def _arrow(path: str, real: str) -> str:
+    return path if path == real else f"{path} -> {real}"
 
 
-def _image_files(class_dir: Path, ignored: Counter) -> list[str]:
-    """Every image below ``class_dir`` once (by real path), sorted."""
-    return sorted({os.path.realpath(path) for path in walk_images(class_dir, ignored)})
+def _log_notes(notes: WalkNotes) -> None:
+    """The scan's one report of what it passed over (by kind) and which folder links it followed."""
+    if notes.followed:
+        log.info("followed %d folder link(s): %s", len(notes.followed), _some(notes.followed))
+    if notes.ignored:
+        log.warning("skipped files that are not images, by extension or kind: %s", dict(notes.ignored))
+    if notes.skipped:
+        log.warning("skipped %d link(s) and special file(s): %s", len(notes.skipped), _some(notes.skipped))
 
 
-def walk_images(folder: str | Path, ignored: Counter | None = None) -> Iterator[str]:
-    """The image files below ``folder`` (``folder/...`` paths, in sorted walk order), skipping hidden
-    and system files and folders, and counting each skipped file's kind in ``ignored``. Links to
-    folders are not followed, so loops cannot occur."""
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not _skipped_dir(d))
-        for name in sorted(filenames):
-            ext = Path(name).suffix.lower()
-            if name.startswith(".") or name in SKIPPED_FILES or ext not in IMAGE_EXTENSIONS:
-                if ignored is not None:
-                    ignored[_ignored_kind(name)] += 1
-                continue
-            yield os.path.join(dirpath, name)
+def _some(items: list[str]) -> str:
+    return "; ".join(items[:SHOWN_SKIPPED]) + (f"; ... and {len(items) - SHOWN_SKIPPED} more"
+                                               if len(items) > SHOWN_SKIPPED else "")
 
 
-def _ignored_kind(name: str) -> str:
-    """How a skipped file is counted in the scan report."""
-    if name.startswith("._"):
-        return "._* (macOS metadata)"
-    if name.startswith(".") or name in SKIPPED_FILES:
-        return name if name in (".DS_Store", *SKIPPED_FILES) else "hidden files"
-    return Path(name).suffix.lower() or "(no extension)"
-
-
-def _check_non_empty(samples: list[Sample], classes: list[str], folder: Path) -> None:
+def _check_non_empty(samples: list[Sample], classes: list[str], folder: Path,
+                     held: dict[str, Counter] | None = None) -> None:
+    """Refuse a class without a single image, saying what its folder held instead (``held``: by kind)."""
     counts = Counter(label for _, label in samples)
     empty = [name for i, name in enumerate(classes) if counts[i] == 0]
-    if empty:
+    if not empty:
+        return
+    if held is None:
         raise DataError(f"class folder(s) in {folder} hold no images: {empty}; add images or remove them")
+    described = "; ".join(f"'{name}' ({_held(held.get(name, Counter()))})" for name in empty)
+    raise DataError(f"class folder(s) in {folder} hold no images: {described}. imgclf reads "
+                    f"{', '.join(sorted(IMAGE_EXTENSIONS))}: convert them to JPEG or PNG, add images, or remove "
+                    "the folder")
+
+
+def _held(kinds: Counter) -> str:
+    """``holds 12 .heic files, 1 .txt file, 2 x dangling link, which imgclf cannot read``."""
+    if not kinds:
+        return "an empty folder"
+    parts = [f"{n} {kind} file{'s' if n > 1 else ''}" if kind.startswith((".", "(")) else f"{n} x {kind}"
+             for kind, n in kinds.most_common()]
+    return "holds " + ", ".join(parts) + ", which imgclf cannot read"
 
 
 def remap(splits: Splits, classes: list[str]) -> Splits:
@@ -293,12 +324,11 @@ def remap(splits: Splits, classes: list[str]) -> Splits:
     """
     if splits.classes == classes:
         return splits
-    index = {name: i for i, name in enumerate(classes)}
-    unknown = sorted(set(splits.classes) - set(index))
+    index, unknown = match(splits.classes, classes, "the data", kind="model's class")
     if unknown:
-        raise DataError(f"class folders {unknown} are not among the model's classes {classes}")
-    for missing in sorted(set(classes) - set(splits.classes)):
+        raise DataError(f"class folders [{', '.join(unknown)}] are not among the model's classes {classes}")
+    for missing in sorted(set(classes) - {classes[i] for i in index.values()}):
         log.warning("no folder for class '%s': it is evaluated without samples", missing)
     samples = {split: [(p, index[splits.classes[label]]) for p, label in items]
                for split, items in splits.samples.items()}
-    return Splits(list(classes), samples, splits.ignored, splits.layout)
+    return Splits(list(classes), samples, splits.ignored, splits.layout, splits.skipped)
