@@ -154,6 +154,50 @@ def test_C3_disk_full_during_a_text_write_keeps_the_old_file_and_no_temp(tmp_pat
     assert target.read_text() == '{"old": 1}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_C1_orphans_of_a_killed_writer_are_removed_and_a_live_writers_temp_is_kept(tmp_path: Path) -> None:
+    dead, alive = tmp_path / f".tmp-last.pt.{dead_pid()}.x1y2", tmp_path / f".tmp-best.pt.{os.getpid()}.a1b2"
+    for tmp in (dead, alive):
+        tmp.write_bytes(b"half a file")
+    assert remove_orphan_temps(tmp_path) == [dead]
+    assert alive.exists()
+
+
+def test_C1_every_training_start_removes_orphan_temps_not_only_resume_auto(tmp_path: Path, tiny_folder: Path) -> None:
+    import imgclf.tasks as tasks
+    from helpers import compose_cfg, tiny_overrides
+
+    overrides = tiny_overrides(tmp_path, tiny_folder, "epochs=1")
+    tasks.train(compose_cfg("train", overrides))
+    exp, pid = tmp_path / "experiments" / "tiny", dead_pid()
+    orphans = [exp / f".tmp-last.pt.{pid}.k1ll", exp / "config_history" / f".tmp-epoch-1-step-3.yaml.{pid}.k1ll"]
+    for orphan in orphans:
+        orphan.write_bytes(b"half a file")
+    tasks.train(compose_cfg("train", [*overrides, "resume=never", "overwrite=true"]))
+    assert not any(orphan.exists() for orphan in orphans)
+
+
+def test_C1_a_killed_cache_build_leaves_no_orphan_after_the_next_build(tmp_path: Path, tiny_folder: Path) -> None:
+    from imgclf.data.cache import DecodeCache
+    from imgclf.data.folder import walk_images
+
+    paths = sorted(walk_images(tiny_folder / "val"))
+    cache = DecodeCache(tmp_path / "cache", progress=False)
+    cache.load(paths, 16)
+    (array,) = (tmp_path / "cache").glob("*/images-16px-hwc.npy")
+    orphan = array.with_name(f".tmp-images-16px-hwc.npy.{dead_pid()}.k1ll")
+    orphan.write_bytes(b"half an array")
+    array.unlink()  # the next load builds again, as after the kill
+    cache.load(paths, 16)
+    assert array.exists() and not orphan.exists()
+
+
 def test_orphan_temp_files_are_removed(tmp_path: Path) -> None:
     (tmp_path / ".tmp-last.pt.abc").write_bytes(b"half a file")
     (tmp_path / "keep.pt").write_bytes(b"x")

@@ -52,7 +52,8 @@ import torch
 import yaml
 
 from imgclf.experiment.atomic import csv_text, write_text_atomic
-from imgclf.experiment.folder import pid_alive, read_pid
+from imgclf.experiment.atomic import pid_alive
+from imgclf.experiment.folder import read_pid
 from imgclf.cli.leaderboard_table import Row, best_of, build, direction, flatten, sort_value, to_markdown
 
 EXPERIMENT_FILES = ("config.yaml", "metrics.jsonl", "best.pt", "last.pt")

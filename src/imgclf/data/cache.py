@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imgclf.experiment.atomic import write_atomic, write_text_atomic
+from imgclf.experiment.atomic import remove_orphan_temps, write_atomic, write_text_atomic
 from imgclf.data.images import RESIZE_MODES, fit, open_image
 from imgclf.errors import DataError
 
@@ -229,6 +229,8 @@ def write_checked(array_path: Path, shape: tuple[int, ...], rows: Iterable[np.nd
     header = npy_header(shape)
     total = len(header) + int(np.prod(shape))
     folder = array_path.parent
+    if folder.is_dir():
+        remove_orphan_temps(folder)  # a build killed midway (its process is gone) left up to a whole array here
     free = free_space(folder)
     if free is not None and free < total:
         raise disk_error(folder, total, "not enough free space")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf.experiment.atomic import TMP_PREFIX, write_atomic
+from imgclf.experiment.atomic import remove_orphan_temps, write_atomic  # noqa: F401  (re-exported)
 from imgclf.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -44,17 +44,6 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
             "kept. Free some space (or write elsewhere: paths.experiments=<folder on a larger disk>), then run "
             "the same command to resume"
         ) from exc
-
-
-def remove_orphan_temps(folder: str | Path) -> list[Path]:
-    """Delete temporary files left by a save that was killed. Returns what was removed."""
-    removed = []
-    for tmp in Path(folder).glob(TMP_PREFIX + "*"):
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    if removed:
-        log.info("removed %d unfinished checkpoint file(s) in %s", len(removed), folder)
-    return removed
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

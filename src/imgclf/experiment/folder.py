@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from imgclf.data.splits_file import checksum_path
 from imgclf.errors import CheckpointError, ExperimentError, ImgclfError
-from imgclf.experiment.atomic import write_text_atomic
+from imgclf.experiment.atomic import pid_alive, write_text_atomic
 from imgclf.experiment.checkpoint import load_checkpoint, remove_orphan_temps
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,8 @@ class ExperimentDir:
             resume: ``auto`` (continue from ``last.pt`` if there is one), ``never``, or a path.
             overwrite: delete this experiment's previous results instead of refusing.
         """
+        for folder in (self.path, self.config_history):  # every start, under the lock: what a killed run left
+            remove_orphan_temps(folder)
         if resume not in ("auto", "never"):
             payload = load_checkpoint(resume)
             if self.results() and Path(resume).resolve().parent != self.path.resolve() and not overwrite:
@@ -122,7 +124,6 @@ class ExperimentDir:
 
     def latest_checkpoint(self) -> dict[str, Any] | None:
         """``last.pt``, or ``best.pt`` when ``last.pt`` cannot be read (saying so); None if neither exists."""
-        remove_orphan_temps(self.path)
         errors = []
         for path in (self.last, self.best):
             if not path.exists():
@@ -177,12 +178,3 @@ def read_pid(path: Path) -> int | None:
         return None
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
