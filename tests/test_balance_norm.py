@@ -69,7 +69,7 @@ def test_weighted_loss_gets_the_train_class_weights(tmp_path: Path, imbalanced: 
         assert weight.tolist() == pytest.approx([36 / (3 * 24), 36 / (3 * 6), 36 / (3 * 6)])
 
 
-def test_weighted_sampler_balances_classes_and_stays_resumable() -> None:
+def test_D5_weighted_sampler_balances_classes_and_stays_resumable() -> None:
     labels = [0] * 80 + [1] * 10 + [2] * 10
     weights = class_weights(labels, 3)
     sampler = EpochBatchSampler(100, 10, seed=3, weights=[weights[label] for label in labels])
@@ -81,7 +81,7 @@ def test_weighted_sampler_balances_classes_and_stays_resumable() -> None:
     assert list(sampler) == first[4:]
 
 
-def test_bad_choices_are_config_errors() -> None:
+def test_B2_bad_choices_are_config_errors() -> None:
     from imgclf.tasks.config_check import check_config
     from imgclf.errors import ConfigError
 

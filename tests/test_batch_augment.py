@@ -174,7 +174,7 @@ def dishes() -> v2.Compose:
                        v2.ColorJitter(0.1, 0.1, 0.1, 0.05), v2.TrivialAugmentWide()])
 
 
-def test_threaded_loader_batches_do_not_depend_on_threads_and_resume_mid_epoch(photos: torch.Tensor) -> None:
+def test_D5_threaded_loader_batches_do_not_depend_on_threads_and_resume_mid_epoch(photos: torch.Tensor) -> None:
     cache = photos.permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 3), as the cache stores images
     before = cache.copy()
     dataset = DecodedImages(cache, list(range(N)), dishes())

@@ -83,7 +83,7 @@ def write_bad_files(root: Path) -> dict[str, str]:
             "strip.png": "aspect ratio", "pixel.png": "too small"}
 
 
-def test_stop_policy_lists_every_bad_file_before_training(tmp_path: Path, folder: Path) -> None:
+def test_A2_A9_stop_policy_lists_every_bad_file_before_training(tmp_path: Path, folder: Path) -> None:
     expected = write_bad_files(folder)
     with pytest.raises(DataError) as info:
         load_splits(splits_of(folder), DecodeCache(None, "memory"), 16, names=("train", "val"))
@@ -95,7 +95,7 @@ def test_stop_policy_lists_every_bad_file_before_training(tmp_path: Path, folder
     assert "dataset.bad_files=skip" in message
 
 
-def test_skip_policy_trains_without_bad_files_and_says_so(tmp_path: Path, folder: Path, caplog) -> None:
+def test_A2_skip_policy_trains_without_bad_files_and_says_so(tmp_path: Path, folder: Path, caplog) -> None:
     write_bad_files(folder)
     loaded = load_splits(splits_of(folder), DecodeCache(None, "memory"), 16, names=("train", "val"),
                          bad_files="skip")
@@ -108,14 +108,14 @@ def test_skip_policy_trains_without_bad_files_and_says_so(tmp_path: Path, folder
         assert int(label) == expected_label
 
 
-def test_a_class_left_without_images_stops(tmp_path: Path, folder: Path) -> None:
+def test_A5_a_class_left_without_images_stops(tmp_path: Path, folder: Path) -> None:
     for f in (folder / "train" / "square").iterdir():
         f.write_bytes(b"")
     with pytest.raises(DataError, match=r"no usable training images left for class\(es\) \['square'\]"):
         load_splits(splits_of(folder), DecodeCache(None, "memory"), 16, names=("train",), bad_files="skip")
 
 
-def test_the_same_image_in_two_splits_is_found(tmp_path: Path, folder: Path, caplog) -> None:
+def test_A13_the_same_image_in_two_splits_is_found(tmp_path: Path, folder: Path, caplog) -> None:
     leaked = next((folder / "train" / "circle").glob("*.png"))
     shutil.copy(leaked, folder / "test" / "circle" / "copy.png")
     loaded = load_splits(splits_of(folder), DecodeCache(None, "memory"), 16, names=("train", "val", "test"))
@@ -126,7 +126,7 @@ def test_the_same_image_in_two_splits_is_found(tmp_path: Path, folder: Path, cap
     assert "appear in more than one split" in caplog.text and "copy.png" in caplog.text
 
 
-def test_resume_refuses_and_test_warns_when_files_changed(tmp_path: Path, folder: Path,
+def test_A13_resume_refuses_and_test_warns_when_files_changed(tmp_path: Path, folder: Path,
                                                           caplog) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2"))
     with pytest.raises(Interrupted):

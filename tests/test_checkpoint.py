@@ -24,7 +24,7 @@ def payload(value: float = 1.0) -> dict:
     return {"model": {"w": torch.full((4, 4), value)}, "state": {"epoch": 3}, "class_names": ["a", "b"]}
 
 
-def test_roundtrip_loads_with_weights_only_and_normal_permissions(tmp_path: Path) -> None:
+def test_C5_D4_roundtrip_loads_with_weights_only_and_normal_permissions(tmp_path: Path) -> None:
     path = tmp_path / "best.pt"
     save_atomic(payload(2.0), path)
     assert (path.stat().st_mode & 0o777) == 0o644
@@ -38,7 +38,7 @@ def test_roundtrip_loads_with_weights_only_and_normal_permissions(tmp_path: Path
     (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 10\n", "git-LFS"),
     (b"this is not a checkpoint at all", "cannot be read"),
 ])
-def test_unreadable_files_raise_checkpoint_error_with_path(tmp_path: Path, content: bytes, cause: str) -> None:
+def test_D1_C7_unreadable_files_raise_checkpoint_error_with_path(tmp_path: Path, content: bytes, cause: str) -> None:
     path = tmp_path / "last.pt"
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match=cause) as info:
@@ -46,7 +46,7 @@ def test_unreadable_files_raise_checkpoint_error_with_path(tmp_path: Path, conte
     assert str(path) in str(info.value)
 
 
-def test_truncated_checkpoint_raises_checkpoint_error(tmp_path: Path) -> None:
+def test_D1_C7_truncated_checkpoint_raises_checkpoint_error(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
     save_atomic(payload(), path)
     data = path.read_bytes()
@@ -55,7 +55,7 @@ def test_truncated_checkpoint_raises_checkpoint_error(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
-def test_missing_checkpoint_and_non_imgclf_file(tmp_path: Path) -> None:
+def test_D1_missing_checkpoint_and_non_imgclf_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "nope.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
@@ -63,7 +63,7 @@ def test_missing_checkpoint_and_non_imgclf_file(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "other.pt")
 
 
-def test_nan_weights_in_a_checkpoint_are_rejected(tmp_path: Path) -> None:
+def test_C7_nan_weights_in_a_checkpoint_are_rejected(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
     bad = payload()
     bad["model"]["w"][1, 2] = float("nan")  # written so (a diverged run saved by other code): the checksums match
@@ -198,7 +198,7 @@ def test_C1_a_killed_cache_build_leaves_no_orphan_after_the_next_build(tmp_path:
     assert array.exists() and not orphan.exists()
 
 
-def test_orphan_temp_files_are_removed(tmp_path: Path) -> None:
+def test_C1_orphan_temp_files_are_removed(tmp_path: Path) -> None:
     (tmp_path / ".tmp-last.pt.abc").write_bytes(b"half a file")
     (tmp_path / "keep.pt").write_bytes(b"x")
     assert [p.name for p in remove_orphan_temps(tmp_path)] == [".tmp-last.pt.abc"]
@@ -216,7 +216,7 @@ while True:
 """
 
 
-def test_kill_during_repeated_saves_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
+def test_C1_kill_during_repeated_saves_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
     rng = random.Random(0)
     for _ in range(3):
@@ -231,7 +231,7 @@ def test_kill_during_repeated_saves_leaves_a_loadable_checkpoint(tmp_path: Path)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
-def test_rng_states_roundtrip_through_a_weights_only_file(tmp_path: Path) -> None:
+def test_D5_rng_states_roundtrip_through_a_weights_only_file(tmp_path: Path) -> None:
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     save_atomic({"model": {}, "rng": rng_states()}, tmp_path / "r.pt")
     expected = (random.random(), np.random.rand(), torch.rand(3))
@@ -241,14 +241,14 @@ def test_rng_states_roundtrip_through_a_weights_only_file(tmp_path: Path) -> Non
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
 
 
-def test_nan_never_becomes_best() -> None:
+def test_C6_nan_never_becomes_best() -> None:
     assert not is_better(float("nan"), None, "max")
     assert not is_better(float("nan"), 0.1, "min")
     assert is_better(0.5, None, "max") and is_better(0.6, 0.5, "max") and not is_better(0.4, 0.5, "max")
     assert is_better(0.4, 0.5, "min") and not is_better(float("inf"), 0.5, "max")
 
 
-def test_text_writes_are_atomic_and_leave_no_temp_on_failure(tmp_path: Path, monkeypatch) -> None:
+def test_C1_text_writes_are_atomic_and_leave_no_temp_on_failure(tmp_path: Path, monkeypatch) -> None:
     from imgclf.experiment.atomic import write_text_atomic
 
     target = tmp_path / "metrics.json"

@@ -30,7 +30,7 @@ def test_train_then_test_from_the_command_line(tmp_path: Path, tiny_folder: Path
     assert len(list((exp / ".hydra" / "test").glob("*/config.yaml"))) == 1  # kept apart from train's
 
 
-def test_test_without_a_checkpoint_says_how_to_make_one(tmp_path: Path, tiny_folder: Path) -> None:
+def test_D1_test_without_a_checkpoint_says_how_to_make_one(tmp_path: Path, tiny_folder: Path) -> None:
     result = run_cli("test.py", *tiny_overrides(tmp_path, tiny_folder))
     assert result.returncode == 1
     assert "python train.py -cn=train" in result.stderr + result.stdout
@@ -43,7 +43,7 @@ def test_test_without_a_checkpoint_says_how_to_make_one(tmp_path: Path, tiny_fol
     ("epochz=3", "epochz"),
     ("optimizer=adamx", "adamx"),
 ])
-def test_bad_overrides_fail_fast_with_the_key_and_no_traceback(tmp_path: Path, tiny_folder: Path,
+def test_B1_B2_bad_overrides_fail_fast_with_the_key_and_no_traceback(tmp_path: Path, tiny_folder: Path,
                                                                override: str, message: str) -> None:
     result = run_cli("train.py", *tiny_overrides(tmp_path, tiny_folder), override)
     assert result.returncode != 0
@@ -52,13 +52,13 @@ def test_bad_overrides_fail_fast_with_the_key_and_no_traceback(tmp_path: Path, t
     assert not (tmp_path / "experiments" / "tiny" / "last.pt").exists()
 
 
-def test_missing_data_folder_names_the_absolute_path(tmp_path: Path) -> None:
+def test_A12_missing_data_folder_names_the_absolute_path(tmp_path: Path) -> None:
     result = run_cli("train.py", *tiny_overrides(tmp_path, tmp_path / "nowhere"), "dataset=plates")
     assert result.returncode == 1
     assert f"dataset folder not found: {tmp_path / 'nowhere'}" in result.stderr + result.stdout
 
 
-def test_sweep_gives_every_job_its_own_dirs_and_a_summary(tmp_path: Path, tiny_folder: Path) -> None:
+def test_B4_sweep_gives_every_job_its_own_dirs_and_a_summary(tmp_path: Path, tiny_folder: Path) -> None:
     args = [a for a in tiny_overrides(tmp_path, tiny_folder) if not a.startswith("epochs")]
     result = run_cli("train.py", "-m", *args, "epochs=1", "optimizer=adamw,sgd", "optimizer.lr=1e-3,abc")
     assert result.returncode != 0  # two jobs fail the lr check, the sweep says so
@@ -89,7 +89,7 @@ def test_quickstart_reaches_095_test_accuracy(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_writes_last_checkpoint_and_resume_finishes(tmp_path: Path, tiny_folder: Path,
+def test_E1_signal_writes_last_checkpoint_and_resume_finishes(tmp_path: Path, tiny_folder: Path,
                                                            sig: signal.Signals, code: int) -> None:
     args = [*tiny_overrides(tmp_path, tiny_folder), "epochs=400"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,

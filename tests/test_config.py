@@ -66,23 +66,23 @@ def test_required_groups_and_top_level_keys_exist() -> None:
     ("dataset=image_folder dataset.root=x dataset.native_scale=3", "dataset.native_scale"),
     ("dataset=image_folder dataset.root=x dataset.native_scale=true", "dataset.native_scale"),
 ])
-def test_bad_values_are_rejected_naming_the_key(override: str, key: str) -> None:
+def test_B2_bad_values_are_rejected_naming_the_key(override: str, key: str) -> None:
     cfg = compose_cfg("train", ["experiment=x", *override.split()])
     with pytest.raises(ConfigError, match=key.replace("/", ".")):
         check_config(cfg)
 
 
-def test_unknown_key_fails_at_composition() -> None:
+def test_B1_unknown_key_fails_at_composition() -> None:
     with pytest.raises(ConfigCompositionException, match="epochz"):
         compose_cfg("train", ["epochz=3"])
 
 
-def test_unknown_option_fails_at_composition() -> None:
+def test_B1_unknown_option_fails_at_composition() -> None:
     with pytest.raises(ConfigCompositionException, match="adamx"):
         compose_cfg("train", ["optimizer=adamx"])
 
 
-def test_bad_target_is_found_before_data_is_read(tmp_path: Path) -> None:
+def test_B3_bad_target_is_found_before_data_is_read(tmp_path: Path) -> None:
     import imgclf.tasks as tasks
 
     missing = tmp_path / "never_read"
@@ -94,7 +94,7 @@ def test_bad_target_is_found_before_data_is_read(tmp_path: Path) -> None:
     assert not (tmp_path / "experiments").exists()  # nothing written, nothing decoded
 
 
-def test_wrong_num_classes_override_is_explained(tmp_path: Path, tiny_folder: Path) -> None:
+def test_B2_wrong_num_classes_override_is_explained(tmp_path: Path, tiny_folder: Path) -> None:
     import imgclf.tasks as tasks
     from imgclf.errors import DataError
 
@@ -104,7 +104,7 @@ def test_wrong_num_classes_override_is_explained(tmp_path: Path, tiny_folder: Pa
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA GPU")
-def test_cuda_requested_without_a_gpu_is_a_clear_error() -> None:
+def test_B2_cuda_requested_without_a_gpu_is_a_clear_error() -> None:
     from imgclf.runtime import resolve_device
 
     with pytest.raises(ConfigError, match="device=cuda but torch sees no CUDA GPU"):

@@ -50,7 +50,7 @@ def test_flat_class_folders_are_split_three_ways(tmp_path: Path) -> None:
     assert splits.counts() == {"train": 18, "val": 6, "test": 6}
 
 
-def test_hidden_and_tool_folders_never_become_classes(tmp_path: Path) -> None:
+def test_A4_hidden_and_tool_folders_never_become_classes(tmp_path: Path) -> None:
     make_folder(tmp_path, {"train": 3})
     for junk in (".ipynb_checkpoints", "__MACOSX", ".git"):
         (tmp_path / "train" / junk).mkdir()
@@ -71,7 +71,7 @@ def test_hidden_and_tool_folders_never_become_classes(tmp_path: Path) -> None:
     ("unknown_test_class", "not in the train classes"),
     ("no_class_folders", "no class folders"),
 ])
-def test_bad_layouts_stop_with_a_message(tmp_path: Path, problem: str, match: str) -> None:
+def test_A6_A12_bad_layouts_stop_with_a_message(tmp_path: Path, problem: str, match: str) -> None:
     root = tmp_path / "data"
     if problem != "missing_root":
         make_folder(root, {"train": 2, "test": 1})
@@ -90,7 +90,7 @@ def test_bad_layouts_stop_with_a_message(tmp_path: Path, problem: str, match: st
         source(root).scan()
 
 
-def test_remap_matches_classes_by_name(tiny_folder: Path) -> None:
+def test_A6_remap_matches_classes_by_name(tiny_folder: Path) -> None:
     splits = source(tiny_folder).scan()
     reordered = ["stripes", "circle", "square"]
     mapped = remap(splits, reordered)
@@ -100,7 +100,7 @@ def test_remap_matches_classes_by_name(tiny_folder: Path) -> None:
         remap(splits, ["circle", "square"])
 
 
-def test_splits_file_roundtrip_and_missing_files(tmp_path: Path, train_only_folder: Path) -> None:
+def test_A13_splits_file_roundtrip_and_missing_files(tmp_path: Path, train_only_folder: Path) -> None:
     splits = source(train_only_folder).scan()
     first = splits.samples["train"][0][0]
     write_splits(splits, tmp_path / "splits.csv", {first: "abc123"})
@@ -148,7 +148,7 @@ def test_G1_a_splits_file_without_its_checksum_record_is_parsed_with_clear_error
         read_splits(path, splits.classes)
 
 
-def test_truncated_and_fake_images_are_named(tmp_path: Path) -> None:
+def test_A1_A2_truncated_and_fake_images_are_named(tmp_path: Path) -> None:
     good = tmp_path / "good.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good)
     truncated = tmp_path / "truncated.jpg"
@@ -161,14 +161,14 @@ def test_truncated_and_fake_images_are_named(tmp_path: Path) -> None:
             load_image(bad)
 
 
-def test_extreme_aspect_ratio_is_rejected(tmp_path: Path) -> None:
+def test_A9_extreme_aspect_ratio_is_rejected(tmp_path: Path) -> None:
     Image.new("RGB", (2000, 4)).save(tmp_path / "strip.png")
     with pytest.raises(DataError, match=r"strip.png.*aspect ratio"):
         load_image(tmp_path / "strip.png")
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "CMYK", "L", "I;16"])
-def test_every_mode_becomes_rgb(tmp_path: Path, mode: str) -> None:
+def test_A11_every_mode_becomes_rgb(tmp_path: Path, mode: str) -> None:
     if mode == "I;16":
         img = Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16))
     else:
@@ -183,7 +183,7 @@ def test_every_mode_becomes_rgb(tmp_path: Path, mode: str) -> None:
         assert np.asarray(out)[0, 0].tolist() == [255, 255, 255]
 
 
-def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+def test_A10_exif_orientation_is_applied(tmp_path: Path) -> None:
     img = Image.new("RGB", (20, 10), (255, 0, 0))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees on display
@@ -219,7 +219,7 @@ def test_epoch_batch_sampler_is_a_function_of_seed_and_epoch_and_can_skip() -> N
     assert len(EpochBatchSampler(7, 3)) == 2 and len(EpochBatchSampler(7, 3, shuffle=False)) == 3
 
 
-def test_configured_class_list_sets_the_order_and_must_match(tiny_folder: Path) -> None:
+def test_A6_configured_class_list_sets_the_order_and_must_match(tiny_folder: Path) -> None:
     order = ["stripes", "circle", "square"]
     splits = source(tiny_folder, classes=order).scan()
     assert splits.classes == order

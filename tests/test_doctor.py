@@ -34,7 +34,7 @@ def source(root: Path) -> FolderSource:
     return FolderSource(str(root))
 
 
-def test_report_names_every_bad_file_and_counts_skipped_ones(tmp_path: Path, zoo: Path) -> None:
+def test_A2_A3_report_names_every_bad_file_and_counts_skipped_ones(tmp_path: Path, zoo: Path) -> None:
     report = diagnose(source(zoo), DecodeCache(tmp_path / "cache", mode="none", progress=False))
     bad = {Path(b["path"]).name: b["reason"] for b in report["bad_files"]}
     assert set(bad) == set(BAD)
@@ -49,7 +49,7 @@ def test_report_names_every_bad_file_and_counts_skipped_ones(tmp_path: Path, zoo
     assert sizes["width"]["min"] == 20 and sizes["width"]["max"] == 32  # stored sizes, before resizing
 
 
-def test_every_good_mode_decodes_to_rgb(zoo: Path) -> None:
+def test_A11_A10_every_good_mode_decodes_to_rgb(zoo: Path) -> None:
     circle = zoo / "train" / "circle"
     for name in GOOD:
         image = decode(str(circle / name), 16)
@@ -64,7 +64,7 @@ def test_every_good_mode_decodes_to_rgb(zoo: Path) -> None:
     assert Image.open(circle / "rotated.jpg").size == (20, 32)
 
 
-def test_duplicates_and_leakage_are_reported(tmp_path: Path) -> None:
+def test_A13_duplicates_and_leakage_are_reported(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "d", {"train": 4, "test": 2})
     first = next((root / "train" / "circle").glob("*.png"))
     shutil.copy(first, root / "train" / "circle" / "dup.png")
@@ -86,7 +86,7 @@ def test_cli_on_a_folder_exits_1_when_blocked_and_writes_json(tmp_path: Path, zo
     assert skip.returncode == 0 and "ready to train" in skip.stdout
 
 
-def test_cli_with_a_config_and_a_missing_folder(tmp_path: Path, tiny_folder: Path) -> None:
+def test_A12_cli_with_a_config_and_a_missing_folder(tmp_path: Path, tiny_folder: Path) -> None:
     ok = doctor("-cn", "train", f"dataset.root={tiny_folder}", f"paths.cache={tmp_path / 'c'}")
     assert ok.returncode == 0, ok.stderr
     assert "circle" in ok.stdout and "ready to train" in ok.stdout
@@ -101,7 +101,7 @@ def test_console_script_is_installed() -> None:
     assert subprocess.run([script, "--help"], capture_output=True, text=True).returncode == 0
 
 
-def test_training_on_the_zoo_stops_or_skips_by_policy(tmp_path: Path, zoo: Path) -> None:
+def test_A2_training_on_the_zoo_stops_or_skips_by_policy(tmp_path: Path, zoo: Path) -> None:
     import imgclf.tasks as tasks
 
     with pytest.raises(DataError, match=f"{len(BAD)} file\\(s\\) cannot be used"):

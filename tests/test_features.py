@@ -81,7 +81,7 @@ def test_options_train_end_to_end(tmp_path: Path, tiny_folder: Path, option: str
 @pytest.mark.parametrize("override,key", [("trainer.amp=fp8", "trainer.amp"), ("trainer.accumulate=0", "trainer.accumulate"),
                                           ("trainer.early_stopping.patience=0", "patience"),
                                           ("trainer.feature_views=0", "trainer.feature_views"), ("tta=rotate", "tta")])
-def test_bad_trainer_values_are_rejected(override: str, key: str) -> None:
+def test_B2_bad_trainer_values_are_rejected(override: str, key: str) -> None:
     from imgclf.tasks.config_check import check_config
     from imgclf.errors import ConfigError
 

@@ -245,7 +245,7 @@ def test_csv_parses_back_to_the_markdown_rows(board: Path) -> None:
     assert "a|b, \"quoted\"\\ next" in [cell for row in from_csv for cell in row]
 
 
-def test_torn_metrics_corrupt_checkpoint_and_missing_config_do_not_crash(board: Path) -> None:
+def test_G1_torn_metrics_corrupt_checkpoint_and_missing_config_do_not_crash(board: Path) -> None:
     with open(board / "alpha" / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 4, "val/acc": 0.99, "train/lo')  # a crash in the middle of a line
     (board / "alpha" / "best.pt").write_bytes(b"PK\x03\x04 not really a zip")

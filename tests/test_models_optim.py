@@ -38,7 +38,7 @@ def test_tinyvgg_width_list_makes_one_block_per_entry() -> None:
 
 @pytest.mark.parametrize("width,message", [([], "positive integer"), ([8, 0], "positive integer"),
                                            ([8] * 6, "6 blocks.*image_size=32 allows at most 5")])
-def test_tinyvgg_rejects_impossible_widths(width: list[int], message: str) -> None:
+def test_B2_tinyvgg_rejects_impossible_widths(width: list[int], message: str) -> None:
     from imgclf.errors import ConfigError
     from imgclf.models.tinyvgg import TinyVGG
 
@@ -171,7 +171,7 @@ def test_warmup_ramps_the_learning_rate_then_follows_the_scheduler() -> None:
     assert run(4) == pytest.approx([0.25, 0.5, 0.75 * 0.5, 0.5, 0.25, 0.25])  # warmup scales the scheduled lr
 
 
-def test_warmup_state_survives_a_checkpoint() -> None:
+def test_D5_warmup_state_survives_a_checkpoint() -> None:
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
     scheduler = Scheduler(opt, None, warmup_steps=10)
     for _ in range(3):

@@ -41,7 +41,7 @@ def _bad_root(tmp_path: Path, kind: str) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("kind", ["missing", "file", "empty", "images_without_classes"])
-def test_a_bad_root_stops_with_what_was_found_and_creates_nothing(tmp_path: Path, kind: str) -> None:
+def test_A12_a_bad_root_stops_with_what_was_found_and_creates_nothing(tmp_path: Path, kind: str) -> None:
     root, found = _bad_root(tmp_path, kind)
     before = sorted(p.name for p in tmp_path.iterdir())
     result = run_cli("train.py", "dataset=image_folder", f"dataset.root={root}", *_outputs(tmp_path))
@@ -65,7 +65,7 @@ def test_the_quickstart_never_trains_on_another_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "experiments").exists()
 
 
-def test_a_mistyped_root_gets_no_digits_written_into_it(tmp_path: Path) -> None:
+def test_A12_a_mistyped_root_gets_no_digits_written_into_it(tmp_path: Path) -> None:
     typo = tmp_path / "my_photos"
     result = run_cli("train.py", f"dataset.root={typo}", *_outputs(tmp_path))
     assert result.returncode == 1 and "does not exist" in result.stdout + result.stderr
@@ -194,7 +194,7 @@ def test_the_own_folder_recipes_train_and_test_in_every_layout(tmp_path: Path, r
     assert saved.dataset.image_size == (128 if recipe == "transfer" else 24)  # auto: half of 260 / the images' own
 
 
-def test_resuming_with_another_resize_mode_is_refused_and_old_configs_mean_squash() -> None:
+def test_D6_resuming_with_another_resize_mode_is_refused_and_old_configs_mean_squash() -> None:
     saved = {"dataset": {"image_size": 32, "root": "/photos"}}  # written before dataset.resize existed
     refused, _ = compare_configs(saved, {"dataset": {"image_size": 32, "root": "/photos", "resize": "keep_aspect"}})
     assert refused == ["dataset.resize: 'squash' -> 'keep_aspect'"]

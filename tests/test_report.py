@@ -121,7 +121,7 @@ def test_calibration_keeps_predictions_and_lowers_val_nll(trained_tiny, tmp_path
     assert again["temperature"] == payload["temperature"]
 
 
-def test_other_split_and_other_folder_get_their_own_report(trained_tiny, tmp_path: Path) -> None:
+def test_A6_other_split_and_other_folder_get_their_own_report(trained_tiny, tmp_path: Path) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path)
     val = tasks.test(compose_cfg("train", [*overrides, "split=val"]))
     assert val["split"] == "val" and (exp / "test_val" / "metrics.json").is_file() and val["samples"] == 18

@@ -80,7 +80,7 @@ def test_metrics_agree_with_sklearn() -> None:
         assert (ours["precision" + suffix], ours["recall" + suffix], ours["f1" + suffix]) == pytest.approx((p, r, f))
 
 
-def test_a_finished_experiment_is_not_overwritten(tiny_cfg: DictConfig, caplog) -> None:
+def test_G5_a_finished_experiment_is_not_overwritten(tiny_cfg: DictConfig, caplog) -> None:
     first = tasks.train(tiny_cfg)
     best = exp_dir(tiny_cfg) / "best.pt"
     stamp = best.stat().st_mtime_ns
@@ -125,7 +125,7 @@ def test_G5_overwrite_checks_the_new_data_before_deleting_anything(tmp_path: Pat
 
 
 @pytest.mark.parametrize("stop_after", [5, 6])  # mid-epoch, and exactly at the end of epoch 1 (6 batches)
-def test_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_folder: Path,
+def test_D5_C9_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_folder: Path,
                                             stop_after: int) -> None:
     extra = ("epochs=3", "augmentation=flip", "model.dropout=0.3")  # random augmentation and dropout
     whole = compose_cfg("train", tiny_overrides(tmp_path / "a", tiny_folder, *extra))
@@ -196,7 +196,7 @@ def test_G6_resume_warns_about_every_changed_setting_and_keeps_the_config_histor
     assert sorted(p.name for p in (exp / "config_history").glob("*.yaml")) == ["epoch-0-step-0.yaml"]
 
 
-def test_a_busy_experiment_refuses_a_second_run(tiny_cfg: DictConfig) -> None:
+def test_C8_a_busy_experiment_refuses_a_second_run(tiny_cfg: DictConfig) -> None:
     exp = exp_dir(tiny_cfg)
     exp.mkdir(parents=True)
     (exp / ".lock").write_text(str(os.getppid()))  # a live process holds it
@@ -207,7 +207,7 @@ def test_a_busy_experiment_refuses_a_second_run(tiny_cfg: DictConfig) -> None:
     assert not (exp / ".lock").exists()
 
 
-def test_unreadable_last_checkpoint_falls_back_to_best(tmp_path: Path, tiny_folder: Path,
+def test_D1_unreadable_last_checkpoint_falls_back_to_best(tmp_path: Path, tiny_folder: Path,
                                                        caplog) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3"))
     with pytest.raises(Interrupted):  # in epoch 2, after best.pt of epoch 1
@@ -238,7 +238,7 @@ def test_loader_workers_train_the_same_pipeline(tmp_path: Path, tiny_folder: Pat
     assert best is not None and len(read_metrics(exp_dir(cfg) / "metrics.jsonl")) == 1
 
 
-def test_resumed_log_drops_epochs_after_the_checkpoint(tmp_path: Path) -> None:
+def test_C9_resumed_log_drops_epochs_after_the_checkpoint(tmp_path: Path) -> None:
     from imgclf.experiment.run_log import RunLog
 
     first = RunLog(tmp_path / "metrics.jsonl", tmp_path / "tb")
