@@ -3,13 +3,22 @@
 Decoding and resizing JPEGs dominates small-model training on a CPU, so images are normally
 decoded once (see ``cache.py``) and served from a uint8 tensor; augmentations run on those
 tensors and the model turns uint8 into normalized floats on its own device.
+
+A sample decoded on the fly (``loader.cache=none``) can fail after the check before the run: the
+file changed, vanished or was cut since. It then comes back from the loader (or its worker
+process) as a :class:`SampleFailure` in place of the sample, and the loader in the main process
+stops with a :class:`SampleError` naming it (``dataset.bad_files=stop``) or drops it from its batch
+and counts it (``skip``): nothing is put in its place.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +28,34 @@ from imgclf.data.batch_augment import batch_transform
 from imgclf.data.cache import decode
 from imgclf.data.images import Transform, serve
 from imgclf.errors import DataError
+
+log = logging.getLogger(__name__)
+
+Sample = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SampleFailure:
+    """A sample that could not be loaded when it was served (plain values: it may come from a worker process)."""
+
+    index: int
+    path: str
+    reason: str
+
+
+class SampleError(DataError):
+    """A sample that passed the check before the run failed to load when it was served (dataset.bad_files=stop)."""
+
+
+def failure_message(failure: SampleFailure, split: str, epoch: int | None) -> str:
+    """What failed, where and when, and what to do (the message of a :class:`SampleError`)."""
+    when = f" in epoch {epoch}" if epoch is not None else ""
+    reason = failure.reason.removesuffix("; remove or replace the file")  # said below
+    return (f"[{split or 'data'}] sample {failure.index} ({failure.path}) could not be loaded{when}: {reason}. "
+            "It was readable when the run checked its files, so it changed, vanished or was cut since (with "
+            "loader.cache=none every epoch reads it again). Fix or remove the file, or set dataset.bad_files=skip "
+            "to leave such samples out; then run the same command again (training resumes from the experiment's "
+            "last.pt, the last finished epoch, when one was written)")
 
 
 class _Served(Dataset):
@@ -30,33 +67,66 @@ class _Served(Dataset):
     the transform on its own, as a Pillow image.
     """
 
-    def __init__(self, labels: Sequence[int], transform: Transform | None, batched: bool) -> None:
+    def __init__(self, labels: Sequence[int], transform: Transform | None, batched: bool, *, split: str = "",
+                 bad_files: str = "stop") -> None:
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.transform = transform
         self.batch_op, self.why_per_image = batch_transform(transform) if batched else (None, "batched=False")
+        self.split, self.bad_files = split, bad_files  # named in errors; what a loader does with a failed sample
+        self.dropped: set[int] = set()  # samples a loader dropped so far (in the main process)
 
     def _pixels(self, indices: list[int]) -> np.ndarray:
         """uint8 (len(indices), H, W, 3)."""
         raise NotImplementedError
 
+    def _load(self, indices: list[int]) -> tuple[np.ndarray, list[int], list[SampleFailure]]:
+        """The pixels of the samples of ``indices`` that loaded, their indices, and the failures."""
+        return self._pixels(indices), list(indices), []
+
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.__getitems__([index])[0]
+    def __getitem__(self, index: int) -> Sample:
+        item = self.__getitems__([index])[0]
+        if isinstance(item, SampleFailure):  # one sample asked for: there is nothing to drop it from
+            raise SampleError(failure_message(item, self.split, None))
+        return item
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def __getitems__(self, indices: list[int]) -> list[Sample | SampleFailure]:
+        """The samples of ``indices`` that loaded, then a :class:`SampleFailure` for each that did not
+        (:func:`collate` batches the first and hands the others on)."""
+        pixels, kept, failed = self._load(indices)
+        if not kept:
+            return list(failed)
         if self.batch_op is not None:
-            images = self.batch(indices)[0].unbind(0)
+            images = self._augment(pixels, None).unbind(0)
         else:
-            images = [serve(image, self.transform) for image in self._pixels(indices)]
-        return list(zip(images, self.labels[indices].unbind(0), strict=True))
+            images = [serve(image, self.transform) for image in pixels]
+        return [*zip(images, self.labels[kept].unbind(0), strict=True), *failed]
 
     def batch(self, indices: list[int], generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The augmented uint8 images (B, 3, H, W) and labels of ``indices``, as one batch (needs
-        ``batch_op``); random parameters come from ``generator`` (None: torch's global one)."""
-        pixels = torch.from_numpy(self._pixels(indices)).permute(0, 3, 1, 2)
-        return self.batch_op(pixels, generator).contiguous(), self.labels[indices]
+        ``batch_op``); random parameters come from ``generator`` (None: torch's global one).
+
+        Raises:
+            SampleError: a sample failed to load (only decoded images, which cannot fail, are served this way).
+        """
+        pixels, _, failed = self._load(indices)
+        if failed:
+            raise SampleError(failure_message(failed[0], self.split, None))
+        return self._augment(pixels, generator), self.labels[indices]
+
+    def _augment(self, pixels: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
+        return self.batch_op(torch.from_numpy(pixels).permute(0, 3, 1, 2), generator).contiguous()
+
+    def served_index(self, position: int) -> int:
+        """The index of the sample at ``position`` of an in-order pass that left out :attr:`dropped`
+        (e.g. a validation output, to draw its image)."""
+        for index in sorted(self.dropped):
+            if index > position:
+                break
+            position += 1
+        return position
 
 
 class DecodedImages(_Served):
@@ -69,11 +139,13 @@ class DecodedImages(_Served):
         rows: the row of ``images`` behind each served image (default: all rows in order), so
             that skipped files need no copy of a memory-mapped array.
         batched: augment whole batches when the transform allows it (see :class:`_Served`).
+        split, bad_files: as for :class:`LazyImages` (decoded images cannot fail to load).
     """
 
     def __init__(self, images: torch.Tensor | np.ndarray, labels: Sequence[int], transform: Transform | None = None,
-                 rows: Sequence[int] | None = None, batched: bool = True) -> None:
-        super().__init__(labels, transform, batched)
+                 rows: Sequence[int] | None = None, batched: bool = True, *, split: str = "",
+                 bad_files: str = "stop") -> None:
+        super().__init__(labels, transform, batched, split=split, bad_files=bad_files)
         self.images = images.numpy() if isinstance(images, torch.Tensor) else images
         self.rows = np.asarray(rows if rows is not None else range(len(self.labels)), dtype=np.int64)
 
@@ -91,23 +163,30 @@ class LazyImages(_Served):
         transform: augmentation, applied to each image as it is served; ``None`` for none.
         batched: augment whole batches when the transform allows it (see :class:`_Served`).
         resize: how each image becomes the square (``images.RESIZE_MODES``), as in the cache.
+        split: the split's name, for errors.
+        bad_files: what a loader does with a sample that fails to load: ``stop`` or ``skip`` (drop it).
     """
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], image_size: int,
-                 transform: Transform | None = None, batched: bool = True, resize: str = "squash") -> None:
-        super().__init__(labels, transform, batched)
+                 transform: Transform | None = None, batched: bool = True, resize: str = "squash", *,
+                 split: str = "", bad_files: str = "stop") -> None:
+        super().__init__(labels, transform, batched, split=split, bad_files=bad_files)
         self.paths = list(paths)
         self.image_size = image_size
         self.resize = resize
 
-    def _pixels(self, indices: list[int]) -> np.ndarray:
-        return np.stack([self._decode(i) for i in indices])
-
-    def _decode(self, index: int) -> np.ndarray:
-        try:
-            return decode(self.paths[index], self.image_size, self.resize)
-        except (DataError, OSError) as exc:
-            raise DataError(f"sample {index} ({self.paths[index]}) failed: {exc}") from exc
+    def _load(self, indices: list[int]) -> tuple[np.ndarray, list[int], list[SampleFailure]]:
+        rows, kept, failed = [], [], []
+        for i in indices:
+            try:
+                rows.append(decode(self.paths[i], self.image_size, self.resize))
+                kept.append(i)
+            except DataError as exc:
+                failed.append(SampleFailure(i, self.paths[i], str(exc).removeprefix(f"{self.paths[i]}: ")))
+            except OSError as exc:  # vanished or unreadable since the check before the run
+                failed.append(SampleFailure(i, self.paths[i], f"cannot be read ({exc.strerror or exc})"))
+        side = self.image_size
+        return (np.stack(rows) if rows else np.empty((0, side, side, 3), np.uint8)), kept, failed
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -203,28 +282,103 @@ class BatchLoader:
                     future.cancel()
 
 
+def collate(items: list[Sample | SampleFailure]) -> tuple[torch.Tensor | None, torch.Tensor | None,
+                                                         list[SampleFailure]]:
+    """A batch of the samples that loaded (None, None when none did) and the failures, for the main process."""
+    failed = [item for item in items if isinstance(item, SampleFailure)]
+    good = [item for item in items if not isinstance(item, SampleFailure)]
+    if not good:
+        return None, None, failed
+    return torch.stack([image for image, _ in good]), torch.stack([label for _, label in good]), failed
+
+
+@dataclass
+class Dropped:
+    """Samples dropped (``dataset.bad_files=skip``) in one pass of a loader."""
+
+    samples: int = 0
+    batches: int = 0  # batches left with no sample
+    first: list[SampleFailure] = field(default_factory=list)  # a few, for the log
+
+
 class EpochLoader(DataLoader):
-    """A DataLoader over an :class:`EpochBatchSampler` that the training loop can set to an epoch."""
+    """A DataLoader over an :class:`EpochBatchSampler` that the training loop can set to an epoch.
+
+    Over a served image dataset, a sample that fails to load stops the pass with a :class:`SampleError`
+    (the dataset's ``bad_files`` is ``stop``) or is dropped from its batch and counted (``skip``); a batch
+    left with no sample is skipped, or, with ``empty_batches``, handed on empty so that the training loop
+    counts it (a run resumed in the middle of the epoch then starts at the right batch).
+    """
 
     batch_sampler: EpochBatchSampler
+
+    def __init__(self, *args: Any, empty_batches: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.empty_batches = empty_batches
+        self.dropped = Dropped()
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch's order; skip the batches already trained on."""
         self.batch_sampler.set_epoch(epoch, start_batch)
 
+    def __iter__(self) -> Iterator[Any]:
+        if not isinstance(self.dataset, _Served):
+            yield from super().__iter__()
+            return
+        epoch, self.dropped = self.batch_sampler.epoch + 1, Dropped()
+        for images, labels, failed in super().__iter__():
+            if failed:
+                self._drop(failed, epoch)
+            if images is None:
+                self.dropped.batches += 1
+                if not self.empty_batches:
+                    continue
+                images, labels = torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+            yield images, labels
+        if self.dropped.samples:
+            first = self.dropped.first[0]
+            log.warning("epoch %d: %d %s sample(s) could not be loaded and were left out (dataset.bad_files=skip)%s, "
+                        "e.g. sample %d (%s): %s", epoch, self.dropped.samples, self.dataset.split or "data",
+                        f"; {self.dropped.batches} batch(es) had no sample left" if self.dropped.batches else "",
+                        first.index, first.path, first.reason)
+
+    def _drop(self, failed: list[SampleFailure], epoch: int) -> None:
+        dataset = self.dataset
+        assert isinstance(dataset, _Served)
+        if dataset.bad_files != "skip":
+            raise SampleError(failure_message(failed[0], dataset.split, epoch))
+        for failure in failed:
+            if failure.index not in dataset.dropped:  # named once per run; every epoch counts it
+                log.warning("[%s] sample %d (%s) could not be loaded in epoch %d and is left out "
+                            "(dataset.bad_files=skip): %s", dataset.split or "data", failure.index, failure.path,
+                            epoch, failure.reason)
+            dataset.dropped.add(failure.index)
+        self.dropped.samples += len(failed)
+        self.dropped.first += failed[:max(0, 3 - len(self.dropped.first))]
+
+    def drop_metrics(self) -> dict[str, float]:
+        """``<split>/dropped_samples`` (and ``<split>/dropped_batches``) of the latest pass, when there were any."""
+        split = getattr(self.dataset, "split", "") or "data"
+        metrics = {f"{split}/dropped_samples": self.dropped.samples} if self.dropped.samples else {}
+        if self.dropped.batches:
+            metrics[f"{split}/dropped_batches"] = self.dropped.batches
+        return metrics
+
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
                 pin_memory: bool = False, weights: Sequence[float] | None = None,
-                timeout: float = 0) -> EpochLoader | BatchLoader:
+                timeout: float = 0, empty_batches: bool = False) -> EpochLoader | BatchLoader:
     """Batches of ``dataset`` in the order of an :class:`EpochBatchSampler`.
 
     Decoded images with a batch augmentation get a :class:`BatchLoader` (``num_workers``
     threads); anything else a DataLoader (``num_workers`` processes). ``timeout``: seconds to wait
-    for a batch from a worker process before failing (0: forever).
+    for a batch from a worker process before failing (0: forever). ``empty_batches``: hand on a batch
+    whose samples all failed to load (and were dropped) as an empty one, for the training loop to count.
     """
     sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, weights=weights)
     if isinstance(dataset, DecodedImages) and dataset.batch_op is not None:
         return BatchLoader(dataset, sampler, threads=num_workers, pin_memory=pin_memory)
     return EpochLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
-                      timeout=timeout if num_workers > 0 else 0)
+                       persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
+                       timeout=timeout if num_workers > 0 else 0, empty_batches=empty_batches,
+                       collate_fn=collate if isinstance(dataset, _Served) else None)

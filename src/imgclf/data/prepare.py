@@ -4,8 +4,9 @@ check that no file changed since the splits were made."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import Dataset
@@ -30,20 +31,26 @@ class LoadedSplit:
     images: torch.Tensor | None     # None: decode on the fly
     report: FileReport
     resize: str = "squash"          # how the images were fitted to the square (images.RESIZE_MODES)
+    name: str = ""                  # train, val, test: named in errors
 
-    def dataset(self, image_size: int, transform: Callable | None, batched: bool = True) -> Dataset:
-        """Serve the split; ``batched``: augment whole batches when the transform allows it."""
+    def dataset(self, image_size: int, transform: Callable | None, batched: bool = True,
+                bad_files: str = "stop") -> Dataset:
+        """Serve the split; ``batched``: augment whole batches when the transform allows it; ``bad_files``:
+        whether a loader stops at a sample that fails to load now, or drops it (see ``dataset.py``)."""
         labels = [label for _, label in self.samples]
         if self.images is None:
             return LazyImages([p for p, _ in self.samples], labels, image_size, transform, batched=batched,
-                              resize=self.resize)
-        return DecodedImages(self.images, labels, transform, rows=self.rows, batched=batched)
+                              resize=self.resize, split=self.name, bad_files=bad_files)
+        return DecodedImages(self.images, labels, transform, rows=self.rows, batched=batched, split=self.name,
+                             bad_files=bad_files)
 
 
 def load_splits(splits: Splits, cache: DecodeCache, image_size: int, *, names: tuple[str, ...],
-                bad_files: str = "stop", resize: str = "squash") -> dict[str, LoadedSplit]:
+                bad_files: str = "stop", resize: str = "squash",
+                recorded: dict[str, str] | None = None) -> dict[str, LoadedSplit]:
     """Decode (or find in the cache) every split in ``names`` at ``image_size`` (fitted by ``resize``);
-    bad files stop or are skipped.
+    bad files stop or are skipped. A file that is gone is a bad file, and so is, with ``recorded`` (the
+    SHA-1s splits.csv recorded, when resuming), one whose content is no longer the one recorded.
 
     Raises:
         DataError: with ``bad_files=stop``, listing every file that cannot be used.
@@ -51,10 +58,13 @@ def load_splits(splits: Splits, cache: DecodeCache, image_size: int, *, names: t
     loaded, bad = {}, []
     for name in names:
         samples = splits.samples.get(name) or []
+        gone = [(name, p, "is gone (no such file)") for p, _ in samples if not os.path.exists(p)]
+        samples = [s for s in samples if os.path.exists(s[0])] if gone else samples
         images, report = cache.load([p for p, _ in samples], image_size, desc=f"decode {name}", resize=resize)
-        bad += [(name, report.paths[i], reason) for i, reason in sorted(report.errors.items())]
+        report = _changed_are_bad(report, recorded) if recorded else report
+        bad += gone + [(name, report.paths[i], reason) for i, reason in sorted(report.errors.items())]
         rows = report.good()
-        loaded[name] = LoadedSplit([samples[i] for i in rows], rows, images, report, resize)
+        loaded[name] = LoadedSplit([samples[i] for i in rows], rows, images, report, resize, name)
     if bad and bad_files == "stop":
         listed = "\n  ".join(f"[{split}] {path}: {reason}" for split, path, reason in bad[:SHOWN])
         more = f"\n  ... and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
@@ -64,6 +74,14 @@ def load_splits(splits: Splits, cache: DecodeCache, image_size: int, *, names: t
         log.warning("skipping %d unusable file(s) (dataset.bad_files=skip), e.g. %s: %s", len(bad), bad[0][1], bad[0][2])
     _check_classes_left(loaded, splits.classes)
     return loaded
+
+
+def _changed_are_bad(report: FileReport, recorded: dict[str, str]) -> FileReport:
+    """``report`` with the files whose SHA-1 differs from the recorded one as errors (a copy)."""
+    changed = {i: f"changed since this experiment's splits.csv recorded it (SHA-1 {recorded[p][:12]}... -> "
+                  f"{digest[:12]}...)" for i, (p, digest) in enumerate(zip(report.paths, report.digests, strict=True))
+               if digest and recorded.get(p) and recorded[p] != digest and i not in report.errors}
+    return replace(report, errors={**report.errors, **changed}) if changed else report
 
 
 def _check_classes_left(loaded: dict[str, LoadedSplit], classes: list[str]) -> None:

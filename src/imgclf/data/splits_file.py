@@ -59,13 +59,13 @@ def _check_unchanged(path: Path) -> None:
     )
 
 
-def read_splits(path: str | Path, classes: list[str]) -> tuple[Splits, dict[str, str]]:
+def read_splits(path: str | Path, classes: list[str], *, missing_ok: bool = False) -> tuple[Splits, dict[str, str]]:
     """Read ``splits.csv`` back, mapping class names to the indices of ``classes``; also returns
-    the recorded SHA-1 of each file.
+    the recorded SHA-1 of each file. ``missing_ok``: files that are gone stay listed (the caller skips them).
 
     Raises:
         DataError: the file differs from what was written (its ``.sha256`` record), cannot be parsed, names a
-            class that is not in ``classes`` or a file that is gone.
+            class that is not in ``classes`` or (unless ``missing_ok``) a file that is gone.
     """
     path = Path(path)
     _check_unchanged(path)
@@ -84,10 +84,10 @@ def read_splits(path: str | Path, classes: list[str]) -> tuple[Splits, dict[str,
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path} is not a readable splits file ({type(exc).__name__}: {exc}); restore it from a "
                         "backup, or train the experiment again (overwrite=true)") from None
-    missing = [p for items in samples.values() for p, _ in items if not os.path.exists(p)]
+    missing = [] if missing_ok else [p for items in samples.values() for p, _ in items if not os.path.exists(p)]
     if missing:
         raise DataError(
             f"{len(missing)} file(s) listed in {path} are gone, e.g. {missing[0]}; "
-            "restore them or start a new experiment"
+            "restore them or start a new experiment (or, to train, set dataset.bad_files=skip to resume without them)"
         )
     return Splits(list(classes), samples, layout=f"splits from {path}"), digests

@@ -58,17 +58,19 @@ def fill_num_classes(cfg: DictConfig, classes: list[str], root: Any, found_in: s
 def splits(exp: ExperimentDir, source: FolderSource, classes: list[str], *,
            reuse: bool, scanned: Splits | None = None) -> tuple[Splits, dict[str, str]]:
     """The experiment's saved splits (and recorded file hashes) when reusing them, else a fresh
-    scan (``scanned``, or the source scanned now) mapped onto ``classes``."""
+    scan (``scanned``, or the source scanned now) mapped onto ``classes``. With ``dataset.bad_files=skip``
+    a saved file that is gone is left to :func:`load` (a bad file, skipped) instead of refused."""
     if reuse and exp.splits.exists():
-        return read_splits(exp.splits, classes)
+        return read_splits(exp.splits, classes, missing_ok=source.bad_files == "skip")
     return remap(scanned if scanned is not None else source.scan(), classes), {}
 
 
 def load(cfg: DictConfig, source: FolderSource, splits: Splits, names: tuple[str, ...],
-         prep: Preprocessing | SizeChoice) -> dict[str, LoadedSplit]:
-    """Decode (or find in the cache) the splits in ``names`` to the squares of ``prep.decode_size``."""
+         prep: Preprocessing | SizeChoice, recorded: dict[str, str] | None = None) -> dict[str, LoadedSplit]:
+    """Decode (or find in the cache) the splits in ``names`` to the squares of ``prep.decode_size``; files whose
+    content differs from ``recorded`` (splits.csv's SHA-1s) are bad files (see ``prepare.load_splits``)."""
     return load_splits(splits, build.cache(cfg), prep.decode_size, names=names, bad_files=source.bad_files,
-                       resize=prep.resize)
+                       resize=prep.resize, recorded=recorded)
 
 
 def train_sizes(cfg: DictConfig, scanned: Splits) -> list[tuple[int, int] | None]:
@@ -79,14 +81,15 @@ def train_sizes(cfg: DictConfig, scanned: Splits) -> list[tuple[int, int] | None
 
 
 def check_unchanged(recorded: dict[str, str], loaded: dict[str, LoadedSplit], *, refuse: bool) -> None:
-    """Compare the files with the hashes splits.csv recorded: refuse to resume on changed data, or warn."""
-    changed = changed_files(recorded, digests_by_path(loaded))
+    """Compare the files used with the hashes splits.csv recorded: refuse to resume on changed data, or warn."""
+    used = {path for split in loaded.values() for path, _ in split.samples}
+    changed = [p for p in changed_files(recorded, digests_by_path(loaded)) if p in used]
     if not changed:
         return
     message = f"{len(changed)} file(s) changed since this experiment's splits.csv was written, e.g. {changed[0]}"
     if refuse:
         raise DataError(message + "; resuming would train on different data: use experiment=<new name> or "
-                        "overwrite=true")
+                        "overwrite=true, or set dataset.bad_files=skip to resume without the changed files")
     log.warning("%s; results are not comparable with earlier ones", message)
 
 
@@ -94,7 +97,9 @@ def prepare(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: 
             scanned: Splits, resuming: bool) -> tuple[Splits, dict[str, LoadedSplit]]:
     """Splits (reused when resuming, else ``scanned``), every split decoded once, checked, and the doctor's report."""
     found, recorded = splits(exp, source, classes, reuse=resuming, scanned=scanned)
-    loaded = load(cfg, source, found, ("train", "val", "test"), size)
+    # bad_files=skip: a file changed (or gone) since splits.csv is left out like an unreadable one, not refused
+    loaded = load(cfg, source, found, ("train", "val", "test"), size,
+                  recorded=recorded if source.bad_files == "skip" else None)
     check_unchanged(recorded, loaded, refuse=True)
     if not loaded["val"].samples:
         raise DataError(f"no validation images: {source.root} has no val/ folder and dataset.val_fraction is 0")
@@ -129,9 +134,12 @@ def balance(cfg: DictConfig, train: LoadedSplit, num_classes: int) -> tuple[list
     return None, None
 
 
-def serve(cfg: DictConfig, split: LoadedSplit, prep: Preprocessing, node: Any) -> Any:
-    """The split as a dataset with the transform of an ``augmentation`` node, cropped to the input size."""
-    return split.dataset(prep.decode_size, prep.view(build.transform(node)), batched=cfg.loader.batch_augment)
+def serve(cfg: DictConfig, split: LoadedSplit, prep: Preprocessing, node: Any, bad_files: str = "stop") -> Any:
+    """The split as a dataset with the transform of an ``augmentation`` node, cropped to the input size;
+    ``bad_files=skip`` drops a sample that fails to load while training (test.py keeps ``stop``: its report
+    pairs every output with its file)."""
+    return split.dataset(prep.decode_size, prep.view(build.transform(node)), batched=cfg.loader.batch_augment,
+                         bad_files=bad_files)
 
 
 def train_loaders(cfg: DictConfig, loaded: dict[str, LoadedSplit], prep: Preprocessing, device: torch.device,
@@ -140,18 +148,19 @@ def train_loaders(cfg: DictConfig, loaded: dict[str, LoadedSplit], prep: Preproc
     pin = device.type == "cuda" if cfg.loader.pin_memory == "auto" else bool(cfg.loader.pin_memory)
     loaders = []
     for split, transform in (("train", cfg.augmentation.train), ("val", cfg.augmentation.eval)):
-        dataset = serve(cfg, loaded[split], prep, transform)
+        dataset = serve(cfg, loaded[split], prep, transform, cfg.dataset.bad_files)
         if split == "train" and transform is not None and dataset.batch_op is None:
             log.info("augmentation runs image by image: %s", dataset.why_per_image)
         loaders.append(make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=split == "train",
                                    seed=cfg.seed, num_workers=cfg.loader.num_workers, pin_memory=pin,
-                                   timeout=cfg.loader.timeout,
+                                   timeout=cfg.loader.timeout, empty_batches=split == "train",
                                    weights=sample_weights if split == "train" else None))
     return loaders[0], loaders[1]
 
 
 def picture(dataset: Any, index: int) -> np.ndarray:
     """Sample ``index`` of an image dataset as the (H, W, 3) uint8 array the model saw."""
+    index = dataset.served_index(index) if hasattr(dataset, "served_index") else index  # after dropped samples
     return dataset[index][0].permute(1, 2, 0).numpy()
 
 
@@ -178,7 +187,7 @@ def stages(cfg: DictConfig, model: Classifier, train_loader: TrainLoader, val_lo
     network replaces the head-only one only when it validates better. A run resumed at or after K computes
     no features. Early stopping during the head epochs ends the run (no fine-tuning).
     """
-    whole = Stage(model, train_loader, val_loader, [model], cfg.epochs)
+    whole = Stage(model, train_loader, val_loader, [model, val_loader], cfg.epochs)  # the val loader names the epoch
     if not cfg.trainer.cache_features:
         return [whole]
     views = cfg.trainer.feature_views
@@ -194,7 +203,7 @@ def stages(cfg: DictConfig, model: Classifier, train_loader: TrainLoader, val_lo
                  start_epoch + 1)
         return [whole]
     images = (train_loader.dataset if views > 1 or unfreeze is None
-              else serve(cfg, train_split, prep, cfg.augmentation.eval))
+              else serve(cfg, train_split, prep, cfg.augmentation.eval, cfg.dataset.bad_files))
     in_order = make_loader(images, batch_size=cfg.loader.batch_size, shuffle=False)  # per sample
     options = {"progress": cfg.progress, "channels_last": cfg.trainer.channels_last}
     train = extract_views(model, in_order, device, views, **options)

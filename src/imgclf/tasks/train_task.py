@@ -92,7 +92,8 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
                                                               extras.ema)
         if cfg.overwrite and payload is None:
             exp.clear()  # only now: the new run's config, model and data have all been checked
-        write_splits(splits, exp.splits, digests_by_path(loaded))  # what this run trains on, and as what
+        if payload is None or not exp.splits.exists():  # a resumed run keeps the hashes first recorded, so a file
+            write_splits(splits, exp.splits, digests_by_path(loaded))  # that changed stays left out (bad_files=skip)
         OmegaConf.save(cfg, exp.config, resolve=True)  # the latest; config_history/ keeps each start's
         exp.record_config(OmegaConf.to_container(cfg, resolve=True), state.epoch, state.step,  # type: ignore[arg-type]
                           payload["config"] if payload is not None else None)

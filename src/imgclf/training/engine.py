@@ -198,6 +198,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], loss_fn: nn.Modul
     bad_in_row = 0
     start = time.perf_counter()
     for images, labels in loader:
+        if not len(labels):  # every sample failed to load and was dropped (dataset.bad_files=skip): nothing to
+            totals.steps += 1  # learn, but a batch of the epoch, so that a run resumed mid-epoch starts after it
+            bar.update(totals, seen_before)
+            continue
         images = to_device(images, device, options.channels_last)
         labels = labels.to(device, non_blocking=True)
         if extras.batch_mix is not None:
@@ -275,6 +279,7 @@ def fit(model: nn.Module, train_loader: TrainLoader, val_loader: Iterable[Batch]
                                       desc=f"epoch {epoch + 1}/{epochs}")
         except Diverged as exc:
             raise Diverged(f"epoch {epoch + 1}: {exc}") from None
+        metrics.update(getattr(train_loader, "drop_metrics", dict)())  # samples that failed to load, if any
         if should_stop():
             state.step, state.partial = totals.steps, totals.state()
             checkpoints.save(state, best=False)
@@ -282,6 +287,7 @@ def fit(model: nn.Module, train_loader: TrainLoader, val_loader: Iterable[Batch]
         val_metrics, outputs = validate(evaluated, val_loader, loss_fn, device=device, num_classes=num_classes,
                                         amp=options.amp, channels_last=options.channels_last)
         metrics.update(val_metrics)
+        metrics.update(getattr(val_loader, "drop_metrics", dict)())
         metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - start})
         scheduler.after_epoch(metrics[options.monitor])
         improved = state.end_epoch(epoch + 1, metrics[options.monitor], options.mode, options.min_delta)
