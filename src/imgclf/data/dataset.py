@@ -193,18 +193,29 @@ class EpochBatchSampler(Sampler[list[int]]):
     """Batches of indices whose order depends only on (seed, epoch), so a run resumed in the
     middle of an epoch sees exactly the batches it would have seen.
 
+    With several processes (``world_size`` > 1), every rank draws the same order and takes its own slice:
+    when shuffling (training), each global batch of ``batch_size * world_size`` indices is cut into
+    ``world_size`` consecutive pieces as equal as they can be (rank 0 the front), so every rank steps the
+    same number of times and together they see what one process with the global batch would; a last
+    global batch too small to give every rank two samples is dropped (BatchNorm cannot train on one).
+    Without shuffling (validation), each rank takes a consecutive share of the whole split, so every sample
+    is seen once.
+
     Args:
         size: number of samples.
-        batch_size: samples per batch.
+        batch_size: samples per batch (of this rank).
         shuffle: reshuffle every epoch.
         seed: base seed of the shuffling.
         weights: sampling weight of each sample (drawn with replacement); None for a permutation.
+        world_size: processes sharing the data.
+        rank: this process's place among them.
     """
 
     def __init__(self, size: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 weights: Sequence[float] | None = None) -> None:
+                 weights: Sequence[float] | None = None, world_size: int = 1, rank: int = 0) -> None:
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
+        self.world_size, self.rank = world_size, rank
         self.epoch = 0
         self.start_batch = 0
 
@@ -222,13 +233,30 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self._order().tolist()
+        if not self.shuffle and self.world_size > 1:
+            order = order[_share(len(order), self.world_size, self.rank)]
+            for b in range(self.start_batch, -(-len(order) // self.batch_size)):
+                yield order[b * self.batch_size:(b + 1) * self.batch_size]
+            return
+        step = self.batch_size * self.world_size
         for b in range(self.start_batch, len(self)):
-            yield order[b * self.batch_size:(b + 1) * self.batch_size]
+            batch = order[b * step:(b + 1) * step]
+            yield batch[_share(len(batch), self.world_size, self.rank)]
 
     def __len__(self) -> int:
-        full, rest = divmod(self.size, self.batch_size)
-        # A trailing batch of one image is dropped when shuffling: BatchNorm cannot train on it.
-        return full + (1 if rest > 1 or (rest == 1 and not self.shuffle) else 0)
+        if not self.shuffle and self.world_size > 1:
+            return -(-len(range(self.size)[_share(self.size, self.world_size, self.rank)]) // self.batch_size)
+        full, rest = divmod(self.size, self.batch_size * self.world_size)
+        # A trailing batch of one image (on any rank) is dropped when shuffling: BatchNorm cannot train on it.
+        keep = rest >= 2 * self.world_size or (rest == 1 and not self.shuffle)
+        return full + int(keep)
+
+
+def _share(total: int, parts: int, index: int) -> slice:
+    """Part ``index`` of ``total`` items cut into ``parts`` consecutive pieces as equal as they can be."""
+    base, extra = divmod(total, parts)
+    start = index * base + min(index, extra)
+    return slice(start, start + base + (1 if index < extra else 0))
 
 
 class BatchLoader:
@@ -257,6 +285,8 @@ class BatchLoader:
     def _make(self, number: int, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         sampler = self.batch_sampler
         seed = (sampler.seed * 1_000_003 + sampler.epoch) * 1_000_003 + number
+        if sampler.world_size > 1:  # each rank augments its own slice of the global batch with its own draws
+            seed = seed * 1_009 + sampler.rank
         images, labels = self.dataset.batch(indices, torch.Generator().manual_seed(seed))
         if self.pin_memory:
             images, labels = images.pin_memory(), labels.pin_memory()
@@ -367,15 +397,18 @@ class EpochLoader(DataLoader):
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
                 pin_memory: bool = False, weights: Sequence[float] | None = None,
-                timeout: float = 0, empty_batches: bool = False) -> EpochLoader | BatchLoader:
+                timeout: float = 0, empty_batches: bool = False, world_size: int = 1,
+                rank: int = 0) -> EpochLoader | BatchLoader:
     """Batches of ``dataset`` in the order of an :class:`EpochBatchSampler`.
 
     Decoded images with a batch augmentation get a :class:`BatchLoader` (``num_workers``
     threads); anything else a DataLoader (``num_workers`` processes). ``timeout``: seconds to wait
     for a batch from a worker process before failing (0: forever). ``empty_batches``: hand on a batch
     whose samples all failed to load (and were dropped) as an empty one, for the training loop to count.
+    ``world_size``, ``rank``: this process's share of the data (see :class:`EpochBatchSampler`).
     """
-    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, weights=weights)
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, weights=weights,
+                                world_size=world_size, rank=rank)
     if isinstance(dataset, DecodedImages) and dataset.batch_op is not None:
         return BatchLoader(dataset, sampler, threads=num_workers, pin_memory=pin_memory)
     return EpochLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from imgclf.reporting.metrics import SplitMetrics, confusion_matrix
 from imgclf.training.device import autocast, to_device
+from imgclf.training.distributed import SINGLE, Distributed
 
 
 @dataclass
@@ -53,11 +54,26 @@ def collect(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: t
 
 def validate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: torch.device, num_classes: int,
              prefix: str = "val", progress: bool = False, amp: str = "none",
-             channels_last: bool = False) -> tuple[dict[str, float], Outputs]:
-    """``<prefix>/loss``, ``<prefix>/acc`` and ``<prefix>/f1`` (macro) over ``loader``, and the outputs."""
+             channels_last: bool = False, group: Distributed = SINGLE) -> tuple[dict[str, float], Outputs]:
+    """``<prefix>/loss``, ``<prefix>/acc`` and ``<prefix>/f1`` (macro) over ``loader``, and the outputs.
+
+    With several ranks, each validates its own share of the split; the metrics are those of the whole split
+    (torchmetrics sums its counts over the ranks in ``compute()``) and every rank gets every output."""
     split_metrics = SplitMetrics(num_classes, device)
     outputs = collect(model, loader, loss_fn, device=device, progress=progress, desc=prefix, amp=amp,
                       channels_last=channels_last, metrics=split_metrics)
-    summary = split_metrics.compute()  # the one host sync of the metrics
+    if group.active:
+        outputs = joined(group.gather(outputs))
+    summary = split_metrics.compute()  # the one host sync of the metrics (and, with ranks, their one all-reduce)
     metrics = {f"{prefix}/loss": outputs.loss, f"{prefix}/acc": summary["accuracy"], f"{prefix}/f1": summary["f1"]}
     return metrics, outputs
+
+
+def joined(parts: list[Outputs]) -> Outputs:
+    """The outputs of consecutive shares of one split, as one."""
+    kept = [p for p in parts if len(p.labels)]
+    if not kept:
+        return parts[0]
+    count = sum(len(p.labels) for p in kept)
+    return Outputs(sum(p.loss * len(p.labels) for p in kept) / count, torch.cat([p.logits for p in kept]),
+                   torch.cat([p.labels for p in kept]))
