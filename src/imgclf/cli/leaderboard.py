@@ -4,8 +4,8 @@
     python -m imgclf.leaderboard --experiments experiments --sort test/accuracy
 
 Writes ``DIR/leaderboard.md`` and ``DIR/leaderboard.csv`` (the same cells) and prints the
-markdown; every sweep folder ``DIR/<experiment>/multirun/<date_time>/`` also gets a leaderboard of
-its own jobs. An experiment is any folder under DIR holding ``config.yaml``, ``metrics.jsonl``,
+markdown; every sweep folder (``DIR/<experiment>/multirun/<date_time>/``, or an Optuna search's
+``DIR/<experiment>/optuna/<name>/``: any folder with ``multirun.yaml``) also gets a leaderboard of its own jobs. An experiment is any folder under DIR holding ``config.yaml``, ``metrics.jsonl``,
 ``best.pt`` or ``last.pt`` (``.hydra`` and other hidden folders and an experiment's ``test*/``
 reports are not). Exit status 1 when DIR is missing or holds no experiment (nothing is written).
 
@@ -23,7 +23,8 @@ Columns:
     best epoch      the epoch it was reached (the first, on ties)
     epochs          epochs done / configured
     status          running (a ``.lock`` whose process is alive), failed (no epoch done),
-                    finished (all configured epochs), stopped early (early stopping), incomplete
+                    finished (all configured epochs), pruned (an Optuna trial its pruner stopped:
+                    ``trial/pruned`` in metrics.jsonl), stopped early (early stopping), incomplete
     test/...        from ``test/metrics.json`` when some row has it: accuracy, macro F1, and when
                     present the 95% CI of accuracy and the ECE
     time            training time, the sum of ``epoch_seconds``
@@ -54,6 +55,7 @@ import yaml
 from imgclf.experiment.atomic import csv_text, write_text_atomic
 from imgclf.experiment.atomic import pid_alive
 from imgclf.experiment.folder import read_pid
+from imgclf.sweeps.trial import PRUNED_KEY
 from imgclf.cli.leaderboard_table import Row, best_of, build, direction, flatten, sort_value, to_markdown
 
 EXPERIMENT_FILES = ("config.yaml", "metrics.jsonl", "best.pt", "last.pt")
@@ -128,6 +130,8 @@ def _status(lock: Path, row: Row, stopped_early: bool) -> str:
         row.notes.append(f"stale .lock (process {pid} is not running)" if pid else "unreadable .lock")
     if row.epochs_done == 0:
         return "failed"
+    if row.records and row.records[-1].get(PRUNED_KEY) == 1:
+        return "pruned"
     if row.epochs is not None and row.epochs_done >= row.epochs:
         return "finished"
     return "stopped early" if stopped_early else "incomplete"
@@ -250,8 +254,10 @@ def _read_test(path: Path, notes: list[str]) -> dict[str, Any]:
 
 
 def sweep_folder(folder: Path) -> Path | None:
-    """``.../multirun/<date_time>/`` for a sweep job's folder, else None."""
-    return folder.parent if folder.parent.parent.name == "multirun" else None
+    """The sweep folder of a sweep job's folder (``.../multirun/<date_time>/``, or any folder where a
+    sweeper saved ``multirun.yaml``, such as ``.../optuna/<name>/``), else None."""
+    parent = folder.parent
+    return parent if parent.parent.name == "multirun" or (parent / "multirun.yaml").exists() else None
 
 
 def write_leaderboard(folder: Path, rows: list[Row], sort: str | None) -> str:

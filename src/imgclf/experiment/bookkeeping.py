@@ -6,4 +6,5 @@ leaderboard's columns.
 """
 
 BOOKKEEPING_KEYS = ("experiment", "resume", "overwrite", "device", "progress",
-                    "paths.experiments", "paths.runs", "paths.cache", "paths.project_root")
+                    "paths.experiments", "paths.runs", "paths.cache", "paths.project_root",
+                    "sweep_trial")  # set by the Optuna sweeper: which trial of which study a job is

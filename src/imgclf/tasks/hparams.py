@@ -8,6 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf.experiment.bookkeeping import BOOKKEEPING_KEYS
+from imgclf.sweeps.trial import PRUNED_KEY, parse_spec
 
 HPARAM_KEYS = ("optimizer.lr", "optimizer.weight_decay", "loader.batch_size", "epochs", "dataset.image_size", "seed")
 GROUPS = ("model", "optimizer", "scheduler", "loss")
@@ -15,7 +16,7 @@ GROUPS = ("model", "optimizer", "scheduler", "loss")
 
 def hparams(cfg: DictConfig, num_parameters: int) -> dict[str, Any]:
     """The group choices (model=..., optimizer=...), the usual numbers, and every value overridden on the
-    command line except bookkeeping (what differs across sweep jobs)."""
+    command line except bookkeeping (what differs across sweep jobs); an Optuna trial's number as ``trial``."""
     values: dict[str, Any] = {"parameters": num_parameters}
     for group in GROUPS:  # without Hydra's choices: the class names
         values[group] = str(OmegaConf.select(cfg, f"{group}._target_", default="")).rsplit(".", 1)[-1]
@@ -30,4 +31,12 @@ def hparams(cfg: DictConfig, num_parameters: int) -> dict[str, Any]:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not OmegaConf.is_config(value):
             values[key] = value
+    if cfg.get("sweep_trial"):
+        values["trial"] = parse_spec(cfg.sweep_trial)[2]
     return values
+
+
+def hparam_metrics(cfg: DictConfig) -> list[str]:
+    """The scalar tags the HParams tab shows beside the values; an Optuna trial's also says if it was pruned."""
+    metrics = list(dict.fromkeys([cfg.monitor, "val/acc", "val/loss", "val/f1"]))
+    return [*metrics, PRUNED_KEY] if cfg.get("sweep_trial") else metrics

@@ -1,0 +1,54 @@
+"""``summary.csv`` of a sweep folder: one row per job (or trial), rewritten whole after each change.
+
+Jobs run in parallel (hydra/launcher=joblib) update it from several processes, so each update reads,
+merges and writes under a lock file; the write itself is atomic, so a killed sweep leaves the last full table.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from imgclf.experiment.atomic import write_text_atomic
+
+FIELDS = ("job", "overrides", "status", "best", "error", "dir", "note")
+NAME = "summary.csv"
+
+
+def update(sweep_dir: Path, rows: Iterable[dict[str, Any]], *, replace_all: bool = False) -> Path:
+    """Put ``rows`` into ``sweep_dir/summary.csv`` (a row replaces the one of the same job); with
+    ``replace_all`` the table becomes exactly ``rows``. Returns the path."""
+    path = sweep_dir / NAME
+    with _locked(sweep_dir / ".summary.lock"):
+        by_job = {} if replace_all else {str(r["job"]): r for r in read(path)}
+        by_job.update({str(r["job"]): r for r in rows})
+        ordered = sorted(by_job.values(), key=lambda r: int(r["job"]) if str(r["job"]).isdigit() else -1)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, FIELDS, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(ordered)
+        write_text_atomic(path, text.getvalue())
+    return path
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
