@@ -67,7 +67,7 @@ class OptunaSweep:
         study = studies.open_study(self.url, self.settings.study_name, self.direction, self._sampler(space),
                                    instantiate(self.settings.pruner))
         studies.fail_interrupted(study)
-        wanted, done = int(self.settings.n_trials), studies.finished(study)
+        wanted, done = self._wanted(space), studies.finished(study)
         n_jobs = self._n_jobs()
         log.info("Optuna study '%s' in %s (sweep folder %s): %d of n_trials=%d finished, %d to run, %d at a time; "
                  "%s %s", study.study_name, self.url, self.sweep_dir, done, wanted, max(wanted - done, 0), n_jobs,
@@ -98,7 +98,7 @@ class OptunaSweep:
             for trial in trials:
                 if study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
                     studies.set_attrs(study, trial.number, error=studies.INTERRUPTED)
-                    study.tell(trial, state=TrialState.FAIL)
+                    studies.tell(study, trial, state=TrialState.FAIL)
             self._write(study)
             raise
         for trial, result in zip(trials, returns, strict=True):
@@ -127,21 +127,21 @@ class OptunaSweep:
         if result.status != JobStatus.COMPLETED:
             exc = result._return_value
             studies.set_attrs(study, trial.number, error=f"{type(exc).__name__}: {exc}"[:500])
-            study.tell(trial, state=TrialState.FAIL)
+            studies.tell(study, trial, state=TrialState.FAIL)
             self.failed.append(trial.number)
             log.error("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
             return
         value = result._return_value
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             studies.set_attrs(study, trial.number, error=f"the job returned no finite {self.monitor}: {value!r}")
-            study.tell(trial, state=TrialState.FAIL)
+            studies.tell(study, trial, state=TrialState.FAIL)
             self.failed.append(trial.number)
             return
         studies.set_attrs(study, trial.number, best=float(value))
         if "pruned_at_epoch" in study._storage.get_trial(trial._trial_id).user_attrs:
-            study.tell(trial, state=TrialState.PRUNED)
+            studies.tell(study, trial, state=TrialState.PRUNED)
         else:
-            study.tell(trial, float(value))
+            studies.tell(study, trial, float(value))
 
     def _write(self, study: optuna.Study, final: bool = False) -> None:
         studies.write_summary(study, self.sweep_dir, self.monitor)
@@ -154,6 +154,16 @@ class OptunaSweep:
                      studies.best_command(self.sweep_dir))
         elif final:
             log.warning("no trial is complete yet, so there is no best.yaml")
+
+    def _wanted(self, space: search_space.SearchSpace) -> int:
+        """n_trials, but no more than the grid's points with the grid sampler (each is tried once)."""
+        wanted = int(self.settings.n_trials)
+        if self.settings.sampler.get("_partial_"):
+            points = math.prod(len(values) for values in space.grid().values())
+            if points < wanted:
+                log.info("the grid has %d points: n_trials=%d becomes %d", points, wanted, points)
+            wanted = min(wanted, points)
+        return wanted
 
     def _sampler(self, space: search_space.SearchSpace) -> Any:
         sampler = instantiate(self.settings.sampler)

@@ -65,6 +65,17 @@ def set_attrs(study: optuna.Study, number: int, **attrs: Any) -> None:
         study._storage.set_trial_user_attr(tid, key, value)
 
 
+def tell(study: optuna.Study, trial: optuna.trial.Trial | int, value: float | None = None,
+         state: TrialState | None = None) -> None:
+    """``study.tell``, outside ``study.optimize``: the grid sampler calls ``study.stop()`` when its last point
+    is told, which is only allowed inside ``optimize``; the sweep stops by its own count anyway."""
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
+
+
 def fail_interrupted(study: optuna.Study) -> list[FrozenTrial]:
     """Mark FAIL the trials a killed sweep left RUNNING (RELIABILITY H5), so none is counted or run twice.
 
@@ -72,7 +83,7 @@ def fail_interrupted(study: optuna.Study) -> list[FrozenTrial]:
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
         set_attrs(study, trial.number, error=INTERRUPTED)
-        study.tell(trial.number, state=TrialState.FAIL)
+        tell(study, trial.number, state=TrialState.FAIL)
         log.warning("trial %d was left running by a sweep that stopped (%s): marked FAIL, not counted",
                     trial.number, trial.user_attrs.get("dir", "no folder yet"))
     return stale

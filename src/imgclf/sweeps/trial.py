@@ -60,8 +60,15 @@ class TrialReporter:
 
     def __call__(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Report ``metrics[monitor]`` of ``epoch``; True (stop training) when the trial is pruned."""
+        from optuna.exceptions import UpdateFinishedTrialError
+
         value = float(metrics[self.monitor])
-        self.trial.report(value if math.isfinite(value) else float("nan"), step=epoch)
+        try:
+            self.trial.report(value if math.isfinite(value) else float("nan"), step=epoch)
+        except UpdateFinishedTrialError:  # a new run of the sweep marked it failed: this process outlived its sweep
+            log.warning("trial %d was closed in the study while it trained (the sweep that started it stopped): "
+                        "stopping it", self.number)
+            return True
         pruned = self.trial.should_prune()
         metrics[PRUNED_KEY] = float(pruned)
         if pruned:
