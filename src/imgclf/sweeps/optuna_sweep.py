@@ -24,7 +24,8 @@ from optuna.trial import Trial, TrialState
 
 from imgclf.errors import ConfigError, ExperimentError
 from imgclf.experiment.folder import ExperimentLock
-from imgclf.sweeps import search_space, study as studies
+from imgclf.sweeps import search_space
+from imgclf.sweeps import study as studies
 from imgclf.sweeps.trial import trial_spec
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ class OptunaSweep:
     def _write(self, study: optuna.Study, final: bool = False) -> None:
         studies.write_summary(study, self.sweep_dir, self.monitor)
         best = studies.write_best(study, self.sweep_dir, str(self.config.hydra.job.config_name), self.groups,
-                                  self.monitor)
+                                  self.monitor, self.url)
         if final and best is not None:
             trial = study.best_trial
             log.info("best trial %d: %s = %.4f with %s\n  wrote %s; train it: %s", trial.number, self.monitor,

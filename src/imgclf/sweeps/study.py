@@ -115,7 +115,8 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     return study.best_trial if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else None
 
 
-def write_best(study: optuna.Study, sweep_dir: Path, config_name: str, groups: set[str], monitor: str) -> Path | None:
+def write_best(study: optuna.Study, sweep_dir: Path, config_name: str, groups: set[str], monitor: str,
+               url: str) -> Path | None:
     """``best.yaml``: the best complete trial as a primary config that extends ``config_name``, for
     ``python train.py --config-dir <sweep dir> -cn best``. None while no trial is complete."""
     trial = best_trial(study)
@@ -132,7 +133,7 @@ def write_best(study: optuna.Study, sweep_dir: Path, config_name: str, groups: s
         else:
             OmegaConf.update(body, key, override.value(), force_add=True)
     defaults = "".join(f"  - {item}\n" for item in [config_name, *chosen, "_self_"])
-    text = (f"# The best trial of Optuna study '{study.study_name}' ({sweep_dir / 'study.db'}): trial {trial.number}, "
+    text = (f"# The best trial of Optuna study '{study.study_name}' ({url}): trial {trial.number}, "
             f"{monitor} = {trial.value:.6g}\n# {' '.join(trial.user_attrs.get('params', []))}\n"
             f"# Train it: {best_command(sweep_dir)}\n"
             f"defaults:\n{defaults}\n{OmegaConf.to_yaml(body)}")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import csv
 import fcntl
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from imgclf.experiment.atomic import write_text_atomic
 
