@@ -30,16 +30,17 @@ class RunLog:
     """
 
     def __init__(self, jsonl_path: str | Path, tensorboard_dir: str | Path, start_epoch: int = 0,
-                 figures: BestFigures | None = None) -> None:
+                 figures: BestFigures | None = None, constants: dict[str, Any] | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
 
         self.jsonl_path = Path(jsonl_path)
         _truncate_after(self.jsonl_path, start_epoch)
         self.writer = SummaryWriter(str(tensorboard_dir), purge_step=start_epoch + 1 if start_epoch else None)
         self.figures = figures
+        self.constants = constants or {}  # the same in every line (e.g. world_size), not plotted
 
     def write(self, epoch: int, metrics: dict[str, float]) -> None:
-        record = {"epoch": epoch, **{k: _json_number(v) for k, v in metrics.items()}}
+        record = {"epoch": epoch, **{k: _json_number(v) for k, v in metrics.items()}, **self.constants}
         with open(self.jsonl_path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()

@@ -37,10 +37,11 @@ def check_config(cfg: DictConfig) -> None:
         _int(cfg, "dataset.num_classes", minimum=2)
     _int(cfg, "trainer.max_nonfinite", minimum=1)
     _positive_number(cfg, "loader.timeout", allow_zero=True)
+    _positive_number(cfg, "trainer.dist_timeout")
     _int(cfg, "report.top_k", minimum=1)
     _int(cfg, "report.bootstrap", minimum=0)
     _int(cfg, "report.mistakes", minimum=0)
-    for key in ("deterministic", "overwrite", "progress", "tune_malloc", "calibrate", "report.figures"):
+    for key in ("deterministic", "overwrite", "progress", "tune_malloc", "calibrate", "report.figures", "trainer.sync_bn"):
         _bool(cfg, key)
     device = str(cfg.device)
     if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):

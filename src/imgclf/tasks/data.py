@@ -18,6 +18,7 @@ from imgclf.data.prepare import LoadedSplit, changed_files, digests_by_path, loa
 from imgclf.data.preprocessing import Preprocessing
 from imgclf.data.splits_file import read_splits
 from imgclf.data.stats import channel_stats, class_weights
+from imgclf.training.distributed import SINGLE, Distributed
 from imgclf.errors import ConfigError, DataError
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier
@@ -94,8 +95,9 @@ def check_unchanged(recorded: dict[str, str], loaded: dict[str, LoadedSplit], *,
 
 
 def prepare(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: list[str], size: SizeChoice, *,
-            scanned: Splits, resuming: bool) -> tuple[Splits, dict[str, LoadedSplit]]:
-    """Splits (reused when resuming, else ``scanned``), every split decoded once, checked, and the doctor's report."""
+            scanned: Splits, resuming: bool, writer: bool = True) -> tuple[Splits, dict[str, LoadedSplit]]:
+    """Splits (reused when resuming, else ``scanned``), every split decoded once, checked, and the doctor's report
+    (written by the ``writer``: rank 0 of a distributed run)."""
     found, recorded = splits(exp, source, classes, reuse=resuming, scanned=scanned)
     # bad_files=skip: a file changed (or gone) since splits.csv is left out like an unreadable one, not refused
     loaded = load(cfg, source, found, ("train", "val", "test"), size,
@@ -103,12 +105,13 @@ def prepare(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: 
     check_unchanged(recorded, loaded, refuse=True)
     if not loaded["val"].samples:
         raise DataError(f"no validation images: {source.root} has no val/ folder and dataset.val_fraction is 0")
-    exp.path.mkdir(parents=True, exist_ok=True)
     health = examine(found, {n: s.report for n, s in loaded.items()}, root=str(source.root),
                      bad_files=source.bad_files)
-    write_report(health, exp.path / "doctor.json")
-    log.info("data:\n%s", format_report(health))
-    warn_about_leaks(health)
+    if writer:
+        exp.path.mkdir(parents=True, exist_ok=True)
+        write_report(health, exp.path / "doctor.json")
+        log.info("data:\n%s", format_report(health))
+        warn_about_leaks(health)
     return found, loaded
 
 
@@ -143,8 +146,9 @@ def serve(cfg: DictConfig, split: LoadedSplit, prep: Preprocessing, node: Any, b
 
 
 def train_loaders(cfg: DictConfig, loaded: dict[str, LoadedSplit], prep: Preprocessing, device: torch.device,
-                  sample_weights: list[float] | None = None) -> tuple[TrainLoader, TrainLoader]:
-    """The shuffled (and augmented) train loader and the val loader."""
+                  sample_weights: list[float] | None = None, group: Distributed = SINGLE
+                  ) -> tuple[TrainLoader, TrainLoader]:
+    """The shuffled (and augmented) train loader and the val loader (of this rank's share of the data)."""
     pin = device.type == "cuda" if cfg.loader.pin_memory == "auto" else bool(cfg.loader.pin_memory)
     loaders = []
     for split, transform in (("train", cfg.augmentation.train), ("val", cfg.augmentation.eval)):
@@ -154,7 +158,8 @@ def train_loaders(cfg: DictConfig, loaded: dict[str, LoadedSplit], prep: Preproc
         loaders.append(make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=split == "train",
                                    seed=cfg.seed, num_workers=cfg.loader.num_workers, pin_memory=pin,
                                    timeout=cfg.loader.timeout, empty_batches=split == "train",
-                                   weights=sample_weights if split == "train" else None))
+                                   weights=sample_weights if split == "train" else None,
+                                   world_size=group.world_size, rank=group.rank))
     return loaders[0], loaders[1]
 
 
@@ -177,7 +182,8 @@ class Stage:
 
 def stages(cfg: DictConfig, model: Classifier, train_loader: TrainLoader, val_loader: TrainLoader,
            device: torch.device, sample_weights: list[float] | None, batch_mix: bool, *,
-           train_split: LoadedSplit, prep: Preprocessing, start_epoch: int) -> list[Stage]:
+           train_split: LoadedSplit, prep: Preprocessing, start_epoch: int, group: Distributed = SINGLE
+           ) -> list[Stage]:
     """What trains in which epochs. Without ``trainer.cache_features``: the model on the loaders, every epoch.
 
     With it: the head on loaders of precomputed backbone features, for every epoch, or with
@@ -207,11 +213,15 @@ def stages(cfg: DictConfig, model: Classifier, train_loader: TrainLoader, val_lo
     in_order = make_loader(images, batch_size=cfg.loader.batch_size, shuffle=False)  # per sample
     options = {"progress": cfg.progress, "channels_last": cfg.trainer.channels_last}
     train = extract_views(model, in_order, device, views, **options)
-    val = extract(model, val_loader, device, desc="features val", **options)
+    whole_val = make_loader(val_loader.dataset, batch_size=cfg.loader.batch_size, shuffle=False) \
+        if group.active else val_loader  # features of every val image; the head's val loader shares them out
+    val = extract(model, whole_val, device, desc="features val", **options)
     log.info("cached backbone features of %d image(s) x %d cop%s: epochs 1-%d train only the head%s",
              len(train), views, "y" if views == 1 else "ies (epoch e reads copy e mod views)", until,
              f", epochs {until + 1}-{cfg.epochs} the whole network on images" if until < cfg.epochs else "")
-    loaders = (make_loader(train, batch_size=cfg.loader.batch_size, shuffle=True, seed=cfg.seed, weights=sample_weights),
-               make_loader(val, batch_size=cfg.loader.batch_size, shuffle=False))
+    shares = {"world_size": group.world_size, "rank": group.rank}  # every rank computed every feature
+    loaders = (make_loader(train, batch_size=cfg.loader.batch_size, shuffle=True, seed=cfg.seed, weights=sample_weights,
+                           **shares),
+               make_loader(val, batch_size=cfg.loader.batch_size, shuffle=False, **shares))
     head = Stage(model.net.head, loaders[0], loaders[1], [train], until)
     return [head, whole] if until < cfg.epochs else [head]

@@ -8,6 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from imgclf.experiment.bookkeeping import BOOKKEEPING_KEYS
+from imgclf.training.distributed import launched_rank
 
 
 def config_name(*, _root_: Any) -> str:
@@ -29,6 +30,20 @@ def bookkeeping(*extra: str) -> list[str]:
     return [*BOOKKEEPING_KEYS, *extra]
 
 
+def rank0(value: Any) -> Any:
+    """``value`` in the process of rank 0 (or a single process), None in the other ranks: what only one process
+    of a distributed run should write (Hydra's record of the command)."""
+    return value if launched_rank() == 0 else None
+
+
+def rank_suffix() -> str:
+    """'' for rank 0 (or a single process), ``.rank<N>`` for the others: a log file of each rank's own."""
+    rank = launched_rank()
+    return f".rank{rank}" if rank else ""
+
+
 def register() -> None:
+    OmegaConf.register_new_resolver("imgclf.rank0", rank0, replace=True)
+    OmegaConf.register_new_resolver("imgclf.rank_suffix", rank_suffix, replace=True)
     OmegaConf.register_new_resolver("imgclf.config_name", config_name, replace=True)
     OmegaConf.register_new_resolver("imgclf.bookkeeping", bookkeeping, replace=True)

@@ -7,7 +7,7 @@ import os
 import random
 from pathlib import Path
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -24,12 +24,14 @@ from imgclf.data.splits_file import write_splits
 from imgclf.data.prepare import digests_by_path
 from imgclf.models.classifier import Classifier
 from imgclf.runtime import resolve_device, tune_malloc
-from imgclf.tasks import build, data, preprocess
+from imgclf.tasks import build, data, preprocess, ranks, sweep
 from imgclf.tasks.calibration import calibrate, load_weights
 from imgclf.tasks.config_check import check_config
 from imgclf.tasks.experiment import experiment_dir, in_sweep, report_finished
 from imgclf.tasks.failures import training_error
-from imgclf.tasks.hparams import hparams
+from imgclf.tasks.hparams import hparam_metrics, hparams
+from imgclf.training import distributed
+from imgclf.training.distributed import Distributed
 from imgclf.training.engine import fit
 from imgclf.training.signals import StopOnSignal
 from imgclf.training.state import Diverged, Interrupted, TrainState
@@ -53,14 +55,19 @@ def train(cfg: DictConfig, *, stop_signal: StopSignal = StopOnSignal) -> float |
         Interrupted: stopped on request; run the same command again to resume.
     """
     exp = experiment_dir(cfg)
-    if in_sweep():  # a failed job keeps its folder and log: the sweep's summary points there
-        return _train(cfg, exp, stop_signal)
-    with exp.discarded_unless_used(Path(cfg.paths.experiments)):  # bad input before any result: no folder left
-        return _train(cfg, exp, stop_signal)
+    try:
+        if in_sweep():  # a failed job keeps its folder and log: the sweep's summary points there
+            return _train(cfg, exp, stop_signal)
+        with exp.discarded_unless_used(Path(cfg.paths.experiments)):  # bad input before any result: no folder left
+            return _train(cfg, exp, stop_signal)
+    finally:
+        distributed.teardown()  # under torchrun
 
 
 def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> float | None:
-    device = start(cfg)
+    sweep.prepare_job(cfg)  # a parallel sweep job: its share of the CPU threads, its own GPU
+    group, device = start(cfg)
+    after_epoch = sweep.trial_hook(cfg)  # an Optuna trial reports each epoch and may be pruned
     source = build.source(cfg)
     data.check_trainable(source)
     classes = source.class_names()  # lists folders only: config errors surface before any decoding
@@ -72,13 +79,17 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
     net = build.placed(cfg, net, size.image_size, device)
     optimizer, scheduler = build.optimizer_and_scheduler(cfg, net)
     loss_fn = build.loss(cfg, device)
-    with exp.lock():
-        payload = exp.resume_payload(str(cfg.resume), overwrite=cfg.overwrite)
+    with exp.lock() if group.is_main else nullcontext():  # rank 0 alone writes the experiment folder
+        payload = group.broadcast_checkpoint(exp.resume_payload(str(cfg.resume), overwrite=cfg.overwrite)
+                                             if group.is_main else None)
         if payload is not None and is_finished(payload, cfg.epochs):
             return report_finished(cfg, exp, payload)
         if payload is not None:
             check_classes(payload, classes)
-        splits, loaded = data.prepare(cfg, exp, source, classes, size, scanned=scanned, resuming=payload is not None)
+        ranks.check_world_size(payload, group)
+        with group.main_first():  # the decoded-image cache: built once per machine, then read by the other ranks
+            splits, loaded = data.prepare(cfg, exp, source, classes, size, scanned=scanned,
+                                          resuming=payload is not None, writer=group.is_main)
         prep = preprocess.resolve(size, cfg.dataset.normalize, cfg.dataset.mean, cfg.dataset.std,
                                   expected=preprocess.model_stats(net),
                                   measure=lambda: data.train_stats(cfg, loaded["train"], size))
@@ -90,42 +101,42 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
         extras = build.step_extras(cfg, model, device, payload)
         state = TrainState() if payload is None else restore(cfg, payload, classes, model, optimizer, scheduler,
                                                               extras.ema)
-        if cfg.overwrite and payload is None:
-            exp.clear()  # only now: the new run's config, model and data have all been checked
-        if payload is None or not exp.splits.exists():  # a resumed run keeps the hashes first recorded, so a file
-            write_splits(splits, exp.splits, digests_by_path(loaded))  # that changed stays left out (bad_files=skip)
-        OmegaConf.save(cfg, exp.config, resolve=True)  # the latest; config_history/ keeps each start's
-        exp.record_config(OmegaConf.to_container(cfg, resolve=True), state.epoch, state.step,  # type: ignore[arg-type]
-                          payload["config"] if payload is not None else None)
-        train_loader, val_loader = data.train_loaders(cfg, loaded, prep, device, sample_weights)
+        if group.is_main:
+            record_start(cfg, exp, splits, loaded, state, payload)
+        train_loader, val_loader = data.train_loaders(cfg, loaded, prep, device, sample_weights, group)
         val_images = val_loader.dataset
         stages = data.stages(cfg, model, train_loader, val_loader, device, sample_weights,
                              extras.batch_mix is not None, train_split=loaded["train"], prep=prep,
-                             start_epoch=state.epoch)
-        meta = checkpoint_meta(cfg, source.display_names(), classes, model, prep)
-        writer = CheckpointWriter(exp, model, optimizer, scheduler, meta, extras.scaler, extras.ema)
-        run_log = open_run_log(cfg, exp, state, classes, val_images, meta["num_parameters"])
+                             start_epoch=state.epoch, group=group)
+        meta = {**checkpoint_meta(cfg, source.display_names(), classes, model, prep), "world_size": group.world_size}
+        writer = CheckpointWriter(exp, model, optimizer, scheduler, meta, extras.scaler, extras.ema) \
+            if group.is_main else ranks.Silent()
+        run_log = open_run_log(cfg, exp, state, classes, val_images, meta["num_parameters"], group) \
+            if group.is_main else ranks.Silent()
         if payload is not None:
             set_rng_states(payload["rng"])  # last, so nothing above consumes the restored streams
+        ranks.seed_apart(cfg.seed, group, state)
         log.info("training %s: %s, classes %s, %s on %s -> %s", cfg.experiment, splits.counts(), classes,
                  type(net).__name__, device, exp.path)
         with stop_signal() as stop:
             try:
                 for stage in stages:
                     # checkpoints always hold the plain module's weights
-                    trained = torch.compile(stage.module) if cfg.trainer.compile else stage.module
+                    trained = ranks.wrapped(stage.module, group, device, cfg.trainer.sync_bn)
+                    trained = torch.compile(trained) if cfg.trainer.compile else trained
                     state = fit(trained, stage.train, stage.val, loss_fn, optimizer, scheduler,
                                 build.train_options(cfg), device=device, num_classes=len(classes), state=state,
                                 checkpoints=writer, log=run_log, extras=extras, followers=stage.followers,
-                                should_stop=stop, until=stage.until)
+                                should_stop=stop, until=stage.until, after_epoch=after_epoch, group=group)
             except Interrupted as exc:
-                log.warning("%s; wrote %s. Run the same command again to resume.", exc, exp.last)
+                if group.is_main:
+                    log.warning("%s; wrote %s. Run the same command again to resume.", exc, exp.last)
                 raise Interrupted(str(exc), exit_code=stop.exit_code) from None
             except (Diverged, torch.OutOfMemoryError, RuntimeError) as exc:
                 raise training_error(cfg, exc, device, exp) from None
             finally:
                 run_log.close()
-        if cfg.calibrate and exp.best.exists():
+        if cfg.calibrate and group.is_main and exp.best.exists():
             calibrate_best(cfg, exp, model, device)
     log.info("best %s = %.4f at epoch %d; checkpoints in %s", cfg.monitor, state.best or float("nan"),
              state.best_epoch, exp.path)
@@ -149,23 +160,46 @@ def choose_image_size(cfg: DictConfig, native: int | None, sizes: list[Any]) -> 
     return choice
 
 
-def start(cfg: DictConfig) -> torch.device:
-    """Check the config, tune the process, seed every generator; the device to train on."""
+def start(cfg: DictConfig) -> tuple[Distributed, torch.device]:
+    """Check the config, tune the process, join the other ranks (under torchrun), seed every generator; the group
+    and the device to train on."""
     check_config(cfg)
     if cfg.tune_malloc:
         tune_malloc()
-    device = resolve_device(cfg.device)
+    group, device_name = distributed.setup(cfg.device, cfg.trainer.dist_timeout)
+    ranks.quiet(group)
+    device = resolve_device(device_name)
+    if group.active:
+        log.info("%d processes: global batch %d (loader.batch_size %d per rank x %d ranks), %d per optimizer step "
+                 "with trainer.accumulate=%d; optimizer.lr as configured (not scaled)", group.world_size,
+                 cfg.loader.batch_size * group.world_size, cfg.loader.batch_size, group.world_size,
+                 cfg.loader.batch_size * group.world_size * cfg.trainer.accumulate, cfg.trainer.accumulate)
     seed_everything(cfg.seed, cfg.deterministic)
-    return device
+    return group, device
+
+
+def record_start(cfg: DictConfig, exp: ExperimentDir, splits: Any, loaded: Any, state: TrainState,
+                 payload: dict[str, Any] | None) -> None:
+    """Rank 0: clear what overwrite=true replaces (only now, after every check), and record the splits and the
+    config this start runs with."""
+    if cfg.overwrite and payload is None:
+        exp.clear()  # only now: the new run's config, model and data have all been checked
+    if payload is None or not exp.splits.exists():  # a resumed run keeps the hashes first recorded, so a file
+        write_splits(splits, exp.splits, digests_by_path(loaded))  # that changed stays left out (bad_files=skip)
+    OmegaConf.save(cfg, exp.config, resolve=True)  # the latest; config_history/ keeps each start's
+    exp.record_config(OmegaConf.to_container(cfg, resolve=True), state.epoch, state.step,  # type: ignore[arg-type]
+                      payload["config"] if payload is not None else None)
 
 
 def open_run_log(cfg: DictConfig, exp: ExperimentDir, state: TrainState, classes: list[str], val_images: Any,
-                 num_parameters: int) -> RunLog:
+                 num_parameters: int, group: Distributed) -> RunLog:
     """metrics.jsonl and TensorBoard (continuing after ``state.epoch``), with the HParams entry of the run."""
     figures = BestFigures(classes, lambda i: data.picture(val_images, i), cfg.report.mistakes)
     run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch,
-                     figures=figures if cfg.report.figures else None)
-    run_log.hparams(hparams(cfg, num_parameters), [cfg.monitor, "val/acc", "val/loss", "val/f1"])
+                     figures=figures if cfg.report.figures else None,
+                     constants={"world_size": group.world_size,  # a distributed run says so in every line
+                                "global_batch_size": cfg.loader.batch_size * group.world_size} if group.active else None)
+    run_log.hparams(hparams(cfg, num_parameters), hparam_metrics(cfg))
     return run_log
 
 

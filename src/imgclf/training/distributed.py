@@ -13,6 +13,7 @@ and every collective is the identity, so one process trains exactly as before.
 from __future__ import annotations
 
 import datetime
+import io
 import logging
 import os
 from collections.abc import Iterator
@@ -50,12 +51,25 @@ class Distributed:
             dist.barrier()
 
     def broadcast(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every rank (pickled: for small objects such as a checkpoint's payload)."""
+        """Rank 0's ``value`` on every rank (pickled: for plain values such as a flag or bytes)."""
         if not self.active:
             return value
         box = [value if self.is_main else None]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def broadcast_checkpoint(self, payload: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Rank 0's checkpoint payload on every rank, sent as torch.save bytes and read with ``weights_only``
+        (like a file: nothing in it is executed)."""
+        if not self.active:
+            return payload
+        data = None
+        if self.is_main and payload is not None:
+            buffer = io.BytesIO()
+            torch.save(payload, buffer)
+            data = buffer.getvalue()
+        data = self.broadcast(data)
+        return None if data is None else torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
     def agree(self, samples: int, finite: bool, stop: bool, device: torch.device) -> tuple[int, bool, bool]:
         """One all-reduce per step: (samples in the global batch, every loss finite, any rank stopping)."""
@@ -94,6 +108,17 @@ class Distributed:
 
 
 SINGLE = Distributed()
+
+
+def launched_rank() -> int:
+    """This process's rank as its launcher set it (torchrun, or submitit's tasks), 0 without one: readable
+    before the process group exists, e.g. while Hydra decides what this process writes."""
+    for name in ("RANK", "SUBMITIT_LOCAL_GLOBALID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    if "SUBMITIT_EXECUTOR" in os.environ and os.environ.get("SLURM_PROCID", "").isdigit():
+        return int(os.environ["SLURM_PROCID"])
+    return 0
 
 
 def from_environment() -> tuple[int, int, int] | None:
@@ -151,6 +176,7 @@ def setup(device_name: str, timeout_s: float) -> tuple[Distributed, str]:
     return group, f"cuda:{local_rank}" if cuda else "cpu"
 
 
-def teardown(group: Distributed) -> None:
-    if group.active and dist.is_initialized():
+def teardown() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from imgclf.training.device import autocast, to_device
+from imgclf.training.distributed import SINGLE, Distributed
 from imgclf.training.scheduler import Scheduler
 from imgclf.training.state import Diverged, Interrupted, TrainState
 from imgclf.training.validation import Outputs, validate
@@ -136,6 +137,22 @@ class Totals:
         seen = max(self.seen, 1)
         return float(self.loss_sum) / seen, float(self.correct) / seen
 
+    def reduced(self, group: Distributed) -> Totals:
+        """The totals of every rank together (the steps, equal on every rank, stay as they are)."""
+        if not group.active:
+            return self
+        sums = group.sum(torch.stack([self.loss_sum.float(), self.correct.float(),
+                                      torch.tensor(float(self.seen), device=self.loss_sum.device)]))
+        loss_sum, correct, seen = sums.tolist()
+        return Totals(self.loss_sum.device, {**self.state(), "loss_sum": loss_sum, "correct": correct, "seen": seen})
+
+    @staticmethod
+    def resumed(device: torch.device, partial: dict[str, float] | None, group: Distributed) -> Totals:
+        """Totals of an epoch resumed midway: a checkpoint holds the sums of every rank, taken up by rank 0."""
+        if partial and not group.is_main:
+            partial = {**partial, "loss_sum": 0.0, "correct": 0.0, "seen": 0}
+        return Totals(device, partial)
+
 
 class _Progress:
     """A tqdm bar whose loss/acc postfix is refreshed (and synced) at most once a second."""
@@ -178,12 +195,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], loss_fn: nn.Modul
                     *, device: torch.device, options: TrainOptions = TrainOptions(),
                     extras: StepExtras = StepExtras(), scheduler: Scheduler | None = None,
                     totals: Totals | None = None, should_stop: Callable[[], bool] = lambda: False,
-                    desc: str = "train") -> dict[str, float]:
+                    desc: str = "train", group: Distributed = SINGLE) -> dict[str, float]:
     """Train over ``loader`` once (or until ``should_stop()``); ``totals`` is updated in place.
 
     A batch whose loss is NaN or infinite is skipped (no backward pass, counted in
     ``train/skipped_steps``); ``options.max_nonfinite`` of them in a row raise :class:`Diverged`,
     before anything non-finite reaches the weights. Checking costs one host read of the loss per batch.
+
+    With several ranks (``group``; ``model`` wrapped in DistributedDataParallel), each batch is this rank's
+    slice of the global batch: the ranks agree once per step on the global batch size (each rank's loss is
+    weighted by its share, so the averaged gradient is the global batch's), on skipping the step when any
+    rank's loss is not finite, and on stopping. The returned means are over every rank.
 
     Returns:
         ``train/loss``, ``train/acc`` over the epoch so far, ``train/skipped_steps`` and ``train/images_per_s``.
@@ -197,10 +219,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], loss_fn: nn.Modul
     optimizer.zero_grad(set_to_none=True)
     bad_in_row = 0
     start = time.perf_counter()
+    stopping = False
     for images, labels in loader:
-        if not len(labels):  # every sample failed to load and was dropped (dataset.bad_files=skip): nothing to
-            totals.steps += 1  # learn, but a batch of the epoch, so that a run resumed mid-epoch starts after it
-            bar.update(totals, seen_before)
+        if not len(labels) and not group.active:  # every sample failed to load and was dropped
+            totals.steps += 1  # (dataset.bad_files=skip): nothing to learn, but a batch of the epoch, so that a
+            bar.update(totals, seen_before)  # run resumed mid-epoch starts after it
             continue
         images = to_device(images, device, options.channels_last)
         labels = labels.to(device, non_blocking=True)
@@ -208,10 +231,19 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], loss_fn: nn.Modul
             images, labels = extras.batch_mix(images.float() / 255 if images.dtype == torch.uint8 else images, labels)
         with autocast(device, options.amp):
             logits = model(images)
-            loss = loss_fn(logits, labels)
-        if bool(torch.isfinite(loss.detach())):  # the one per-step host read
-            (scaler.scale(loss / accumulate) if scaler is not None else loss / accumulate).backward()
-            totals.add(loss, logits, labels)
+            loss = loss_fn(logits, labels) if len(labels) else logits.sum() * 0  # an empty slice still steps
+        finite = bool(torch.isfinite(loss.detach()))  # the one per-step host read
+        share = 1.0
+        if group.active:  # the one per-step collective
+            total, finite, stop_now = group.agree(len(labels), finite, should_stop(), device)
+            share, stopping = len(labels) * group.world_size / max(total, 1), stopping or stop_now
+        if finite:
+            scaled = loss * share / accumulate
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            if len(labels):
+                totals.add(loss, logits, labels)
+            else:
+                totals.steps += 1
             bad_in_row = 0
         else:
             totals.skip()
@@ -227,13 +259,15 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], loss_fn: nn.Modul
             extras.ema.update_parameters(model)
         if scheduler is not None:
             scheduler.after_step()
-        if should_stop():
+        if stopping if group.active else should_stop():
             break
-    loss_mean, acc = totals.means()
+    everyone = totals.reduced(group)
+    loss_mean, acc = everyone.means()
     seconds = time.perf_counter() - start
     bar.close()
+    seen = everyone.seen - (group.sum(torch.tensor(seen_before)).item() if group.active else seen_before)
     return {"train/loss": loss_mean, "train/acc": acc, "train/skipped_steps": totals.skipped,
-            "train/images_per_s": (totals.seen - seen_before) / max(seconds, 1e-9)}
+            "train/images_per_s": seen / max(seconds, 1e-9)}
 
 
 def _log_epoch(epoch: int, epochs: int, metrics: dict[str, float], improved: bool) -> None:
@@ -250,13 +284,21 @@ def fit(model: nn.Module, train_loader: TrainLoader, val_loader: Iterable[Batch]
         optimizer: torch.optim.Optimizer, scheduler: Scheduler, options: TrainOptions, *, device: torch.device,
         num_classes: int, state: TrainState, checkpoints: Checkpoints, log: EpochLog,
         extras: StepExtras = StepExtras(), followers: Sequence[EpochFollower] = (),
-        should_stop: Callable[[], bool] = lambda: False, until: int | None = None) -> TrainState:
+        should_stop: Callable[[], bool] = lambda: False, until: int | None = None,
+        after_epoch: Callable[[int, dict[str, float]], bool] | None = None,
+        group: Distributed = SINGLE) -> TrainState:
     """Train from ``state`` to ``options.epochs``, validating, logging and checkpointing every epoch.
 
     Args:
         followers: told the epoch before it starts (e.g. a model that unfreezes its backbone at an epoch).
         until: stop after this epoch instead (one stage of a run: its epochs are still shown out of
             ``options.epochs``).
+        after_epoch: called with the epoch number and its metrics after validation, before they are logged
+            (it may add its own entries, which are logged with them); True stops training after this epoch
+            like early stopping. An Optuna trial reports to its study here and stops when pruned. With several
+            ranks it runs on rank 0, which tells the others whether to stop.
+        group: the ranks training together (see :func:`train_one_epoch`); ``checkpoints`` and ``log`` write
+            on rank 0 only (the others get stand-ins that write nothing).
 
     Raises:
         Interrupted: ``should_stop()`` turned true; ``last.pt`` was written first.
@@ -270,34 +312,36 @@ def fit(model: nn.Module, train_loader: TrainLoader, val_loader: Iterable[Batch]
         train_loader.set_epoch(epoch, state.step)
         for follower in followers:
             follower.set_epoch(epoch)
-        totals = Totals(device, state.partial)
+        totals = Totals.resumed(device, state.partial, group)
         lr = scheduler.lr()
         start = time.perf_counter()
         try:
             metrics = train_one_epoch(model, train_loader, loss_fn, optimizer, device=device, options=options,
                                       extras=extras, scheduler=scheduler, totals=totals, should_stop=should_stop,
-                                      desc=f"epoch {epoch + 1}/{epochs}")
+                                      desc=f"epoch {epoch + 1}/{epochs}", group=group)
         except Diverged as exc:
             raise Diverged(f"epoch {epoch + 1}: {exc}") from None
         metrics.update(getattr(train_loader, "drop_metrics", dict)())  # samples that failed to load, if any
-        if should_stop():
-            state.step, state.partial = totals.steps, totals.state()
+        if group.agree(0, True, should_stop(), device)[2] if group.active else should_stop():
+            state.step, state.partial = totals.steps, totals.reduced(group).state()
             checkpoints.save(state, best=False)
             raise Interrupted(f"stopped in epoch {epoch + 1} after {totals.steps} batches")
         val_metrics, outputs = validate(evaluated, val_loader, loss_fn, device=device, num_classes=num_classes,
-                                        amp=options.amp, channels_last=options.channels_last)
+                                        amp=options.amp, channels_last=options.channels_last, group=group)
         metrics.update(val_metrics)
         metrics.update(getattr(val_loader, "drop_metrics", dict)())
         metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - start})
         scheduler.after_epoch(metrics[options.monitor])
         improved = state.end_epoch(epoch + 1, metrics[options.monitor], options.mode, options.min_delta)
-        state.stopped_early = options.patience is not None and state.bad_epochs >= options.patience
+        patience_ran_out = options.patience is not None and state.bad_epochs >= options.patience
+        stopped_by_hook = group.broadcast(after_epoch is not None and group.is_main and after_epoch(epoch + 1, metrics))
+        state.stopped_early = patience_ran_out or stopped_by_hook
         log.write(epoch + 1, metrics)
         checkpoints.save(state, best=improved)
         if improved:
             log.new_best(epoch + 1, outputs)
         _log_epoch(epoch + 1, epochs, metrics, improved)
-        if state.stopped_early:
+        if patience_ran_out:
             logger.info("early stopping: %s has not improved by more than %g for %d epochs (best %.4f at epoch %d)",
                         options.monitor, options.min_delta, state.bad_epochs, state.best, state.best_epoch)
     return state
