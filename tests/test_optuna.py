@@ -83,6 +83,7 @@ def test_search_space_reads_hydra_sweep_syntax() -> None:
     assert space.fixed == {"epochs": "epochs=3"}  # the later override of a key wins
     assert search_space.as_override("model.hidden", "[256]") == "model.hidden=[256]"  # a list, not a string
     assert search_space.as_override("optimizer.lr", 0.001) == "optimizer.lr=0.001"
+    assert search_space.as_override("model.dropout", 0.1 * 3) == "model.dropout=0.3"
     assert search_space.parse(["a=range(1, 7, 2)"]).grid() == {"a": [1, 3, 5]}
 
 

@@ -96,7 +96,9 @@ def as_override(key: str, value: Any) -> str:
     """A trial's value as a Hydra override string (a word of a choice is override text already)."""
     if isinstance(value, bool):
         return f"{key}={'true' if value else 'false'}"
-    return f"{key}={repr(value) if isinstance(value, float) else value}"
+    if isinstance(value, float):  # 12 digits: range(0.0, 0.5, 0.1) gives 0.3, not 0.30000000000000004
+        return f"{key}={float(f'{value:.12g}')!r}"
+    return f"{key}={value}"
 
 
 def quoted(text: str) -> str:
