@@ -52,6 +52,20 @@ def test_B1_B2_bad_overrides_fail_fast_with_the_key_and_no_traceback(tmp_path: P
     assert not (tmp_path / "experiments" / "tiny" / "last.pt").exists()
 
 
+@pytest.mark.parametrize("override,message", [
+    ("optimizer.lr==3", "Error parsing override 'optimizer.lr==3'"),  # override grammar: Hydra's parser
+    ("dataset=image_folder", "no value for dataset.root: set it on the command line"),  # a ??? left unset
+])
+def test_B1_bad_override_grammar_or_an_unset_value_stops_before_anything_is_read_or_written(
+        tmp_path: Path, tiny_folder: Path, override: str, message: str) -> None:
+    outputs = [a for a in tiny_overrides(tmp_path, tiny_folder) if a.startswith("paths.")]
+    data = [f"dataset.root={tiny_folder}"] if "root" not in message else []
+    result = run_cli("train.py", *outputs, *data, override)
+    assert result.returncode == 1 and message in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    assert list(tmp_path.iterdir()) == []  # no experiments/, runs/ or cache/: the data was never read
+
+
 def test_A12_missing_data_folder_names_the_absolute_path(tmp_path: Path) -> None:
     result = run_cli("train.py", *tiny_overrides(tmp_path, tmp_path / "nowhere"), "dataset=plates")
     assert result.returncode == 1

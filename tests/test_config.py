@@ -94,6 +94,26 @@ def test_B3_bad_target_is_found_before_data_is_read(tmp_path: Path) -> None:
     assert not (tmp_path / "experiments").exists()  # nothing written, nothing decoded
 
 
+@pytest.mark.parametrize("override,group", [
+    ("+optimizer.momentum=0.9", "optimizer"),  # AdamW takes no momentum
+    ("scheduler._target_=torch.optim.lr_scheduler.NoSuchLR", "scheduler"),
+    ("+scheduler.gamma_typo=0.5", "scheduler"),
+])
+def test_B3_a_bad_optimizer_or_scheduler_is_found_before_any_image_is_decoded(tmp_path: Path, override: str,
+                                                                              group: str) -> None:
+    import imgclf.tasks as tasks
+    from helpers import make_folder
+
+    folder = make_folder(tmp_path / "photos", {"train": 4})
+    (folder / "train" / "circle" / "junk.jpg").write_text("not an image")  # decoding it would stop the run first
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, folder, override))
+    with pytest.raises(ConfigError, match=rf"could not build `{group}`"):
+        tasks.train(cfg)
+    assert not (tmp_path / "experiments").exists()  # nothing written
+    assert not list(tmp_path.rglob("images-*")) and not list(tmp_path.rglob("report.json"))  # nothing decoded (the
+    # image sizes, read from the headers to choose the model's input size, may be remembered already)
+
+
 def test_B2_wrong_num_classes_override_is_explained(tmp_path: Path, tiny_folder: Path) -> None:
     import imgclf.tasks as tasks
     from imgclf.errors import DataError

@@ -240,3 +240,81 @@ def test_G1_test_py_refuses_a_splits_file_cut_at_a_line_boundary(tmp_path: Path,
     with pytest.raises(DataError, match="splits.csv .* is not the file this experiment wrote"):
         tasks.test(cfg())
     assert not (tmp_path / "experiments" / "tiny" / "test" / "metrics.json").exists()
+
+
+# --- A1, A6, A10, A11: the faults themselves, through every reader ----------------------------------------------
+
+
+def noisy(path: Path, fmt: str, size: int = 128) -> bytes:
+    """A noisy picture saved as ``fmt`` (noise does not compress: the pixel data is most of the file); its bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buffer, fmt)
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def test_A1_a_file_cut_in_its_pixel_data_passes_verify_but_every_reader_names_it(tmp_path: Path) -> None:
+    from PIL import ImageFile
+
+    from imgclf.data.cache import DecodeCache
+    from imgclf.data.prepare import load_splits
+
+    root = make_folder(tmp_path / "data", {"train": 3})
+    cut_jpeg, cut_png = root / "train" / "circle" / "cut.jpg", root / "train" / "square" / "cut.png"
+    for path, fmt in ((cut_jpeg, "JPEG"), (cut_png, "PNG")):
+        path.write_bytes(noisy(path, fmt)[: int(path.stat().st_size * 0.6)])  # headers intact, pixels cut
+    with Image.open(cut_jpeg) as img:
+        img.verify()  # Pillow's own check passes: a pre-scan that only verifies lets this JPEG through
+    for path in (cut_jpeg, cut_png):
+        with pytest.raises(DataError, match=rf"{path}: cannot be read as an image \(image file is truncated"):
+            load_image(path)
+        with pytest.raises(DataError, match=str(path)):  # the cache's decode (JPEG at draft scale) too
+            decode(str(path), 16)
+    whole = source(root, val_fraction=0, test_fraction=0).scan()  # every file in train
+    with pytest.raises(DataError, match=r"^2 file\(s\) cannot be used") as info:
+        load_splits(whole, DecodeCache(None, "memory", progress=False), 16, names=("train",))
+    assert str(cut_jpeg) in str(info.value) and str(cut_png) in str(info.value)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False  # never switched on, for this process or anyone else's code
+
+
+def test_A6_a_split_without_a_class_folder_is_mapped_by_name_with_a_warning(tmp_path: Path, caplog) -> None:
+    root = make_folder(tmp_path, {"train": 2, "test": 2})
+    for image in (root / "test" / "circle").iterdir():
+        image.unlink()
+    (root / "test" / "circle").rmdir()  # test/ holds square and stripes only: on its own it would index them 0, 1
+    splits = source(root).scan()
+    assert splits.classes == list(CLASSES)
+    labels = {Path(path).parent.name: label for path, label in splits.samples["test"]}
+    assert labels == {"square": 1, "stripes": 2}  # the train classes' indices, by name
+    assert f"{root / 'test'} has no folder for class 'circle'" in caplog.text
+
+
+def test_A10_predict_turns_an_exif_rotated_photo_as_training_does(trained_tiny, tmp_path: Path) -> None:
+    from imgclf.inference import Predictor
+
+    _, exp = trained_tiny
+    stored = np.zeros((32, 16, 3), np.uint8)  # 16 wide, 32 high as stored: red on top, blue below
+    stored[:16], stored[16:] = (255, 0, 0), (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: 32 wide, blue on the left, red on the right
+    Image.fromarray(stored).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    predictor = Predictor.load(exp / "best.pt", device="cpu")
+    seen = predictor.load_image(tmp_path / "phone.jpg")  # (3, H, W) at the model's size
+    trained_on = torch.from_numpy(decode(str(tmp_path / "phone.jpg"), predictor.image_size)).permute(2, 0, 1)
+    assert torch.equal(seen, trained_on)  # the very pixels training saw
+    left, right = seen[:, :, :4].float().mean((1, 2)), seen[:, :, -4:].float().mean((1, 2))
+    assert left[2] > 200 > left[0] and right[0] > 200 > right[2]  # turned as displayed, not as stored
+
+
+def test_A11_palette_transparency_and_an_animation_become_rgb_deliberately(tmp_path: Path) -> None:
+    palette = Image.new("P", (4, 4), 0)
+    palette.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)  # index 0 black, declared transparent; index 1 red
+    palette.paste(1, (0, 0, 2, 4))
+    palette.save(tmp_path / "logo.png", transparency=0)
+    frames = [Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    for read in (lambda p: np.asarray(load_image(p)), lambda p: decode(str(p), 4)):  # loader and cache
+        logo = read(tmp_path / "logo.png")
+        assert logo[0, 0].tolist() == [255, 0, 0]
+        assert logo[0, -1].tolist() == [255, 255, 255]  # transparent on the white background, not palette black
+        assert read(tmp_path / "anim.gif")[0, 0].tolist() == [255, 0, 0]  # the first frame

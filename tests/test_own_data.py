@@ -53,6 +53,26 @@ def test_A12_a_bad_root_stops_with_what_was_found_and_creates_nothing(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no experiments/, runs/ or cache/
 
 
+@pytest.mark.parametrize("kind", ["missing", "images_without_classes"])
+def test_A12_a_relative_root_is_named_by_its_absolute_path_from_the_project(tmp_path: Path, kind: str) -> None:
+    import os
+    import re
+
+    from helpers import ROOT
+
+    root, found = _bad_root(tmp_path, kind)
+    relative = os.path.relpath(root, ROOT)  # as a user types it from the project folder: ../../tmp/.../photos
+    elsewhere = tmp_path / "elsewhere"  # run from another folder: the root is still read from the project
+    elsewhere.mkdir()
+    result = run_cli("train.py", "dataset=image_folder", f"dataset.root={relative}", *_outputs(tmp_path),
+                     cwd=elsewhere)
+    out = result.stdout + result.stderr
+    assert not Path(relative).is_absolute() and result.returncode == 1 and "Traceback" not in out
+    assert re.search(rf"(^|\s){re.escape(str(root))}\s", out, re.M) and found in out  # absolute: not ../../tmp/...
+    assert str((elsewhere / relative).resolve()) not in out  # nor resolved from the folder it was run in
+    assert "layouts that work" in out and "ROOT/<class>/<image>" in out and "ROOT/train/<class>/<image>" in out
+
+
 def test_the_quickstart_never_trains_on_another_folder(tmp_path: Path) -> None:
     photos = make_folder(tmp_path / "photos", {"train": 2})
     before = sorted(str(p) for p in photos.rglob("*"))
