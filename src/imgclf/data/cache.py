@@ -34,7 +34,8 @@ import torch
 from tqdm import tqdm
 
 from imgclf.experiment.atomic import remove_orphan_temps, write_atomic, write_text_atomic
-from imgclf.data.images import RESIZE_MODES, fit, open_image
+# decode_bytes lives in images.py (torch-free, shared with the ONNX predictor); imported from here too
+from imgclf.data.images import RESIZE_MODES, decode_bytes  # noqa: F401
 from imgclf.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,6 @@ class FileReport:
 
     def good(self) -> list[int]:
         return [i for i in range(len(self.paths)) if i not in self.errors]
-
-
-def decode_bytes(data: bytes, path: str, image_size: int, resize: str = "squash"
-                 ) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode one image to (size, size, 3) uint8 (see :data:`RESIZE_MODES`); also returns its stored size."""
-    img, original = open_image(path, data=data, draft=2 * image_size)
-    return np.array(fit(img, image_size, resize), dtype=np.uint8), original  # a writable copy
 
 
 def decode(path: str, image_size: int, resize: str = "squash") -> np.ndarray:

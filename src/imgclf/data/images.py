@@ -3,6 +3,9 @@
 It applies the EXIF orientation, converts every Pillow mode to RGB deliberately and rejects
 files that would make training fail later (truncated, not an image, absurd sizes), always
 naming the file.
+
+This module imports no torch (only :func:`serve` does, when called): the ONNX predictor decodes
+with this very code in a process that never loads torch.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imgclf.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"})
 MAX_PIXELS = 89_478_485       # Pillow's own default bomb limit (about 0.25 GB of RGB)
@@ -159,6 +164,27 @@ def fit(img: Image.Image, size: int, resize: str = "squash") -> Image.Image:
     return img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
 
 
+def decode_bytes(data: bytes, path: str, image_size: int, resize: str = "squash"
+                 ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode one image to (size, size, 3) uint8 (see :data:`RESIZE_MODES`); also returns its stored size.
+
+    What the training cache stores for every file, and what predict (torch or ONNX) decodes."""
+    img, original = open_image(path, data=data, draft=2 * image_size)
+    return np.array(fit(img, image_size, resize), dtype=np.uint8), original  # a writable copy
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The centre ``size`` x ``size`` of an (H, W, C) array, at the offsets torchvision's ``CenterCrop`` uses
+    (``int(round((H - size) / 2))``), so the ONNX predictor feeds the pixels the torch one does."""
+    height, width = image.shape[:2]
+    if (height, width) == (size, size):
+        return image
+    if height < size or width < size:
+        raise ValueError(f"cannot crop {size}x{size} from a {width}x{height} image")
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return image[top:top + size, left:left + size]
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB without clipping or black transparency."""
     if img.mode == "RGB":
@@ -193,6 +219,8 @@ def serve(image: np.ndarray, transform: Transform | None) -> torch.Tensor:
     on tensors), and the results equal those of a pipeline that augments freshly decoded files.
     A transform may also return a tensor (e.g. one that ends with ``v2.ToImage()``).
     """
+    import torch  # here, not at the top: the ONNX predictor imports this module without torch
+
     if transform is None:
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     out = transform(Image.fromarray(np.asarray(image)))

@@ -1,0 +1,1 @@
+"""Deploying a trained model: export to ONNX (or TorchScript) and a predictor that needs no torch."""
