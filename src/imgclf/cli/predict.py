@@ -1,12 +1,14 @@
-"""predict.py: classify image files with a trained experiment's checkpoint.
+"""predict.py: classify image files with a trained experiment's checkpoint, or its ONNX export.
 
-    python predict.py PATH... (--experiment NAME | --checkpoint FILE) [--top-k K]
+    python predict.py PATH... (--experiment NAME | --checkpoint FILE | --model model.onnx) [--top-k K]
                       [--category-names names.json] [--output out.csv|out.json] [--plot out.png]
                       [--min-confidence P] [--device auto] [--batch-size N] [--max-pixels N]
 
 PATH: image files, folders (searched recursively; hidden folders skipped) or glob patterns
 (quote them: "photos/**/*.jpg"). Class names, input size, normalization and the calibrated
-temperature come from the checkpoint. A file that cannot be read, or that would decode to more
+temperature come from the checkpoint. --model runs a file written by imgclf-export on onnxruntime
+without importing torch: everything it needs (classes, sizes, temperature, test-time augmentation,
+pixel limit) is inside the .onnx file. A file that cannot be read, or that would decode to more
 than --max-pixels (checked from its header, before decoding), gets an error row and the exit
 status is 1 at the end; every other file is still classified. Exit status 2: the command line
 or the checkpoint cannot be used.
@@ -25,11 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imgclf.experiment.atomic import csv_text, write_text_atomic
 from imgclf.data.folder import walk_images
 from imgclf.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, PREDICT_MAX_PIXELS
 from imgclf.errors import ImgclfError
-from imgclf.models.classifier import TTA_MODES
+
+# imgclf.models.classifier.TTA_MODES, spelled out: importing that module imports torch, which --model must not
+# (tests/test_export.py keeps the two equal)
+TTA_MODES = ("none", "flip")
 
 GLOB_CHARS = frozenset("*?[")
 PLOT_ROWS = 12            # images per page of --plot
@@ -62,6 +69,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", metavar="NAME", help="use <experiments-dir>/NAME/best.pt")
     source.add_argument("--checkpoint", type=Path, metavar="FILE", help="a checkpoint file (best.pt, last.pt)")
+    source.add_argument("--model", type=Path, metavar="ONNX",
+                        help="a model.onnx written by imgclf-export: runs on onnxruntime, without torch")
     parser.add_argument("--experiments-dir", type=Path, default=Path("experiments"), metavar="DIR",
                         help="where --experiment looks (default: ./experiments)")
     parser.add_argument("--top-k", type=int, default=None, metavar="K",
@@ -75,14 +84,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="flag predictions whose probability is below P (0..1)")
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
-    parser.add_argument("--tta", choices=TTA_MODES, default="none",
+    parser.add_argument("--tta", choices=TTA_MODES, default=None,
                         help="test-time augmentation: flip averages the probabilities of each image and its mirror "
-                             "image (two forward passes)")
-    parser.add_argument("--max-pixels", type=int, default=PREDICT_MAX_PIXELS, metavar="N",
-                        help=f"refuse images that would decode to more pixels (default {PREDICT_MAX_PIXELS:_}, "
-                             f"at most {MAX_PIXELS:_}); camera JPEGs decode at reduced scale and pass")
+                             "image (two forward passes; default none). With --model it is part of the export "
+                             "(imgclf-export --tta flip)")
+    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                        help=f"refuse images that would decode to more pixels (default {PREDICT_MAX_PIXELS:_}, or "
+                             f"the limit stored in a --model file; at most {MAX_PIXELS:_}); camera JPEGs decode at "
+                             "reduced scale and pass")
     args = parser.parse_args(argv)
-    if not 1 <= args.max_pixels <= MAX_PIXELS:
+    if args.model is not None and args.model.suffix.lower() in (".pt", ".pth"):
+        parser.error(f"--model {args.model}: a PyTorch checkpoint; pass it as --checkpoint, or export it with "
+                     "imgclf-export and pass the model.onnx")
+    if args.max_pixels is not None and not 1 <= args.max_pixels <= MAX_PIXELS:
         parser.error(f"--max-pixels {args.max_pixels}: must be between 1 and {MAX_PIXELS} (the training limit, "
                      "Pillow's decompression-bomb level)")
     if args.top_k is not None and args.top_k < 1:
@@ -175,10 +189,33 @@ def predict(predictor: Any, files: Sequence[str], top_k: int, batch_size: int,
                 if isinstance(image, str):
                     yield Prediction(path, error=image), None
                     continue
-                values, indices = next(probs).topk(top_k)
-                top = [(predictor.classes[int(i)], float(v)) for v, i in zip(values, indices, strict=True)]
+                top = top_classes(np.asarray(next(probs)), predictor.classes, top_k)
                 low = min_confidence is not None and top[0][1] < min_confidence
                 yield Prediction(path, top=top, low_confidence=low), image
+
+
+def top_classes(probs: np.ndarray, classes: Sequence[str], k: int) -> list[tuple[str, float]]:
+    """The ``k`` most probable (class, probability), highest first (the first listed class wins a tie)."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [(classes[int(i)], float(probs[i])) for i in order]
+
+
+def load_predictor(args: argparse.Namespace) -> Any:
+    """The torch :class:`~imgclf.inference.Predictor` of a checkpoint, or for ``--model`` the
+    :class:`~imgclf.deploy.onnx_predictor.OnnxPredictor` (this path never imports torch)."""
+    if args.model is None:
+        from imgclf.inference import Predictor
+
+        return Predictor.load(checkpoint_path(args), device=args.device, tta=args.tta or "none",
+                              max_pixels=args.max_pixels or PREDICT_MAX_PIXELS)
+    from imgclf.deploy.onnx_predictor import OnnxPredictor
+
+    predictor = OnnxPredictor.load(args.model, max_pixels=args.max_pixels, device=args.device)
+    if args.tta is not None and args.tta != predictor.tta:
+        raise ImgclfError(f"--tta {args.tta}: {args.model} was exported with test-time augmentation "
+                          f"{predictor.tta!r}, which is part of the model; export it again with "
+                          f"imgclf-export --tta {args.tta}, or leave --tta out")
+    return predictor
 
 
 def _try_load(predictor: Any, path: str) -> Any:
@@ -237,7 +274,7 @@ def plot(pages: Sequence[Sequence[tuple[Prediction, Any]]], names: dict[str, str
     written = []
     for number, page in enumerate(pages, start=1):
         out = path if number == 1 else path.with_name(f"{path.stem}-{number}{path.suffix}")
-        images = [image.permute(1, 2, 0).numpy() for _, image in page]
+        images = [np.asarray(image).transpose(1, 2, 0) for _, image in page]  # torch tensor or numpy array
         tops = [[(names.get(c, c), v) for c, v in p.top] for p, _ in page]
         captions = [Path(p.path).name + (" (low confidence)" if p.low_confidence else "") for p, _ in page]
         figures.save(figures.predictions_figure(images, tops, captions), out)
@@ -252,10 +289,7 @@ def warn(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from imgclf.inference import Predictor
-
-        predictor = Predictor.load(checkpoint_path(args), device=args.device, tta=args.tta,
-                                   max_pixels=args.max_pixels)
+        predictor = load_predictor(args)
         names = display_names(predictor, args.category_names)
     except ImgclfError as exc:
         print(f"predict.py: error: {exc}", file=sys.stderr)
@@ -282,6 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.plot is not None and pages[0]:
             args.plot.parent.mkdir(parents=True, exist_ok=True)
             print(f"wrote {', '.join(map(str, plot(pages, names, args.plot)))}", file=sys.stderr)
+    except ModuleNotFoundError as exc:  # a torch-free install running --model: the figures need matplotlib, torch
+        print(f"predict.py: error: --plot needs the package {exc.name!r} (the test report's figure code), which is "
+              "not installed; leave --plot out or install imgclf with its training dependencies", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         print(f"predict.py: error: cannot write {exc.filename or args.output}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE

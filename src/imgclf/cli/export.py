@@ -1,0 +1,116 @@
+"""imgclf-export: a trained experiment as one self-contained model file, checked against PyTorch.
+
+    imgclf-export (--experiment NAME | --checkpoint FILE) [--experiments-dir DIR] [--format onnx|torchscript]
+                  [--tta none|flip] [--output DIR] [--exporter auto|dynamo|legacy] [--max-pixels N]
+                  [--parity-samples N]
+
+Writes <experiment>/export/ (or --output): model.onnx (uint8 NCHW images in, any batch size; normalization,
+the calibrated temperature and softmax inside; probabilities out; classes, sizes and the pixel limit in its
+metadata), parity.json (the export against PyTorch on the experiment's val images and random inputs) and
+model_card.md / model_card.json. The folder is replaced only when parity holds (every probability within
+1e-4, the same top class); otherwise the exit status is 1 and nothing named model.onnx is left.
+
+Classify with the export, without torch: python predict.py --model experiments/NAME/export/model.onnx PATH...
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
+from imgclf.errors import ImgclfError
+
+EXIT_FAILED = 1
+TTA_MODES = ("none", "flip")  # imgclf.models.classifier.TTA_MODES (a test keeps them equal); no torch for --help
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from imgclf.deploy.parity import TOLERANCE
+
+    parser = argparse.ArgumentParser(prog="imgclf-export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experiment", metavar="NAME", help="export <experiments-dir>/NAME/best.pt")
+    source.add_argument("--checkpoint", type=Path, metavar="FILE", help="a checkpoint file (best.pt, last.pt)")
+    parser.add_argument("--experiments-dir", "--experiments", type=Path, default=Path("experiments"), metavar="DIR",
+                        help="where --experiment looks (default: ./experiments)")
+    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
+                        help="onnx (default; runs on onnxruntime without torch) or torchscript (torch.jit.load)")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none",
+                        help="fold test-time augmentation into the model: flip averages each image and its mirror")
+    parser.add_argument("--output", type=Path, metavar="DIR",
+                        help="the export folder (default: export/ beside best.pt, export-<name>/ for another file)")
+    parser.add_argument("--exporter", choices=("auto", "dynamo", "legacy"), default="auto",
+                        help="ONNX exporter: dynamo (torch.export, torch's default), legacy (TorchScript-based), "
+                             "auto (dynamo, legacy if it fails; default)")
+    parser.add_argument("--max-pixels", type=int, default=PREDICT_MAX_PIXELS, metavar="N",
+                        help=f"the pixel limit stored in the model for its predictor (default {PREDICT_MAX_PIXELS:_})")
+    parser.add_argument("--parity-samples", type=int, default=500, metavar="N",
+                        help="val images in the parity check (default 500; 0: all)")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not 1 <= args.max_pixels <= MAX_PIXELS:
+        parser.error(f"--max-pixels {args.max_pixels}: must be between 1 and {MAX_PIXELS}")
+    if args.parity_samples < 0:
+        parser.error(f"--parity-samples {args.parity_samples}: must be 0 (all) or more")
+    return args
+
+
+def locate(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """(checkpoint, experiment folder, export folder)."""
+    if args.experiment is not None:
+        experiment = args.experiments_dir / args.experiment
+        checkpoint = experiment / "best.pt"
+        if not checkpoint.is_file():
+            there = (sorted(p.parent.name for p in args.experiments_dir.glob("*/best.pt"))
+                     if args.experiments_dir.is_dir() else [])
+            hint = (f"experiments with a best.pt in {args.experiments_dir}: {', '.join(there)}" if there
+                    else f"{args.experiments_dir} holds no trained experiment")
+            raise ImgclfError(f"no checkpoint {checkpoint}: {hint} (or pass --checkpoint FILE, --experiments-dir DIR)")
+    else:
+        checkpoint = args.checkpoint
+        if not checkpoint.is_file():
+            raise ImgclfError(f"no checkpoint {checkpoint}: pass an existing .pt file or --experiment NAME")
+        experiment = checkpoint.parent
+    default = "export" if checkpoint.name == "best.pt" else f"export-{checkpoint.stem}"
+    return checkpoint, experiment, args.output or experiment / default
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="imgclf-export: %(levelname)s %(message)s")
+    try:
+        from imgclf.deploy.export import export  # torch: after the command line is known to be good
+
+        checkpoint, experiment, out = locate(args)
+        print(f"exporting {checkpoint} ({args.format}, tta={args.tta}) ...", file=sys.stderr)
+        result = export(checkpoint, out, fmt=args.format, tta=args.tta, exporter=args.exporter,
+                        max_pixels=args.max_pixels, parity_samples=args.parity_samples, tolerance=args.tolerance,
+                        experiment=experiment)
+    except ImgclfError as exc:
+        print(f"imgclf-export: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("imgclf-export: interrupted; nothing was exported", file=sys.stderr)
+        return 130
+    parity = result.parity
+    print(f"wrote {result.folder}: {result.model.name} ({parity['exporter']} exporter), parity.json, model_card.md, "
+          "model_card.json")
+    print(f"parity with PyTorch on {parity['samples']} samples ({parity['val_images']} val images, "
+          f"{parity['random_images']} random): max |difference| {parity['max_abs_diff']:.2e}, top class agrees on "
+          f"{parity['argmax_agreement']:.0%}")
+    if args.format == "onnx":
+        print(f"classify without torch: python predict.py --model {result.model} PATH...")
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

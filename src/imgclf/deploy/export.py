@@ -1,0 +1,231 @@
+"""Export a checkpoint as one self-contained model file, checked against PyTorch before it is kept.
+
+The exported graph takes uint8 (B, 3, S, S) images (any batch size) and returns float32 (B, C)
+probabilities: normalization, the calibrated temperature, the softmax and (``tta="flip"``) the mirror-image
+average are inside it, exactly as :meth:`imgclf.inference.Predictor.probabilities` computes them. What a
+predictor needs besides pixels (classes, sizes, resize, crop, pixel limit) is stored in the file itself
+(:mod:`imgclf.deploy.metadata`).
+
+Nothing is written in place (RELIABILITY I1): the files go to a temporary folder next to ``export/``, and only
+once parity with PyTorch holds is that folder renamed to ``export/``. A failed export leaves only
+``export.failed.json`` (the parity numbers), never a ``model.onnx``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from imgclf.data.images import PREDICT_MAX_PIXELS
+from imgclf.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
+from imgclf.deploy.model_card import write_card
+from imgclf.deploy.parity import TOLERANCE, check_parity
+from imgclf.errors import ImgclfError
+from imgclf.experiment.atomic import pid_alive, write_text_atomic
+from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.inference import Predictor
+
+log = logging.getLogger(__name__)
+
+FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+FORMATS = tuple(FILES)
+EXPORTERS = ("auto", "dynamo", "legacy")  # auto: torch.export-based (dynamo), the TorchScript-based one if it fails
+LEGACY_OPSET = 18
+STAGING_PREFIX = ".export-tmp-"  # + pid: a folder a killed export left is removed by the next export
+EXAMPLE_BATCH = 2  # the traced batch: not 1, which the exporters would take as a fixed size
+
+
+class ExportError(ImgclfError):
+    """The model cannot be exported, or the export does not compute what PyTorch computes."""
+
+
+class Deployable(nn.Module):
+    """What the exported file computes: uint8 images -> probabilities, as ``Predictor.probabilities`` does."""
+
+    def __init__(self, model: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(images).float() / self.temperature, dim=1)
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    model: Path
+    parity: dict[str, Any]
+    card: dict[str, Any]
+
+
+def export(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx", tta: str = "none",
+           exporter: str = "auto", max_pixels: int = PREDICT_MAX_PIXELS, parity_samples: int = 500,
+           tolerance: float = TOLERANCE, experiment: Path | None = None) -> ExportResult:
+    """Export ``checkpoint`` to the folder ``out`` (replaced only when the new export passes parity).
+
+    Args:
+        checkpoint: an imgclf checkpoint (``best.pt``).
+        out: the export folder (``experiments/NAME/export``).
+        fmt: one of :data:`FORMATS`.
+        tta: test-time augmentation folded into the graph ("none" or "flip").
+        exporter: ONNX exporter, one of :data:`EXPORTERS`.
+        max_pixels: the pixel limit stored for the predictor (predict's ``--max-pixels`` overrides it).
+        parity_samples: at most this many val images in the parity check (0: all).
+        tolerance: the largest difference of a probability allowed between the export and PyTorch.
+        experiment: the experiment folder (its splits.csv, test report, doctor.json); None: the checkpoint's.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be used; ExportError: export failed or parity does not hold.
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    experiment = experiment or checkpoint.parent
+    predictor = Predictor.load(checkpoint, device="cpu", tta=tta, max_pixels=max_pixels)
+    payload = load_checkpoint(checkpoint)
+    check_exportable(predictor, payload, checkpoint)
+    info = model_info(predictor, checkpoint, tta, max_pixels)
+    module = Deployable(predictor.model, predictor.temperature).eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphan_staging(out.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out.parent))
+    try:
+        model_file = staging / FILES[fmt]
+        used = write_model(module, info, model_file, fmt, exporter)
+        parity = check_parity(predictor, model_file, fmt, experiment / "splits.csv", parity_samples, tolerance)
+        parity.update({"exporter": used, "tta": tta})
+        failed = out.with_name(out.name + ".failed.json")
+        if not parity["passed"]:
+            write_text_atomic(failed, json.dumps(parity, indent=2) + "\n")
+            raise ExportError(f"{checkpoint}: the exported model does not compute what PyTorch computes: "
+                              f"{parity['reason']}; nothing was exported (the numbers are in {failed})")
+        write_text_atomic(staging / "parity.json", json.dumps(parity, indent=2) + "\n")
+        card = write_card(staging, model_file, info, payload, checkpoint, experiment, parity, fmt)
+        replace_folder(staging, out)
+        failed.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when it became `out`
+    log.info("exported %s to %s (%s)", checkpoint, out, used)
+    return ExportResult(out, out / FILES[fmt], parity, card)
+
+
+def check_exportable(predictor: Predictor, payload: dict[str, Any], path: Path) -> None:
+    """Refuse what the exported model's predictor would not reproduce: an ``augmentation.eval`` transform
+    (the ONNX predictor only decodes and centre-crops, as every shipped recipe evaluates)."""
+    spec = (payload.get("config") or {}).get("augmentation", {}).get("eval")
+    if spec is not None:
+        raise ExportError(f"{path}: its evaluation transform augmentation.eval={spec.get('_target_', spec)!r} is "
+                          "not part of an export (the exported predictor decodes, resizes and centre-crops only); "
+                          "classify with predict.py --checkpoint instead")
+
+
+def model_info(predictor: Predictor, checkpoint: Path, tta: str, max_pixels: int) -> ModelInfo:
+    prep = predictor.preprocessing
+    return ModelInfo(classes=list(predictor.classes), image_size=prep.image_size, decode_size=prep.decode_size,
+                     resize=prep.resize, mean=[float(m) for m in prep.mean], std=[float(s) for s in prep.std],
+                     temperature=float(predictor.temperature), tta=tta, max_pixels=int(max_pixels),
+                     display_names=dict(predictor.display_names), source=str(checkpoint))
+
+
+def write_model(module: Deployable, info: ModelInfo, path: Path, fmt: str, exporter: str) -> str:
+    """Write ``module`` as ``fmt`` with ``info`` inside; returns which exporter wrote it."""
+    example = torch.zeros((EXAMPLE_BATCH, 3, info.image_size, info.image_size), dtype=torch.uint8)
+    if fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notice: the format is asked for by name
+            traced = torch.jit.trace(module, (example,))
+            torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": info.to_json()})
+        return "torch.jit.trace"
+    if exporter in ("auto", "dynamo"):
+        try:
+            export_dynamo(module, example, path)
+            add_metadata(path, info)
+            return "dynamo"
+        except Exception as exc:  # the exporter's own failures are many classes (torch._dynamo, onnxscript...)
+            if exporter == "dynamo":
+                raise ExportError(f"the dynamo ONNX exporter failed ({type(exc).__name__}: "
+                                  f"{str(exc).strip().splitlines()[0][:300]}); try --exporter legacy") from exc
+            log.warning("the dynamo ONNX exporter failed (%s: %s); using the TorchScript-based one",
+                        type(exc).__name__, str(exc).strip().splitlines()[0][:300])
+    export_legacy(module, example, path)
+    add_metadata(path, info)
+    return "legacy"
+
+
+def export_dynamo(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """torch.export-based ONNX export (torch's default), batch dimension dynamic, weights inside the file."""
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}},
+                          external_data=False, verbose=False, optimize=True)
+
+
+def export_legacy(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """The TorchScript-based ONNX exporter (``dynamo=False``)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its deprecation notice
+        torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], opset_version=LEGACY_OPSET,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+
+
+def add_metadata(path: Path, info: ModelInfo) -> None:
+    """Store ``info`` in the file's ``metadata_props`` and check the model; one file, no external data."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for prop in list(model.metadata_props):
+        if prop.key == METADATA_KEY:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, info.to_json()
+    model.doc_string = f"imgclf export of {info.source}: uint8 images -> class probabilities"
+    onnx.checker.check_model(model)
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
+        f.flush()
+        os.fsync(f.fileno())
+    for leftover in path.parent.glob(path.name + ".data"):  # never an external-data file beside it
+        leftover.unlink()
+
+
+def replace_folder(staging: Path, out: Path) -> None:
+    """Put the checked ``staging`` folder in place of ``out``: the old export is moved aside first and removed
+    only after the new one is in place, so ``out`` is always one whole export or absent."""
+    os.chmod(staging, 0o755)  # mkdtemp makes 0700 folders
+    for file in staging.iterdir():
+        os.chmod(file, 0o644)
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_orphan_staging(folder: Path) -> None:
+    """Remove the staging folders of exports that were killed (their pid is gone)."""
+    for staging in folder.glob(STAGING_PREFIX + "*"):
+        pid = staging.name.removeprefix(STAGING_PREFIX).split("-")[0]
+        if staging.is_dir() and (not pid.isdigit() or not pid_alive(int(pid))):
+            log.info("removing %s, left by an export that was stopped", staging)
+            shutil.rmtree(staging, ignore_errors=True)
