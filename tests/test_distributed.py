@@ -17,13 +17,13 @@ import pytest
 import torch
 
 import imgclf.tasks as tasks
-from helpers import ROOT, compose_cfg, make_folder, tiny_overrides
+from helpers import ROOT, compose_cfg, make_folder, run_cli, tiny_overrides
 from imgclf.data.dataset import EpochBatchSampler
 from imgclf.experiment.checkpoint import load_checkpoint
 
 # no BatchNorm and no dropout: two ranks with half batches compute exactly the whole batch's mean gradient
 EXACT = ("model=tinyvgg", "model.width=8", "augmentation=none", "dataset.image_size=16", "loader.cache=memory",
-         "scheduler=none", "optimizer=sgd", "optimizer.lr=0.05", "report.figures=false",
+         "scheduler=none", "optimizer=sgd", "optimizer.lr=0.05",
          "dataset.test_fraction=0")
 
 
@@ -157,3 +157,19 @@ def test_two_machines_on_127_0_0_1_train_one_experiment(tmp_path: Path, uneven_f
     exp = tmp_path / "experiments" / "tiny"
     line = json.loads((exp / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["world_size"] == 2 and load_checkpoint(exp / "last.pt")["state"]["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_slurm_launcher_runs_one_job_as_a_group_of_tasks_with_the_same_settings(tmp_path: Path,
+                                                                                uneven_folder: Path) -> None:
+    # hydra/launcher=slurm's local stand-in (submitit's local executor): one job of 2 tasks is one DDP group
+    overrides = tiny_overrides(tmp_path, uneven_folder, *EXACT, "loader.batch_size=4", "epochs=2")
+    done = run_cli("train.py", "-m", "hydra/launcher=slurm_local", "hydra.launcher.tasks_per_node=2",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides, "optimizer.lr=0.05,0.02")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    jobs = sorted((tmp_path / "sweep").glob("[0-9]_*"))
+    assert len(jobs) == 2  # two settings, each one experiment trained by both tasks
+    for job, lr in zip(jobs, (0.05, 0.02), strict=True):
+        lines = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+        assert [(line["epoch"], line["world_size"], line["lr"]) for line in lines] == [(1, 2, lr), (2, 2, lr)]
+        assert (job / "train.rank1.log").exists() and len(list((job / ".hydra" / "train").iterdir())) == 1

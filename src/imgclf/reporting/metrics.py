@@ -51,8 +51,11 @@ class SplitMetrics:
 
     def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
         self.num_classes = num_classes
-        # validate_args=False: the checks read values back to the host on every update
-        common = {"num_classes": num_classes, "validate_args": False}
+        # validate_args=False: the checks read values back to the host on every update. sync_on_compute=False:
+        # once a process group exists torchmetrics would all-reduce in every compute(), and a compute on rank 0
+        # alone (a figure, a report) would wait for the other ranks forever; a distributed validation gathers
+        # the ranks' outputs instead (training.validation.validate)
+        common = {"num_classes": num_classes, "validate_args": False, "sync_on_compute": False}
         per_class = {**common, "average": None, "zero_division": 0}
         self._metrics = MetricCollection(
             {
@@ -118,7 +121,7 @@ def summarize(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> d
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Counts of (true, predicted) pairs, rows true classes, columns predictions (int64), via torchmetrics."""
-    metric = MulticlassConfusionMatrix(num_classes, validate_args=False).to(preds.device)
+    metric = MulticlassConfusionMatrix(num_classes, validate_args=False, sync_on_compute=False).to(preds.device)
     metric.update(preds, labels)
     return metric.compute()
 
@@ -131,7 +134,7 @@ def topk_accuracy(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     if not len(labels):
         return 0.0
     metric = MulticlassAccuracy(probs.shape[1], top_k=min(k, probs.shape[1]), average="micro",
-                                validate_args=False).to(probs.device)
+                                validate_args=False, sync_on_compute=False).to(probs.device)
     metric.update(probs, labels)
     return float(metric.compute())
 
@@ -153,6 +156,7 @@ def calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15)
     """
     if not len(labels):
         return 0.0  # torchmetrics would give NaN (0 / 0 samples)
-    metric = MulticlassCalibrationError(probs.shape[1], n_bins=bins, norm="l1", validate_args=False).to(probs.device)
+    metric = MulticlassCalibrationError(probs.shape[1], n_bins=bins, norm="l1", validate_args=False,
+                                        sync_on_compute=False).to(probs.device)
     metric.update(probs, labels)
     return float(metric.to("cpu").set_dtype(torch.float64).compute())

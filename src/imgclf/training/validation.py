@@ -57,13 +57,15 @@ def validate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: 
              channels_last: bool = False, group: Distributed = SINGLE) -> tuple[dict[str, float], Outputs]:
     """``<prefix>/loss``, ``<prefix>/acc`` and ``<prefix>/f1`` (macro) over ``loader``, and the outputs.
 
-    With several ranks, each validates its own share of the split; the metrics are those of the whole split
-    (torchmetrics sums its counts over the ranks in ``compute()``) and every rank gets every output."""
+    With several ranks, each validates its own share of the split and every rank gets every output (one
+    gather per epoch), from which the metrics of the whole split are counted. (torchmetrics' own sync is not
+    used: it would all-gather the float64 CPU copy the exact scores are computed from, which NCCL cannot.)"""
     split_metrics = SplitMetrics(num_classes, device)
     outputs = collect(model, loader, loss_fn, device=device, progress=progress, desc=prefix, amp=amp,
-                      channels_last=channels_last, metrics=split_metrics)
+                      channels_last=channels_last, metrics=None if group.active else split_metrics)
     if group.active:
         outputs = joined(group.gather(outputs))
+        split_metrics.update(outputs.logits.to(device), outputs.labels.to(device))
     summary = split_metrics.compute()  # the one host sync of the metrics (and, with ranks, their one all-reduce)
     metrics = {f"{prefix}/loss": outputs.loss, f"{prefix}/acc": summary["accuracy"], f"{prefix}/f1": summary["f1"]}
     return metrics, outputs
