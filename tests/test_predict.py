@@ -51,7 +51,7 @@ def run_predict(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, st
     return code, out.out, out.err
 
 
-def test_predictions_match_test_reports_and_bad_files_get_error_rows(trained, tmp_path, capsys) -> None:
+def test_F1_predictions_match_test_reports_and_bad_files_get_error_rows(trained, tmp_path, capsys) -> None:
     overrides, exp = trained
     tasks.test(compose_cfg("train", overrides))
     report = {str(Path(r["path"]).resolve()): r for r in read_csv(exp / "test" / "predictions.csv")}
@@ -114,7 +114,7 @@ def test_top_k_larger_than_the_class_count_is_clamped_with_a_warning(trained, tm
     assert [h for h in header if h.startswith("top")] == ["top1", "top2", "top3"]
 
 
-def test_globs_missing_paths_and_plots(trained, tmp_path, capsys) -> None:
+def test_F1_globs_missing_paths_and_plots(trained, tmp_path, capsys) -> None:
     overrides, exp = trained
     root = data_root(overrides)
     pattern = str(root / "test" / "**" / "*.jpg")
@@ -134,7 +134,7 @@ def test_globs_missing_paths_and_plots(trained, tmp_path, capsys) -> None:
         assert img.size[0] > 300 and img.size[1] > 300
 
 
-def test_temperature_from_the_checkpoint_scales_probabilities(trained, capsys) -> None:
+def test_F1_temperature_from_the_checkpoint_scales_probabilities(trained, capsys) -> None:
     overrides, exp = trained
     image = next((data_root(overrides) / "test").rglob("*.png"))
     before = Predictor.load(exp / "best.pt", device="cpu")
@@ -150,7 +150,7 @@ def test_temperature_from_the_checkpoint_scales_probabilities(trained, capsys) -
     assert p_after.argmax() == p_before.argmax() and p_after.max() < p_before.max()
 
 
-def test_missing_experiment_lists_the_trained_ones(trained, tmp_path, capsys) -> None:
+def test_F1_D1_missing_experiment_lists_the_trained_ones(trained, tmp_path, capsys) -> None:
     _, exp = trained
     code, _, err = run_predict(capsys, tmp_path, "--experiment", "nope", "--experiments-dir", exp.parent)
     assert code == 2
@@ -170,7 +170,7 @@ def test_missing_experiment_lists_the_trained_ones(trained, tmp_path, capsys) ->
     assert exit_info.value.code == 2
 
 
-def test_a_checkpoint_cannot_make_predict_run_code(trained, tmp_path) -> None:
+def test_F2_a_checkpoint_cannot_make_predict_run_code(trained, tmp_path) -> None:
     _, exp = trained
     payload = load_checkpoint(exp / "best.pt")
     marker = tmp_path / "pwned"
@@ -185,7 +185,7 @@ def test_a_checkpoint_cannot_make_predict_run_code(trained, tmp_path) -> None:
     assert not marker.exists()
 
 
-def test_evaluation_transforms_of_the_checkpoint_are_applied(trained, tmp_path) -> None:
+def test_F1_evaluation_transforms_of_the_checkpoint_are_applied(trained, tmp_path) -> None:
     overrides, exp = trained
     image = next((data_root(overrides) / "test").rglob("*.png"))
     payload = load_checkpoint(exp / "best.pt")
