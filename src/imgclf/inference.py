@@ -21,9 +21,8 @@ from typing import Any
 import torch
 
 from imgclf.experiment.checkpoint import load_checkpoint
-from imgclf.data.cache import decode_bytes
 from imgclf.data.preprocessing import Preprocessing
-from imgclf.data.images import PREDICT_MAX_PIXELS, check_decoded_pixels, serve
+from imgclf.data.images import PREDICT_MAX_PIXELS, check_decoded_pixels, decode_bytes, serve
 from imgclf.errors import CheckpointError
 from imgclf.models.classifier import Classifier, with_tta
 from imgclf.runtime import resolve_device
@@ -110,7 +109,7 @@ class Predictor:
         """
         prep = self.preprocessing
         data = Path(path).read_bytes() if data is None else data  # read once: the header checked is the one decoded
-        draft = 2 * prep.decode_size  # as cache.decode_bytes: JPEGs are decoded at reduced scale
+        draft = 2 * prep.decode_size  # as decode_bytes: JPEGs are decoded at reduced scale
         check_decoded_pixels(path, self.max_pixels, data=data, draft=draft, setting="predict.py --max-pixels")
         return serve(decode_bytes(data, str(path), prep.decode_size, prep.resize)[0], self.transform)
 
