@@ -197,12 +197,18 @@ def test_G6_resume_warns_about_every_changed_setting_and_keeps_the_config_histor
 
 
 def test_C8_a_busy_experiment_refuses_a_second_run(tiny_cfg: DictConfig) -> None:
+    import fcntl
+
     exp = exp_dir(tiny_cfg)
     exp.mkdir(parents=True)
-    (exp / ".lock").write_text(str(os.getppid()))  # a live process holds it
-    with pytest.raises(ExperimentError, match=f"in use by process {os.getppid()}"):
-        tasks.train(tiny_cfg)
-    (exp / ".lock").write_text("999999999")  # a dead one: stale lock is taken over
+    with open(exp / ".lock", "w") as held:  # another run holds it: locked, its pid inside
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(str(os.getppid()))
+        held.flush()
+        with pytest.raises(ExperimentError, match=f"in use by process {os.getppid()}"):
+            tasks.train(tiny_cfg)
+    assert (exp / ".lock").read_text() == str(os.getppid())  # the refused run left it alone
+    (exp / ".lock").write_text(str(os.getppid()))  # a live pid in a file nobody locks: left by a run that died
     tasks.train(tiny_cfg)
     assert not (exp / ".lock").exists()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -142,32 +143,46 @@ class ExperimentDir:
 
 
 class ExperimentLock:
-    """A lock file holding the pid, so two runs never write the same experiment at once."""
+    """An exclusive lock on the experiment folder (``flock`` on ``.lock``, which holds the pid for messages), so
+    two runs never write the same experiment at once. The kernel releases it when its process dies, so a
+    crashed run leaves no stale lock, and no other run can take it in the moment its pid is being written."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.fd: int | None = None
 
     def __enter__(self) -> ExperimentLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
                 pid = read_pid(self.path)
-                if pid is not None and pid != os.getpid() and pid_alive(pid):
-                    raise ExperimentError(
-                        f"{self.path.parent} is in use by process {pid} (lock file {self.path}); "
-                        "wait for it to finish or choose another experiment=<name>"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # left by a run that died
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
+                raise ExperimentError(
+                    f"{self.path.parent} is in use by process {pid if pid is not None else '(unknown)'} (lock file "
+                    f"{self.path}); wait for it to finish or choose another experiment=<name>") from None
+            if _same_file(fd, self.path):  # not a file that its holder unlinked just before we locked it
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+                self.fd = fd
+                return self
+            os.close(fd)
         raise ExperimentError(f"could not take the lock {self.path}")
 
     def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)  # while still holding it: the next run locks a new file
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
 
 
 def read_pid(path: Path) -> int | None:
