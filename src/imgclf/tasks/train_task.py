@@ -67,7 +67,7 @@ def train(cfg: DictConfig, *, stop_signal: StopSignal = StopOnSignal) -> float |
 def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> float | None:
     sweep.prepare_job(cfg)  # a parallel sweep job: its share of the CPU threads, its own GPU
     group, device = start(cfg)
-    after_epoch = sweep.trial_hook(cfg)  # an Optuna trial reports each epoch and may be pruned
+    after_epoch = sweep.trial_hook(cfg) if group.is_main else None  # an Optuna trial reports each epoch (rank 0)
     source = build.source(cfg)
     data.check_trainable(source)
     classes = source.class_names()  # lists folders only: config errors surface before any decoding
