@@ -1,0 +1,142 @@
+"""imgclf-serve: classify images in the browser, or over HTTP, with a trained model.
+
+    imgclf-serve (--experiment NAME | --model FILE) [--experiments DIR] [--host 127.0.0.1] [--port 8000]
+                 [--min-confidence P] [--top-k K] [--max-upload-mb M] [--max-request-mb M] [--max-files N]
+                 [--max-pixels N] [--device auto]
+
+--model takes a checkpoint (best.pt) or an ONNX export (model.onnx, served without torch). Open
+http://127.0.0.1:8000/ for the page; POST /predict takes multipart uploads (field "file", one or
+more), GET /health says the server is up. Uploads are read into memory, never written to disk, and
+refused (4xx with a JSON message) over the byte limits or when an image would decode to more than
+--max-pixels (checked from its header, before decoding). The server listens on 127.0.0.1 only unless
+--host says otherwise; it has no authentication. Exit status 2: the command line or the model cannot
+be used; 1: the server could not start (e.g. the port is taken).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
+from imgclf.errors import ImgclfError
+
+log = logging.getLogger("imgclf.serve")
+DEFAULT_HOST = "127.0.0.1"   # reachable from this machine only; --host 0.0.0.0 opens it to the network
+EXIT_START, EXIT_USAGE = 1, 2
+MB = 1024 * 1024
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="imgclf-serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--experiment", metavar="NAME", help="serve <experiments>/NAME/best.pt")
+    source.add_argument("--model", type=Path, metavar="FILE", help="a checkpoint (.pt) or an ONNX export (.onnx)")
+    parser.add_argument("--experiments", type=Path, default=Path("experiments"), metavar="DIR",
+                        help="where --experiment looks (default: ./experiments)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free one)")
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image (default 5)")
+    parser.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                        help="flag predictions whose probability is below P (0..1)")
+    parser.add_argument("--max-upload-mb", type=float, default=10, metavar="M", help="largest file (default 10 MB)")
+    parser.add_argument("--max-request-mb", type=float, default=None, metavar="M",
+                        help="largest request body (default: 3 x --max-upload-mb, at least 32 MB)")
+    parser.add_argument("--max-files", type=int, default=16, metavar="N", help="files per request (default 16)")
+    parser.add_argument("--max-pixels", type=int, default=PREDICT_MAX_PIXELS, metavar="N",
+                        help=f"refuse images that would decode to more pixels (default {PREDICT_MAX_PIXELS:_})")
+    parser.add_argument("--max-active", type=int, default=4, metavar="N",
+                        help="requests read, decoded and classified at once; the others wait (default 4)")
+    parser.add_argument("--max-batch", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
+    parser.add_argument("--max-connections", type=int, default=64, metavar="N",
+                        help="open connections; more are answered 503 (default 64)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    return args
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not 1 <= args.max_pixels <= MAX_PIXELS:
+        parser.error(f"--max-pixels {args.max_pixels}: must be between 1 and {MAX_PIXELS}")
+    if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
+        parser.error(f"--min-confidence {args.min_confidence}: must be a probability between 0 and 1")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port}: must be between 0 and 65535")
+    if args.max_upload_mb <= 0 or (args.max_request_mb is not None and args.max_request_mb < args.max_upload_mb):
+        parser.error("--max-upload-mb must be positive and --max-request-mb at least as large")
+    for name in ("top_k", "max_files", "max_active", "max_batch", "max_connections"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
+
+
+def model_path(args: argparse.Namespace) -> Path:
+    """The model file to serve; a missing experiment's message lists the ones there are."""
+    if args.model is not None:
+        return args.model
+    path = args.experiments / args.experiment / "best.pt"
+    if path.is_file():
+        return path
+    there = sorted(p.parent.name for p in args.experiments.glob("*/best.pt")) if args.experiments.is_dir() else []
+    hint = (f"experiments with a best.pt in {args.experiments}: {', '.join(there)}" if there
+            else f"{args.experiments} holds no trained experiment; train one with `python train.py`")
+    raise ImgclfError(f"no checkpoint {path}: {hint} (or pass --model FILE, --experiments DIR)")
+
+
+def settings_of(args: argparse.Namespace):  # -> imgclf.serve.app.Settings (imported with FastAPI, in main)
+    from imgclf.serve.app import Settings
+    from imgclf.serve.uploads import Limits
+
+    request_mb = args.max_request_mb if args.max_request_mb is not None else max(32.0, 3 * args.max_upload_mb)
+    limits = Limits(max_file_bytes=int(args.max_upload_mb * MB), max_request_bytes=int(request_mb * MB),
+                    max_files=args.max_files)
+    return Settings(top_k=args.top_k, min_confidence=args.min_confidence, limits=limits, max_active=args.max_active)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    try:
+        import uvicorn
+
+        from imgclf.serve.app import create_app
+        from imgclf.serve.model import load_predictor, model_card
+        from imgclf.serve.worker import ModelWorker
+    except ImportError as exc:
+        print(f"imgclf-serve: error: {exc.name or exc} is not installed; install the web app's packages with "
+              "pip install -e '.[deploy]'", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        path = model_path(args)
+        predictor = load_predictor(path, max_pixels=args.max_pixels, device=args.device)
+        card = model_card(predictor, path)
+    except ImgclfError as exc:
+        print(f"imgclf-serve: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not _loopback(args.host):
+        log.warning("listening on %s: anyone who can reach this machine can use the model (there is no "
+                    "authentication); use the default --host %s to keep it local", args.host, DEFAULT_HOST)
+    worker = ModelWorker(predictor, max_batch=args.max_batch, queue_size=args.max_active * args.max_files)
+    app = create_app(worker, card, settings_of(args))
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           limit_concurrency=args.max_connections, timeout_keep_alive=5,
+                                           server_header=False, timeout_graceful_shutdown=5))
+    server.run()  # returns on Ctrl-C / SIGTERM after a graceful shutdown; exits 1 itself if it cannot bind
+    return 0 if server.started else EXIT_START
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
