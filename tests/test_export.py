@@ -238,3 +238,30 @@ def test_every_model_option_exports_within_the_parity_tolerance(option: str, tmp
     assert result.parity["passed"] and result.parity["exporter"] == "dynamo", result.parity
     assert result.parity["max_abs_diff"] <= TOLERANCE and result.parity["samples"] == 16
     assert os.path.getsize(result.model) > 0 and not list(tmp_path.glob("export/*.data"))
+
+
+def test_the_legacy_exporter_is_used_when_the_dynamo_one_fails(tmp_path: Path, monkeypatch, caplog) -> None:
+    cfg = compose_cfg("train", ["experiment=x", "model=tinyvgg", "dataset.num_classes=3", "dataset.image_size=32"])
+    model = Classifier(instantiate(cfg.model), [0.5] * 3, [0.25] * 3).eval()
+    save_atomic({"model": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
+                 "class_names": ["a", "b", "c"], "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3},
+                tmp_path / "best.pt")
+
+    def unsupported(*args: object) -> None:
+        raise NotImplementedError("an operator the dynamo exporter does not translate")
+
+    monkeypatch.setattr(export_module, "export_dynamo", unsupported)
+    result = export(tmp_path / "best.pt", tmp_path / "export")
+    assert result.parity["exporter"] == "legacy" and result.parity["passed"]
+    assert "using the TorchScript-based one" in caplog.text
+    assert OnnxPredictor.load(result.model).classes == ["a", "b", "c"]
+
+
+def test_predict_model_names_a_file_that_is_not_an_export(tmp_path: Path, capsys) -> None:
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07junk")
+    image = make_folder(tmp_path / "d", {"": 1}) / "circle" / "img_000.jpg"
+    assert predict.main([str(image), "--model", str(tmp_path / "model.onnx")]) == 2
+    assert "onnxruntime cannot load it" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a checkpoint passed as --model: the usage error says --checkpoint
+        predict.main([str(image), "--model", str(tmp_path / "best.pt")])
+    assert "pass it as --checkpoint" in capsys.readouterr().err
