@@ -125,12 +125,14 @@ def throughput(option: str, repeats: int, folder: Path) -> None:
         images = np.random.default_rng(0).integers(0, 256, (batch, 3, THROUGHPUT_SIZE, THROUGHPUT_SIZE), np.uint8)
         tensor = torch.from_numpy(images)
 
-        def eager() -> None:
+        def eager(tensor: torch.Tensor = tensor) -> None:
             with torch.inference_mode():
                 torch.softmax(model(tensor), 1)
 
-        rates = {name: batch / best_time(run, repeats) for name, run in
-                 (("torch", eager), ("onnx", lambda: onnx.probabilities(list(images))))}
+        def runtime(images: np.ndarray = images) -> None:
+            onnx.probabilities(list(images))
+
+        rates = {name: batch / best_time(run, repeats) for name, run in (("torch", eager), ("onnx", runtime))}
         print(f"  batch {batch:>2}: eager torch {rates['torch']:7.1f} images/s, onnxruntime {rates['onnx']:7.1f} "
               f"images/s: {rates['onnx'] / rates['torch']:.2f}x")
 

@@ -16,10 +16,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import ROOT, compose_cfg, copy_trained, make_folder, options
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from helpers import ROOT, compose_cfg, copy_trained, make_folder, options
 from imgclf.cli import export as export_cli
 from imgclf.cli import predict
 from imgclf.data.splits_file import read_splits

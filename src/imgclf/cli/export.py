@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="imgclf-export: %(levelname)s %(message)s")
     try:
-        from imgclf.deploy.export import export  # torch: after the command line is known to be good
+        # torch is imported here, once the command line is known to be good
+        from imgclf.deploy.export import export
 
         checkpoint, experiment, out = locate(args)
         print(f"exporting {checkpoint} ({args.format}, tta={args.tta}) ...", file=sys.stderr)

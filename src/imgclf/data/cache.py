@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from imgclf.experiment.atomic import remove_orphan_temps, write_atomic, write_text_atomic
 # decode_bytes lives in images.py (torch-free, shared with the ONNX predictor); imported from here too
-from imgclf.data.images import RESIZE_MODES, decode_bytes  # noqa: F401
+from imgclf.data.images import RESIZE_MODES, decode_bytes
 from imgclf.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -181,7 +181,7 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
         return image
     if height < size or width < size:
         raise ValueError(f"cannot crop {size}x{size} from a {width}x{height} image")
-    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    top, left = round((height - size) / 2.0), round((width - size) / 2.0)
     return image[top:top + size, left:left + size]
 
 

@@ -154,7 +154,7 @@ def markdown(card: dict[str, Any]) -> str:
                 continue
             ci = ev["metrics"].get(f"{key}_ci")
             lines.append(f"| {key} | {value:.4f} | " + (f"{ci[0]:.4f} - {ci[1]:.4f}" if ci else "") + " |")
-        lines += [f"", ev["note"]] if "note" in ev else []
+        lines += ["", ev["note"]] if "note" in ev else []
     else:
         lines.append(ev["note"])
     lines += ["", "## Calibration", ""]
