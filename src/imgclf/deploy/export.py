@@ -29,6 +29,7 @@ from torch import nn
 from imgclf.data.images import PREDICT_MAX_PIXELS
 from imgclf.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
 from imgclf.deploy.model_card import write_card
+from imgclf.experiment.atomic import fsync_dir
 from imgclf.deploy.parity import TOLERANCE, check_parity
 from imgclf.errors import ImgclfError
 from imgclf.experiment.atomic import pid_alive, write_text_atomic
@@ -213,13 +214,7 @@ def replace_folder(staging: Path, out: Path) -> None:
     os.replace(staging, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    fd = os.open(out.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(out.parent)  # the renames themselves survive a power cut
 
 
 def remove_orphan_staging(folder: Path) -> None:

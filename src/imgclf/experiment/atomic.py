@@ -47,7 +47,7 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
             # inline_container.cc] unexpected pos": raise the OSError it hid instead
             raise recorder.error from exc
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class _WriteErrors:
@@ -109,7 +109,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename itself durable (not every file system lets a folder be fsynced)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
