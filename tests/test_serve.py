@@ -19,6 +19,7 @@ pytest.importorskip("fastapi", reason="the web app's packages are not installed:
 
 import httpx  # noqa: E402
 
+from helpers import copy_trained  # noqa: E402
 from imgclf.cli import serve as serve_cli  # noqa: E402
 from imgclf.inference import Predictor  # noqa: E402
 from imgclf.serve.app import Settings, create_app  # noqa: E402
@@ -139,9 +140,37 @@ def test_model_card_reads_the_test_report_of_this_checkpoint_or_a_card_file(trai
         "accuracy": 0.944, "accuracy_ci": [0.833, 1.0], "ci_level": 0.95, "samples": 18, "split": "test"}
     shutil.copy(exp / "best.pt", exp / "last.pt")
     assert model_card(predictor, exp / "last.pt")["test"] is None  # best.pt's report is not last.pt's
-    (exp / "model_card.json").write_text(json.dumps({"name": "shapes-v2", "test": {"accuracy": 0.5}}))
+    # an export's card (imgclf.deploy.model_card) names the experiment and the evaluation of what was exported
+    (exp / "model_card.json").write_text(json.dumps({
+        "checkpoint": {"experiment": "shapes-v2"}, "training": {"model": {"_target_": "imgclf.models.x.Net"}},
+        "evaluation": {"evaluated": True, "split": "test", "samples": 30, "ci_level": 0.95,
+                       "metrics": {"accuracy": 0.5, "accuracy_ci": [0.3, 0.7]}}}))
     card = model_card(predictor, exp / "best.pt")
-    assert card["model"] == "shapes-v2" and card["test"] == {"accuracy": 0.5} and len(card["classes"]) == 3
+    assert card["model"] == "shapes-v2" and card["architecture"] == "Net" and len(card["classes"]) == 3
+    assert card["test"] == {"accuracy": 0.5, "accuracy_ci": [0.3, 0.7], "ci_level": 0.95, "samples": 30,
+                            "split": "test"}
+
+
+def test_an_onnx_export_is_served_without_torch_and_answers_as_its_checkpoint(served: Served, trained_tiny,
+                                                                              tmp_path: Path) -> None:
+    from imgclf.deploy.export import export
+
+    _, exp = copy_trained(trained_tiny, tmp_path)
+    model = export(exp / "best.pt", exp / "export", parity_samples=10).model
+    server = start_server("--model", str(model), "--top-k", "2")
+    try:
+        maps = Path(f"/proc/{server.pid}/maps").read_text()
+        assert "onnxruntime" in maps and "libtorch" not in maps  # the export runs without torch loaded
+        with server.client() as client:
+            card = client.get("/card").json()
+            for path, expected in zip(served.samples, served.expected, strict=True):
+                body = client.post("/predict", files=[("file", (path.name, path.read_bytes()))]).json()
+                top2 = sorted(expected, key=expected.get, reverse=True)[:2]
+                assert [p["class"] for p in body["predictions"]] == top2
+                assert by_class(body) == pytest.approx({c: expected[c] for c in top2}, abs=1e-4)  # the export's parity
+    finally:
+        stop_server(server)
+    assert card["model"] == "tiny" and card["architecture"] == "SmallCNN" and card["file"] == "model.onnx"
 
 
 # --- F3: uploads --------------------------------------------------------------------------------------------------

@@ -150,8 +150,9 @@ async def _decode(worker: ModelWorker, index: int, upload: Upload) -> Any:
     try:
         return await worker.decode(label, upload.data)
     except ImgclfError as exc:
-        # the predictors name their CLI's option in the pixel-limit message; the server's is its own
-        return str(exc).removeprefix(f"{label}: ").replace("predict.py --max-pixels", "the server's --max-pixels")
+        # the loader's messages speak to predict.py's user (its option, "remove or replace the file"); reworded
+        message = str(exc).removeprefix(f"{label}: ").removesuffix("; remove or replace the file")
+        return message.replace("predict.py --max-pixels", "the server's --max-pixels")
     except Exception as exc:  # noqa: BLE001  whatever an upload makes a decoder raise is the upload's fault
         log.warning("%s (%d bytes) could not be decoded: %s: %s", label, len(upload.data), type(exc).__name__, exc)
         return f"cannot be read as an image ({type(exc).__name__})"

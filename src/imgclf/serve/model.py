@@ -20,8 +20,6 @@ from imgclf.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 CARD_FILE = "model_card.json"   # written beside an exported model; read when present
-# the keys of a model card the page shows, and where a card file may keep them
-HEADLINE_KEYS = ("model", "architecture", "source", "tta", "image_size")
 
 
 def load_predictor(path: Path, *, max_pixels: int, device: str = "auto") -> Any:
@@ -37,7 +35,7 @@ def load_predictor(path: Path, *, max_pixels: int, device: str = "auto") -> Any:
     if path.suffix.lower() == ".onnx":
         from imgclf.deploy.onnx_predictor import OnnxPredictor
 
-        return OnnxPredictor.load(path, max_pixels=max_pixels, device="cpu" if device == "auto" else device)
+        return OnnxPredictor.load(path, max_pixels=max_pixels, device=device)
     from imgclf.inference import Predictor  # torch: only for a checkpoint
 
     return Predictor.load(path, device=device, max_pixels=max_pixels)
@@ -59,7 +57,7 @@ def top_k(row: np.ndarray, classes: list[str], names: Mapping[str, str], k: int)
 def model_card(predictor: Any, path: Path) -> dict[str, Any]:
     """What the page's headline says about the model: name, classes and, when known, test accuracy.
 
-    ``model_card.json`` beside the model file wins when it exists (an export writes one); otherwise the card is
+    ``model_card.json`` beside the model file (``imgclf-export`` writes one) wins where it says something; the card is
     derived from the model itself and, for a checkpoint in an experiment folder, from the experiment's
     ``test/metrics.json`` when that report is of this very checkpoint file (``test.py ckpt=...`` reports of
     other checkpoints go to other folders). No server path is put in it: only file names.
@@ -71,16 +69,17 @@ def model_card(predictor: Any, path: Path) -> dict[str, Any]:
         "classes": list(predictor.classes),
         "display_names": dict(predictor.display_names),
         "image_size": int(predictor.image_size),
+        "tta": str(getattr(predictor, "tta", "none")),
         "test": _test_metrics(path.parent / "test" / "metrics.json", path),
     }
     beside = _read_json(path.parent / CARD_FILE)
     if beside is not None:
-        card.update(_from_card_file(beside, card))
+        card.update(_from_card_file(beside))
     return card
 
 
 def _architecture(predictor: Any) -> str | None:
-    """The network's class name (a torch model, under its TTA wrapper), or the ONNX export's source file."""
+    """The network's class name (a torch model, under its TTA wrapper); None for an ONNX export (its card says)."""
     module = getattr(predictor, "model", None)
     while module is not None and not hasattr(module, "net"):
         module = getattr(module, "model", None)
@@ -105,32 +104,38 @@ def _test_record(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
         interval = metrics.get("accuracy_ci")
         if isinstance(interval, (list, tuple)) and len(interval) == 2:
             record["accuracy_ci"] = [float(interval[0]), float(interval[1])]
-            record["ci_level"] = float(metrics.get("ci_level", 0.95))
-        if "samples" in metrics:
+            record["ci_level"] = float(metrics.get("ci_level") or 0.95)
+        if metrics.get("samples") is not None:
             record["samples"] = int(metrics["samples"])
-        if "split" in metrics:
+        if metrics.get("split") is not None:
             record["split"] = str(metrics["split"])
         return record
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def _from_card_file(card_file: Mapping[str, Any], derived: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys of a ``model_card.json`` the headline uses: ``model``/``name``, ``architecture``, ``test``
-    (or ``test_metrics``/``metrics`` with ``accuracy`` and ``accuracy_ci``); the classes stay the model's own."""
+def _from_card_file(card_file: Mapping[str, Any]) -> dict[str, Any]:
+    """What the headline takes from an export's ``model_card.json`` (``imgclf.deploy.model_card``): the
+    experiment's name, the architecture, TTA and the evaluation of the exported checkpoint; the classes stay
+    the model file's own."""
     found: dict[str, Any] = {}
-    name = card_file.get("model", card_file.get("name"))
-    if isinstance(name, str) and name:
-        found["model"] = name
-    for key in HEADLINE_KEYS[1:]:
-        if isinstance(card_file.get(key), (str, int, float)):
-            found[key] = card_file[key]
-    for key in ("test", "test_metrics", "metrics"):
-        if isinstance(card_file.get(key), Mapping):
-            record = _test_record(card_file[key])
-            if record is not None:
-                found["test"] = record
-                break
+    checkpoint = card_file.get("checkpoint")
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("experiment"), str) and checkpoint["experiment"]:
+        found["model"] = checkpoint["experiment"]
+    training = card_file.get("training")
+    target = training.get("model", {}).get("_target_") if isinstance(training, Mapping) and isinstance(
+        training.get("model"), Mapping) else None
+    if isinstance(target, str):
+        found["architecture"] = target.rsplit(".", 1)[-1]
+    if isinstance(card_file.get("tta"), str):
+        found["tta"] = card_file["tta"]
+    evaluation = card_file.get("evaluation")
+    if isinstance(evaluation, Mapping) and evaluation.get("evaluated") and isinstance(evaluation.get("metrics"), Mapping):
+        record = _test_record({**evaluation, **evaluation["metrics"]})
+        if record is not None:
+            found["test"] = record
+    elif isinstance(evaluation, Mapping):
+        found["test"] = None  # the card says the exported checkpoint was not evaluated
     return found
 
 

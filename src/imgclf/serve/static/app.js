@@ -47,6 +47,7 @@ function placeholder(file) {
   const box = el("article", "result pending");
   const img = el("img");
   img.alt = "";
+  img.addEventListener("error", () => img.replaceWith(el("div", "no-preview", "no preview")));
   img.src = URL.createObjectURL(file);  // the preview comes from the local file: nothing is fetched
   box.append(img, el("p", "filename", file.name), el("p", "top-class", "classifying..."));
   return box;
@@ -54,7 +55,7 @@ function placeholder(file) {
 
 function showError(box, message) {
   box.className = "result failed";
-  box.querySelector(".top-class").replaceWith(el("p", "top-class error", "error: " + message));
+  box.querySelector(".top-class").replaceWith(el("p", "error", "error: " + message));
 }
 
 function showPredictions(box, result) {
