@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,18 @@ from omegaconf import DictConfig
 
 import imgclf.tasks as tasks
 from helpers import compose_cfg, make_folder, tiny_overrides
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked slow (long end-to-end runs: sweeps, torchrun groups, kill loops) run in CI (CI=true, as
+    .ci/run is run), with IMGCLF_SLOW=1, or when asked for with -m; elsewhere they are skipped, saying so, to
+    keep `pytest` within a few minutes on 2 cores."""
+    if os.environ.get("CI") or os.environ.get("IMGCLF_SLOW") or config.getoption("markexpr"):
+        return
+    skip = pytest.mark.skip(reason="slow: runs in CI; here with IMGCLF_SLOW=1 pytest (or pytest -m slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
