@@ -191,6 +191,14 @@ def memory(pid: int) -> dict[str, int]:
     return fields
 
 
+def reset_peak(pid: int) -> None:
+    """Start VmHWM afresh from the current RSS (Linux: ``5`` to /proc/PID/clear_refs), where allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        pass  # not our process to reset, or an old kernel: the peak then counts from the process's start
+
+
 def listening_addresses(port: int) -> set[str]:
     """The local addresses of the TCP sockets listening on ``port`` (IPv4 and IPv6, from /proc/net)."""
     found = set()

@@ -26,7 +26,7 @@ from imgclf.serve.app import Settings, create_app  # noqa: E402
 from imgclf.serve.model import model_card  # noqa: E402
 from imgclf.serve.worker import ModelWorker  # noqa: E402
 from serve_helpers import (  # noqa: E402
-    MULTIPART, Server, bomb, chunks, listening_addresses, memory, multipart, noise_png, png, raw_request,
+    MULTIPART, Server, bomb, chunks, listening_addresses, memory, multipart, noise_png, raw_request, reset_peak,
     serve_in_thread, start_server, stop_server, truncated_png,
 )
 
@@ -189,6 +189,7 @@ def test_F3_junk_and_truncated_uploads_get_422_with_a_message_and_the_server_sta
 
 
 def test_F3_a_decompression_bomb_is_refused_from_its_header_under_the_servers_pixel_limit(served: Served) -> None:
+    reset_peak(served.server.pid)
     before = memory(served.server.pid)["VmRSS"]
     status, body = post(served.server, ("bomb.png", bomb(9000)))  # ~10 KB, 81 megapixels
     assert status == 422, body
@@ -268,6 +269,7 @@ def test_I2_concurrent_clients_get_answers_while_malformed_uploads_get_4xx_and_m
     tops = [max(e, key=e.get) for e in served.expected]
     for _ in range(3):  # warm up: the first forward passes allocate what later ones reuse
         assert post(server, *samples)[0] == 200
+    reset_peak(server.pid)
     before = memory(server.pid)
     errors: list[str] = []
     answered, refused = Counter(), Counter()

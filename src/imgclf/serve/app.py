@@ -103,7 +103,7 @@ def create_app(worker: ModelWorker, card: dict[str, Any], settings: Settings) ->
     async def predict(request: Request) -> JSONResponse:
         try:
             await asyncio.wait_for(admission.acquire(), settings.queue_timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # TimeoutError itself only from Python 3.11
             return _error(503, f"the server is busy (no turn within {settings.queue_timeout:g} s); retry shortly")
         try:
             uploads = await read_uploads(dict(request.headers), request.stream(), settings.limits)
