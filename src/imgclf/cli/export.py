@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
+from imgclf.cli.experiments import best_checkpoint
 from imgclf.errors import ImgclfError
 
 EXIT_FAILED = 1
@@ -63,14 +64,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def locate(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     """(checkpoint, experiment folder, export folder)."""
     if args.experiment is not None:
-        experiment = args.experiments_dir / args.experiment
-        checkpoint = experiment / "best.pt"
-        if not checkpoint.is_file():
-            there = (sorted(p.parent.name for p in args.experiments_dir.glob("*/best.pt"))
-                     if args.experiments_dir.is_dir() else [])
-            hint = (f"experiments with a best.pt in {args.experiments_dir}: {', '.join(there)}" if there
-                    else f"{args.experiments_dir} holds no trained experiment")
-            raise ImgclfError(f"no checkpoint {checkpoint}: {hint} (or pass --checkpoint FILE, --experiments-dir DIR)")
+        checkpoint = best_checkpoint(args.experiments_dir, args.experiment, "--checkpoint FILE, --experiments-dir DIR")
+        experiment = checkpoint.parent
     else:
         checkpoint = args.checkpoint
         if not checkpoint.is_file():

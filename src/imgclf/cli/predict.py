@@ -32,6 +32,7 @@ import numpy as np
 from imgclf.experiment.atomic import csv_text, write_text_atomic
 from imgclf.data.folder import walk_images
 from imgclf.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, PREDICT_MAX_PIXELS
+from imgclf.cli.experiments import best_checkpoint
 from imgclf.errors import ImgclfError
 
 # imgclf.models.classifier.TTA_MODES, spelled out: importing that module imports torch, which --model must not
@@ -116,13 +117,7 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
     """The checkpoint to use; a missing experiment's message lists the ones there are."""
     if args.checkpoint is not None:
         return args.checkpoint
-    path = args.experiments_dir / args.experiment / "best.pt"
-    if path.is_file():
-        return path
-    there = sorted(p.parent.name for p in args.experiments_dir.glob("*/best.pt")) if args.experiments_dir.is_dir() else []
-    hint = (f"experiments with a best.pt in {args.experiments_dir}: {', '.join(there)}" if there
-            else f"{args.experiments_dir} holds no trained experiment; train one with `python train.py`")
-    raise ImgclfError(f"no checkpoint {path}: {hint} (or pass --checkpoint FILE, --experiments-dir DIR)")
+    return best_checkpoint(args.experiments_dir, args.experiment, "--checkpoint FILE, --experiments-dir DIR")
 
 
 def find_images(specs: Sequence[str]) -> tuple[list[str], list[Prediction]]:

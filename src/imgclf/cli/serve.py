@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
+from imgclf.cli.experiments import best_checkpoint
 from imgclf.errors import ImgclfError
 
 log = logging.getLogger("imgclf.serve")
@@ -80,13 +81,7 @@ def model_path(args: argparse.Namespace) -> Path:
     """The model file to serve; a missing experiment's message lists the ones there are."""
     if args.model is not None:
         return args.model
-    path = args.experiments / args.experiment / "best.pt"
-    if path.is_file():
-        return path
-    there = sorted(p.parent.name for p in args.experiments.glob("*/best.pt")) if args.experiments.is_dir() else []
-    hint = (f"experiments with a best.pt in {args.experiments}: {', '.join(there)}" if there
-            else f"{args.experiments} holds no trained experiment; train one with `python train.py`")
-    raise ImgclfError(f"no checkpoint {path}: {hint} (or pass --model FILE, --experiments DIR)")
+    return best_checkpoint(args.experiments, args.experiment, "--model FILE, --experiments DIR")
 
 
 def settings_of(args: argparse.Namespace):  # -> imgclf.serve.app.Settings (imported with FastAPI, in main)
