@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class RunLog:
 
         self.jsonl_path = Path(jsonl_path)
         _truncate_after(self.jsonl_path, start_epoch)
+        _wait_for_a_later_second(Path(tensorboard_dir))
         self.writer = SummaryWriter(str(tensorboard_dir), purge_step=start_epoch + 1 if start_epoch else None)
         self.figures = figures
         self.constants = constants or {}  # the same in every line (e.g. world_size), not plotted
@@ -104,6 +106,17 @@ class BestFigures:
 
 def _json_number(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no NaN
+
+
+def _wait_for_a_later_second(folder: Path) -> None:
+    """TensorBoard reads a run's event files in name order, and the name starts with the second the file was
+    made in, then the pid: a run resumed within the second its predecessor's file was made would sort first
+    when its pid is lower, and its points would be read before the older ones (a zig-zag, and no purge).
+    Waiting (under a second, and only then) for a later second keeps the files in the order they were made."""
+    stamps = [int(part) for p in folder.glob("events.out.tfevents.*")
+              for part in p.name.split(".")[3:4] if part.isdigit()]
+    while stamps and time.time() < max(stamps) + 1:
+        time.sleep(0.05)
 
 
 def _truncate_after(path: Path, epoch: int) -> None:
