@@ -128,6 +128,7 @@ SHARED_PLATES = ROOT.parent / "shared" / "data" / "plates"
 
 
 @pytest.mark.skipif(not SHARED_PLATES.is_dir(), reason="../shared/data/plates is not beside the checkout")
+@pytest.mark.slow
 def test_plates_recipe_trains_and_tests_on_the_shared_photos(tmp_path: Path) -> None:
     out = [f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}", "epochs=2",
            "progress=false"]

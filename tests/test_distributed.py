@@ -136,6 +136,7 @@ def test_H1_a_rank_killed_ends_the_others_and_last_pt_resumes(tmp_path: Path, un
     assert load_checkpoint(exp / "last.pt")["state"]["epoch"] == epoch + 1
 
 
+@pytest.mark.slow
 def test_H4_resuming_mid_epoch_with_another_world_size_is_refused(tmp_path: Path, uneven_folder: Path) -> None:
     overrides = tiny_overrides(tmp_path, uneven_folder, *EXACT, "loader.batch_size=4", "epochs=2")
     from helpers import StopAfter
@@ -148,6 +149,7 @@ def test_H4_resuming_mid_epoch_with_another_world_size_is_refused(tmp_path: Path
     assert "with world size 2: run it again with 1 process(es)" in said and not from_our_code(said)
 
 
+@pytest.mark.slow
 def test_two_machines_on_127_0_0_1_train_one_experiment(tmp_path: Path, uneven_folder: Path) -> None:
     overrides = tiny_overrides(tmp_path, uneven_folder, *EXACT, "loader.batch_size=4", "epochs=1")
     rendezvous = ("--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=imgclf")

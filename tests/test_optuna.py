@@ -220,6 +220,7 @@ def test_H5_a_killed_optuna_sweep_continues_and_its_interrupted_trial_is_failed_
     assert [(r["job"], r["status"]) for r in rows] == [("0", "FAILED"), ("1", "COMPLETED"), ("2", "COMPLETED")]
 
 
+@pytest.mark.slow
 def test_optuna_sweep_never_reuses_a_trial_folder_that_holds_a_run(tmp_path: Path, tiny_folder: Path) -> None:
     args = sweep_args(tmp_path, tiny_folder, "hydra.sweeper.n_trials=1")
     assert run_cli("train.py", *args).returncode == 0
@@ -257,6 +258,7 @@ def test_joblib_sweep_runs_two_trials_at_once_each_on_its_share_of_the_cores(tmp
         assert (int(line[2]), int(line[3])) == (max(1, cores // 2), cores)
 
 
+@pytest.mark.slow
 def test_B4_a_failed_optuna_trial_is_marked_the_others_finish_and_the_sweep_exits_1(tmp_path: Path,
                                                                                    tiny_folder: Path) -> None:
     write_search(tmp_path / "conf", "fail_check", "abc, 0.003")
