@@ -175,3 +175,12 @@ def test_slurm_launcher_runs_one_job_as_a_group_of_tasks_with_the_same_settings(
         lines = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
         assert [(line["epoch"], line["world_size"], line["lr"]) for line in lines] == [(1, 2, lr), (2, 2, lr)]
         assert (job / "train.rank1.log").exists() and len(list((job / ".hydra" / "train").iterdir())) == 1
+
+
+def test_sync_bn_on_the_cpu_is_refused_before_any_data_is_read(tmp_path: Path, uneven_folder: Path) -> None:
+    from imgclf.errors import ConfigError
+
+    overrides = tiny_overrides(tmp_path, uneven_folder, "trainer.sync_bn=true", "device=cpu")
+    with pytest.raises(ConfigError, match="trainer.sync_bn=true needs CUDA GPUs"):
+        tasks.train(compose_cfg("train", overrides))
+    assert not (tmp_path / "experiments").exists() and not (tmp_path / "cache").exists()

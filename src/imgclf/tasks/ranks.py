@@ -43,15 +43,19 @@ def quiet(group: Distributed) -> None:
 def wrapped(module: nn.Module, group: Distributed, device: torch.device, sync_bn: bool) -> nn.Module:
     """``module`` in DistributedDataParallel (with BatchNorm synchronised across ranks if asked); itself
     on one process. The wrapper shares the module's parameters, so checkpoints keep the plain weights."""
-    if sync_bn and device.type != "cuda":
-        raise ConfigError("trainer.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm works only with GPU modules. "
-                          "On the CPU each rank keeps its own BatchNorm statistics: set trainer.sync_bn=false")
     if not group.active:
         return module
     if sync_bn:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # reuses the same parameters and buffers
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def check_sync_bn(sync_bn: bool, device: torch.device) -> None:
+    """At start, before any data is read: torch's SyncBatchNorm runs only on GPUs."""
+    if sync_bn and device.type != "cuda":
+        raise ConfigError("trainer.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm works only with GPU modules. "
+                          "On the CPU each rank keeps its own BatchNorm statistics: set trainer.sync_bn=false")
 
 
 def seed_apart(seed: int, group: Distributed, state: TrainState) -> None:

@@ -169,6 +169,7 @@ def start(cfg: DictConfig) -> tuple[Distributed, torch.device]:
     group, device_name = distributed.setup(cfg.device, cfg.trainer.dist_timeout)
     ranks.quiet(group)
     device = resolve_device(device_name)
+    ranks.check_sync_bn(cfg.trainer.sync_bn, device)
     if group.active:
         log.info("%d processes: global batch %d (loader.batch_size %d per rank x %d ranks), %d per optimizer step "
                  "with trainer.accumulate=%d; optimizer.lr as configured (not scaled)", group.world_size,

@@ -265,7 +265,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], loss_fn: nn.Modul
     loss_mean, acc = everyone.means()
     seconds = time.perf_counter() - start
     bar.close()
-    seen = everyone.seen - (group.sum(torch.tensor(seen_before)).item() if group.active else seen_before)
+    seen = totals.seen - seen_before  # this rank's images of this call; with ranks, every rank's together
+    if group.active:  # on the device: NCCL reduces no CPU tensor
+        seen = int(group.sum(torch.tensor(float(seen), device=device)).item())
     return {"train/loss": loss_mean, "train/acc": acc, "train/skipped_steps": totals.skipped,
             "train/images_per_s": seen / max(seconds, 1e-9)}
 
