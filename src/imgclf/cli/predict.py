@@ -11,7 +11,9 @@ without importing torch: everything it needs (classes, sizes, temperature, test-
 pixel limit) is inside the .onnx file. A file that cannot be read, or that would decode to more
 than --max-pixels (checked from its header, before decoding), gets an error row and the exit
 status is 1 at the end; every other file is still classified. Exit status 2: the command line
-or the checkpoint cannot be used.
+or the checkpoint cannot be used. --output and --plot are written before the table is printed: when
+stdout is closed early (`predict.py ... --output p.csv | head`), p.csv still has every row, the rest
+of the table is dropped and the exit status is 141, as for cat or grep there.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ GLOB_CHARS = frozenset("*?[")
 PLOT_ROWS = 12            # images per page of --plot
 DEFAULT_TOP_K = 5
 EXIT_BAD_FILES, EXIT_USAGE = 1, 2
+# stdout closed by its reader (`| head`): 128 + SIGPIPE, the status the shell reports for cat, grep or seq
+# there, so `set -o pipefail` scripts see predict.py like any other tool that did not write all it had
+EXIT_CLOSED_PIPE = 141
 
 
 @dataclass
@@ -277,6 +282,44 @@ def plot(pages: Sequence[Sequence[tuple[Prediction, Any]]], names: dict[str, str
     return written
 
 
+def write_outputs(args: argparse.Namespace, predictor: Any, predictions: Sequence[Prediction],
+                  pages: Sequence[Sequence[tuple[Prediction, Any]]], names: dict[str, str], top_k: int) -> int | None:
+    """Write ``--output`` and ``--plot``; the exit status when one cannot be written (after saying why), else None."""
+    try:
+        if args.output is not None:
+            text = (to_json(predictions, names, predictor.checkpoint) if args.output.suffix.lower() == ".json"
+                    else to_csv(predictions, names, top_k))
+            write_text_atomic(args.output, text)
+            print(f"wrote {args.output}", file=sys.stderr)
+        if args.plot is not None and pages[0]:
+            args.plot.parent.mkdir(parents=True, exist_ok=True)
+            print(f"wrote {', '.join(map(str, plot(pages, names, args.plot)))}", file=sys.stderr)
+    except ModuleNotFoundError as exc:  # a torch-free install running --model: the figures need matplotlib, torch
+        print(f"predict.py: error: --plot needs the package {exc.name!r} (the test report's figure code), which is "
+              "not installed; leave --plot out or install imgclf with its training dependencies", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"predict.py: error: cannot write {exc.filename or args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return None
+
+
+def print_table(text: str) -> bool:
+    """Print the table; False when stdout was closed before all of it was read (``| head``).
+
+    The rest of the table is dropped quietly, as Unix tools do: stdout then points at /dev/null, so that
+    Python's own flush at exit cannot fail again with a second BrokenPipeError (the Python docs' recipe).
+    """
+    try:
+        print(text, flush=True)
+        return True
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return False
+
+
 def warn(message: str) -> None:
     print(f"predict.py: warning: {message}", file=sys.stderr)
 
@@ -301,29 +344,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             if len(pages[-1]) == PLOT_ROWS:
                 pages.append([])
             pages[-1].append((prediction, image))
-    print(table(predictions, names, args.min_confidence))
-    try:
-        if args.output is not None:
-            text = (to_json(predictions, names, predictor.checkpoint) if args.output.suffix.lower() == ".json"
-                    else to_csv(predictions, names, top_k))
-            write_text_atomic(args.output, text)
-            print(f"wrote {args.output}", file=sys.stderr)
-        if args.plot is not None and pages[0]:
-            args.plot.parent.mkdir(parents=True, exist_ok=True)
-            print(f"wrote {', '.join(map(str, plot(pages, names, args.plot)))}", file=sys.stderr)
-    except ModuleNotFoundError as exc:  # a torch-free install running --model: the figures need matplotlib, torch
-        print(f"predict.py: error: --plot needs the package {exc.name!r} (the test report's figure code), which is "
-              "not installed; leave --plot out or install imgclf with its training dependencies", file=sys.stderr)
-        return EXIT_USAGE
-    except OSError as exc:
-        print(f"predict.py: error: cannot write {exc.filename or args.output}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_USAGE
+    # the files first: a reader that leaves early (`| head`) must not cost the user the CSV
+    failed = write_outputs(args, predictor, predictions, pages, names, top_k)
+    shown = print_table(table(predictions, names, args.min_confidence))
+    if failed is not None:
+        return failed
     bad = [p for p in predictions if p.error is not None]
     low = sum(p.low_confidence for p in predictions)
     summary = f"{len(predictions) - len(bad)} image(s) classified with {predictor.checkpoint}"
     summary += f", {low} below --min-confidence {args.min_confidence:g}" if args.min_confidence is not None else ""
     summary += f"; {len(bad)} could not be read (ERROR rows)" if bad else ""
     print(summary, file=sys.stderr)
+    if not shown:
+        return EXIT_CLOSED_PIPE
     return EXIT_BAD_FILES if bad else 0
 
 
