@@ -5,8 +5,10 @@ and leakage), decodes and resizes the image to the working size. The result is a
 of shape (N, size, size, 3) (height, width, RGB: what Pillow wraps without a copy, so that
 augmentation can run in Pillow's C code) kept in memory or in a memory-mapped ``.npy`` file,
 plus a report
-(errors, original sizes, digests). Both are keyed by the file list (path, size, mtime), so a
-changed, added or removed file invalidates them, and by ``LOADER_VERSION``.
+(errors, original sizes, digests). Both are keyed by the file list and the SHA-1 of every file's
+bytes (not its size and mtime, which a rewrite can keep: RELIABILITY J4), so a changed, added or
+removed file invalidates them, and by ``LOADER_VERSION``. Reading every file for the key costs
+~35 ms for flowers5's 4,317 JPEGs in the page cache (``benchmarks/content_key.py``).
 
 Both also check themselves at every load, because a crash, a full disk or a stray ``dd`` can leave
 a file that still opens: each ``.npy`` has a ``.check.json`` record beside it (its size, shape and
@@ -65,15 +67,30 @@ def decode(path: str, image_size: int, resize: str = "squash") -> np.ndarray:
     return decode_bytes(data, path, image_size, resize)[0]
 
 
-def file_key(paths: Sequence[str]) -> str:
-    """A hash of the file list with each file's size and modification time."""
+def file_digest(path: str) -> str:
+    """SHA-1 of the file's bytes (what splits.csv records), or ``!<errno>`` for a file that cannot be read
+    (the decoding pass then reports it).
+
+    Raises:
+        DataError: the file is gone.
+    """
+    try:
+        with open(path, "rb") as f:  # one read: images are small (faster than hashlib.file_digest's chunks here)
+            return hashlib.sha1(f.read()).hexdigest()
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: {exc.strerror}; the file list changed while it was being read") from exc
+    except OSError as exc:
+        return f"!{exc.errno}"
+
+
+def file_key(paths: Sequence[str], digests: Sequence[str] | None = None) -> str:
+    """A hash of the file list and each file's content (``digests``: their :func:`file_digest`, read now if
+    None). Content, not (size, mtime): a rewritten image whose mtime was put back must not be served stale."""
+    digests = [file_digest(p) for p in paths] if digests is None else digests
     h = hashlib.sha256(f"imgclf-loader-{LOADER_VERSION}\n".encode())
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise DataError(f"{path}: {exc.strerror}; the file list changed while it was being read") from exc
-        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for path, digest in zip(paths, digests, strict=True):
+        # os.fsencode: a name that is not UTF-8 (held as surrogates) has no .encode() (RELIABILITY J9)
+        h.update(os.fsencode(path) + f"\0{digest}\n".encode())
     return h.hexdigest()[:24]
 
 
@@ -111,7 +128,8 @@ class DecodeCache:
         if not paths:
             empty = torch.empty((0, image_size or 1, image_size or 1, 3), dtype=torch.uint8)
             return (empty if image_size is not None and self.mode != "none" else None), FileReport([], {}, [], [])
-        key = file_key(paths)
+        digests = [file_digest(p) for p in paths]
+        key = file_key(paths, digests)
         keep = image_size is not None and self.mode != "none"
         report = self._read_report(key, paths)
         if report is not None and not keep:
@@ -122,7 +140,11 @@ class DecodeCache:
             if images is not None:
                 return images, report
         images, report = self._scan(paths, image_size if keep else None, resize, array_path, desc)
-        self._write_report(key, report)
+        moved = [p for p, before, now in zip(paths, digests, report.digests, strict=True) if now and now != before]
+        if moved:  # rewritten between the key's read and the decoding: no report, so the next run decodes again
+            log.warning("%s changed while it was being read; the cache will be rebuilt next time", moved[0])
+        else:
+            self._write_report(key, report)
         return images, report
 
     def _scan(self, paths: list[str], image_size: int | None, resize: str, array_path: Path | None, desc: str

@@ -1,0 +1,80 @@
+"""RELIABILITY J4, J9 and J11: files the user has every right to have. An image rewritten with its size
+and mtime put back, a file name that is not UTF-8, a cache folder that cannot be written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import imgclf.tasks as tasks
+from helpers import StopAfter, compose_cfg, draw, make_folder, read_csv, tiny_overrides
+from imgclf.cli import predict
+from imgclf.data.cache import DecodeCache, decode
+from imgclf.errors import DataError
+from imgclf.training.state import Interrupted
+
+
+def rewrite_keeping_stat(path: Path, kind: int, seed: int = 1) -> None:
+    """Rewrite the BMP at ``path`` with another picture of the same size, then put its times back
+    (``os.utime``): to ``stat``, nothing happened (J4)."""
+    before = path.stat()
+    draw(kind, np.random.default_rng(seed)).save(path, format="BMP")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def add_bmp(folder: Path, kind: int, name: str = "victim.bmp") -> Path:
+    """A 24x24 BMP (uncompressed: any other 24x24 picture has the same size in bytes)."""
+    path = folder / name
+    draw(kind, np.random.default_rng(0)).save(path, format="BMP")
+    return path
+
+
+# --- J4: an image rewritten with the same size and mtime ------------------------------------------------------
+
+
+def test_J4_the_disk_cache_sees_a_rewrite_that_kept_size_and_mtime(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path / "data", {"": 2})
+    paths = sorted(str(p) for p in folder.rglob("*.*"))
+    victim = add_bmp(folder / "circle", 0)
+    paths.append(str(victim))
+    cache = DecodeCache(tmp_path / "cache", mode="disk", progress=False)
+    first, report = cache.load(paths, 16)
+    rewrite_keeping_stat(victim, 2)
+    again, again_report = cache.load(paths, 16)
+    assert np.array_equal(again[-1].numpy(), decode(str(victim), 16)), "the old pixels were served"
+    assert not torch.equal(again[-1], first[-1]) and torch.equal(again[:-1], first[:-1])
+    assert again_report.digests[-1] != report.digests[-1]  # the SHA-1 compared with splits.csv's
+
+
+def test_J4_resume_refuses_and_test_py_scores_the_new_pixels_after_a_rewrite_that_kept_size_and_mtime(
+        tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    folder = make_folder(tmp_path / "data", {"train": 8, "val": 3, "test": 3})
+    train_victim = add_bmp(folder / "train" / "circle", 0)
+    test_victim = add_bmp(folder / "test" / "circle", 0)
+    args = tiny_overrides(tmp_path, folder, "epochs=2")
+    with pytest.raises(Interrupted):
+        tasks.train(compose_cfg("train", args), stop_signal=lambda: StopAfter(1))
+    rewrite_keeping_stat(train_victim, 1)
+    with pytest.raises(DataError, match=r"changed since.*victim\.bmp.*resuming would train on different data"):
+        tasks.train(compose_cfg("train", args))
+
+    tasks.train(compose_cfg("train", [*args, "overwrite=true"]))
+    tasks.test(compose_cfg("train", args))  # decodes the test split into the cache
+    rewrite_keeping_stat(test_victim, 1)
+    tasks.test(compose_cfg("train", args))
+    assert "changed since this experiment's splits.csv" in caplog.text and "victim.bmp" in caplog.text
+    exp = tmp_path / "experiments" / "tiny"
+    reported = next(r for r in read_csv(exp / "test" / "predictions.csv") if r["path"].endswith("victim.bmp"))
+    out = tmp_path / "predicted.csv"
+    assert predict.main([str(test_victim), "--checkpoint", str(exp / "best.pt"), "--output", str(out)]) == 0
+    capsys.readouterr()
+    predicted = read_csv(out)[0]
+    assert predicted["top1"] == reported["top1"]
+    assert float(predicted["p1"]) == pytest.approx(float(reported["p1"]), abs=1e-4)
