@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -23,6 +24,27 @@ def config_name(*, _root_: Any) -> str:
     if name is None:
         raise ValueError("the experiment name is unknown outside a Hydra run: set experiment=<name>")
     return name
+
+
+# A sweep job's folder name, in bytes: well under the 255 of most file systems (143 on eCryptfs), so that
+# `<sweep dir>/<job>/.hydra/train/<date>/overrides.yaml` and `runs/...` stay short paths too.
+JOB_NAME_BYTES = 120
+
+
+def job_subdir(num: Any, overrides: str) -> str:
+    """A sweep job's folder (``hydra.sweep.subdir``): ``<num>_<override_dirname>`` when that fits in
+    :data:`JOB_NAME_BYTES`, else its readable start and a hash of the full override string.
+
+    The name depends only on the job's number and overrides, so the same command with the same
+    ``hydra.sweep.dir`` finds its jobs again; the full overrides stay in the job's
+    ``.hydra/*/overrides.yaml`` and in the sweep's ``summary.csv``.
+    """
+    name = f"{num}_{overrides}"
+    if len(name.encode()) <= JOB_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(overrides.encode()).hexdigest()[:12]
+    start = name.replace("/", "_").encode()[: JOB_NAME_BYTES - len(digest) - 1].decode(errors="ignore")
+    return f"{start}-{digest}"
 
 
 def bookkeeping(*extra: str) -> list[str]:
@@ -47,3 +69,4 @@ def register() -> None:
     OmegaConf.register_new_resolver("imgclf.rank_suffix", rank_suffix, replace=True)
     OmegaConf.register_new_resolver("imgclf.config_name", config_name, replace=True)
     OmegaConf.register_new_resolver("imgclf.bookkeeping", bookkeeping, replace=True)
+    OmegaConf.register_new_resolver("imgclf.job_subdir", job_subdir, replace=True)
