@@ -78,3 +78,48 @@ def test_J4_resume_refuses_and_test_py_scores_the_new_pixels_after_a_rewrite_tha
     predicted = read_csv(out)[0]
     assert predicted["top1"] == reported["top1"]
     assert float(predicted["p1"]) == pytest.approx(float(reported["p1"]), abs=1e-4)
+
+
+# --- J11: a paths.cache that cannot be written -----------------------------------------------------------------
+
+
+def unwritable_cache(tmp_path: Path, how: str) -> Path:
+    """A ``paths.cache`` nobody can write. Tests run as root here, and root ignores permission bits, so a
+    read-only folder (chmod 0o500) is only tried as another user; a folder under a regular file fails for
+    everyone (NotADirectoryError at the mkdir), root included."""
+    if how == "under a file":
+        blocker = tmp_path / "not-a-folder"
+        blocker.write_text("a file where the cache folder's parent should be")
+        return blocker / "cache"
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a chmod 0o500 folder anyway; 'under a file' covers root")
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o500)
+    return folder / "cache"
+
+
+HOW = ["under a file", "read-only folder"]
+
+
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize("mode", ["memory", "none"])
+def test_J11_memory_and_none_train_and_test_with_an_unwritable_cache_and_never_create_it(
+        tmp_path: Path, tiny_folder: Path, mode: str, how: str) -> None:
+    cache = unwritable_cache(tmp_path, how)
+    args = tiny_overrides(tmp_path, tiny_folder, "epochs=1", f"loader.cache={mode}", f"paths.cache={cache}")
+    tasks.train(compose_cfg("train", args))
+    tasks.test(compose_cfg("train", args))
+    assert (tmp_path / "experiments" / "tiny" / "test" / "predictions.csv").exists()
+    assert not cache.exists()
+
+
+@pytest.mark.parametrize("how", HOW)
+def test_J11_the_disk_cache_in_an_unwritable_folder_is_one_clear_error(tmp_path: Path, tiny_folder: Path,
+                                                                       how: str) -> None:
+    cache = unwritable_cache(tmp_path, how)
+    args = tiny_overrides(tmp_path, tiny_folder, "epochs=1", f"paths.cache={cache}")
+    with pytest.raises(DataError) as error:
+        tasks.train(compose_cfg("train", args))
+    message = str(error.value)
+    assert str(cache) in message and "loader.cache=memory" in message and "paths.cache=" in message
+    assert "free" not in message  # not a full disk: no advice to free space

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -113,6 +114,7 @@ class DecodeCache:
         self.mode = mode if self.folder is not None or mode != "disk" else "memory"
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.progress = progress
+        self._writable = False  # the disk cache's folder was found writable
 
     def load(self, paths: Sequence[str], image_size: int | None, desc: str = "decode", resize: str = "squash"
              ) -> tuple[torch.Tensor | None, FileReport]:
@@ -124,6 +126,7 @@ class DecodeCache:
         """
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        self._check_writable()
         paths = list(paths)
         if not paths:
             empty = torch.empty((0, image_size or 1, image_size or 1, 3), dtype=torch.uint8)
@@ -190,6 +193,7 @@ class DecodeCache:
         """``compute()``, remembered on disk for this file list under ``name`` (JSON)."""
         if self.folder is None or not paths:
             return compute()
+        self._check_writable()
         path = self.folder / file_key(list(paths)) / f"{name}.json"
         try:
             return json.loads(path.read_text())
@@ -198,6 +202,23 @@ class DecodeCache:
         value = compute()
         write_text_atomic(path, json.dumps(value))
         return value
+
+    def _check_writable(self) -> None:
+        """Refuse, naming the folder, a disk cache whose folder cannot be created or written (once per cache:
+        then the first write fails here, not as a traceback from deep in a write)."""
+        if self.mode != "disk" or self._writable:
+            return
+        assert self.folder is not None
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.folder):
+                pass
+        except OSError as exc:
+            raise DataError(
+                f"{self.folder}: the decoded-image cache (paths.cache) cannot be written there "
+                f"({exc.strerror or exc}). Set paths.cache=<a folder you can write>, or loader.cache=memory to keep "
+                "the decoded images in memory (loader.cache=none: decode them as they are used)") from exc
+        self._writable = True
 
     def _array_path(self, key: str, image_size: int | None, resize: str) -> Path:
         assert self.folder is not None

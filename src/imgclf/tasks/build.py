@@ -150,5 +150,7 @@ def transform(node: Any) -> Any:
 
 
 def cache(cfg: DictConfig, mode: str | None = None) -> DecodeCache:
-    """The decoded-image cache the config describes (``mode`` overrides ``loader.cache``)."""
-    return DecodeCache(cfg.paths.cache, mode=mode or cfg.loader.cache, progress=cfg.progress)
+    """The decoded-image cache the config describes (``mode`` overrides ``loader.cache``). ``paths.cache`` is
+    used only with ``loader.cache=disk``: with memory or none it is never created, read or written (J11)."""
+    folder = cfg.paths.cache if cfg.loader.cache == "disk" else None
+    return DecodeCache(folder, mode=mode or cfg.loader.cache, progress=cfg.progress)
