@@ -3,6 +3,7 @@ pipe early (J6), class names that could be indices (J16), and `~` in paths and H
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, copy_trained, read_csv
+from imgclf.cli import predict
+from imgclf.experiment.checkpoint import load_checkpoint, save_atomic
 
 PIPE_BUFFER = 64 * 1024  # Linux's default pipe capacity
 
@@ -47,3 +50,58 @@ def test_J6_closed_stdout_keeps_the_output_file_whole_and_exits_like_unix_tools(
     assert len(rows) == 600 and all(r["error"] == "" and r["pred"] for r in rows)
     assert sum(len(r["path"]) for r in rows) > 2 * PIPE_BUFFER
     assert f"wrote {out}" in err and "600 image(s) classified" in err
+
+
+def numeric_classes(exp: Path, tmp_path: Path) -> Path:
+    """The trained checkpoint with class folders named 1, 10, 2 (sorted as text: index 1 is class 10)."""
+    payload = load_checkpoint(exp / "best.pt")
+    save_atomic({**payload, "class_names": ["1", "10", "2"], "display_names": {}}, tmp_path / "numeric.pt")
+    return tmp_path / "numeric.pt"
+
+
+def predicted_names(capsys, image: Path, checkpoint: Path, names: Path, *extra: str) -> tuple[int, dict, str]:
+    """predict.py's exit status, its JSON record of ``image`` (class -> shown name of each top-k entry), stderr."""
+    out = checkpoint.parent / "p.json"
+    out.unlink(missing_ok=True)
+    code = predict.main([str(image), "--checkpoint", str(checkpoint), "--category-names", str(names),
+                         "--output", str(out), *extra])
+    err = capsys.readouterr().err
+    if code != 0:
+        return code, {}, err
+    record = json.loads(out.read_text())["predictions"][0]
+    return code, {t["class"]: t["name"] for t in record["top_k"]}, err
+
+
+def test_J16_category_names_that_read_as_names_and_as_indices_are_refused_until_chosen(trained, tmp_path,
+                                                                                      capsys) -> None:
+    overrides, exp = trained
+    image = next((data_root(overrides) / "test").rglob("*.png"))
+    checkpoint = numeric_classes(exp, tmp_path)
+    by_index = tmp_path / "by_index.json"  # written for the class list: 0 -> "1", 1 -> "10", 2 -> "2"
+    by_index.write_text(json.dumps({"0": "one", "1": "ten", "2": "two"}))
+
+    code, _, err = predicted_names(capsys, image, checkpoint, by_index)
+    assert code == 2, "two readings that give different names: neither is guessed"
+    assert f"--category-names {by_index}: its keys are class names and class indices at once" in err
+    assert "key '1' is class '1' by name, class '10' by index" in err and "--category-keys index" in err
+
+    code, shown, _ = predicted_names(capsys, image, checkpoint, by_index, "--category-keys", "index")
+    assert code == 0 and shown == {"1": "one", "10": "ten", "2": "two"}
+    code, shown, err = predicted_names(capsys, image, checkpoint, by_index, "--category-keys", "name")
+    assert code == 0 and shown == {"1": "ten", "10": "10", "2": "two"} and "no name for 1 class(es) (10)" in err
+
+
+def test_J16_unambiguous_category_names_need_no_choice(trained, tmp_path, capsys) -> None:
+    overrides, exp = trained
+    image = next((data_root(overrides) / "test").rglob("*.png"))
+    checkpoint = numeric_classes(exp, tmp_path)
+    by_name = tmp_path / "by_name.json"  # every class folder named: key 10 is no index of 3 classes
+    by_name.write_text(json.dumps({"1": "one", "10": "ten", "2": "two"}))
+    assert predicted_names(capsys, image, checkpoint, by_name)[:2] == (0, {"1": "one", "10": "ten", "2": "two"})
+    with pytest.raises(SystemExit):  # an unknown reading is argparse's error
+        predict.main([str(image), "--checkpoint", str(checkpoint), "--category-keys", "position"])
+    assert "invalid choice: 'position'" in capsys.readouterr().err
+    bad_index = tmp_path / "bad_index.json"
+    bad_index.write_text(json.dumps({"0": "one", "3": "four"}))
+    code, _, err = predicted_names(capsys, image, checkpoint, bad_index, "--category-keys", "index")
+    assert code == 2 and "read by index, but the keys ['3'] are not class indices 0..2" in err

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from imgclf.experiment.atomic import csv_text, write_text_atomic
+from imgclf.data.class_names import KEY_READINGS, keyed_names
 from imgclf.data.folder import walk_images
 from imgclf.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, PREDICT_MAX_PIXELS
 from imgclf.cli.experiments import best_checkpoint
@@ -83,6 +84,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"classes to show per image (default {DEFAULT_TOP_K}, at most the class count)")
     parser.add_argument("--category-names", type=Path, metavar="JSON",
                         help="JSON object mapping class names (or class indices) to display names")
+    parser.add_argument("--category-keys", choices=KEY_READINGS, default="auto",
+                        help="how the keys of --category-names are read: name (class folder names), index (0-based "
+                             "positions in the checkpoint's class list) or auto (default): keys that are class names "
+                             "are names, keys that are all indices and no class name are indices, and keys that "
+                             "read both ways with different classes (numeric folders 1, 10, 2: key 1 is class 10 "
+                             "by index) are refused until you choose")
     parser.add_argument("--output", type=Path, metavar="FILE", help="write the predictions to a .csv or .json file")
     parser.add_argument("--plot", type=Path, metavar="PNG",
                         help=f"draw each image with a bar chart of its top-k ({PLOT_ROWS} per page: out.png, out-2.png, ...)")
@@ -150,8 +157,9 @@ def find_images(specs: Sequence[str]) -> tuple[list[str], list[Prediction]]:
     return list(files), missing
 
 
-def display_names(predictor: Any, mapping_file: Path | None) -> dict[str, str]:
-    """Class name -> display name: ``--category-names`` if given, else the checkpoint's own."""
+def display_names(predictor: Any, mapping_file: Path | None, keys: str = "auto") -> dict[str, str]:
+    """Class name -> display name: ``--category-names`` if given (its keys read as ``--category-keys`` says),
+    else the checkpoint's own."""
     if mapping_file is None:
         return dict(predictor.display_names)
     try:
@@ -162,12 +170,7 @@ def display_names(predictor: Any, mapping_file: Path | None) -> dict[str, str]:
         raise ImgclfError(f"--category-names {mapping_file}: expected a JSON object of names, "
                           'e.g. {"21": "fire lily", "3": "canterbury bells"}')
     classes = predictor.classes
-    names = {c: str(mapping[c]) for c in classes if c in mapping}
-    if not names and all(str(k).isdigit() and int(k) < len(classes) for k in mapping):
-        names = {classes[int(k)]: str(v) for k, v in mapping.items()}  # keyed by class index
-    if not names:
-        raise ImgclfError(f"--category-names {mapping_file}: no key is a class of the checkpoint "
-                          f"({', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''}) or a class index")
+    names = keyed_names({str(k): str(v) for k, v in mapping.items()}, classes, keys, f"--category-names {mapping_file}")
     unnamed = [c for c in classes if c not in names]
     if unnamed:
         warn(f"--category-names {mapping_file} has no name for {len(unnamed)} class(es) "
@@ -328,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         predictor = load_predictor(args)
-        names = display_names(predictor, args.category_names)
+        names = display_names(predictor, args.category_names, args.category_keys)
     except ImgclfError as exc:
         print(f"predict.py: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -92,3 +92,42 @@ def match(names: list[str], classes: list[str], where: str, kind: str = "train c
         else:
             unknown.append(spelled(name))
     return index, unknown
+
+
+# How the keys of a display-name mapping (predict.py --category-names) are read.
+KEY_READINGS = ("auto", "name", "index")
+
+
+def keyed_names(mapping: dict[str, str], classes: list[str], keys: str, what: str) -> dict[str, str]:
+    """Class name -> display name from ``mapping``, whose keys are class names or class indices.
+
+    ``keys="name"``: every key is a class name; ``"index"``: every key is a position in ``classes`` (0-based);
+    ``"auto"``: keys that are class names are read as names, and keys that are all indices, none of them a
+    class name, as indices. A mapping that reads both ways with different results (numeric class folders
+    ``1, 10, 2``: key ``"1"`` is class ``1`` by name but class ``10`` by index) is refused under ``auto``,
+    since either guess shows wrong names without a word; ``what`` names the mapping in the messages.
+    """
+    by_name = {c: mapping[c] for c in classes if c in mapping}
+    indices = all(k.isascii() and k.isdigit() and int(k) < len(classes) for k in mapping)
+    by_index = {classes[int(k)]: v for k, v in mapping.items()} if indices else {}
+    shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
+    if keys == "name":
+        chosen = by_name
+    elif keys == "index":
+        if not indices:
+            bad = [k for k in mapping if not (k.isascii() and k.isdigit() and int(k) < len(classes))]
+            raise DataError(f"{what}: read by index, but the keys {bad[:5]} are not class indices "
+                            f"0..{len(classes) - 1}")
+        chosen = by_index
+    elif by_name and by_index and by_name != by_index:
+        differ = [k for k in sorted(mapping, key=int) if classes[int(k)] != k]  # not empty: the readings differ
+        key = next((k for k in differ if k in by_name), differ[0])
+        by_name_is = f"class '{key}'" if key in by_name else "no class"
+        raise DataError(f"{what}: its keys are class names and class indices at once, and the two readings differ "
+                        f"(key '{key}' is {by_name_is} by name, class '{classes[int(key)]}' by index in the class order "
+                        f"{shown}); say which with --category-keys name or --category-keys index")
+    else:
+        chosen = by_name or by_index
+    if not chosen:
+        raise DataError(f"{what}: no key is one of the classes ({shown}) or a class index")
+    return chosen
