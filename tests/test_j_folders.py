@@ -3,12 +3,17 @@ names would pass the file system's 255 bytes, and an experiment folder that cann
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import read_csv, run_cli, tiny_overrides
+from helpers import ROOT, copy_trained, read_csv, run_cli, tiny_overrides
 from imgclf.tasks.resolvers import JOB_NAME_BYTES, job_subdir
 
 # ordinary overrides, long together: their override_dirname is about 400 bytes
@@ -54,3 +59,71 @@ def test_J10_grid_sweep_with_long_overrides_runs_and_reruns(tmp_path: Path, tiny
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert (again.stdout + again.stderr).count("already finished 1 epochs") == 2
     assert sorted(p for p in sweep.iterdir() if p.is_dir()) == jobs
+
+
+ReadOnly = Callable[[Path, list[str]], subprocess.CompletedProcess]
+# root ignores permission bits, so as root the folder is bind-mounted read-only onto itself, in a mount namespace
+# of the command's own (`unshare`): what the command sees is a read-only file system (EROFS), and nothing else does
+IN_READ_ONLY_MOUNT = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                      'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"']
+
+
+@pytest.fixture
+def read_only() -> Iterator[ReadOnly]:
+    """``run(folder, argv)``: the command ``argv`` run in ROOT with ``folder`` read-only, as a user runs it."""
+    chmodded: list[Path] = []
+    if os.geteuid() == 0:
+        probe = subprocess.run([*IN_READ_ONLY_MOUNT, str(ROOT), "true"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            pytest.skip(f"root ignores permission bits and cannot mount read-only here: {probe.stderr.strip()}")
+
+    def run(folder: Path, argv: list[str]) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+        if os.geteuid() == 0:
+            argv = [*IN_READ_ONLY_MOUNT, str(folder), *argv]
+        else:
+            folder.chmod(0o555)
+            chmodded.append(folder)
+        return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+    yield run
+    for folder in chmodded:
+        folder.chmod(0o755)
+
+
+def assert_one_message(done: subprocess.CompletedProcess, *names: str) -> None:
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    assert "Traceback" not in output and "Unable to configure handler" not in output, output[-3000:]
+    for name in names:
+        assert name in output, output[-3000:]
+
+
+def test_J12_train_into_a_read_only_experiments_folder_says_so(tmp_path: Path, tiny_folder: Path, read_only) -> None:
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    done = read_only(experiments, [sys.executable, "train.py", *tiny_overrides(tmp_path, tiny_folder)])
+    assert_one_message(done, f"cannot write to the experiment folder {experiments / 'tiny'}", "paths.experiments=")
+    assert not list(experiments.iterdir())
+
+
+def test_J12_a_file_where_the_experiment_folder_goes_is_named(tmp_path: Path, tiny_folder: Path) -> None:
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "tiny").write_text("not a folder")  # works for every user, root included
+    done = run_cli("train.py", *tiny_overrides(tmp_path, tiny_folder))
+    assert_one_message(done, f"{tmp_path / 'experiments' / 'tiny'} (a file, not a folder)")
+
+
+def test_J12_test_of_a_read_only_experiment_says_so(trained_tiny, tmp_path: Path, read_only) -> None:
+    overrides, exp = copy_trained(trained_tiny, tmp_path)
+    before = sorted(p.name for p in exp.iterdir())
+    done = read_only(exp, [sys.executable, "test.py", *overrides])
+    assert_one_message(done, f"cannot write to the experiment folder {exp}")
+    assert sorted(p.name for p in exp.iterdir()) == before
+
+
+def test_J12_export_of_a_read_only_experiment_says_so(trained_tiny, tmp_path: Path, read_only) -> None:
+    _, exp = copy_trained(trained_tiny, tmp_path)
+    done = read_only(exp, [shutil.which("imgclf-export") or "imgclf-export", "--checkpoint", str(exp / "best.pt")])
+    assert_one_message(done, f"the folder {exp} takes no files", "--output DIR")
+    assert not (exp / "export").exists()

@@ -34,6 +34,7 @@ from imgclf.deploy.parity import TOLERANCE, check_parity
 from imgclf.errors import ImgclfError
 from imgclf.experiment.atomic import pid_alive, write_text_atomic
 from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.experiment.writable import unwritable
 from imgclf.inference import Predictor
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,10 @@ def export(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx", tta: s
     check_exportable(predictor, payload, checkpoint)
     info = model_info(predictor, checkpoint, tta, max_pixels)
     module = Deployable(predictor.model, predictor.temperature).eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    problem = unwritable(out.parent)  # made if missing; the export is staged in it, then renamed
+    if problem is not None:
+        raise ExportError(f"cannot write the export {out}: the folder {out.parent} takes no files ({problem}). "
+                          "Make it writable, or export elsewhere: imgclf-export --output DIR")
     remove_orphan_staging(out.parent)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out.parent))
     try:
