@@ -37,6 +37,8 @@ def examine(splits: Splits, reports: dict[str, FileReport], *, root: str, bad_fi
         "bad_file_policy": bad_files,
         "ignored_by_extension": dict(sorted(splits.ignored.items())),
         "skipped": list(splits.skipped),  # links and special files passed over, named
+        "unused_folders": list(splits.unused),  # top-level folders of a split layout that are no split: not read
+        "carving": dict(splits.carving),  # split -> why a fraction carved no image of a class (its rounding)
         "duplicates": duplicates,
         "leakage": leakage,
     }
@@ -101,6 +103,9 @@ def _blocking(report: dict[str, Any]) -> list[str]:
     for name, n in report["usable"]["train"].items():
         if n == 0:
             reasons.append(f"class '{name}' has no usable training image")
+    if not sum(report["usable"]["val"].values()):
+        reasons.append("no val image" + (f": {report['carving']['val']}" if report.get("carving", {}).get("val")
+                                         else " (training needs a val/ folder or dataset.val_fraction > 0)"))
     return reasons
 
 
@@ -122,6 +127,8 @@ def format_report(report: dict[str, Any]) -> str:
     if report["ignored_by_extension"]:
         lines.append("ignored (not images): " + ", ".join(f"{ext} {n}" for ext, n in report["ignored_by_extension"].items()))
     _section(lines, "skipped links and special files", report.get("skipped", []))
+    _section(lines, "top-level folders not read (no split name)", report.get("unused_folders", []))
+    _section(lines, "splits carved without some class", list(report.get("carving", {}).values()))
     _section(lines, "unusable files", [f"[{b['split']}] {b['path']}: {b['reason']}" for b in report["bad_files"]])
     _section(lines, "identical files within a split", [" = ".join(g) for g in report["duplicates"]])
     _section(lines, "identical files in different splits (leakage)", [" = ".join(g) for g in report["leakage"]])

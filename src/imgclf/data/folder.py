@@ -1,7 +1,8 @@
 """Scan an image folder into one class list and train/val/test sample lists.
 
 Layouts found by looking at the folder:
-    root/train/<class>/*  [root/val|valid|validation/<class>/*]  [root/test/<class>/*]
+    root/train/<class>/*  [root/val/<class>/*]  [root/test/<class>/*]   (split names in any case and the
+                          common spellings: training, valid, validation, dev, testing; see ``layout``)
     root/<class>/*        (no split: all three are carved from it)
 Missing val/test splits are carved from train, stratified by class and seeded.
 """
@@ -13,17 +14,18 @@ import logging
 import os
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from imgclf.data.carving import shortfalls
 from imgclf.data.class_names import check_distinct, match
 from imgclf.data.images import IMAGE_EXTENSIONS
+from imgclf.data.layout import SPELLED, check_classes, describe_splits, find_splits, unused_folders
 from imgclf.data.walk import WalkNotes, skipped_dir, walk_files, walk_images  # noqa: F401  walk_images: predict's
-from imgclf.errors import DataError
+from imgclf.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 Sample = tuple[str, int]
 SHOWN_SKIPPED = 10
 
@@ -37,6 +39,8 @@ class Splits:
     ignored: Counter = field(default_factory=Counter)  # skipped files by extension or kind (dangling link...)
     layout: str = ""
     skipped: list[str] = field(default_factory=list)  # links and special files passed over, named
+    unused: list[str] = field(default_factory=list)  # top-level folders of a split layout that are no split
+    carving: dict[str, str] = field(default_factory=dict)  # split -> why a fraction carved no image of a class
 
     def counts(self) -> dict[str, int]:
         return {split: len(items) for split, items in self.samples.items()}
@@ -69,6 +73,7 @@ class FolderSource:
                  classes: list[str] | None = None) -> None:
         if val_from not in ("train", "test"):
             raise DataError(f"dataset.val_from={val_from!r}: expected train or test")
+        check_fractions(val_fraction, test_fraction)
         self.root = Path(root)
         self.num_classes = num_classes
         self.val_fraction = val_fraction
@@ -82,7 +87,7 @@ class FolderSource:
     def class_names(self) -> list[str]:
         """The class list (configured, or the train folder names), found without reading any image."""
         train_dir = self._split_dirs().get("train", self.root)
-        found = _class_dirs(train_dir)[0]
+        found = _class_dirs(train_dir, at_root=train_dir == self.root)[0]
         if self.classes is None:
             return found
         index, extra = match(found, self.classes, str(train_dir), kind="class of dataset.classes")
@@ -103,9 +108,16 @@ class FolderSource:
                  for name, folder in (split_dirs or {"train": self.root}).items()}
         _check_non_empty(found["train"], classes, train_dir, held)
         samples = self._carve(found)
-        layout = "splits " + "/".join(split_dirs) if split_dirs else "class folders, no split"
+        layout = describe_splits(split_dirs) if split_dirs else "class folders, no split"
         _log_notes(notes)
-        return Splits(classes, samples, notes.ignored, layout, notes.skipped)
+        unused = unused_folders(self.root, split_dirs)
+        if unused:
+            log.warning("%s: top-level folder(s) %s are not read: they are no split (split folders are named %s)",
+                        self.root, ", ".join(unused), SPELLED)
+        carving = self._shortfalls(found, samples, classes)
+        for note in carving.values():
+            log.warning("%s", note)
+        return Splits(classes, samples, notes.ignored, layout, notes.skipped, unused, carving)
 
     def _scan_split(self, folder: Path, classes: list[str], notes: WalkNotes,
                     held: dict[str, Counter]) -> list[Sample]:
@@ -134,15 +146,7 @@ class FolderSource:
         if not self.root.is_dir():
             what = "dataset folder not found" if not self.root.exists() else "dataset.root is not a folder"
             raise DataError(unusable_root(self.root, f"{what}: {self.root.resolve()} {describe(self.root)}"))
-        found = {}
-        for split, names in SPLIT_NAMES.items():
-            for name in names:
-                if (self.root / name).is_dir():
-                    found[split] = self.root / name
-                    break
-        if found and "train" not in found:
-            raise DataError(f"{self.root.resolve()} has {sorted(found)} folders but no train/ folder")
-        return found
+        return find_splits(self.root)
 
     def _carve(self, found: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
         if self.val_from == "test" and "val" not in found:
@@ -153,6 +157,15 @@ class FolderSource:
         wanted = {s: f for s, f in (("test", self.test_fraction), ("val", self.val_fraction)) if s not in found}
         carved, train = _stratified(found["train"], wanted, random.Random(self.split_seed))
         return {"train": train, **{s: found[s] if s in found else carved[s] for s in ("val", "test")}}
+
+    def _shortfalls(self, found: dict[str, list[Sample]], samples: dict[str, list[Sample]],
+                    classes: list[str]) -> dict[str, str]:
+        """Why a carved split got no image of some class (the fraction's rounding), by split."""
+        fractions = {"val": self.val_fraction, "test": self.test_fraction}
+        if self.val_from == "test" and "val" not in found:
+            return shortfalls(found["test"], samples, {"val": self.val_fraction}, classes, "test")
+        carved = {s: f for s, f in fractions.items() if s not in found}
+        return shortfalls(found["train"], samples, carved, classes, "train")
 
     def display_names(self) -> dict[str, str]:
         """Display names of the classes by folder name ({} when there is no names file)."""
@@ -188,7 +201,15 @@ def _stratified(samples: list[Sample], fractions: dict[str, float],
     return {split: sorted(items) for split, items in carved.items()}, sorted(rest)
 
 
-def _class_dirs(folder: Path) -> tuple[list[str], list[Path]]:
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Refuse fractions that together carve all of train (or more)."""
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(f"dataset.val_fraction={val_fraction:g} + dataset.test_fraction={test_fraction:g} = "
+                          f"{val_fraction + test_fraction:g}, which leaves nothing to train on: their sum must be "
+                          "below 1 (e.g. 0.15 + 0.15)")
+
+
+def _class_dirs(folder: Path, at_root: bool = False) -> tuple[list[str], list[Path]]:
     if not folder.is_dir():
         raise DataError(unusable_root(folder, f"{folder.resolve()} {describe(folder)}"))
     dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not skipped_dir(p.name))
@@ -196,11 +217,13 @@ def _class_dirs(folder: Path) -> tuple[list[str], list[Path]]:
         raise DataError(unusable_root(folder, f"{folder.resolve()} holds no class folders: it {describe(folder)}"))
     names = [p.name for p in dirs]
     check_distinct(names, folder)
+    check_classes(folder, dirs, at_root=at_root)
     return names, dirs
 
 
 LAYOUTS = ("ROOT/<class>/<image>                 (val and test are carved from it)\n"
-           "  ROOT/train/<class>/<image>           (+ optional ROOT/val/<class>/..., ROOT/test/<class>/...)")
+           "  ROOT/train/<class>/<image>           (+ optional ROOT/val/<class>/..., ROOT/test/<class>/...;\n"
+           "                                       also Train/, training/, valid/, Validation/, dev/, testing/...)")
 OWN_FOLDER = "python train.py -cn=transfer dataset.root=/path/to/photos"
 SHOWN_ENTRIES = 5
 
@@ -331,4 +354,4 @@ def remap(splits: Splits, classes: list[str]) -> Splits:
         log.warning("no folder for class '%s': it is evaluated without samples", missing)
     samples = {split: [(p, index[splits.classes[label]]) for p, label in items]
                for split, items in splits.samples.items()}
-    return Splits(list(classes), samples, splits.ignored, splits.layout, splits.skipped)
+    return replace(splits, classes=list(classes), samples=samples)

@@ -57,7 +57,9 @@ class ManifestSource(FolderSource):
                                 f"classes {classes}")
             found[split] = [(self._image_path(p), index[label]) for p, label in rows]
         _check_non_empty(found["train"], classes, self._path(self.files["train"]))
-        return Splits(classes, self._carve(found), Counter(), "manifests " + "/".join(self.files))
+        samples = self._carve(found)
+        return Splits(classes, samples, Counter(), "manifests " + "/".join(self.files),
+                      carving=self._shortfalls(found, samples, classes))
 
     def _split_dirs(self) -> dict[str, Path]:
         return {}  # not a folder layout

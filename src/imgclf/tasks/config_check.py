@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from imgclf.data.folder import check_fractions
 from imgclf.data.prepare import BAD_FILE_POLICIES
 from imgclf.errors import ConfigError
 from imgclf.models.classifier import TTA_MODES
@@ -64,6 +65,7 @@ def check_config(cfg: DictConfig) -> None:
     _choice(cfg, "loader.cache", ("disk", "memory", "none"))
     _fraction(cfg, "dataset.val_fraction")
     _fraction(cfg, "dataset.test_fraction")
+    check_fractions(cfg.dataset.val_fraction, cfg.dataset.test_fraction)
     _normalization(cfg)
     _trainer(cfg)
     _positive_number(cfg, "optimizer.lr")

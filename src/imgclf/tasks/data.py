@@ -104,7 +104,7 @@ def prepare(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: 
                   recorded=recorded if source.bad_files == "skip" else None)
     check_unchanged(recorded, loaded, refuse=True)
     if not loaded["val"].samples:
-        raise DataError(f"no validation images: {source.root} has no val/ folder and dataset.val_fraction is 0")
+        raise DataError(f"no validation images in {source.root}: {_why_no_val(source, found)}")
     health = examine(found, {n: s.report for n, s in loaded.items()}, root=str(source.root),
                      bad_files=source.bad_files)
     if writer:
@@ -113,6 +113,16 @@ def prepare(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: 
         log.info("data:\n%s", format_report(health))
         warn_about_leaks(health)
     return found, loaded
+
+
+def _why_no_val(source: FolderSource, found: Splits) -> str:
+    """Why the val split is empty: every file unusable, a fraction that rounds to 0 images, or no val at all."""
+    if found.samples.get("val"):
+        return "every val image is unusable (dataset.bad_files=skip left them out)"
+    if found.carving.get("val"):
+        return found.carving["val"]
+    return (f"no val/ folder and dataset.val_fraction={source.val_fraction:g}: set dataset.val_fraction "
+            "(e.g. 0.15) or add a val/ folder")
 
 
 def train_stats(cfg: DictConfig, train: LoadedSplit, size: SizeChoice) -> Stats:

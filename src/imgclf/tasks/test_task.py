@@ -123,8 +123,10 @@ def split_to_test(split: str, splits: Splits, source: FolderSource) -> str:
     if splits.samples.get(split):
         return split
     if split == "test" and splits.samples.get("val"):
-        log.warning("%s has no test split (no test/ folder and dataset.test_fraction=0): evaluating the "
-                    "val split instead, which also chose the best checkpoint, so expect optimistic numbers. "
-                    "Set dataset.test_fraction to carve a test split from train.", source.root)
+        why = splits.carving.get("test") or f"no test/ folder and dataset.test_fraction={source.test_fraction:g}" + (
+            ", which rounds to no image of the classes' sizes" if source.test_fraction else "")
+        log.warning("%s has no test split (%s): evaluating the val split instead, which also chose the best "
+                    "checkpoint, so expect optimistic numbers. Set dataset.test_fraction to carve a test split "
+                    "from train.", source.root, why)
         return "val"
     raise DataError(f"split '{split}' of {source.root} has no images; choose split=val, split=train or split=all")
