@@ -36,6 +36,14 @@ class Server:
     host: str = ""
     port: int = 0
     output: collections.deque = field(default_factory=lambda: collections.deque(maxlen=5000))
+    collector: threading.Thread | None = None
+
+    def wait(self, timeout: float) -> int:
+        """The exit status, once the process has ended and all its output is in :attr:`output` (bounded)."""
+        status = self.process.wait(timeout=timeout)
+        if self.collector is not None:
+            self.collector.join(timeout=timeout)
+        return status
 
     @property
     def url(self) -> str:
@@ -73,7 +81,8 @@ def start_server(*args: str, cwd: Path = ROOT, no_files: bool = False, timeout: 
     process = subprocess.Popen([sys.executable, "-m", "imgclf.cli.serve", *args, "--port", "0"], cwd=cwd, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec)
     server = Server(process)
-    threading.Thread(target=_collect, args=(server,), daemon=True).start()
+    server.collector = threading.Thread(target=_collect, args=(server,), daemon=True)
+    server.collector.start()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         found = next((STARTED.search(line) for line in list(server.output) if STARTED.search(line)), None)

@@ -10,7 +10,8 @@ more), GET /health says the server is up. Uploads are read into memory, never wr
 refused (4xx with a JSON message) over the byte limits or when an image would decode to more than
 --max-pixels (checked from its header, before decoding). The server listens on 127.0.0.1 only unless
 --host says otherwise; it has no authentication. Exit status 2: the command line or the model cannot
-be used; 1: the server could not start (e.g. the port is taken).
+be used; 1: the server could not start (e.g. the port is taken); 130 / 143: stopped by Ctrl-C / SIGTERM
+(after a graceful shutdown).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
@@ -28,7 +31,7 @@ from imgclf.errors import ImgclfError
 
 log = logging.getLogger("imgclf.serve")
 DEFAULT_HOST = "127.0.0.1"   # reachable from this machine only; --host 0.0.0.0 opens it to the network
-EXIT_START, EXIT_USAGE = 1, 2
+EXIT_START, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 MB = 1024 * 1024
 
 
@@ -95,7 +98,14 @@ def settings_of(args: argparse.Namespace):  # -> imgclf.serve.app.Settings (impo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        return _serve(parse_args(argv))
+    except KeyboardInterrupt:  # Ctrl-C before the server runs (loading the model): nothing to shut down
+        print("imgclf-serve: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     try:
         import uvicorn
@@ -122,8 +132,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                            limit_concurrency=args.max_connections, timeout_keep_alive=5,
                                            server_header=False, timeout_graceful_shutdown=5))
-    server.run()  # returns on Ctrl-C / SIGTERM after a graceful shutdown; exits 1 itself if it cannot bind
+    with _stop_signals(server) as received:
+        server.run()  # returns on Ctrl-C / SIGTERM after a graceful shutdown; exits 1 itself if it cannot bind
+    if received:
+        return 128 + received[0]  # 130 / 143, as train.py
     return 0 if server.started else EXIT_START
+
+
+@contextmanager
+def _stop_signals(server) -> Iterator[list[int]]:  # server: uvicorn.Server
+    """SIGINT and SIGTERM while ``server`` runs, recorded (in the yielded list) instead of raised.
+
+    Uvicorn handles both itself (a graceful shutdown), then puts back the handlers it found and raises
+    the signal again: Python's own would turn that into a KeyboardInterrupt traceback (asyncio's
+    runner) or a death by SIGTERM. These record it, and main returns 128 + the signal number.
+    """
+    received: list[int] = []
+
+    def remember(signum: int, _frame) -> None:
+        received.append(signum)
+        server.should_exit = True  # a signal before uvicorn's own handlers are in stops it all the same
+
+    previous = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _loopback(host: str) -> bool:
