@@ -2,16 +2,19 @@
 
     imgclf-serve (--experiment NAME | --model FILE) [--experiments DIR] [--host 127.0.0.1] [--port 8000]
                  [--min-confidence P] [--top-k K] [--max-upload-mb M] [--max-request-mb M] [--max-files N]
-                 [--max-pixels N] [--device auto]
+                 [--max-pixels N] [--body-timeout S] [--min-body-rate KB] [--body-grace S] [--device auto]
 
 --model takes a checkpoint (best.pt) or an ONNX export (model.onnx, served without torch). Open
 http://127.0.0.1:8000/ for the page; POST /predict takes multipart uploads (field "file", one or
 more), GET /health says the server is up. Uploads are read into memory, never written to disk, and
 refused (4xx with a JSON message) over the byte limits or when an image would decode to more than
 --max-pixels (checked from its header, before decoding). The server listens on 127.0.0.1 only unless
---host says otherwise; it has no authentication. Exit status 2: the command line or the model cannot
-be used; 1: the server could not start (e.g. the port is taken); 130 / 143: stopped by Ctrl-C / SIGTERM
-(after a graceful shutdown).
+--host says otherwise; it has no authentication. A request's body is read in full before it waits for
+one of the --max-active turns, and must arrive within --body-timeout seconds and, after --body-grace
+seconds, at --min-body-rate KB/s on average: a slower client is answered 408 and its connection
+closed, so clients that trickle their uploads never hold a turn. Exit status 2: the command line or
+the model cannot be used; 1: the server could not start (e.g. the port is taken); 130 / 143: stopped
+by Ctrl-C / SIGTERM (after a graceful shutdown).
 """
 
 from __future__ import annotations
@@ -55,7 +58,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-pixels", type=int, default=PREDICT_MAX_PIXELS, metavar="N",
                         help=f"refuse images that would decode to more pixels (default {PREDICT_MAX_PIXELS:_})")
     parser.add_argument("--max-active", type=int, default=4, metavar="N",
-                        help="requests read, decoded and classified at once; the others wait (default 4)")
+                        help="requests decoded and classified at once, once their bodies are in; the others "
+                             "wait (default 4)")
+    parser.add_argument("--body-timeout", type=float, default=120, metavar="S",
+                        help="seconds a request's whole body may take to arrive; slower: 408 (default 120)")
+    parser.add_argument("--min-body-rate", type=float, default=8, metavar="KB",
+                        help="KB/s a body must average after --body-grace; slower: 408 (default 8; 0: no rate)")
+    parser.add_argument("--body-grace", type=float, default=10, metavar="S",
+                        help="seconds before --min-body-rate counts (default 10)")
     parser.add_argument("--max-batch", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
     parser.add_argument("--max-connections", type=int, default=64, metavar="N",
                         help="open connections; more are answered 503 (default 64)")
@@ -75,6 +85,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(f"--port {args.port}: must be between 0 and 65535")
     if args.max_upload_mb <= 0 or (args.max_request_mb is not None and args.max_request_mb < args.max_upload_mb):
         parser.error("--max-upload-mb must be positive and --max-request-mb at least as large")
+    if args.body_timeout <= 0 or args.min_body_rate < 0 or args.body_grace < 0:
+        parser.error("--body-timeout must be positive, --min-body-rate and --body-grace at least 0")
     for name in ("top_k", "max_files", "max_active", "max_batch", "max_connections"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
@@ -89,12 +101,15 @@ def model_path(args: argparse.Namespace) -> Path:
 
 def settings_of(args: argparse.Namespace):  # -> imgclf.serve.app.Settings (imported with FastAPI, in main)
     from imgclf.serve.app import Settings
+    from imgclf.serve.pacing import Pace
     from imgclf.serve.uploads import Limits
 
     request_mb = args.max_request_mb if args.max_request_mb is not None else max(32.0, 3 * args.max_upload_mb)
     limits = Limits(max_file_bytes=int(args.max_upload_mb * MB), max_request_bytes=int(request_mb * MB),
                     max_files=args.max_files)
-    return Settings(top_k=args.top_k, min_confidence=args.min_confidence, limits=limits, max_active=args.max_active)
+    pace = Pace(timeout=args.body_timeout, min_rate=args.min_body_rate * 1024, grace=args.body_grace)
+    return Settings(top_k=args.top_k, min_confidence=args.min_confidence, limits=limits, max_active=args.max_active,
+                    pace=pace)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

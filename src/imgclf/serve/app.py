@@ -9,8 +9,13 @@
   above, or ``{"filename": str, "error": str, "status": 422}`` for a file that cannot be classified.
 * the whole request is refused (``{"detail": str}``) with 415 when it is not multipart, 400 when the
   body is malformed or truncated or has no ``file`` part, 413 over ``--max-upload-mb`` (a file),
-  ``--max-request-mb`` (the body, counted as it streams) or ``--max-files``, 503 when the server is
-  too busy to take it within ``queue_timeout`` seconds, and 500 (the server stays up) when the model fails.
+  ``--max-request-mb`` (the body, counted as it streams) or ``--max-files``, 408 (and the connection
+  closed) when the body comes slower than ``--body-timeout`` / ``--min-body-rate`` allow, 503 when the
+  server is too busy to take it within ``queue_timeout`` seconds or holds as many bytes of uploads as
+  it may, and 500 (the server stays up) when the model fails.
+
+A body is read before the request takes one of the ``max_active`` turns (see ``pacing.py``): a slow
+client never keeps a turn from a fast one.
 
 ``filename`` is the client's own name for the file, echoed as JSON data; it is never used as a path.
 """
@@ -31,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imgclf.errors import ImgclfError
 from imgclf.serve.model import top_k
+from imgclf.serve.pacing import BodyBudget, Pace, paced
 from imgclf.serve.uploads import Limits, Upload, UploadError, read_uploads
 from imgclf.serve.worker import Busy, ModelFailure, ModelWorker
 
@@ -48,14 +54,17 @@ class Settings:
     top_k: int = 5
     min_confidence: float | None = None
     limits: Limits = field(default_factory=Limits)
-    max_active: int = 4            # requests read, decoded and classified at once; the others wait their turn
+    max_active: int = 4            # requests decoded and classified at once; the others wait their turn
     queue_timeout: float = 30.0    # seconds a request may wait for its turn before a 503
+    pace: Pace = field(default_factory=Pace)   # how fast a body must come; it is read before the turn is taken
 
 
 def create_app(worker: ModelWorker, card: dict[str, Any], settings: Settings) -> FastAPI:
     """The ASGI app around a started-on-startup :class:`ModelWorker`."""
     page = _page_files()
     admission = asyncio.Semaphore(settings.max_active)
+    # the bodies in memory at once: what max_active bounded when they were read within a turn
+    budget = BodyBudget(settings.max_active * settings.limits.max_request_bytes)
     classes = list(worker.predictor.classes)
     k = min(settings.top_k, len(classes))
 
@@ -101,15 +110,24 @@ def create_app(worker: ModelWorker, card: dict[str, Any], settings: Settings) ->
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
+        share = budget.share()
+        try:  # the whole body first, under its pace; a turn only for a request that has all its files
+            body = paced(request.receive, settings.pace)
+            uploads = await read_uploads(dict(request.headers), body, settings.limits, hold=share.take)
+            return await answer(uploads)
+        except UploadError as exc:
+            # a 408's body is still coming: closing the connection is the only way to stop reading it
+            return _error(exc.status, str(exc), headers={"Connection": "close"} if exc.status == 408 else {})
+        finally:
+            share.release()
+
+    async def answer(uploads: list[Upload]) -> JSONResponse:
         try:
             await asyncio.wait_for(admission.acquire(), settings.queue_timeout)
         except asyncio.TimeoutError:  # TimeoutError itself only from Python 3.11
             return _error(503, f"the server is busy (no turn within {settings.queue_timeout:g} s); retry shortly")
         try:
-            uploads = await read_uploads(dict(request.headers), request.stream(), settings.limits)
             results = await _classify(worker, uploads, classes, k, settings.min_confidence)
-        except UploadError as exc:
-            return _error(exc.status, str(exc))
         except Busy as exc:
             return _error(503, str(exc))
         except ModelFailure as exc:
@@ -158,8 +176,8 @@ async def _decode(worker: ModelWorker, index: int, upload: Upload) -> Any:
         return f"cannot be read as an image ({type(exc).__name__})"
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"detail": message, **extra}, status_code=status, headers=NO_STORE)
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": message, **extra}, status_code=status, headers={**NO_STORE, **(headers or {})})
 
 
 def _page_files() -> dict[str, bytes]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
@@ -135,7 +135,8 @@ def boundary_of(content_type: str) -> bytes:
     return options[b"boundary"]
 
 
-async def read_uploads(headers: dict[str, str], body: AsyncIterator[bytes], limits: Limits) -> list[Upload]:
+async def read_uploads(headers: dict[str, str], body: AsyncIterator[bytes], limits: Limits,
+                       hold: Callable[[int], None] | None = None) -> list[Upload]:
     """The ``file`` parts of a multipart body, in upload order, each in memory.
 
     Args:
@@ -143,10 +144,13 @@ async def read_uploads(headers: dict[str, str], body: AsyncIterator[bytes], limi
         body: the body as it arrives (Starlette's ``request.stream()``).
         limits: the byte and file-count limits; the body is counted as it streams, whatever its
             ``Content-Length`` says.
+        hold: called with the size of each chunk before it is kept (the server's memory for bodies);
+            it may refuse it with an :class:`UploadError`.
 
     Raises:
-        UploadError: 415 not multipart; 413 over a limit (the rest of the body is drained first, up
-            to :data:`DRAIN_BYTES`); 400 a malformed or truncated body, or no ``file`` part.
+        UploadError: 415 not multipart; 413 over a limit, or what ``hold`` refuses (the rest of the
+            body is drained first, up to :data:`DRAIN_BYTES`); 400 a malformed or truncated body, or
+            no ``file`` part; what ``body`` raises (408 too slow).
     """
     boundary = boundary_of(headers.get("content-type", ""))
     declared = headers.get("content-length", "")
@@ -163,10 +167,12 @@ async def read_uploads(headers: dict[str, str], body: AsyncIterator[bytes], limi
             received += len(chunk)
             if received > limits.max_request_bytes:
                 raise _request_too_large(limits)
+            if hold is not None:
+                hold(len(chunk))
             parser.write(chunk)
         parser.finalize()
     except UploadError as exc:
-        if exc.status == 413:
+        if exc.status in (413, 503):  # refused for its size, not its pace: the client is waiting for the answer
             await _drain(body)
         raise
     except FormParserError as exc:
