@@ -37,6 +37,7 @@ from imgclf.data.folder import walk_images
 from imgclf.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, PREDICT_MAX_PIXELS
 from imgclf.cli.experiments import best_checkpoint
 from imgclf.errors import ImgclfError
+from imgclf.filenames import shown
 
 # imgclf.models.classifier.TTA_MODES, spelled out: importing that module imports torch, which --model must not
 # (tests/test_export.py keeps the two equal)
@@ -235,10 +236,10 @@ def table(predictions: Sequence[Prediction], names: dict[str, str], min_confiden
     """The terminal table: file, prediction, confidence, the other top-k classes."""
     def cells(p: Prediction) -> list[str]:
         if p.error is not None:
-            return [p.path, "ERROR", "", p.error]
+            return [shown(p.path), "ERROR", "", p.error]
         flag = f" (below {min_confidence:g})" if p.low_confidence else ""
         rest = ", ".join(f"{names.get(c, c)} {v:.1%}" for c, v in p.top[1:])
-        return [p.path, names.get(p.label, p.label), f"{p.confidence:.1%}{flag}", rest]
+        return [shown(p.path), names.get(p.label, p.label), f"{p.confidence:.1%}{flag}", rest]
 
     rows = [["file", "prediction", "confidence", "next"]] + [cells(p) for p in predictions]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -253,17 +254,17 @@ def to_csv(predictions: Sequence[Prediction], names: dict[str, str], top_k: int)
 
     def row(p: Prediction) -> list[str]:
         if p.error is not None:
-            return [p.path] + [""] * (len(header) - 2) + [p.error]
+            return [shown(p.path)] + [""] * (len(header) - 2) + [p.error]
         top = [cell for c, v in p.top for cell in (c, f"{v:.6f}")]
-        return [p.path, p.label, names.get(p.label, p.label), f"{p.confidence:.6f}", str(p.low_confidence).lower(),
-                *top, ""]
+        return [shown(p.path), p.label, names.get(p.label, p.label), f"{p.confidence:.6f}",
+                str(p.low_confidence).lower(), *top, ""]
 
     return csv_text(header, map(row, predictions))
 
 
 def to_json(predictions: Sequence[Prediction], names: dict[str, str], checkpoint: Path) -> str:
     """``{"checkpoint": ..., "predictions": [{path, pred, name, confidence, low_confidence, top_k, error}]}``."""
-    records = [{"path": p.path, "pred": p.label, "name": names.get(p.label, p.label) if p.label else None,
+    records = [{"path": shown(p.path), "pred": p.label, "name": names.get(p.label, p.label) if p.label else None,
                 "confidence": p.confidence, "low_confidence": p.low_confidence,
                 "top_k": [{"class": c, "name": names.get(c, c), "probability": v} for c, v in p.top],
                 "error": p.error} for p in predictions]
@@ -279,7 +280,7 @@ def plot(pages: Sequence[Sequence[tuple[Prediction, Any]]], names: dict[str, str
         out = path if number == 1 else path.with_name(f"{path.stem}-{number}{path.suffix}")
         images = [np.asarray(image).transpose(1, 2, 0) for _, image in page]  # torch tensor or numpy array
         tops = [[(names.get(c, c), v) for c, v in p.top] for p, _ in page]
-        captions = [Path(p.path).name + (" (low confidence)" if p.low_confidence else "") for p, _ in page]
+        captions = [shown(Path(p.path).name) + (" (low confidence)" if p.low_confidence else "") for p, _ in page]
         figures.save(figures.predictions_figure(images, tops, captions), out)
         written.append(out)
     return written

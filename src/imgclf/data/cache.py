@@ -40,6 +40,7 @@ from imgclf.experiment.atomic import remove_orphan_temps, write_atomic, write_te
 # decode_bytes lives in images.py (torch-free, shared with the ONNX predictor); imported from here too
 from imgclf.data.images import RESIZE_MODES, decode_bytes
 from imgclf.errors import DataError
+from imgclf.filenames import shown
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class DecodeCache:
         images, report = self._scan(paths, image_size if keep else None, resize, array_path, desc)
         moved = [p for p, before, now in zip(paths, digests, report.digests, strict=True) if now and now != before]
         if moved:  # rewritten between the key's read and the decoding: no report, so the next run decodes again
-            log.warning("%s changed while it was being read; the cache will be rebuilt next time", moved[0])
+            log.warning("%s changed while it was being read; the cache will be rebuilt next time", shown(moved[0]))
         else:
             self._write_report(key, report)
         return images, report

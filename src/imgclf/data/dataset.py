@@ -29,6 +29,7 @@ from imgclf.data.cache import decode
 from imgclf.data.images import Transform, serve
 from imgclf.data.sampler import EpochBatchSampler
 from imgclf.errors import DataError
+from imgclf.filenames import shown
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ class EpochLoader(DataLoader):
             log.warning("epoch %d: %d %s sample(s) could not be loaded and were left out (dataset.bad_files=skip)%s, "
                         "e.g. sample %d (%s): %s", epoch, self.dropped.samples, self.dataset.split or "data",
                         f"; {self.dropped.batches} batch(es) had no sample left" if self.dropped.batches else "",
-                        first.index, first.path, first.reason)
+                        first.index, shown(first.path), first.reason)
 
     def _drop(self, failed: list[SampleFailure], epoch: int) -> None:
         dataset = self.dataset

@@ -13,6 +13,7 @@ from typing import Any
 from imgclf.experiment.atomic import write_text_atomic
 from imgclf.data.cache import DecodeCache, FileReport
 from imgclf.data.folder import FolderSource, Splits
+from imgclf.filenames import shown_in
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def examine(splits: Splits, reports: dict[str, FileReport], *, root: str, bad_fi
     }
     report["usable"] = {name: _usable(splits, reports, name) for name in SPLITS}
     report["blocking"] = _blocking(report)
-    return report
+    return shown_in(report)  # a name that is not UTF-8 with its odd bytes as \\xNN: for JSON, logs, messages (J9)
 
 
 def diagnose(source: FolderSource, cache: DecodeCache, *, bad_files: str = "stop") -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from imgclf.data.folder import FolderSource, Sample, Splits, _check_non_empty
 from imgclf.errors import DataError, ImgclfError
+from imgclf.filenames import from_shown, shown
 
 ROWS = list[tuple[str, str]]
 
@@ -69,7 +70,7 @@ class ManifestSource(FolderSource):
         return path if path.is_absolute() else self.root / path
 
     def _image_path(self, name: str) -> str:
-        return str(self._path(name).resolve())
+        return from_shown(str(self._path(name).resolve()))  # a name that is not UTF-8, as write_manifests wrote it
 
     def _rows(self, split: str) -> ROWS:
         return read_manifest(self._path(self.files[split]))
@@ -123,8 +124,8 @@ def write_manifests(splits: Splits, out: Path, root: Path, fmt: str = "csv") -> 
     for split, samples in splits.samples.items():
         if not samples:
             continue
-        rows = [(str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p, splits.classes[label])
-                for p, label in samples]
+        rows = [(shown(str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p), splits.classes[label])
+                for p, label in samples]  # shown: a name that is not UTF-8 has its odd bytes as \\xNN
         path = out / f"{split}.{fmt}"
         if fmt == "json":
             path.write_text(json.dumps([{"path": p, "label": label} for p, label in rows], indent=1))

@@ -15,6 +15,7 @@ from imgclf.data.cache import DecodeCache, FileReport
 from imgclf.data.dataset import DecodedImages, LazyImages
 from imgclf.data.folder import Splits
 from imgclf.errors import DataError
+from imgclf.filenames import shown
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,13 @@ def load_splits(splits: Splits, cache: DecodeCache, image_size: int, *, names: t
         rows = report.good()
         loaded[name] = LoadedSplit([samples[i] for i in rows], rows, images, report, resize, name)
     if bad and bad_files == "stop":
-        listed = "\n  ".join(f"[{split}] {path}: {reason}" for split, path, reason in bad[:SHOWN])
+        listed = "\n  ".join(f"[{split}] {shown(path)}: {reason}" for split, path, reason in bad[:SHOWN])
         more = f"\n  ... and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
         raise DataError(f"{len(bad)} file(s) cannot be used:\n  {listed}{more}\n"
                         "fix or remove them, or set dataset.bad_files=skip to train without them")
     if bad:
-        log.warning("skipping %d unusable file(s) (dataset.bad_files=skip), e.g. %s: %s", len(bad), bad[0][1], bad[0][2])
+        log.warning("skipping %d unusable file(s) (dataset.bad_files=skip), e.g. %s: %s", len(bad), shown(bad[0][1]),
+                    bad[0][2])
     _check_classes_left(loaded, splits.classes)
     return loaded
 

@@ -11,18 +11,21 @@ from pathlib import Path
 from imgclf.experiment.atomic import write_text_atomic
 from imgclf.data.folder import Splits
 from imgclf.errors import DataError
+from imgclf.filenames import from_shown, shown
 
 FIELDS = ("path", "label", "split", "sha1")
 
 
 def write_splits(splits: Splits, path: str | Path, digests: dict[str, str] | None = None) -> None:
-    """Write one row per sample: path, class name, split, SHA-1 of the file (atomically)."""
+    """Write one row per sample: path, class name, split, SHA-1 of the file (atomically). A path that is not
+    UTF-8 is written with its odd bytes as ``\\xNN`` (:func:`imgclf.filenames.shown`), read back by
+    :func:`read_splits`."""
     digests = digests or {}
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(FIELDS)
     for split, samples in splits.samples.items():
-        writer.writerows((p, splits.classes[label], split, digests.get(p, "")) for p, label in samples)
+        writer.writerows((shown(p), splits.classes[label], split, digests.get(p, "")) for p, label in samples)
     content = text.getvalue()
     write_text_atomic(path, content)
     rows = sum(len(samples) for samples in splits.samples.values())
@@ -77,17 +80,18 @@ def read_splits(path: str | Path, classes: list[str], *, missing_ok: bool = Fals
             for number, row in enumerate(csv.DictReader(f), start=2):
                 if None in (row.get("path"), row.get("label"), row.get("split")):
                     raise DataError(f"{path}, line {number}: expected the columns {', '.join(FIELDS)}, got {row}")
-                digests[row["path"]] = row.get("sha1") or ""
+                name = from_shown(row["path"])  # the file itself, for a name that is not UTF-8
+                digests[name] = row.get("sha1") or ""
                 if row["label"] not in index:
                     raise DataError(f"{path}: class '{row['label']}' is not in the checkpoint's classes {classes}")
-                samples.setdefault(row["split"], []).append((row["path"], index[row["label"]]))
+                samples.setdefault(row["split"], []).append((name, index[row["label"]]))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path} is not a readable splits file ({type(exc).__name__}: {exc}); restore it from a "
                         "backup, or train the experiment again (overwrite=true)") from None
     missing = [] if missing_ok else [p for items in samples.values() for p, _ in items if not os.path.exists(p)]
     if missing:
         raise DataError(
-            f"{len(missing)} file(s) listed in {path} are gone, e.g. {missing[0]}; "
+            f"{len(missing)} file(s) listed in {path} are gone, e.g. {shown(missing[0])}; "
             "restore them or start a new experiment (or, to train, set dataset.bad_files=skip to resume without them)"
         )
     return Splits(list(classes), samples, layout=f"splits from {path}"), digests

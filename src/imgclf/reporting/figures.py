@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from imgclf.experiment.atomic import write_atomic
+from imgclf.filenames import shown
 from imgclf.reporting.statistics import Reliability, worst_mistakes
 
 ANNOTATE_UP_TO = 30  # classes; beyond that the cells are too small for numbers
@@ -84,7 +85,7 @@ def mistakes_figure(probs: torch.Tensor, labels: torch.Tensor, names: Sequence[s
     worst = worst_mistakes(probs, labels, count)
     confidence, preds = probs.max(1)
     captions = [f"true {names[int(labels[i])]}\npred {names[int(preds[i])]} ({float(confidence[i]):.0%})"
-                + (f"\n{Path(paths[i]).name}" if paths else "") for i in worst]
+                + (f"\n{shown(Path(paths[i]).name)}" if paths else "") for i in worst]  # Matplotlib: no surrogates
     return image_grid([picture(i) for i in worst], captions,
                       f"most confident mistakes ({len(worst)} of {int((preds != labels).sum())})")
 

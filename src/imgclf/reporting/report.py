@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgclf.filenames import shown
 from imgclf.reporting import figures, statistics
 from imgclf.experiment.atomic import csv_text, write_text_atomic
 from imgclf.training.engine import Outputs
@@ -117,8 +118,8 @@ def predictions_csv(result: SplitResult, probs: torch.Tensor, k: int) -> str:
     rows = []
     for n in range(len(result.outputs.labels)):
         guesses = [v for j in range(k) for v in (result.classes[int(top_i[n, j])], f"{float(top_p[n, j]):.6f}")]
-        rows.append([result.paths[n] if result.paths else n, result.classes[int(result.outputs.labels[n])], guesses[0],
-                     guesses[1], *guesses])
+        path = shown(result.paths[n]) if result.paths else n  # a name that is not UTF-8: its bytes as \\xNN
+        rows.append([path, result.classes[int(result.outputs.labels[n])], guesses[0], guesses[1], *guesses])
     return csv_text(header, rows)
 
 

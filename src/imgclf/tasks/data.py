@@ -20,6 +20,7 @@ from imgclf.data.splits_file import read_splits
 from imgclf.data.stats import channel_stats, class_weights
 from imgclf.training.distributed import SINGLE, Distributed
 from imgclf.errors import ConfigError, DataError
+from imgclf.filenames import shown
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier
 from imgclf.tasks import build
@@ -87,7 +88,8 @@ def check_unchanged(recorded: dict[str, str], loaded: dict[str, LoadedSplit], *,
     changed = [p for p in changed_files(recorded, digests_by_path(loaded)) if p in used]
     if not changed:
         return
-    message = f"{len(changed)} file(s) changed since this experiment's splits.csv was written, e.g. {changed[0]}"
+    message = (f"{len(changed)} file(s) changed since this experiment's splits.csv was written, "
+               f"e.g. {shown(changed[0])}")
     if refuse:
         raise DataError(message + "; resuming would train on different data: use experiment=<new name> or "
                         "overwrite=true, or set dataset.bad_files=skip to resume without the changed files")
