@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imgclf.errors import ImgclfError
+from imgclf.experiment.names import check_name
 
 
 def best_checkpoint(experiments: Path, name: str, instead: str) -> Path:
@@ -14,7 +15,7 @@ def best_checkpoint(experiments: Path, name: str, instead: str) -> Path:
     Args:
         instead: the options the message offers instead, e.g. ``--checkpoint FILE, --experiments-dir DIR``.
     """
-    path = experiments / name / "best.pt"
+    path = experiments / check_name(name, "--experiment ") / "best.pt"  # `..` or `a/b`: never outside `experiments`
     if path.is_file():
         return path
     there = sorted(p.parent.name for p in experiments.glob("*/best.pt")) if experiments.is_dir() else []

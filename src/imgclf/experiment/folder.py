@@ -35,12 +35,26 @@ def _remove_empty_parents(folder: Path, top: Path) -> None:
         folder = folder.parent
 
 
-class ExperimentDir:
-    """``experiments/<experiment>/`` and its TensorBoard folder ``runs/<experiment>/``."""
+def _inside(path: Path, top: Path) -> bool:
+    """Whether ``path`` is a folder strictly inside ``top``, both with their links resolved."""
+    path, top = path.resolve(), top.resolve()
+    return top in path.parents
 
-    def __init__(self, path: str | Path, tensorboard_dir: str | Path) -> None:
+
+class ExperimentDir:
+    """``experiments/<experiment>/`` and its TensorBoard folder ``runs/<experiment>/``.
+
+    Args:
+        experiments, runs: ``paths.experiments`` and ``paths.runs``, the folders these two must lie inside for
+            :meth:`clear` to delete anything (default: the folders that hold them).
+    """
+
+    def __init__(self, path: str | Path, tensorboard_dir: str | Path, *, experiments: str | Path | None = None,
+                 runs: str | Path | None = None) -> None:
         self.path = Path(path)
         self.tensorboard_dir = Path(tensorboard_dir)
+        self.experiments = Path(experiments) if experiments is not None else self.path.parent
+        self.runs = Path(runs) if runs is not None else self.tensorboard_dir.parent
         self.best = self.path / "best.pt"
         self.last = self.path / "last.pt"
         self.metrics = self.path / "metrics.jsonl"
@@ -56,18 +70,51 @@ class ExperimentDir:
 
     def clear(self) -> None:
         """Delete the results of a previous run (an explicit user choice: overwrite=true), if there are any.
-        Call it last: after the new run's config and data have been checked (RELIABILITY G5)."""
-        reports = [p for p in self.path.glob("test*") if p.is_dir()]
-        if not self.results() and not reports and not self.tensorboard_dir.exists():
+        Call it last: after the new run's config and data have been checked (RELIABILITY G5). Deletes nothing
+        outside this experiment's two folders (RELIABILITY J1): see :meth:`check_confined`."""
+        if not self.has_results():
             return
+        self.check_confined()
+        reports = self._reports()
         for path in self.results():
-            path.unlink()
+            path.unlink()  # a link is removed, not what it points to
         _remove_empty_parents(self.config_history, self.config_history)
-        for report in self.path.glob("test*"):  # test/, test_val/, test_<other data>/ ...
-            if report.is_dir():
+        for report in reports:  # test/, test_val/, test_<other data>/ ...
+            if report.is_symlink():
+                report.unlink()
+            else:
                 shutil.rmtree(report, ignore_errors=True)
-        shutil.rmtree(self.tensorboard_dir, ignore_errors=True)
+        if self.tensorboard_dir.is_symlink():
+            self.tensorboard_dir.unlink()
+        else:
+            shutil.rmtree(self.tensorboard_dir, ignore_errors=True)
         log.warning("overwrite=true: deleted the previous results in %s and %s", self.path, self.tensorboard_dir)
+
+    def _reports(self) -> list[Path]:
+        return [p for p in self.path.glob("test*") if p.is_dir()]
+
+    def has_results(self) -> bool:
+        """Whether :meth:`clear` has anything to delete."""
+        return bool(self.results() or self._reports()) or self.tensorboard_dir.exists()
+
+    def check_confined(self) -> None:
+        """Refuse (:class:`ExperimentError`) to delete this experiment's results unless its folder is inside
+        ``paths.experiments`` and its TensorBoard folder inside ``paths.runs``, links resolved, neither holding the
+        other: an experiment folder that is a link to elsewhere, or a name like ``..``, never gets a folder
+        outside its own deleted."""
+        folders = [(self.path, self.experiments, "paths.experiments"), (self.tensorboard_dir, self.runs, "paths.runs")]
+        if self.config_history.exists():
+            folders.append((self.config_history, self.path, "the experiment folder"))
+        for folder, top, name in folders:
+            if not _inside(folder, top):
+                raise ExperimentError(
+                    f"overwrite=true would delete results in {folder}, which is {folder.resolve()} once its links are "
+                    f"resolved: not a folder inside {name} ({top.resolve()}). Nothing was deleted; remove or move "
+                    f"{folder} yourself, or choose experiment=<new name>")
+        if self.path.resolve() == self.tensorboard_dir.resolve() or _inside(self.path, self.tensorboard_dir):
+            raise ExperimentError(f"overwrite=true would delete the TensorBoard folder {self.tensorboard_dir}, which "
+                                  f"holds the experiment folder {self.path}: set paths.runs and paths.experiments "
+                                  "to two separate folders")
 
     def record_config(self, config: dict[str, Any], epoch: int, step: int, saved: dict[str, Any] | None) -> Path:
         """Keep the config a run starts with as ``config_history/epoch-<E>-step-<S>.yaml`` (``config.yaml`` is
@@ -116,6 +163,8 @@ class ExperimentDir:
             return payload
         if overwrite:  # deleted by the caller, with clear(), once the new run's config and data are checked
             return None
+            if self.has_results():
+                self.check_confined()  # but refused now, before any data is read, if it would reach outside
         payload = self.latest_checkpoint() if resume == "auto" else None
         if payload is None and resume == "never" and self.results():
             raise ExperimentError(f"{self.path} already holds results {[p.name for p in self.results()]}; "

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from imgclf.errors import ConfigError
 from imgclf.experiment.folder import ExperimentDir
+from imgclf.experiment.names import check_name
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +42,39 @@ def project_root(cfg: DictConfig) -> Path:
 
 
 def experiment_dir(cfg: DictConfig) -> ExperimentDir:
-    """Hydra's output dir (one per run or sweep job); TensorBoard mirrors it under paths.runs."""
+    """Hydra's output dir (one per run or sweep job); TensorBoard mirrors it under paths.runs. ``experiment`` is
+    checked first: one folder name, so that neither folder lies outside paths.experiments / paths.runs (J1)."""
+    name = check_name(cfg.experiment)
     experiments = Path(cfg.paths.experiments)
-    path = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else experiments / cfg.experiment
+    path = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else experiments / name
     try:
         relative = path.resolve().relative_to(experiments.resolve())
     except ValueError:
-        relative = Path(cfg.experiment)
-    return ExperimentDir(path, Path(cfg.paths.runs) / relative)
+        relative = Path(name)
+    # what overwrite=true may delete lies inside paths.experiments, or inside the folder hydra.run.dir /
+    # hydra.sweep.dir put it in when they name a folder elsewhere
+    under = Path(os.path.abspath(experiments)) in Path(os.path.abspath(path)).parents
+    return ExperimentDir(path, Path(cfg.paths.runs) / relative, experiments=experiments if under else path.parent,
+                         runs=cfg.paths.runs)
+
+
+class ExperimentNameCheck(Callback):
+    """``hydra.callbacks``: refuse a bad ``experiment`` (``..``, ``a/b``, an empty ``$EXP``) before Hydra makes
+    ``hydra.run.dir`` / ``hydra.sweep.dir`` from it and writes its records and log there: one line, exit 1."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _name_or_exit(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _name_or_exit(config)
+
+
+def _name_or_exit(config: DictConfig) -> None:
+    try:
+        check_name(config.get("experiment"))
+    except ConfigError as exc:  # Hydra prints a traceback for an exception here, and logging is not set up yet
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def report_finished(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any]) -> float | None:

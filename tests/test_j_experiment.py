@@ -1,0 +1,111 @@
+"""RELIABILITY J1 and J3: the experiment a run writes, and what it deletes, is its own.
+
+J1: an experiment name that is not one folder name (``..``, an empty ``$EXP``, ``a/b``, ``../x``) is refused before
+any folder is made, and ``overwrite=true`` deletes nothing outside ``experiments/<name>/`` and ``runs/<name>/``, links
+resolved. J3: a finished or resumable experiment trained on another ``dataset.root`` is neither "nothing to do" nor
+continued: the run stops, naming both folders and the commands to use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import imgclf.tasks as tasks
+from helpers import compose_cfg, run_cli, tiny_overrides
+from imgclf.cli import predict
+from imgclf.cli.experiments import best_checkpoint
+from imgclf.errors import ConfigError, ExperimentError
+from imgclf.experiment.folder import ExperimentDir
+
+BAD_NAMES = ["..", "", "a/b", "../x", "."]
+
+
+def sentinel_tree(root: Path) -> dict[str, bytes]:
+    """A project around ``root/experiments`` and ``root/runs``: sources beside them, an earlier experiment whose
+    name starts with ``test`` and its TensorBoard run; every file and its content."""
+    files = {"keep.py": b"source", "tests/test_keep.py": b"a test", "experiments/test_old/best.pt": b"weights",
+             "experiments/test_old/test/metrics.json": b"{}", "runs/test_old/events.out": b"events",
+             "runs/keep.txt": b"keep"}
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+    return snapshot(root)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_J1_a_name_that_is_not_one_folder_is_refused_and_deletes_nothing(tmp_path: Path, tiny_folder: Path,
+                                                                          name: str) -> None:
+    before = sentinel_tree(tmp_path)
+    overrides = tiny_overrides(tmp_path, tiny_folder, f"experiment={name}", "overwrite=true", "epochs=1")
+    cfg = compose_cfg("train", overrides)
+    with pytest.raises(ConfigError, match=r"experiment='.*': .*one folder name under paths.experiments"):
+        tasks.train(cfg)
+    with pytest.raises(ConfigError, match=r"experiment='.*'"):
+        tasks.test(cfg)
+    assert snapshot(tmp_path) == before  # nothing deleted, nothing written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments", "keep.py", "runs", "tests"]
+
+
+def test_J1_train_py_refuses_a_bad_name_before_hydra_makes_a_folder(tmp_path: Path, tiny_folder: Path) -> None:
+    before = sentinel_tree(tmp_path)
+    done = run_cli("train.py", *tiny_overrides(tmp_path, tiny_folder, "experiment=..", "overwrite=true"), cwd=tmp_path,
+                   timeout=120)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert snapshot(tmp_path) == before  # no .hydra/ or train.log above experiments/, nothing deleted
+    assert "ConfigError: experiment='..': " in done.stderr and "Traceback" not in done.stderr
+
+
+def test_J1_overwrite_never_deletes_through_a_link_out_of_the_experiments_folder(tmp_path: Path,
+                                                                                  tiny_folder: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    for name in ("best.pt", "last.pt", "metrics.jsonl", "test/metrics.json", "notes.txt"):
+        (elsewhere / name).parent.mkdir(parents=True, exist_ok=True)
+        (elsewhere / name).write_text(name)
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "linked").symlink_to(elsewhere, target_is_directory=True)
+    before = snapshot(elsewhere)
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "experiment=linked", "overwrite=true", "epochs=1"))
+    with pytest.raises(ExperimentError, match=r"once its links are resolved: not a folder inside paths.experiments"):
+        tasks.train(cfg)
+    assert snapshot(elsewhere) == before
+
+
+def test_J1_clear_keeps_to_its_own_two_folders(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "history").mkdir(parents=True)
+    (outside / "history" / "epoch-0-step-0.yaml").write_text("kept")
+    (outside / "events.out").write_text("kept")
+    exp = ExperimentDir(tmp_path / "experiments" / "x", tmp_path / "runs" / "x", experiments=tmp_path / "experiments",
+                        runs=tmp_path / "runs")
+    exp.path.mkdir(parents=True)
+    exp.best.write_text("weights")
+    exp.tensorboard_dir.parent.mkdir()
+    exp.tensorboard_dir.symlink_to(outside, target_is_directory=True)  # runs/x -> outside
+    with pytest.raises(ExperimentError, match="not a folder inside paths.runs"):
+        exp.clear()
+    exp.tensorboard_dir.unlink()
+    exp.config_history.symlink_to(outside / "history", target_is_directory=True)  # config_history -> outside
+    with pytest.raises(ExperimentError, match="not a folder inside the experiment folder"):
+        exp.clear()
+    assert exp.best.exists() and snapshot(outside) == {"events.out": b"kept", "history/epoch-0-step-0.yaml": b"kept"}
+    exp.config_history.unlink()
+    exp.clear()  # its own folders: cleared
+    assert not exp.best.exists() and outside.exists()
+
+
+def test_J1_predict_export_and_serve_refuse_an_experiment_name_outside_the_folder(
+        tmp_path: Path, tiny_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "best.pt").write_bytes(b"not read")  # experiments/../best.pt: what `--experiment ..` would load
+    (tmp_path / "experiments").mkdir()
+    for name in BAD_NAMES:
+        with pytest.raises(ConfigError, match=r"--experiment '.*': "):
+            best_checkpoint(tmp_path / "experiments", name, "--checkpoint FILE")  # predict's, export's and serve's
+    image = next(tiny_folder.rglob("*.png"))
+    code = predict.main(["--experiment", "..", "--experiments-dir", str(tmp_path / "experiments"), str(image)])
+    assert code != 0 and "--experiment '..': " in capsys.readouterr().err
