@@ -162,9 +162,9 @@ class ExperimentDir:
                                       "replace them: choose experiment=<new name> or overwrite=true")
             return payload
         if overwrite:  # deleted by the caller, with clear(), once the new run's config and data are checked
-            return None
             if self.has_results():
                 self.check_confined()  # but refused now, before any data is read, if it would reach outside
+            return None
         payload = self.latest_checkpoint() if resume == "auto" else None
         if payload is None and resume == "never" and self.results():
             raise ExperimentError(f"{self.path} already holds results {[p.name for p in self.results()]}; "
