@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 import imgclf.tasks
-from imgclf.cli.exits import exit_on_error
+from imgclf.cli.exits import exit_on_error, override_hints
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -14,4 +14,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    with override_hints():  # Hydra rejects an unquoted ~ before main runs
+        main()

@@ -11,9 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from helpers import ROOT, copy_trained, read_csv
-from imgclf.cli import predict
+import imgclf.tasks as tasks
+from helpers import CONF, ROOT, compose_cfg, copy_trained, read_csv, run_cli, tiny_overrides
+from imgclf.cli import doctor, export, leaderboard, predict, serve
+from imgclf.cli.exits import tilde_hint
 from imgclf.experiment.checkpoint import load_checkpoint, save_atomic
 
 PIPE_BUFFER = 64 * 1024  # Linux's default pipe capacity
@@ -105,3 +109,79 @@ def test_J16_unambiguous_category_names_need_no_choice(trained, tmp_path, capsys
     bad_index.write_text(json.dumps({"0": "one", "3": "four"}))
     code, _, err = predicted_names(capsys, image, checkpoint, bad_index, "--category-keys", "index")
     assert code == 2 and "read by index, but the keys ['3'] are not class indices 0..2" in err
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HOME is ``tmp_path/home`` and the working directory ``tmp_path``: a path left unexpanded would make
+    ``tmp_path/~``."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    return tmp_path / "home"
+
+
+def test_J17_quoted_tilde_in_predict_paths_is_expanded(trained, home, tmp_path, capsys) -> None:
+    overrides, exp = trained
+    (home / "photos").mkdir()
+    image = next((data_root(overrides) / "test").rglob("*.png"))
+    shutil.copy(image, home / "photos" / "a.png")
+    shutil.copy(exp / "best.pt", home / "best.pt")
+    (home / "names.json").write_text(json.dumps({"circle": "Round", "square": "Box", "stripes": "Lines"}))
+
+    code = predict.main(["~/photos/a.png", "~/photos/*.png", "--checkpoint", "~/best.pt", "--category-names",
+                         "~/names.json", "--output", "~/p.csv", "--plot", "~/p.png"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    rows = read_csv(home / "p.csv")
+    assert [r["path"] for r in rows] == [str(home / "photos" / "a.png")]  # the pattern's match counted once
+    assert rows[0]["name"] in ("Round", "Box", "Lines") and (home / "p.png").is_file()
+    assert predict.main(["~/photos", "--experiment", "tiny", "--experiments-dir", str(exp.parent).replace(
+        str(tmp_path), "~/..", 1), "--output", "~/q.csv"]) == 0
+    assert len(read_csv(home / "q.csv")) == 1
+    assert not (tmp_path / "~").exists()
+
+
+def test_J17_path_options_of_the_other_programs_expand_tilde(trained, home, tmp_path, capsys) -> None:
+    _, exp = trained
+    args = export.parse_args(["--checkpoint", "~/best.pt", "--output", "~/out", "--experiments", "~/e"])
+    assert (args.checkpoint, args.output, args.experiments_dir) == (home / "best.pt", home / "out", home / "e")
+    args = serve.parse_args(["--model", "~/model.onnx", "--experiments", "~/e"])
+    assert (args.model, args.experiments) == (home / "model.onnx", home / "e")
+    args = doctor.parse_args(["~/data", "--json", "~/r.json", "--cache", "~/c", "--config-dir", "~/conf"])
+    assert (args.path, args.json, args.cache, args.config_dir) == (home / "data", home / "r.json", home / "c",
+                                                                    home / "conf")
+    assert doctor.parse_args(["-cn", "train", "~dataset.display_names"]).overrides == ["~dataset.display_names"]
+
+    shutil.copytree(exp.parent, home / "experiments")
+    assert leaderboard.main(["--experiments", "~/experiments"]) == 0
+    assert (home / "experiments" / "leaderboard.md").is_file() and not (tmp_path / "~").exists()
+    capsys.readouterr()
+
+
+def test_J17_unquoted_tilde_in_an_override_gets_a_hint_to_quote_it(capsys) -> None:
+    for script in ("train.py", "test.py"):
+        result = run_cli(script, "dataset.root=~/photos")
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert "LexerNoViableAltException: dataset.root=~/photos" in result.stderr  # Hydra's own message, then:
+        assert "hint: Hydra's override grammar takes no unquoted ~ (dataset.root=~/photos)" in result.stderr
+        assert "dataset.root=$HOME/photos" in result.stderr and "\"dataset.root='~/photos'\"" in result.stderr
+    assert tilde_hint(["dataset.root=[", "~dataset.display_names", "-cn=~x"]) == ""  # other errors, Hydra's delete
+
+    assert doctor.main(["-cn", "train", "paths.cache=~bob/a b"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "quote the value for Hydra inside the shell's quotes: \"paths.cache='~bob/a b'\"" in err
+
+
+def test_J17_quoted_tilde_in_dataset_and_paths_overrides_is_expanded(tiny_folder, home, tmp_path) -> None:
+    shutil.copytree(tiny_folder, home / "data")
+    overrides = [o for o in tiny_overrides(tmp_path, tiny_folder, "epochs=1")
+                 if not o.startswith(("dataset.root=", "paths."))]
+    overrides += ["dataset.root='~/data'", "paths.experiments='~/exps'", "paths.runs='~/runs'", "paths.cache='~/cache'"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # the folder Hydra makes for the run
+        hydra_cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    assert OmegaConf.select(hydra_cfg, "hydra.run.dir") == str(home / "exps" / "tiny")
+
+    tasks.train(compose_cfg("train", overrides))
+    assert (home / "exps" / "tiny" / "best.pt").is_file() and any((home / "runs" / "tiny").iterdir())
+    assert any((home / "cache").iterdir()) and not (tmp_path / "~").exists()

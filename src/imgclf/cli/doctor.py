@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from imgclf.cli.paths import user_path
 from imgclf.data.cache import DecodeCache
 from imgclf.data.doctor import diagnose, format_report, write_report
 from imgclf.data.folder import FolderSource
@@ -25,16 +26,16 @@ from imgclf.errors import ImgclfError
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="imgclf-doctor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("path", nargs="?", type=Path, help="dataset folder")
+    parser.add_argument("path", nargs="?", help="dataset folder")
     parser.add_argument("-cn", "--config-name", help="check the dataset of conf/<name>.yaml instead")
     parser.add_argument("overrides", nargs="*", help="config overrides (with -cn), e.g. dataset.root=/data")
-    parser.add_argument("--config-dir", type=Path, default=Path("conf"), help="where the configs are (default: conf)")
-    parser.add_argument("--json", type=Path, help="also write the report as JSON to this file")
+    parser.add_argument("--config-dir", type=user_path, default=Path("conf"), help="where the configs are (default: conf)")
+    parser.add_argument("--json", type=user_path, help="also write the report as JSON to this file")
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15)
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--bad-files", choices=BAD_FILE_POLICIES, default="stop")
-    parser.add_argument("--cache", type=Path, default=Path("~/.cache/imgclf"), help="where file reports are kept")
+    parser.add_argument("--cache", type=user_path, default=Path("~/.cache/imgclf"), help="where file reports are kept")
     args = parser.parse_args(argv)
     if args.config_name and args.path is not None:  # with -cn every positional is an override
         args.overrides, args.path = [str(args.path), *args.overrides], None
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("give a dataset folder or -cn <config name>")
     if args.path is not None and args.overrides:
         parser.error("overrides go with -cn")
+    args.path = None if args.path is None else user_path(args.path)  # not before: with -cn it is an override
     return args
 
 
@@ -68,14 +70,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _from_config(args: argparse.Namespace) -> dict:
     from hydra import compose, initialize_config_dir
+    from hydra.errors import OverrideParseException
 
     import imgclf.tasks as tasks
+    from imgclf.cli.exits import tilde_hint
 
     config_dir = args.config_dir.expanduser().resolve()
     if not (config_dir / f"{args.config_name}.yaml").is_file():
         raise ImgclfError(f"no config {args.config_name}.yaml in {config_dir}; use --config-dir")
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        cfg = compose(config_name=args.config_name, overrides=[f"experiment={args.config_name}", *args.overrides])
+        try:
+            cfg = compose(config_name=args.config_name, overrides=[f"experiment={args.config_name}", *args.overrides])
+        except OverrideParseException as exc:  # Hydra's grammar: one line, and how to quote a ~ it rejected
+            raise ImgclfError("\n".join(filter(None, [str(exc), tilde_hint(args.overrides)]))) from None
     return tasks.doctor(cfg, project_root=config_dir.parent)
 
 

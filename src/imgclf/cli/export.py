@@ -23,6 +23,7 @@ from pathlib import Path
 
 from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
 from imgclf.cli.experiments import best_checkpoint
+from imgclf.cli.paths import user_path
 from imgclf.errors import ImgclfError
 
 EXIT_FAILED = 1
@@ -36,14 +37,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", metavar="NAME", help="export <experiments-dir>/NAME/best.pt")
-    source.add_argument("--checkpoint", type=Path, metavar="FILE", help="a checkpoint file (best.pt, last.pt)")
-    parser.add_argument("--experiments-dir", "--experiments", type=Path, default=Path("experiments"), metavar="DIR",
+    source.add_argument("--checkpoint", type=user_path, metavar="FILE", help="a checkpoint file (best.pt, last.pt)")
+    parser.add_argument("--experiments-dir", "--experiments", type=user_path, default=Path("experiments"), metavar="DIR",
                         help="where --experiment looks (default: ./experiments)")
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
                         help="onnx (default; runs on onnxruntime without torch) or torchscript (torch.jit.load)")
     parser.add_argument("--tta", choices=TTA_MODES, default="none",
                         help="fold test-time augmentation into the model: flip averages each image and its mirror")
-    parser.add_argument("--output", type=Path, metavar="DIR",
+    parser.add_argument("--output", type=user_path, metavar="DIR",
                         help="the export folder (default: export/ beside best.pt, export-<name>/ for another file)")
     parser.add_argument("--exporter", choices=("auto", "dynamo", "legacy"), default="auto",
                         help="ONNX exporter: dynamo (torch.export, torch's default), legacy (TorchScript-based), "

@@ -57,6 +57,7 @@ from imgclf.experiment.atomic import pid_alive
 from imgclf.experiment.folder import read_pid
 from imgclf.sweeps.trial import PRUNED_KEY
 from imgclf.cli.leaderboard_table import Row, best_of, build, direction, flatten, sort_value, to_markdown
+from imgclf.cli.paths import user_path
 
 EXPERIMENT_FILES = ("config.yaml", "metrics.jsonl", "best.pt", "last.pt")
 BUFFER_NAMES = frozenset({"mean", "std", "num_batches_tracked"})  # and running_*
@@ -274,7 +275,7 @@ def write_leaderboard(folder: Path, rows: list[Row], sort: str | None) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="imgclf-leaderboard", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiments", type=Path, default=Path("experiments"),
+    parser.add_argument("--experiments", type=user_path, default=Path("experiments"),
                         help="folder of the experiments (default: ./experiments)")
     parser.add_argument("--sort", metavar="METRIC", default=None,
                         help="rank by test/<key> of test/metrics.json or a metrics.jsonl key "

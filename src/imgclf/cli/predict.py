@@ -36,6 +36,7 @@ from imgclf.data.class_names import KEY_READINGS, keyed_names
 from imgclf.data.folder import walk_images
 from imgclf.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, PREDICT_MAX_PIXELS
 from imgclf.cli.experiments import best_checkpoint
+from imgclf.cli.paths import user_path
 from imgclf.errors import ImgclfError
 from imgclf.filenames import shown
 
@@ -73,17 +74,18 @@ class Prediction:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="predict.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    parser.add_argument("paths", nargs="+", type=os.path.expanduser, metavar="PATH",
+                        help="image files, folders or glob patterns (~ expanded, quoted or not)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", metavar="NAME", help="use <experiments-dir>/NAME/best.pt")
-    source.add_argument("--checkpoint", type=Path, metavar="FILE", help="a checkpoint file (best.pt, last.pt)")
-    source.add_argument("--model", type=Path, metavar="ONNX",
+    source.add_argument("--checkpoint", type=user_path, metavar="FILE", help="a checkpoint file (best.pt, last.pt)")
+    source.add_argument("--model", type=user_path, metavar="ONNX",
                         help="a model.onnx written by imgclf-export: runs on onnxruntime, without torch")
-    parser.add_argument("--experiments-dir", type=Path, default=Path("experiments"), metavar="DIR",
+    parser.add_argument("--experiments-dir", type=user_path, default=Path("experiments"), metavar="DIR",
                         help="where --experiment looks (default: ./experiments)")
     parser.add_argument("--top-k", type=int, default=None, metavar="K",
                         help=f"classes to show per image (default {DEFAULT_TOP_K}, at most the class count)")
-    parser.add_argument("--category-names", type=Path, metavar="JSON",
+    parser.add_argument("--category-names", type=user_path, metavar="JSON",
                         help="JSON object mapping class names (or class indices) to display names")
     parser.add_argument("--category-keys", choices=KEY_READINGS, default="auto",
                         help="how the keys of --category-names are read: name (class folder names), index (0-based "
@@ -91,8 +93,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "are names, keys that are all indices and no class name are indices, and keys that "
                              "read both ways with different classes (numeric folders 1, 10, 2: key 1 is class 10 "
                              "by index) are refused until you choose")
-    parser.add_argument("--output", type=Path, metavar="FILE", help="write the predictions to a .csv or .json file")
-    parser.add_argument("--plot", type=Path, metavar="PNG",
+    parser.add_argument("--output", type=user_path, metavar="FILE", help="write the predictions to a .csv or .json file")
+    parser.add_argument("--plot", type=user_path, metavar="PNG",
                         help=f"draw each image with a bar chart of its top-k ({PLOT_ROWS} per page: out.png, out-2.png, ...)")
     parser.add_argument("--min-confidence", type=float, default=None, metavar="P",
                         help="flag predictions whose probability is below P (0..1)")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
 from imgclf.cli.experiments import best_checkpoint
+from imgclf.cli.paths import user_path
 from imgclf.errors import ImgclfError
 
 log = logging.getLogger("imgclf.serve")
@@ -43,8 +44,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", metavar="NAME", help="serve <experiments>/NAME/best.pt")
-    source.add_argument("--model", type=Path, metavar="FILE", help="a checkpoint (.pt) or an ONNX export (.onnx)")
-    parser.add_argument("--experiments", type=Path, default=Path("experiments"), metavar="DIR",
+    source.add_argument("--model", type=user_path, metavar="FILE", help="a checkpoint (.pt) or an ONNX export (.onnx)")
+    parser.add_argument("--experiments", type=user_path, default=Path("experiments"), metavar="DIR",
                         help="where --experiment looks (default: ./experiments)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free one)")

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImgclfError as exc:
         print(f"imgclf-split: {exc}", file=sys.stderr)
         return 1
-    for path in write_manifests(splits, args.out, root, args.format):
+    for path in write_manifests(splits, args.out.expanduser(), root, args.format):
         counts = Counter(splits.classes[label] for _, label in splits.samples[path.stem])
         print(f"{path}: {sum(counts.values())} images, " + ", ".join(f"{c} {n}" for c, n in sorted(counts.items())))
     return 0

@@ -6,6 +6,7 @@ Each key is validated here and only here; the lists of allowed words come from t
 
 from __future__ import annotations
 
+import os
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,16 @@ from imgclf.tasks.preprocess import AUTO, NORMALIZE
 MONITORS = {"val/acc": "max", "val/f1": "max", "val/loss": "min"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SPLITS = ("train", "val", "test", "all")
+
+
+def expand_user_paths(cfg: DictConfig) -> None:
+    """``~`` in the ``paths`` folders expanded in place, before any of them is used: a quoted override
+    (``paths.experiments='~/exp'``) reaches the config as written (``hydra.run.dir`` expands it with the
+    ``imgclf.user_path`` resolver; ``dataset.root`` is expanded where the data source is built)."""
+    for key in ("experiments", "runs", "cache", "project_root"):
+        value = cfg.paths.get(key)
+        if isinstance(value, str) and value.startswith("~"):
+            cfg.paths[key] = os.path.expanduser(value)
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -65,9 +66,16 @@ def rank_suffix() -> str:
     return f".rank{rank}" if rank else ""
 
 
+def user_path(path: Any) -> str:
+    """``path`` with ``~`` expanded: a quoted override (``paths.experiments='~/exp'``) reaches Hydra as written,
+    and ``hydra.run.dir`` made from it would otherwise be a folder named ``~`` in the working directory."""
+    return os.path.expanduser(str(path))
+
+
 def register() -> None:
     OmegaConf.register_new_resolver("imgclf.rank0", rank0, replace=True)
     OmegaConf.register_new_resolver("imgclf.rank_suffix", rank_suffix, replace=True)
     OmegaConf.register_new_resolver("imgclf.config_name", config_name, replace=True)
     OmegaConf.register_new_resolver("imgclf.bookkeeping", bookkeeping, replace=True)
     OmegaConf.register_new_resolver("imgclf.job_subdir", job_subdir, replace=True)
+    OmegaConf.register_new_resolver("imgclf.user_path", user_path, replace=True)

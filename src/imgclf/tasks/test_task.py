@@ -18,7 +18,7 @@ from imgclf.reporting import report
 from imgclf.runtime import resolve_device, tune_malloc
 from imgclf.tasks import build, data
 from imgclf.tasks.calibration import calibrate, load_weights, outputs
-from imgclf.tasks.config_check import check_config
+from imgclf.tasks.config_check import check_config, expand_user_paths
 from imgclf.tasks.experiment import config_name, experiment_dir
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     Raises:
         ImgclfError: no such checkpoint, split or data; the message says what to do.
     """
+    expand_user_paths(cfg)
     check_config(cfg)
     if cfg.tune_malloc:
         tune_malloc()

@@ -26,7 +26,7 @@ from imgclf.models.classifier import Classifier
 from imgclf.runtime import resolve_device, tune_malloc
 from imgclf.tasks import build, data, preprocess, ranks, sweep
 from imgclf.tasks.calibration import calibrate, load_weights
-from imgclf.tasks.config_check import check_config
+from imgclf.tasks.config_check import check_config, expand_user_paths
 from imgclf.tasks.experiment import experiment_dir, in_sweep, report_finished
 from imgclf.tasks.failures import training_error
 from imgclf.tasks.hparams import hparam_metrics, hparams
@@ -54,6 +54,7 @@ def train(cfg: DictConfig, *, stop_signal: StopSignal = StopOnSignal) -> float |
             cannot go on; the message names what and says what to do.
         Interrupted: stopped on request; run the same command again to resume.
     """
+    expand_user_paths(cfg)
     exp = experiment_dir(cfg)
     try:
         if in_sweep():  # a failed job keeps its folder and log: the sweep's summary points there
