@@ -8,16 +8,19 @@ continued: the run stops, naming both folders and the commands to use.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 import imgclf.tasks as tasks
-from helpers import compose_cfg, run_cli, tiny_overrides
+from helpers import StopAfter, compose_cfg, make_folder, run_cli, tiny_overrides
 from imgclf.cli import predict
 from imgclf.cli.experiments import best_checkpoint
 from imgclf.errors import ConfigError, ExperimentError
+from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.experiment.folder import ExperimentDir
+from imgclf.training.state import Interrupted
 
 BAD_NAMES = ["..", "", "a/b", "../x", "."]
 
@@ -109,3 +112,34 @@ def test_J1_predict_export_and_serve_refuse_an_experiment_name_outside_the_folde
     image = next(tiny_folder.rglob("*.png"))
     code = predict.main(["--experiment", "..", "--experiments-dir", str(tmp_path / "experiments"), str(image)])
     assert code != 0 and "--experiment '..': " in capsys.readouterr().err
+
+
+# --- J3 ------------------------------------------------------------------------------------------------------------
+
+
+def test_J3_a_finished_experiment_is_not_done_for_another_folder(tmp_path: Path) -> None:
+    photos = make_folder(tmp_path / "photos", {"train": 6, "val": 2, "test": 2})
+    other = make_folder(tmp_path / "other", {"train": 6, "val": 2, "test": 2}, classes=("cat", "dog", "owl"), seed=3)
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path, photos, "epochs=1")))
+    best = tmp_path / "experiments" / "tiny" / "best.pt"
+    stamp = best.read_bytes()
+    copy = Path(shutil.copytree(photos, tmp_path / "photos_copy"))  # the same images at another path
+    for root in (other, copy):
+        with pytest.raises(ExperimentError) as refused:
+            tasks.train(compose_cfg("train", tiny_overrides(tmp_path, root, "epochs=1")))
+        message = str(refused.value)
+        assert f"finished on other data (dataset.root: {photos.resolve()} -> {root.resolve()})" in message
+        assert f"dataset.root={root} experiment=tiny_{root.name}" in message and "overwrite=true" in message
+    assert best.read_bytes() == stamp  # not retrained, not called done
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path, other, "epochs=1", "experiment=tiny_other")))
+    assert load_checkpoint(tmp_path / "experiments" / "tiny_other" / "best.pt")["class_names"] == ["cat", "dog", "owl"]
+
+
+def test_J3_a_resumable_experiment_whose_folder_moved_names_dataset_root(tmp_path: Path) -> None:
+    photos = make_folder(tmp_path / "photos", {"train": 6, "val": 2, "test": 2})
+    with pytest.raises(Interrupted):
+        tasks.train(compose_cfg("train", tiny_overrides(tmp_path, photos, "epochs=2")),
+                    stop_signal=lambda: StopAfter(2))
+    moved = photos.rename(tmp_path / "moved")
+    with pytest.raises(ExperimentError, match=r"was started on other data \(dataset.root: .*photos -> .*moved\)"):
+        tasks.train(compose_cfg("train", tiny_overrides(tmp_path, moved, "epochs=2")))

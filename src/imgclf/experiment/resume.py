@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from imgclf.errors import ExperimentError
@@ -56,6 +57,30 @@ def compare_configs(saved: dict[str, Any], current: dict[str, Any]) -> tuple[lis
               if old.get(k) != new.get(k) and not _under(k, (*STRUCTURAL_KEYS, *UNWARNED_KEYS))
               and k.split(".", 1)[0] in sections]
     return refused, warned
+
+
+def trained_on(payload: dict[str, Any], project_root: Path) -> Path | None:
+    """The data folder a checkpoint's run read: its saved ``dataset.root`` (a relative one against
+    ``project_root``), links resolved; None for a checkpoint whose config names none."""
+    root = ((payload.get("config") or {}).get("dataset") or {}).get("root")
+    if root is None:
+        return None
+    path = Path(str(root)).expanduser()
+    return (path if path.is_absolute() else project_root / path).resolve()
+
+
+def data_change(payload: dict[str, Any], root: str | Path, classes: list[str], project_root: Path) -> str | None:
+    """How the data a checkpoint was trained on differs from ``root`` and its ``classes`` (RELIABILITY J3), or None.
+
+    The data is identified by the folder's resolved path, not its content: a folder moved or copied to another
+    path is other data too, since the experiment's splits.csv and reports name the files under the old one.
+    """
+    saved = trained_on(payload, project_root)
+    if saved is not None and saved != Path(root).expanduser().resolve():
+        return f"dataset.root: {saved} -> {Path(root).expanduser().resolve()}"
+    if list(payload["class_names"]) != list(classes):
+        return f"classes: {list(payload['class_names'])} -> {list(classes)} in {root}"
+    return None
 
 
 def check_classes(payload: dict[str, Any], classes: list[str]) -> None:

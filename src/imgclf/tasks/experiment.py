@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from imgclf.errors import ConfigError
+from imgclf.errors import ConfigError, ExperimentError
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.names import check_name
+from imgclf.experiment.resume import data_change, is_finished
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,33 @@ def _name_or_exit(config: DictConfig) -> None:
     except ConfigError as exc:  # Hydra prints a traceback for an exception here, and logging is not set up yet
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def check_same_data(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any], classes: list[str]) -> None:
+    """Refuse to call finished, or to continue, a checkpoint trained on other data than ``dataset.root`` (J3).
+
+    A stop rather than a new experiment named after the folder: where the outputs go never changes silently.
+    """
+    change = data_change(payload, cfg.dataset.root, classes, project_root(cfg))
+    if change is None:
+        return
+    own = str(cfg.resume) in ("auto", "never")
+    what = f"experiment '{cfg.experiment}' ({exp.path})" if own else f"the checkpoint resume={cfg.resume}"
+    done = "finished" if is_finished(payload, cfg.epochs) else "started"
+    command = f"python train.py -cn={config_name()} dataset.root={cfg.dataset.root}"
+    instead = (f"  or train '{cfg.experiment}' again on it, deleting its results:  {command} overwrite=true" if own
+               else "  or start from scratch or from a checkpoint trained on this data: another resume=")
+    raise ExperimentError(
+        f"{what} was {done} on other data ({change}), so it is neither done nor continued on "
+        f"dataset.root={cfg.dataset.root} (a folder moved or copied counts as other data).\n"
+        f"  train this data as its own experiment:  {command} "
+        f"experiment={suggested_name(cfg.experiment, Path(cfg.dataset.root).name)}\n{instead}")
+
+
+def suggested_name(experiment: str, folder: str) -> str:
+    """``<experiment>_<folder>``, made one valid folder name."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{experiment}_{folder}").strip("._") or "new_experiment"
+    return name[:100]
 
 
 def report_finished(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any]) -> float | None:

@@ -27,7 +27,7 @@ from imgclf.runtime import resolve_device, tune_malloc
 from imgclf.tasks import build, data, preprocess, ranks, sweep
 from imgclf.tasks.calibration import calibrate, load_weights
 from imgclf.tasks.config_check import check_config, expand_user_paths
-from imgclf.tasks.experiment import experiment_dir, in_sweep, report_finished
+from imgclf.tasks.experiment import check_same_data, experiment_dir, in_sweep, report_finished
 from imgclf.tasks.failures import training_error
 from imgclf.tasks.hparams import hparam_metrics, hparams
 from imgclf.training import distributed
@@ -83,6 +83,8 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
     with exp.lock() if group.is_main else nullcontext():  # rank 0 alone writes the experiment folder
         payload = group.broadcast_checkpoint(exp.resume_payload(str(cfg.resume), overwrite=cfg.overwrite)
                                              if group.is_main else None)
+        if payload is not None:  # a run on other data is neither done nor continued here (J3)
+            check_same_data(cfg, exp, payload, classes)
         if payload is not None and is_finished(payload, cfg.epochs):
             return report_finished(cfg, exp, payload)
         if payload is not None:
