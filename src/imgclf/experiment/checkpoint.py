@@ -8,7 +8,9 @@ a torn one. Every checkpoint holds only tensors and plain Python values and load
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import random
 import shutil
 import zipfile
@@ -44,6 +46,18 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
             "kept. Free some space (or write elsewhere: paths.experiments=<folder on a larger disk>), then run "
             "the same command to resume"
         ) from exc
+
+
+def file_stamp(path: str | Path) -> tuple[int, int, int, str]:
+    """What tells one version of a file from another: inode, size, mtime (ns) and SHA-256 of the content.
+    Every checkpoint write is a rename of a new file, so a replaced checkpoint never has the stamp of the old."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        info = os.fstat(f.fileno())
+        digest = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return info.st_ino, info.st_size, info.st_mtime_ns, digest.hexdigest()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -143,8 +143,9 @@ class ExperimentDir:
                 _remove_empty_parents(self.path.parent, experiments)
             raise
 
-    def lock(self) -> ExperimentLock:
-        return ExperimentLock(self.lock_file)
+    def lock(self, hint: str = "wait for it to finish or choose another experiment=<name>") -> ExperimentLock:
+        """The experiment's lock; ``hint``: what to do when another process holds it."""
+        return ExperimentLock(self.lock_file, hint)
 
     def resume_payload(self, resume: str, *, overwrite: bool) -> dict[str, Any] | None:
         """The checkpoint to resume from, or None to start fresh. Never destroys results silently.
@@ -196,8 +197,9 @@ class ExperimentLock:
     two runs never write the same experiment at once. The kernel releases it when its process dies, so a
     crashed run leaves no stale lock, and no other run can take it in the moment its pid is being written."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, hint: str = "wait for it to finish or choose another experiment=<name>") -> None:
         self.path = path
+        self.hint = hint
         self.fd: int | None = None
 
     def __enter__(self) -> ExperimentLock:
@@ -211,7 +213,7 @@ class ExperimentLock:
                 pid = read_pid(self.path)
                 raise ExperimentError(
                     f"{self.path.parent} is in use by process {pid if pid is not None else '(unknown)'} (lock file "
-                    f"{self.path}); wait for it to finish or choose another experiment=<name>") from None
+                    f"{self.path}); {self.hint}") from None
             if _same_file(fd, self.path):  # not a file that its holder unlinked just before we locked it
                 os.ftruncate(fd, 0)
                 os.write(fd, str(os.getpid()).encode())

@@ -13,7 +13,7 @@ from imgclf.data.preprocessing import Preprocessing
 from imgclf.data.dataset import make_loader
 from imgclf.data.splits_file import read_splits
 from imgclf.errors import CheckpointError, DataError
-from imgclf.experiment.checkpoint import save_atomic
+from imgclf.experiment.checkpoint import file_stamp, save_atomic
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier
 from imgclf.reporting.statistics import fit_temperature, nll
@@ -22,6 +22,9 @@ from imgclf.tasks.failures import evaluation_error
 from imgclf.training.validation import Outputs, collect
 
 log = logging.getLogger(__name__)
+
+LOCK_HINT = ("calibrate=true writes the experiment's checkpoint: wait for that run to finish, then run this "
+             "command again (or evaluate without calibrate=true)")
 
 
 def outputs(cfg: DictConfig, model: torch.nn.Module, dataset: Any, device: torch.device, desc: str) -> Outputs:
@@ -35,9 +38,31 @@ def outputs(cfg: DictConfig, model: torch.nn.Module, dataset: Any, device: torch
 
 
 def calibrate(cfg: DictConfig, exp: ExperimentDir, path: Path, payload: dict[str, Any], model: Classifier,
-              device: torch.device) -> dict[str, Any]:
+              device: torch.device, loaded: tuple[int, int, int, str]) -> dict[str, Any]:
     """Fit a temperature on the experiment's val split and store it in the checkpoint at ``path``;
-    returns the checkpoint with it."""
+    returns the checkpoint with it.
+
+    Call it holding the experiment's lock (:data:`LOCK_HINT` says what to do when a training run holds it).
+    ``payload`` is the checkpoint as read when ``path`` had the :func:`file_stamp` ``loaded``; it is written back
+    only while ``path`` is still that file, so a newer checkpoint saved since it was read is never rolled
+    back (RELIABILITY J5).
+    """
+    payload = _fit(cfg, exp, payload, model, device)
+    if file_stamp(path) != loaded:
+        raise CheckpointError(
+            f"{path} was replaced after this run read it (a training run saved a newer one?): storing the "
+            "temperature in the copy read earlier would roll it back, so nothing was written. Run the same "
+            "command again to calibrate the checkpoint that is there now")
+    save_atomic(payload, path)
+    calibration = payload["calibration"]
+    log.info("calibrated on %d val images: temperature %.3f, NLL %.4f -> %.4f; stored in %s",
+             calibration["samples"], payload["temperature"], calibration["nll_before"], calibration["nll_after"], path)
+    return payload
+
+
+def _fit(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any], model: Classifier,
+         device: torch.device) -> dict[str, Any]:
+    """``payload`` with the temperature fitted on the experiment's val split and how it was fitted."""
     if not exp.splits.exists():
         raise DataError(f"calibrate=true needs the experiment's val split, listed in {exp.splits}, which is missing")
     classes = list(payload["class_names"])
@@ -49,12 +74,8 @@ def calibrate(cfg: DictConfig, exp: ExperimentDir, path: Path, payload: dict[str
     found = outputs(cfg, model, data.serve(cfg, val, prep, cfg.augmentation.eval), device, desc="calibrate on val")
     temperature = fit_temperature(found.logits, found.labels)
     before, after = nll(found.logits, found.labels), nll(found.logits, found.labels, temperature)
-    payload = {**payload, "temperature": temperature,
-               "calibration": {"split": "val", "samples": len(found.labels), "nll_before": before, "nll_after": after}}
-    save_atomic(payload, path)
-    log.info("calibrated on %d val images: temperature %.3f, NLL %.4f -> %.4f; stored in %s",
-             len(found.labels), temperature, before, after, path)
-    return payload
+    return {**payload, "temperature": temperature,
+            "calibration": {"split": "val", "samples": len(found.labels), "nll_before": before, "nll_after": after}}
 
 
 def load_weights(model: torch.nn.Module, payload: dict[str, Any], path: Path) -> None:

@@ -12,12 +12,12 @@ from omegaconf import DictConfig
 from imgclf.data.folder import FolderSource, Splits
 from imgclf.data.preprocessing import Preprocessing
 from imgclf.errors import CheckpointError, DataError
-from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.experiment.checkpoint import file_stamp, load_checkpoint
 from imgclf.models.classifier import Classifier, with_tta
 from imgclf.reporting import report
 from imgclf.runtime import resolve_device, tune_malloc
 from imgclf.tasks import build, data
-from imgclf.tasks.calibration import calibrate, load_weights, outputs
+from imgclf.tasks.calibration import LOCK_HINT, calibrate, load_weights, outputs
 from imgclf.tasks.config_check import check_config, expand_user_paths
 from imgclf.tasks.experiment import config_name, experiment_dir
 
@@ -45,6 +45,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
             f"no checkpoint at {path.resolve()}: train it first with `python train.py -cn={config_name()}` "
             "(with the same overrides), or pass ckpt=<path to a .pt file>"
         )
+    stamp = file_stamp(path) if cfg.calibrate else None  # taken first: a file replaced while read is seen as changed
     payload = load_checkpoint(path)
     tag = checkpoint_tag(path, exp.path, exp.best)
     classes = list(payload["class_names"])
@@ -64,7 +65,8 @@ def test(cfg: DictConfig) -> dict[str, Any]:
         if path.resolve().parent != exp.path.resolve():
             raise CheckpointError(f"calibrate=true would write a temperature into {path.resolve()}, which is not a "
                                   f"checkpoint of experiment {exp.path.name}: calibrate it in its own experiment")
-        payload = calibrate(cfg, exp, path, payload, model, device)  # the temperature of the model as shipped
+        with exp.lock(LOCK_HINT):  # a training run of the experiment would replace the checkpoint
+            payload = calibrate(cfg, exp, path, payload, model, device, stamp)  # the temperature of the model shipped
     loaded = data.load(cfg, source, splits, (split,), prep)
     data.check_unchanged(recorded, loaded, refuse=False)
     dataset = data.serve(cfg, loaded[split], prep, cfg.augmentation.eval)

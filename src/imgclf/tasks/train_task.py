@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf.errors import ConfigError
-from imgclf.experiment.checkpoint import load_checkpoint, set_rng_states
+from imgclf.experiment.checkpoint import file_stamp, load_checkpoint, set_rng_states
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.resume import check_classes, check_resumable, is_finished
 from imgclf.experiment.run_log import BestFigures, RunLog
