@@ -254,7 +254,8 @@ def checkpoint_meta(cfg: DictConfig, display_names: dict[str, str], classes: lis
 
 
 def calibrate_best(cfg: DictConfig, exp: ExperimentDir, model: Classifier, device: torch.device) -> None:
-    """``calibrate=true``: fit a temperature for ``best.pt`` on val and store it there."""
+    """``calibrate=true``: fit a temperature for ``best.pt`` on val and store it there (under the run's lock)."""
+    stamp = file_stamp(exp.best)
     best = load_checkpoint(exp.best)
     load_weights(model, best, exp.best)
-    calibrate(cfg, exp, exp.best, best, model, device)
+    calibrate(cfg, exp, exp.best, best, model, device, stamp)
