@@ -64,13 +64,16 @@ def test_summarize_agrees_with_sklearn_and_its_zero_division_rule() -> None:
     assert out["per_class_f1"] == pytest.approx(f.tolist(), rel=1e-12, abs=0)
     assert out["per_class_support"] == support.tolist()
     assert out["per_class_precision"][NEVER_PREDICTED] == 0.0 and out["per_class_recall"][NO_SUPPORT] == 0.0
-    for average, suffix in (("macro", ""), ("weighted", "_weighted")):
-        expected = precision_recall_fscore_support(y, preds, labels=range(C), average=average, zero_division=0)
+    present = [c for c in range(C) if c not in (NO_SUPPORT, ABSENT)]  # the macro average is over these (J8)
+    assert out["absent_classes"] == [NO_SUPPORT, ABSENT]
+    for average, suffix, labels_ in (("macro", "", present), ("weighted", "_weighted", range(C))):
+        expected = precision_recall_fscore_support(y, preds, labels=labels_, average=average, zero_division=0)
         got = (out["precision" + suffix], out["recall" + suffix], out["f1" + suffix])
         assert got == pytest.approx(expected[:3], rel=1e-12, abs=1e-15)
-    # the macro average is over all 7 classes: torchmetrics' own macro drops the absent class
+    # torchmetrics' own macro drops only the class neither predicted nor present: it keeps NO_SUPPORT's 0
     dropping = float(multiclass_precision(logits.argmax(1), labels, C, average="macro", zero_division=0))
-    assert dropping == pytest.approx(out["precision"] * C / (C - 1)) and dropping != pytest.approx(out["precision"])
+    assert dropping == pytest.approx(out["precision"] * len(present) / (C - 1))
+    assert dropping != pytest.approx(out["precision"])
     cm = out["confusion_matrix"]
     assert cm.dtype == torch.int64 and cm.device.type == "cpu"
     assert cm.tolist() == sk_confusion_matrix(y, preds, labels=range(C)).tolist()

@@ -1,11 +1,14 @@
 """Classification metrics computed by torchmetrics: confusion matrix, accuracy, precision and
 recall (per class, macro and weighted), F1 from them, top-k accuracy and expected calibration error.
 
-The numbers follow scikit-learn's ``precision_recall_fscore_support(labels=range(C),
+The per-class numbers follow scikit-learn's ``precision_recall_fscore_support(labels=range(C),
 zero_division=0)``: a class that is never predicted has precision 0, a class without support has
-recall 0, and the macro average is the plain mean over all C classes. torchmetrics' own ``macro``
-leaves out classes absent from both predictions and targets, so it is taken per class
-(``average=None``) here and averaged over every class.
+recall 0. The macro average is the plain mean over the classes PRESENT in the evaluated split (support
+> 0), scikit-learn's ``average="macro"`` with ``labels=<those classes>``: a class with no image in the
+split has nothing to score, and averaging its zeros in would lower every macro score (RELIABILITY J8).
+torchmetrics has no such average (its ``macro`` leaves out only classes absent from both predictions and
+targets; ``ignore_index`` drops samples, not classes), so the scores are taken per class
+(``average=None``) here and averaged over the present classes; ``compute`` names the absent ones.
 
 Counts are accumulated on the device as int64; the scores are derived from them in float64 on the
 CPU (torchmetrics would divide in float32), so they are the same numbers as scikit-learn's.
@@ -82,6 +85,7 @@ class SplitMetrics:
             ``accuracy``, ``samples``, the macro averages ``precision``, ``recall``, ``f1``, the
             support-weighted ``precision_weighted``, ``recall_weighted``, ``f1_weighted``, the lists
             ``per_class_precision``, ``per_class_recall``, ``per_class_f1``, ``per_class_support``,
+            ``absent_classes``: indices of the classes without support (left out of the macro averages),
             and ``confusion_matrix``: (C, C) int64 on the CPU, rows true classes.
         """
         # A float64 copy on the CPU: the int64 counts convert exactly, and torchmetrics then divides
@@ -99,11 +103,14 @@ class SplitMetrics:
         denom = precision + recall
         f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(denom))
         out: dict[str, Any] = {"accuracy": float(exact["accuracy"]), "samples": int(total)}
+        present = support > 0
         for name, values in zip(PER_CLASS, (precision, recall, f1), strict=True):
-            out[name] = float(values.mean())  # over all C classes (see the module docstring)
+            # over the classes present in the split (see the module docstring); 0 for an empty split
+            out[name] = float(values[present].mean()) if present.any() else 0.0
             out[f"{name}_weighted"] = float((values * weights).sum())
             out[f"per_class_{name}"] = values.tolist()
         out["per_class_support"] = [int(s) for s in cm.sum(1).tolist()]
+        out["absent_classes"] = [i for i, s in enumerate(out["per_class_support"]) if s == 0]
         out["confusion_matrix"] = cm
         return out
 

@@ -84,11 +84,13 @@ def bootstrap_ci(preds: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
     """Percentile bootstrap intervals of accuracy and macro F1 over the evaluated samples.
 
     Returns ``{"accuracy": [low, high], "f1": [low, high]}``. The samples are resampled with
-    replacement ``resamples`` times (seeded, so a report is reproducible).
+    replacement ``resamples`` times (seeded, so a report is reproducible). F1 is averaged over the classes
+    present in the split, as ``metrics.SplitMetrics`` averages it.
     """
     n = len(labels)
     if n == 0:
         return {"accuracy": [0.0, 0.0], "f1": [0.0, 0.0]}
+    present = torch.bincount(labels, minlength=num_classes) > 0
     generator = torch.Generator().manual_seed(seed)
     accuracy, f1 = [], []
     for start in range(0, resamples, 100):  # chunks bound the memory: 100 x N indices at a time
@@ -104,7 +106,7 @@ def bootstrap_ci(preds: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
         f1_per_class = torch.where(precision + recall > 0,
                                    2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.zeros_like(tp))
         accuracy.append(tp.sum(1) / n)
-        f1.append(f1_per_class.mean(1))
+        f1.append(f1_per_class[:, present].mean(1))
     tail = (1 - level) / 2
     return {name: torch.quantile(torch.cat(values), torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
             for name, values in (("accuracy", accuracy), ("f1", f1))}

@@ -114,6 +114,7 @@ def prepare(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: 
         write_report(health, exp.path / "doctor.json")
         log.info("data:\n%s", format_report(health))
         warn_about_leaks(health)
+        warn_about_absent_classes(loaded["val"], classes)
     return found, loaded
 
 
@@ -125,6 +126,15 @@ def _why_no_val(source: FolderSource, found: Splits) -> str:
         return found.carving["val"]
     return (f"no val/ folder and dataset.val_fraction={source.val_fraction:g}: set dataset.val_fraction "
             "(e.g. 0.15) or add a val/ folder")
+
+
+def warn_about_absent_classes(val: LoadedSplit, classes: list[str]) -> None:
+    """Say once which classes val lacks: val/f1 (macro) averages the classes it has (RELIABILITY J8)."""
+    present = {label for _, label in val.samples}
+    absent = [name for i, name in enumerate(classes) if i not in present]
+    if absent:
+        log.warning("the val split has no images of %s: val/f1 averages the %d other classes", ", ".join(absent),
+                    len(classes) - len(absent))
 
 
 def train_stats(cfg: DictConfig, train: LoadedSplit, size: SizeChoice) -> Stats:
