@@ -17,6 +17,10 @@ class CheckpointError(ImgclfError):
     """A checkpoint cannot be written, read or used with this config."""
 
 
+class ReportError(ImgclfError):
+    """A test report cannot be written (a full disk, an unwritable folder); the previous one is kept."""
+
+
 class ExperimentError(ImgclfError):
     """The experiment directory is busy, finished or would be overwritten."""
 

@@ -3,7 +3,8 @@
 The temporary file sits in the target's own folder (``os.replace`` is only atomic within one
 file system) and starts with ``TMP_PREFIX``, so :func:`remove_orphan_temps` finds what a
 killed writer left behind. The file is flushed and fsynced before the rename, and the folder after
-it, so the rename itself survives a power cut.
+it, so the rename itself survives a power cut. A folder of files that belong together (a test report) is
+replaced the same way, as a whole: :func:`staged_folder`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import io
 import logging
 import os
 import re
+import secrets
+import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,6 +26,8 @@ log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
 _WRITER = re.compile(r"\.(\d+)\.[^.]+$")  # .tmp-<target name>.<pid>.<random>
+STAGING_PREFIX = ".staging-"
+_STAGED = re.compile(r"^\.staging-(.+)\.(\d+)\.(old-)?[^.]+$")  # .staging-<target>.<pid>.[old-]<random>
 
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], Any]) -> None:
@@ -130,3 +136,52 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+@contextmanager
+def staged_folder(target: str | Path) -> Iterator[Path]:
+    """A new, empty folder beside ``target`` to fill; when the block ends without an error it takes the place of
+    ``target`` as a whole (:func:`replace_folder`), else it is removed and ``target`` is left as it was. So
+    ``target`` is always one complete old or new version. The folders a killed writer left beside ``target``
+    are dealt with first (:func:`remove_orphan_staging`)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphan_staging(target.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{target.name}.{os.getpid()}.", dir=target.parent))
+    try:
+        yield staging
+        replace_folder(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when it became `target`
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Put the complete folder ``staging`` (its files written and fsynced) in place of ``target``: the old
+    ``target`` is renamed aside first and deleted only once the new one is in place; a kill between the two
+    renames leaves it aside, and the next :func:`remove_orphan_staging` puts it back."""
+    os.chmod(staging, 0o755)  # mkdtemp makes 0700 folders
+    fsync_dir(staging)
+    old = None
+    if target.exists():
+        old = target.with_name(f"{STAGING_PREFIX}{target.name}.{os.getpid()}.old-{secrets.token_hex(4)}")
+        os.replace(target, old)
+    os.replace(staging, target)
+    fsync_dir(target.parent)  # the renames themselves survive a power cut
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_orphan_staging(folder: str | Path) -> None:
+    """Clean up after :func:`staged_folder` writers that were killed (their pid is gone): a half-written new
+    folder is removed; an old folder renamed aside is put back when its target is missing, else removed."""
+    for path in sorted(Path(folder).glob(STAGING_PREFIX + "*")):
+        staged = _STAGED.match(path.name)
+        if staged is None or not path.is_dir() or pid_alive(int(staged.group(2))):
+            continue
+        target = path.with_name(staged.group(1))
+        if staged.group(3) and not target.exists():
+            os.replace(path, target)
+            log.warning("put %s back in place: a run that was replacing it was stopped", target)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed %s, left by a run that was stopped while writing %s", path, target)

@@ -137,7 +137,12 @@ def reliability_figure(rel: Reliability, calibrated: Reliability | None = None) 
     return fig
 
 
-def save(fig: Any, path: str | Path) -> None:
-    """Write ``fig`` as a PNG (atomically, so a kill leaves no torn file) and close it."""
+def save(fig: Any, path: str | Path, *, close: bool = True) -> None:
+    """Write ``fig`` as a PNG (atomically, so a kill leaves no torn file) and close it unless told not to."""
     write_atomic(path, lambda f: fig.savefig(f, dpi=110, format="png"))
+    if close:
+        _pyplot().close(fig)
+
+
+def close(fig: Any) -> None:
     _pyplot().close(fig)

@@ -7,7 +7,10 @@ Files: ``metrics.json``, ``per_class.csv``, ``confusion_matrix.csv`` and ``.png`
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgclf.errors import ReportError
 from imgclf.filenames import shown
 from imgclf.reporting import figures, statistics
-from imgclf.experiment.atomic import csv_text, write_text_atomic
+from imgclf.experiment.atomic import csv_text, staged_folder, write_text_atomic
 from imgclf.training.engine import Outputs
+from imgclf.reporting.events import EventFile
 from imgclf.reporting.metrics import calibration_error, summarize, topk_accuracy
+
+log = logging.getLogger(__name__)
 
 PER_CLASS = ("precision", "recall", "f1")
 
@@ -70,17 +77,62 @@ def compute(result: SplitResult, *, top_k: int, bootstrap: int) -> tuple[dict[st
         name: {**{m: summary[f"per_class_{m}"][i] for m in PER_CLASS}, "support": summary["per_class_support"][i]}
         for i, name in enumerate(result.classes)
     }
+    absent = [result.classes[i] for i in summary["absent_classes"]]  # nothing to score: not in the macro averages
     metrics.update(confusion_matrix=summary["confusion_matrix"].tolist(), classes=result.classes,
-                   display_names=result.display_names)
+                   display_names=result.display_names, absent_classes=absent,
+                   macro_average_over=[c for c in result.classes if c not in absent])
     return metrics, probs
 
 
 def write(folder: str | Path, result: SplitResult, *, top_k: int = 5, bootstrap: int = 1000, mistakes: int = 16,
           tensorboard: str | Path | None = None, step: int = 0) -> dict[str, Any]:
     """Write every report file to ``folder`` (and, given ``tensorboard``, add the split's metrics,
-    PR curves and figures to that run at ``step``); return metrics.json's content."""
+    PR curves and figures to that run at ``step``); return metrics.json's content.
+
+    The files are written to a folder beside ``folder`` that replaces it only once they all are (and the
+    TensorBoard file is): ``folder`` holds one whole report, the previous one or this one (RELIABILITY J7).
+
+    Raises:
+        ReportError: a file could not be written (a full disk); ``folder`` is left as it was.
+    """
     folder = Path(folder)
     metrics, probs = compute(result, top_k=top_k, bootstrap=bootstrap)
+    if metrics["absent_classes"]:
+        log.warning("the %s split has no images of %s: its macro precision, recall and F1 average the %d classes "
+                    "present", metrics.get("split", ""), ", ".join(metrics["absent_classes"]),
+                    len(metrics["macro_average_over"]))
+    pics = pictures(result, probs, torch.tensor(metrics["confusion_matrix"]), mistakes)
+    try:
+        with staged_folder(folder) as staging:
+            write_files(staging, metrics, result, probs, pics, top_k=top_k)
+            if tensorboard is not None:
+                try:
+                    log_to_tensorboard(tensorboard, metrics, result, probs, pics, step)
+                except OSError as exc:
+                    raise not_written(exc, Path(tensorboard), folder) from exc
+    except OSError as exc:
+        raise not_written(exc, folder, folder) from exc
+    finally:
+        for fig in pics.values():
+            figures.close(fig)
+    return metrics
+
+
+def not_written(exc: OSError, path: Path, report: Path) -> ReportError:
+    """The error of a write to ``path`` that failed (with the free space there when it ran out); the report
+    folder ``report`` is the old one."""
+    said = f"could not write {path}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        place = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+        said += (f" ({shutil.disk_usage(place).free / 2**20:.0f} MiB free in {place}; the file size limit of this "
+                 "process may be lower: ulimit -f)")
+    return ReportError(f"{said}; {report} is left as it was. Free some space or make it writable (or write "
+                       "elsewhere: paths.experiments=..., paths.runs=...), then run the same command again")
+
+
+def write_files(folder: Path, metrics: dict[str, Any], result: SplitResult, probs: torch.Tensor,
+                pics: dict[str, Any], *, top_k: int) -> None:
+    """Every report file in ``folder`` (the figures are left open)."""
     write_text_atomic(folder / "metrics.json", json.dumps(metrics, indent=2))
     write_text_atomic(folder / "per_class.csv", csv_text(
         ["class", "name", *PER_CLASS, "support"],
@@ -90,13 +142,9 @@ def write(folder: str | Path, result: SplitResult, *, top_k: int = 5, bootstrap:
     write_text_atomic(folder / "confusion_matrix.csv", csv_text(
         ["true \\ predicted", *result.classes], [[c, *row] for c, row in zip(result.classes, cm.tolist(), strict=True)]))
     write_text_atomic(folder / "predictions.csv", predictions_csv(result, probs, min(top_k, len(result.classes))))
-    pics = pictures(result, probs, cm, mistakes)
-    if tensorboard is not None:
-        log_to_tensorboard(tensorboard, metrics, result, probs, pics, step)
     for name, fig in pics.items():
-        figures.save(fig, folder / f"{name}.png")
+        figures.save(fig, folder / f"{name}.png", close=False)
     write_text_atomic(folder / "report.md", markdown(metrics, result))
-    return metrics
 
 
 def pictures(result: SplitResult, probs: torch.Tensor, cm: torch.Tensor, mistakes: int) -> dict[str, Any]:
@@ -129,6 +177,9 @@ def headline(metrics: dict[str, Any]) -> list[str]:
              f"macro F1 {metrics['f1']:.4f}" + _ci(metrics, "f1_ci")]
     if "top_k_accuracy" in metrics:
         lines.append(f"top-{metrics['top_k']} accuracy {metrics['top_k_accuracy']:.4f}")
+    if metrics.get("absent_classes"):
+        lines.append(f"macro precision, recall and F1 average the {len(metrics['macro_average_over'])} classes "
+                     f"present; no images of {', '.join(metrics['absent_classes'])} in this split")
     calibration = f"ECE {metrics['ece']:.4f}, NLL {metrics['nll']:.4f}"
     if "ece_uncalibrated" in metrics:
         calibration += (f" at temperature {metrics['temperature']:.3f} (uncalibrated: ECE "
@@ -202,15 +253,19 @@ every prediction with its top-{min(metrics.get('top_k', len(result.classes)), le
 
 def log_to_tensorboard(folder: str | Path, metrics: dict[str, Any], result: SplitResult, probs: torch.Tensor,
                        pics: dict[str, Any], step: int) -> None:
-    """Add the split's metrics, per-class PR curves and the report's figures to the experiment's run."""
-    from torch.utils.tensorboard import SummaryWriter
+    """Add the split's metrics, per-class PR curves and the report's figures to the experiment's run, as one
+    event file written whole (:class:`events.EventFile`).
 
+    Raises:
+        OSError: the event file could not be written; none is left.
+    """
     split = metrics["split"]
-    with SummaryWriter(str(folder)) as writer:
-        for key in ("accuracy", "precision", "recall", "f1", "loss", "ece", "top_k_accuracy"):
-            if key in metrics:
-                writer.add_scalar(f"{split}/{'acc' if key == 'accuracy' else key}", metrics[key], step)
-        for i, name in enumerate(result.classes[:100]):  # PR curves: one per class, the first 100
-            writer.add_pr_curve(f"{split}/pr/{name}", result.outputs.labels == i, probs[:, i].float(), step)
-        for name, fig in pics.items():
-            writer.add_figure(f"{split}/{name}", fig, step, close=False)
+    writer = EventFile()
+    for key in ("accuracy", "precision", "recall", "f1", "loss", "ece", "top_k_accuracy"):
+        if key in metrics:
+            writer.add_scalar(f"{split}/{'acc' if key == 'accuracy' else key}", metrics[key], step)
+    for i, name in enumerate(result.classes[:100]):  # PR curves: one per class, the first 100
+        writer.add_pr_curve(f"{split}/pr/{name}", result.outputs.labels == i, probs[:, i].float(), step)
+    for name, fig in pics.items():
+        writer.add_figure(f"{split}/{name}", fig, step)
+    writer.save(folder)
