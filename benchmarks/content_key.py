@@ -5,7 +5,8 @@ served stale. The new key (``imgclf.data.cache.file_key``) reads every file and 
 bytes, the digest splits.csv already records. On flowers5 (4,317 JPEGs), this times in one run: the old
 key, the new key with the files in the page cache (warm: every run after the first) and evicted from it
 (cold-ish, ``posix_fadvise(DONTNEED)``: the first run after a reboot), the other digests considered,
-and, for scale, a whole disk-cache build (decode and resize every image) and a cache hit. Takes ~30 s.
+and, for scale, a whole disk-cache build (decode and resize every image) and a cache hit. Takes ~20 s;
+on a busy machine the numbers vary by 2x from run to run: compare rows of the same run.
 
     python benchmarks/content_key.py [--root ../shared/data/flowers5] [--size 128]
 """

@@ -8,7 +8,8 @@ plus a report
 (errors, original sizes, digests). Both are keyed by the file list and the SHA-1 of every file's
 bytes (not its size and mtime, which a rewrite can keep: RELIABILITY J4), so a changed, added or
 removed file invalidates them, and by ``LOADER_VERSION``. Reading every file for the key costs
-~35 ms for flowers5's 4,317 JPEGs in the page cache (``benchmarks/content_key.py``).
+40-90 ms for flowers5's 4,317 JPEGs in the page cache (2.5% of building the cache), ~300 ms from the
+disk (``benchmarks/content_key.py``).
 
 Both also check themselves at every load, because a crash, a full disk or a stray ``dd`` can leave
 a file that still opens: each ``.npy`` has a ``.check.json`` record beside it (its size, shape and
