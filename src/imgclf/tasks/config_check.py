@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from imgclf.data.folder import check_fractions
 from imgclf.data.prepare import BAD_FILE_POLICIES
 from imgclf.errors import ConfigError
-from imgclf.models.classifier import TTA_MODES
 from imgclf.experiment.names import check_name
+from imgclf.models.classifier import TTA_MODES
 from imgclf.data.images import RESIZE_MODES
 from imgclf.tasks.preprocess import AUTO, NORMALIZE
 
@@ -41,6 +41,7 @@ def check_config(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"no value for {', '.join(missing)}: set it on the command line, e.g. {missing[0]}=...")
+    check_name(cfg.experiment)  # one folder name: `..`, `a/b` or an empty $EXP would reach outside (J1)
     _int(cfg, "epochs", minimum=1)
     _int(cfg, "seed", minimum=0)
     _int(cfg, "loader.batch_size", minimum=1)
@@ -52,7 +53,6 @@ def check_config(cfg: DictConfig) -> None:
     _positive_number(cfg, "loader.timeout", allow_zero=True)
     _positive_number(cfg, "trainer.dist_timeout")
     _int(cfg, "report.top_k", minimum=1)
-    check_name(cfg.experiment)  # one folder name: `..`, `a/b` or an empty $EXP would reach outside (J1)
     _int(cfg, "report.bootstrap", minimum=0)
     _int(cfg, "report.mistakes", minimum=0)
     for key in ("deterministic", "overwrite", "progress", "tune_malloc", "calibrate", "report.figures", "trainer.sync_bn"):
