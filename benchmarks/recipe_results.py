@@ -1,4 +1,4 @@
-"""Train and test the offline recipes on ../shared/data and write their results table into README.md.
+"""Train and test the offline recipes on ../shared/data and write their results tables into docs/.
 
 For every recipe: `python train.py -cn=<recipe>` then `python test.py -cn=<recipe>`, exactly as a
 user runs them (each a fresh process, 2 CPU cores here), then the test accuracy, macro F1 with
@@ -6,9 +6,9 @@ their 95% bootstrap intervals and the training time are read back from the exper
 Recipes on tiny data (plates: 8 test photos) run once per split seed, each seed carving a
 different stratified val/test split, and report mean and standard deviation over the seeds.
 
-The shipped recipes' table replaces what lies between the `recipe-results` markers in README.md, and
+The shipped recipes' table replaces what lies between the `recipe-results` markers in docs/recipes.md, and
 the rows `transfer@<folder>` / `scratch@<folder>` (the recipes for any folder, trained with
-`dataset.root=../shared/data/<folder>`) the `own-data-results` block, so the README's numbers are
+`dataset.root=../shared/data/<folder>`) the `own-data-results` block of docs/own-data.md, so the numbers are
 never typed by hand; a block is rewritten only when the results hold its rows. Finished experiments are reused (train.py says so and exits);
 `--fresh` trains them again.
 
@@ -29,8 +29,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-# README blocks: the shipped recipes' table, and the table of the recipes for any folder ("<recipe>@<folder>" rows)
+# docs blocks: the shipped recipes' table, and the table of the recipes for any folder ("<recipe>@<folder>" rows),
+# each with the page that holds it
 BLOCKS = {"recipe-results": lambda name: "@" not in name, "own-data-results": lambda name: "@" in name}
+BLOCK_PAGES = {"recipe-results": ROOT / "docs" / "recipes.md", "own-data-results": ROOT / "docs" / "own-data.md"}
 
 # row -> (shared data folder, target test accuracy or None, repeated over split seeds). A row is a recipe, or
 # "<recipe>@<folder>" for the recipes made for any folder (transfer, scratch): trained with dataset.root=<folder>.
@@ -132,14 +134,14 @@ def _torch_version() -> str:
     return torch.__version__.split("+")[0]
 
 
-def update_readme(block: str, text: str, readme: Path) -> None:
+def update_page(block: str, text: str, page: Path) -> None:
     begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
-    content = readme.read_text()
+    content = page.read_text()
     if begin not in content or end not in content:
-        raise SystemExit(f"{readme} has no {begin} ... {end} block to replace")
+        raise SystemExit(f"{page} has no {begin} ... {end} block to replace")
     head, rest = content.split(begin, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    page.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
 def main() -> None:
@@ -147,7 +149,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--seeds", type=int, default=5, help="split seeds of the repeated (tiny-data) recipes")
     parser.add_argument("--fresh", action="store_true", help="train again even if the experiment finished")
-    parser.add_argument("--no-readme", action="store_true", help="print the table only")
+    parser.add_argument("--no-readme", "--no-docs", action="store_true", help="print the tables only")
     parser.add_argument("--results", type=Path, default=ROOT / "experiments" / "recipe_results.json",
                         help="results of earlier runs, merged with this one's so one recipe can be re-run alone")
     args = parser.parse_args()
@@ -169,7 +171,7 @@ def main() -> None:
         text = table(ordered)
         print(text)
         if not args.no_readme:
-            update_readme(block, text, ROOT / "README.md")
+            update_page(block, text, BLOCK_PAGES[block])
 
 
 if __name__ == "__main__":
