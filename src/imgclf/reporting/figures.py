@@ -6,6 +6,7 @@ goes to a PNG file and to TensorBoard. matplotlib is imported here only, on firs
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,46 +91,82 @@ def mistakes_figure(probs: torch.Tensor, labels: torch.Tensor, names: Sequence[s
                       f"most confident mistakes ({len(worst)} of {int((preds != labels).sum())})")
 
 
+PLOT_COLUMNS = 4  # images side by side on a page of predict --plot
+LABEL_CHARS = 22  # a class name longer than this is cut with an ellipsis, so no label leaves its panel
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1] + "\u2026"
+
+
 def predictions_figure(images: Sequence[np.ndarray], top: Sequence[Sequence[tuple[str, float]]],
                        captions: Sequence[str]) -> Any:
-    """One row per image: the picture, and a bar chart of its top-k classes' probabilities."""
+    """A grid of up to ``PLOT_COLUMNS`` images a row, each above a bar chart of its top-k probabilities.
+
+    Probabilities are written inside the bars' panel (the axis runs to 1.25) and class names are cut to
+    ``LABEL_CHARS``, so a page of 12 images is a compact 4 x 3 grid and nothing runs off its edges.
+    """
     plt = _pyplot()
     k = max((len(t) for t in top), default=1)
-    rows = max(len(images), 1)
-    fig, axes = plt.subplots(rows, 2, figsize=(8, max(2.2, 0.35 * k + 0.8) * rows), squeeze=False,
-                             width_ratios=[1, 1.6], constrained_layout=True)
-    for (left, right), image, classes, caption in zip(axes, images, top, captions, strict=False):
-        left.imshow(image)
-        left.axis("off")
-        left.set_title(caption, fontsize=8)
-        names = [name for name, _ in classes][::-1]
+    n = max(len(images), 1)
+    cols = min(PLOT_COLUMNS, n)
+    rows = (n + cols - 1) // cols
+    bar_height = 0.22 * k + 0.45
+    fig = plt.figure(figsize=(3.4 * cols, (2.6 + bar_height) * rows), constrained_layout=True)
+    cells = fig.add_gridspec(rows, cols)
+    for i, (image, classes, caption) in enumerate(zip(images, top, captions, strict=False)):
+        cell = cells[i // cols, i % cols].subgridspec(2, 1, height_ratios=[2.4, bar_height])
+        picture, chart = fig.add_subplot(cell[0]), fig.add_subplot(cell[1])
+        picture.imshow(image)
+        picture.axis("off")
+        picture.set_title(caption, fontsize=8, wrap=True)
+        names = [_short(name) for name, _ in classes][::-1]
         probs = [p for _, p in classes][::-1]
-        bars = right.barh(range(len(names)), probs, color="tab:blue")
+        bars = chart.barh(range(len(names)), probs, color="tab:blue")
         if len(bars):
             bars[-1].set_color("tab:orange")  # the prediction
-        right.set_yticks(range(len(names)), names, fontsize=8)
-        right.set_xlim(0, 1)
-        right.bar_label(bars, labels=[f"{p:.1%}" for p in probs], fontsize=7, padding=2)
-        right.set_xlabel("probability", fontsize=8)
+        chart.set_yticks(range(len(names)), names, fontsize=7)
+        chart.set_xlim(0, 1.25)
+        chart.set_xticks([0, 0.5, 1], ["0", "0.5", "1"], fontsize=7)
+        chart.bar_label(bars, labels=[f"{p:.1%}" for p in probs], fontsize=7, padding=2)
     return fig
 
 
+def _wilson(correct: float, count: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson 95% interval of an accuracy of ``correct`` out of ``count`` images."""
+    share = correct / count
+    centre = (share + z * z / (2 * count)) / (1 + z * z / count)
+    half = z * math.sqrt(share * (1 - share) / count + z * z / (4 * count * count)) / (1 + z * z / count)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def reliability_figure(rel: Reliability, calibrated: Reliability | None = None) -> Any:
-    """Accuracy against confidence per bin, the diagonal of perfect calibration, and the ECE."""
+    """Accuracy against confidence per bin, the diagonal of perfect calibration, and the ECE.
+
+    A bin of one or two images says little, so each bin is a point whose area grows with its image count,
+    with the Wilson 95% interval of its accuracy as an error bar, and no line joins the bins: a bin of
+    one wrong image no longer draws a spike from 1.0 to 0.0, and the counts below say how much each holds.
+    """
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=[3, 1], sharex=True,
                                       constrained_layout=True)
     top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     curves = [(rel, "model", "tab:blue")] + ([(calibrated, "temperature-scaled", "tab:orange")] if calibrated else [])
+    largest = max(max(values.counts) for values, _, _ in curves) or 1
     for values, label, color in curves:
-        seen = np.array(values.counts) > 0
-        top.plot(np.array(values.confidence)[seen], np.array(values.accuracy)[seen], "o-", color=color,
-                 label=f"{label} (ECE {values.ece:.3f})")
-    top.set_ylabel("accuracy")
+        counts = np.array(values.counts)
+        seen = counts > 0
+        conf, acc = np.array(values.confidence)[seen], np.array(values.accuracy)[seen]
+        lows, highs = zip(*(_wilson(a * c, int(c)) for a, c in zip(acc, counts[seen], strict=True))) if seen.any() else ((), ())
+        top.errorbar(conf, acc, yerr=np.clip([acc - np.array(lows), np.array(highs) - acc], 0, None), fmt="none", ecolor=color,
+                     alpha=0.5, capsize=2)
+        top.scatter(conf, acc, s=12 + 150 * counts[seen] / largest, color=color, alpha=0.8,
+                    label=f"{label} (ECE {values.ece:.3f})")
+    top.set_ylabel("accuracy (95% interval)")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1.03)
     top.legend(loc="upper left", fontsize=8)
-    top.set_title("reliability diagram")
+    top.set_title("reliability diagram (point area: images in the bin)")
     for values, label, color in curves:
         bottom.stairs(values.counts, rel.edges, color=color, label=label)
     bottom.set_xlabel("confidence of the top class")
