@@ -35,7 +35,7 @@ from typing import IO, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from imgclf.progress import progress
 
 from imgclf.experiment.atomic import remove_orphan_temps, write_atomic, write_text_atomic
 # decode_bytes lives in images.py (torch-free, shared with the ONNX predictor); imported from here too
@@ -173,8 +173,8 @@ class DecodeCache:
 
         pool = ThreadPoolExecutor(self.workers)
         try:  # decoded in parallel, consumed in order by the main thread
-            rows = tqdm(pool.map(work, range(n)), total=n, desc=desc, unit="img", leave=False,
-                        disable=not self.progress or n < 200)
+            rows = progress(pool.map(work, range(n)), total=n, desc=desc, unit="img",
+                            enabled=self.progress and n >= 200)
             if image_size is None:
                 for _ in rows:
                     pass

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_class
-from tqdm import tqdm
+from imgclf.progress import progress
 
 from imgclf.data.folder import FolderSource, Splits
 from imgclf.errors import DataError
@@ -65,7 +65,7 @@ class TorchvisionSource(FolderSource):
             data = self._open(cls, args)
             classes = [_folder_name(c) for c in getattr(data, "classes", [])] or None
             files = getattr(data, "_image_files", None)  # torchvision's file-backed datasets
-            for i in tqdm(range(len(data)), desc=f"{cls.__name__} {split}", unit="img", leave=False):
+            for i in progress(range(len(data)), desc=f"{cls.__name__} {split}", unit="img"):
                 label = _label(data, i, files)
                 folder = tmp / split / (classes[label] if classes else str(label))
                 folder.mkdir(parents=True, exist_ok=True)

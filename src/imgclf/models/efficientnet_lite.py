@@ -9,7 +9,9 @@ each other. The model declares that normalization itself.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 from collections.abc import Sequence
 
 import torch
@@ -50,7 +52,8 @@ class LiteFeatures(nn.Module):
                               "(both are in imgclf's dependencies)") from exc
         name = f"efficientnet-{variant}"
         if weights is not None:
-            self.net = EfficientNet.from_pretrained(name, weights_path=getattr(weights, model_file).get_model_file_path())
+            with contextlib.redirect_stdout(io.StringIO()):  # its "Loaded pretrained weights for ..." print, once per backbone
+                self.net = EfficientNet.from_pretrained(name, weights_path=getattr(weights, model_file).get_model_file_path())
         else:
             self.net = EfficientNet.from_name(name)
         del self.net._fc  # replaced by the head

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from imgclf.progress import progress
 
 from imgclf.training.device import autocast, to_device
 from imgclf.training.distributed import SINGLE, Distributed
@@ -158,7 +158,7 @@ class _Progress:
     """A tqdm bar whose loss/acc postfix is refreshed (and synced) at most once a second."""
 
     def __init__(self, total: int, initial: int, desc: str, enabled: bool) -> None:
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, disable=not enabled)
+        self.bar = progress(total=total, initial=initial, desc=desc, unit="batch", enabled=enabled)
         self.enabled = enabled
         self.last = time.perf_counter()
         self.start = self.last

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
-from tqdm import tqdm
+from imgclf.progress import progress as progress_bar
 
 from imgclf.training.device import to_device
 from imgclf.training.engine import TrainLoader
@@ -54,7 +54,7 @@ def extract(model: Classifier, loader: Iterable, device: torch.device, desc: str
     """(features, labels) of every batch of ``loader`` through the frozen backbone."""
     model.eval()
     features, labels = [], []
-    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+    for images, targets in progress_bar(loader, desc=desc, unit="batch", enabled=progress):
         features.append(model.net.backbone(model.normalize(to_device(images, device, channels_last))).float())
         labels.append(targets.to(device))
     return TensorDataset(torch.cat(features), torch.cat(labels))

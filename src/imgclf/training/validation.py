@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from imgclf.progress import progress as progress_bar
 
 from imgclf.reporting.metrics import SplitMetrics, confusion_matrix
 from imgclf.training.device import autocast, to_device
@@ -36,7 +36,7 @@ def collect(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: t
     model.eval()
     loss_sum = torch.zeros((), device=device)
     logits_list, labels_list = [], []
-    for images, labels in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+    for images, labels in progress_bar(loader, desc=desc, unit="batch", enabled=progress):
         images = to_device(images, device, channels_last)
         labels = labels.to(device, non_blocking=True)
         with autocast(device, amp):
