@@ -130,3 +130,25 @@ def test_B2_cuda_requested_without_a_gpu_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="device=cuda but torch sees no CUDA GPU"):
         resolve_device("cuda")
     assert resolve_device("auto").type in ("cpu", "mps")
+
+
+@pytest.mark.parametrize("override,hint", [
+    ("+epochz=3", "did you mean epochs"),  # Hydra's own suggestion after `epochz=3` is refused
+    ("+loader.workers=2", "did you mean loader.num_workers"),
+    ("+trainer.early_stopping.patiense=3", "did you mean trainer.early_stopping.patience"),
+    ("+report.topk=3", "did you mean report.top_k"),
+])
+def test_B1_a_key_added_with_plus_that_imgclf_never_reads_is_refused(override: str, hint: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{override[1:].split('=')[0]}: imgclf has no such key \({hint}"):
+        check_config(compose_cfg("train", ["experiment=x", override]))
+
+
+def test_B1_train_py_refuses_plus_typo_before_writing_anything(tmp_path: Path, tiny_folder: Path) -> None:
+    from helpers import run_cli
+
+    result = run_cli("train.py", *tiny_overrides(tmp_path, tiny_folder, "+epochz=3"))
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "epochz: imgclf has no such key (did you mean epochs?)" in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "experiments" / "tiny" / "best.pt").exists()

@@ -6,6 +6,7 @@ Each key is validated here and only here; the lists of allowed words come from t
 
 from __future__ import annotations
 
+import difflib
 import os
 from numbers import Real
 from pathlib import Path
@@ -24,6 +25,10 @@ from imgclf.tasks.preprocess import AUTO, NORMALIZE
 MONITORS = {"val/acc": "max", "val/f1": "max", "val/loss": "min"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SPLITS = ("train", "val", "test", "all")
+# the base config every recipe extends: its keys are the only ones imgclf reads, so `+epochz=3` (an added key,
+# which Hydra's struct mode lets through) would be ignored; the config groups' own keys are checked when built
+BASE_CONFIG = Path(__file__).resolve().parents[3] / "conf" / "train.yaml"
+PLAIN_SECTIONS = ("trainer", "loader", "report", "paths")  # read key by key, never instantiated
 
 
 def expand_user_paths(cfg: DictConfig) -> None:
@@ -42,6 +47,7 @@ def check_config(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"no value for {', '.join(missing)}: set it on the command line, e.g. {missing[0]}=...")
     check_name(cfg.experiment)  # one folder name: `..`, `a/b` or an empty $EXP would reach outside (J1)
+    _known_keys(cfg)
     _int(cfg, "epochs", minimum=1)
     _int(cfg, "seed", minimum=0)
     _int(cfg, "loader.batch_size", minimum=1)
@@ -85,6 +91,32 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("weight_decay", "momentum"):
         if key in cfg.optimizer:
             _positive_number(cfg, f"optimizer.{key}", allow_zero=True)
+
+
+def _known_keys(cfg: DictConfig) -> None:
+    """Refuse a key that imgclf never reads (added with ``+key=``), naming the closest known key."""
+    if not BASE_CONFIG.is_file():  # an installed copy without its conf/: nothing to compare against
+        return
+    base = OmegaConf.load(BASE_CONFIG)
+    groups = {d if isinstance(d, str) else next(iter(d)) for d in base.get("defaults", [])}
+    known = (set(base) - {"defaults", "hydra"}) | (groups - {"_self_"})
+
+    def check(values: DictConfig, schema: set[str], prefix: str, nested: DictConfig | None) -> None:
+        for key in values:
+            name = f"{prefix}{key}"
+            if key not in schema:
+                close = difflib.get_close_matches(str(key), sorted(schema), n=1)
+                hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+                raise ConfigError(f"{name}: imgclf has no such key{hint}, so it would be ignored; the keys here are "
+                                  f"{', '.join(prefix + k for k in sorted(schema))}")
+            below = nested.get(key) if nested is not None else None
+            if isinstance(below, DictConfig) and isinstance(values.get(key), DictConfig):
+                check(values[key], set(below), f"{name}.", below)
+
+    check(cfg, known, "", None)
+    for section in PLAIN_SECTIONS:
+        if isinstance(cfg.get(section), DictConfig):
+            check(cfg[section], set(base[section]), f"{section}.", base[section])
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
