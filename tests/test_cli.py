@@ -98,8 +98,12 @@ def test_quickstart_reaches_095_test_accuracy(tmp_path: Path) -> None:
     assert run_cli("train.py", *out).returncode == 0
     tested = run_cli("test.py", *out)
     assert tested.returncode == 0, tested.stderr[-2000:]
-    metrics = json.loads((tmp_path / "experiments" / "train" / "test" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "experiments" / "quickstart" / "test" / "metrics.json").read_text())
     assert metrics["samples"] == 269 and metrics["accuracy"] >= 0.95
+    # `python train.py` is the quickstart: the recipe's name finds the same experiment, with nothing to do
+    again = run_cli("test.py", "-cn=quickstart", *out)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "experiments").iterdir()) == ["quickstart"]
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])

@@ -12,6 +12,8 @@ from omegaconf import OmegaConf
 from imgclf.experiment.bookkeeping import BOOKKEEPING_KEYS
 from imgclf.training.distributed import launched_rank
 
+DEFAULT_CONFIG, QUICKSTART = "train", "quickstart"
+
 
 def config_name(*, _root_: Any) -> str:
     """The primary config's name (``-cn``): the default experiment name.
@@ -20,11 +22,14 @@ def config_name(*, _root_: Any) -> str:
     (before any job starts), so this falls back to the composed ``hydra`` node there.
     """
     if HydraConfig.initialized():
-        return HydraConfig.get().job.config_name
-    name = OmegaConf.select(_root_, "hydra.job.config_name", default=None)
+        name = HydraConfig.get().job.config_name
+    else:
+        name = OmegaConf.select(_root_, "hydra.job.config_name", default=None)
     if name is None:
         raise ValueError("the experiment name is unknown outside a Hydra run: set experiment=<name>")
-    return name
+    # conf/train.yaml is the quickstart: `python train.py` and `-cn=quickstart` are one experiment, and a
+    # `python test.py -cn=quickstart` finds what `python train.py` trained
+    return QUICKSTART if name == DEFAULT_CONFIG else name
 
 
 # A sweep job's folder name, in bytes: under the 255 of most file systems with room for the names made from it
