@@ -1,4 +1,4 @@
-"""What the decoded-image cache's integrity check costs at every run start (RELIABILITY G1).
+"""What the decoded-image cache's integrity check costs at every run start (docs/reliability.md G1).
 
 Builds a cache array of flowers5's size (4,318 images at 128 px: 212 MB) from random pixels with
 the real writer, then times, on the same file: opening it without a check (the old load), the

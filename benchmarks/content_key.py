@@ -1,4 +1,4 @@
-"""What keying the decoded-image cache by content costs at every run start (RELIABILITY J4).
+"""What keying the decoded-image cache by content costs at every run start (docs/reliability.md J4).
 
 The old key hashed each file's (path, size, mtime), so an image rewritten with its mtime put back was
 served stale. The new key (``imgclf.data.cache.file_key``) reads every file and takes the SHA-1 of its

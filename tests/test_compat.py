@@ -53,7 +53,7 @@ def test_G2_a_checkpoint_from_before_the_redesign_is_evaluated_by_test_py(tmp_pa
     metrics = tasks.test(compose_cfg("train", overrides))
     assert metrics["samples"] == 9 and metrics["checkpoint"] == str(OLD_CHECKPOINT)
     assert metrics["temperature"] == pytest.approx(0.4930456, rel=1e-6)
-    # not the experiment's best.pt, so its report has a folder of its own (RELIABILITY G2)
+    # not the experiment's best.pt, so its report has a folder of its own (docs/reliability.md G2)
     written = tmp_path / "experiments" / "tiny" / "test_data_ckpt-fixtures-v1_small_cnn" / "metrics.json"
     assert not (tmp_path / "experiments" / "tiny" / "test_data").exists()
     written.unlink()

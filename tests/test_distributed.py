@@ -1,6 +1,6 @@
 """One experiment on several processes (torchrun, gloo on this CPU): the same weights as one process with the
 whole batch, one writer of the experiment folder, agreed stops, resume, and two "machines" on 127.0.0.1
-(RELIABILITY H1-H4)."""
+(docs/reliability.md H1-H4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Faults in the middle of training (RELIABILITY E2-E4): NaN losses, out of memory, dead or hung
+"""Faults in the middle of training (docs/reliability.md E2-E4): NaN losses, out of memory, dead or hung
 loader workers. Each gets a clear message and never leaves non-finite weights on disk."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""RELIABILITY J1 and J3: the experiment a run writes, and what it deletes, is its own.
+"""docs/reliability.md J1 and J3: the experiment a run writes, and what it deletes, is its own.
 
 J1: an experiment name that is not one folder name (``..``, an empty ``$EXP``, ``a/b``, ``../x``) is refused before
 any folder is made, and ``overwrite=true`` deletes nothing outside ``experiments/<name>/`` and ``runs/<name>/``, links

@@ -1,4 +1,4 @@
-"""RELIABILITY J4, J9 and J11: files the user has every right to have. An image rewritten with its size
+"""docs/reliability.md J4, J9 and J11: files the user has every right to have. An image rewritten with its size
 and mtime put back, a file name that is not UTF-8, a cache folder that cannot be written."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""RELIABILITY.md J10 and J12: folders a user's command cannot make as asked. A grid sweep whose job folder
+"""docs/reliability.md J10 and J12: folders a user's command cannot make as asked. A grid sweep whose job folder
 names would pass the file system's 255 bytes, and an experiment folder that cannot be written."""
 
 from __future__ import annotations

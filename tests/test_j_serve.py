@@ -1,4 +1,4 @@
-"""RELIABILITY.md J13 and J14 on imgclf-serve: clients that trickle their uploads never block the others (the body is
+"""docs/reliability.md J13 and J14 on imgclf-serve: clients that trickle their uploads never block the others (the body is
 read under a deadline and a minimum rate, before a turn is taken), and Ctrl-C / SIGTERM stop the server cleanly
 with exit status 130 / 143 and no traceback."""
 

@@ -1,4 +1,4 @@
-"""RELIABILITY J5, J7, J8 (scores): test.py's calibration against a training run of the same experiment, its
+"""docs/reliability.md J5, J7, J8 (scores): test.py's calibration against a training run of the same experiment, its
 report on a full disk, and macro scores over a split that lacks a class."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Links, special files and class names in the folder scan (RELIABILITY A3, A5, A7, G3, G4).
+"""Links, special files and class names in the folder scan (docs/reliability.md A3, A5, A7, G3, G4).
 
 Every fault is made for real: os.symlink, a folder link back to its parent, os.mkfifo, an AF_UNIX
 socket, class folders named in NFC and in NFD."""

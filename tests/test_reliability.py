@@ -1,4 +1,4 @@
-"""RELIABILITY.md items C, D, E1 and F with the real fault injected: a GPU checkpoint on this CPU-only machine,
+"""docs/reliability.md, items C, D, E1 and F with the real fault injected: a GPU checkpoint on this CPU-only machine,
 $TMPDIR on another file system, a second process on one experiment, a SIGKILL, a second Ctrl-C while saving,
 an environment that turns weights_only off. Items A and B live beside their siblings (test_data, test_cli, ...)."""
 

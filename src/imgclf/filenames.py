@@ -1,4 +1,4 @@
-"""File names as text: a name that is not UTF-8 in CSV, JSON, logs and messages (RELIABILITY J9).
+"""File names as text: a name that is not UTF-8 in CSV, JSON, logs and messages (docs/reliability.md J9).
 
 On Linux a file name is bytes, and Python holds each byte that is not UTF-8 as a lone surrogate
 (U+DC80-U+DCFF, ``surrogateescape``): ``b"caf\\xe9.png"`` (Latin-1 "café") is the str ``"caf\\udce9.png"``.

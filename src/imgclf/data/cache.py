@@ -6,7 +6,7 @@ of shape (N, size, size, 3) (height, width, RGB: what Pillow wraps without a cop
 augmentation can run in Pillow's C code) kept in memory or in a memory-mapped ``.npy`` file,
 plus a report
 (errors, original sizes, digests). Both are keyed by the file list and the SHA-1 of every file's
-bytes (not its size and mtime, which a rewrite can keep: RELIABILITY J4), so a changed, added or
+bytes (not its size and mtime, which a rewrite can keep: docs/reliability.md J4), so a changed, added or
 removed file invalidates them, and by ``LOADER_VERSION``. Reading every file for the key costs
 40-90 ms for flowers5's 4,317 JPEGs in the page cache (2.5% of building the cache), ~300 ms from the
 disk (``benchmarks/content_key.py``).
@@ -92,7 +92,7 @@ def file_key(paths: Sequence[str], digests: Sequence[str] | None = None) -> str:
     digests = [file_digest(p) for p in paths] if digests is None else digests
     h = hashlib.sha256(f"imgclf-loader-{LOADER_VERSION}\n".encode())
     for path, digest in zip(paths, digests, strict=True):
-        # os.fsencode: a name that is not UTF-8 (held as surrogates) has no .encode() (RELIABILITY J9)
+        # os.fsencode: a name that is not UTF-8 (held as surrogates) has no .encode() (docs/reliability.md J9)
         h.update(os.fsencode(path) + f"\0{digest}\n".encode())
     return h.hexdigest()[:24]
 

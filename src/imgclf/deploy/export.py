@@ -6,7 +6,7 @@ average are inside it, exactly as :meth:`imgclf.inference.Predictor.probabilitie
 predictor needs besides pixels (classes, sizes, resize, crop, pixel limit) is stored in the file itself
 (:mod:`imgclf.deploy.metadata`).
 
-Nothing is written in place (RELIABILITY I1): the files go to a temporary folder next to ``export/``, and only
+Nothing is written in place (docs/reliability.md I1): the files go to a temporary folder next to ``export/``, and only
 once parity with PyTorch holds is that folder renamed to ``export/``. A failed export leaves only
 ``export.failed.json`` (the parity numbers), never a ``model.onnx``.
 """

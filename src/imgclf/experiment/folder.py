@@ -70,8 +70,8 @@ class ExperimentDir:
 
     def clear(self) -> None:
         """Delete the results of a previous run (an explicit user choice: overwrite=true), if there are any.
-        Call it last: after the new run's config and data have been checked (RELIABILITY G5). Deletes nothing
-        outside this experiment's two folders (RELIABILITY J1): see :meth:`check_confined`."""
+        Call it last: after the new run's config and data have been checked (docs/reliability.md G5). Deletes nothing
+        outside this experiment's two folders (docs/reliability.md J1): see :meth:`check_confined`."""
         if not self.has_results():
             return
         self.check_confined()

@@ -1,6 +1,6 @@
 """What an experiment may be called: one folder name, so that ``paths.experiments/<name>`` and ``paths.runs/<name>``
 are folders of their own inside those two, and nothing a run writes or ``overwrite=true`` deletes lands outside
-them (RELIABILITY J1). No torch or Hydra here: predict's ONNX path checks ``--experiment NAME`` with it too."""
+them (docs/reliability.md J1). No torch or Hydra here: predict's ONNX path checks ``--experiment NAME`` with it too."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
 
 def compare_configs(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Differences that forbid resuming (:data:`STRUCTURAL_KEYS`), and every other changed setting as
-    ``key: old -> new``, which resuming warns about (RELIABILITY D6, G6)."""
+    ``key: old -> new``, which resuming warns about (docs/reliability.md D6, G6)."""
     def get(cfg: dict[str, Any], dotted: str) -> Any:
         value: Any = cfg
         for part in dotted.split("."):
@@ -70,7 +70,7 @@ def trained_on(payload: dict[str, Any], project_root: Path) -> Path | None:
 
 
 def data_change(payload: dict[str, Any], root: str | Path, classes: list[str], project_root: Path) -> str | None:
-    """How the data a checkpoint was trained on differs from ``root`` and its ``classes`` (RELIABILITY J3), or None.
+    """How the data a checkpoint was trained on differs from ``root`` and its ``classes`` (docs/reliability.md J3), or None.
 
     The data is identified by the folder's resolved path, not its content: a folder moved or copied to another
     path is other data too, since the experiment's splits.csv and reports name the files under the old one.

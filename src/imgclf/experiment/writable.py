@@ -1,4 +1,4 @@
-"""Whether a folder can take new files, asked before anything is written there (RELIABILITY J12).
+"""Whether a folder can take new files, asked before anything is written there (docs/reliability.md J12).
 
 Permission bits alone do not say it: root ignores them, while a read-only mount or disk stops root too. So
 the folder is made if missing and a nameless temporary file is created in it, which is what writing needs.

@@ -5,7 +5,7 @@ The per-class numbers follow scikit-learn's ``precision_recall_fscore_support(la
 zero_division=0)``: a class that is never predicted has precision 0, a class without support has
 recall 0. The macro average is the plain mean over the classes PRESENT in the evaluated split (support
 > 0), scikit-learn's ``average="macro"`` with ``labels=<those classes>``: a class with no image in the
-split has nothing to score, and averaging its zeros in would lower every macro score (RELIABILITY J8).
+split has nothing to score, and averaging its zeros in would lower every macro score (docs/reliability.md J8).
 torchmetrics has no such average (its ``macro`` leaves out only classes absent from both predictions and
 targets; ``ignore_index`` drops samples, not classes), so the scores are taken per class
 (``average=None``) here and averaged over the present classes; ``compute`` names the absent ones.

@@ -90,7 +90,7 @@ def write(folder: str | Path, result: SplitResult, *, top_k: int = 5, bootstrap:
     PR curves and figures to that run at ``step``); return metrics.json's content.
 
     The files are written to a folder beside ``folder`` that replaces it only once they all are (and the
-    TensorBoard file is): ``folder`` holds one whole report, the previous one or this one (RELIABILITY J7).
+    TensorBoard file is): ``folder`` holds one whole report, the previous one or this one (docs/reliability.md J7).
 
     Raises:
         ReportError: a file could not be written (a full disk); ``folder`` is left as it was.

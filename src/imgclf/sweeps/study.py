@@ -77,7 +77,7 @@ def tell(study: optuna.Study, trial: optuna.trial.Trial | int, value: float | No
 
 
 def fail_interrupted(study: optuna.Study) -> list[FrozenTrial]:
-    """Mark FAIL the trials a killed sweep left RUNNING (RELIABILITY H5), so none is counted or run twice.
+    """Mark FAIL the trials a killed sweep left RUNNING (docs/reliability.md H5), so none is counted or run twice.
 
     Only the sweep that holds the folder's lock calls this, so no live trial is among them."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

@@ -45,7 +45,7 @@ def calibrate(cfg: DictConfig, exp: ExperimentDir, path: Path, payload: dict[str
     Call it holding the experiment's lock (:data:`LOCK_HINT` says what to do when a training run holds it).
     ``payload`` is the checkpoint as read when ``path`` had the :func:`file_stamp` ``loaded``; it is written back
     only while ``path`` is still that file, so a newer checkpoint saved since it was read is never rolled
-    back (RELIABILITY J5).
+    back (docs/reliability.md J5).
     """
     payload = _fit(cfg, exp, payload, model, device)
     if file_stamp(path) != loaded:

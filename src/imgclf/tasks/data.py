@@ -129,7 +129,7 @@ def _why_no_val(source: FolderSource, found: Splits) -> str:
 
 
 def warn_about_absent_classes(val: LoadedSplit, classes: list[str]) -> None:
-    """Say once which classes val lacks: val/f1 (macro) averages the classes it has (RELIABILITY J8)."""
+    """Say once which classes val lacks: val/f1 (macro) averages the classes it has (docs/reliability.md J8)."""
     present = {label for _, label in val.samples}
     absent = [name for i, name in enumerate(classes) if i not in present]
     if absent:

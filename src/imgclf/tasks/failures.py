@@ -1,4 +1,4 @@
-"""A fault in the middle of training or evaluation, told in the user's terms (RELIABILITY E2-E4)."""
+"""A fault in the middle of training or evaluation, told in the user's terms (docs/reliability.md E2-E4)."""
 
 from __future__ import annotations
 

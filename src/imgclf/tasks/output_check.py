@@ -1,4 +1,4 @@
-"""The Hydra callback that refuses a run whose output folder cannot be written (RELIABILITY J12)."""
+"""The Hydra callback that refuses a run whose output folder cannot be written (docs/reliability.md J12)."""
 
 from __future__ import annotations
 
