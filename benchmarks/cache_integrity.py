@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import tempfile
 import time
 import zlib
@@ -23,26 +22,7 @@ from typing import Callable
 import numpy as np
 
 from imgclf.data.cache import CHUNK, file_crc32, open_checked, write_checked
-
-
-def evict(path: Path) -> None:
-    """Drop the file's pages from the page cache, so the next read comes from the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def best_of(repeats: int, run: Callable[[], object], before: Callable[[], None] = lambda: None) -> float:
-    times = []
-    for _ in range(repeats):
-        before()
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_of, evict  # benchmarks/timing.py
 
 
 def file_digest(path: Path, new: Callable[[], "hashlib._Hash"]) -> str:
@@ -82,9 +62,9 @@ def main() -> None:
         }
         for name, run in cases.items():
             print(f"{name:40s} {best_of(3, run) * 1000:8.1f} ms")
-        cold = best_of(2, lambda: read_all(path), lambda: evict(path))
+        cold = best_of(2, lambda: read_all(path), lambda: evict([path], sync=True))
         print(f"{'read the whole file, no digest, cold':40s} {cold * 1000:8.1f} ms")
-        cold = best_of(2, lambda: open_checked(path, shape), lambda: evict(path))
+        cold = best_of(2, lambda: open_checked(path, shape), lambda: evict([path], sync=True))
         print(f"{'open_checked (size + CRC-32), cold':40s} {cold * 1000:8.1f} ms")
 
 

@@ -24,6 +24,7 @@ from typing import Callable
 
 from imgclf.data.cache import DecodeCache, file_digest, file_key
 from imgclf.data.folder import FolderSource
+from timing import best_of, evict  # benchmarks/timing.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,26 +45,6 @@ def whole_file(digest: Callable[[bytes], object]) -> Callable[[list[str]], None]
             with open(path, "rb") as f:
                 digest(f.read())
     return run
-
-
-def evict(paths: list[str]) -> None:
-    """Drop the files' pages from the page cache, so the next read comes from the disk."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def best_of(repeats: int, run: Callable[[], object], before: Callable[[], None] = lambda: None) -> float:
-    times = []
-    for _ in range(repeats):
-        before()
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
