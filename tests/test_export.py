@@ -280,3 +280,28 @@ def test_an_evaluation_transform_the_export_would_not_apply_is_refused(trained_t
     assert export_cli.main(["--checkpoint", str(exp / "best.pt")]) == 1
     assert "augmentation.eval='torchvision.transforms.v2.Grayscale'" in capsys.readouterr().err
     assert not (exp / "export").exists()
+
+
+def test_the_export_folds_in_the_tta_its_checkpoint_was_evaluated_with(exported: Path, tmp_path: Path) -> None:
+    # a recipe that evaluates with flip (transfer, the Lite0 recipes): its export serves what its report measured
+    payload = load_checkpoint(exported / "best.pt")
+    save_atomic({**payload, "config": {**payload["config"], "tta": "flip"}}, tmp_path / "best.pt")
+    assert export_cli.main(["--checkpoint", str(tmp_path / "best.pt"), "--format", "torchscript",
+                            "--output", str(tmp_path / "default")]) == 0
+    assert json.loads((tmp_path / "default" / "parity.json").read_text())["tta"] == "flip"
+    assert export_cli.main(["--checkpoint", str(tmp_path / "best.pt"), "--format", "torchscript", "--tta", "none",
+                            "--output", str(tmp_path / "asked")]) == 0
+    assert json.loads((tmp_path / "asked" / "parity.json").read_text())["tta"] == "none"
+
+
+def test_an_export_without_the_deploy_packages_is_one_line_saying_what_to_install(exported: Path, monkeypatch,
+                                                                                   capsys) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else find_spec(name, *a))
+    assert export_cli.main(["--experiment", exported.name, "--experiments-dir", str(exported.parent),
+                            "--output", str(exported / "never")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "onnxscript is not installed" in err and "pip install -e '.[deploy]'" in err
+    assert not (exported / "never").exists()

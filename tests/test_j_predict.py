@@ -147,7 +147,7 @@ def test_J17_path_options_of_the_other_programs_expand_tilde(trained, home, tmp_
     args = export.parse_args(["--checkpoint", "~/best.pt", "--output", "~/out", "--experiments", "~/e"])
     assert (args.checkpoint, args.output, args.experiments_dir) == (home / "best.pt", home / "out", home / "e")
     args = serve.parse_args(["--model", "~/model.onnx", "--experiments", "~/e"])
-    assert (args.model, args.experiments) == (home / "model.onnx", home / "e")
+    assert (args.model, args.experiments_dir) == (home / "model.onnx", home / "e")
     args = doctor.parse_args(["~/data", "--json", "~/r.json", "--cache", "~/c", "--config-dir", "~/conf"])
     assert (args.path, args.json, args.cache, args.config_dir) == (home / "data", home / "r.json", home / "c",
                                                                     home / "conf")

@@ -16,7 +16,8 @@ from helpers import SHARED_DATA, compose_cfg, draw, make_folder, tiny_overrides
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.tasks.config_check import check_config
 from imgclf.data.folder import FolderSource
-from imgclf.data.manifest import ManifestSource, main as split_main, read_manifest
+from imgclf.cli.split import main as split_main
+from imgclf.data.manifest import ManifestSource, read_manifest
 from imgclf.errors import ConfigError, DataError
 
 

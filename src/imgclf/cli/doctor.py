@@ -15,11 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
+from imgclf.cli.common import add_version
 from imgclf.cli.paths import user_path
-from imgclf.data.cache import DecodeCache
-from imgclf.data.doctor import diagnose, format_report, write_report
-from imgclf.data.folder import FolderSource
-from imgclf.data.prepare import BAD_FILE_POLICIES
+from imgclf.data.folder import BAD_FILE_POLICIES, FolderSource
 from imgclf.errors import ImgclfError
 
 
@@ -36,6 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--bad-files", choices=BAD_FILE_POLICIES, default="stop")
     parser.add_argument("--cache", type=user_path, default=Path("~/.cache/imgclf"), help="where file reports are kept")
+    add_version(parser)
     args = parser.parse_args(argv)
     if args.config_name and args.path is not None:  # with -cn every positional is an override
         args.overrides, args.path = [str(args.path), *args.overrides], None
@@ -50,6 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    # torch (through the cache and the doctor) is imported here, once the command line is known to be good
+    from imgclf.data.cache import DecodeCache
+    from imgclf.data.doctor import diagnose, format_report, write_report
+
     try:
         if args.config_name:
             report = _from_config(args)

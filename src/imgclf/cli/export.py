@@ -22,28 +22,31 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
+from imgclf.cli.common import add_experiments_dir, add_version
 from imgclf.cli.experiments import best_checkpoint
 from imgclf.cli.paths import user_path
 from imgclf.errors import ImgclfError
 
 EXIT_FAILED = 1
+# what an export to each format imports (the dynamo exporter needs onnxscript; parity runs on onnxruntime)
+DEPLOY_PACKAGES = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "torchscript": ()}
 TTA_MODES = ("none", "flip")  # imgclf.models.classifier.TTA_MODES (a test keeps them equal); no torch for --help
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    from imgclf.deploy.parity import TOLERANCE
+    from imgclf.deploy.metadata import TOLERANCE
 
     parser = argparse.ArgumentParser(prog="imgclf-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", metavar="NAME", help="export <experiments-dir>/NAME/best.pt")
     source.add_argument("--checkpoint", type=user_path, metavar="FILE", help="a checkpoint file (best.pt, last.pt)")
-    parser.add_argument("--experiments-dir", "--experiments", type=user_path, default=Path("experiments"), metavar="DIR",
-                        help="where --experiment looks (default: ./experiments)")
+    add_experiments_dir(parser)
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
                         help="onnx (default; runs on onnxruntime without torch) or torchscript (torch.jit.load)")
-    parser.add_argument("--tta", choices=TTA_MODES, default="none",
-                        help="fold test-time augmentation into the model: flip averages each image and its mirror")
+    parser.add_argument("--tta", choices=TTA_MODES, default=None,
+                        help="fold test-time augmentation into the model: flip averages each image and its mirror "
+                             "(default: the tta the checkpoint's config evaluated with, as test.py does)")
     parser.add_argument("--output", type=user_path, metavar="DIR",
                         help="the export folder (default: export/ beside best.pt, export-<name>/ for another file)")
     parser.add_argument("--exporter", choices=("auto", "dynamo", "legacy"), default="auto",
@@ -54,6 +57,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--parity-samples", type=int, default=500, metavar="N",
                         help="val images in the parity check (default 500; 0: all)")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=argparse.SUPPRESS)
+    add_version(parser)
     args = parser.parse_args(argv)
     if not 1 <= args.max_pixels <= MAX_PIXELS:
         parser.error(f"--max-pixels {args.max_pixels}: must be between 1 and {MAX_PIXELS}")
@@ -76,14 +80,28 @@ def locate(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     return checkpoint, experiment, args.output or experiment / default
 
 
+def missing_packages(fmt: str) -> list[str]:
+    """The deploy extra's packages an export to ``fmt`` needs and this environment lacks."""
+    import importlib.util
+
+    return [name for name in DEPLOY_PACKAGES[fmt] if importlib.util.find_spec(name) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    missing = missing_packages(args.format)
+    if missing:
+        print(f"imgclf-export: error: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed; "
+              "install the export's packages with pip install -e '.[deploy]'", file=sys.stderr)
+        return EXIT_FAILED
     logging.basicConfig(level=logging.WARNING, format="imgclf-export: %(levelname)s %(message)s")
     try:
         # torch is imported here, once the command line is known to be good
-        from imgclf.deploy.export import export
+        from imgclf.deploy.export import evaluated_tta, export
 
         checkpoint, experiment, out = locate(args)
+        if args.tta is None:
+            args.tta = evaluated_tta(checkpoint)
         print(f"exporting {checkpoint} ({args.format}, tta={args.tta}) ...", file=sys.stderr)
         result = export(checkpoint, out, fmt=args.format, tta=args.tta, exporter=args.exporter,
                         max_pixels=args.max_pixels, parity_samples=args.parity_samples, tolerance=args.tolerance,

@@ -1,7 +1,7 @@
 """imgclf-leaderboard: one table of every experiment and sweep job.
 
-    imgclf-leaderboard [--experiments DIR] [--sort METRIC]
-    python -m imgclf.leaderboard --experiments experiments --sort test/accuracy
+    imgclf-leaderboard [--experiments-dir DIR] [--sort METRIC]
+    python -m imgclf.leaderboard --experiments-dir experiments --sort test/accuracy
 
 Writes ``DIR/leaderboard.md`` and ``DIR/leaderboard.csv`` (the same cells) and prints the
 markdown; every sweep folder (``DIR/<experiment>/multirun/<date_time>/``, or an Optuna search's
@@ -49,15 +49,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from imgclf.experiment.atomic import csv_text, write_text_atomic
 from imgclf.experiment.atomic import pid_alive
-from imgclf.experiment.folder import read_pid
 from imgclf.sweeps.trial import PRUNED_KEY
 from imgclf.cli.leaderboard_table import Row, best_of, build, direction, flatten, sort_value, to_markdown
-from imgclf.cli.paths import user_path
+from imgclf.cli.common import add_experiments_dir, add_version
 
 EXPERIMENT_FILES = ("config.yaml", "metrics.jsonl", "best.pt", "last.pt")
 BUFFER_NAMES = frozenset({"mean", "std", "num_batches_tracked"})  # and running_*
@@ -125,6 +123,8 @@ def _fill_progress(row: Row, records: list[dict[str, Any]], state: Mapping[str, 
 
 def _status(lock: Path, row: Row, stopped_early: bool) -> str:
     if lock.exists():
+        from imgclf.experiment.folder import read_pid  # here: experiment.folder brings torch, which --help needs not
+
         pid = read_pid(lock)
         if pid is not None and pid_alive(pid):
             return "running"
@@ -211,6 +211,8 @@ def _read_checkpoints(folder: Path, notes: list[str]) -> dict[str, Any]:
         if not path.exists():
             continue
         try:
+            import torch  # here, not at the top: --help and a folder without checkpoints need no torch
+
             payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:  # torch raises many types for torn zips and pickles
             notes.append(f"{name} unreadable ({type(exc).__name__})")
@@ -232,7 +234,7 @@ def count_parameters(state_dict: Mapping[str, Any]) -> int:
         leaf = key.rsplit(".", 1)[-1]
         return leaf in BUFFER_NAMES or leaf.startswith("running_")
 
-    return sum(t.numel() for k, t in state_dict.items() if isinstance(t, torch.Tensor) and not is_buffer(k))
+    return sum(t.numel() for k, t in state_dict.items() if hasattr(t, "numel") and not is_buffer(k))
 
 
 def _read_test(path: Path, notes: list[str]) -> dict[str, Any]:
@@ -275,22 +277,22 @@ def write_leaderboard(folder: Path, rows: list[Row], sort: str | None) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="imgclf-leaderboard", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiments", type=user_path, default=Path("experiments"),
-                        help="folder of the experiments (default: ./experiments)")
+    add_experiments_dir(parser)
     parser.add_argument("--sort", metavar="METRIC", default=None,
                         help="rank by test/<key> of test/metrics.json or a metrics.jsonl key "
                              "(default: each row's monitored metric)")
+    add_version(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    root: Path = args.experiments
+    root: Path = args.experiments_dir
     folders = find_experiments(root) if root.is_dir() else []
     if not folders:
         why = "is not a folder" if not root.is_dir() else "holds no experiment (no config.yaml, metrics.jsonl or *.pt)"
         print(f"imgclf-leaderboard: {root} {why}; train one with `python train.py` "
-              "or point --experiments at the folder that holds them", file=sys.stderr)
+              "or point --experiments-dir at the folder that holds them", file=sys.stderr)
         return 1
     rows = {folder: read_row(folder, folder.relative_to(root).as_posix()) for folder in folders}
     markdown = write_leaderboard(root, list(rows.values()), args.sort)

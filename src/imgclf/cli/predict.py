@@ -35,6 +35,7 @@ from imgclf.experiment.atomic import csv_text, write_text_atomic
 from imgclf.data.class_names import KEY_READINGS, keyed_names
 from imgclf.data.folder import walk_images
 from imgclf.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, PREDICT_MAX_PIXELS
+from imgclf.cli.common import add_experiments_dir, add_version
 from imgclf.cli.experiments import best_checkpoint
 from imgclf.cli.paths import user_path
 from imgclf.errors import ImgclfError
@@ -72,7 +73,7 @@ class Prediction:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__,
+    parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=os.path.expanduser, metavar="PATH",
                         help="image files, folders or glob patterns (~ expanded, quoted or not)")
@@ -81,8 +82,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source.add_argument("--checkpoint", type=user_path, metavar="FILE", help="a checkpoint file (best.pt, last.pt)")
     source.add_argument("--model", type=user_path, metavar="ONNX",
                         help="a model.onnx written by imgclf-export: runs on onnxruntime, without torch")
-    parser.add_argument("--experiments-dir", type=user_path, default=Path("experiments"), metavar="DIR",
-                        help="where --experiment looks (default: ./experiments)")
+    add_experiments_dir(parser)
     parser.add_argument("--top-k", type=int, default=None, metavar="K",
                         help=f"classes to show per image (default {DEFAULT_TOP_K}, at most the class count)")
     parser.add_argument("--category-names", type=user_path, metavar="JSON",
@@ -108,6 +108,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"refuse images that would decode to more pixels (default {PREDICT_MAX_PIXELS:_}, or "
                              f"the limit stored in a --model file; at most {MAX_PIXELS:_}); camera JPEGs decode at "
                              "reduced scale and pass")
+    add_version(parser)
     args = parser.parse_args(argv)
     if args.model is not None and args.model.suffix.lower() in (".pt", ".pth"):
         parser.error(f"--model {args.model}: a PyTorch checkpoint; pass it as --checkpoint, or export it with "

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
+from imgclf.cli.common import add_experiments_dir, add_version
 from imgclf.cli.experiments import best_checkpoint
 from imgclf.cli.paths import user_path
 from imgclf.errors import ImgclfError
@@ -43,10 +44,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="imgclf-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--experiment", metavar="NAME", help="serve <experiments>/NAME/best.pt")
+    source.add_argument("--experiment", metavar="NAME", help="serve <experiments-dir>/NAME/best.pt")
     source.add_argument("--model", type=user_path, metavar="FILE", help="a checkpoint (.pt) or an ONNX export (.onnx)")
-    parser.add_argument("--experiments", type=user_path, default=Path("experiments"), metavar="DIR",
-                        help="where --experiment looks (default: ./experiments)")
+    add_experiments_dir(parser)
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free one)")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image (default 5)")
@@ -72,6 +72,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="open connections; more are answered 503 (default 64)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_version(parser)
     args = parser.parse_args(argv)
     _check(parser, args)
     return args
@@ -97,7 +98,7 @@ def model_path(args: argparse.Namespace) -> Path:
     """The model file to serve; a missing experiment's message lists the ones there are."""
     if args.model is not None:
         return args.model
-    return best_checkpoint(args.experiments, args.experiment, "--model FILE, --experiments DIR")
+    return best_checkpoint(args.experiments_dir, args.experiment, "--model FILE, --experiments-dir DIR")
 
 
 def settings_of(args: argparse.Namespace):  # -> imgclf.serve.app.Settings (imported with FastAPI, in main)

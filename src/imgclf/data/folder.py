@@ -25,6 +25,7 @@ from imgclf.data.walk import WalkNotes, skipped_dir, walk_files, walk_images  # 
 from imgclf.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+BAD_FILE_POLICIES = ("stop", "skip")  # dataset.bad_files: list every unusable file and stop, or train without them
 
 Sample = tuple[str, int]
 SHOWN_SKIPPED = 10

@@ -13,13 +13,12 @@ from torch.utils.data import Dataset
 
 from imgclf.data.cache import DecodeCache, FileReport
 from imgclf.data.dataset import DecodedImages, LazyImages
-from imgclf.data.folder import Splits
+from imgclf.data.folder import BAD_FILE_POLICIES, Splits  # noqa: F401  (BAD_FILE_POLICIES: imported from here too)
 from imgclf.errors import DataError
 from imgclf.filenames import shown
 
 log = logging.getLogger(__name__)
 
-BAD_FILE_POLICIES = ("stop", "skip")  # dataset.bad_files: list every unusable file and stop, or train without them
 SHOWN = 20  # bad files listed in an error message
 
 

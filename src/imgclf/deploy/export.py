@@ -36,6 +36,7 @@ from imgclf.experiment.atomic import pid_alive, write_text_atomic
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.experiment.writable import unwritable
 from imgclf.inference import Predictor
+from imgclf.models.classifier import TTA_MODES
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,14 @@ def check_exportable(predictor: Predictor, payload: dict[str, Any], path: Path) 
         raise ExportError(f"{path}: its evaluation transform augmentation.eval={spec.get('_target_', spec)!r} is "
                           "not part of an export (the exported predictor decodes, resizes and centre-crops only); "
                           "classify with predict.py --checkpoint instead")
+
+
+def evaluated_tta(checkpoint: str | Path) -> str:
+    """The test-time augmentation the checkpoint's config evaluates with (``tta``: the recipe's choice, which its
+    test report and model card headline used), so an export serves what was measured; "none" when it has none."""
+    config = load_checkpoint(checkpoint).get("config") or {}
+    tta = config.get("tta", "none") if isinstance(config, dict) else "none"
+    return tta if tta in TTA_MODES else "none"
 
 
 def model_info(predictor: Predictor, checkpoint: Path, tta: str, max_pixels: int) -> ModelInfo:

@@ -13,6 +13,8 @@ from typing import Any
 
 from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS, RESIZE_MODES
 
+TOLERANCE = 1e-4  # the parity rule: every probability within this of PyTorch's (deploy/parity.py)
+
 METADATA_KEY = "imgclf"   # the metadata_props key (and TorchScript extra file "imgclf.json")
 FORMAT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"

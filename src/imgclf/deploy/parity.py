@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from imgclf.data.splits_file import read_splits
+from imgclf.deploy.metadata import TOLERANCE  # noqa: F401  (defined without torch, for imgclf-export --help)
 from imgclf.errors import DataError
 from imgclf.inference import Predictor
 
 log = logging.getLogger(__name__)
 
-TOLERANCE = 1e-4
 RANDOM_SAMPLES = 16   # random uint8 images, run as one batch of 1 and one of the rest
 BATCH = 32
 

@@ -1,0 +1,35 @@
+"""What every command-line program shares: ``--version`` and the experiments folder, under one name each.
+
+Kept free of torch so that ``--help`` and ``--version`` answer at once; the programs import their heavy
+parts after the command line is parsed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from imgclf.cli.paths import user_path
+
+
+def version() -> str:
+    """The installed imgclf version (the package's own when it is run from a checkout that was never installed)."""
+    from importlib.metadata import PackageNotFoundError, version as installed
+
+    try:
+        return installed("imgclf")
+    except PackageNotFoundError:
+        from imgclf import __version__
+
+        return __version__
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"%(prog)s (imgclf {version()})")
+
+
+def add_experiments_dir(parser: argparse.ArgumentParser) -> None:
+    """``--experiments-dir DIR`` (``--experiments`` is the same option, as serve and leaderboard first spelled it)."""
+    parser.add_argument("--experiments-dir", "--experiments", dest="experiments_dir", type=user_path,
+                        default=Path("experiments"), metavar="DIR",
+                        help="the folder that holds the experiments (default: experiments)")
