@@ -2,12 +2,13 @@
 
 ``train(cfg)`` and ``test(cfg)`` are what ``train.py`` and ``test.py`` call; they raise
 :class:`~imgclf.errors.ImgclfError` for what a user can fix, and the entry points turn that into an
-exit status (``imgclf.cli.exit_codes``). Where things are:
+exit status (``imgclf.cli.exits``). Where things are:
 
 - ``train_task`` / ``test_task``: the two tasks, each a handful of named steps in call order;
 - ``build``: one builder per config group; ``preprocess``: image size and normalization, decided once;
 - ``data``: splits, decoded images, loaders and cached features; ``calibration``: temperature scaling;
-- ``config_check``: types and ranges no schema checks; ``resolvers``, ``sweep``, ``hparams``, ``failures``.
+- ``config_check``: types, ranges and keys no schema checks; ``output_check``: the output folder can be written;
+- ``resolvers``, ``sweep``, ``hparams``, ``failures``, ``ranks``, ``experiment`` (the experiment's folder and data).
 """
 
 from imgclf.tasks import resolvers
