@@ -148,7 +148,7 @@ def test_C3_disk_full_during_a_save_keeps_the_previous_file_and_names_the_path(t
 def test_C3_disk_full_during_a_text_write_keeps_the_old_file_and_no_temp(tmp_path: Path) -> None:
     target = tmp_path / "metrics.json"
     target.write_text('{"old": 1}')
-    code = "from imgclf.experiment.atomic import write_text_atomic\nwrite_text_atomic(sys.argv[0], 'x' * 10_000)"
+    code = "from imgclf.atomic import write_text_atomic\nwrite_text_atomic(sys.argv[0], 'x' * 10_000)"
     done = run_with_file_size_limit(1000, code, str(target))
     assert done.returncode != 0 and "File too large" in done.stderr
     assert target.read_text() == '{"old": 1}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
@@ -249,7 +249,7 @@ def test_C6_nan_never_becomes_best() -> None:
 
 
 def test_C1_text_writes_are_atomic_and_leave_no_temp_on_failure(tmp_path: Path, monkeypatch) -> None:
-    from imgclf.experiment.atomic import write_text_atomic
+    from imgclf.atomic import write_text_atomic
 
     target = tmp_path / "metrics.json"
     write_text_atomic(target, '{"old": 1}')

@@ -22,7 +22,8 @@ from imgclf.errors import CheckpointError, ExperimentError
 from imgclf.experiment.checkpoint import load_checkpoint, save_atomic
 from imgclf.reporting import report
 from imgclf.reporting.metrics import summarize
-from imgclf.training.validation import Outputs, validate
+from imgclf.reporting.outputs import Outputs
+from imgclf.training.validation import validate
 
 # --- J5: calibration never rolls best.pt back ------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from helpers import CLASSES, ROOT, compose_cfg, copy_trained, read_csv, tiny_ove
 from imgclf.cli import predict
 from imgclf.data.cache import decode
 from imgclf.errors import CheckpointError, DataError, ExperimentError
-from imgclf.experiment.atomic import write_atomic, write_text_atomic
+from imgclf.atomic import write_atomic, write_text_atomic
 from imgclf.experiment.checkpoint import load_checkpoint, save_atomic
 from imgclf.experiment.folder import ExperimentDir, read_pid
 from imgclf.experiment.run_log import read_metrics

@@ -51,8 +51,8 @@ from typing import Any
 
 import yaml
 
-from imgclf.experiment.atomic import csv_text, write_text_atomic
-from imgclf.experiment.atomic import pid_alive
+from imgclf.atomic import csv_text, write_text_atomic
+from imgclf.atomic import pid_alive
 from imgclf.sweeps.trial import PRUNED_KEY
 from imgclf.cli.leaderboard_table import Row, best_of, build, direction, flatten, sort_value, to_markdown
 from imgclf.cli.common import add_experiments_dir, add_version

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.experiment.atomic import csv_text, write_text_atomic
+from imgclf.atomic import csv_text, write_text_atomic
 from imgclf.data.class_names import KEY_READINGS, keyed_names
 from imgclf.data.folder import walk_images
 from imgclf.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, PREDICT_MAX_PIXELS

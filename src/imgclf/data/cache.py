@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from imgclf.progress import progress
 
-from imgclf.experiment.atomic import remove_orphan_temps, write_atomic, write_text_atomic
+from imgclf.atomic import remove_orphan_temps, write_atomic, write_text_atomic
 # decode_bytes lives in images.py (torch-free, shared with the ONNX predictor); imported from here too
 from imgclf.data.images import RESIZE_MODES, decode_bytes
 from imgclf.errors import DataError

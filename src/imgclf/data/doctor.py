@@ -10,7 +10,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from imgclf.experiment.atomic import write_text_atomic
+from imgclf.atomic import write_text_atomic
 from imgclf.data.cache import DecodeCache, FileReport
 from imgclf.data.folder import FolderSource, Splits
 from imgclf.filenames import shown_in

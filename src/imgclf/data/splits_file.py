@@ -8,7 +8,7 @@ import io
 import os
 from pathlib import Path
 
-from imgclf.experiment.atomic import write_text_atomic
+from imgclf.atomic import write_text_atomic
 from imgclf.data.folder import Splits
 from imgclf.errors import DataError
 from imgclf.filenames import from_shown, shown

@@ -29,10 +29,10 @@ from torch import nn
 from imgclf.data.images import PREDICT_MAX_PIXELS
 from imgclf.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
 from imgclf.deploy.model_card import write_card
-from imgclf.experiment.atomic import fsync_dir
+from imgclf.atomic import fsync_dir
 from imgclf.deploy.parity import TOLERANCE, check_parity
 from imgclf.errors import ImgclfError
-from imgclf.experiment.atomic import pid_alive, write_text_atomic
+from imgclf.atomic import pid_alive, write_text_atomic
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.experiment.writable import unwritable
 from imgclf.inference import Predictor

@@ -18,7 +18,7 @@ from typing import Any
 from imgclf.data.splits_file import read_splits
 from imgclf.deploy.metadata import ModelInfo
 from imgclf.errors import DataError
-from imgclf.experiment.atomic import write_text_atomic
+from imgclf.atomic import write_text_atomic
 
 HEADLINE = ("accuracy", "f1", "precision", "recall", "top_k_accuracy", "ece", "nll")
 LIBRARIES = ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "numpy", "pillow", "imgclf")

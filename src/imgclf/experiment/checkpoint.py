@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf.experiment.atomic import remove_orphan_temps, write_atomic  # noqa: F401  (re-exported)
+from imgclf.atomic import remove_orphan_temps, write_atomic  # noqa: F401  (re-exported)
 from imgclf.errors import CheckpointError
 
 log = logging.getLogger(__name__)

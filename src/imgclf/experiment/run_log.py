@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf.experiment.atomic import write_text_atomic
-from imgclf.training.engine import Outputs
+from imgclf.atomic import write_text_atomic
+from imgclf.reporting.outputs import Outputs
 
 
 class RunLog:

@@ -22,7 +22,7 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard.summary import image, pr_curve, scalar
 
-from imgclf.experiment.atomic import write_atomic
+from imgclf.atomic import write_atomic
 
 _FILES = itertools.count()
 

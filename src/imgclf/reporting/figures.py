@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclf.experiment.atomic import write_atomic
+from imgclf.atomic import write_atomic
 from imgclf.filenames import shown
 from imgclf.reporting.statistics import Reliability, worst_mistakes
 

@@ -22,8 +22,8 @@ import torch
 from imgclf.errors import ReportError
 from imgclf.filenames import shown
 from imgclf.reporting import figures, statistics
-from imgclf.experiment.atomic import csv_text, staged_folder, write_text_atomic
-from imgclf.training.engine import Outputs
+from imgclf.atomic import csv_text, staged_folder, write_text_atomic
+from imgclf.reporting.outputs import Outputs
 from imgclf.reporting.events import EventFile
 from imgclf.reporting.metrics import calibration_error, summarize, topk_accuracy
 

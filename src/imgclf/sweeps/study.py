@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from imgclf.errors import ConfigError
-from imgclf.experiment.atomic import write_text_atomic
+from imgclf.atomic import write_text_atomic
 from imgclf.sweeps import summary
 
 log = logging.getLogger(__name__)

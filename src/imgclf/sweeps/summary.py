@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from imgclf.experiment.atomic import write_text_atomic
+from imgclf.atomic import write_text_atomic
 
 FIELDS = ("job", "overrides", "status", "best", "error", "dir", "note")
 NAME = "summary.csv"

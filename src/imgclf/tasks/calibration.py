@@ -19,7 +19,8 @@ from imgclf.models.classifier import Classifier
 from imgclf.reporting.statistics import fit_temperature, nll
 from imgclf.tasks import build, data
 from imgclf.tasks.failures import evaluation_error
-from imgclf.training.validation import Outputs, collect
+from imgclf.reporting.outputs import Outputs
+from imgclf.training.validation import collect
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from imgclf.training.device import autocast, to_device
 from imgclf.training.distributed import SINGLE, Distributed
 from imgclf.training.scheduler import Scheduler
 from imgclf.training.state import Diverged, Interrupted, TrainState
-from imgclf.training.validation import Outputs, validate
+from imgclf.reporting.outputs import Outputs
+from imgclf.training.validation import validate
 
 logger = logging.getLogger(__name__)
 

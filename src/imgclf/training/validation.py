@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from imgclf.progress import progress as progress_bar
 
-from imgclf.reporting.metrics import SplitMetrics, confusion_matrix
+from imgclf.reporting.metrics import SplitMetrics
+from imgclf.reporting.outputs import Outputs
 from imgclf.training.device import autocast, to_device
 from imgclf.training.distributed import SINGLE, Distributed
-
-
-@dataclass
-class Outputs:
-    """A model's outputs over a whole split, in loader order, on the CPU."""
-
-    loss: float              # mean loss
-    logits: torch.Tensor     # (N, C) float32
-    labels: torch.Tensor     # (N,) class indices
-
-    def confusion(self, num_classes: int) -> torch.Tensor:
-        """Rows true classes, columns predictions."""
-        return confusion_matrix(self.logits.argmax(1), self.labels, num_classes)
 
 
 @torch.no_grad()
