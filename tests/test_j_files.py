@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import imgclf.tasks as tasks
 from helpers import CLASSES, StopAfter, compose_cfg, draw, make_folder, read_csv, tiny_overrides

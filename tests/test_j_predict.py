@@ -4,7 +4,6 @@ pipe early (J6), class names that could be indices (J16), and `~` in paths and H
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

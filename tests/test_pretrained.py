@@ -231,14 +231,14 @@ def test_a_run_resumed_in_the_fine_tuning_epochs_computes_no_features(tmp_path: 
     import logging
 
     from helpers import StopAfter
-    from imgclf.tasks import data
+    from imgclf.tasks import inputs
     from imgclf.training.state import Interrupted
 
     cfg = tiny_overrides(tmp_path, tiny_folder, "model=lite0", "model.freeze=backbone", "model.unfreeze_at_epoch=1",
                          "epochs=3", "dataset.image_size=32", "trainer.cache_features=true", "augmentation=flip")
     calls = []
-    extract = data.extract
-    monkeypatch.setattr(data, "extract", lambda *a, **k: (calls.append(k.get("desc")), extract(*a, **k))[1])
+    extract = inputs.extract
+    monkeypatch.setattr(inputs, "extract", lambda *a, **k: (calls.append(k.get("desc")), extract(*a, **k))[1])
     with pytest.raises(Interrupted):
         tasks.train(compose_cfg("train", cfg), stop_signal=lambda: StopAfter(16))  # 6 steps + 1 check per epoch: in epoch 3
     assert calls == ["features val"]  # extract_views is called separately for train; val through extract

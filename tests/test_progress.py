@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 
-import pytest
 from tqdm import tqdm
 
 from imgclf import progress as progress_module

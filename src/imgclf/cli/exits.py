@@ -16,7 +16,7 @@ from typing import TypeVar
 from omegaconf import DictConfig
 
 from imgclf.errors import ImgclfError
-from imgclf.tasks.experiment import in_sweep
+from imgclf.tasks.folders import in_sweep
 from imgclf.training.state import Interrupted
 
 log = logging.getLogger("imgclf")

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from imgclf.data.splits_file import checksum_path
 from imgclf.errors import CheckpointError, ExperimentError, ImgclfError
-from imgclf.atomic import pid_alive, write_text_atomic
+from imgclf.atomic import write_text_atomic
 from imgclf.experiment.checkpoint import load_checkpoint, remove_orphan_temps
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ exit status (``imgclf.cli.exits``). Where things are:
 
 - ``train_task`` / ``test_task``: the two tasks, each a handful of named steps in call order;
 - ``build``: one builder per config group; ``preprocess``: image size and normalization, decided once;
-- ``data``: splits, decoded images, loaders and cached features; ``calibration``: temperature scaling;
+- ``inputs``: splits, decoded images, loaders and cached features; ``calibration``: temperature scaling;
 - ``config_check``: types, ranges and keys no schema checks; ``output_check``: the output folder can be written;
-- ``resolvers``, ``sweep``, ``hparams``, ``failures``, ``ranks``, ``experiment`` (the experiment's folder and data).
+- ``resolvers``, ``sweep``, ``hparams``, ``failures``, ``ranks``, ``folders`` (the experiment folder a run writes: its name, its data).
 """
 
 from imgclf.tasks import resolvers

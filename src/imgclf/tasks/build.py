@@ -22,7 +22,7 @@ from imgclf.data.cache import DecodeCache
 from imgclf.data.folder import FolderSource
 from imgclf.errors import ConfigError, ImgclfError
 from imgclf.tasks import preprocess
-from imgclf.tasks.experiment import project_root
+from imgclf.tasks.folders import project_root
 from imgclf.training.engine import StepExtras, TrainOptions
 from imgclf.training.scheduler import Scheduler
 

@@ -17,7 +17,7 @@ from imgclf.experiment.checkpoint import file_stamp, save_atomic
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier
 from imgclf.reporting.statistics import fit_temperature, nll
-from imgclf.tasks import build, data
+from imgclf.tasks import build, inputs
 from imgclf.tasks.failures import evaluation_error
 from imgclf.reporting.outputs import Outputs
 from imgclf.training.validation import collect
@@ -71,8 +71,8 @@ def _fit(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any], model: Cl
     if not splits.samples.get("val"):
         raise DataError(f"calibrate=true: {exp.splits} lists no val images to fit the temperature on")
     prep = Preprocessing.from_checkpoint(payload)
-    val = data.load(cfg, build.source(cfg), splits, ("val",), prep)["val"]
-    found = outputs(cfg, model, data.serve(cfg, val, prep, cfg.augmentation.eval), device, desc="calibrate on val")
+    val = inputs.load(cfg, build.source(cfg), splits, ("val",), prep)["val"]
+    found = outputs(cfg, model, inputs.split_dataset(cfg, val, prep, cfg.augmentation.eval), device, desc="calibrate on val")
     temperature = fit_temperature(found.logits, found.labels)
     before, after = nll(found.logits, found.labels), nll(found.logits, found.labels, temperature)
     return {**payload, "temperature": temperature,

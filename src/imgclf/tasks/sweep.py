@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from imgclf.sweeps import summary
-from imgclf.tasks.experiment import in_sweep
+from imgclf.tasks.folders import in_sweep
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from imgclf.experiment.checkpoint import file_stamp, load_checkpoint
 from imgclf.models.classifier import Classifier, with_tta
 from imgclf.reporting import report
 from imgclf.runtime import resolve_device, tune_malloc
-from imgclf.tasks import build, data
+from imgclf.tasks import build, inputs
 from imgclf.tasks.calibration import LOCK_HINT, calibrate, load_weights, outputs
 from imgclf.tasks.config_check import check_config, expand_user_paths
-from imgclf.tasks.experiment import config_name, experiment_dir
+from imgclf.tasks.folders import config_name, experiment_dir
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,9 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     tag = checkpoint_tag(path, exp.path, exp.best)
     classes = list(payload["class_names"])
     source = build.source(cfg)
-    data.fill_num_classes(cfg, classes, source.root, found_in=str(path))
+    inputs.fill_num_classes(cfg, classes, source.root, found_in=str(path))
     own_data = payload["config"]["dataset"]["root"] == str(source.root)
-    splits, recorded = data.splits(exp, source, classes, reuse=own_data)
+    splits, recorded = inputs.splits(exp, source, classes, reuse=own_data)
     if tag and own_data:
         warn_if_split_differently(payload["config"]["dataset"], cfg.dataset, path)
     split = split_to_test(cfg.split, splits, source)
@@ -67,14 +67,14 @@ def test(cfg: DictConfig) -> dict[str, Any]:
                                   f"checkpoint of experiment {exp.path.name}: calibrate it in its own experiment")
         with exp.lock(LOCK_HINT):  # a training run of the experiment would replace the checkpoint
             payload = calibrate(cfg, exp, path, payload, model, device, stamp)  # the temperature of the model shipped
-    loaded = data.load(cfg, source, splits, (split,), prep)
-    data.check_unchanged(recorded, loaded, refuse=False)
-    dataset = data.serve(cfg, loaded[split], prep, cfg.augmentation.eval)
+    loaded = inputs.load(cfg, source, splits, (split,), prep)
+    inputs.check_unchanged(recorded, loaded, refuse=False)
+    dataset = inputs.split_dataset(cfg, loaded[split], prep, cfg.augmentation.eval)
     found = outputs(cfg, with_tta(model, cfg.tta), dataset, device, desc=split)
     info = {"split": split, "checkpoint": str(path.resolve()), "epoch": payload["state"]["epoch"],
             "data_root": str(source.root), "experiment": payload["experiment"], "tta": cfg.tta}
     result = report.SplitResult(found, classes, [p for p, _ in loaded[split].samples],
-                                lambda i: data.picture(dataset, i), info,
+                                lambda i: inputs.picture(dataset, i), info,
                                 temperature=float(payload.get("temperature", 1.0)),
                                 display_names=payload.get("display_names") or {})
     folder = exp.path / (report_folder(split, None if own_data else source.root) + (f"_ckpt-{tag}" if tag else ""))

@@ -24,10 +24,10 @@ from imgclf.data.splits_file import write_splits
 from imgclf.data.prepare import digests_by_path
 from imgclf.models.classifier import Classifier
 from imgclf.runtime import resolve_device, tune_malloc
-from imgclf.tasks import build, data, preprocess, ranks, sweep
+from imgclf.tasks import build, inputs, preprocess, ranks, sweep
 from imgclf.tasks.calibration import calibrate, load_weights
 from imgclf.tasks.config_check import check_config, expand_user_paths
-from imgclf.tasks.experiment import check_same_data, experiment_dir, in_sweep, report_finished
+from imgclf.tasks.folders import check_same_data, experiment_dir, in_sweep, report_finished
 from imgclf.tasks.failures import training_error
 from imgclf.tasks.hparams import hparam_metrics, hparams
 from imgclf.training import distributed
@@ -70,12 +70,12 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
     group, device = start(cfg)
     after_epoch = sweep.trial_hook(cfg) if group.is_main else None  # an Optuna trial reports each epoch (rank 0)
     source = build.source(cfg)
-    data.check_trainable(source)
+    inputs.check_trainable(source)
     classes = source.class_names()  # lists folders only: config errors surface before any decoding
-    data.fill_num_classes(cfg, classes, source.root)
+    inputs.fill_num_classes(cfg, classes, source.root)
     native = build.native_size(cfg)  # a bad model target fails here, before any file is read
     scanned = source.scan()  # once: the sizes below and the splits (unless resuming) come from it
-    size = choose_image_size(cfg, native, data.train_sizes(cfg, scanned))
+    size = choose_image_size(cfg, native, inputs.train_sizes(cfg, scanned))
     net = build.network(cfg)  # initialises the weights: the first draw from the seeded RNG
     net = build.placed(cfg, net, size.image_size, device)
     optimizer, scheduler = build.optimizer_and_scheduler(cfg, net)
@@ -91,14 +91,14 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
             check_classes(payload, classes)
         ranks.check_world_size(payload, group)
         with group.main_first():  # the decoded-image cache: built once per machine, then read by the other ranks
-            splits, loaded = data.prepare(cfg, exp, source, classes, size, scanned=scanned,
+            splits, loaded = inputs.prepare(cfg, exp, source, classes, size, scanned=scanned,
                                           resuming=payload is not None, writer=group.is_main)
         prep = preprocess.resolve(size, cfg.dataset.normalize, cfg.dataset.mean, cfg.dataset.std,
                                   expected=preprocess.model_stats(net),
-                                  measure=lambda: data.train_stats(cfg, loaded["train"], size))
+                                  measure=lambda: inputs.train_stats(cfg, loaded["train"], size))
         record_preprocessing(cfg, prep)
         model = Classifier(net, prep.mean, prep.std).to(device)
-        loss_weights, sample_weights = data.balance(cfg, loaded["train"], len(classes))
+        loss_weights, sample_weights = inputs.balance(cfg, loaded["train"], len(classes))
         if loss_weights is not None:
             loss_fn = build.loss(cfg, device, loss_weights)
         extras = build.step_extras(cfg, model, device, payload)
@@ -106,9 +106,9 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
                                                               extras.ema)
         if group.is_main:
             record_start(cfg, exp, splits, loaded, state, payload)
-        train_loader, val_loader = data.train_loaders(cfg, loaded, prep, device, sample_weights, group)
+        train_loader, val_loader = inputs.train_loaders(cfg, loaded, prep, device, sample_weights, group)
         val_images = val_loader.dataset
-        stages = data.stages(cfg, model, train_loader, val_loader, device, sample_weights,
+        stages = inputs.stages(cfg, model, train_loader, val_loader, device, sample_weights,
                              extras.batch_mix is not None, train_split=loaded["train"], prep=prep,
                              start_epoch=state.epoch, group=group)
         meta = {**checkpoint_meta(cfg, source.display_names(), classes, model, prep), "world_size": group.world_size}
@@ -198,7 +198,7 @@ def record_start(cfg: DictConfig, exp: ExperimentDir, splits: Any, loaded: Any, 
 def open_run_log(cfg: DictConfig, exp: ExperimentDir, state: TrainState, classes: list[str], val_images: Any,
                  num_parameters: int, group: Distributed) -> RunLog:
     """metrics.jsonl and TensorBoard (continuing after ``state.epoch``), with the HParams entry of the run."""
-    figures = BestFigures(classes, lambda i: data.picture(val_images, i), cfg.report.mistakes)
+    figures = BestFigures(classes, lambda i: inputs.picture(val_images, i), cfg.report.mistakes)
     run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch,
                      figures=figures if cfg.report.figures else None,
                      constants={"world_size": group.world_size,  # a distributed run says so in every line

@@ -159,7 +159,7 @@ def balance(cfg: DictConfig, train: LoadedSplit, num_classes: int) -> tuple[list
     return None, None
 
 
-def serve(cfg: DictConfig, split: LoadedSplit, prep: Preprocessing, node: Any, bad_files: str = "stop") -> Any:
+def split_dataset(cfg: DictConfig, split: LoadedSplit, prep: Preprocessing, node: Any, bad_files: str = "stop") -> Any:
     """The split as a dataset with the transform of an ``augmentation`` node, cropped to the input size;
     ``bad_files=skip`` drops a sample that fails to load while training (test.py keeps ``stop``: its report
     pairs every output with its file)."""
@@ -174,7 +174,7 @@ def train_loaders(cfg: DictConfig, loaded: dict[str, LoadedSplit], prep: Preproc
     pin = device.type == "cuda" if cfg.loader.pin_memory == "auto" else bool(cfg.loader.pin_memory)
     loaders = []
     for split, transform in (("train", cfg.augmentation.train), ("val", cfg.augmentation.eval)):
-        dataset = serve(cfg, loaded[split], prep, transform, cfg.dataset.bad_files)
+        dataset = split_dataset(cfg, loaded[split], prep, transform, cfg.dataset.bad_files)
         if split == "train" and transform is not None and dataset.batch_op is None:
             log.info("augmentation runs image by image: %s", dataset.why_per_image)
         loaders.append(make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=split == "train",
@@ -231,7 +231,7 @@ def stages(cfg: DictConfig, model: Classifier, train_loader: TrainLoader, val_lo
                  start_epoch + 1)
         return [whole]
     images = (train_loader.dataset if views > 1 or unfreeze is None
-              else serve(cfg, train_split, prep, cfg.augmentation.eval, cfg.dataset.bad_files))
+              else split_dataset(cfg, train_split, prep, cfg.augmentation.eval, cfg.dataset.bad_files))
     in_order = make_loader(images, batch_size=cfg.loader.batch_size, shuffle=False)  # per sample
     options = {"progress": cfg.progress, "channels_last": cfg.trainer.channels_last}
     train = extract_views(model, in_order, device, views, **options)
