@@ -58,12 +58,14 @@ def epochs_done(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("config,search", [("train", "quickstart_optuna"), ("transfer", "transfer_optuna")])
-def test_hparams_search_configs_compose_with_a_stable_sweep_folder(config: str, search: str) -> None:
+@pytest.mark.parametrize("config,experiment,search", [("train", "quickstart", "quickstart_optuna"),
+                                                       ("transfer", "transfer", "transfer_optuna")])
+def test_hparams_search_configs_compose_with_a_stable_sweep_folder(config: str, experiment: str, search: str) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=config, overrides=[f"hparams_search={search}"], return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("ImgclfOptunaSweeper")
-    assert cfg.hydra.sweep.dir == f"experiments/{config}/optuna/{search}"  # no ${now:}: every run meets the study
+    # no ${now:}: every run meets the study; conf/train.yaml is the quickstart, and its experiment is named so
+    assert cfg.hydra.sweep.dir == f"experiments/{experiment}/optuna/{search}"
     assert OmegaConf.to_container(cfg.hydra.sweep)["subdir"] == "trial_${hydra.job.num}"
     space = search_space.parse([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()])
     assert space.distributions and not space.fixed
