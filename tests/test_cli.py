@@ -89,6 +89,9 @@ def test_B4_sweep_gives_every_job_its_own_dirs_and_a_summary(tmp_path: Path, tin
         assert (job_dir / "best.pt").exists() == (row["status"] == "COMPLETED")
     runs = tmp_path / "runs" / "tiny" / "multirun" / sweeps[0].name
     assert sorted(p.name for p in runs.iterdir()) == [job_dirs[0].name, job_dirs[2].name]
+    output = result.stdout + result.stderr  # the data table once, then one line for the job over the same data
+    assert output.count("data:\n") == 1 and output.count("data: as in the previous job") == 1
+    assert "sweep done: 4 jobs (2 COMPLETED, 2 FAILED); best val/acc " in output  # and the best job named
 
 
 @pytest.mark.slow

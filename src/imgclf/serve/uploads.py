@@ -36,6 +36,12 @@ class Limits:
     max_request_bytes: int = 32 * 1024 * 1024
     max_files: int = 16
 
+    def __str__(self) -> str:
+        """How the log says it: ``10 MB a file, 32 MB a request, 16 files``."""
+        mb = 1024 * 1024
+        return (f"{self.max_file_bytes / mb:g} MB a file, {self.max_request_bytes / mb:g} MB a request, "
+                f"{self.max_files} files")
+
 
 @dataclass
 class Upload:

@@ -52,3 +52,20 @@ def _locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def closing_line(rows: list[dict[str, Any]], monitor: str, mode: str, path: Path) -> str:
+    """One line that ends a grid sweep: how its jobs ended, the best one with its value and overrides, the table."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    ended = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    scored = [row for row in rows if row.get("best") not in ("", None)]
+    if not scored:
+        return f"sweep done: {len(rows)} jobs ({ended}); no job reached a {monitor}; {path}"
+    best = (max if mode == "max" else min)(scored, key=lambda row: float(row["best"]))
+    shared = set.intersection(*(set(row["overrides"].split()) for row in rows))
+    swept = " ".join(o for o in best["overrides"].split() if o not in shared) or "no overrides"  # what made it differ
+    return (f"sweep done: {len(rows)} jobs ({ended}); best {monitor} {float(best['best']):.4f} by job {best['job']} "
+            f"({swept}) in {best['dir']}; every job: {path}")
+

@@ -110,8 +110,9 @@ def report_finished(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any]
     """Say that the experiment is done and how to evaluate, retrain or extend it; its best value."""
     state = payload["state"]
     log.warning(
-        "experiment '%s' already finished %d epochs (best %s = %s at epoch %d) in %s; nothing to do.\n"
+        "experiment '%s' already finished %d epochs (best %s = %.4f at epoch %d) in %s; nothing to do.\n"
         "  evaluate it:    python test.py -cn=%s\n"
         "  train it again: overwrite=true (deletes it) or experiment=<new name>; train longer: epochs=<more>",
-        cfg.experiment, state["epoch"], cfg.monitor, state["best"], state["best_epoch"], exp.path, config_name())
+        cfg.experiment, state["epoch"], cfg.monitor, float(state["best"] if state["best"] is not None else "nan"),
+        state["best_epoch"], exp.path, config_name())
     return state["best"]

@@ -112,10 +112,22 @@ def prepare(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: 
     if writer:
         exp.path.mkdir(parents=True, exist_ok=True)
         write_report(health, exp.path / "doctor.json")
-        log.info("data:\n%s", format_report(health))
+        log_data_table(format_report(health), str(exp.path / "doctor.json"))
         warn_about_leaks(health)
         warn_about_absent_classes(loaded["val"], classes)
     return found, loaded
+
+
+_last_data_table: list[str] = []  # the table this process logged last (jobs of a sweep run one after another)
+
+
+def log_data_table(table: str, report: str) -> None:
+    """The data table, logged once per process: the next jobs of a sweep over the same data say so in one line."""
+    if _last_data_table and _last_data_table[-1] == table:
+        log.info("data: as in the previous job (%s)", report)
+        return
+    _last_data_table[:] = [table]
+    log.info("data:\n%s", table)
 
 
 def _why_no_val(source: FolderSource, found: Splits) -> str:

@@ -3,6 +3,7 @@ per-epoch hook of an Optuna trial."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -49,6 +50,17 @@ class SweepSummary(Callback):
         }
         summary.update(Path(config.hydra.sweep.dir), [row])
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A grid sweep ends with one line naming its best job, also when a job failed: Hydra then raises before
+        any end-of-sweep callback, so the line is written as the process exits. (The Optuna sweeper names its
+        best trial itself.)"""
+        if "Optuna" not in str(config.hydra.sweeper.get("_target_", "")):
+            atexit.register(_closing_line, Path(config.hydra.sweep.dir) / summary.NAME, config.monitor, config.mode)
+
+
+def _closing_line(path: Path, monitor: str, mode: str) -> None:
+    if path.exists():
+        log.info(summary.closing_line(summary.read(path), monitor, mode, path))
 
 def parallel_jobs() -> int:
     """How many jobs of this sweep run at once on this machine (the joblib launcher's n_jobs; else 1)."""

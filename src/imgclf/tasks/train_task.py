@@ -119,8 +119,10 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
         if payload is not None:
             set_rng_states(payload["rng"])  # last, so nothing above consumes the restored streams
         ranks.seed_apart(cfg.seed, group, state)
-        log.info("training %s: %s, classes %s, %s on %s -> %s", cfg.experiment, splits.counts(), classes,
-                 type(net).__name__, device, exp.path)
+        counts = ", ".join(f"{name} {n}" for name, n in splits.counts().items())
+        shown = ", ".join(classes[:10]) + (f" and {len(classes) - 10} more" if len(classes) > 10 else "")
+        log.info("training %s: %s images; %d classes (%s); %s on %s -> %s", cfg.experiment, counts, len(classes),
+                 shown, type(net).__name__, device, exp.path)
         with stop_signal() as stop:
             try:
                 for stage in stages:
