@@ -141,7 +141,9 @@ def test_H4_resuming_mid_epoch_with_another_world_size_is_refused(tmp_path: Path
     overrides = tiny_overrides(tmp_path, uneven_folder, *EXACT, "loader.batch_size=4", "epochs=2")
     from helpers import StopAfter
 
-    with pytest.raises(Exception):
+    from imgclf.training.state import Interrupted
+
+    with pytest.raises(Interrupted):
         tasks.train(compose_cfg("train", overrides), stop_signal=lambda: StopAfter(3))
     done = torchrun(*overrides)
     assert done.returncode == 1, done.stdout[-3000:]
