@@ -16,16 +16,16 @@ import hashlib
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-
-from imgclf.data.cache import CHUNK, file_crc32, open_checked, write_checked
 from timing import best_of, evict  # benchmarks/timing.py
 
+from imgclf.data.cache import CHUNK, file_crc32, open_checked, write_checked
 
-def file_digest(path: Path, new: Callable[[], "hashlib._Hash"]) -> str:
+
+def file_digest(path: Path, new: Callable[[], hashlib._Hash]) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, new).hexdigest()
 

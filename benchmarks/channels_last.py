@@ -15,13 +15,13 @@ import statistics
 import torch
 from loop_overhead import timed  # the same clock, synchronized on CUDA
 
-from imgclf.training.engine import TrainOptions, train_one_epoch
 from imgclf.models.classifier import Classifier
 from imgclf.models.lite0 import EfficientNetLite0
 from imgclf.models.resnet_like import ResNetLike
 from imgclf.models.small_cnn import SmallCNN
 from imgclf.models.tinyvgg import TinyVGG
 from imgclf.runtime import resolve_device, tune_malloc
+from imgclf.training.engine import TrainOptions, train_one_epoch
 
 # (name, build the network, input size): the recipes' models at their recipes' sizes
 CASES = [
@@ -41,8 +41,7 @@ def epoch_time(net: torch.nn.Module, batches: list, device: torch.device, channe
     options = TrainOptions(channels_last=channels_last)
     loss_fn = torch.nn.CrossEntropyLoss()
     train_one_epoch(model, batches[:1], loss_fn, optimizer, device=device, options=options)  # warm-up
-    return timed(lambda: train_one_epoch(model, batches, loss_fn, optimizer, device=device,
-                                         options=options), device)
+    return timed(lambda: train_one_epoch(model, batches, loss_fn, optimizer, device=device, options=options), device)
 
 
 def main() -> None:
@@ -57,8 +56,13 @@ def main() -> None:
     print("| model | input | default img/s | channels-last img/s | ratio |\n|---|---:|---:|---:|---:|")
     for name, build, size in CASES:
         g = torch.Generator().manual_seed(0)
-        batches = [(torch.randint(0, 256, (32, 3, size, size), dtype=torch.uint8, generator=g),
-                    torch.randint(0, 5, (32,), generator=g)) for _ in range(args.batches)]
+        batches = [
+            (
+                torch.randint(0, 256, (32, 3, size, size), dtype=torch.uint8, generator=g),
+                torch.randint(0, 5, (32,), generator=g),
+            )
+            for _ in range(args.batches)
+        ]
         times: dict[bool, list[float]] = {False: [], True: []}
         for _ in range(args.rounds):
             for layout in (False, True):

@@ -19,12 +19,13 @@ import os
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+
+from timing import best_of, evict  # benchmarks/timing.py
 
 from imgclf.data.cache import DecodeCache, file_digest, file_key
 from imgclf.data.folder import FolderSource
-from timing import best_of, evict  # benchmarks/timing.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,10 +41,12 @@ def old_key(paths: list[str]) -> str:
 
 def whole_file(digest: Callable[[bytes], object]) -> Callable[[list[str]], None]:
     """Read each file in one call and digest its bytes."""
+
     def run(paths: list[str]) -> None:
         for path in paths:
             with open(path, "rb") as f:
                 digest(f.read())
+
     return run
 
 
@@ -76,12 +79,17 @@ def main() -> None:
         build = time.perf_counter() - start
         hit = best_of(3, lambda: cache.load(paths, args.size))  # the key, the report, the array's CRC-32 check
     for name, seconds in rows.items():
-        print(f"{name:44s} {seconds * 1000:8.1f} ms  {seconds / n * 1e6:6.1f} us/image  "
-              f"{seconds / build:6.2%} of a build")
-    print(f"{'cache build (read, SHA-1, decode, resize)':44s} {build * 1000:8.1f} ms  {build / n * 1e6:6.1f} us/image"
-          f"  ({args.size} px, {DecodeCache(None).workers} threads)")
-    print(f"{'cache hit (key, report, CRC-32 of the array)':44s} {hit * 1000:8.1f} ms  {hit / n * 1e6:6.1f} us/image"
-          f"  (the new key is {rows['new key: SHA-1 of every file, warm'] / hit:.0%} of it, warm)")
+        print(
+            f"{name:44s} {seconds * 1000:8.1f} ms  {seconds / n * 1e6:6.1f} us/image  {seconds / build:6.2%} of a build"
+        )
+    print(
+        f"{'cache build (read, SHA-1, decode, resize)':44s} {build * 1000:8.1f} ms  {build / n * 1e6:6.1f} us/image"
+        f"  ({args.size} px, {DecodeCache(None).workers} threads)"
+    )
+    print(
+        f"{'cache hit (key, report, CRC-32 of the array)':44s} {hit * 1000:8.1f} ms  {hit / n * 1e6:6.1f} us/image"
+        f"  (the new key is {rows['new key: SHA-1 of every file, warm'] / hit:.0%} of it, warm)"
+    )
     print(f"digests kept in the report and in splits.csv: SHA-1, e.g. {file_digest(paths[0])}")
 
 

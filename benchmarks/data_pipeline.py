@@ -44,14 +44,25 @@ MEAN, STD = [0.519, 0.499, 0.469], [0.175, 0.183, 0.197]  # the dishes project's
 
 
 def dishes_augmentation() -> list:
-    return [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(degrees=10),
-            v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.05),
-            v2.TrivialAugmentWide(num_magnitude_bins=31)]
+    return [
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        v2.RandomRotation(degrees=10),
+        v2.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.05),
+        v2.TrivialAugmentWide(num_magnitude_bins=31),
+    ]
 
 
 def naive_dataset(root: Path, size: int) -> datasets.ImageFolder:
-    transform = v2.Compose([v2.Resize((size, size)), *dishes_augmentation(), v2.ToImage(),
-                            v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    transform = v2.Compose(
+        [
+            v2.Resize((size, size)),
+            *dishes_augmentation(),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(MEAN, STD),
+        ]
+    )
     return datasets.ImageFolder(str(root), transform=transform)
 
 
@@ -103,14 +114,21 @@ def measure(name: str, root: Path, size: int, workers: int, cache_dir: str) -> f
         images, _ = cache.load(paths, size)
         return n / (time.perf_counter() - start + epoch(loader(DecodedImages(images, labels, augment), workers), True))
     if name.endswith("no cache"):
-        return steady_rate(LazyImages(paths, labels, size, flips if name.startswith("flips") else augment),
-                           workers, True, n)
+        return steady_rate(
+            LazyImages(paths, labels, size, flips if name.startswith("flips") else augment), workers, True, n
+        )
     images, _ = cache.load(paths, size)  # later epochs and runs: the memory-mapped file
     return steady_rate(DecodedImages(images, labels, flips if name.startswith("flips") else augment), workers, True, n)
 
 
-PIPELINES = ("naive", "imgclf, no cache", "imgclf, epoch 1", "imgclf, epoch 2", "flips only, no cache",
-             "flips only, cached")
+PIPELINES = (
+    "naive",
+    "imgclf, no cache",
+    "imgclf, epoch 1",
+    "imgclf, epoch 2",
+    "flips only, no cache",
+    "flips only, cached",
+)
 
 
 def main() -> None:
@@ -126,15 +144,33 @@ def main() -> None:
     if args.child:
         print(measure(args.child, args.root, args.size, args.workers[0], args.cache_dir))
         return
-    print(f"images from {args.root}, {args.size} px, dishes augmentation, batch 32; each pipeline in its own "
-          "process (naive with glibc's malloc defaults, imgclf with its own defaults)")
+    print(
+        f"images from {args.root}, {args.size} px, dishes augmentation, batch 32; each pipeline in its own "
+        "process (naive with glibc's malloc defaults, imgclf with its own defaults)"
+    )
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as cache_dir:
             rates = {}
             for name in PIPELINES:
-                out = subprocess.run([sys.executable, __file__, "--child", name, "--root", str(args.root),
-                                      "--size", str(args.size), "--workers", str(workers), "--cache-dir", cache_dir],
-                                     capture_output=True, text=True, check=True).stdout
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        name,
+                        "--root",
+                        str(args.root),
+                        "--size",
+                        str(args.size),
+                        "--workers",
+                        str(workers),
+                        "--cache-dir",
+                        cache_dir,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
                 rates[name] = float(out.strip().splitlines()[-1])
         print(f"workers={workers}:")
         for name, rate in rates.items():
@@ -143,8 +179,10 @@ def main() -> None:
         print(f"  ratio epoch 2 / naive                 = {second / rates['naive']:5.2f} (target >= 3)")
         print(f"  ratio epoch 2 / decoding from disk    = {second / rates['imgclf, no cache']:5.2f} (target >= 5)")
         print(f"  ratio epoch 2 / epoch 1 (cache build) = {second / rates['imgclf, epoch 1']:5.2f}")
-        print(f"  flips only: cached / decoding         = "
-              f"{rates['flips only, cached'] / rates['flips only, no cache']:5.2f}")
+        print(
+            f"  flips only: cached / decoding         = "
+            f"{rates['flips only, cached'] / rates['flips only, no cache']:5.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -35,9 +35,18 @@ def run(procs: int, batch: int, epochs: int, workdir: Path, extra: list[str], th
     """train.py on ``procs`` processes (1: plain python, with ``threads`` CPU threads if given) with the global
     batch ``batch``; images/s of the run."""
     name = f"p{procs}t{threads}"
-    overrides = [f"experiment={name}", f"epochs={epochs}", f"loader.batch_size={batch // procs}", "progress=false",
-                 "loader.cache=memory", "report.figures=false", f"paths.experiments={workdir / 'e'}",
-                 f"paths.runs={workdir / 'r'}", f"paths.cache={workdir / 'c'}", *extra]
+    overrides = [
+        f"experiment={name}",
+        f"epochs={epochs}",
+        f"loader.batch_size={batch // procs}",
+        "progress=false",
+        "loader.cache=memory",
+        "report.figures=false",
+        f"paths.experiments={workdir / 'e'}",
+        f"paths.runs={workdir / 'r'}",
+        f"paths.cache={workdir / 'c'}",
+        *extra,
+    ]
     env = dict(os.environ)
     if procs == 1:
         command = [sys.executable, str(ROOT / "train.py"), *overrides]
@@ -45,8 +54,16 @@ def run(procs: int, batch: int, epochs: int, workdir: Path, extra: list[str], th
             env["OMP_NUM_THREADS"] = str(threads)
     else:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // procs))  # the cores shared out, not oversubscribed
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}",
-                   "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(ROOT / "train.py"), *overrides]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={procs}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
+            str(ROOT / "train.py"),
+            *overrides,
+        ]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command[:6])} ... failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")

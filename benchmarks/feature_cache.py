@@ -14,11 +14,11 @@ import torch
 from torch.utils.data import TensorDataset
 
 from imgclf.data.dataset import make_loader
-from imgclf.training.engine import train_one_epoch
-from imgclf.training.features import extract
 from imgclf.models.classifier import Classifier
 from imgclf.models.lite0 import EfficientNetLite0
 from imgclf.runtime import tune_malloc
+from imgclf.training.engine import train_one_epoch
+from imgclf.training.features import extract
 
 
 def main() -> None:
@@ -51,9 +51,13 @@ def main() -> None:
         start = time.perf_counter()
         train_one_epoch(model.net.head, feature_loader, loss_fn, optimizer, device=device)
         cached.append(time.perf_counter() - start)
-    print(f"EfficientNet-Lite0 frozen, {args.images} images at {args.size} px, batch 32, median of {args.epochs} epochs")
+    print(
+        f"EfficientNet-Lite0 frozen, {args.images} images at {args.size} px, batch 32, median of {args.epochs} epochs"
+    )
     print(f"  backbone every epoch      {statistics.median(full):8.3f} s/epoch")
-    print(f"  cached features           {statistics.median(cached):8.3f} s/epoch (one-off extraction {extraction:.1f} s)")
+    print(
+        f"  cached features           {statistics.median(cached):8.3f} s/epoch (one-off extraction {extraction:.1f} s)"
+    )
     print(f"  per-epoch speed-up = {statistics.median(full) / statistics.median(cached):.0f}x (target >= 10x)")
 
 

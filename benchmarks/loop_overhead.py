@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from imgclf.training.engine import TrainOptions, train_one_epoch
 from imgclf.models.classifier import Classifier
 from imgclf.models.small_cnn import SmallCNN
+from imgclf.training.engine import TrainOptions, train_one_epoch
 
 
 def hand_written_epoch(model, batches, loss_fn, optimizer, device) -> None:
@@ -63,7 +63,9 @@ def main() -> None:
 
     hand, ours = build(device), build(device)
     run_hand = lambda: hand_written_epoch(hand[0], batches, hand[2], hand[1], device)  # noqa: E731
-    run_ours = lambda: train_one_epoch(ours[0], batches, ours[2], ours[1], device=device, options=TrainOptions(progress=True))  # noqa: E731
+    run_ours = lambda: train_one_epoch(  # noqa: E731
+        ours[0], batches, ours[2], ours[1], device=device, options=TrainOptions(progress=True)
+    )
     run_hand(), run_ours()  # warm-up
     times: dict[str, list[float]] = {"hand-written": [], "imgclf": []}
     for _ in range(args.epochs):
@@ -71,8 +73,10 @@ def main() -> None:
         times["imgclf"].append(timed(run_ours, device))
 
     rates = {name: args.images / statistics.median(ts) for name, ts in times.items()}
-    print(f"device {device}, {args.images} images of {args.size}px, batch {args.batch_size}, "
-          f"median of {args.epochs} epochs each (alternating)")
+    print(
+        f"device {device}, {args.images} images of {args.size}px, batch {args.batch_size}, "
+        f"median of {args.epochs} epochs each (alternating)"
+    )
     for name, rate in rates.items():
         print(f"  {name:13s} {rate:9.0f} images/s")
     print(f"ratio imgclf / hand-written = {rates['imgclf'] / rates['hand-written']:.3f} (target >= 0.97)")

@@ -39,8 +39,12 @@ print(json.dumps({"ms": (time.perf_counter() - t0) / steps * 1000, "sys": r1.ru_
 
 
 def run(size: int, batch: int, steps: int, tuned: bool) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(size), str(batch), str(steps), "1" if tuned else "0"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(size), str(batch), str(steps), "1" if tuned else "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -60,9 +64,11 @@ def main() -> None:
         ms = {}
         for tuned, runs in results.items():
             ms[tuned] = statistics.median(r["ms"] for r in runs)
-            print(f"  {'tuned malloc' if tuned else 'glibc default':14s} {ms[tuned]:7.0f} ms/step  "
-                  f"sys {statistics.median(r['sys'] for r in runs):5.2f} s  "
-                  f"page faults {statistics.median(r['faults'] for r in runs):9.0f}")
+            print(
+                f"  {'tuned malloc' if tuned else 'glibc default':14s} {ms[tuned]:7.0f} ms/step  "
+                f"sys {statistics.median(r['sys'] for r in runs):5.2f} s  "
+                f"page faults {statistics.median(r['faults'] for r in runs):9.0f}"
+            )
         print(f"  speed-up default / tuned = {ms[False] / ms[True]:.2f}")
 
 

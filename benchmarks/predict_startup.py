@@ -43,10 +43,22 @@ def seconds(command: list[str]) -> float:
 
 def train_tiny(folder: Path) -> Path:
     """One epoch of the quickstart with TinyVGG at 32 px: a real checkpoint in seconds."""
-    subprocess.run([sys.executable, "train.py", "model=tinyvgg", "epochs=1", "progress=false",
-                    "experiment=startup", f"paths.experiments={folder / 'experiments'}",
-                    f"paths.runs={folder / 'runs'}", f"paths.cache={folder / 'cache'}"],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "model=tinyvgg",
+            "epochs=1",
+            "progress=false",
+            "experiment=startup",
+            f"paths.experiments={folder / 'experiments'}",
+            f"paths.runs={folder / 'runs'}",
+            f"paths.cache={folder / 'cache'}",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     return folder / "experiments" / "startup" / "best.pt"
 
 
@@ -67,8 +79,12 @@ def sample_image(folder: Path) -> Path:
 
 def export_onnx(checkpoint: Path, folder: Path) -> Path:
     """imgclf-export of ``checkpoint`` into ``folder``; returns its model.onnx."""
-    subprocess.run([sys.executable, "-m", "imgclf.cli.export", "--checkpoint", str(checkpoint), "--output",
-                    str(folder)], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "imgclf.cli.export", "--checkpoint", str(checkpoint), "--output", str(folder)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     return folder / "model.onnx"
 
 
@@ -84,11 +100,16 @@ def cold_starts(commands: dict[str, list[str]], repeats: int) -> dict[str, list[
 
 
 def report_cold_starts(times: dict[str, list[float]], repeats: int) -> None:
-    labels = {"baseline": "import torch, torchvision:", "predict": "predict.py, one image:",
-              "onnx": "predict.py --model, one image:"}
+    labels = {
+        "baseline": "import torch, torchvision:",
+        "predict": "predict.py, one image:",
+        "onnx": "predict.py --model, one image:",
+    }
     for name, values in times.items():
-        print(f"{labels[name]:<32} median {statistics.median(values):.2f} s over {repeats} runs "
-              f"({min(values):.2f}-{max(values):.2f})")
+        print(
+            f"{labels[name]:<32} median {statistics.median(values):.2f} s over {repeats} runs "
+            f"({min(values):.2f}-{max(values):.2f})"
+        )
     base = statistics.median(times["baseline"])
     for name, target in (("predict", TARGET), ("onnx", ONNX_TARGET)):
         ratio = statistics.median(times[name]) / base
@@ -101,24 +122,33 @@ def throughput(option: str, repeats: int, folder: Path) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from helpers import compose_cfg
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from helpers import compose_cfg
     from imgclf.deploy.export import export
     from imgclf.deploy.onnx_predictor import OnnxPredictor
     from imgclf.experiment.checkpoint import save_atomic
     from imgclf.models.classifier import Classifier
 
-    cfg = compose_cfg("train", ["experiment=x", f"model={option}", "dataset.num_classes=5",
-                                f"dataset.image_size={THROUGHPUT_SIZE}"])
+    cfg = compose_cfg(
+        "train", ["experiment=x", f"model={option}", "dataset.num_classes=5", f"dataset.image_size={THROUGHPUT_SIZE}"]
+    )
     for key, offline in (("pretrained", False), ("weights", None)):
         if key in cfg.model:
             cfg.model[key] = offline
     model = Classifier(instantiate(cfg.model), [0.5] * 3, [0.5] * 3).eval()
-    save_atomic({"model": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
-                 "class_names": list("abcde"), "image_size": THROUGHPUT_SIZE, "mean": [0.5] * 3, "std": [0.5] * 3},
-                folder / "throughput.pt")
+    save_atomic(
+        {
+            "model": model.state_dict(),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "class_names": list("abcde"),
+            "image_size": THROUGHPUT_SIZE,
+            "mean": [0.5] * 3,
+            "std": [0.5] * 3,
+        },
+        folder / "throughput.pt",
+    )
     onnx = OnnxPredictor.load(export(folder / "throughput.pt", folder / "throughput-export").model)
     print(f"\nthroughput, {option} at {THROUGHPUT_SIZE} px, {torch.get_num_threads()} torch threads:")
     for batch in BATCHES:
@@ -133,8 +163,10 @@ def throughput(option: str, repeats: int, folder: Path) -> None:
             onnx.probabilities(list(images))
 
         rates = {name: batch / best_time(run, repeats) for name, run in (("torch", eager), ("onnx", runtime))}
-        print(f"  batch {batch:>2}: eager torch {rates['torch']:7.1f} images/s, onnxruntime {rates['onnx']:7.1f} "
-              f"images/s: {rates['onnx'] / rates['torch']:.2f}x")
+        print(
+            f"  batch {batch:>2}: eager torch {rates['torch']:7.1f} images/s, onnxruntime {rates['onnx']:7.1f} "
+            f"images/s: {rates['onnx'] / rates['torch']:.2f}x"
+        )
 
 
 def best_time(run: object, repeats: int) -> float:
@@ -160,14 +192,18 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        checkpoint = (Path("experiments") / args.experiment / "best.pt" if args.experiment
-                      else args.checkpoint or train_tiny(folder))
+        checkpoint = (
+            Path("experiments") / args.experiment / "best.pt"
+            if args.experiment
+            else args.checkpoint or train_tiny(folder)
+        )
         image = args.image or sample_image(folder)
         model = export_onnx(ROOT / checkpoint, folder / "export")
-        commands = {"baseline": [sys.executable, "-c", "import torch, torchvision"],
-                    "predict": [sys.executable, "predict.py", str(image), "--checkpoint", str(checkpoint),
-                                "--device", "cpu"],
-                    "onnx": [sys.executable, "predict.py", str(image), "--model", str(model)]}
+        commands = {
+            "baseline": [sys.executable, "-c", "import torch, torchvision"],
+            "predict": [sys.executable, "predict.py", str(image), "--checkpoint", str(checkpoint), "--device", "cpu"],
+            "onnx": [sys.executable, "predict.py", str(image), "--model", str(model)],
+        }
         report_cold_starts(cold_starts(commands, args.repeats), args.repeats)
         if not args.no_throughput:
             throughput(args.throughput_model, max(3, args.repeats), folder)

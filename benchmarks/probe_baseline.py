@@ -62,23 +62,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("path", metavar="PATH", type=Path, help="the image folder")
     parser.add_argument("--experiment", type=Path, help="a trained and tested imgclf experiment folder on PATH")
     parser.add_argument("--recipe", default="transfer", help="imgclf config to train with (-cn)")
-    parser.add_argument("--experiments-dir", type=Path, default=Path("experiments"),
-                        help="paths.experiments of the runs (relative to the current folder)")
+    parser.add_argument(
+        "--experiments-dir",
+        type=Path,
+        default=Path("experiments"),
+        help="paths.experiments of the runs (relative to the current folder)",
+    )
     parser.add_argument("--name", help="experiment name prefix (default probe-<folder name>)")
     parser.add_argument("--split-seed", type=int, default=0, help="first split seed (dataset.split_seed)")
     parser.add_argument("--seeds", type=int, default=1, help="how many split seeds, from --split-seed on")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra override for train.py and test.py (repeatable)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra override for train.py and test.py (repeatable)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="images per Lite0 batch")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the numbers to FILE")
     return parser.parse_args(argv)
 
 
-def run_imgclf(path: Path, recipe: str, experiment: str, experiments_dir: Path, split_seed: int,
-               overrides: Sequence[str]) -> Path:
+def run_imgclf(
+    path: Path, recipe: str, experiment: str, experiments_dir: Path, split_seed: int, overrides: Sequence[str]
+) -> Path:
     """Train and test one imgclf experiment as a user would; its folder."""
-    args = [f"-cn={recipe}", f"dataset.root={path}", f"experiment={experiment}",
-            f"paths.experiments={experiments_dir}", f"dataset.split_seed={split_seed}", *overrides]
+    args = [
+        f"-cn={recipe}",
+        f"dataset.root={path}",
+        f"experiment={experiment}",
+        f"paths.experiments={experiments_dir}",
+        f"dataset.split_seed={split_seed}",
+        *overrides,
+    ]
     for script in ("train.py", "test.py"):
         print(f"$ python {script} {' '.join(args)}", flush=True)
         code = subprocess.run([sys.executable, script, *args], cwd=ROOT).returncode
@@ -91,8 +107,9 @@ def read_experiment(folder: Path, path: Path) -> tuple[Splits, dict]:
     """The experiment's splits and test metrics, checked to be about ``path``."""
     metrics_file, splits_file = folder / "test" / "metrics.json", folder / "splits.csv"
     if not metrics_file.is_file():
-        raise SystemExit(f"probe_baseline: {metrics_file} not found: the experiment has no test metrics "
-                         "(run test.py on it first)")
+        raise SystemExit(
+            f"probe_baseline: {metrics_file} not found: the experiment has no test metrics (run test.py on it first)"
+        )
     if not splits_file.is_file():
         raise SystemExit(f"probe_baseline: {splits_file} not found: not a trained imgclf experiment")
     metrics = json.loads(metrics_file.read_text())
@@ -123,7 +140,7 @@ class Features:
             self.net = LiteFeatures("lite0", pretrained=True).eval()
         with torch.inference_mode():
             for start in tqdm(range(0, len(todo), self.batch_size), desc="Lite0 features", unit="batch"):
-                batch = todo[start:start + self.batch_size]
+                batch = todo[start : start + self.batch_size]
                 out = self.net(torch.stack([preprocess(f) for f in batch])).numpy()
                 self.done.update(zip(batch, out))
         return np.stack([self.done[f] for f in files])
@@ -144,23 +161,32 @@ def compare(folder: Path, path: Path, features: Features) -> dict:
     if not splits.samples.get("test"):
         raise SystemExit(f"probe_baseline: {folder / 'splits.csv'} has no test images")
     baseline = baseline_accuracy(splits, features)
-    return {"experiment": str(folder), "baseline_accuracy": baseline, "imgclf_accuracy": metrics["accuracy"],
-            "ratio": metrics["accuracy"] / baseline if baseline else float("nan"),
-            "test_images": len(splits.samples["test"]), "imgclf_test_images": metrics["samples"]}
+    return {
+        "experiment": str(folder),
+        "baseline_accuracy": baseline,
+        "imgclf_accuracy": metrics["accuracy"],
+        "ratio": metrics["accuracy"] / baseline if baseline else float("nan"),
+        "test_images": len(splits.samples["test"]),
+        "imgclf_test_images": metrics["samples"],
+    }
 
 
 def table(rows: Sequence[dict], mean: dict) -> str:
     lines = [f"{'experiment':<32} {'baseline':>9} {'imgclf':>8} {'ratio':>7} {'test':>6}"]
     for row in [*rows, mean] if len(rows) > 1 else rows:
-        lines.append(f"{Path(row['experiment']).name:<32} {row['baseline_accuracy']:>9.4f} "
-                     f"{row['imgclf_accuracy']:>8.4f} {row['ratio']:>7.3f} {row['test_images']:>6}")
+        lines.append(
+            f"{Path(row['experiment']).name:<32} {row['baseline_accuracy']:>9.4f} "
+            f"{row['imgclf_accuracy']:>8.4f} {row['ratio']:>7.3f} {row['test_images']:>6}"
+        )
     return "\n".join(lines)
 
 
 def mean_row(rows: Sequence[dict]) -> dict:
-    return {"experiment": f"mean of {len(rows)}",
-            **{k: statistics.fmean(r[k] for r in rows) for k in ("baseline_accuracy", "imgclf_accuracy", "ratio")},
-            "test_images": round(statistics.fmean(r["test_images"] for r in rows))}
+    return {
+        "experiment": f"mean of {len(rows)}",
+        **{k: statistics.fmean(r[k] for r in rows) for k in ("baseline_accuracy", "imgclf_accuracy", "ratio")},
+        "test_images": round(statistics.fmean(r["test_images"] for r in rows)),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -183,8 +209,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         except ImgclfError as exc:  # e.g. splits.csv names files that are gone
             raise SystemExit(f"probe_baseline: {exc}") from None
         if rows[-1]["imgclf_test_images"] != rows[-1]["test_images"]:
-            print(f"warning: imgclf scored {rows[-1]['imgclf_test_images']} test images, splits.csv lists "
-                  f"{rows[-1]['test_images']}", file=sys.stderr)
+            print(
+                f"warning: imgclf scored {rows[-1]['imgclf_test_images']} test images, splits.csv lists "
+                f"{rows[-1]['test_images']}",
+                file=sys.stderr,
+            )
     mean = mean_row(rows)
     print(f"\nfrozen Lite0 + logistic regression (train+val -> test) vs imgclf on {path}\n{table(rows, mean)}")
     if args.json:

@@ -62,8 +62,9 @@ def recipe_and_overrides(name: str) -> tuple[str, list[str], str]:
 
 def run(script: str, *args: str) -> None:
     env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / script), *args, "progress=false"], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / script), *args, "progress=false"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise SystemExit(f"{script} {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
@@ -78,9 +79,15 @@ def one_run(recipe: str, experiment: str, overrides: list[str], fresh: bool) -> 
     exp = ROOT / "experiments" / experiment
     metrics = json.loads((exp / "test" / "metrics.json").read_text())
     epochs = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return {"accuracy": metrics["accuracy"], "accuracy_ci": metrics.get("accuracy_ci"), "f1": metrics["f1"],
-            "samples": metrics["samples"], "seconds": sum(e["epoch_seconds"] for e in epochs), "epochs": len(epochs),
-            "wall_seconds": wall if fresh else None}
+    return {
+        "accuracy": metrics["accuracy"],
+        "accuracy_ci": metrics.get("accuracy_ci"),
+        "f1": metrics["f1"],
+        "samples": metrics["samples"],
+        "seconds": sum(e["epoch_seconds"] for e in epochs),
+        "epochs": len(epochs),
+        "wall_seconds": wall if fresh else None,
+    }
 
 
 def measure(recipe: str, seeds: int, fresh: bool) -> dict[str, object]:
@@ -89,14 +96,23 @@ def measure(recipe: str, seeds: int, fresh: bool) -> dict[str, object]:
     if not repeated:
         result = one_run(recipe, experiment, folder, fresh)
         return {**result, "runs": 1, "target": target, "data": data}
-    runs = [one_run(recipe, f"{experiment}_seed{s}", [*folder, f"dataset.split_seed={s}", f"seed={s}"], fresh)
-            for s in range(seeds)]
+    runs = [
+        one_run(recipe, f"{experiment}_seed{s}", [*folder, f"dataset.split_seed={s}", f"seed={s}"], fresh)
+        for s in range(seeds)
+    ]
     accuracies = [r["accuracy"] for r in runs]
-    return {"accuracy": statistics.mean(accuracies), "accuracy_sd": statistics.stdev(accuracies),
-            "f1": statistics.mean(r["f1"] for r in runs), "samples": runs[0]["samples"],
-            "seconds": statistics.mean(r["seconds"] for r in runs), "epochs": runs[0]["epochs"],
-            "wall_seconds": statistics.mean(r["wall_seconds"] for r in runs) if fresh else None,
-            "runs": len(runs), "target": target, "data": data}
+    return {
+        "accuracy": statistics.mean(accuracies),
+        "accuracy_sd": statistics.stdev(accuracies),
+        "f1": statistics.mean(r["f1"] for r in runs),
+        "samples": runs[0]["samples"],
+        "seconds": statistics.mean(r["seconds"] for r in runs),
+        "epochs": runs[0]["epochs"],
+        "wall_seconds": statistics.mean(r["wall_seconds"] for r in runs) if fresh else None,
+        "runs": len(runs),
+        "target": target,
+        "data": data,
+    }
 
 
 def row(recipe: str, r: dict[str, object]) -> str:
@@ -105,13 +121,18 @@ def row(recipe: str, r: dict[str, object]) -> str:
         accuracy = f"{r['accuracy']:.3f} ({low:.3f}-{high:.3f})"
     else:
         accuracy = f"{r['accuracy']:.3f} ± {r['accuracy_sd']:.3f} over {r['runs']} split seeds"
-    target = "" if r["target"] is None else (f"{r['target']:.2f}: " + ("met" if r["accuracy"] >= r["target"]
-                                                                      else "**not met**"))
+    target = (
+        ""
+        if r["target"] is None
+        else (f"{r['target']:.2f}: " + ("met" if r["accuracy"] >= r["target"] else "**not met**"))
+    )
     wall = r.get("wall_seconds")
     took = f"{r['epochs']} epochs, {duration(r['seconds'])}" + (f" ({duration(wall)} in all)" if wall else "")
     recipe = recipe.split("@")[0]
-    return (f"| `{recipe}` | {r['data'] or 'digits (offline)'} | {r['samples']} | {accuracy} | {r['f1']:.3f} | "
-            f"{took} | {target} |")
+    return (
+        f"| `{recipe}` | {r['data'] or 'digits (offline)'} | {r['samples']} | {accuracy} | {r['f1']:.3f} | "
+        f"{took} | {target} |"
+    )
 
 
 def duration(seconds: float) -> str:
@@ -119,12 +140,16 @@ def duration(seconds: float) -> str:
 
 
 def table(results: dict[str, dict[str, object]]) -> str:
-    header = ("| recipe | data | test images | test accuracy (95% CI) | macro F1 | training | target |\n"
-              "|---|---|---:|---|---:|---|---|")
+    header = (
+        "| recipe | data | test images | test accuracy (95% CI) | macro F1 | training | target |\n"
+        "|---|---|---:|---|---:|---|---|"
+    )
     machine = f"{os.cpu_count()} CPU cores, {platform.machine()}, torch {_torch_version()}"
-    note = (f"Written by `python benchmarks/recipe_results.py` on {time.strftime('%Y-%m-%d')} ({machine}); "
-            "training: the sum of the epochs' wall time, then in brackets the whole `train.py` command "
-            "(start-up, decoding and caching the images or backbone features, epochs).")
+    note = (
+        f"Written by `python benchmarks/recipe_results.py` on {time.strftime('%Y-%m-%d')} ({machine}); "
+        "training: the sum of the epochs' wall time, then in brackets the whole `train.py` command "
+        "(start-up, decoding and caching the images or backbone features, epochs)."
+    )
     return "\n".join([header, *(row(name, r) for name, r in results.items()), "", note])
 
 
@@ -150,8 +175,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="split seeds of the repeated (tiny-data) recipes")
     parser.add_argument("--fresh", action="store_true", help="train again even if the experiment finished")
     parser.add_argument("--no-readme", "--no-docs", action="store_true", help="print the tables only")
-    parser.add_argument("--results", type=Path, default=ROOT / "experiments" / "recipe_results.json",
-                        help="results of earlier runs, merged with this one's so one recipe can be re-run alone")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=ROOT / "experiments" / "recipe_results.json",
+        help="results of earlier runs, merged with this one's so one recipe can be re-run alone",
+    )
     args = parser.parse_args()
     missing = {RECIPES[r][0] for r in args.recipes} - {None} - {p.name for p in SHARED.glob("*")}
     if missing:
@@ -160,8 +189,10 @@ def main() -> None:
     for recipe in args.recipes:
         start = time.perf_counter()
         results[recipe] = measure(recipe, args.seeds, args.fresh)
-        print(f"{recipe}: test accuracy {results[recipe]['accuracy']:.3f} ({time.perf_counter() - start:.0f} s)",
-              flush=True)
+        print(
+            f"{recipe}: test accuracy {results[recipe]['accuracy']:.3f} ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=2))
     for block, belongs in BLOCKS.items():

@@ -28,7 +28,15 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from serve_helpers import (  # noqa: E402  the tests' helpers: the server as users start it, the bad uploads
-    MULTIPART, bomb, chunks, memory, multipart, noise_png, start_server, stop_server, truncated_png,
+    MULTIPART,
+    bomb,
+    chunks,
+    memory,
+    multipart,
+    noise_png,
+    start_server,
+    stop_server,
+    truncated_png,
 )
 
 MB = 1024 * 1024
@@ -50,12 +58,16 @@ def photos(count: int, size: tuple[int, int], seed: int = 0) -> list[bytes]:
 
 def malformed_uploads() -> list[tuple[str, dict]]:
     """(what, httpx.post keyword arguments) for each kind of bad upload."""
-    return [("junk bytes", {"files": [("file", ("junk.jpg", np.random.default_rng(1).bytes(5000)))]}),
-            ("truncated PNG", {"files": [("file", ("cut.png", truncated_png(noise_png(128))))]}),
-            ("9000x9000 bomb", {"files": [("file", ("bomb.png", bomb(9000)))]}),
-            ("over the size limit, chunked", {"content": None, "headers": {"Content-Type": MULTIPART}}),
-            ("broken multipart", {"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; "
-                                                                                         "boundary=x"}})]
+    return [
+        ("junk bytes", {"files": [("file", ("junk.jpg", np.random.default_rng(1).bytes(5000)))]}),
+        ("truncated PNG", {"files": [("file", ("cut.png", truncated_png(noise_png(128))))]}),
+        ("9000x9000 bomb", {"files": [("file", ("bomb.png", bomb(9000)))]}),
+        ("over the size limit, chunked", {"content": None, "headers": {"Content-Type": MULTIPART}}),
+        (
+            "broken multipart",
+            {"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}},
+        ),
+    ]
 
 
 def run(url: str, clients: int, seconds: float, images: list[bytes], burst: int, oversize: bytes) -> dict:
@@ -106,9 +118,16 @@ def run(url: str, clients: int, seconds: float, images: list[bytes], burst: int,
         thread.join(timeout=seconds + 120)
     elapsed = time.perf_counter() - started
     lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
-    return {"clients": clients, "requests": len(latencies), "rps": len(latencies) / elapsed,
-            "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)), "errors": len(errors),
-            "first_error": errors[0] if errors else "", "malformed": dict(statuses)}
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50": float(np.percentile(lat, 50)),
+        "p99": float(np.percentile(lat, 99)),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else "",
+        "malformed": dict(statuses),
+    }
 
 
 def main() -> None:
@@ -137,19 +156,27 @@ def main() -> None:
             served = httpx.get(f"{server.url}/health", timeout=10).json()["served"]
             rows.append(run(server.url, clients, args.seconds, images, args.burst, oversize))
             now = httpx.get(f"{server.url}/health", timeout=10).json()["served"]
-            rows[-1].update(memory=memory(server.pid), per_pass=(now["images"] - served["images"]) / max(
-                now["batches"] - served["batches"], 1))
+            rows[-1].update(
+                memory=memory(server.pid),
+                per_pass=(now["images"] - served["images"]) / max(now["batches"] - served["batches"], 1),
+            )
     finally:
         stop_server(server)
-    print(f"model {model}; {width}x{height} JPEGs (~{np.mean([len(i) for i in images]) / 1024:.0f} KB); "
-          f"{args.seconds:g} s per run; server RSS before the runs {before['VmRSS'] / MB:.0f} MB")
-    print("| clients | requests/s | p50 ms | p99 ms | errors | images per pass | malformed burst: answers "
-          "| RSS after MB | peak MB |")
+    print(
+        f"model {model}; {width}x{height} JPEGs (~{np.mean([len(i) for i in images]) / 1024:.0f} KB); "
+        f"{args.seconds:g} s per run; server RSS before the runs {before['VmRSS'] / MB:.0f} MB"
+    )
+    print(
+        "| clients | requests/s | p50 ms | p99 ms | errors | images per pass | malformed burst: answers "
+        "| RSS after MB | peak MB |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for r in rows:
         burst = ", ".join(f"{k}: {v}" for k, v in sorted(r["malformed"].items(), key=str))
-        print(f"| {r['clients']} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} | "
-              f"{r['per_pass']:.1f} | {burst} | {r['memory']['VmRSS'] / MB:.0f} | {r['memory']['VmHWM'] / MB:.0f} |")
+        print(
+            f"| {r['clients']} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} | "
+            f"{r['per_pass']:.1f} | {burst} | {r['memory']['VmRSS'] / MB:.0f} | {r['memory']['VmHWM'] / MB:.0f} |"
+        )
     for r in rows:
         if r["errors"]:
             print(f"{r['clients']} clients: first error: {r['first_error']}")

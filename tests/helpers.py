@@ -50,8 +50,13 @@ def draw(kind: int, rng: np.random.Generator, size: int = 24) -> Image.Image:
     return Image.fromarray(img)
 
 
-def make_folder(root: Path, per_class: dict[str, int], classes: tuple[str, ...] = CLASSES, seed: int = 0,
-                shape: tuple[int, int] = (24, 24)) -> Path:
+def make_folder(
+    root: Path,
+    per_class: dict[str, int],
+    classes: tuple[str, ...] = CLASSES,
+    seed: int = 0,
+    shape: tuple[int, int] = (24, 24),
+) -> Path:
     """Write ``root/<split>/<class>/<n>.png|jpg`` with ``per_class[split]`` images per class, ``shape``
     (width, height) pixels each (split "": ``root/<class>/``)."""
     rng = np.random.default_rng(seed)
@@ -70,18 +75,27 @@ def make_folder(root: Path, per_class: dict[str, int], classes: tuple[str, ...] 
 def tiny_overrides(tmp_path: Path, root: Path, *extra: str) -> list[str]:
     """Overrides that train for seconds on ``root`` and write everything under ``tmp_path``."""
     return [
-        "dataset=image_folder", f"dataset.root={root}", "dataset.image_size=16", "dataset.resize=squash", "epochs=2", "progress=false",
-        "loader.batch_size=8", "experiment=tiny",
-        f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}",
-        f"paths.cache={tmp_path / 'cache'}", *extra,
+        "dataset=image_folder",
+        f"dataset.root={root}",
+        "dataset.image_size=16",
+        "dataset.resize=squash",
+        "epochs=2",
+        "progress=false",
+        "loader.batch_size=8",
+        "experiment=tiny",
+        f"paths.experiments={tmp_path / 'experiments'}",
+        f"paths.runs={tmp_path / 'runs'}",
+        f"paths.cache={tmp_path / 'cache'}",
+        *extra,
     ]
 
 
 def run_cli(script: str, *args: str, cwd: Path = ROOT, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python <script> args...`` the way a user does."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 class StopAfter:

@@ -75,11 +75,20 @@ def start_server(*args: str, cwd: Path = ROOT, no_files: bool = False, timeout: 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     preexec: Callable[[], None] | None = None
     if no_files:
+
         def preexec() -> None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    process = subprocess.Popen([sys.executable, "-m", "imgclf.cli.serve", *args, "--port", "0"], cwd=cwd, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec)
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgclf.cli.serve", *args, "--port", "0"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=preexec,
+    )
     server = Server(process)
     server.collector = threading.Thread(target=_collect, args=(server,), daemon=True)
     server.collector.start()
@@ -156,8 +165,13 @@ def truncated_png(data: bytes) -> bytes:
 
 def multipart(files: Sequence[tuple[str, bytes]], field_name: str = "file") -> bytes:
     """A multipart/form-data body (boundary :data:`BOUNDARY`) with one part per (file name, bytes)."""
-    parts = [f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field_name}"; filename="{name}"\r\n'
-             f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
+    parts = [
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field_name}"; filename="{name}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for name, data in files
+    ]
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
 
 
@@ -167,7 +181,7 @@ MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 def chunks(body: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
     """The body as a generator: httpx sends it chunked, with no Content-Length."""
     for start in range(0, len(body), size):
-        yield body[start:start + size]
+        yield body[start : start + size]
 
 
 def raw_request(server: Server, head: bytes, body: bytes, timeout: float = 15) -> bytes:
@@ -223,6 +237,6 @@ def listening_addresses(port: int) -> set[str]:
                 if width == 8:
                     found.add(socket.inet_ntop(socket.AF_INET, raw[::-1]))
                 else:  # four little-endian 32-bit words
-                    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
                     found.add(socket.inet_ntop(socket.AF_INET6, words))
     return found

@@ -41,7 +41,7 @@ def find_cycle(graph: dict[str, dict[str, set[str]]]) -> list[str] | None:
         state[node] = "open"
         for target in sorted(graph.get(node, {})):
             if state.get(target) == "open":
-                return path[path.index(target):] + [target] if target in path else [node, target]
+                return path[path.index(target) :] + [target] if target in path else [node, target]
             if target not in state:
                 found = visit(target, [*path, target])
                 if found:

@@ -11,11 +11,11 @@ import yaml
 
 import imgclf.tasks as tasks
 from helpers import RecordingLoss, compose_cfg, make_folder, tiny_overrides
-from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.data.cache import decode
 from imgclf.data.dataset import EpochBatchSampler
 from imgclf.data.folder import FolderSource
 from imgclf.data.stats import IMAGENET_MEAN, channel_stats, class_weights
+from imgclf.experiment.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,12 @@ def test_class_weights_are_inverse_frequency() -> None:
 
 def test_weighted_loss_gets_the_train_class_weights(tmp_path: Path, imbalanced: Path) -> None:
     RecordingLoss.calls.clear()
-    cfg = compose_cfg("train", tiny_overrides(tmp_path, imbalanced, "epochs=1", "imbalance=weighted_loss",
-                                              "loss._target_=helpers.RecordingLoss"))
+    cfg = compose_cfg(
+        "train",
+        tiny_overrides(
+            tmp_path, imbalanced, "epochs=1", "imbalance=weighted_loss", "loss._target_=helpers.RecordingLoss"
+        ),
+    )
     tasks.train(cfg)
     assert RecordingLoss.calls  # every batch of training and validation went through the weighted loss
     for weight in RecordingLoss.calls:
@@ -82,8 +86,8 @@ def test_D5_weighted_sampler_balances_classes_and_stays_resumable() -> None:
 
 
 def test_B2_bad_choices_are_config_errors() -> None:
-    from imgclf.tasks.config_check import check_config
     from imgclf.errors import ConfigError
+    from imgclf.tasks.config_check import check_config
 
     for override, key in (("imbalance=sometimes", "imbalance"), ("dataset.normalize=zscore", "dataset.normalize")):
         with pytest.raises(ConfigError, match=key):

@@ -11,10 +11,10 @@ from omegaconf import OmegaConf
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from helpers import CONF
 from imgclf.data import batch_augment as B
 from imgclf.data import kernels
 from imgclf.data.dataset import BatchLoader, DecodedImages, EpochBatchSampler, LazyImages, make_loader
-from helpers import CONF
 
 N = 24
 
@@ -35,14 +35,18 @@ def differing(a: torch.Tensor, b: torch.Tensor) -> tuple[int, float]:
     return int(d.max()), float((d > 0).float().mean())
 
 
-@pytest.mark.parametrize("code,fn,low,high", [
-    (kernels.BRIGHTNESS, F.adjust_brightness, 0.3, 1.8),
-    (kernels.CONTRAST, F.adjust_contrast, 0.3, 1.8),
-    (kernels.SATURATION, F.adjust_saturation, 0.0, 2.0),
-    (kernels.HUE, F.adjust_hue, -0.5, 0.5),
-])
-def test_colour_kernels_equal_torchvision_per_image(photos: torch.Tensor, code: int, fn, low: float,
-                                                    high: float) -> None:
+@pytest.mark.parametrize(
+    "code,fn,low,high",
+    [
+        (kernels.BRIGHTNESS, F.adjust_brightness, 0.3, 1.8),
+        (kernels.CONTRAST, F.adjust_contrast, 0.3, 1.8),
+        (kernels.SATURATION, F.adjust_saturation, 0.0, 2.0),
+        (kernels.HUE, F.adjust_hue, -0.5, 0.5),
+    ],
+)
+def test_colour_kernels_equal_torchvision_per_image(
+    photos: torch.Tensor, code: int, fn, low: float, high: float
+) -> None:
     factors = np.linspace(low, high, N).astype(np.float32)
     out = B._color(photos.clone(), np.full((N, 1), code), factors[:, None])
     expected = torch.stack([fn(photos[i], float(factors[i])) for i in range(N)])
@@ -70,8 +74,9 @@ def test_rotation_warp_equals_torchvision_rotate(photos: torch.Tensor) -> None:
 
 
 def test_flips_are_exact_and_fused_with_rotation_into_one_warp(photos: torch.Tensor) -> None:
-    op, why = B.batch_transform(v2.Compose([v2.RandomHorizontalFlip(p=1.0), v2.RandomVerticalFlip(p=1.0),
-                                            v2.RandomRotation(10)]))
+    op, why = B.batch_transform(
+        v2.Compose([v2.RandomHorizontalFlip(p=1.0), v2.RandomVerticalFlip(p=1.0), v2.RandomRotation(10)])
+    )
     assert why is None and len(op.ops) == 1 and isinstance(op.ops[0], B.Warp)
     flips = B.Warp([B.Flip(1.0, 0), B.Flip(1.0, 1)])
     assert torch.equal(flips(photos.clone()), photos.flip(-1).flip(-2))
@@ -98,9 +103,18 @@ def test_trivial_augment_operations_equal_torchvision(photos: torch.Tensor, name
     magnitudes = np.zeros(N) if values is None else values[np.arange(N) * 30 // (N - 1)] * sign
     out = ta.apply(photos.clone(), np.full(N, k), magnitudes)
     reference = v2.TrivialAugmentWide(interpolation=v2.InterpolationMode.NEAREST)
-    expected = torch.stack([reference._apply_image_or_video_transform(
-        photos[i], name, float(magnitudes[i]), interpolation=v2.InterpolationMode.NEAREST,
-        fill={torch.Tensor: None, "others": None}) for i in range(N)])
+    expected = torch.stack(
+        [
+            reference._apply_image_or_video_transform(
+                photos[i],
+                name,
+                float(magnitudes[i]),
+                interpolation=v2.InterpolationMode.NEAREST,
+                fill={torch.Tensor: None, "others": None},
+            )
+            for i in range(N)
+        ]
+    )
     largest, fraction = differing(out, expected)
     assert fraction < 0.005 and (largest <= 1 or name in ("ShearX", "ShearY", "Rotate"))
 
@@ -139,7 +153,7 @@ def test_crop_with_reflect_padding_takes_a_window_of_the_padded_image(photos: to
     out = op(photos.clone(), torch.Generator().manual_seed(0))
     padded = torch.nn.functional.pad(photos, (4, 4, 4, 4), mode="reflect")
     for img, src in zip(out, padded, strict=True):
-        windows = [src[:, t:t + 40, x:x + 40] for t in range(9) for x in range(9)]
+        windows = [src[:, t : t + 40, x : x + 40] for t in range(9) for x in range(9)]
         assert any(torch.equal(img, w) for w in windows)
     assert sum(torch.equal(a, b) for a, b in zip(out, photos, strict=True)) < N  # moved
 
@@ -155,9 +169,11 @@ def test_resized_crop_gives_the_size_and_varies_per_image(photos: torch.Tensor) 
 
 
 def test_unsupported_transforms_say_which_and_recipes_are_batched() -> None:
-    for transform, word in [(v2.AutoAugment(), "AutoAugment"),
-                            (v2.RandomRotation(10, interpolation=v2.InterpolationMode.BILINEAR), "RandomRotation"),
-                            (v2.Compose([v2.RandomHorizontalFlip(), v2.GaussianBlur(3)]), "GaussianBlur")]:
+    for transform, word in [
+        (v2.AutoAugment(), "AutoAugment"),
+        (v2.RandomRotation(10, interpolation=v2.InterpolationMode.BILINEAR), "RandomRotation"),
+        (v2.Compose([v2.RandomHorizontalFlip(), v2.GaussianBlur(3)]), "GaussianBlur"),
+    ]:
         op, why = B.batch_transform(transform)
         assert op is None and word in why
     for name in ("dishes_v1", "flip_rotate", "trivialaugment", "cifar", "imagenet", "flip", "basic"):
@@ -170,8 +186,15 @@ def test_unsupported_transforms_say_which_and_recipes_are_batched() -> None:
 
 
 def dishes() -> v2.Compose:
-    return v2.Compose([v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(10),
-                       v2.ColorJitter(0.1, 0.1, 0.1, 0.05), v2.TrivialAugmentWide()])
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomRotation(10),
+            v2.ColorJitter(0.1, 0.1, 0.1, 0.05),
+            v2.TrivialAugmentWide(),
+        ]
+    )
 
 
 def test_D5_threaded_loader_batches_do_not_depend_on_threads_and_resume_mid_epoch(photos: torch.Tensor) -> None:

@@ -11,23 +11,32 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from serve_helpers import start_server, stop_server
 
 from helpers import ROOT, compose_cfg, copy_trained
-from serve_helpers import start_server, stop_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = ROOT / "docs" / "images" / "serve.png"
 # what a CI machine needs: no sandbox as root, no GPU, and no traffic of its own to anywhere
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 WAIT_MS = 30_000
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (Debian: apt-get install "
-                                                         "chromium; .ci/run installs it)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium on this machine (Debian: apt-get install chromium; .ci/run installs it)"
+)
 
 
 def test_the_page_classifies_picked_images_and_shows_bars_flags_errors_and_the_model_card(
-        trained_tiny, tiny_folder: Path, tmp_path: Path) -> None:
+    trained_tiny, tiny_folder: Path, tmp_path: Path
+) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'")
     import imgclf.tasks as tasks
 
@@ -42,8 +51,13 @@ def test_the_page_classifies_picked_images_and_shows_bars_flags_errors_and_the_m
     try:
         with sync_api.sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
             browser = playwright.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-                viewport={"width": 1180, "height": 640}, bypass_csp=True)  # the page's CSP forbids the test's eval
+                profile,
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 1180, "height": 640},
+                bypass_csp=True,
+            )  # the page's CSP forbids the test's eval
             try:
                 shown = classify_in_page(browser.new_page(), server.url, [*pictures, hostile], tmp_path / "serve.png")
             finally:
@@ -69,8 +83,9 @@ def classify_in_page(page, url: str, files: list[Path], screenshot: Path) -> dic
     """Open the page, pick ``files`` through its file input, wait for every answer; read what it shows."""
     page.set_default_timeout(WAIT_MS)
     outside = []
-    page.on("request", lambda request: outside.append(request.url) if not request.url.startswith((url, "blob:"))
-            else None)
+    page.on(
+        "request", lambda request: outside.append(request.url) if not request.url.startswith((url, "blob:")) else None
+    )
     page.goto(url)
     page.wait_for_function("document.getElementById('card').textContent.includes('classes')")
     page.set_input_files("#file", [str(f) for f in files])

@@ -16,11 +16,11 @@ from PIL import Image
 import imgclf.tasks as tasks
 from helpers import StopAfter, compose_cfg, make_folder, tiny_overrides
 from imgclf.data.cache import DecodeCache, decode
-from imgclf.data.folder import FolderSource
 from imgclf.data.doctor import same_bytes
+from imgclf.data.folder import FolderSource
 from imgclf.data.prepare import load_splits
-from imgclf.training.state import Interrupted
 from imgclf.errors import DataError
+from imgclf.training.state import Interrupted
 
 
 @pytest.fixture
@@ -79,8 +79,13 @@ def write_bad_files(root: Path) -> dict[str, str]:
     (folder / "text.jpg").write_text("hello, I am not a JPEG")
     Image.new("RGB", (400, 2)).save(folder / "strip.png")
     Image.new("RGB", (1, 1)).save(folder / "pixel.png")
-    return {"truncated.jpg": "cannot be read", "empty.jpg": "cannot be read", "text.jpg": "cannot be read",
-            "strip.png": "aspect ratio", "pixel.png": "too small"}
+    return {
+        "truncated.jpg": "cannot be read",
+        "empty.jpg": "cannot be read",
+        "text.jpg": "cannot be read",
+        "strip.png": "aspect ratio",
+        "pixel.png": "too small",
+    }
 
 
 def test_A2_A9_stop_policy_lists_every_bad_file_before_training(tmp_path: Path, folder: Path) -> None:
@@ -97,8 +102,7 @@ def test_A2_A9_stop_policy_lists_every_bad_file_before_training(tmp_path: Path, 
 
 def test_A2_skip_policy_trains_without_bad_files_and_says_so(tmp_path: Path, folder: Path, caplog) -> None:
     write_bad_files(folder)
-    loaded = load_splits(splits_of(folder), DecodeCache(None, "memory"), 16, names=("train", "val"),
-                         bad_files="skip")
+    loaded = load_splits(splits_of(folder), DecodeCache(None, "memory"), 16, names=("train", "val"), bad_files="skip")
     assert len(loaded["train"].samples) == 18 and "skipping 5 unusable file(s)" in caplog.text
     dataset = loaded["train"].dataset(16, None)
     for i in range(len(dataset)):  # every served row is a good image with its own label
@@ -126,8 +130,7 @@ def test_A13_the_same_image_in_two_splits_is_found(tmp_path: Path, folder: Path,
     assert "appear in more than one split" in caplog.text and "copy.png" in caplog.text
 
 
-def test_A13_resume_refuses_and_test_warns_when_files_changed(tmp_path: Path, folder: Path,
-                                                          caplog) -> None:
+def test_A13_resume_refuses_and_test_warns_when_files_changed(tmp_path: Path, folder: Path, caplog) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2"))
     with pytest.raises(Interrupted):
         tasks.train(cfg, stop_signal=lambda: StopAfter(1))
@@ -235,8 +238,7 @@ def tear_report(text: str, how: str) -> str:
 
 @pytest.mark.parametrize("how", ["torn", "garbage", "paths", "digests"])
 @pytest.mark.parametrize("mode", ["disk", "memory"])
-def test_G1_a_torn_report_is_rebuilt_with_a_warning(tmp_path: Path, folder: Path, caplog, how: str,
-                                                     mode: str) -> None:
+def test_G1_a_torn_report_is_rebuilt_with_a_warning(tmp_path: Path, folder: Path, caplog, how: str, mode: str) -> None:
     cache = DecodeCache(tmp_path / "cache", mode=mode)
     paths = [p for p, _ in splits_of(folder).samples["train"]]
     _, first = cache.load(paths, 16)
@@ -268,14 +270,16 @@ except DataError as exc:
 
 
 def test_C3_disk_full_while_building_the_cache_is_a_clear_error_and_leaves_no_temp_file(
-        tmp_path: Path, folder: Path) -> None:
+    tmp_path: Path, folder: Path
+) -> None:
     import subprocess
     import sys
 
     paths = [p for p, _ in splits_of(folder).samples["train"]]  # 18 x 64 x 64 x 3 = 221 kB > the 32 kB limit
     cache_dir = tmp_path / "cache"
-    done = subprocess.run([sys.executable, "-c", DISK_FULL_SCRIPT, str(cache_dir), *paths],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_SCRIPT, str(cache_dir), *paths], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 3, done.stdout + done.stderr
     message = done.stdout
     assert "Traceback" not in done.stderr and str(cache_dir) in message

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from imgclf.errors import CheckpointError
 from imgclf.experiment.checkpoint import load_checkpoint, remove_orphan_temps, rng_states, save_atomic, set_rng_states
 from imgclf.training.state import is_better
-from imgclf.errors import CheckpointError
 
 
 def payload(value: float = 1.0) -> dict:
@@ -33,11 +33,14 @@ def test_C5_D4_roundtrip_loads_with_weights_only_and_normal_permissions(tmp_path
     assert not list(tmp_path.glob(".tmp-*"))
 
 
-@pytest.mark.parametrize("content,cause", [
-    (b"", "empty"),
-    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 10\n", "git-LFS"),
-    (b"this is not a checkpoint at all", "cannot be read"),
-])
+@pytest.mark.parametrize(
+    "content,cause",
+    [
+        (b"", "empty"),
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 10\n", "git-LFS"),
+        (b"this is not a checkpoint at all", "cannot be read"),
+    ],
+)
 def test_D1_C7_unreadable_files_raise_checkpoint_error_with_path(tmp_path: Path, content: bytes, cause: str) -> None:
     path = tmp_path / "last.pt"
     path.write_bytes(content)
@@ -78,8 +81,10 @@ def _flip_bit_in_member(path: Path, suffix: str, offset: int = 0, bit: int = 0) 
         info = next(i for i in zf.infolist() if i.filename.endswith(suffix))
     data = bytearray(path.read_bytes())
     header = info.header_offset
-    name_length, extra_length = int.from_bytes(data[header + 26:header + 28], "little"), \
-        int.from_bytes(data[header + 28:header + 30], "little")
+    name_length, extra_length = (
+        int.from_bytes(data[header + 26 : header + 28], "little"),
+        int.from_bytes(data[header + 28 : header + 30], "little"),
+    )
     data[header + 30 + name_length + extra_length + offset] ^= 1 << bit
     path.write_bytes(bytes(data))
     return info.filename
@@ -113,12 +118,12 @@ sys.argv = sys.argv[2:]
 """
 
 
-def run_with_file_size_limit(limit: int, code: str, *args: str, cwd: Path | None = None
-                             ) -> subprocess.CompletedProcess:
+def run_with_file_size_limit(limit: int, code: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run python ``code`` with ``args`` in a process that cannot write a file past ``limit`` bytes: a real
     disk-full (EFBIG) for every write, torch's included."""
-    return subprocess.run([sys.executable, "-c", LIMITED + code, str(limit), *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-c", LIMITED + code, str(limit), *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
 SAVE_ONCE = """

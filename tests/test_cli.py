@@ -37,14 +37,18 @@ def test_D1_test_without_a_checkpoint_says_how_to_make_one(tmp_path: Path, tiny_
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("override,message", [
-    ("optimizer.lr=abc", "optimizer.lr='abc'"),
-    ("epochs=-1", "epochs=-1"),
-    ("epochz=3", "epochz"),
-    ("optimizer=adamx", "adamx"),
-])
-def test_B1_B2_bad_overrides_fail_fast_with_the_key_and_no_traceback(tmp_path: Path, tiny_folder: Path,
-                                                               override: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optimizer.lr=abc", "optimizer.lr='abc'"),
+        ("epochs=-1", "epochs=-1"),
+        ("epochz=3", "epochz"),
+        ("optimizer=adamx", "adamx"),
+    ],
+)
+def test_B1_B2_bad_overrides_fail_fast_with_the_key_and_no_traceback(
+    tmp_path: Path, tiny_folder: Path, override: str, message: str
+) -> None:
     result = run_cli("train.py", *tiny_overrides(tmp_path, tiny_folder), override)
     assert result.returncode != 0
     assert message in result.stderr + result.stdout
@@ -52,12 +56,16 @@ def test_B1_B2_bad_overrides_fail_fast_with_the_key_and_no_traceback(tmp_path: P
     assert not (tmp_path / "experiments" / "tiny" / "last.pt").exists()
 
 
-@pytest.mark.parametrize("override,message", [
-    ("optimizer.lr==3", "Error parsing override 'optimizer.lr==3'"),  # override grammar: Hydra's parser
-    ("dataset=image_folder", "no value for dataset.root: set it on the command line"),  # a ??? left unset
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optimizer.lr==3", "Error parsing override 'optimizer.lr==3'"),  # override grammar: Hydra's parser
+        ("dataset=image_folder", "no value for dataset.root: set it on the command line"),  # a ??? left unset
+    ],
+)
 def test_B1_bad_override_grammar_or_an_unset_value_stops_before_anything_is_read_or_written(
-        tmp_path: Path, tiny_folder: Path, override: str, message: str) -> None:
+    tmp_path: Path, tiny_folder: Path, override: str, message: str
+) -> None:
     outputs = [a for a in tiny_overrides(tmp_path, tiny_folder) if a.startswith("paths.")]
     data = [f"dataset.root={tiny_folder}"] if "root" not in message else []
     result = run_cli("train.py", *outputs, *data, override)
@@ -96,8 +104,12 @@ def test_B4_sweep_gives_every_job_its_own_dirs_and_a_summary(tmp_path: Path, tin
 
 @pytest.mark.slow
 def test_quickstart_reaches_095_test_accuracy(tmp_path: Path) -> None:
-    out = [f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}",
-           f"dataset.home={tmp_path / 'digits'}", "progress=false"]
+    out = [
+        f"paths.experiments={tmp_path / 'experiments'}",
+        f"paths.runs={tmp_path / 'runs'}",
+        f"dataset.home={tmp_path / 'digits'}",
+        "progress=false",
+    ]
     assert run_cli("train.py", *out).returncode == 0
     tested = run_cli("test.py", *out)
     assert tested.returncode == 0, tested.stderr[-2000:]
@@ -110,11 +122,17 @@ def test_quickstart_reaches_095_test_accuracy(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_E1_signal_writes_last_checkpoint_and_resume_finishes(tmp_path: Path, tiny_folder: Path,
-                                                           sig: signal.Signals, code: int) -> None:
+def test_E1_signal_writes_last_checkpoint_and_resume_finishes(
+    tmp_path: Path, tiny_folder: Path, sig: signal.Signals, code: int
+) -> None:
     args = [*tiny_overrides(tmp_path, tiny_folder), "epochs=400"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     metrics = tmp_path / "experiments" / "tiny" / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
@@ -137,8 +155,12 @@ SHARED_PLATES = ROOT.parent / "shared" / "data" / "plates"
 @pytest.mark.skipif(not SHARED_PLATES.is_dir(), reason="../shared/data/plates is not beside the checkout")
 @pytest.mark.slow
 def test_plates_recipe_trains_and_tests_on_the_shared_photos(tmp_path: Path) -> None:
-    out = [f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}", "epochs=2",
-           "progress=false"]
+    out = [
+        f"paths.experiments={tmp_path / 'experiments'}",
+        f"paths.runs={tmp_path / 'runs'}",
+        "epochs=2",
+        "progress=false",
+    ]
     trained = run_cli("train.py", "-cn=plates_tinyvgg", *out)
     assert trained.returncode == 0, trained.stderr[-2000:]
     exp = tmp_path / "experiments" / "plates_tinyvgg"

@@ -41,8 +41,16 @@ def test_a_checkpoint_from_before_the_redesign_predicts_as_it_did(tmp_path: Path
     images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(predictor.probabilities(list(images)), expected_probabilities(images))
     folder = make_folder(tmp_path / "data", {"test": 2})
-    done = run_cli("predict.py", str(folder), "--checkpoint", str(OLD_CHECKPOINT), "--device", "cpu",
-                   "--output", str(tmp_path / "p.csv"))
+    done = run_cli(
+        "predict.py",
+        str(folder),
+        "--checkpoint",
+        str(OLD_CHECKPOINT),
+        "--device",
+        "cpu",
+        "--output",
+        str(tmp_path / "p.csv"),
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "p.csv").read_text().count("\n") == 1 + 6  # header and the 6 images
 
@@ -73,8 +81,17 @@ def test_every_model_option_is_one_predict_builds(option: str, tmp_path: Path) -
     torch.manual_seed(0)
     model = Classifier(instantiate(cfg.model), [0.5] * 3, [0.25] * 3).eval()
     config = OmegaConf.to_container(cfg, resolve=True)
-    save_atomic({"model": model.state_dict(), "config": config, "class_names": ["a", "b", "c"], "image_size": 32,
-                 "mean": [0.5] * 3, "std": [0.25] * 3}, tmp_path / "best.pt")
+    save_atomic(
+        {
+            "model": model.state_dict(),
+            "config": config,
+            "class_names": ["a", "b", "c"],
+            "image_size": 32,
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+        },
+        tmp_path / "best.pt",
+    )
     predictor = Predictor.load(tmp_path / "best.pt", device="cpu")
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

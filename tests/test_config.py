@@ -9,8 +9,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from helpers import CONF, compose_cfg, options, tiny_overrides
-from imgclf.tasks.config_check import check_config
 from imgclf.errors import ConfigError
+from imgclf.tasks.config_check import check_config
 
 GROUPS = ("dataset", "augmentation", "model", "optimizer", "scheduler", "loss", "batch_mix")
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
@@ -48,24 +48,27 @@ def test_required_groups_and_top_level_keys_exist() -> None:
     assert cfg.monitor == "val/acc" and cfg.mode == "max" and cfg.resume == "auto"
 
 
-@pytest.mark.parametrize("override,key", [
-    ("epochs=-1", "epochs"),
-    ("epochs=abc", "epochs"),
-    ("optimizer.lr=abc", "optimizer.lr"),
-    ("optimizer.lr=0", "optimizer.lr"),
-    ("loader.batch_size=0", "loader.batch_size"),
-    ("device=tpu", "device"),
-    ("monitor=val/loss", "val/loss with mode=max"),
-    ("mode=sideways", "mode"),
-    ("dataset.val_fraction=1.5", "dataset.val_fraction"),
-    ("dataset.std=[0.5,0.5,0]", "dataset.std"),
-    ("dataset.mean=[0.5]", "dataset.mean"),
-    ("resume=/no/such/file.pt", "resume"),
-    ("split=holdout", "split"),
-    ("deterministic=maybe", "deterministic"),
-    ("dataset=image_folder dataset.root=x dataset.native_scale=3", "dataset.native_scale"),
-    ("dataset=image_folder dataset.root=x dataset.native_scale=true", "dataset.native_scale"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("epochs=-1", "epochs"),
+        ("epochs=abc", "epochs"),
+        ("optimizer.lr=abc", "optimizer.lr"),
+        ("optimizer.lr=0", "optimizer.lr"),
+        ("loader.batch_size=0", "loader.batch_size"),
+        ("device=tpu", "device"),
+        ("monitor=val/loss", "val/loss with mode=max"),
+        ("mode=sideways", "mode"),
+        ("dataset.val_fraction=1.5", "dataset.val_fraction"),
+        ("dataset.std=[0.5,0.5,0]", "dataset.std"),
+        ("dataset.mean=[0.5]", "dataset.mean"),
+        ("resume=/no/such/file.pt", "resume"),
+        ("split=holdout", "split"),
+        ("deterministic=maybe", "deterministic"),
+        ("dataset=image_folder dataset.root=x dataset.native_scale=3", "dataset.native_scale"),
+        ("dataset=image_folder dataset.root=x dataset.native_scale=true", "dataset.native_scale"),
+    ],
+)
 def test_B2_bad_values_are_rejected_naming_the_key(override: str, key: str) -> None:
     cfg = compose_cfg("train", ["experiment=x", *override.split()])
     with pytest.raises(ConfigError, match=key.replace("/", ".")):
@@ -94,13 +97,17 @@ def test_B3_bad_target_is_found_before_data_is_read(tmp_path: Path) -> None:
     assert not (tmp_path / "experiments").exists()  # nothing written, nothing decoded
 
 
-@pytest.mark.parametrize("override,group", [
-    ("+optimizer.momentum=0.9", "optimizer"),  # AdamW takes no momentum
-    ("scheduler._target_=torch.optim.lr_scheduler.NoSuchLR", "scheduler"),
-    ("+scheduler.gamma_typo=0.5", "scheduler"),
-])
-def test_B3_a_bad_optimizer_or_scheduler_is_found_before_any_image_is_decoded(tmp_path: Path, override: str,
-                                                                              group: str) -> None:
+@pytest.mark.parametrize(
+    "override,group",
+    [
+        ("+optimizer.momentum=0.9", "optimizer"),  # AdamW takes no momentum
+        ("scheduler._target_=torch.optim.lr_scheduler.NoSuchLR", "scheduler"),
+        ("+scheduler.gamma_typo=0.5", "scheduler"),
+    ],
+)
+def test_B3_a_bad_optimizer_or_scheduler_is_found_before_any_image_is_decoded(
+    tmp_path: Path, override: str, group: str
+) -> None:
     import imgclf.tasks as tasks
     from helpers import make_folder
 
@@ -132,12 +139,15 @@ def test_B2_cuda_requested_without_a_gpu_is_a_clear_error() -> None:
     assert resolve_device("auto").type in ("cpu", "mps")
 
 
-@pytest.mark.parametrize("override,hint", [
-    ("+epochz=3", "did you mean epochs"),  # Hydra's own suggestion after `epochz=3` is refused
-    ("+loader.workers=2", "did you mean loader.num_workers"),
-    ("+trainer.early_stopping.patiense=3", "did you mean trainer.early_stopping.patience"),
-    ("+report.topk=3", "did you mean report.top_k"),
-])
+@pytest.mark.parametrize(
+    "override,hint",
+    [
+        ("+epochz=3", "did you mean epochs"),  # Hydra's own suggestion after `epochz=3` is refused
+        ("+loader.workers=2", "did you mean loader.num_workers"),
+        ("+trainer.early_stopping.patiense=3", "did you mean trainer.early_stopping.patience"),
+        ("+report.topk=3", "did you mean report.top_k"),
+    ],
+)
 def test_B1_a_key_added_with_plus_that_imgclf_never_reads_is_refused(override: str, hint: str) -> None:
     with pytest.raises(ConfigError, match=rf"{override[1:].split('=')[0]}: imgclf has no such key \({hint}"):
         check_config(compose_cfg("train", ["experiment=x", override]))

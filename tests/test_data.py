@@ -64,13 +64,16 @@ def test_A4_hidden_and_tool_folders_never_become_classes(tmp_path: Path) -> None
     assert splits.ignored == {".txt": 1, ".DS_Store": 1, "._* (macOS metadata)": 1}
 
 
-@pytest.mark.parametrize("problem,match", [
-    ("missing_root", "dataset folder not found"),
-    ("empty_class", "hold no images.*square"),
-    ("case_clash", "differ only by case"),
-    ("unknown_test_class", "not in the train classes"),
-    ("no_class_folders", "no class folders"),
-])
+@pytest.mark.parametrize(
+    "problem,match",
+    [
+        ("missing_root", "dataset folder not found"),
+        ("empty_class", "hold no images.*square"),
+        ("case_clash", "differ only by case"),
+        ("unknown_test_class", "not in the train classes"),
+        ("no_class_folders", "no class folders"),
+    ],
+)
 def test_A6_A12_bad_layouts_stop_with_a_message(tmp_path: Path, problem: str, match: str) -> None:
     root = tmp_path / "data"
     if problem != "missing_root":
@@ -116,13 +119,17 @@ def _cut_at_line(text: str) -> str:
     return "".join(lines[: len(lines) // 2])
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda text: _cut_at_line(text).encode(), "is not the file this experiment wrote"),  # still valid CSV
-    (lambda text: text.encode()[: len(text) // 2 + 7], "is not the file this experiment wrote"),  # mid-line
-    (lambda text: bytes(range(256)) * 4, "is not the file this experiment wrote"),
-])
-def test_G1_a_cut_or_damaged_splits_file_is_refused_with_its_path(tmp_path: Path, train_only_folder: Path,
-                                                                  damage, message: str) -> None:
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda text: _cut_at_line(text).encode(), "is not the file this experiment wrote"),  # still valid CSV
+        (lambda text: text.encode()[: len(text) // 2 + 7], "is not the file this experiment wrote"),  # mid-line
+        (lambda text: bytes(range(256)) * 4, "is not the file this experiment wrote"),
+    ],
+)
+def test_G1_a_cut_or_damaged_splits_file_is_refused_with_its_path(
+    tmp_path: Path, train_only_folder: Path, damage, message: str
+) -> None:
     splits = source(train_only_folder).scan()
     path = tmp_path / "splits.csv"
     write_splits(splits, path)
@@ -133,8 +140,9 @@ def test_G1_a_cut_or_damaged_splits_file_is_refused_with_its_path(tmp_path: Path
     assert str(path) in str(info.value) and f"({rows} rows" in str(info.value)
 
 
-def test_G1_a_splits_file_without_its_checksum_record_is_parsed_with_clear_errors(tmp_path: Path,
-                                                                                 train_only_folder: Path) -> None:
+def test_G1_a_splits_file_without_its_checksum_record_is_parsed_with_clear_errors(
+    tmp_path: Path, train_only_folder: Path
+) -> None:
     splits = source(train_only_folder).scan()
     path = tmp_path / "splits.csv"
     write_splits(splits, path)

@@ -22,9 +22,17 @@ from imgclf.data.dataset import EpochBatchSampler
 from imgclf.experiment.checkpoint import load_checkpoint
 
 # no BatchNorm and no dropout: two ranks with half batches compute exactly the whole batch's mean gradient
-EXACT = ("model=tinyvgg", "model.width=8", "augmentation=none", "dataset.image_size=16", "loader.cache=memory",
-         "scheduler=none", "optimizer=sgd", "optimizer.lr=0.05",
-         "dataset.test_fraction=0")
+EXACT = (
+    "model=tinyvgg",
+    "model.width=8",
+    "augmentation=none",
+    "dataset.image_size=16",
+    "loader.cache=memory",
+    "scheduler=none",
+    "optimizer=sgd",
+    "optimizer.lr=0.05",
+    "dataset.test_fraction=0",
+)
 
 
 def free_port() -> int:
@@ -33,8 +41,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str, nproc: int = 2, extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
-             wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+def torchrun(
+    *args: str, nproc: int = 2, extra: tuple[str, ...] = (), env: dict[str, str] | None = None, wait: bool = True
+) -> subprocess.CompletedProcess | subprocess.Popen:
     """``torchrun --nproc_per_node=N train.py args`` on 127.0.0.1, as a user runs it."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *extra]
     if not extra:
@@ -42,8 +51,15 @@ def torchrun(*args: str, nproc: int = 2, extra: tuple[str, ...] = (), env: dict[
     command += [str(ROOT / "train.py"), *args]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     if not wait:
-        return subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
     return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
 
 
@@ -74,8 +90,9 @@ def test_global_batches_are_split_between_ranks_without_overlap() -> None:
     assert [i for s in val for b in s for i in b] == list(range(11))  # every val image once, in order
 
 
-def test_H3_two_processes_train_one_experiment_like_one_process_with_the_whole_batch(tmp_path: Path,
-                                                                                 uneven_folder: Path) -> None:
+def test_H3_two_processes_train_one_experiment_like_one_process_with_the_whole_batch(
+    tmp_path: Path, uneven_folder: Path
+) -> None:
     single = tiny_overrides(tmp_path / "one", uneven_folder, *EXACT, "loader.batch_size=8", "epochs=2")
     tasks.train(compose_cfg("train", single))
     ddp = tiny_overrides(tmp_path / "two", uneven_folder, *EXACT, "loader.batch_size=4", "epochs=2")
@@ -87,7 +104,10 @@ def test_H3_two_processes_train_one_experiment_like_one_process_with_the_whole_b
     exp = tmp_path / "two" / "experiments" / "tiny"
     lines = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]  # one writer: one line per epoch
-    first = [json.loads(line) for line in (tmp_path / "one" / "experiments" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    first = [
+        json.loads(line)
+        for line in (tmp_path / "one" / "experiments" / "tiny" / "metrics.jsonl").read_text().splitlines()
+    ]
     for key in ("val/acc", "val/loss", "train/loss", "train/acc"):  # reduced over the ranks: the whole split's
         assert lines[-1][key] == pytest.approx(first[-1][key], abs=1e-5), key
     assert lines[-1]["world_size"] == 2 and lines[-1]["global_batch_size"] == 8
@@ -97,8 +117,9 @@ def test_H3_two_processes_train_one_experiment_like_one_process_with_the_whole_b
 
 
 @pytest.mark.slow
-def test_H2_sigterm_to_the_launcher_stops_every_rank_at_one_step_and_the_same_command_resumes(tmp_path: Path,
-                                                                                             uneven_folder: Path) -> None:
+def test_H2_sigterm_to_the_launcher_stops_every_rank_at_one_step_and_the_same_command_resumes(
+    tmp_path: Path, uneven_folder: Path
+) -> None:
     overrides = tiny_overrides(tmp_path, uneven_folder, *EXACT, "loader.batch_size=4", "epochs=40", "progress=false")
     proc = torchrun(*overrides, wait=False)
     exp = tmp_path / "experiments" / "tiny"
@@ -140,7 +161,6 @@ def test_H1_a_rank_killed_ends_the_others_and_last_pt_resumes(tmp_path: Path, un
 def test_H4_resuming_mid_epoch_with_another_world_size_is_refused(tmp_path: Path, uneven_folder: Path) -> None:
     overrides = tiny_overrides(tmp_path, uneven_folder, *EXACT, "loader.batch_size=4", "epochs=2")
     from helpers import StopAfter
-
     from imgclf.training.state import Interrupted
 
     with pytest.raises(Interrupted):
@@ -164,12 +184,20 @@ def test_two_machines_on_127_0_0_1_train_one_experiment(tmp_path: Path, uneven_f
 
 
 @pytest.mark.slow
-def test_slurm_launcher_runs_one_job_as_a_group_of_tasks_with_the_same_settings(tmp_path: Path,
-                                                                                uneven_folder: Path) -> None:
+def test_slurm_launcher_runs_one_job_as_a_group_of_tasks_with_the_same_settings(
+    tmp_path: Path, uneven_folder: Path
+) -> None:
     # hydra/launcher=slurm's local stand-in (submitit's local executor): one job of 2 tasks is one DDP group
     overrides = tiny_overrides(tmp_path, uneven_folder, *EXACT, "loader.batch_size=4", "epochs=2")
-    done = run_cli("train.py", "-m", "hydra/launcher=slurm_local", "hydra.launcher.tasks_per_node=2",
-                   f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides, "optimizer.lr=0.05,0.02")
+    done = run_cli(
+        "train.py",
+        "-m",
+        "hydra/launcher=slurm_local",
+        "hydra.launcher.tasks_per_node=2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *overrides,
+        "optimizer.lr=0.05,0.02",
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     jobs = sorted((tmp_path / "sweep").glob("[0-9]_*"))
     assert len(jobs) == 2  # two settings, each one experiment trained by both tasks

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from zoo import BAD, GOOD, IGNORED, make_zoo
 
 from helpers import ROOT, compose_cfg, make_folder, tiny_overrides
 from imgclf.data.cache import DecodeCache, decode
@@ -17,12 +18,12 @@ from imgclf.data.doctor import diagnose
 from imgclf.data.folder import FolderSource
 from imgclf.data.prepare import load_splits
 from imgclf.errors import DataError
-from zoo import BAD, GOOD, IGNORED, make_zoo
 
 
 def doctor(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imgclf.cli.doctor", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "imgclf.cli.doctor", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,7 @@ def test_A11_A10_every_good_mode_decodes_to_rgb(zoo: Path) -> None:
     from PIL import Image
 
     from imgclf.data.images import load_image
+
     assert load_image(circle / "rotated.jpg").size == (32, 20)
     assert Image.open(circle / "rotated.jpg").size == (20, 32)
 

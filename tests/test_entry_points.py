@@ -33,8 +33,12 @@ print("HEAVY", heavy, "CODE", code)
 
 
 def _probe(name: str, flag: str) -> str:
-    result = subprocess.run([sys.executable, "-c", PROBE.format(name=name, flag=flag, module=SCRIPTS[name])],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE.format(name=name, flag=flag, module=SCRIPTS[name])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 

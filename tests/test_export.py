@@ -16,10 +16,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import ROOT, compose_cfg, copy_trained, make_folder, options
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from helpers import ROOT, compose_cfg, copy_trained, make_folder, options
 from imgclf.cli import export as export_cli
 from imgclf.cli import predict
 from imgclf.data.splits_file import read_splits
@@ -42,8 +42,15 @@ def exported(trained_tiny: tuple[list[str], Path], tmp_path_factory: pytest.Temp
     """The session's experiment, calibrated (temperature 0.7), exported once by ``imgclf-export --experiment``."""
     _, exp = copy_trained(trained_tiny, tmp_path_factory.mktemp("exported"))
     payload = load_checkpoint(exp / "best.pt")
-    save_atomic({**payload, "temperature": TEMPERATURE, "display_names": {"circle": "round thing"},
-                 "calibration": {"split": "val", "samples": 18, "nll_before": 0.9, "nll_after": 0.5}}, exp / "best.pt")
+    save_atomic(
+        {
+            **payload,
+            "temperature": TEMPERATURE,
+            "display_names": {"circle": "round thing"},
+            "calibration": {"split": "val", "samples": 18, "nll_before": 0.9, "nll_after": 0.5},
+        },
+        exp / "best.pt",
+    )
     assert export_cli.main(["--experiment", exp.name, "--experiments-dir", str(exp.parent)]) == 0
     return exp
 
@@ -55,8 +62,7 @@ def val_files(exp: Path) -> list[str]:
 
 def test_exporting_the_tiny_experiment_writes_a_checked_model_its_parity_and_card(exported: Path) -> None:
     folder = exported / "export"
-    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model_card.json", "model_card.md",
-                                                        "parity.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model_card.json", "model_card.md", "parity.json"]
     parity = json.loads((folder / "parity.json").read_text())
     assert parity["passed"] and parity["max_abs_diff"] <= TOLERANCE and parity["argmax_agreement"] == 1.0
     assert parity["samples"] == len(val_files(exported)) + parity["random_images"] == 18 + 16
@@ -90,15 +96,17 @@ def test_onnxruntime_takes_uint8_nchw_with_a_free_batch_and_matches_the_torch_pr
     expected = predictor.probabilities(images).numpy()
     for batch in (images[:1], images):
         got = session.run([out.name], {inp.name: np.stack([i.numpy() for i in batch])})[0]
-        np.testing.assert_allclose(got, expected[:len(batch)], atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(onnx_predictor.probabilities([i.numpy() for i in images]), expected, atol=TOLERANCE,
-                               rtol=0)
+        np.testing.assert_allclose(got, expected[: len(batch)], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        onnx_predictor.probabilities([i.numpy() for i in images]), expected, atol=TOLERANCE, rtol=0
+    )
     assert onnx_predictor.classes == predictor.classes and onnx_predictor.image_size == 16
     assert onnx_predictor.display_names == {"circle": "round thing"} and onnx_predictor.max_pixels == 40_000_000
 
 
 def test_I1_an_export_outside_the_parity_tolerance_fails_and_leaves_no_model(
-        trained_tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    trained_tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     _, exp = copy_trained(trained_tiny, tmp_path)
     write = export_module.add_metadata
 
@@ -121,30 +129,47 @@ def test_I1_an_export_outside_the_parity_tolerance_fails_and_leaves_no_model(
 
 
 def test_predict_with_the_onnx_model_never_imports_torch_and_matches_predict_with_the_checkpoint(
-        exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
     for i, path in enumerate(val_files(exported)[::3]):
         (photos / f"{i}{Path(path).suffix}").write_bytes(Path(path).read_bytes())
     (photos / "notes.jpg").write_text("not an image")
     args = [str(photos), str(tmp_path / "missing.png"), "--top-k", "3"]
-    assert predict.main([*args, "--experiment", exported.name, "--experiments-dir", str(exported.parent),
-                         "--device", "cpu", "--output", str(tmp_path / "torch.json")]) == 1
+    assert (
+        predict.main(
+            [
+                *args,
+                "--experiment",
+                exported.name,
+                "--experiments-dir",
+                str(exported.parent),
+                "--device",
+                "cpu",
+                "--output",
+                str(tmp_path / "torch.json"),
+            ]
+        )
+        == 1
+    )
     capsys.readouterr()
     # the user's command, with torch made unimportable: the ONNX path must neither need nor load it
-    script = ("import runpy, sys\n"
-              "class NoTorch:\n"
-              "    def find_spec(self, name, path=None, target=None):\n"
-              "        if name.split('.')[0] in ('torch', 'torchvision'):\n"
-              "            raise ImportError('torch imported by the ONNX predictor: ' + name)\n"
-              "sys.meta_path.insert(0, NoTorch())\n"
-              f"sys.argv = ['predict.py', *{args!r}, '--model', {str(exported / 'export' / 'model.onnx')!r}, "
-              f"'--output', {str(tmp_path / 'onnx.json')!r}]\n"
-              "try:\n"
-              "    runpy.run_path('predict.py', run_name='__main__')\n"
-              "except SystemExit as exc:\n"
-              "    print('torch loaded:', 'torch' in sys.modules, file=sys.stderr)\n"
-              "    raise\n")
+    script = (
+        "import runpy, sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision'):\n"
+        "            raise ImportError('torch imported by the ONNX predictor: ' + name)\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        f"sys.argv = ['predict.py', *{args!r}, '--model', {str(exported / 'export' / 'model.onnx')!r}, "
+        f"'--output', {str(tmp_path / 'onnx.json')!r}]\n"
+        "try:\n"
+        "    runpy.run_path('predict.py', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    print('torch loaded:', 'torch' in sys.modules, file=sys.stderr)\n"
+        "    raise\n"
+    )
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr  # a bad file and a missing one: error rows, exit 1
     assert "torch loaded: False" in done.stderr and "ImportError" not in done.stderr
@@ -213,8 +238,17 @@ def test_the_onnx_centre_crop_in_numpy_equals_the_torch_path(trained_tiny, tmp_p
 
 def test_the_card_reports_the_test_metrics_of_this_checkpoint_only(tmp_path: Path) -> None:
     (tmp_path / "test").mkdir()
-    metrics = {"checkpoint": str(tmp_path / "best.pt"), "split": "test", "samples": 9, "accuracy": 0.9,
-               "accuracy_ci": [0.8, 0.95], "f1": 0.85, "f1_ci": [0.7, 0.9], "ci_level": 0.95, "tta": "none"}
+    metrics = {
+        "checkpoint": str(tmp_path / "best.pt"),
+        "split": "test",
+        "samples": 9,
+        "accuracy": 0.9,
+        "accuracy_ci": [0.8, 0.95],
+        "f1": 0.85,
+        "f1_ci": [0.7, 0.9],
+        "ci_level": 0.95,
+        "tta": "none",
+    }
     (tmp_path / "test" / "metrics.json").write_text(json.dumps(metrics))
     record = evaluation(tmp_path, tmp_path / "best.pt", "none")
     assert record["evaluated"] and record["metrics"]["accuracy_ci"] == [0.8, 0.95] and record["samples"] == 9
@@ -226,8 +260,9 @@ def test_predict_spells_the_tta_modes_of_the_model_package() -> None:
     assert predict.TTA_MODES == export_cli.TTA_MODES == TTA_MODES
 
 
-@pytest.mark.parametrize("option", [pytest.param(o, marks=pytest.mark.slow) if o in SLOW_MODELS else o
-                                    for o in options("model")])
+@pytest.mark.parametrize(
+    "option", [pytest.param(o, marks=pytest.mark.slow) if o in SLOW_MODELS else o for o in options("model")]
+)
 def test_every_model_option_exports_within_the_parity_tolerance(option: str, tmp_path: Path) -> None:
     cfg = compose_cfg("train", ["experiment=x", f"model={option}", "dataset.num_classes=3", "dataset.image_size=32"])
     for key, offline in (("pretrained", False), ("weights", None)):  # no download: the weights are the checkpoint's
@@ -235,9 +270,18 @@ def test_every_model_option_exports_within_the_parity_tolerance(option: str, tmp
             cfg.model[key] = offline
     torch.manual_seed(0)
     model = Classifier(instantiate(cfg.model), [0.5] * 3, [0.25] * 3).eval()
-    save_atomic({"model": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
-                 "class_names": ["a", "b", "c"], "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
-                 "temperature": 1.5}, tmp_path / "best.pt")
+    save_atomic(
+        {
+            "model": model.state_dict(),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "class_names": ["a", "b", "c"],
+            "image_size": 32,
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+            "temperature": 1.5,
+        },
+        tmp_path / "best.pt",
+    )
     result = export(tmp_path / "best.pt", tmp_path / "export")
     assert result.parity["passed"] and result.parity["exporter"] == "dynamo", result.parity
     assert result.parity["max_abs_diff"] <= TOLERANCE and result.parity["samples"] == 16
@@ -247,9 +291,17 @@ def test_every_model_option_exports_within_the_parity_tolerance(option: str, tmp
 def test_the_legacy_exporter_is_used_when_the_dynamo_one_fails(tmp_path: Path, monkeypatch, caplog) -> None:
     cfg = compose_cfg("train", ["experiment=x", "model=tinyvgg", "dataset.num_classes=3", "dataset.image_size=32"])
     model = Classifier(instantiate(cfg.model), [0.5] * 3, [0.25] * 3).eval()
-    save_atomic({"model": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True),
-                 "class_names": ["a", "b", "c"], "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3},
-                tmp_path / "best.pt")
+    save_atomic(
+        {
+            "model": model.state_dict(),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "class_names": ["a", "b", "c"],
+            "image_size": 32,
+            "mean": [0.5] * 3,
+            "std": [0.25] * 3,
+        },
+        tmp_path / "best.pt",
+    )
 
     def unsupported(*args: object) -> None:
         raise NotImplementedError("an operator the dynamo exporter does not translate")
@@ -274,8 +326,13 @@ def test_predict_model_names_a_file_that_is_not_an_export(tmp_path: Path, capsys
 def test_an_evaluation_transform_the_export_would_not_apply_is_refused(trained_tiny, tmp_path: Path, capsys) -> None:
     _, exp = copy_trained(trained_tiny, tmp_path)
     payload = load_checkpoint(exp / "best.pt")
-    config = {**payload["config"], "augmentation": {**payload["config"]["augmentation"],
-                                                    "eval": {"_target_": "torchvision.transforms.v2.Grayscale"}}}
+    config = {
+        **payload["config"],
+        "augmentation": {
+            **payload["config"]["augmentation"],
+            "eval": {"_target_": "torchvision.transforms.v2.Grayscale"},
+        },
+    }
     save_atomic({**payload, "config": config}, exp / "best.pt")
     assert export_cli.main(["--checkpoint", str(exp / "best.pt")]) == 1
     assert "augmentation.eval='torchvision.transforms.v2.Grayscale'" in capsys.readouterr().err
@@ -286,22 +343,60 @@ def test_the_export_folds_in_the_tta_its_checkpoint_was_evaluated_with(exported:
     # a recipe that evaluates with flip (transfer, the Lite0 recipes): its export serves what its report measured
     payload = load_checkpoint(exported / "best.pt")
     save_atomic({**payload, "config": {**payload["config"], "tta": "flip"}}, tmp_path / "best.pt")
-    assert export_cli.main(["--checkpoint", str(tmp_path / "best.pt"), "--format", "torchscript",
-                            "--output", str(tmp_path / "default")]) == 0
+    assert (
+        export_cli.main(
+            [
+                "--checkpoint",
+                str(tmp_path / "best.pt"),
+                "--format",
+                "torchscript",
+                "--output",
+                str(tmp_path / "default"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "default" / "parity.json").read_text())["tta"] == "flip"
-    assert export_cli.main(["--checkpoint", str(tmp_path / "best.pt"), "--format", "torchscript", "--tta", "none",
-                            "--output", str(tmp_path / "asked")]) == 0
+    assert (
+        export_cli.main(
+            [
+                "--checkpoint",
+                str(tmp_path / "best.pt"),
+                "--format",
+                "torchscript",
+                "--tta",
+                "none",
+                "--output",
+                str(tmp_path / "asked"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "asked" / "parity.json").read_text())["tta"] == "none"
 
 
-def test_an_export_without_the_deploy_packages_is_one_line_saying_what_to_install(exported: Path, monkeypatch,
-                                                                                   capsys) -> None:
+def test_an_export_without_the_deploy_packages_is_one_line_saying_what_to_install(
+    exported: Path, monkeypatch, capsys
+) -> None:
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else find_spec(name, *a))
-    assert export_cli.main(["--experiment", exported.name, "--experiments-dir", str(exported.parent),
-                            "--output", str(exported / "never")]) == 1
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else find_spec(name, *a)
+    )
+    assert (
+        export_cli.main(
+            [
+                "--experiment",
+                exported.name,
+                "--experiments-dir",
+                str(exported.parent),
+                "--output",
+                str(exported / "never"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "onnxscript is not installed" in err and "pip install -e '.[deploy]'" in err
     assert not (exported / "never").exists()

@@ -14,12 +14,12 @@ from torch.utils.data import Dataset, TensorDataset
 
 import imgclf.tasks as tasks
 from helpers import ROOT, compose_cfg, tiny_overrides
-from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.data.dataset import DecodedImages, make_loader
+from imgclf.errors import TrainingError
+from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.models.small_cnn import SmallCNN
 from imgclf.training.engine import TrainOptions, train_one_epoch
 from imgclf.training.state import Diverged
-from imgclf.errors import TrainingError
-from imgclf.models.small_cnn import SmallCNN
 
 
 class NaNAt:
@@ -55,13 +55,20 @@ def test_E2_nan_batches_in_a_row_stop_before_touching_the_weights() -> None:
     model, loader, optimizer = tiny_setup()
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(Diverged, match=r"nan for 3 batches in a row \(batch 3 of 6, lr 0.1\)"):
-        train_one_epoch(model, loader, NaNAt({0, 1, 2}), optimizer, device=torch.device("cpu"),
-                        options=TrainOptions(max_nonfinite=3))
+        train_one_epoch(
+            model,
+            loader,
+            NaNAt({0, 1, 2}),
+            optimizer,
+            device=torch.device("cpu"),
+            options=TrainOptions(max_nonfinite=3),
+        )
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
-def test_E2_a_diverging_run_says_what_to_do_and_keeps_finite_checkpoints(tmp_path: Path, tiny_folder: Path,
-                                                                      monkeypatch) -> None:
+def test_E2_a_diverging_run_says_what_to_do_and_keeps_finite_checkpoints(
+    tmp_path: Path, tiny_folder: Path, monkeypatch
+) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=2", "trainer.max_nonfinite=2"))
     real = torch.nn.CrossEntropyLoss.forward
     calls = {"n": 0}
@@ -108,7 +115,9 @@ class DiesInWorker(Dataset):
 
 def test_E4_a_killed_loader_worker_gets_a_clear_message(tmp_path: Path, tiny_folder: Path, monkeypatch) -> None:
     # per-image augmentation: batches come from worker processes (batch augmentation uses threads)
-    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "loader.num_workers=1", "loader.batch_augment=false"))
+    cfg = compose_cfg(
+        "train", tiny_overrides(tmp_path, tiny_folder, "loader.num_workers=1", "loader.batch_augment=false")
+    )
     monkeypatch.setattr(DecodedImages, "__getitems__", lambda self, indices: [DiesInWorker()[i] for i in indices])
     with pytest.raises(TrainingError, match=r"loader.num_workers=1: DataLoader worker .* loader.num_workers=0"):
         tasks.train(cfg)
@@ -132,10 +141,10 @@ def test_E4_a_hung_loader_worker_times_out() -> None:
 
 
 def test_E2_non_finite_weights_are_never_written(tmp_path: Path) -> None:
-    from imgclf.training.state import TrainState
     from imgclf.experiment.folder import ExperimentDir
     from imgclf.experiment.writer import CheckpointWriter
     from imgclf.training.scheduler import Scheduler
+    from imgclf.training.state import TrainState
 
     model, _, optimizer = tiny_setup()
     exp = ExperimentDir(tmp_path / "exp", tmp_path / "runs")
@@ -149,15 +158,19 @@ def test_E2_non_finite_weights_are_never_written(tmp_path: Path) -> None:
     assert exp.last.read_bytes() == good and load_checkpoint(exp.best)["state"]["epoch"] == 1
 
 
-def test_C4_disk_full_while_training_fails_the_run_and_keeps_a_resumable_last_pt(tmp_path: Path,
-                                                                               tiny_folder: Path) -> None:
+def test_C4_disk_full_while_training_fails_the_run_and_keeps_a_resumable_last_pt(
+    tmp_path: Path, tiny_folder: Path
+) -> None:
     from test_checkpoint import run_with_file_size_limit
 
     overrides = tiny_overrides(tmp_path, tiny_folder, "epochs=1")
     tasks.train(compose_cfg("train", overrides))
     exp = tmp_path / "experiments" / "tiny"
-    assert (exp / "last.pt").stat().st_size > 300_000 > max(p.stat().st_size for p in (exp / "metrics.jsonl",
-                                                                                         exp / "splits.csv"))
+    assert (
+        (exp / "last.pt").stat().st_size
+        > 300_000
+        > max(p.stat().st_size for p in (exp / "metrics.jsonl", exp / "splits.csv"))
+    )
     # epoch 2 under a real 300 kB file size limit: the logs still fit, the checkpoint does not
     train = "import runpy; runpy.run_path('train.py', run_name='__main__')"
     done = run_with_file_size_limit(300_000, train, "train.py", *overrides, "epochs=2", cwd=ROOT)
@@ -184,13 +197,17 @@ def allocate_a_petabyte_when_training(self, x):
     return allocate_a_petabyte(self, x) if self.training else PLAIN_FORWARD(self, x)
 
 
-def test_E3_the_cpu_allocator_running_out_in_training_is_explained(tmp_path: Path, tiny_folder: Path,
-                                                                   monkeypatch) -> None:
+def test_E3_the_cpu_allocator_running_out_in_training_is_explained(
+    tmp_path: Path, tiny_folder: Path, monkeypatch
+) -> None:
     from imgclf.models.small_cnn import SmallCNN
 
     monkeypatch.setattr(SmallCNN, "forward", allocate_a_petabyte_when_training)
-    with pytest.raises(TrainingError, match=r"out of memory on cpu with loader.batch_size=8 at dataset.image_size=16 "
-                                            r"while training \(.*DefaultCPUAllocator.*\); no checkpoint was written"):
+    with pytest.raises(
+        TrainingError,
+        match=r"out of memory on cpu with loader.batch_size=8 at dataset.image_size=16 "
+        r"while training \(.*DefaultCPUAllocator.*\); no checkpoint was written",
+    ):
         tasks.train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder)))
 
 
@@ -207,8 +224,11 @@ def test_E3_out_of_memory_in_test_py_is_explained_and_writes_no_report(tested, m
 
     overrides, exp = tested
     monkeypatch.setattr(SmallCNN, "forward", allocate_a_petabyte)
-    with pytest.raises(TrainingError, match=r"out of memory on cpu with loader.batch_size=8 .* while evaluating "
-                                            r"\(.*DefaultCPUAllocator.*\); nothing was written. Lower loader.batch_size"):
+    with pytest.raises(
+        TrainingError,
+        match=r"out of memory on cpu with loader.batch_size=8 .* while evaluating "
+        r"\(.*DefaultCPUAllocator.*\); nothing was written. Lower loader.batch_size",
+    ):
         tasks.test(compose_cfg("train", overrides))
     assert not (exp / "test").exists()
 
@@ -217,8 +237,11 @@ def test_E4_test_py_names_a_killed_loader_worker(tested, monkeypatch) -> None:
     overrides, _ = tested
     cfg = compose_cfg("train", [*overrides, "loader.num_workers=1", "loader.batch_augment=false"])
     monkeypatch.setattr(DecodedImages, "__getitems__", lambda self, indices: [DiesInWorker()[i] for i in indices])
-    with pytest.raises(TrainingError, match=r"while evaluating with loader.num_workers=1: DataLoader worker .* "
-                                            r"loader.num_workers=0"):
+    with pytest.raises(
+        TrainingError,
+        match=r"while evaluating with loader.num_workers=1: DataLoader worker .* "
+        r"loader.num_workers=0",
+    ):
         tasks.test(cfg)
 
 

@@ -10,9 +10,9 @@ import torch
 import imgclf.tasks as tasks
 from helpers import compose_cfg, tiny_overrides
 from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.experiment.run_log import read_metrics
 from imgclf.training.engine import TrainOptions, train_one_epoch
 from imgclf.training.state import Interrupted
-from imgclf.experiment.run_log import read_metrics
 
 
 def linear_setup(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
@@ -27,8 +27,14 @@ def test_accumulating_two_half_batches_equals_one_full_batch() -> None:
     half, opt_half, _, _ = linear_setup()
     loss_fn = torch.nn.CrossEntropyLoss()
     train_one_epoch(full, [(x, y)], loss_fn, opt_full, device=torch.device("cpu"))
-    train_one_epoch(half, [(x[:4], y[:4]), (x[4:], y[4:])], loss_fn, opt_half, device=torch.device("cpu"),
-                    options=TrainOptions(accumulate=2))
+    train_one_epoch(
+        half,
+        [(x[:4], y[:4]), (x[4:], y[4:])],
+        loss_fn,
+        opt_half,
+        device=torch.device("cpu"),
+        options=TrainOptions(accumulate=2),
+    )
     torch.testing.assert_close(full.weight, half.weight)
     torch.testing.assert_close(full.bias, half.bias)
     separate, opt_sep, _, _ = linear_setup()
@@ -39,8 +45,14 @@ def test_accumulating_two_half_batches_equals_one_full_batch() -> None:
 def test_gradient_clipping_bounds_the_step() -> None:
     model, opt, x, y = linear_setup()
     before = [p.detach().clone() for p in model.parameters()]
-    train_one_epoch(model, [(x * 100, y)], torch.nn.CrossEntropyLoss(), opt, device=torch.device("cpu"),
-                    options=TrainOptions(clip_grad_norm=0.01))
+    train_one_epoch(
+        model,
+        [(x * 100, y)],
+        torch.nn.CrossEntropyLoss(),
+        opt,
+        device=torch.device("cpu"),
+        options=TrainOptions(clip_grad_norm=0.01),
+    )
     step = torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
     assert step <= 0.5 * 0.01 + 1e-6  # lr * max norm
 
@@ -51,16 +63,23 @@ def test_bf16_autocast_runs_on_cpu_and_keeps_float32_weights() -> None:
     model(torch.randn(1, 3, 8, 8))
     model.register_forward_hook(lambda m, i, o: seen.update(dtype=o.dtype))  # returns None: output unchanged
     opt = torch.optim.AdamW(model.parameters())
-    out = train_one_epoch(model, [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))], torch.nn.CrossEntropyLoss(),
-                          opt, device=torch.device("cpu"), options=TrainOptions(amp="bf16"))
+    out = train_one_epoch(
+        model,
+        [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))],
+        torch.nn.CrossEntropyLoss(),
+        opt,
+        device=torch.device("cpu"),
+        options=TrainOptions(amp="bf16"),
+    )
     assert seen["dtype"] == torch.bfloat16 and torch.isfinite(torch.tensor(out["train/loss"]))
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_early_stopping_stops_and_counts_as_finished(tmp_path: Path, tiny_folder: Path, caplog) -> None:
     caplog.set_level("INFO")
-    args = tiny_overrides(tmp_path, tiny_folder, "epochs=6", "trainer.early_stopping.patience=2",
-                          "trainer.early_stopping.min_delta=2.0")  # no later epoch can improve val/acc by 2
+    args = tiny_overrides(
+        tmp_path, tiny_folder, "epochs=6", "trainer.early_stopping.patience=2", "trainer.early_stopping.min_delta=2.0"
+    )  # no later epoch can improve val/acc by 2
     tasks.train(compose_cfg("train", args))
     exp = tmp_path / "experiments" / "tiny"
     assert [r["epoch"] for r in read_metrics(exp / "metrics.jsonl")] == [1, 2, 3]
@@ -70,20 +89,28 @@ def test_early_stopping_stops_and_counts_as_finished(tmp_path: Path, tiny_folder
     assert len(read_metrics(exp / "metrics.jsonl")) == 3 and "already finished" in caplog.text
 
 
-@pytest.mark.parametrize("option", ["trainer.channels_last=true", "trainer.amp=bf16", "trainer.accumulate=3",
-                                    "trainer.clip_grad_norm=1.0"])
+@pytest.mark.parametrize(
+    "option", ["trainer.channels_last=true", "trainer.amp=bf16", "trainer.accumulate=3", "trainer.clip_grad_norm=1.0"]
+)
 def test_options_train_end_to_end(tmp_path: Path, tiny_folder: Path, option: str) -> None:
     best = tasks.train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=1", option)))
     assert best is not None
     assert tasks.test(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=1", option)))["samples"] == 18
 
 
-@pytest.mark.parametrize("override,key", [("trainer.amp=fp8", "trainer.amp"), ("trainer.accumulate=0", "trainer.accumulate"),
-                                          ("trainer.early_stopping.patience=0", "patience"),
-                                          ("trainer.feature_views=0", "trainer.feature_views"), ("tta=rotate", "tta")])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("trainer.amp=fp8", "trainer.amp"),
+        ("trainer.accumulate=0", "trainer.accumulate"),
+        ("trainer.early_stopping.patience=0", "patience"),
+        ("trainer.feature_views=0", "trainer.feature_views"),
+        ("tta=rotate", "tta"),
+    ],
+)
 def test_B2_bad_trainer_values_are_rejected(override: str, key: str) -> None:
-    from imgclf.tasks.config_check import check_config
     from imgclf.errors import ConfigError
+    from imgclf.tasks.config_check import check_config
 
     with pytest.raises(ConfigError, match=key):
         check_config(compose_cfg("train", ["experiment=x", override]))
@@ -118,25 +145,33 @@ def test_ema_weights_are_validated_kept_and_resumed(tmp_path: Path, tiny_folder:
     from imgclf.data.cache import DecodeCache
     from imgclf.data.folder import FolderSource
     from imgclf.data.prepare import load_splits
-    from imgclf.training.validation import validate
     from imgclf.models.classifier import Classifier
     from imgclf.models.small_cnn import SmallCNN
+    from imgclf.training.validation import validate
 
     args = tiny_overrides(tmp_path, tiny_folder, "epochs=2", "trainer.ema_decay=0.8")
     tasks.train(compose_cfg("train", args))
     exp = tmp_path / "experiments" / "tiny"
     ckpt = load_checkpoint(exp / "last.pt")
     assert ckpt["ema_steps"] == 12  # 2 epochs x 6 optimizer steps
-    differs = [k for k in ckpt["model"] if ckpt["model"][k].is_floating_point()
-               and not torch.equal(ckpt["model"][k], ckpt["train_model"][k])]
+    differs = [
+        k
+        for k in ckpt["model"]
+        if ckpt["model"][k].is_floating_point() and not torch.equal(ckpt["model"][k], ckpt["train_model"][k])
+    ]
     assert differs  # the averaged weights are not the trained ones
     model = Classifier(SmallCNN(3, width=32, dropout=0.1), ckpt["mean"], ckpt["std"])
     model.load_state_dict(ckpt["model"])
-    loaded = load_splits(FolderSource(str(tiny_folder)).scan(), DecodeCache(None, "memory"), 16,
-                         names=("val",))
+    loaded = load_splits(FolderSource(str(tiny_folder)).scan(), DecodeCache(None, "memory"), 16, names=("val",))
     from imgclf.data.dataset import make_loader
-    val, _ = validate(model, make_loader(loaded["val"].dataset(16, None), batch_size=8, shuffle=False),
-                      torch.nn.CrossEntropyLoss(), device=torch.device("cpu"), num_classes=3)
+
+    val, _ = validate(
+        model,
+        make_loader(loaded["val"].dataset(16, None), batch_size=8, shuffle=False),
+        torch.nn.CrossEntropyLoss(),
+        device=torch.device("cpu"),
+        num_classes=3,
+    )
     logged = read_metrics(exp / "metrics.jsonl")[-1]
     assert val["val/acc"] == pytest.approx(logged["val/acc"]) and val["val/loss"] == pytest.approx(logged["val/loss"])
 

@@ -28,9 +28,14 @@ BAD_NAMES = ["..", "", "a/b", "../x", "."]
 def sentinel_tree(root: Path) -> dict[str, bytes]:
     """A project around ``root/experiments`` and ``root/runs``: sources beside them, an earlier experiment whose
     name starts with ``test`` and its TensorBoard run; every file and its content."""
-    files = {"keep.py": b"source", "tests/test_keep.py": b"a test", "experiments/test_old/best.pt": b"weights",
-             "experiments/test_old/test/metrics.json": b"{}", "runs/test_old/events.out": b"events",
-             "runs/keep.txt": b"keep"}
+    files = {
+        "keep.py": b"source",
+        "tests/test_keep.py": b"a test",
+        "experiments/test_old/best.pt": b"weights",
+        "experiments/test_old/test/metrics.json": b"{}",
+        "runs/test_old/events.out": b"events",
+        "runs/keep.txt": b"keep",
+    }
     for name, content in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(content)
@@ -42,8 +47,9 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
-def test_J1_a_name_that_is_not_one_folder_is_refused_and_deletes_nothing(tmp_path: Path, tiny_folder: Path,
-                                                                          name: str) -> None:
+def test_J1_a_name_that_is_not_one_folder_is_refused_and_deletes_nothing(
+    tmp_path: Path, tiny_folder: Path, name: str
+) -> None:
     before = sentinel_tree(tmp_path)
     overrides = tiny_overrides(tmp_path, tiny_folder, f"experiment={name}", "overwrite=true", "epochs=1")
     cfg = compose_cfg("train", overrides)
@@ -57,15 +63,17 @@ def test_J1_a_name_that_is_not_one_folder_is_refused_and_deletes_nothing(tmp_pat
 
 def test_J1_train_py_refuses_a_bad_name_before_hydra_makes_a_folder(tmp_path: Path, tiny_folder: Path) -> None:
     before = sentinel_tree(tmp_path)
-    done = run_cli("train.py", *tiny_overrides(tmp_path, tiny_folder, "experiment=..", "overwrite=true"), cwd=tmp_path,
-                   timeout=120)
+    done = run_cli(
+        "train.py", *tiny_overrides(tmp_path, tiny_folder, "experiment=..", "overwrite=true"), cwd=tmp_path, timeout=120
+    )
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert snapshot(tmp_path) == before  # no .hydra/ or train.log above experiments/, nothing deleted
     assert "ConfigError: experiment='..': " in done.stderr and "Traceback" not in done.stderr
 
 
-def test_J1_overwrite_never_deletes_through_a_link_out_of_the_experiments_folder(tmp_path: Path,
-                                                                                  tiny_folder: Path) -> None:
+def test_J1_overwrite_never_deletes_through_a_link_out_of_the_experiments_folder(
+    tmp_path: Path, tiny_folder: Path
+) -> None:
     elsewhere = tmp_path / "elsewhere"
     for name in ("best.pt", "last.pt", "metrics.jsonl", "test/metrics.json", "notes.txt"):
         (elsewhere / name).parent.mkdir(parents=True, exist_ok=True)
@@ -84,8 +92,12 @@ def test_J1_clear_keeps_to_its_own_two_folders(tmp_path: Path) -> None:
     (outside / "history").mkdir(parents=True)
     (outside / "history" / "epoch-0-step-0.yaml").write_text("kept")
     (outside / "events.out").write_text("kept")
-    exp = ExperimentDir(tmp_path / "experiments" / "x", tmp_path / "runs" / "x", experiments=tmp_path / "experiments",
-                        runs=tmp_path / "runs")
+    exp = ExperimentDir(
+        tmp_path / "experiments" / "x",
+        tmp_path / "runs" / "x",
+        experiments=tmp_path / "experiments",
+        runs=tmp_path / "runs",
+    )
     exp.path.mkdir(parents=True)
     exp.best.write_text("weights")
     exp.tensorboard_dir.parent.mkdir()
@@ -103,7 +115,8 @@ def test_J1_clear_keeps_to_its_own_two_folders(tmp_path: Path) -> None:
 
 
 def test_J1_predict_export_and_serve_refuse_an_experiment_name_outside_the_folder(
-        tmp_path: Path, tiny_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, tiny_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
     (tmp_path / "best.pt").write_bytes(b"not read")  # experiments/../best.pt: what `--experiment ..` would load
     (tmp_path / "experiments").mkdir()
     for name in BAD_NAMES:
@@ -138,8 +151,9 @@ def test_J3_a_finished_experiment_is_not_done_for_another_folder(tmp_path: Path)
 def test_J3_a_resumable_experiment_whose_folder_moved_names_dataset_root(tmp_path: Path) -> None:
     photos = make_folder(tmp_path / "photos", {"train": 6, "val": 2, "test": 2})
     with pytest.raises(Interrupted):
-        tasks.train(compose_cfg("train", tiny_overrides(tmp_path, photos, "epochs=2")),
-                    stop_signal=lambda: StopAfter(2))
+        tasks.train(
+            compose_cfg("train", tiny_overrides(tmp_path, photos, "epochs=2")), stop_signal=lambda: StopAfter(2)
+        )
     moved = photos.rename(tmp_path / "moved")
     with pytest.raises(ExperimentError, match=r"was started on other data \(dataset.root: .*photos -> .*moved\)"):
         tasks.train(compose_cfg("train", tiny_overrides(tmp_path, moved, "epochs=2")))

@@ -55,7 +55,8 @@ def test_J4_the_disk_cache_sees_a_rewrite_that_kept_size_and_mtime(tmp_path: Pat
 
 
 def test_J4_resume_refuses_and_test_py_scores_the_new_pixels_after_a_rewrite_that_kept_size_and_mtime(
-        tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = make_folder(tmp_path / "data", {"train": 8, "val": 3, "test": 3})
     train_victim = add_bmp(folder / "train" / "circle", 0)
     test_victim = add_bmp(folder / "test" / "circle", 0)
@@ -100,7 +101,8 @@ def add_latin1_files(folder: Path) -> list[bytes]:
 
 
 def test_J9_a_name_that_is_not_utf8_is_trained_resumed_tested_and_predicted(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     folder = make_folder(tmp_path / "data", {"train": 6, "val": 2, "test": 2})
     add_latin1_files(folder)
     args = tiny_overrides(tmp_path, folder, "epochs=2")
@@ -121,8 +123,9 @@ def test_J9_a_name_that_is_not_utf8_is_trained_resumed_tested_and_predicted(
     assert sum(r["path"].endswith("/" + SHOWN) for r in rows) == 3 and len(rows) == 9
 
     for output in ("p.csv", "p.json"):
-        code = predict.main([str(folder / "test"), "--checkpoint", str(exp / "best.pt"), "--output",
-                             str(tmp_path / output)])
+        code = predict.main(
+            [str(folder / "test"), "--checkpoint", str(exp / "best.pt"), "--output", str(tmp_path / output)]
+        )
         assert code == 0
     assert SHOWN in capsys.readouterr().out  # the table
     records = json.loads((tmp_path / "p.json").read_text(encoding="utf-8"))["predictions"]
@@ -136,8 +139,9 @@ def test_J9_a_name_that_is_not_utf8_is_trained_resumed_tested_and_predicted(
         assert predicted[shown]["top1"] == reported[shown]["top1"]
 
 
-def test_J9_a_bad_file_whose_name_is_not_utf8_is_named_escaped(tmp_path: Path, caplog: pytest.LogCaptureFixture
-                                                               ) -> None:
+def test_J9_a_bad_file_whose_name_is_not_utf8_is_named_escaped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     folder = make_folder(tmp_path / "data", {"train": 6, "val": 2, "test": 2})
     with open(os.fsencode(folder / "train" / "circle") + b"/bad\xff.png", "wb") as f:
         f.write(b"not a picture")
@@ -154,8 +158,9 @@ def test_J9_the_report_captions_a_mistake_whose_name_is_not_utf8(tmp_path: Path)
 
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
     paths = [os.fsdecode(b"/data/caf\xe9.png"), "/data/ok.png"]
-    fig = figures.mistakes_figure(probs, torch.tensor([1, 1]), ["a", "b"], lambda i: np.zeros((8, 8, 3), np.uint8),
-                                  paths=paths)
+    fig = figures.mistakes_figure(
+        probs, torch.tensor([1, 1]), ["a", "b"], lambda i: np.zeros((8, 8, 3), np.uint8), paths=paths
+    )
     figures.save(fig, tmp_path / "misclassified.png")  # Matplotlib cannot draw a surrogate
     assert (tmp_path / "misclassified.png").stat().st_size > 0
 
@@ -169,8 +174,13 @@ def test_J9_manifests_written_by_imgclf_split_find_a_name_that_is_not_utf8_again
     add_latin1_files(folder)
     splits = FolderSource(str(folder)).scan()
     written = write_manifests(splits, tmp_path / "lists", folder, fmt)
-    assert sum(p.read_text(encoding="utf-8").count(SHOWN.replace("\\", "\\\\") if fmt == "json" else SHOWN)
-               for p in written) == 9
+    assert (
+        sum(
+            p.read_text(encoding="utf-8").count(SHOWN.replace("\\", "\\\\") if fmt == "json" else SHOWN)
+            for p in written
+        )
+        == 9
+    )
     again = ManifestSource(str(folder), *(str(tmp_path / "lists" / f"{s}.{fmt}") for s in ("train", "val", "test")))
     assert again.scan().samples == splits.samples
 
@@ -199,7 +209,8 @@ HOW = ["under a file", "read-only folder"]
 @pytest.mark.parametrize("how", HOW)
 @pytest.mark.parametrize("mode", ["memory", "none"])
 def test_J11_memory_and_none_train_and_test_with_an_unwritable_cache_and_never_create_it(
-        tmp_path: Path, tiny_folder: Path, mode: str, how: str) -> None:
+    tmp_path: Path, tiny_folder: Path, mode: str, how: str
+) -> None:
     cache = unwritable_cache(tmp_path, how)
     args = tiny_overrides(tmp_path, tiny_folder, "epochs=1", f"loader.cache={mode}", f"paths.cache={cache}")
     tasks.train(compose_cfg("train", args))
@@ -209,8 +220,9 @@ def test_J11_memory_and_none_train_and_test_with_an_unwritable_cache_and_never_c
 
 
 @pytest.mark.parametrize("how", HOW)
-def test_J11_the_disk_cache_in_an_unwritable_folder_is_one_clear_error(tmp_path: Path, tiny_folder: Path,
-                                                                       how: str) -> None:
+def test_J11_the_disk_cache_in_an_unwritable_folder_is_one_clear_error(
+    tmp_path: Path, tiny_folder: Path, how: str
+) -> None:
     cache = unwritable_cache(tmp_path, how)
     args = tiny_overrides(tmp_path, tiny_folder, "epochs=1", f"paths.cache={cache}")
     with pytest.raises(DataError) as error:

@@ -17,10 +17,20 @@ from helpers import ROOT, copy_trained, read_csv, run_cli, tiny_overrides
 from imgclf.tasks.resolvers import JOB_NAME_BYTES, job_subdir
 
 # ordinary overrides, long together: their override_dirname is about 400 bytes
-LONG_OVERRIDES = ["optimizer.weight_decay=0.0001234567", "trainer.clip_grad_norm=1.23456789",
-                  "trainer.max_nonfinite=1234567", "trainer.dist_timeout=1234567", "loader.timeout=1234567",
-                  "report.top_k=3", "report.bootstrap=1234", "report.mistakes=1234", "seed=1234",
-                  "monitor=val/loss", "mode=min", "trainer.early_stopping.min_delta=0.000123456"]
+LONG_OVERRIDES = [
+    "optimizer.weight_decay=0.0001234567",
+    "trainer.clip_grad_norm=1.23456789",
+    "trainer.max_nonfinite=1234567",
+    "trainer.dist_timeout=1234567",
+    "loader.timeout=1234567",
+    "report.top_k=3",
+    "report.bootstrap=1234",
+    "report.mistakes=1234",
+    "seed=1234",
+    "monitor=val/loss",
+    "mode=min",
+    "trainer.early_stopping.min_delta=0.000123456",
+]
 
 
 def test_J10_job_subdir_is_bounded_stable_and_short_names_unchanged() -> None:
@@ -39,8 +49,13 @@ def test_J10_job_subdir_is_bounded_stable_and_short_names_unchanged() -> None:
 @pytest.mark.slow
 def test_J10_grid_sweep_with_long_overrides_runs_and_reruns(tmp_path: Path, tiny_folder: Path) -> None:
     sweep = tmp_path / "experiments" / "tiny" / "multirun" / "grid"  # under paths.experiments: runs/ mirrors it
-    args = ["-m", *tiny_overrides(tmp_path, tiny_folder, "epochs=1"), *LONG_OVERRIDES, "optimizer.lr=0.001,0.003",
-            f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        *tiny_overrides(tmp_path, tiny_folder, "epochs=1"),
+        *LONG_OVERRIDES,
+        "optimizer.lr=0.001,0.003",
+        f"hydra.sweep.dir={sweep}",
+    ]
     first = run_cli("train.py", *args, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
@@ -64,8 +79,15 @@ def test_J10_grid_sweep_with_long_overrides_runs_and_reruns(tmp_path: Path, tiny
 ReadOnly = Callable[[Path, list[str]], subprocess.CompletedProcess]
 # root ignores permission bits, so as root the folder is bind-mounted read-only onto itself, in a mount namespace
 # of the command's own (`unshare`): what the command sees is a read-only file system (EROFS), and nothing else does
-IN_READ_ONLY_MOUNT = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                      'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"']
+IN_READ_ONLY_MOUNT = [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"',
+]
 
 
 @pytest.fixture

@@ -27,10 +27,18 @@ def run_doctor(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> tup
     return code, out.out, out.err
 
 
-@pytest.mark.parametrize("train,val,test", [
-    ("train", "val", "test"), ("Train", "Validation", "Test"), ("training", "valid", "testing"),
-    ("TRAIN", "dev", "TEST"), ("Training", "Val", "Testing"), ("train", "VALIDATION", "test"), ("train", "Dev", "test"),
-])
+@pytest.mark.parametrize(
+    "train,val,test",
+    [
+        ("train", "val", "test"),
+        ("Train", "Validation", "Test"),
+        ("training", "valid", "testing"),
+        ("TRAIN", "dev", "TEST"),
+        ("Training", "Val", "Testing"),
+        ("train", "VALIDATION", "test"),
+        ("train", "Dev", "test"),
+    ],
+)
 def test_J2_split_folders_are_recognised_in_every_spelling(tmp_path: Path, train: str, val: str, test: str) -> None:
     root = make_folder(tmp_path / "data", {train: 2, val: 1, test: 1})
     splits = scan(root, val_fraction=0, test_fraction=0)
@@ -41,7 +49,8 @@ def test_J2_split_folders_are_recognised_in_every_spelling(tmp_path: Path, train
 
 
 def test_J2_kaggle_train_test_folders_are_splits_never_two_classes_and_the_doctor_agrees(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     root = make_folder(tmp_path / "kaggle", {"Train": 8, "Test": 2})
     splits = scan(root)
     assert splits.classes == list(CLASSES)  # not ["Test", "Train"] with the real classes flattened
@@ -82,8 +91,9 @@ def test_J2_two_spellings_of_one_split_are_refused_naming_both(tmp_path: Path) -
         scan(root)
 
 
-def test_J2_an_unused_top_level_folder_is_named_in_the_log_and_the_report(tmp_path: Path,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_J2_an_unused_top_level_folder_is_named_in_the_log_and_the_report(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = make_folder(tmp_path / "data", {"train": 4, "test": 2, "extras": 2})
     with caplog.at_level(logging.WARNING, logger="imgclf.data.folder"):
         splits = scan(root)
@@ -119,21 +129,25 @@ def test_J15_too_few_images_per_class_names_the_rounding(tmp_path: Path) -> None
     assert "dataset.test_fraction=0 to carve no test split" in report["carving"]["test"]
 
 
-def test_J15_one_small_class_among_larger_ones_is_named_with_its_rounding(tmp_path: Path,
-                                                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_J15_one_small_class_among_larger_ones_is_named_with_its_rounding(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = make_folder(tmp_path / "mixed", {"": 10}, classes=("big", "large"))
     make_folder(root, {"": 2}, classes=("tiny",))
     with caplog.at_level(logging.WARNING, logger="imgclf.data.folder"):
         splits = scan(root, val_fraction=0.2, test_fraction=0.2)
     assert splits.counts()["val"] == 4
-    note = "dataset.val_fraction=0.2 carves no val image from 1 of 3 classes: 'tiny' (2 images: 0.2 x 2 = 0.4, " \
-           "which rounds to 0)"
+    note = (
+        "dataset.val_fraction=0.2 carves no val image from 1 of 3 classes: 'tiny' (2 images: 0.2 x 2 = 0.4, "
+        "which rounds to 0)"
+    )
     assert splits.carving["val"].startswith(note) and note in caplog.text
 
 
 @pytest.mark.parametrize("val,test,total", [("0.5", "0.5", "1"), ("0.7", "0.6", "1.3")])
 def test_J8_fractions_that_leave_no_train_image_are_refused_before_any_data_is_read(
-        tmp_path: Path, val: str, test: str, total: str) -> None:
+    tmp_path: Path, val: str, test: str, total: str
+) -> None:
     missing = tmp_path / "not_there"  # a scan would stop with "dataset folder not found"
     args = tiny_overrides(tmp_path, missing, f"dataset.val_fraction={val}", f"dataset.test_fraction={test}")
     expected = f"dataset.val_fraction={val} + dataset.test_fraction={test} = {total}"

@@ -39,9 +39,21 @@ def test_J6_closed_stdout_keeps_the_output_file_whole_and_exits_like_unix_tools(
     for i in range(600):  # long names: a table of ~600 * 200 bytes, well over a pipe's buffer
         shutil.copy(image, folder / f"{i:04d}_{'a_long_file_name_' * 10}.png")
     out = tmp_path / "p.csv"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "predict.py"), str(folder), "--checkpoint",
-                             str(exp / "best.pt"), "--output", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "predict.py"),
+            str(folder),
+            "--checkpoint",
+            str(exp / "best.pt"),
+            "--output",
+            str(out),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().startswith("file ")  # the table's header: then the reader leaves, as head does
     proc.stdout.close()
     err = proc.stderr.read()
@@ -66,8 +78,9 @@ def predicted_names(capsys, image: Path, checkpoint: Path, names: Path, *extra: 
     """predict.py's exit status, its JSON record of ``image`` (class -> shown name of each top-k entry), stderr."""
     out = checkpoint.parent / "p.json"
     out.unlink(missing_ok=True)
-    code = predict.main([str(image), "--checkpoint", str(checkpoint), "--category-names", str(names),
-                         "--output", str(out), *extra])
+    code = predict.main(
+        [str(image), "--checkpoint", str(checkpoint), "--category-names", str(names), "--output", str(out), *extra]
+    )
     err = capsys.readouterr().err
     if code != 0:
         return code, {}, err
@@ -75,8 +88,9 @@ def predicted_names(capsys, image: Path, checkpoint: Path, names: Path, *extra: 
     return code, {t["class"]: t["name"] for t in record["top_k"]}, err
 
 
-def test_J16_category_names_that_read_as_names_and_as_indices_are_refused_until_chosen(trained, tmp_path,
-                                                                                      capsys) -> None:
+def test_J16_category_names_that_read_as_names_and_as_indices_are_refused_until_chosen(
+    trained, tmp_path, capsys
+) -> None:
     overrides, exp = trained
     image = next((data_root(overrides) / "test").rglob("*.png"))
     checkpoint = numeric_classes(exp, tmp_path)
@@ -128,15 +142,39 @@ def test_J17_quoted_tilde_in_predict_paths_is_expanded(trained, home, tmp_path, 
     shutil.copy(exp / "best.pt", home / "best.pt")
     (home / "names.json").write_text(json.dumps({"circle": "Round", "square": "Box", "stripes": "Lines"}))
 
-    code = predict.main(["~/photos/a.png", "~/photos/*.png", "--checkpoint", "~/best.pt", "--category-names",
-                         "~/names.json", "--output", "~/p.csv", "--plot", "~/p.png"])
+    code = predict.main(
+        [
+            "~/photos/a.png",
+            "~/photos/*.png",
+            "--checkpoint",
+            "~/best.pt",
+            "--category-names",
+            "~/names.json",
+            "--output",
+            "~/p.csv",
+            "--plot",
+            "~/p.png",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     rows = read_csv(home / "p.csv")
     assert [r["path"] for r in rows] == [str(home / "photos" / "a.png")]  # the pattern's match counted once
     assert rows[0]["name"] in ("Round", "Box", "Lines") and (home / "p.png").is_file()
-    assert predict.main(["~/photos", "--experiment", "tiny", "--experiments-dir", str(exp.parent).replace(
-        str(tmp_path), "~/..", 1), "--output", "~/q.csv"]) == 0
+    assert (
+        predict.main(
+            [
+                "~/photos",
+                "--experiment",
+                "tiny",
+                "--experiments-dir",
+                str(exp.parent).replace(str(tmp_path), "~/..", 1),
+                "--output",
+                "~/q.csv",
+            ]
+        )
+        == 0
+    )
     assert len(read_csv(home / "q.csv")) == 1
     assert not (tmp_path / "~").exists()
 
@@ -148,8 +186,12 @@ def test_J17_path_options_of_the_other_programs_expand_tilde(trained, home, tmp_
     args = serve.parse_args(["--model", "~/model.onnx", "--experiments", "~/e"])
     assert (args.model, args.experiments_dir) == (home / "model.onnx", home / "e")
     args = doctor.parse_args(["~/data", "--json", "~/r.json", "--cache", "~/c", "--config-dir", "~/conf"])
-    assert (args.path, args.json, args.cache, args.config_dir) == (home / "data", home / "r.json", home / "c",
-                                                                    home / "conf")
+    assert (args.path, args.json, args.cache, args.config_dir) == (
+        home / "data",
+        home / "r.json",
+        home / "c",
+        home / "conf",
+    )
     assert doctor.parse_args(["-cn", "train", "~dataset.display_names"]).overrides == ["~dataset.display_names"]
 
     shutil.copytree(exp.parent, home / "experiments")
@@ -169,13 +211,17 @@ def test_J17_unquoted_tilde_in_an_override_gets_a_hint_to_quote_it(capsys) -> No
 
     assert doctor.main(["-cn", "train", "paths.cache=~bob/a b"]) == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "quote the value for Hydra inside the shell's quotes: \"paths.cache='~bob/a b'\"" in err
+    assert (
+        "Traceback" not in err
+        and "quote the value for Hydra inside the shell's quotes: \"paths.cache='~bob/a b'\"" in err
+    )
 
 
 def test_J17_quoted_tilde_in_dataset_and_paths_overrides_is_expanded(tiny_folder, home, tmp_path) -> None:
     shutil.copytree(tiny_folder, home / "data")
-    overrides = [o for o in tiny_overrides(tmp_path, tiny_folder, "epochs=1")
-                 if not o.startswith(("dataset.root=", "paths."))]
+    overrides = [
+        o for o in tiny_overrides(tmp_path, tiny_folder, "epochs=1") if not o.startswith(("dataset.root=", "paths."))
+    ]
     overrides += ["dataset.root='~/data'", "paths.experiments='~/exps'", "paths.runs='~/runs'", "paths.cache='~/cache'"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):  # the folder Hydra makes for the run
         hydra_cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)

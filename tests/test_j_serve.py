@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the web app's packages are not installed: pip install -e '.[dev]'")
 
 import httpx  # noqa: E402
+from serve_helpers import MULTIPART, multipart, noise_png, serve_in_thread, start_server, stop_server  # noqa: E402
 
 from imgclf.inference import Predictor  # noqa: E402
 from imgclf.serve.app import Settings, create_app  # noqa: E402
@@ -23,7 +24,6 @@ from imgclf.serve.model import model_card  # noqa: E402
 from imgclf.serve.pacing import BodyBudget, Pace, paced  # noqa: E402
 from imgclf.serve.uploads import Limits, UploadError  # noqa: E402
 from imgclf.serve.worker import ModelWorker  # noqa: E402
-from serve_helpers import MULTIPART, multipart, noise_png, serve_in_thread, start_server, stop_server  # noqa: E402
 
 KB = 1024
 
@@ -34,8 +34,9 @@ def sample(tiny_folder: Path) -> tuple[str, bytes]:
 
 
 def head(length: int) -> bytes:
-    return (f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: {MULTIPART}\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()
+    return (
+        f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: {MULTIPART}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 class Trickle(threading.Thread):
@@ -54,10 +55,10 @@ class Trickle(threading.Thread):
             while time.monotonic() < stop and not self.answered.is_set():
                 try:
                     if self.sent < len(self.body):
-                        sock.sendall(self.body[self.sent:self.sent + 1])
+                        sock.sendall(self.body[self.sent : self.sent + 1])
                         self.sent += 1
                     chunk = sock.recv(65536)  # waits up to `every`: the trickle's pace
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 except OSError:
                     chunk = b""  # reset: closed by the server
@@ -71,10 +72,19 @@ class Trickle(threading.Thread):
 
 
 def test_J13_clients_trickling_uploads_never_block_a_fast_client_and_get_408_at_their_deadline(
-        trained_tiny, tiny_folder: Path) -> None:
+    trained_tiny, tiny_folder: Path
+) -> None:
     timeout, active, slow = 6, 2, 4  # more slow clients than turns
-    server = start_server("--model", str(trained_tiny[1] / "best.pt"), "--max-active", str(active),
-                          "--body-timeout", str(timeout), "--min-body-rate", "0")
+    server = start_server(
+        "--model",
+        str(trained_tiny[1] / "best.pt"),
+        "--max-active",
+        str(active),
+        "--body-timeout",
+        str(timeout),
+        "--min-body-rate",
+        "0",
+    )
     name, data = sample(tiny_folder)
     try:
         with server.client(timeout=10) as client:  # a first request: the model's first pass is not what is tested
@@ -103,8 +113,9 @@ def test_J13_clients_trickling_uploads_never_block_a_fast_client_and_get_408_at_
         stop_server(server)
 
 
-async def _pace(chunks: list[bytes], every: float, pace: Pace, *, then_silent: bool = False
-                ) -> tuple[int, UploadError | None]:
+async def _pace(
+    chunks: list[bytes], every: float, pace: Pace, *, then_silent: bool = False
+) -> tuple[int, UploadError | None]:
     """Feed ``chunks`` to :func:`paced` one per ``every`` seconds, the last ending the body unless ``then_silent``
     (the client then sends nothing more); the bytes it gave and how it ended."""
     left = list(chunks)
@@ -140,8 +151,11 @@ def test_J13_a_body_under_the_minimum_rate_or_past_the_deadline_is_refused_408()
 def test_J13_bodies_read_outside_the_turns_are_held_to_the_servers_memory_budget(trained_tiny, tiny_folder) -> None:
     # --max-active 1 x --max-request-mb 0.5: 512 KB of bodies at once, however many clients are sending
     predictor = Predictor.load(trained_tiny[1] / "best.pt", device="cpu")
-    settings = Settings(limits=Limits(max_file_bytes=400 * KB, max_request_bytes=512 * KB), max_active=1,
-                        pace=Pace(timeout=60, min_rate=0))
+    settings = Settings(
+        limits=Limits(max_file_bytes=400 * KB, max_request_bytes=512 * KB),
+        max_active=1,
+        pace=Pace(timeout=60, min_rate=0),
+    )
     assert BodyBudget(settings.max_active * settings.limits.max_request_bytes).limit == 512 * KB
     app = create_app(ModelWorker(predictor), model_card(predictor, trained_tiny[1] / "best.pt"), settings)
     big = multipart([("noise.png", noise_png(300))])  # ~270 KB
@@ -164,10 +178,10 @@ def test_J13_bodies_read_outside_the_turns_are_held_to_the_servers_memory_budget
 # --- J14: Ctrl-C and SIGTERM --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
-                         ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
 def test_J14_ctrl_c_and_sigterm_shut_the_server_down_cleanly_with_exit_130_and_143(
-        trained_tiny, signum: int, status: int) -> None:
+    trained_tiny, signum: int, status: int
+) -> None:
     server = start_server("--model", str(trained_tiny[1] / "best.pt"))
     try:
         assert server.healthy(), server.log()[-3000:]

@@ -40,12 +40,16 @@ with ExperimentLock(Path(sys.argv[1])):
 def test_J5_calibration_is_refused_while_another_process_holds_the_experiment(trained_tiny, tmp_path: Path) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path, "report.bootstrap=0", "calibrate=true")
     before = (exp / "best.pt").read_bytes()
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(exp / ".lock")], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(exp / ".lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"  # a training run of the experiment, as far as a lock goes
-        with pytest.raises(ExperimentError, match=rf"in use by process {holder.pid} .*calibrate=true writes the "
-                                                  r"experiment's checkpoint: wait for that run to finish"):
+        with pytest.raises(
+            ExperimentError,
+            match=rf"in use by process {holder.pid} .*calibrate=true writes the "
+            r"experiment's checkpoint: wait for that run to finish",
+        ):
             tasks.test(compose_cfg("train", overrides))
         assert (exp / "best.pt").read_bytes() == before
     finally:
@@ -98,8 +102,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("fails", ["report", pytest.param("tensorboard", marks=pytest.mark.slow)])
-def test_J7_disk_full_while_writing_the_report_keeps_the_old_report_whole(trained_tiny, tmp_path: Path,
-                                                                         fails: str) -> None:
+def test_J7_disk_full_while_writing_the_report_keeps_the_old_report_whole(
+    trained_tiny, tmp_path: Path, fails: str
+) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path, "report.bootstrap=0")
     runs = tmp_path / "runs" / exp.name
     tasks.test(compose_cfg("train", overrides))  # then again with other numbers (tta=flip): no file the same
@@ -108,8 +113,13 @@ def test_J7_disk_full_while_writing_the_report_keeps_the_old_report_whole(traine
     # TensorBoard file (its figures and PR curves)
     limit = 8_000 if fails == "report" else max(map(len, old.values())) + 1
     assert max(map(len, old.values())) > 8_000 and max(map(len, events.values())) > limit
-    done = subprocess.run([sys.executable, "-c", LIMITED, str(limit), "test.py", *overrides, "tta=flip"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", LIMITED, str(limit), "test.py", *overrides, "tta=flip"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     said = done.stdout + done.stderr
     assert done.returncode == 1, said[-3000:]
     assert "Traceback" not in said and "Exception in thread" not in said, said[-3000:]
@@ -132,8 +142,13 @@ def test_J7_what_a_killed_report_write_left_is_cleaned_or_put_back(tmp_path: Pat
         (folder / "metrics.json").write_text(folder.name)
     logits, labels = torch.eye(3).repeat(2, 1), torch.arange(3).repeat(2)
     info = {"split": "test", "checkpoint": "best.pt", "epoch": 1, "data_root": "data", "experiment": "tiny"}
-    result = report.SplitResult(Outputs(0.5, logits, labels), list(CLASSES), [f"{i}.png" for i in range(6)],
-                                lambda i: np.zeros((8, 8, 3), np.uint8), info)
+    result = report.SplitResult(
+        Outputs(0.5, logits, labels),
+        list(CLASSES),
+        [f"{i}.png" for i in range(6)],
+        lambda i: np.zeros((8, 8, 3), np.uint8),
+        info,
+    )
     report.write(tmp_path / "test", result, bootstrap=0)  # the next report written there cleans up
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, "test", "test_val"])
     assert (tmp_path / "test_val" / "metrics.json").read_text() == old.name  # the old report, back in place
@@ -143,8 +158,7 @@ def test_J7_what_a_killed_report_write_left_is_cleaned_or_put_back(tmp_path: Pat
 # --- J8: macro scores over the classes present --------------------------------------------------------------------
 
 
-def test_J8_macro_scores_average_only_the_classes_present_and_say_which(trained_tiny, tmp_path: Path,
-                                                                       caplog) -> None:
+def test_J8_macro_scores_average_only_the_classes_present_and_say_which(trained_tiny, tmp_path: Path, caplog) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path, "report.bootstrap=200")
     other = make_folder(tmp_path / "other", {"train": 2, "test": 4}, seed=5)
     shutil.rmtree(other / "test" / "stripes")  # no images of one class in the evaluated split
@@ -174,8 +188,9 @@ def test_J8_val_f1_averages_the_classes_in_val(tmp_path: Path) -> None:
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
     metrics, outputs = validate(model, loader, torch.nn.CrossEntropyLoss(), device=torch.device("cpu"), num_classes=3)
     pred = outputs.logits.argmax(1)
-    assert metrics["val/f1"] == pytest.approx(f1_score(y, pred, labels=[0, 1], average="macro", zero_division=0),
-                                              abs=1e-12)
+    assert metrics["val/f1"] == pytest.approx(
+        f1_score(y, pred, labels=[0, 1], average="macro", zero_division=0), abs=1e-12
+    )
     assert summarize(outputs.logits, y, 3)["absent_classes"] == [2]
 
 

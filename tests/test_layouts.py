@@ -13,12 +13,12 @@ import pytest
 
 import imgclf.tasks as tasks
 from helpers import SHARED_DATA, compose_cfg, draw, make_folder, tiny_overrides
-from imgclf.experiment.checkpoint import load_checkpoint
-from imgclf.tasks.config_check import check_config
-from imgclf.data.folder import FolderSource
 from imgclf.cli.split import main as split_main
+from imgclf.data.folder import FolderSource
 from imgclf.data.manifest import ManifestSource, read_manifest
 from imgclf.errors import ConfigError, DataError
+from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.tasks.config_check import check_config
 
 
 def train_and_test(tmp_path: Path, dataset: str, root: Path, *extra: str) -> tuple[dict, dict]:
@@ -51,8 +51,9 @@ def test_dishes_layout_splits_the_test_folder_into_val_and_test(tmp_path: Path) 
 
 def test_flowers102_folders_with_display_names(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "flowers", {"train": 6, "valid": 2, "test": 2}, classes=("1", "2", "10"))
-    (root / "cat_to_name.json").write_text(json.dumps({"1": "pink primrose", "2": "hard-leaved pocket orchid",
-                                                       "10": "globe thistle"}))
+    (root / "cat_to_name.json").write_text(
+        json.dumps({"1": "pink primrose", "2": "hard-leaved pocket orchid", "10": "globe thistle"})
+    )
     ckpt, metrics = train_and_test(tmp_path, "flowers102_folders", root, "dataset.image_size=16")
     assert split_counts(tmp_path) == {"train": 18, "val": 6, "test": 6}
     assert ckpt["class_names"] == ["1", "10", "2"]
@@ -61,8 +62,12 @@ def test_flowers102_folders_with_display_names(tmp_path: Path) -> None:
 
 def test_quality_manifests_and_the_split_writer(tmp_path: Path, capsys) -> None:
     photos = make_folder(tmp_path / "photos", {"all": 10}, classes=("bad", "average", "good"))
-    assert split_main([str(photos / "all"), "--out", str(tmp_path / "q"), "--format", "json", "--test", "0.2",
-                       "--val", "0"]) == 0
+    assert (
+        split_main(
+            [str(photos / "all"), "--out", str(tmp_path / "q"), "--format", "json", "--test", "0.2", "--val", "0"]
+        )
+        == 0
+    )
     assert "test.json: 6 images, average 2, bad 2, good 2" in capsys.readouterr().out
     rows = read_manifest(tmp_path / "q" / "train.json")
     assert len(rows) == 24 and not Path(rows[0][0]).is_absolute()
@@ -101,8 +106,10 @@ def fake_cifar10(root: Path, per_batch: int = 4) -> None:
         with open(folder / name, "wb") as f:
             pickle.dump({"data": data, "labels": labels}, f)
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                     "ship", "truck"]}, f)
+        pickle.dump(
+            {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]},
+            f,
+        )
 
 
 def test_cifar10_through_torchvision_becomes_class_folders(tmp_path: Path, monkeypatch) -> None:
@@ -113,8 +120,9 @@ def test_cifar10_through_torchvision_becomes_class_folders(tmp_path: Path, monke
     monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
     fake_cifar10(tmp_path / "cifar")
     ckpt, metrics = train_and_test(tmp_path, "cifar10", tmp_path / "cifar", "dataset.image_size=32")
-    assert ckpt["class_names"] == sorted(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                                          "horse", "ship", "truck"])
+    assert ckpt["class_names"] == sorted(
+        ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    )
     assert split_counts(tmp_path) == {"train": 180, "val": 20, "test": 40}
     assert (tmp_path / "cifar" / "imgclf_folders" / "test" / "cat").is_dir()
 
@@ -122,8 +130,11 @@ def test_cifar10_through_torchvision_becomes_class_folders(tmp_path: Path, monke
 def test_torchvision_dataset_missing_offline_names_the_folder(tmp_path: Path) -> None:
     args = tiny_overrides(tmp_path, tmp_path / "none", "dataset=cifar10")
     with pytest.raises(DataError, match=rf"CIFAR10 is not in {tmp_path / 'none'}.*dataset.download=true"):
-        tasks.train(compose_cfg("train", [a for a in args if not a.startswith("dataset.root")]
-                                 + [f"dataset.root={tmp_path / 'none'}"]))
+        tasks.train(
+            compose_cfg(
+                "train", [a for a in args if not a.startswith("dataset.root")] + [f"dataset.root={tmp_path / 'none'}"]
+            )
+        )
 
 
 def test_image_folder_needs_a_root_and_trains_on_an_unseen_folder(tmp_path: Path) -> None:
@@ -152,8 +163,12 @@ def test_shared_datasets_scan_as_documented(name: str) -> None:
         pytest.skip(f"../shared/data/{name} is not beside the checkout")
     cfg = compose_cfg("train", ["experiment=x", f"dataset={name}"])
     root = (SHARED_DATA / name).resolve()
-    source = FolderSource(str(root), val_fraction=cfg.dataset.val_fraction,
-                          test_fraction=cfg.dataset.test_fraction, split_seed=cfg.dataset.split_seed)
+    source = FolderSource(
+        str(root),
+        val_fraction=cfg.dataset.val_fraction,
+        test_fraction=cfg.dataset.test_fraction,
+        split_seed=cfg.dataset.split_seed,
+    )
     splits = source.scan()
     total, classes = SHARED[name]
     assert sum(splits.counts().values()) == total and len(splits.classes) == classes
@@ -163,6 +178,7 @@ def test_shared_datasets_scan_as_documented(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "food101_mini").is_dir(), reason="../shared/data is not beside the checkout")
 def test_food101_mini_trains_with_a_one_line_override(tmp_path: Path) -> None:
-    ckpt, metrics = train_and_test(tmp_path, "food101_mini", (SHARED_DATA / "food101_mini").resolve(),
-                                   "dataset.image_size=32")
+    ckpt, metrics = train_and_test(
+        tmp_path, "food101_mini", (SHARED_DATA / "food101_mini").resolve(), "dataset.image_size=32"
+    )
     assert len(ckpt["class_names"]) == 10 and metrics["samples"] == 150

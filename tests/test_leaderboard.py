@@ -22,13 +22,18 @@ from imgclf.experiment.run_log import read_metrics
 
 SWEEP = "beta/multirun/2026-01-01_00-00-00"
 JOBS = ("0_optimizer.lr=0.1,optimizer=adamw", "1_optimizer.lr=0.01,optimizer=adamw")
-VAL_ACC = {"alpha": [0.5, 0.8, 0.7], "beta": [0.6, 0.9, 0.9],
-           f"{SWEEP}/{JOBS[0]}": [0.4, 0.3, 0.45], f"{SWEEP}/{JOBS[1]}": [0.7, 0.95, 0.2]}
+VAL_ACC = {
+    "alpha": [0.5, 0.8, 0.7],
+    "beta": [0.6, 0.9, 0.9],
+    f"{SWEEP}/{JOBS[0]}": [0.4, 0.3, 0.45],
+    f"{SWEEP}/{JOBS[1]}": [0.7, 0.95, 0.2],
+}
 TEST_REPORT = {"accuracy": 0.875, "f1": 0.8612, "accuracy_ci": [0.8, 0.95], "ece": 0.0512, "loss": 0.4}
 
 
-def copy_experiment(src: Path, dest: Path, config: dict[str, Any] | None = None,
-                    val_acc: list[float] | None = None) -> Path:
+def copy_experiment(
+    src: Path, dest: Path, config: dict[str, Any] | None = None, val_acc: list[float] | None = None
+) -> Path:
     """A copy of ``src`` with dotted ``config`` keys set and val/acc of epoch i set to ``val_acc[i]``."""
     shutil.copytree(src, dest)
     if config:
@@ -91,7 +96,7 @@ def run_board(root: Path, *args: str) -> list[dict[str, str]]:
 
 
 def config_columns(header: list[str], first_fixed: str = "best val/acc") -> list[str]:
-    return header[1:header.index(first_fixed)]
+    return header[1 : header.index(first_fixed)]
 
 
 @pytest.fixture
@@ -149,7 +154,9 @@ def test_group_options_stand_for_the_keys_they_imply_and_interpolated_keys_are_l
     unresolved = {"model": {"num_classes": "${dataset.num_classes}"}}
     for name in VAL_ACC:
         dataset = "flowers5" if name == "alpha" else "plates"
-        edit_config(board / name, {"dataset.root": f"/data/{dataset}", "model.num_classes": 5 if name == "alpha" else 2})
+        edit_config(
+            board / name, {"dataset.root": f"/data/{dataset}", "model.num_classes": 5 if name == "alpha" else 2}
+        )
         write_hydra_record(board / name, {"dataset": dataset, "optimizer": "adamw"}, unresolved)
     rows = {row["name"]: row for row in run_board(board)}
     header = config_columns(list(rows["alpha"]))
@@ -236,13 +243,13 @@ def test_a_sweep_folder_gets_its_own_table_of_its_jobs(board: Path) -> None:
 
 
 def test_csv_parses_back_to_the_markdown_rows(board: Path) -> None:
-    edit_config(board / "alpha", {"model.note": "a|b, \"quoted\"\\\nnext"})  # pipe, comma, quotes, backslash, newline
+    edit_config(board / "alpha", {"model.note": 'a|b, "quoted"\\\nnext'})  # pipe, comma, quotes, backslash, newline
     assert leaderboard.main(["--experiments", str(board)]) == 0
     with open(board / "leaderboard.csv", newline="") as f:
         from_csv = list(csv.reader(f))
     from_markdown = markdown_table((board / "leaderboard.md").read_text())
     assert from_csv == from_markdown
-    assert "a|b, \"quoted\"\\ next" in [cell for row in from_csv for cell in row]
+    assert 'a|b, "quoted"\\ next' in [cell for row in from_csv for cell in row]
 
 
 def test_G1_torn_metrics_corrupt_checkpoint_and_missing_config_do_not_crash(board: Path) -> None:
@@ -291,8 +298,9 @@ def test_status_running_stopped_early_incomplete_failed(board: Path, trained_tin
 
 
 @pytest.mark.parametrize("make", ["empty", "missing", "only_reports"])
-def test_no_experiments_exits_1_with_a_message_and_writes_nothing(tmp_path: Path, make: str,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_experiments_exits_1_with_a_message_and_writes_nothing(
+    tmp_path: Path, make: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = tmp_path / "experiments"
     if make != "missing":
         root.mkdir()
@@ -306,13 +314,27 @@ def test_no_experiments_exits_1_with_a_message_and_writes_nothing(tmp_path: Path
 
 def test_python_m_imgclf_leaderboard(board: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run([sys.executable, "-m", "imgclf.leaderboard", "--experiments", str(board)], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "imgclf.leaderboard", "--experiments", str(board)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = markdown_table(result.stdout)
     assert table[0][:3] == ["name", "model.dropout", "optimizer.lr"]
     assert sorted(row[0] for row in table[1:]) == sorted(VAL_ACC)
     assert (board / "leaderboard.md").read_text() == result.stdout.rstrip("\n") + "\n"
-    empty = subprocess.run([sys.executable, "-m", "imgclf.leaderboard", "--experiments", str(board / "nowhere")],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    empty = subprocess.run(
+        [sys.executable, "-m", "imgclf.leaderboard", "--experiments", str(board / "nowhere")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert empty.returncode == 1 and "nowhere" in empty.stderr

@@ -70,8 +70,9 @@ def data(tmp_path: Path) -> Path:
     return make_folder(tmp_path / "data", {"train": 4})
 
 
-def test_A7_G3_folder_links_are_followed_and_a_loop_ends(tmp_path: Path, data: Path,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_A7_G3_folder_links_are_followed_and_a_loop_ends(
+    tmp_path: Path, data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     circle = data / "train" / "circle"
     elsewhere = tmp_path / "more_circles"
     for i in range(16):
@@ -110,8 +111,9 @@ def test_G3_a_file_linked_into_two_classes_stops_naming_the_link_target_and_clas
     assert "remove one of the links" in message
 
 
-def test_G3_two_links_in_two_classes_to_one_target_are_dropped_under_skip(tmp_path: Path, data: Path,
-                                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_G3_two_links_in_two_classes_to_one_target_are_dropped_under_skip(
+    tmp_path: Path, data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     target = image(tmp_path / "outside" / "t.png")
     (data / "train" / "circle" / "a.png").symlink_to(target)
     (data / "train" / "square" / "b.png").symlink_to(target)
@@ -125,8 +127,9 @@ def test_G3_two_links_in_two_classes_to_one_target_are_dropped_under_skip(tmp_pa
     assert "circle/a.png" in caplog.text and "square/b.png" in caplog.text
 
 
-def test_G3_dangling_links_are_counted_named_and_never_reach_the_cache(tmp_path: Path, data: Path,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_G3_dangling_links_are_counted_named_and_never_reach_the_cache(
+    tmp_path: Path, data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     gone = tmp_path / "gone" / "x.jpg"
     link = data / "train" / "circle" / "x.jpg"
     link.symlink_to(gone)
@@ -199,7 +202,8 @@ def test_G4_train_class_folders_that_differ_only_in_normal_form_are_refused(tmp_
 
 
 def test_G4_a_test_folder_in_the_other_normal_form_is_mapped_with_a_warning(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root = make_cafe(tmp_path / "data", ("train", NFC), ("test", NFD))
     for name in CLASSES:
         image(root / "test" / name / "0.png")

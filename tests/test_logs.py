@@ -19,12 +19,15 @@ ROWS = [
 
 def test_a_grid_sweep_ends_with_its_best_job_and_what_made_it_differ() -> None:
     line = closing_line(ROWS, "val/acc", "max", Path("d/summary.csv"))
-    assert line == ("sweep done: 3 jobs (2 COMPLETED, 1 FAILED); best val/acc 0.6667 by job 2 (optimizer.lr=0.01) "
-                    "in d/2; every job: d/summary.csv")
+    assert line == (
+        "sweep done: 3 jobs (2 COMPLETED, 1 FAILED); best val/acc 0.6667 by job 2 (optimizer.lr=0.01) "
+        "in d/2; every job: d/summary.csv"
+    )
     assert "by job 0 (optimizer.lr=0.001)" in closing_line(ROWS, "val/loss", "min", Path("s.csv"))
     failed = [{**row, "status": "FAILED", "best": ""} for row in ROWS]
     assert closing_line(failed, "val/acc", "max", Path("s.csv")) == (
-        "sweep done: 3 jobs (3 FAILED); no job reached a val/acc; s.csv")
+        "sweep done: 3 jobs (3 FAILED); no job reached a val/acc; s.csv"
+    )
 
 
 def test_the_data_table_is_logged_once_for_jobs_over_the_same_data(caplog) -> None:
@@ -34,7 +37,10 @@ def test_the_data_table_is_logged_once_for_jobs_over_the_same_data(caplog) -> No
         inputs.log_data_table("class  train\ncat  10", "job1/doctor.json")
         inputs.log_data_table("class  train\ncat  12", "job2/doctor.json")
     assert [r.getMessage() for r in caplog.records] == [
-        "data:\nclass  train\ncat  10", "data: as in the previous job (job1/doctor.json)", "data:\nclass  train\ncat  12"]
+        "data:\nclass  train\ncat  10",
+        "data: as in the previous job (job1/doctor.json)",
+        "data:\nclass  train\ncat  12",
+    ]
 
 
 def test_limits_read_as_words_in_the_log() -> None:

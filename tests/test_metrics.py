@@ -100,8 +100,9 @@ def test_split_metrics_over_batches_equals_summarize_of_everything() -> None:
         metrics.update(logits[start:stop], labels[start:stop])
     first = metrics.compute()
     assert first.keys() == whole.keys()
-    assert {k: v for k, v in first.items() if k != "confusion_matrix"} == \
-        {k: v for k, v in whole.items() if k != "confusion_matrix"}
+    assert {k: v for k, v in first.items() if k != "confusion_matrix"} == {
+        k: v for k, v in whole.items() if k != "confusion_matrix"
+    }
     assert torch.equal(first["confusion_matrix"], whole["confusion_matrix"])
     assert metrics.compute()["accuracy"] == whole["accuracy"]  # compute() does not consume the counts
     metrics.reset()
@@ -163,8 +164,7 @@ def test_ece_is_torchmetrics_and_the_reliability_bins_add_up_to_it(scale: float)
 
 def test_reliability_bins_are_closed_on_the_left_like_torchmetrics() -> None:
     # with 4 bins the edges 0.5 and 0.75 are exact: torchmetrics puts 0.5 in [0.5, 0.75), not (0.25, 0.5]
-    probs = torch.tensor([[0.5, 0.3, 0.2], [0.75, 0.25, 0.0], [0.75, 0.25, 0.0], [0.3, 0.7, 0.0]],
-                         dtype=torch.float64)
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.75, 0.25, 0.0], [0.75, 0.25, 0.0], [0.3, 0.7, 0.0]], dtype=torch.float64)
     labels = torch.tensor([1, 0, 1, 1])
     rel = reliability(probs, labels, bins=4)
     assert rel.counts == [0, 0, 2, 2]  # 0.5 and 0.7 in bin 2, both 0.75 in bin 3

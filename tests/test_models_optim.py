@@ -14,8 +14,9 @@ from imgclf.training.scheduler import Scheduler
 @pytest.mark.parametrize("model", options("model"))
 @pytest.mark.parametrize("num_classes", [2, 7])
 def test_every_model_gives_logits_and_gradients(model: str, num_classes: int) -> None:
-    cfg = compose_cfg("train", [f"model={model}", "experiment=x", "dataset.image_size=32",
-                                f"dataset.num_classes={num_classes}"])
+    cfg = compose_cfg(
+        "train", [f"model={model}", "experiment=x", "dataset.image_size=32", f"dataset.num_classes={num_classes}"]
+    )
     net = Classifier(instantiate(cfg.model), cfg.dataset.mean, cfg.dataset.std)
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     logits = net(images)
@@ -36,8 +37,10 @@ def test_tinyvgg_width_list_makes_one_block_per_entry() -> None:
     assert three[-1].in_features == 32 * 4 * 4 and three(torch.randn(2, 3, 32, 32)).shape == (2, 5)
 
 
-@pytest.mark.parametrize("width,message", [([], "positive integer"), ([8, 0], "positive integer"),
-                                           ([8] * 6, "6 blocks.*image_size=32 allows at most 5")])
+@pytest.mark.parametrize(
+    "width,message",
+    [([], "positive integer"), ([8, 0], "positive integer"), ([8] * 6, "6 blocks.*image_size=32 allows at most 5")],
+)
 def test_B2_tinyvgg_rejects_impossible_widths(width: list[int], message: str) -> None:
     from imgclf.errors import ConfigError
     from imgclf.models.tinyvgg import TinyVGG
@@ -52,15 +55,18 @@ def test_classifier_normalizes_uint8_and_float_inputs_alike() -> None:
     out_uint8, out_float = net(images), net(images.float() / 255)
     torch.testing.assert_close(out_uint8, out_float)
     expected = (images.float() / 255 - torch.tensor([0.5, 0.25, 0.0]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.5, 0.25, 1.0]).view(1, 3, 1, 1)
+        [0.5, 0.25, 1.0]
+    ).view(1, 3, 1, 1)
     torch.testing.assert_close(out_uint8, expected.flatten(1))
 
 
 @pytest.mark.parametrize("optimizer", options("optimizer"))
 @pytest.mark.parametrize("scheduler", options("scheduler"))
 def test_every_optimizer_and_scheduler_pair_steps(optimizer: str, scheduler: str) -> None:
-    cfg = compose_cfg("train", [f"optimizer={optimizer}", f"scheduler={scheduler}", "experiment=x",
-                                "epochs=4", "dataset.num_classes=3"])
+    cfg = compose_cfg(
+        "train",
+        [f"optimizer={optimizer}", f"scheduler={scheduler}", "experiment=x", "epochs=4", "dataset.num_classes=3"],
+    )
     model = torch.nn.Linear(4, 3)
     before = model.weight.detach().clone()
     opt = instantiate(cfg.optimizer)(model.parameters())
@@ -85,8 +91,7 @@ def test_every_optimizer_and_scheduler_pair_steps(optimizer: str, scheduler: str
 @pytest.mark.parametrize("interval,expected_lr", [("step", 0.125), ("epoch", 0.5)])
 def test_per_step_interval_steps_every_batch_and_epoch_interval_once(interval: str, expected_lr: float) -> None:
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
-    scheduler = Scheduler(opt, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
-                          interval=interval)
+    scheduler = Scheduler(opt, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5), interval=interval)
     for _ in range(3):  # three batches, then the end of the epoch
         opt.step()
         scheduler.after_step()
@@ -95,8 +100,10 @@ def test_per_step_interval_steps_every_batch_and_epoch_interval_once(interval: s
 
 
 def test_plateau_scheduler_follows_the_monitored_metric_and_mode() -> None:
-    cfg = compose_cfg("train", ["experiment=x", "scheduler=reduce_on_plateau", "scheduler.factory.patience=0",
-                                "dataset.num_classes=3"])
+    cfg = compose_cfg(
+        "train",
+        ["experiment=x", "scheduler=reduce_on_plateau", "scheduler.factory.patience=0", "dataset.num_classes=3"],
+    )
     opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
     scheduler = instantiate(cfg.scheduler)(opt)
     for acc in (0.5, 0.6, 0.7):  # improving accuracy (mode=max): no decay
@@ -156,8 +163,9 @@ def test_every_augmentation_gives_uint8_images_of_the_working_size(augmentation:
 def test_warmup_ramps_the_learning_rate_then_follows_the_scheduler() -> None:
     def run(warmup: int) -> list[float]:
         opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
-        scheduler = Scheduler(opt, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5),
-                              warmup_steps=warmup)
+        scheduler = Scheduler(
+            opt, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5), warmup_steps=warmup
+        )
         lrs = []
         for _epoch in range(3):
             for _ in range(2):

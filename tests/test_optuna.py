@@ -50,16 +50,21 @@ def states(study: optuna.Study) -> dict[int, str]:
 
 def stamps(folder: Path) -> dict[str, int]:
     """mtime (ns) of every file of a trial folder but the .hydra records."""
-    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")
-            if p.is_file() and ".hydra" not in p.parts}
+    return {
+        str(p.relative_to(folder)): p.stat().st_mtime_ns
+        for p in folder.rglob("*")
+        if p.is_file() and ".hydra" not in p.parts
+    }
 
 
 def epochs_done(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("config,experiment,search", [("train", "quickstart", "quickstart_optuna"),
-                                                       ("transfer", "transfer", "transfer_optuna")])
+@pytest.mark.parametrize(
+    "config,experiment,search",
+    [("train", "quickstart", "quickstart_optuna"), ("transfer", "transfer", "transfer_optuna")],
+)
 def test_hparams_search_configs_compose_with_a_stable_sweep_folder(config: str, experiment: str, search: str) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name=config, overrides=[f"hparams_search={search}"], return_hydra_config=True)
@@ -73,9 +78,16 @@ def test_hparams_search_configs_compose_with_a_stable_sweep_folder(config: str, 
 
 
 def test_search_space_reads_hydra_sweep_syntax() -> None:
-    space = search_space.parse(["optimizer.lr=tag(log, interval(1e-4, 1e-1))", "loader.batch_size=choice(32, 64)",
-                                "model.dropout=range(0.0, 0.5, 0.1)", "epochs=interval(2, 9)", "model.hidden=choice([], [256])",
-                                "epochs=3"])
+    space = search_space.parse(
+        [
+            "optimizer.lr=tag(log, interval(1e-4, 1e-1))",
+            "loader.batch_size=choice(32, 64)",
+            "model.dropout=range(0.0, 0.5, 0.1)",
+            "epochs=interval(2, 9)",
+            "model.hidden=choice([], [256])",
+            "epochs=3",
+        ]
+    )
     assert space.distributions == {
         "optimizer.lr": FloatDistribution(1e-4, 1e-1, log=True),
         "loader.batch_size": CategoricalDistribution([32, 64]),
@@ -147,8 +159,9 @@ hydra:
 
 def run_search(tmp_path: Path, folder: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
     args = [a for a in tiny_overrides(tmp_path, folder) if not a.startswith("epochs=")]
-    return run_cli("train.py", "--config-dir", str(tmp_path / "conf"), "-m", f"hparams_search={name}", *args, *extra,
-                   timeout=600)
+    return run_cli(
+        "train.py", "--config-dir", str(tmp_path / "conf"), "-m", f"hparams_search={name}", *args, *extra, timeout=600
+    )
 
 
 def hparams_of(run: Path) -> tuple[dict, list[str], list[float]]:
@@ -185,23 +198,35 @@ def test_pruner_stops_a_trial_with_an_absurd_lr_and_every_view_marks_it(tmp_path
     assert rows[str(absurd.number)]["status"] == "PRUNED" and "pruned after epoch 1" in rows[str(absurd.number)]["note"]
     assert rows[str(sane.number)]["status"] == "COMPLETED"
 
-    board = subprocess.run([sys.executable, "-m", "imgclf.leaderboard", "--experiments", str(tmp_path / "experiments")],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    board = subprocess.run(
+        [sys.executable, "-m", "imgclf.leaderboard", "--experiments", str(tmp_path / "experiments")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert board.returncode == 0, board.stderr
     status = {r["name"]: r["status"] for r in read_csv(folder / "leaderboard.csv")}  # the sweep's own table
     assert status == {f"trial_{absurd.number}": "pruned", f"trial_{sane.number}": "finished"}
 
     for trial, curve in ((absurd, [1.0]), (sane, [0.0, 0.0, 0.0])):
-        values, tags, pruned = hparams_of(tmp_path / "runs" / "tiny" / "optuna" / "prune_check" / f"trial_{trial.number}")
+        values, tags, pruned = hparams_of(
+            tmp_path / "runs" / "tiny" / "optuna" / "prune_check" / f"trial_{trial.number}"
+        )
         assert values["trial"] == trial.number and values["optimizer.lr"] == pytest.approx(trial.params["optimizer.lr"])
         assert "trial/pruned" in tags and pruned == curve
 
 
 @pytest.mark.slow
 def test_H5_a_killed_optuna_sweep_continues_and_its_interrupted_trial_is_failed_not_counted(
-        tmp_path: Path, tiny_folder: Path) -> None:
-    args = [sys.executable, str(ROOT / "train.py"), *sweep_args(tmp_path, tiny_folder, "hydra.sweeper.n_trials=2",
-                                                                epochs=6)]
+    tmp_path: Path, tiny_folder: Path
+) -> None:
+    args = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *sweep_args(tmp_path, tiny_folder, "hydra.sweeper.n_trials=2", epochs=6),
+    ]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = sweep_dir(tmp_path)
     metrics = folder / "trial_0" / "metrics.jsonl"
@@ -244,8 +269,18 @@ def log_span(log: Path) -> tuple[datetime, datetime]:
 
 @pytest.mark.slow
 def test_joblib_sweep_runs_two_trials_at_once_each_on_its_share_of_the_cores(tmp_path: Path, tiny_folder: Path) -> None:
-    result = run_cli("train.py", *sweep_args(tmp_path, tiny_folder, "hydra.sweeper.n_trials=2", "hydra/launcher=joblib",
-                                             "hydra.launcher.n_jobs=2", epochs=3), timeout=600)
+    result = run_cli(
+        "train.py",
+        *sweep_args(
+            tmp_path,
+            tiny_folder,
+            "hydra.sweeper.n_trials=2",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            epochs=3,
+        ),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 to run, 2 at a time" in result.stdout + result.stderr  # the sweeper asks as many as the launcher runs
     folder = sweep_dir(tmp_path)
@@ -254,15 +289,18 @@ def test_joblib_sweep_runs_two_trials_at_once_each_on_its_share_of_the_cores(tmp
     assert start0 < end1 and start1 < end0, "the two trials did not overlap"
     cores = len(os.sched_getaffinity(0))
     for n in (0, 1):
-        line = re.search(r"sweep job (\d+), 2 at a time: (\d+) of (\d+) CPU thread", (folder / f"trial_{n}" / "train.log")
-                         .read_text())
+        line = re.search(
+            r"sweep job (\d+), 2 at a time: (\d+) of (\d+) CPU thread",
+            (folder / f"trial_{n}" / "train.log").read_text(),
+        )
         assert line is not None and int(line[1]) == n
         assert (int(line[2]), int(line[3])) == (max(1, cores // 2), cores)
 
 
 @pytest.mark.slow
-def test_B4_a_failed_optuna_trial_is_marked_the_others_finish_and_the_sweep_exits_1(tmp_path: Path,
-                                                                                   tiny_folder: Path) -> None:
+def test_B4_a_failed_optuna_trial_is_marked_the_others_finish_and_the_sweep_exits_1(
+    tmp_path: Path, tiny_folder: Path
+) -> None:
     write_search(tmp_path / "conf", "fail_check", "abc, 0.003")
     result = run_search(tmp_path, tiny_folder, "fail_check", "epochs=1")
     assert result.returncode == 1 and "Traceback" not in result.stderr

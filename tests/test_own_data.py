@@ -19,8 +19,13 @@ from imgclf.tasks import build, preprocess
 
 
 def _outputs(tmp_path: Path) -> list[str]:
-    return [f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}",
-            f"paths.cache={tmp_path / 'cache'}", "progress=false", "epochs=1"]
+    return [
+        f"paths.experiments={tmp_path / 'experiments'}",
+        f"paths.runs={tmp_path / 'runs'}",
+        f"paths.cache={tmp_path / 'cache'}",
+        "progress=false",
+        "epochs=1",
+    ]
 
 
 def _bad_root(tmp_path: Path, kind: str) -> tuple[Path, str]:
@@ -64,8 +69,7 @@ def test_A12_a_relative_root_is_named_by_its_absolute_path_from_the_project(tmp_
     relative = os.path.relpath(root, ROOT)  # as a user types it from the project folder: ../../tmp/.../photos
     elsewhere = tmp_path / "elsewhere"  # run from another folder: the root is still read from the project
     elsewhere.mkdir()
-    result = run_cli("train.py", "dataset=image_folder", f"dataset.root={relative}", *_outputs(tmp_path),
-                     cwd=elsewhere)
+    result = run_cli("train.py", "dataset=image_folder", f"dataset.root={relative}", *_outputs(tmp_path), cwd=elsewhere)
     out = result.stdout + result.stderr
     assert not Path(relative).is_absolute() and result.returncode == 1 and "Traceback" not in out
     assert re.search(rf"(^|\s){re.escape(str(root))}\s", out, re.M) and found in out  # absolute: not ../../tmp/...
@@ -94,10 +98,18 @@ def test_A12_a_mistyped_root_gets_no_digits_written_into_it(tmp_path: Path) -> N
 
 # --- sizes from the data -------------------------------------------------------------------------
 
-def _choose(setting: int | str, sizes: list[tuple[int, int]], native: int | None = None,
-            resize: str = "keep_aspect", max_size: int = 128, native_scale: float = 1.0) -> preprocess.SizeChoice:
-    return preprocess.image_size(setting, sizes, native=native, max_size=max_size, resize=resize,
-                                 crop_fraction=0.875, native_scale=native_scale)
+
+def _choose(
+    setting: int | str,
+    sizes: list[tuple[int, int]],
+    native: int | None = None,
+    resize: str = "keep_aspect",
+    max_size: int = 128,
+    native_scale: float = 1.0,
+) -> preprocess.SizeChoice:
+    return preprocess.image_size(
+        setting, sizes, native=native, max_size=max_size, resize=resize, crop_fraction=0.875, native_scale=native_scale
+    )
 
 
 def test_auto_takes_small_images_at_their_own_size_from_scratch() -> None:
@@ -115,8 +127,8 @@ def test_auto_gives_a_pretrained_model_its_native_size_for_large_photos() -> Non
 
 def test_auto_never_enlarges_beyond_what_the_model_needs() -> None:
     assert _choose("auto", [(128, 128)] * 5, native=224).image_size == 128  # stored at 128: kept at 128
-    assert _choose("auto", [(32, 32)] * 5, native=224).image_size == 112   # half the native size at least
-    assert _choose("auto", [(300, 200)] * 5).image_size == 128             # capped by max_image_size
+    assert _choose("auto", [(32, 32)] * 5, native=224).image_size == 112  # half the native size at least
+    assert _choose("auto", [(300, 200)] * 5).image_size == 128  # capped by max_image_size
     assert _choose("auto", [(300, 203)] * 5, max_size=512).image_size == 200  # a multiple of 8
 
 
@@ -183,11 +195,17 @@ def test_keep_aspect_crops_the_centre_and_test_and_predict_agree(tmp_path: Path)
         assert float(probs.max()) == pytest.approx(float(row["confidence"]), abs=1e-4)
 
 
-@pytest.mark.parametrize("overrides,native", [
-    (["model=lite0"], 224), (["model=lite_ensemble"], 260), (["model=lite0", "model.pretrained=false"], None),
-    (["model=torchvision", "model.arch=resnet50", "model.weights=DEFAULT"], 224),  # read without downloading
-    (["model=torchvision", "model.weights=null"], None), (["model=small_cnn"], None),
-])
+@pytest.mark.parametrize(
+    "overrides,native",
+    [
+        (["model=lite0"], 224),
+        (["model=lite_ensemble"], 260),
+        (["model=lite0", "model.pretrained=false"], None),
+        (["model=torchvision", "model.arch=resnet50", "model.weights=DEFAULT"], 224),  # read without downloading
+        (["model=torchvision", "model.weights=null"], None),
+        (["model=small_cnn"], None),
+    ],
+)
 def test_the_native_size_comes_from_the_model_before_it_is_built(overrides: list[str], native: int | None) -> None:
     assert build.native_size(compose_cfg("train", ["dataset=image_folder", "dataset.root=x", *overrides])) == native
 

@@ -17,8 +17,8 @@ from PIL import Image
 import imgclf.tasks as tasks
 from helpers import CLASSES, SHARED_DATA, compose_cfg, copy_trained, read_csv, run_cli
 from imgclf.cli import predict
-from imgclf.experiment.checkpoint import load_checkpoint, save_atomic
 from imgclf.errors import CheckpointError
+from imgclf.experiment.checkpoint import load_checkpoint, save_atomic
 from imgclf.inference import Predictor
 
 
@@ -79,8 +79,20 @@ def test_json_output_category_names_and_min_confidence(trained, tmp_path, capsys
     images = sorted((data_root(overrides) / "val").rglob("*.png"))[:4]
     names = tmp_path / "names.json"
     names.write_text(json.dumps({"circle": "Round thing", "square": "Box"}))
-    code, out, err = run_predict(capsys, *images, "--checkpoint", exp / "best.pt", "--category-names", names,
-                                 "--min-confidence", "1.0", "--output", tmp_path / "p.json", "--top-k", "2")
+    code, out, err = run_predict(
+        capsys,
+        *images,
+        "--checkpoint",
+        exp / "best.pt",
+        "--category-names",
+        names,
+        "--min-confidence",
+        "1.0",
+        "--output",
+        tmp_path / "p.json",
+        "--top-k",
+        "2",
+    )
     assert code == 0
     records = json.loads((tmp_path / "p.json").read_text())["predictions"]
     assert [r["path"] for r in records] == [str(p) for p in images]
@@ -92,13 +104,23 @@ def test_json_output_category_names_and_min_confidence(trained, tmp_path, capsys
         assert record["low_confidence"] is True  # nothing is 100% sure
     assert "no name for 1 class(es) (stripes)" in err and "below 1" in out
 
-    run_predict(capsys, *images, "--checkpoint", exp / "best.pt", "--min-confidence", "0", "--output", tmp_path / "q.csv")
+    run_predict(
+        capsys, *images, "--checkpoint", exp / "best.pt", "--min-confidence", "0", "--output", tmp_path / "q.csv"
+    )
     assert all(r["low_confidence"] == "false" for r in read_csv(tmp_path / "q.csv"))
 
     by_index = tmp_path / "by_index.json"
     by_index.write_text(json.dumps({"0": "first", "1": "second", "2": "third"}))
-    run_predict(capsys, images[0], "--checkpoint", exp / "best.pt", "--category-names", by_index,
-                "--output", tmp_path / "r.json")
+    run_predict(
+        capsys,
+        images[0],
+        "--checkpoint",
+        exp / "best.pt",
+        "--category-names",
+        by_index,
+        "--output",
+        tmp_path / "r.json",
+    )
     record = json.loads((tmp_path / "r.json").read_text())["predictions"][0]
     assert record["name"] == {"circle": "first", "square": "second", "stripes": "third"}[record["pred"]]
 
@@ -106,8 +128,9 @@ def test_json_output_category_names_and_min_confidence(trained, tmp_path, capsys
 def test_top_k_larger_than_the_class_count_is_clamped_with_a_warning(trained, tmp_path, capsys) -> None:
     overrides, exp = trained
     image = next((data_root(overrides) / "test").rglob("*.png"))
-    code, _, err = run_predict(capsys, image, "--checkpoint", exp / "best.pt", "--top-k", "10",
-                               "--output", tmp_path / "p.csv")
+    code, _, err = run_predict(
+        capsys, image, "--checkpoint", exp / "best.pt", "--top-k", "10", "--output", tmp_path / "p.csv"
+    )
     assert code == 0
     assert "--top-k 10 is more than the model's 3 classes; showing 3" in err
     header = (tmp_path / "p.csv").read_text().splitlines()[0].split(",")
@@ -118,16 +141,27 @@ def test_F1_globs_missing_paths_and_plots(trained, tmp_path, capsys) -> None:
     overrides, exp = trained
     root = data_root(overrides)
     pattern = str(root / "test" / "**" / "*.jpg")
-    code, out, _ = run_predict(capsys, pattern, tmp_path / "nothing_here", str(tmp_path / "*.gif"),
-                               "--checkpoint", exp / "best.pt", "--output", tmp_path / "p.csv",
-                               "--plot", tmp_path / "p.png")
+    code, out, _ = run_predict(
+        capsys,
+        pattern,
+        tmp_path / "nothing_here",
+        str(tmp_path / "*.gif"),
+        "--checkpoint",
+        exp / "best.pt",
+        "--output",
+        tmp_path / "p.csv",
+        "--plot",
+        tmp_path / "p.png",
+    )
     assert code == 1
     rows = read_csv(tmp_path / "p.csv")
     jpgs = sorted(str(p) for p in (root / "test").rglob("*.jpg"))
     assert sorted(r["path"] for r in rows if not r["error"]) == jpgs
     errors = {r["path"]: r["error"] for r in rows if r["error"]}
-    assert errors == {str(tmp_path / "nothing_here"): "no such file or folder",
-                      str(tmp_path / "*.gif"): "the pattern matches no image file"}
+    assert errors == {
+        str(tmp_path / "nothing_here"): "no such file or folder",
+        str(tmp_path / "*.gif"): "the pattern matches no image file",
+    }
     pages = sorted(tmp_path.glob("p*.png"))
     assert pages[0].name == "p.png" and len(pages) == -(-len(jpgs) // predict.PLOT_ROWS)
     with Image.open(pages[0]) as img:
@@ -163,7 +197,9 @@ def test_F1_D1_missing_experiment_lists_the_trained_ones(trained, tmp_path, caps
     assert code == 2 and f"--category-names {names}: cannot be read as JSON" in err
     (tmp_path / "a_file").write_text("")
     image = next((data_root(trained[0]) / "test").rglob("*.png"))
-    code, _, err = run_predict(capsys, image, "--checkpoint", exp / "best.pt", "--output", tmp_path / "a_file" / "p.csv")
+    code, _, err = run_predict(
+        capsys, image, "--checkpoint", exp / "best.pt", "--output", tmp_path / "a_file" / "p.csv"
+    )
     assert code == 2 and "cannot write" in err and "a_file" in err
     with pytest.raises(SystemExit) as exit_info:
         predict.main([str(tmp_path), "--checkpoint", str(exp / "best.pt"), "--min-confidence", "1.5"])
@@ -189,9 +225,14 @@ def test_F1_evaluation_transforms_of_the_checkpoint_are_applied(trained, tmp_pat
     overrides, exp = trained
     image = next((data_root(overrides) / "test").rglob("*.png"))
     payload = load_checkpoint(exp / "best.pt")
-    crop = {"_target_": "torchvision.transforms.v2.Compose", "_convert_": "all", "transforms": [
-        {"_target_": "torchvision.transforms.v2.CenterCrop", "size": 8},
-        {"_target_": "torchvision.transforms.v2.Resize", "size": [16, 16]}]}
+    crop = {
+        "_target_": "torchvision.transforms.v2.Compose",
+        "_convert_": "all",
+        "transforms": [
+            {"_target_": "torchvision.transforms.v2.CenterCrop", "size": 8},
+            {"_target_": "torchvision.transforms.v2.Resize", "size": [16, 16]},
+        ],
+    }
     config = {**payload["config"], "augmentation": {"train": None, "eval": crop}}
     save_atomic({**payload, "config": config}, exp / "best.pt")
     tensor = Predictor.load(exp / "best.pt", device="cpu").load_image(image)
@@ -207,11 +248,17 @@ def test_predict_starts_without_hydra_plotting_or_training_libraries(trained, tm
     # torchvision and numba (batch augmentation) only load when the checkpoint's model needs them
     overrides, exp = trained
     image = next((data_root(overrides) / "test").rglob("*.png"))
-    code = ("import sys; from imgclf.cli.predict import main; main(sys.argv[1:]); "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & "
-            "{'hydra', 'omegaconf', 'matplotlib', 'sklearn', 'tensorboard', 'numba', 'torchvision'}))")
-    done = subprocess.run([sys.executable, "-c", code, str(image), "--checkpoint", str(exp / "best.pt")],
-                          capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from imgclf.cli.predict import main; main(sys.argv[1:]); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'hydra', 'omegaconf', 'matplotlib', 'sklearn', 'tensorboard', 'numba', 'torchvision'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(image), "--checkpoint", str(exp / "best.pt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
@@ -219,20 +266,37 @@ def test_predict_starts_without_hydra_plotting_or_training_libraries(trained, tm
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "plates").is_dir(), reason="../shared/data/plates is not there")
 def test_plates_train_test_predict_and_leaderboard_as_a_user_runs_them(tmp_path) -> None:
-    paths = [f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}",
-             f"paths.cache={tmp_path / 'cache'}", "epochs=3", "progress=false"]
+    paths = [
+        f"paths.experiments={tmp_path / 'experiments'}",
+        f"paths.runs={tmp_path / 'runs'}",
+        f"paths.cache={tmp_path / 'cache'}",
+        "epochs=3",
+        "progress=false",
+    ]
     assert run_cli("train.py", "-cn=plates_tinyvgg", *paths).returncode == 0
     done = run_cli("test.py", "-cn=plates_tinyvgg", *paths)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "experiments" / "plates_tinyvgg" / "test" / "report.md").is_file()
-    done = run_cli("predict.py", str(SHARED_DATA / "plates" / "train"), "--experiment", "plates_tinyvgg",
-                   "--experiments-dir", str(tmp_path / "experiments"), "--output", str(tmp_path / "p.csv"))
+    done = run_cli(
+        "predict.py",
+        str(SHARED_DATA / "plates" / "train"),
+        "--experiment",
+        "plates_tinyvgg",
+        "--experiments-dir",
+        str(tmp_path / "experiments"),
+        "--output",
+        str(tmp_path / "p.csv"),
+    )
     assert done.returncode == 0, done.stderr
     rows = read_csv(tmp_path / "p.csv")
     assert len(rows) == len(list((SHARED_DATA / "plates" / "train").rglob("*.jpg")))
     assert {r["pred"] for r in rows} <= {"cleaned", "dirty"}
-    done = subprocess.run([sys.executable, "-m", "imgclf.leaderboard", "--experiments", str(tmp_path / "experiments")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "imgclf.leaderboard", "--experiments", str(tmp_path / "experiments")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "plates_tinyvgg" in (tmp_path / "experiments" / "leaderboard.md").read_text()
 
@@ -248,8 +312,12 @@ def test_flip_tta_equals_the_mean_over_the_image_and_its_mirror_file(trained, tm
     torch.testing.assert_close(tta.probabilities([tta.load_image(image)])[0], (p + p_mirror) / 2)
     assert not torch.allclose(p, p_mirror)  # the check above means something
     out = tmp_path / "tta.json"
-    assert predict.main([str(image), "--checkpoint", str(exp / "best.pt"), "--tta", "flip", "--device", "cpu",
-                         "--output", str(out)]) == 0
+    assert (
+        predict.main(
+            [str(image), "--checkpoint", str(exp / "best.pt"), "--tta", "flip", "--device", "cpu", "--output", str(out)]
+        )
+        == 0
+    )
     record = json.loads(out.read_text())["predictions"][0]
     assert record["confidence"] == pytest.approx(float(((p + p_mirror) / 2).max()), abs=1e-5)
 
@@ -263,7 +331,9 @@ def test_A8_predict_refuses_an_image_over_its_pixel_limit_from_the_header(traine
     Image.new("1", (9500, 9500)).save(bomb)  # 90 megapixels: Pillow's decompression-bomb warning
     assert big.stat().st_size < 100_000
 
-    code, out, err = run_predict(capsys, big, small, cut, "--checkpoint", exp / "best.pt", "--output", tmp_path / "p.csv")
+    code, out, err = run_predict(
+        capsys, big, small, cut, "--checkpoint", exp / "best.pt", "--output", tmp_path / "p.csv"
+    )
     assert code == 1, "a refused file makes the exit status non-zero"
     rows = {Path(r["path"]).name: r for r in read_csv(tmp_path / "p.csv")}
     assert rows[small.name]["error"] == "" and rows[small.name]["pred"] in CLASSES
@@ -274,8 +344,9 @@ def test_A8_predict_refuses_an_image_over_its_pixel_limit_from_the_header(traine
     assert "big.png" in out and "2 could not be read" in err
 
     # the option moves the limit; at its highest, Pillow's own warning is an error too
-    code, out, err = run_predict(capsys, big, bomb, "--checkpoint", exp / "best.pt", "--max-pixels", "89478485",
-                                 "--output", tmp_path / "q.csv")
+    code, out, err = run_predict(
+        capsys, big, bomb, "--checkpoint", exp / "best.pt", "--max-pixels", "89478485", "--output", tmp_path / "q.csv"
+    )
     rows = {Path(r["path"]).name: r for r in read_csv(tmp_path / "q.csv")}
     assert code == 1 and rows["big.png"]["error"] == "" and rows["big.png"]["pred"] in CLASSES
     assert "decompression bomb" in rows["bomb.png"]["error"]

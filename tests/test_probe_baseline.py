@@ -22,8 +22,9 @@ def run_in_process(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
     runpy.run_path(str(ROOT / SCRIPT), run_name="__main__")
 
 
-def test_baseline_beside_the_experiments_own_accuracy(trained_tiny: tuple[list[str], Path], tiny_folder: Path,
-                                                      tmp_path: Path) -> None:
+def test_baseline_beside_the_experiments_own_accuracy(
+    trained_tiny: tuple[list[str], Path], tiny_folder: Path, tmp_path: Path
+) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path)
     tasks.test(compose_cfg("train", overrides))
     recorded = json.loads((exp / "test" / "metrics.json").read_text())
@@ -38,8 +39,9 @@ def test_baseline_beside_the_experiments_own_accuracy(trained_tiny: tuple[list[s
     assert f"{row['baseline_accuracy']:.4f}" in done.stdout
 
 
-def test_missing_folder_or_metrics_is_one_line_naming_it(tiny_folder: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_folder_or_metrics_is_one_line_naming_it(
+    tiny_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     missing = tmp_path / "no_such_folder"
     with pytest.raises(SystemExit, match=re.escape(f"{missing} is not a folder")):
         run_in_process(monkeypatch, str(missing))

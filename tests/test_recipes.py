@@ -47,7 +47,9 @@ def layout_for(dataset: str, root: Path) -> Path:
         return root
     if dataset == "quality":
         make_folder(root, {"imgs": 8}, classes=("bad", "good"))
-        rows = [{"path": str(f.relative_to(root)), "label": f.parent.name} for f in sorted((root / "imgs").rglob("*.*"))]
+        rows = [
+            {"path": str(f.relative_to(root)), "label": f.parent.name} for f in sorted((root / "imgs").rglob("*.*"))
+        ]
         (root / "train.json").write_text(json.dumps(rows[::2] + rows[1::4]))
         (root / "test.json").write_text(json.dumps(rows[3::4]))
         return root
@@ -64,8 +66,13 @@ def test_recipe_trains_one_epoch_on_data_of_its_layout(recipe: str, tmp_path: Pa
     monkeypatch.setattr(cifar, "check_integrity", lambda *a, **k: True)
     root = layout_for(dataset_option(recipe), tmp_path / "data")
     cfg = compose_cfg(recipe, ["experiment=x"])
-    extra = [f"dataset.root={root}", "dataset.image_size=32", "dataset.num_classes=null", "epochs=1",
-             "loader.batch_size=4"]
+    extra = [
+        f"dataset.root={root}",
+        "dataset.image_size=32",
+        "dataset.num_classes=null",
+        "epochs=1",
+        "loader.batch_size=4",
+    ]
     if cfg.model._target_.endswith("TorchvisionNet"):
         extra += ["model.weights=null", "model.hidden=[16]"]  # tests never download; small VGG head
     args = [a for a in tiny_overrides(tmp_path, root) if not a.startswith(("dataset", "epochs", "loader"))]

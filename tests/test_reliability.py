@@ -23,18 +23,20 @@ from PIL import Image
 
 import imgclf.tasks as tasks
 from helpers import CLASSES, ROOT, compose_cfg, copy_trained, read_csv, tiny_overrides
+from imgclf.atomic import write_atomic, write_text_atomic
 from imgclf.cli import predict
 from imgclf.data.cache import decode
 from imgclf.errors import CheckpointError, DataError, ExperimentError
-from imgclf.atomic import write_atomic, write_text_atomic
 from imgclf.experiment.checkpoint import load_checkpoint, save_atomic
 from imgclf.experiment.folder import ExperimentDir, read_pid
 from imgclf.experiment.run_log import read_metrics
 from imgclf.inference import Predictor
 from imgclf.training.state import Interrupted
 
-CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA: the fault is a GPU "
-                                                                "checkpoint read where there is none")
+CPU_ONLY = pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="needs a machine without CUDA: the fault is a GPU checkpoint read where there is none",
+)
 
 
 def read_tensorboard(folder: Path) -> dict[str, list[int]]:
@@ -56,8 +58,13 @@ def wait_for(condition, timeout: float = 120) -> None:
 def start_training(tmp_path: Path, tiny_folder: Path, *extra: str) -> subprocess.Popen:
     """``python train.py`` of a run too long to finish, as a user starts it."""
     args = [*tiny_overrides(tmp_path, tiny_folder), "epochs=400", *extra]
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def epochs_logged(exp: Path) -> int:
@@ -94,7 +101,7 @@ def test_C2_temp_files_are_staged_beside_their_target_never_in_tmpdir(tmp_path: 
             f.write(b"1}")
 
         write_atomic(target, slow_write)
-        (in_target, in_tmpdir), = seen
+        ((in_target, in_tmpdir),) = seen
         assert len(in_target) == 1 and in_target[0].startswith(".tmp-metrics.json.") and in_tmpdir == []
         assert target.read_text() == '{"half": 1}'
 
@@ -145,8 +152,9 @@ def test_C6_a_best_pt_that_cannot_be_written_leaves_last_pt_where_it_was(tmp_pat
 # --- C8: a second process on the same experiment ----------------------------------------------------------------
 
 
-def test_C8_a_second_run_of_a_running_experiment_is_refused_naming_the_process(tmp_path: Path,
-                                                                                 tiny_folder: Path) -> None:
+def test_C8_a_second_run_of_a_running_experiment_is_refused_naming_the_process(
+    tmp_path: Path, tiny_folder: Path
+) -> None:
     exp = tmp_path / "experiments" / "tiny"
     proc = start_training(tmp_path, tiny_folder)
     try:
@@ -168,8 +176,9 @@ def test_C8_a_second_run_of_a_running_experiment_is_refused_naming_the_process(t
 # --- C9: metrics survive a SIGKILL --------------------------------------------------------------------------------
 
 
-def test_C9_a_killed_run_keeps_its_logged_epochs_in_tensorboard_and_resumes_one_curve(tmp_path: Path,
-                                                                                       tiny_folder: Path) -> None:
+def test_C9_a_killed_run_keeps_its_logged_epochs_in_tensorboard_and_resumes_one_curve(
+    tmp_path: Path, tiny_folder: Path
+) -> None:
     exp, runs = tmp_path / "experiments" / "tiny", tmp_path / "runs" / "tiny"
     proc = start_training(tmp_path, tiny_folder, "report.figures=false")  # no figure flushes: only the epoch's own
     wait_for(lambda: epochs_logged(exp) >= 3 or proc.poll() is not None)
@@ -190,7 +199,8 @@ def test_C9_a_killed_run_keeps_its_logged_epochs_in_tensorboard_and_resumes_one_
 
 
 def test_C9_epochs_logged_after_the_last_checkpoint_of_a_crashed_run_are_replaced_not_repeated(
-        tmp_path: Path, tiny_folder: Path) -> None:
+    tmp_path: Path, tiny_folder: Path
+) -> None:
     from test_checkpoint import run_with_file_size_limit
 
     exp, runs = tmp_path / "experiments" / "tiny", tmp_path / "runs" / "tiny"
@@ -247,8 +257,9 @@ def _retag(pickle: bytes, device: str) -> tuple[bytes, int]:
 
 
 @CPU_ONLY
-def test_D2_a_checkpoint_saved_on_a_gpu_loads_in_test_and_predict_on_a_cpu_only_machine(trained_tiny, tmp_path: Path,
-                                                                                       capsys) -> None:
+def test_D2_a_checkpoint_saved_on_a_gpu_loads_in_test_and_predict_on_a_cpu_only_machine(
+    trained_tiny, tmp_path: Path, capsys
+) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path, "report.bootstrap=0")
     gpu = tmp_path / "from_a_gpu" / "best.pt"
     gpu.parent.mkdir()
@@ -265,8 +276,9 @@ def test_D2_a_checkpoint_saved_on_a_gpu_loads_in_test_and_predict_on_a_cpu_only_
     image = next((Path(tiny_folder_of(overrides)) / "test").rglob("*.png"))
     cpu_model, gpu_model = Predictor.load(exp / "best.pt", device="cpu"), Predictor.load(gpu, device="auto")
     assert gpu_model.device.type == "cpu"
-    torch.testing.assert_close(gpu_model.probabilities([gpu_model.load_image(image)]),
-                               cpu_model.probabilities([cpu_model.load_image(image)]))
+    torch.testing.assert_close(
+        gpu_model.probabilities([gpu_model.load_image(image)]), cpu_model.probabilities([cpu_model.load_image(image)])
+    )
     assert predict.main([str(image), "--checkpoint", str(gpu), "--output", str(tmp_path / "p.csv")]) == 0
     (row,) = read_csv(tmp_path / "p.csv")
     assert row["error"] == "" and row["pred"] in CLASSES
@@ -282,8 +294,9 @@ def tiny_folder_of(overrides: list[str]) -> str:
 # --- D3: a checkpoint that does not fit the model built from the config -----------------------------------------
 
 
-def test_D3_a_model_config_the_checkpoint_does_not_fit_is_explained_not_loaded_partly(trained_tiny,
-                                                                                     tmp_path: Path) -> None:
+def test_D3_a_model_config_the_checkpoint_does_not_fit_is_explained_not_loaded_partly(
+    trained_tiny, tmp_path: Path
+) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path, "report.bootstrap=0")
     # other layer names entirely: strict=False would load nothing and evaluate a random network
     with pytest.raises(CheckpointError) as info:
@@ -304,8 +317,16 @@ def test_D3_a_model_config_the_checkpoint_does_not_fit_is_explained_not_loaded_p
 
 
 def test_D4_every_checkpoint_a_run_writes_holds_only_what_weights_only_loads(tmp_path: Path, tiny_folder: Path) -> None:
-    features = ("trainer.ema_decay=0.8", "imbalance=weighted_sampler", "batch_mix=mixup", "augmentation=flip",
-                "dataset.normalize=auto", "calibrate=true", "trainer.early_stopping.patience=5", "epochs=2")
+    features = (
+        "trainer.ema_decay=0.8",
+        "imbalance=weighted_sampler",
+        "batch_mix=mixup",
+        "augmentation=flip",
+        "dataset.normalize=auto",
+        "calibrate=true",
+        "trainer.early_stopping.patience=5",
+        "epochs=2",
+    )
     tasks.train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, *features)))
     written = sorted((tmp_path / "experiments").rglob("*.pt"))
     assert {p.name for p in written} == {"best.pt", "last.pt"}
@@ -319,8 +340,9 @@ def test_D4_every_checkpoint_a_run_writes_holds_only_what_weights_only_loads(tmp
 # --- E1: a second Ctrl-C while the last checkpoint is written ----------------------------------------------------
 
 
-def test_E1_ctrl_c_again_while_saving_is_ignored_and_the_run_stops_with_130(tmp_path: Path, tiny_folder: Path,
-                                                                            monkeypatch, caplog) -> None:
+def test_E1_ctrl_c_again_while_saving_is_ignored_and_the_run_stops_with_130(
+    tmp_path: Path, tiny_folder: Path, monkeypatch, caplog
+) -> None:
     import imgclf.experiment.writer as writer
 
     real_save = writer.save_atomic
@@ -356,8 +378,9 @@ class RunsCode:
         return (open, (str(self.marker), "w"))
 
 
-def test_F2_a_checkpoint_runs_no_code_even_when_the_environment_turns_weights_only_off(tmp_path: Path, monkeypatch,
-                                                                                      capsys) -> None:
+def test_F2_a_checkpoint_runs_no_code_even_when_the_environment_turns_weights_only_off(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
     torch.save({"model": {"w": torch.ones(2)}, "class_names": ["a", "b"], "hook": RunsCode(marker)}, evil)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # flips torch.load's default to unpickle anything

@@ -13,13 +13,21 @@ from sklearn.metrics import precision_recall_fscore_support
 
 import imgclf.tasks as tasks
 from helpers import compose_cfg, copy_trained, make_folder, read_csv
-from imgclf.reporting import figures, statistics
 from imgclf.cli import leaderboard
 from imgclf.errors import CheckpointError
 from imgclf.experiment.checkpoint import load_checkpoint, save_atomic
+from imgclf.reporting import figures, statistics
 
-REPORT_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png", "predictions.csv",
-                "misclassified.png", "reliability.png", "report.md")
+REPORT_FILES = (
+    "metrics.json",
+    "per_class.csv",
+    "confusion_matrix.csv",
+    "confusion_matrix.png",
+    "predictions.csv",
+    "misclassified.png",
+    "reliability.png",
+    "report.md",
+)
 
 
 def tensorboard_events(folder: Path):
@@ -72,7 +80,9 @@ def test_report_files_agree_with_each_other_and_sklearn(trained_tiny, tmp_path: 
     conf = np.array([float(r["confidence"]) for r in rows])
     correct = np.array(true) == np.array(pred)
     bins = np.searchsorted(np.linspace(0, 1, 16), conf, side="right") - 1
-    ece = sum(abs(correct[bins == b].mean() - conf[bins == b].mean()) * (bins == b).sum() for b in set(bins)) / len(rows)
+    ece = sum(abs(correct[bins == b].mean() - conf[bins == b].mean()) * (bins == b).sum() for b in set(bins)) / len(
+        rows
+    )
     assert written["ece"] == pytest.approx(ece, abs=1e-5)
 
     report_md = (folder / "report.md").read_text()

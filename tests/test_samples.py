@@ -60,20 +60,25 @@ def train_rows(exp: Path) -> list[dict[str, str]]:
     return [row for row in read_csv(exp / "splits.csv") if row["split"] == "train"]
 
 
-def test_E5_skip_drops_a_file_that_turns_to_junk_mid_run_and_counts_it(tmp_path: Path, folder: Path,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_E5_skip_drops_a_file_that_turns_to_junk_mid_run_and_counts_it(
+    tmp_path: Path, folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     victim = min((folder / "train" / "circle").glob("*.png"))
     val_victim = min((folder / "val" / "circle").glob("*.jpg"))  # the first val batch: later outputs shift
     CountingLoss.train_sizes.clear()
-    cfg = compose_cfg("train", tiny_overrides(tmp_path, folder, NO_CACHE, "dataset.bad_files=skip",
-                                              "loss._target_=test_samples.CountingLoss"))
+    cfg = compose_cfg(
+        "train",
+        tiny_overrides(tmp_path, folder, NO_CACHE, "dataset.bad_files=skip", "loss._target_=test_samples.CountingLoss"),
+    )
     tasks.train(cfg, stop_signal=lambda: SpoilAfter(1, victim, val_victim))  # junk after the first step of epoch 1
 
     exp = Path(cfg.paths.experiments) / cfg.experiment
     last = read_metrics(exp / "metrics.jsonl")[-1]
     assert last["epoch"] == 2 and last["train/dropped_samples"] == 1 and last["val/dropped_samples"] == 1
     sizes, count = CountingLoss.train_sizes, len(train_rows(exp))  # 3 batches per epoch
-    assert len(sizes) == 6 and sum(sizes[3:]) == count - 1, "epoch 2 trained on all but the junk one: nothing replaced it"
+    assert len(sizes) == 6 and sum(sizes[3:]) == count - 1, (
+        "epoch 2 trained on all but the junk one: nothing replaced it"
+    )
     assert "dataset.bad_files=skip" in caplog.text and str(victim) in caplog.text
     assert "epoch 2: 1 train sample(s) could not be loaded and were left out" in caplog.text
 
@@ -130,8 +135,14 @@ def test_E5_a_batch_whose_samples_all_fail_does_not_crash_collate(tmp_path: Path
     model = Tiny()
     training = make_loader(dataset, batch_size=2, shuffle=False, num_workers=workers, empty_batches=True)
     totals = Totals(torch.device("cpu"))
-    train_one_epoch(model, training, torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
-                    device=torch.device("cpu"), totals=totals)
+    train_one_epoch(
+        model,
+        training,
+        torch.nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        device=torch.device("cpu"),
+        totals=totals,
+    )
     assert (totals.steps, totals.seen) == (3, 3), "the empty batch counts as a step (resume position), not as images"
 
 
@@ -145,8 +156,9 @@ def test_E5_stop_in_a_worker_process_is_the_same_clear_error(tmp_path: Path) -> 
     assert "Traceback" not in message and "DataLoader worker" not in message
 
 
-def test_E5_resume_after_a_skip_leaves_out_changed_and_vanished_files(tmp_path: Path, folder: Path,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_E5_resume_after_a_skip_leaves_out_changed_and_vanished_files(
+    tmp_path: Path, folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     overrides = tiny_overrides(tmp_path, folder, NO_CACHE, "dataset.bad_files=skip")
     with pytest.raises(Interrupted):
         tasks.train(compose_cfg("train", overrides), stop_signal=lambda: StopAfter(2))  # stopped in epoch 1

@@ -18,6 +18,22 @@ import pytest
 pytest.importorskip("fastapi", reason="the web app's packages are not installed: pip install -e '.[dev]'")
 
 import httpx  # noqa: E402
+from serve_helpers import (  # noqa: E402
+    MULTIPART,
+    Server,
+    bomb,
+    chunks,
+    listening_addresses,
+    memory,
+    multipart,
+    noise_png,
+    raw_request,
+    reset_peak,
+    serve_in_thread,
+    start_server,
+    stop_server,
+    truncated_png,
+)
 
 from helpers import copy_trained  # noqa: E402
 from imgclf.cli import serve as serve_cli  # noqa: E402
@@ -25,12 +41,8 @@ from imgclf.inference import Predictor  # noqa: E402
 from imgclf.serve.app import Settings, create_app  # noqa: E402
 from imgclf.serve.model import model_card  # noqa: E402
 from imgclf.serve.worker import ModelWorker  # noqa: E402
-from serve_helpers import (  # noqa: E402
-    MULTIPART, Server, bomb, chunks, listening_addresses, memory, multipart, noise_png, raw_request, reset_peak,
-    serve_in_thread, start_server, stop_server, truncated_png,
-)
 
-MAX_PIXELS = 3_000_000   # the test server's --max-pixels: a 2000x2000 image (4 MP) is over it, 40 MP (the default) not
+MAX_PIXELS = 3_000_000  # the test server's --max-pixels: a 2000x2000 image (4 MP) is over it, 40 MP (the default) not
 MB = 1024 * 1024
 DECOY = b"not an image: the server opened the client's file name as a path"
 
@@ -39,9 +51,9 @@ DECOY = b"not an image: the server opened the client's file name as a path"
 class Served:
     server: Server
     model: Path
-    root: Path                  # the server runs in root/a/b; root/etc/passwd.png is a decoy
-    samples: list[Path]         # one test image per class
-    expected: list[dict[str, float]]   # the torch Predictor's probabilities of each sample, by class
+    root: Path  # the server runs in root/a/b; root/etc/passwd.png is a decoy
+    samples: list[Path]  # one test image per class
+    expected: list[dict[str, float]]  # the torch Predictor's probabilities of each sample, by class
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +71,22 @@ def served(trained_tiny, tiny_folder: Path, tmp_path_factory: pytest.TempPathFac
     predictor = Predictor.load(model, device="cpu")
     probs = predictor.probabilities([predictor.load_image(p) for p in samples]).numpy()
     expected = [dict(zip(predictor.classes, map(float, row), strict=True)) for row in probs]
-    server = start_server("--model", str(model), "--max-upload-mb", "2", "--max-request-mb", "4", "--max-files", "4",
-                          "--max-pixels", str(MAX_PIXELS), "--min-confidence", "0.99", cwd=root / "a" / "b",
-                          no_files=True)
+    server = start_server(
+        "--model",
+        str(model),
+        "--max-upload-mb",
+        "2",
+        "--max-request-mb",
+        "4",
+        "--max-files",
+        "4",
+        "--max-pixels",
+        str(MAX_PIXELS),
+        "--min-confidence",
+        "0.99",
+        cwd=root / "a" / "b",
+        no_files=True,
+    )
     try:
         yield Served(server, model, root, samples, expected)
     finally:
@@ -115,15 +140,18 @@ def test_the_page_its_assets_and_the_model_card_are_served_by_the_app(served: Se
         page = client.get("/")
         assert page.status_code == 200 and 'id="file"' in page.text and "/static/app.js" in page.text
         assert "http" not in page.text.replace("http-equiv", "")  # nothing is loaded from another host
-        assert "fetch(\"/predict\"" in client.get("/static/app.js").text
+        assert 'fetch("/predict"' in client.get("/static/app.js").text
         assert client.get("/static/style.css").status_code == 200
         assert client.get("/static/..%2F..%2Fetc%2Fpasswd.png").status_code == 404
         assert client.get("/docs").status_code == 404  # FastAPI's docs would load scripts from a CDN
         card = client.get("/card").json()
     assert card["model"] == "tiny" and card["classes"] == ["circle", "square", "stripes"]
     assert card["architecture"] == "SmallCNN" and card["test"] is None  # no test report beside this copy
-    assert card["top_k"] == 3 and card["limits"] == {"max_file_bytes": 2 * MB, "max_request_bytes": 4 * MB,
-                                                     "max_files": 4}
+    assert card["top_k"] == 3 and card["limits"] == {
+        "max_file_bytes": 2 * MB,
+        "max_request_bytes": 4 * MB,
+        "max_files": 4,
+    }
     assert str(served.root) not in json.dumps(card)  # no server path leaks
 
 
@@ -133,26 +161,54 @@ def test_model_card_reads_the_test_report_of_this_checkpoint_or_a_card_file(trai
     shutil.copy(trained_tiny[1] / "best.pt", exp / "best.pt")
     predictor = Predictor.load(exp / "best.pt", device="cpu")
     (exp / "test").mkdir()
-    report = {"checkpoint": "/elsewhere/experiments/tiny/best.pt", "split": "test", "samples": 18,
-              "accuracy": 0.944, "accuracy_ci": [0.833, 1.0], "ci_level": 0.95}
+    report = {
+        "checkpoint": "/elsewhere/experiments/tiny/best.pt",
+        "split": "test",
+        "samples": 18,
+        "accuracy": 0.944,
+        "accuracy_ci": [0.833, 1.0],
+        "ci_level": 0.95,
+    }
     (exp / "test" / "metrics.json").write_text(json.dumps(report))
     assert model_card(predictor, exp / "best.pt")["test"] == {
-        "accuracy": 0.944, "accuracy_ci": [0.833, 1.0], "ci_level": 0.95, "samples": 18, "split": "test"}
+        "accuracy": 0.944,
+        "accuracy_ci": [0.833, 1.0],
+        "ci_level": 0.95,
+        "samples": 18,
+        "split": "test",
+    }
     shutil.copy(exp / "best.pt", exp / "last.pt")
     assert model_card(predictor, exp / "last.pt")["test"] is None  # best.pt's report is not last.pt's
     # an export's card (imgclf.deploy.model_card) names the experiment and the evaluation of what was exported
-    (exp / "model_card.json").write_text(json.dumps({
-        "checkpoint": {"experiment": "shapes-v2"}, "training": {"model": {"_target_": "imgclf.models.x.Net"}},
-        "evaluation": {"evaluated": True, "split": "test", "samples": 30, "ci_level": 0.95,
-                       "metrics": {"accuracy": 0.5, "accuracy_ci": [0.3, 0.7]}}}))
+    (exp / "model_card.json").write_text(
+        json.dumps(
+            {
+                "checkpoint": {"experiment": "shapes-v2"},
+                "training": {"model": {"_target_": "imgclf.models.x.Net"}},
+                "evaluation": {
+                    "evaluated": True,
+                    "split": "test",
+                    "samples": 30,
+                    "ci_level": 0.95,
+                    "metrics": {"accuracy": 0.5, "accuracy_ci": [0.3, 0.7]},
+                },
+            }
+        )
+    )
     card = model_card(predictor, exp / "best.pt")
     assert card["model"] == "shapes-v2" and card["architecture"] == "Net" and len(card["classes"]) == 3
-    assert card["test"] == {"accuracy": 0.5, "accuracy_ci": [0.3, 0.7], "ci_level": 0.95, "samples": 30,
-                            "split": "test"}
+    assert card["test"] == {
+        "accuracy": 0.5,
+        "accuracy_ci": [0.3, 0.7],
+        "ci_level": 0.95,
+        "samples": 30,
+        "split": "test",
+    }
 
 
-def test_an_onnx_export_is_served_without_torch_and_answers_as_its_checkpoint(served: Served, trained_tiny,
-                                                                              tmp_path: Path) -> None:
+def test_an_onnx_export_is_served_without_torch_and_answers_as_its_checkpoint(
+    served: Served, trained_tiny, tmp_path: Path
+) -> None:
     from imgclf.deploy.export import export
 
     _, exp = copy_trained(trained_tiny, tmp_path)
@@ -178,9 +234,11 @@ def test_an_onnx_export_is_served_without_torch_and_answers_as_its_checkpoint(se
 
 def test_F3_junk_and_truncated_uploads_get_422_with_a_message_and_the_server_stays_up(served: Served) -> None:
     good = served.samples[0].read_bytes()
-    cases = {"junk.png": (np.random.default_rng(0).bytes(3000), "not an image"),
-             "cut.png": (truncated_png(noise_png(64)), "cannot be read as an image"),
-             "empty.jpg": (b"", "not an image")}
+    cases = {
+        "junk.png": (np.random.default_rng(0).bytes(3000), "not an image"),
+        "cut.png": (truncated_png(noise_png(64)), "cannot be read as an image"),
+        "empty.jpg": (b"", "not an image"),
+    }
     for name, (data, message) in cases.items():
         status, body = post(served.server, (name, data))
         assert status == 422 and message in body["detail"] and body["filename"] == name, (name, body)
@@ -193,8 +251,10 @@ def test_F3_a_decompression_bomb_is_refused_from_its_header_under_the_servers_pi
     before = memory(served.server.pid)["VmRSS"]
     status, body = post(served.server, ("bomb.png", bomb(9000)))  # ~10 KB, 81 megapixels
     assert status == 422, body
-    assert f"9000x9000 pixels is 81.0 megapixels, over the limit of {MAX_PIXELS} pixels (the server's --max-pixels)" \
+    assert (
+        f"9000x9000 pixels is 81.0 megapixels, over the limit of {MAX_PIXELS} pixels (the server's --max-pixels)"
         in body["detail"]
+    )
     # 4 megapixels: under the 40 MP default, over this server's --max-pixels: the option reaches the decoder
     status, body = post(served.server, ("big.png", bomb(2000)))
     assert status == 422 and "4.0 megapixels, over the limit" in body["detail"], body
@@ -206,7 +266,7 @@ def test_F3_uploads_over_the_byte_limits_get_413_however_they_are_sent(served: S
     server = served.server
     small = served.samples[0].read_bytes()
     cases = [  # (body, what the 413 says); all sent chunked: no Content-Length to trust
-        (multipart([("big.png", noise_png(900))]), "over the limit of 2 MB per file"),           # 2.4 MB, one file
+        (multipart([("big.png", noise_png(900))]), "over the limit of 2 MB per file"),  # 2.4 MB, one file
         (multipart([(f"{i}.png", noise_png(700, i)) for i in range(3)]), "over the limit of 4 MB"),  # 3 x 1.5 MB
         (multipart([(f"{i}.png", small) for i in range(5)]), "more than 4 files"),
     ]
@@ -216,13 +276,20 @@ def test_F3_uploads_over_the_byte_limits_get_413_however_they_are_sent(served: S
             assert response.status_code == 413 and message in response.json()["detail"], response.text
             assert_up(server)
     # a Content-Length over the limit is refused before the body is read
-    answer = raw_request(server, f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: {MULTIPART}\r\n"
-                                 f"Content-Length: {500 * MB}\r\n\r\n".encode(), b"x" * 1000)
+    answer = raw_request(
+        server,
+        f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: {MULTIPART}\r\n"
+        f"Content-Length: {500 * MB}\r\n\r\n".encode(),
+        b"x" * 1000,
+    )
     assert answer.startswith(b"HTTP/1.1 413") and b"over the limit of 4 MB" in answer, answer[:300]
     # a lying Content-Length: 100 bytes declared, 3 MB sent; only 100 bytes are read as this request's body
     body = multipart([("big.png", noise_png(1000))])
-    answer = raw_request(server, f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: {MULTIPART}\r\n"
-                                 f"Content-Length: 100\r\n\r\n".encode(), body)
+    answer = raw_request(
+        server,
+        f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: {MULTIPART}\r\nContent-Length: 100\r\n\r\n".encode(),
+        body,
+    )
     assert answer.startswith(b"HTTP/1.1 400") and b"the upload ended after 100 bytes" in answer, answer[:300]
     assert_up(server)
 
@@ -263,7 +330,8 @@ def test_F3_the_server_listens_on_127_0_0_1_by_default(served: Served) -> None:
 
 
 def test_I2_concurrent_clients_get_answers_while_malformed_uploads_get_4xx_and_memory_stays_bounded(
-        served: Served) -> None:
+    served: Served,
+) -> None:
     server, clients, seconds = served.server, 8, 4.0
     samples = [(p.name, p.read_bytes()) for p in served.samples]
     tops = [max(e, key=e.get) for e in served.expected]
@@ -292,13 +360,14 @@ def test_I2_concurrent_clients_get_answers_while_malformed_uploads_get_4xx_and_m
                     errors.append(f"{type(exc).__name__}: {exc}")
                 i += 1
 
-    malformed = [({"files": [("file", ("junk.png", b"\x89PNG\r\n\x1a\n" + bytes(500)))]}, 422),
-                 ({"files": [("file", ("cut.png", truncated_png(noise_png(64))))]}, 422),
-                 ({"files": [("file", ("bomb.png", bomb(9000)))]}, 422),
-                 ({"content": chunks(multipart([("big.png", noise_png(900))])), "headers": {"Content-Type": MULTIPART}},
-                  413),
-                 ({"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}, 400),
-                 ({"data": {"not": "a file"}}, 415)]
+    malformed = [
+        ({"files": [("file", ("junk.png", b"\x89PNG\r\n\x1a\n" + bytes(500)))]}, 422),
+        ({"files": [("file", ("cut.png", truncated_png(noise_png(64))))]}, 422),
+        ({"files": [("file", ("bomb.png", bomb(9000)))]}, 422),
+        ({"content": chunks(multipart([("big.png", noise_png(900))])), "headers": {"Content-Type": MULTIPART}}, 413),
+        ({"content": b"--x\r\nbroken", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}, 400),
+        ({"data": {"not": "a file"}}, 415),
+    ]
 
     def attacker() -> None:
         with server.client() as http:
@@ -328,9 +397,11 @@ def test_I2_concurrent_clients_get_answers_while_malformed_uploads_get_4xx_and_m
     assert sum(refused.values()) >= len(malformed), refused
     assert_up(server)
     grown = (after["VmHWM"] - before["VmRSS"]) / MB
-    print(f"I2: {sum(answered.values())} good requests from {clients} clients in {seconds:g} s, malformed refused "
-          f"{dict(refused)}; server RSS {before['VmRSS'] / MB:.0f} MB -> {after['VmRSS'] / MB:.0f} MB, peak "
-          f"{after['VmHWM'] / MB:.0f} MB")
+    print(
+        f"I2: {sum(answered.values())} good requests from {clients} clients in {seconds:g} s, malformed refused "
+        f"{dict(refused)}; server RSS {before['VmRSS'] / MB:.0f} MB -> {after['VmRSS'] / MB:.0f} MB, peak "
+        f"{after['VmHWM'] / MB:.0f} MB"
+    )
     assert grown < 150, f"the server's peak memory grew by {grown:.0f} MB under load ({before} -> {after})"
 
 

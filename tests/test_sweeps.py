@@ -18,17 +18,28 @@ from helpers import ROOT, read_csv, run_cli, tiny_overrides
 
 def files_of(job: Path) -> dict[str, int]:
     """mtime (ns) of the job's results; train.log and the .hydra records gain a few lines at every start."""
-    return {str(p.relative_to(job)): p.stat().st_mtime_ns for p in job.rglob("*")
-            if p.is_file() and ".hydra" not in p.parts and p.name != "train.log"}
+    return {
+        str(p.relative_to(job)): p.stat().st_mtime_ns
+        for p in job.rglob("*")
+        if p.is_file() and ".hydra" not in p.parts and p.name != "train.log"
+    }
 
 
 @pytest.mark.slow
 def test_grid_sweep_rerun_skips_finished_jobs_and_resumes_an_interrupted_one(tmp_path: Path, tiny_folder: Path) -> None:
     sweep = tmp_path / "grid"
-    args = [*(a for a in tiny_overrides(tmp_path, tiny_folder) if not a.startswith("epochs=")), "epochs=5",
-            "optimizer.lr=0.001,0.003", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        *(a for a in tiny_overrides(tmp_path, tiny_folder) if not a.startswith("epochs=")),
+        "epochs=5",
+        "optimizer.lr=0.001,0.003",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-m", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not list(sweep.glob("1_*/last.pt")):  # written after each epoch
         time.sleep(0.05)

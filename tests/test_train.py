@@ -14,13 +14,23 @@ from omegaconf import DictConfig
 
 import imgclf.tasks as tasks
 from helpers import CLASSES, StopAfter, compose_cfg, make_folder, tiny_overrides
-from imgclf.experiment.checkpoint import load_checkpoint
-from imgclf.training.state import Interrupted
 from imgclf.errors import DataError, ExperimentError
+from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.experiment.run_log import read_metrics
+from imgclf.training.state import Interrupted
 
-EPOCH_KEYS = {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "val/f1", "lr", "epoch_seconds",
-              "train/images_per_s", "train/skipped_steps"}
+EPOCH_KEYS = {
+    "epoch",
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "val/f1",
+    "lr",
+    "epoch_seconds",
+    "train/images_per_s",
+    "train/skipped_steps",
+}
 
 
 def read_tensorboard(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -88,8 +98,9 @@ def test_G5_a_finished_experiment_is_not_overwritten(tiny_cfg: DictConfig, caplo
     assert best.stat().st_mtime_ns == stamp and "already finished" in caplog.text
     assert len(read_metrics(exp_dir(tiny_cfg) / "metrics.jsonl")) == 2
 
-    never = compose_cfg("train", [*tiny_overrides(Path(tiny_cfg.paths.experiments).parent, Path(tiny_cfg.dataset.root)),
-                                  "resume=never"])
+    never = compose_cfg(
+        "train", [*tiny_overrides(Path(tiny_cfg.paths.experiments).parent, Path(tiny_cfg.dataset.root)), "resume=never"]
+    )
     with pytest.raises(ExperimentError, match="overwrite=true"):
         tasks.train(never)
     assert best.stat().st_mtime_ns == stamp
@@ -125,8 +136,7 @@ def test_G5_overwrite_checks_the_new_data_before_deleting_anything(tmp_path: Pat
 
 
 @pytest.mark.parametrize("stop_after", [5, 6])  # mid-epoch, and exactly at the end of epoch 1 (6 batches)
-def test_D5_C9_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_folder: Path,
-                                            stop_after: int) -> None:
+def test_D5_C9_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_folder: Path, stop_after: int) -> None:
     extra = ("epochs=3", "augmentation=flip", "model.dropout=0.3")  # random augmentation and dropout
     whole = compose_cfg("train", tiny_overrides(tmp_path / "a", tiny_folder, *extra))
     tasks.train(whole)
@@ -145,7 +155,9 @@ def test_D5_C9_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_folder: P
         assert torch.equal(tensor, b["model"][name]), name
     assert read_metrics(exp_dir(whole) / "metrics.jsonl") != []
     strip = lambda rs: [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k} for r in rs]  # noqa
-    assert strip(read_metrics(exp_dir(whole) / "metrics.jsonl")) == strip(read_metrics(exp_dir(parts) / "metrics.jsonl"))
+    assert strip(read_metrics(exp_dir(whole) / "metrics.jsonl")) == strip(
+        read_metrics(exp_dir(parts) / "metrics.jsonl")
+    )
     curve = read_tensorboard(Path(parts.paths.runs) / "tiny")["val/acc"]
     assert [step for step, _ in curve] == [1, 2, 3]  # one point per epoch across the two processes
 
@@ -158,15 +170,22 @@ def test_D6_resume_refuses_a_changed_model_size_data_or_classes(tmp_path: Path, 
     last = exp_dir(cfg) / "last.pt"
     stamp = last.read_bytes()
     other = make_folder(tmp_path / "other", {"train": 6, "val": 2, "test": 2}, seed=3)
-    for change, refused in (("model.width=8", r"model.*width"), ("dataset.image_size=24", r"dataset.image_size: 16 -> 24"),
-                            (f"dataset.root={other}", r"dataset.root: .*photos.* -> .*other")):
+    for change, refused in (
+        ("model.width=8", r"model.*width"),
+        ("dataset.image_size=24", r"dataset.image_size: 16 -> 24"),
+        (f"dataset.root={other}", r"dataset.root: .*photos.* -> .*other"),
+    ):
         with pytest.raises(ExperimentError, match=refused):
             tasks.train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=3", change)))
     make_folder(folder, {"train": 6, "val": 2, "test": 2}, classes=("zigzag",), seed=9)  # a class was added
     with pytest.raises(ExperimentError, match=r"classes: .* -> .*zigzag"):
         tasks.train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=3")))
     assert last.read_bytes() == stamp  # nothing was written by a refused resume
-    shutil.rmtree(folder / "train" / "zigzag"), shutil.rmtree(folder / "val" / "zigzag"), shutil.rmtree(folder / "test" / "zigzag")
+    (
+        shutil.rmtree(folder / "train" / "zigzag"),
+        shutil.rmtree(folder / "val" / "zigzag"),
+        shutil.rmtree(folder / "test" / "zigzag"),
+    )
     tasks.train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2", "optimizer.lr=0.002")))
     assert "epochs: 3 -> 2" in caplog.text and "optimizer.lr: 0.001 -> 0.002" in caplog.text
 
@@ -179,12 +198,22 @@ def test_G6_resume_warns_about_every_changed_setting_and_keeps_the_config_histor
     exp = exp_dir(cfg)
     stopped = load_checkpoint(exp / "last.pt")["state"]
     resumed_at = f"epoch-{stopped['epoch']}-step-{stopped['step']}.yaml"
-    changes = ("augmentation=flip", "batch_mix=mixup", "imbalance=weighted_loss", "loss.label_smoothing=0.1",
-               "trainer.clip_grad_norm=1.0")
+    changes = (
+        "augmentation=flip",
+        "batch_mix=mixup",
+        "imbalance=weighted_loss",
+        "loss.label_smoothing=0.1",
+        "trainer.clip_grad_norm=1.0",
+    )
     tasks.train(compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2", *changes)))
     warning = next(r.getMessage() for r in caplog.records if "changed setting" in r.getMessage())
-    for expected in ("imbalance: 'none' -> 'weighted_loss'", "loss.label_smoothing: 0.0 -> 0.1",
-                     "trainer.clip_grad_norm: None -> 1.0", "batch_mix._target_: None -> ", "augmentation.train"):
+    for expected in (
+        "imbalance: 'none' -> 'weighted_loss'",
+        "loss.label_smoothing: 0.0 -> 0.1",
+        "trainer.clip_grad_norm: None -> 1.0",
+        "batch_mix._target_: None -> ",
+        "augmentation.train",
+    ):
         assert expected in warning, expected
     history = sorted(p.name for p in (exp / "config_history").glob("*.yaml"))
     assert history == ["epoch-0-step-0.yaml", resumed_at] and resumed_at == "epoch-0-step-2.yaml"
@@ -213,8 +242,7 @@ def test_C8_a_busy_experiment_refuses_a_second_run(tiny_cfg: DictConfig) -> None
     assert not (exp / ".lock").exists()
 
 
-def test_D1_unreadable_last_checkpoint_falls_back_to_best(tmp_path: Path, tiny_folder: Path,
-                                                       caplog) -> None:
+def test_D1_unreadable_last_checkpoint_falls_back_to_best(tmp_path: Path, tiny_folder: Path, caplog) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=3"))
     with pytest.raises(Interrupted):  # in epoch 2, after best.pt of epoch 1
         tasks.train(cfg, stop_signal=lambda: StopAfter(8))
@@ -238,8 +266,9 @@ def test_same_seed_gives_identical_weights_with_deterministic(tmp_path: Path, ti
 
 
 def test_loader_workers_train_the_same_pipeline(tmp_path: Path, tiny_folder: Path) -> None:
-    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "loader.num_workers=2", "epochs=1",
-                                              "augmentation=flip_rotate"))
+    cfg = compose_cfg(
+        "train", tiny_overrides(tmp_path, tiny_folder, "loader.num_workers=2", "epochs=1", "augmentation=flip_rotate")
+    )
     best = tasks.train(cfg)
     assert best is not None and len(read_metrics(exp_dir(cfg) / "metrics.jsonl")) == 1
 
@@ -256,6 +285,9 @@ def test_C9_resumed_log_drops_epochs_after_the_checkpoint(tmp_path: Path) -> Non
         resumed.write(epoch, {"val/acc": 0.5 + epoch})
     resumed.close()
     assert [(r["epoch"], r["val/acc"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [
-        (1, 0.1), (2, 2.5), (3, 3.5)]
+        (1, 0.1),
+        (2, 2.5),
+        (3, 3.5),
+    ]
     curve = read_tensorboard(tmp_path / "tb")["val/acc"]
     assert [(s, round(v, 4)) for s, v in curve] == [(1, 0.1), (2, 2.5), (3, 3.5)]

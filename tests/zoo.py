@@ -22,10 +22,27 @@ BAD = {
     "pixel.png": "too small",
     "strip.png": "aspect ratio",
 }
-GOOD = ("cmyk.jpg", "gray16.png", "rgba.png", "palette.png", "anim.gif", "rotated.jpg", "upper.JPG",
-        "long.jpeg", "la.png", "plain.jpfif.jfif")
-IGNORED = {".DS_Store": ".DS_Store", "._plain.jpg": "._* (macOS metadata)", "notes.txt": ".txt",
-           "photo.heic": ".heic", "Thumbs.db": "Thumbs.db", "noext": "(no extension)", ".hidden.png": "hidden files"}
+GOOD = (
+    "cmyk.jpg",
+    "gray16.png",
+    "rgba.png",
+    "palette.png",
+    "anim.gif",
+    "rotated.jpg",
+    "upper.JPG",
+    "long.jpeg",
+    "la.png",
+    "plain.jpfif.jfif",
+)
+IGNORED = {
+    ".DS_Store": ".DS_Store",
+    "._plain.jpg": "._* (macOS metadata)",
+    "notes.txt": ".txt",
+    "photo.heic": ".heic",
+    "Thumbs.db": "Thumbs.db",
+    "noext": "(no extension)",
+    ".hidden.png": "hidden files",
+}
 
 
 def huge_png_header(width: int, height: int) -> bytes:
@@ -34,15 +51,15 @@ def huge_png_header(width: int, height: int) -> bytes:
     Image.new("L", (1, 1)).save(buf, format="PNG")
     data = bytearray(buf.getvalue())
     ihdr = data.index(b"IHDR")
-    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
-    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
     return bytes(data)
 
 
 def write_good(folder: Path, rng: np.random.Generator) -> None:
     base = draw(0, rng, 32)
     base.convert("CMYK").save(folder / "cmyk.jpg")
-    Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257)).save(folder / "gray16.png")
+    Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257).save(folder / "gray16.png")
     rgba = base.convert("RGBA")
     rgba.putalpha(128)
     rgba.save(folder / "rgba.png")

@@ -94,8 +94,12 @@ def remove_orphan_temps(folder: str | Path) -> list[Path]:
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     if removed:
-        log.info("removed %d unfinished file(s) left by a killed write in %s: %s", len(removed), folder,
-                 ", ".join(p.name for p in removed))
+        log.info(
+            "removed %d unfinished file(s) left by a killed write in %s: %s",
+            len(removed),
+            folder,
+            ", ".join(p.name for p in removed),
+        )
     return removed
 
 

@@ -20,24 +20,36 @@ from typing import Any
 
 import torch
 
-from imgclf.experiment.checkpoint import load_checkpoint
-from imgclf.data.preprocessing import Preprocessing
 from imgclf.data.images import PREDICT_MAX_PIXELS, check_decoded_pixels, decode_bytes, serve
+from imgclf.data.preprocessing import Preprocessing
 from imgclf.errors import CheckpointError
+from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.models.classifier import Classifier, with_tta
 from imgclf.runtime import resolve_device
 
 # `_target_` of a checkpoint's model -> the class predict may build
-MODELS = {f"imgclf.models.{module}.{name}": (f"imgclf.models.{module}", name) for module, name in (
-    ("tinyvgg", "TinyVGG"), ("small_cnn", "SmallCNN"), ("cifar_cnn", "CifarCNN"),
-    ("quality_cnn", "QualityCNN"), ("resnet_like", "ResNetLike"), ("resnet_like", "ResNetLikeV2"),
-    ("small_resnet", "SmallResNet"),
-    ("lite0", "EfficientNetLite0"), ("efficientnet_lite", "EfficientNetLite"), ("torchvision_net", "TorchvisionNet"))}
+MODELS = {
+    f"imgclf.models.{module}.{name}": (f"imgclf.models.{module}", name)
+    for module, name in (
+        ("tinyvgg", "TinyVGG"),
+        ("small_cnn", "SmallCNN"),
+        ("cifar_cnn", "CifarCNN"),
+        ("quality_cnn", "QualityCNN"),
+        ("resnet_like", "ResNetLike"),
+        ("resnet_like", "ResNetLikeV2"),
+        ("small_resnet", "SmallResNet"),
+        ("lite0", "EfficientNetLite0"),
+        ("efficientnet_lite", "EfficientNetLite"),
+        ("torchvision_net", "TorchvisionNet"),
+    )
+}
 # the trained weights are in the checkpoint: never load or download pretrained ones
 NO_PRETRAINED = {"pretrained": False, "weights": None}
 # deterministic torchvision transforms an `augmentation.eval` may use
-EVAL_TRANSFORMS = frozenset(f"torchvision.transforms.v2.{name}" for name in (
-    "Compose", "Resize", "CenterCrop", "Pad", "Grayscale", "RGB", "Identity"))
+EVAL_TRANSFORMS = frozenset(
+    f"torchvision.transforms.v2.{name}"
+    for name in ("Compose", "Resize", "CenterCrop", "Pad", "Grayscale", "RGB", "Identity")
+)
 PLAIN = (str, int, float, bool, type(None))
 
 
@@ -47,8 +59,8 @@ class Predictor:
 
     model: torch.nn.Module  # the Classifier, or it wrapped for test-time augmentation
     classes: list[str]
-    display_names: dict[str, str]   # class name -> a readable name (may be empty)
-    transform: Callable[[Any], Any] | None   # the evaluation transform, ending with the centre crop
+    display_names: dict[str, str]  # class name -> a readable name (may be empty)
+    transform: Callable[[Any], Any] | None  # the evaluation transform, ending with the centre crop
     preprocessing: Preprocessing
     temperature: float
     device: torch.device
@@ -56,8 +68,9 @@ class Predictor:
     max_pixels: int = PREDICT_MAX_PIXELS  # images that would decode to more pixels are refused (images.py says why)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", tta: str = "none",
-             max_pixels: int = PREDICT_MAX_PIXELS) -> Predictor:
+    def load(
+        cls, path: str | Path, device: str = "auto", tta: str = "none", max_pixels: int = PREDICT_MAX_PIXELS
+    ) -> Predictor:
         """Build the model a checkpoint was trained as and load its weights; ``tta="flip"`` averages
         the probabilities of every image and its mirror image; ``max_pixels``: see :meth:`load_image`.
 
@@ -76,20 +89,30 @@ class Predictor:
             model = Classifier(net, payload["mean"], payload["std"])
             transform = prep.view(build_transform(config.get("augmentation", {}).get("eval"), path))
         except (KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{path} lacks what predict needs ({type(exc).__name__}: {exc}); "
-                                  "it was not written by imgclf's train.py") from exc
+            raise CheckpointError(
+                f"{path} lacks what predict needs ({type(exc).__name__}: {exc}); "
+                "it was not written by imgclf's train.py"
+            ) from exc
         try:
             model.load_state_dict(payload["model"])
         except RuntimeError as exc:
-            raise CheckpointError(f"{path}: the weights do not fit {type(net).__name__} "
-                                  f"({str(exc).splitlines()[0]})") from exc
+            raise CheckpointError(
+                f"{path}: the weights do not fit {type(net).__name__} ({str(exc).splitlines()[0]})"
+            ) from exc
         torch_device = resolve_device(device)
         model.to(torch_device).eval()
         names = payload.get("display_names") or {}
-        return cls(model=with_tta(model, tta), classes=classes, display_names={str(k): str(v) for k, v in names.items()},
-                   transform=transform, preprocessing=prep,
-                   temperature=float(payload.get("temperature", 1.0)), device=torch_device, checkpoint=path,
-                   max_pixels=max_pixels)
+        return cls(
+            model=with_tta(model, tta),
+            classes=classes,
+            display_names={str(k): str(v) for k, v in names.items()},
+            transform=transform,
+            preprocessing=prep,
+            temperature=float(payload.get("temperature", 1.0)),
+            device=torch_device,
+            checkpoint=path,
+            max_pixels=max_pixels,
+        )
 
     @property
     def image_size(self) -> int:
@@ -125,8 +148,10 @@ def build_model(spec: Mapping[str, Any], path: Path) -> torch.nn.Module:
     """The network of a checkpoint's ``config.model``, from :data:`MODELS` only, without pretrained weights."""
     target = spec.get("_target_")
     if target not in MODELS:
-        raise CheckpointError(f"{path}: model {target!r} is not one of imgclf's models ({', '.join(sorted(MODELS))}); "
-                              "predict builds only these")
+        raise CheckpointError(
+            f"{path}: model {target!r} is not one of imgclf's models ({', '.join(sorted(MODELS))}); "
+            "predict builds only these"
+        )
     module, name = MODELS[target]
     kwargs = {**_arguments(spec, path), **{k: v for k, v in NO_PRETRAINED.items() if k in spec}}
     try:
@@ -141,8 +166,9 @@ def build_transform(spec: Any, path: Path) -> Callable[[Any], Any] | None:
         return None
     if not isinstance(spec, Mapping) or spec.get("_target_") not in EVAL_TRANSFORMS:
         target = spec.get("_target_") if isinstance(spec, Mapping) else spec
-        raise CheckpointError(f"{path}: evaluation transform {target!r} is not one predict applies "
-                              f"({', '.join(sorted(EVAL_TRANSFORMS))})")
+        raise CheckpointError(
+            f"{path}: evaluation transform {target!r} is not one predict applies ({', '.join(sorted(EVAL_TRANSFORMS))})"
+        )
     module, name = spec["_target_"].rsplit(".", 1)
     kwargs = _arguments(spec, path, nested=True)
     if name == "Compose":

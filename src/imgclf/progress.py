@@ -33,8 +33,16 @@ def on_terminal() -> bool:
 class LineProgress:
     """tqdm's interface (iterate, ``update``, ``set_postfix``, ``close``) written as occasional log lines."""
 
-    def __init__(self, iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "",
-                 unit: str = "it", initial: int = 0, clock: Any = time.perf_counter) -> None:
+    def __init__(
+        self,
+        iterable: Iterable[T] | None = None,
+        *,
+        total: int | None = None,
+        desc: str = "",
+        unit: str = "it",
+        initial: int = 0,
+        clock: Any = time.perf_counter,
+    ) -> None:
         self.iterable, self.desc, self.unit, self.clock = iterable, desc, unit, clock
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.n = self.initial = initial
@@ -66,8 +74,17 @@ class LineProgress:
         rate = (self.n - self.initial) / elapsed if elapsed > 0 else 0.0
         share = f" ({self.n / self.total:.0%})" if self.total else ""
         postfix = f", {self.postfix}" if self.postfix else ""
-        log.info("%s: %d/%s %s%s, %.1f %s/s%s", self.desc, self.n, self.total or "?", self.unit, share, rate,
-                 self.unit, postfix)
+        log.info(
+            "%s: %d/%s %s%s, %.1f %s/s%s",
+            self.desc,
+            self.n,
+            self.total or "?",
+            self.unit,
+            share,
+            rate,
+            self.unit,
+            postfix,
+        )
 
     def set_postfix(self, refresh: bool = False, **values: Any) -> None:
         self.postfix = ", ".join(f"{key} {value}" for key, value in values.items())
@@ -76,8 +93,15 @@ class LineProgress:
         """Nothing to clear: the epoch's own summary line follows."""
 
 
-def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
-             initial: int = 0, enabled: bool = True) -> Any:
+def progress(
+    iterable: Iterable[T] | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    initial: int = 0,
+    enabled: bool = True,
+) -> Any:
     """A progress indicator over ``iterable`` (or updated by hand): tqdm on a terminal, else ``LineProgress``."""
     if enabled and not on_terminal():
         return LineProgress(iterable, total=total, desc=desc, unit=unit, initial=initial)

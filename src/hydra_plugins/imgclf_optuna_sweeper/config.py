@@ -38,14 +38,14 @@ class MedianPrunerConf:
     # stop a trial whose epoch value is worse than the median of earlier trials at the same epoch
     _target_: str = "optuna.pruners.MedianPruner"
     n_startup_trials: int = 5  # finished trials before any pruning
-    n_warmup_steps: int = 1    # epochs of every trial that are never pruned
+    n_warmup_steps: int = 1  # epochs of every trial that are never pruned
     interval_steps: int = 1
 
 
 @dataclass
 class HyperbandPrunerConf:
     _target_: str = "optuna.pruners.HyperbandPruner"
-    min_resource: int = 1      # epochs a trial trains at least
+    min_resource: int = 1  # epochs a trial trains at least
     max_resource: Any = "${epochs}"
     reduction_factor: int = 3
 
@@ -71,12 +71,14 @@ class ImgclfOptunaSweeperConf:
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
     sampler: Any = MISSING
     pruner: Any = MISSING
-    direction: Optional[str] = None     # maximize | minimize; null: from the config's mode (max | min)
-    storage: Optional[str] = None       # null: sqlite:///<hydra.sweep.dir>/study.db, so the study lives with its trials
+    direction: Optional[str] = None  # maximize | minimize; null: from the config's mode (max | min)
+    storage: Optional[str] = None  # null: sqlite:///<hydra.sweep.dir>/study.db, so the study lives with its trials
     study_name: str = "imgclf"
-    n_trials: int = 20                  # finished (complete or pruned) trials wanted in the study, counting earlier runs
-    n_jobs: Optional[int] = None        # trials launched at once; null: the launcher's parallelism (joblib n_jobs)
-    params: Dict[str, str] = field(default_factory=dict)  # key: choice(...) | range(...) | interval(...) | tag(log, interval(...))
+    n_trials: int = 20  # finished (complete or pruned) trials wanted in the study, counting earlier runs
+    n_jobs: Optional[int] = None  # trials launched at once; null: the launcher's parallelism (joblib n_jobs)
+    params: Dict[str, str] = field(
+        default_factory=dict
+    )  # key: choice(...) | range(...) | interval(...) | tag(log, interval(...))
 
 
 def register() -> None:
@@ -84,8 +86,12 @@ def register() -> None:
     store.store(group="hydra/sweeper", name="imgclf_optuna", node=ImgclfOptunaSweeperConf, provider="imgclf")
     for name, node in (("tpe", TPESamplerConf), ("random", RandomSamplerConf), ("grid", GridSamplerConf)):
         store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="imgclf")
-    for name, node in (("median", MedianPrunerConf), ("hyperband", HyperbandPrunerConf),
-                       ("threshold", ThresholdPrunerConf), ("none", NopPrunerConf)):
+    for name, node in (
+        ("median", MedianPrunerConf),
+        ("hyperband", HyperbandPrunerConf),
+        ("threshold", ThresholdPrunerConf),
+        ("none", NopPrunerConf),
+    ):
         store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="imgclf")
 
 

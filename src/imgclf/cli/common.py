@@ -14,7 +14,8 @@ from imgclf.cli.paths import user_path
 
 def version() -> str:
     """The installed imgclf version (the package's own when it is run from a checkout that was never installed)."""
-    from importlib.metadata import PackageNotFoundError, version as installed
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
 
     try:
         return installed("imgclf")
@@ -30,6 +31,12 @@ def add_version(parser: argparse.ArgumentParser) -> None:
 
 def add_experiments_dir(parser: argparse.ArgumentParser) -> None:
     """``--experiments-dir DIR`` (``--experiments`` is the same option, as serve and leaderboard first spelled it)."""
-    parser.add_argument("--experiments-dir", "--experiments", dest="experiments_dir", type=user_path,
-                        default=Path("experiments"), metavar="DIR",
-                        help="the folder that holds the experiments (default: experiments)")
+    parser.add_argument(
+        "--experiments-dir",
+        "--experiments",
+        dest="experiments_dir",
+        type=user_path,
+        default=Path("experiments"),
+        metavar="DIR",
+        help="the folder that holds the experiments (default: experiments)",
+    )

@@ -22,12 +22,15 @@ from imgclf.errors import ImgclfError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="imgclf-doctor", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="imgclf-doctor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("path", nargs="?", help="dataset folder")
     parser.add_argument("-cn", "--config-name", help="check the dataset of conf/<name>.yaml instead")
     parser.add_argument("overrides", nargs="*", help="config overrides (with -cn), e.g. dataset.root=/data")
-    parser.add_argument("--config-dir", type=user_path, default=Path("conf"), help="where the configs are (default: conf)")
+    parser.add_argument(
+        "--config-dir", type=user_path, default=Path("conf"), help="where the configs are (default: conf)"
+    )
     parser.add_argument("--json", type=user_path, help="also write the report as JSON to this file")
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15)
@@ -57,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.config_name:
             report = _from_config(args)
         else:
-            source = FolderSource(str(args.path.expanduser().resolve()),
-                                  val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                                  split_seed=args.split_seed)
+            source = FolderSource(
+                str(args.path.expanduser().resolve()),
+                val_fraction=args.val_fraction,
+                test_fraction=args.test_fraction,
+                split_seed=args.split_seed,
+            )
             report = diagnose(source, DecodeCache(args.cache, mode="none"), bad_files=args.bad_files)
     except ImgclfError as exc:
         print(f"imgclf-doctor: {exc}", file=sys.stderr)

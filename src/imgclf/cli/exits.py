@@ -83,9 +83,11 @@ def tilde_hint(argv: Sequence[str]) -> str:
     key, _, value = rejected[0].partition("=")
     home = value == "~" or value.startswith("~/")
     fix = f"write {key}={value.replace('~', '$HOME', 1)} (the shell expands $HOME), or quote" if home else "quote"
-    return (f"hint: Hydra's override grammar takes no unquoted ~ ({', '.join(rejected)}), and the shell does not "
-            f"expand it after `key=`: {fix} the value for Hydra inside the shell's quotes: "
-            f"\"{key}='{value}'\" (imgclf expands ~ in dataset and paths folders)")
+    return (
+        f"hint: Hydra's override grammar takes no unquoted ~ ({', '.join(rejected)}), and the shell does not "
+        f"expand it after `key=`: {fix} the value for Hydra inside the shell's quotes: "
+        f"\"{key}='{value}'\" (imgclf expands ~ in dataset and paths folders)"
+    )
 
 
 def _print_tilde_hint(argv: Sequence[str]) -> None:

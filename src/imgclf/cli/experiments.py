@@ -19,6 +19,9 @@ def best_checkpoint(experiments: Path, name: str, instead: str) -> Path:
     if path.is_file():
         return path
     there = sorted(p.parent.name for p in experiments.glob("*/best.pt")) if experiments.is_dir() else []
-    hint = (f"experiments with a best.pt in {experiments}: {', '.join(there)}" if there
-            else f"{experiments} holds no trained experiment; train one with `python train.py`")
+    hint = (
+        f"experiments with a best.pt in {experiments}: {', '.join(there)}"
+        if there
+        else f"{experiments} holds no trained experiment; train one with `python train.py`"
+    )
     raise ImgclfError(f"no checkpoint {path}: {hint} (or pass {instead})")

@@ -21,10 +21,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
 from imgclf.cli.common import add_experiments_dir, add_version
 from imgclf.cli.experiments import best_checkpoint
 from imgclf.cli.paths import user_path
+from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
 from imgclf.errors import ImgclfError
 
 EXIT_FAILED = 1
@@ -36,26 +36,53 @@ TTA_MODES = ("none", "flip")  # imgclf.models.classifier.TTA_MODES (a test keeps
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from imgclf.deploy.metadata import TOLERANCE
 
-    parser = argparse.ArgumentParser(prog="imgclf-export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="imgclf-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", metavar="NAME", help="export <experiments-dir>/NAME/best.pt")
     source.add_argument("--checkpoint", type=user_path, metavar="FILE", help="a checkpoint file (best.pt, last.pt)")
     add_experiments_dir(parser)
-    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
-                        help="onnx (default; runs on onnxruntime without torch) or torchscript (torch.jit.load)")
-    parser.add_argument("--tta", choices=TTA_MODES, default=None,
-                        help="fold test-time augmentation into the model: flip averages each image and its mirror "
-                             "(default: the tta the checkpoint's config evaluated with, as test.py does)")
-    parser.add_argument("--output", type=user_path, metavar="DIR",
-                        help="the export folder (default: export/ beside best.pt, export-<name>/ for another file)")
-    parser.add_argument("--exporter", choices=("auto", "dynamo", "legacy"), default="auto",
-                        help="ONNX exporter: dynamo (torch.export, torch's default), legacy (TorchScript-based), "
-                             "auto (dynamo, legacy if it fails; default)")
-    parser.add_argument("--max-pixels", type=int, default=PREDICT_MAX_PIXELS, metavar="N",
-                        help=f"the pixel limit stored in the model for its predictor (default {PREDICT_MAX_PIXELS:_})")
-    parser.add_argument("--parity-samples", type=int, default=500, metavar="N",
-                        help="val images in the parity check (default 500; 0: all)")
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "torchscript"),
+        default="onnx",
+        help="onnx (default; runs on onnxruntime without torch) or torchscript (torch.jit.load)",
+    )
+    parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default=None,
+        help="fold test-time augmentation into the model: flip averages each image and its mirror "
+        "(default: the tta the checkpoint's config evaluated with, as test.py does)",
+    )
+    parser.add_argument(
+        "--output",
+        type=user_path,
+        metavar="DIR",
+        help="the export folder (default: export/ beside best.pt, export-<name>/ for another file)",
+    )
+    parser.add_argument(
+        "--exporter",
+        choices=("auto", "dynamo", "legacy"),
+        default="auto",
+        help="ONNX exporter: dynamo (torch.export, torch's default), legacy (TorchScript-based), "
+        "auto (dynamo, legacy if it fails; default)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=PREDICT_MAX_PIXELS,
+        metavar="N",
+        help=f"the pixel limit stored in the model for its predictor (default {PREDICT_MAX_PIXELS:_})",
+    )
+    parser.add_argument(
+        "--parity-samples",
+        type=int,
+        default=500,
+        metavar="N",
+        help="val images in the parity check (default 500; 0: all)",
+    )
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=argparse.SUPPRESS)
     add_version(parser)
     args = parser.parse_args(argv)
@@ -91,8 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     missing = missing_packages(args.format)
     if missing:
-        print(f"imgclf-export: error: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed; "
-              "install the export's packages with pip install -e '.[deploy]'", file=sys.stderr)
+        print(
+            f"imgclf-export: error: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed; "
+            "install the export's packages with pip install -e '.[deploy]'",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     logging.basicConfig(level=logging.WARNING, format="imgclf-export: %(levelname)s %(message)s")
     try:
@@ -103,9 +133,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.tta is None:
             args.tta = evaluated_tta(checkpoint)
         print(f"exporting {checkpoint} ({args.format}, tta={args.tta}) ...", file=sys.stderr)
-        result = export(checkpoint, out, fmt=args.format, tta=args.tta, exporter=args.exporter,
-                        max_pixels=args.max_pixels, parity_samples=args.parity_samples, tolerance=args.tolerance,
-                        experiment=experiment)
+        result = export(
+            checkpoint,
+            out,
+            fmt=args.format,
+            tta=args.tta,
+            exporter=args.exporter,
+            max_pixels=args.max_pixels,
+            parity_samples=args.parity_samples,
+            tolerance=args.tolerance,
+            experiment=experiment,
+        )
     except ImgclfError as exc:
         print(f"imgclf-export: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -113,11 +151,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("imgclf-export: interrupted; nothing was exported", file=sys.stderr)
         return 130
     parity = result.parity
-    print(f"wrote {result.folder}: {result.model.name} ({parity['exporter']} exporter), parity.json, model_card.md, "
-          "model_card.json")
-    print(f"parity with PyTorch on {parity['samples']} samples ({parity['val_images']} val images, "
-          f"{parity['random_images']} random): max |difference| {parity['max_abs_diff']:.2e}, top class agrees on "
-          f"{parity['argmax_agreement']:.0%}")
+    print(
+        f"wrote {result.folder}: {result.model.name} ({parity['exporter']} exporter), parity.json, model_card.md, "
+        "model_card.json"
+    )
+    print(
+        f"parity with PyTorch on {parity['samples']} samples ({parity['val_images']} val images, "
+        f"{parity['random_images']} random): max |difference| {parity['max_abs_diff']:.2e}, top class agrees on "
+        f"{parity['argmax_agreement']:.0%}"
+    )
     if args.format == "onnx":
         print(f"classify without torch: python predict.py --model {result.model} PATH...")
     return 0

@@ -51,11 +51,10 @@ from typing import Any
 
 import yaml
 
-from imgclf.atomic import csv_text, write_text_atomic
-from imgclf.atomic import pid_alive
-from imgclf.sweeps.trial import PRUNED_KEY
-from imgclf.cli.leaderboard_table import Row, best_of, build, direction, flatten, sort_value, to_markdown
+from imgclf.atomic import csv_text, pid_alive, write_text_atomic
 from imgclf.cli.common import add_experiments_dir, add_version
+from imgclf.cli.leaderboard_table import Row, best_of, build, direction, flatten, sort_value, to_markdown
+from imgclf.sweeps.trial import PRUNED_KEY
 
 EXPERIMENT_FILES = ("config.yaml", "metrics.jsonl", "best.pt", "last.pt")
 BUFFER_NAMES = frozenset({"mean", "std", "num_batches_tracked"})  # and running_*
@@ -69,8 +68,9 @@ def find_experiments(root: Path) -> list[Path]:
         if is_experiment:
             found.append(Path(folder))
         # test*/ of an experiment are test.py's reports; .hydra and other hidden folders are records
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".")
-                            and not (is_experiment and d.startswith("test")))
+        subdirs[:] = sorted(
+            d for d in subdirs if not d.startswith(".") and not (is_experiment and d.startswith("test"))
+        )
     return found
 
 
@@ -97,6 +97,7 @@ def read_row(folder: Path, name: str) -> Row:
 
 def _fill_settings(row: Row, config: Mapping[str, Any], checkpoint: Mapping[str, Any]) -> None:
     """Monitored metric, its direction and the configured epochs: the config's, else the checkpoint's."""
+
     def setting(key: str) -> Any:
         return config.get(key, checkpoint.get(key))
 
@@ -168,12 +169,18 @@ def _read_hydra_record(folder: Path, notes: list[str]) -> tuple[dict[str, str], 
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         notes.append(f"{records[-1].parent.relative_to(folder)} unreadable ({type(exc).__name__})")
         return {}, set()
-    derived = {key for key, value in flatten(unresolved if isinstance(unresolved, dict) else {}).items()
-               if isinstance(value, str) and "${" in value}
+    derived = {
+        key
+        for key, value in flatten(unresolved if isinstance(unresolved, dict) else {}).items()
+        if isinstance(value, str) and "${" in value
+    }
     if not isinstance(choices, dict):
         return {}, derived
-    return {str(group): "null" if option is None else str(option) for group, option in choices.items()
-            if "/" not in str(group) and not str(group).startswith("hydra")}, derived
+    return {
+        str(group): "null" if option is None else str(option)
+        for group, option in choices.items()
+        if "/" not in str(group) and not str(group).startswith("hydra")
+    }, derived
 
 
 def _read_metrics(path: Path, notes: list[str]) -> list[dict[str, Any]]:
@@ -222,14 +229,20 @@ def _read_checkpoints(folder: Path, notes: list[str]) -> dict[str, Any]:
             continue
         if not isinstance(payload.get("num_parameters"), int):  # written before the key existed
             payload["num_parameters"] = count_parameters(payload["model"])
-        merged.update({k: v for k, v in payload.items() if k in ("config", "monitor", "mode", "epochs",
-                                                                 "state", "num_parameters")})
+        merged.update(
+            {
+                k: v
+                for k, v in payload.items()
+                if k in ("config", "monitor", "mode", "epochs", "state", "num_parameters")
+            }
+        )
     return merged
 
 
 def count_parameters(state_dict: Mapping[str, Any]) -> int:
     """Parameters in a model state dict: every tensor but the normalization and BatchNorm buffers
     (for checkpoints written before ``num_parameters`` was stored)."""
+
     def is_buffer(key: str) -> bool:
         leaf = key.rsplit(".", 1)[-1]
         return leaf in BUFFER_NAMES or leaf.startswith("running_")
@@ -248,10 +261,13 @@ def _read_test(path: Path, notes: list[str]) -> dict[str, Any]:
     if not isinstance(metrics, dict):
         return {}
     checkpoint, best = Path(str(metrics.get("checkpoint", "best.pt"))), path.parent.parent / "best.pt"
-    if checkpoint.name != "best.pt" or (checkpoint.is_absolute() and checkpoint.exists() and best.exists()
-                                        and not checkpoint.samefile(best)):
+    if checkpoint.name != "best.pt" or (
+        checkpoint.is_absolute() and checkpoint.exists() and best.exists() and not checkpoint.samefile(best)
+    ):
         # written by test.py before reports of other checkpoints got their own folder: not this experiment's numbers
-        notes.append(f"test/metrics.json is a report of {checkpoint}, not of this experiment's best.pt: run test.py again for it")
+        notes.append(
+            f"test/metrics.json is a report of {checkpoint}, not of this experiment's best.pt: run test.py again for it"
+        )
         return {}
     return metrics
 
@@ -267,20 +283,23 @@ def write_leaderboard(folder: Path, rows: list[Row], sort: str | None) -> str:
     """Write ``folder/leaderboard.md`` and ``.csv`` for ``rows``; return the markdown."""
     header, cells = build(rows, sort)
     ranked = f"by {sort}" if sort else "by each row's monitored metric"
-    markdown = (f"# Leaderboard: {folder}\n\n{len(rows)} run(s), best first {ranked}.\n\n"
-                + to_markdown(header, cells))
+    markdown = f"# Leaderboard: {folder}\n\n{len(rows)} run(s), best first {ranked}.\n\n" + to_markdown(header, cells)
     write_text_atomic(folder / "leaderboard.csv", csv_text(header, cells))
     write_text_atomic(folder / "leaderboard.md", markdown)
     return markdown
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="imgclf-leaderboard", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="imgclf-leaderboard", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_experiments_dir(parser)
-    parser.add_argument("--sort", metavar="METRIC", default=None,
-                        help="rank by test/<key> of test/metrics.json or a metrics.jsonl key "
-                             "(default: each row's monitored metric)")
+    parser.add_argument(
+        "--sort",
+        metavar="METRIC",
+        default=None,
+        help="rank by test/<key> of test/metrics.json or a metrics.jsonl key (default: each row's monitored metric)",
+    )
     add_version(parser)
     return parser.parse_args(argv)
 
@@ -291,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     folders = find_experiments(root) if root.is_dir() else []
     if not folders:
         why = "is not a folder" if not root.is_dir() else "holds no experiment (no config.yaml, metrics.jsonl or *.pt)"
-        print(f"imgclf-leaderboard: {root} {why}; train one with `python train.py` "
-              "or point --experiments-dir at the folder that holds them", file=sys.stderr)
+        print(
+            f"imgclf-leaderboard: {root} {why}; train one with `python train.py` "
+            "or point --experiments-dir at the folder that holds them",
+            file=sys.stderr,
+        )
         return 1
     rows = {folder: read_row(folder, folder.relative_to(root).as_posix()) for folder in folders}
     markdown = write_leaderboard(root, list(rows.values()), args.sort)
@@ -306,8 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.sort and all(sort_value(row, args.sort)[0] is None for row in rows.values()):
         print(f"imgclf-leaderboard: no experiment has a value for --sort {args.sort}", file=sys.stderr)
     print(markdown)
-    print(f"wrote {root / 'leaderboard.md'} and leaderboard.csv"
-          + (f", and one for each of {len(sweeps)} sweep(s)" if sweeps else ""), file=sys.stderr)
+    print(
+        f"wrote {root / 'leaderboard.md'} and leaderboard.csv"
+        + (f", and one for each of {len(sweeps)} sweep(s)" if sweeps else ""),
+        file=sys.stderr,
+    )
     return 0
 
 

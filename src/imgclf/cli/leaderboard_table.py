@@ -30,19 +30,19 @@ class Row:
     """What is known about one experiment (or sweep job); None where it is unknown."""
 
     name: str
-    config: dict[str, Any] | None = None     # flattened: dotted key -> value
+    config: dict[str, Any] | None = None  # flattened: dotted key -> value
     choices: dict[str, str] = field(default_factory=dict)  # config group -> option (Hydra's choices)
-    derived: set[str] = field(default_factory=set)         # keys set by interpolation (${...})
+    derived: set[str] = field(default_factory=set)  # keys set by interpolation (${...})
     monitor: str | None = None
-    mode: str | None = None                  # max | min
-    best: float | None = None                # best monitored value in metrics.jsonl
+    mode: str | None = None  # max | min
+    best: float | None = None  # best monitored value in metrics.jsonl
     best_epoch: int | None = None
     epochs_done: int = 0
-    epochs: int | None = None                # configured
+    epochs: int | None = None  # configured
     status: str = "failed"
-    seconds: float | None = None             # sum of epoch_seconds
+    seconds: float | None = None  # sum of epoch_seconds
     num_parameters: int | None = None
-    test: dict[str, Any] = field(default_factory=dict)   # test/metrics.json
+    test: dict[str, Any] = field(default_factory=dict)  # test/metrics.json
     records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl, one per epoch
     notes: list[str] = field(default_factory=list)
 
@@ -91,6 +91,7 @@ def sort_value(row: Row, metric: str | None) -> tuple[float | None, str]:
 
 def sort_rows(rows: list[Row], metric: str | None = None) -> list[Row]:
     """Best first, each row in its own direction; rows without a value last, then by name."""
+
     def key(row: Row) -> tuple[int, float, str]:
         value, mode = sort_value(row, metric)
         if value is None or not math.isfinite(value):
@@ -125,8 +126,11 @@ def config_groups(rows: Iterable[Row]) -> list[str]:
     groups: dict[str, None] = {}
     for row in rows:
         groups.update(dict.fromkeys(row.choices))
-        groups.update(dict.fromkeys(k.removesuffix("._target_") for k in row.config or {}
-                                    if k.endswith("._target_") and k.count(".") == 1))
+        groups.update(
+            dict.fromkeys(
+                k.removesuffix("._target_") for k in row.config or {} if k.endswith("._target_") and k.count(".") == 1
+            )
+        )
     return list(groups)
 
 
@@ -146,7 +150,8 @@ def _differs(rows: list[Row], key: str, groups: list[str]) -> bool:
     for row in rows:
         config = row.config or {}
         values.setdefault(choice(row, head) if head in groups else "", set()).add(
-            (key in config, format_value(key, config.get(key))))
+            (key in config, format_value(key, config.get(key)))
+        )
     return any(len(seen) > 1 for seen in values.values())
 
 
@@ -193,19 +198,25 @@ def build(rows: list[Row], sort: str | None = None) -> tuple[list[str], list[lis
     has = {k: any(k in row.test for row in rows) for k in ("accuracy", "f1", "accuracy_ci", "ece")}
     columns: list[tuple[str, Cell]] = [("name", lambda r: r.name)]
     groups = config_groups(rows)
-    columns += [(title, _group_cell(k) if k in groups else _config_cell(k))
-                for title, k in zip(column_names(keys), keys, strict=True)]
+    columns += [
+        (title, _group_cell(k) if k in groups else _config_cell(k))
+        for title, k in zip(column_names(keys), keys, strict=True)
+    ]
     if shared is None:
         columns.append(("monitor", lambda r: f"{r.monitor} ({r.mode})" if r.monitor else ""))
-    columns += [(f"best {shared}" if shared else "best", lambda r: _number(r.best)),
-                ("best epoch", lambda r: "" if r.best_epoch is None else str(r.best_epoch)),
-                ("epochs", lambda r: f"{r.epochs_done}/{'?' if r.epochs is None else r.epochs}"),
-                ("status", lambda r: r.status)]
+    columns += [
+        (f"best {shared}" if shared else "best", lambda r: _number(r.best)),
+        ("best epoch", lambda r: "" if r.best_epoch is None else str(r.best_epoch)),
+        ("epochs", lambda r: f"{r.epochs_done}/{'?' if r.epochs is None else r.epochs}"),
+        ("status", lambda r: r.status),
+    ]
     columns += [(title, cell) for key, title, cell in _test_columns() if has[key]]
     if sort is not None and sort not in SHOWN_METRICS:
         columns.append((sort, lambda r: _number(sort_value(r, sort)[0])))
-    columns += [("time", lambda r: duration(r.seconds)),
-                ("params", lambda r: "" if r.num_parameters is None else str(r.num_parameters))]
+    columns += [
+        ("time", lambda r: duration(r.seconds)),
+        ("params", lambda r: "" if r.num_parameters is None else str(r.num_parameters)),
+    ]
     if any(row.notes for row in rows):
         columns.append(("notes", lambda r: "; ".join(r.notes)))
     return [title for title, _ in columns], [[one_line(cell(row)) for _, cell in columns] for row in rows]
@@ -216,12 +227,13 @@ def one_line(cell: str) -> str:
     return " ".join(cell.split())
 
 
-
 def _test_columns() -> list[tuple[str, str, Cell]]:
-    return [("accuracy", "test/acc", lambda r: _number(r.test.get("accuracy"))),
-            ("f1", "test/f1", lambda r: _number(r.test.get("f1"))),
-            ("accuracy_ci", "test/acc 95% CI", lambda r: _interval(r.test.get("accuracy_ci"))),
-            ("ece", "test/ece", lambda r: _number(r.test.get("ece")))]
+    return [
+        ("accuracy", "test/acc", lambda r: _number(r.test.get("accuracy"))),
+        ("f1", "test/f1", lambda r: _number(r.test.get("f1"))),
+        ("accuracy_ci", "test/acc 95% CI", lambda r: _interval(r.test.get("accuracy_ci"))),
+        ("ece", "test/ece", lambda r: _number(r.test.get("ece"))),
+    ]
 
 
 def _group_cell(group: str) -> Cell:

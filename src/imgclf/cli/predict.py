@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 
 from imgclf.atomic import csv_text, write_text_atomic
-from imgclf.data.class_names import KEY_READINGS, keyed_names
-from imgclf.data.folder import walk_images
-from imgclf.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, PREDICT_MAX_PIXELS
 from imgclf.cli.common import add_experiments_dir, add_version
 from imgclf.cli.experiments import best_checkpoint
 from imgclf.cli.paths import user_path
+from imgclf.data.class_names import KEY_READINGS, keyed_names
+from imgclf.data.folder import walk_images
+from imgclf.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, PREDICT_MAX_PIXELS
 from imgclf.errors import ImgclfError
 from imgclf.filenames import shown
 
@@ -46,7 +46,7 @@ from imgclf.filenames import shown
 TTA_MODES = ("none", "flip")
 
 GLOB_CHARS = frozenset("*?[")
-PLOT_ROWS = 12            # images per page of --plot
+PLOT_ROWS = 12  # images per page of --plot
 DEFAULT_TOP_K = 5
 EXIT_BAD_FILES, EXIT_USAGE = 1, 2
 # stdout closed by its reader (`| head`): 128 + SIGPIPE, the status the shell reports for cat, grep or seq
@@ -73,49 +73,94 @@ class Prediction:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", type=os.path.expanduser, metavar="PATH",
-                        help="image files, folders or glob patterns (~ expanded, quoted or not)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        type=os.path.expanduser,
+        metavar="PATH",
+        help="image files, folders or glob patterns (~ expanded, quoted or not)",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", metavar="NAME", help="use <experiments-dir>/NAME/best.pt")
     source.add_argument("--checkpoint", type=user_path, metavar="FILE", help="a checkpoint file (best.pt, last.pt)")
-    source.add_argument("--model", type=user_path, metavar="ONNX",
-                        help="a model.onnx written by imgclf-export: runs on onnxruntime, without torch")
+    source.add_argument(
+        "--model",
+        type=user_path,
+        metavar="ONNX",
+        help="a model.onnx written by imgclf-export: runs on onnxruntime, without torch",
+    )
     add_experiments_dir(parser)
-    parser.add_argument("--top-k", type=int, default=None, metavar="K",
-                        help=f"classes to show per image (default {DEFAULT_TOP_K}, at most the class count)")
-    parser.add_argument("--category-names", type=user_path, metavar="JSON",
-                        help="JSON object mapping class names (or class indices) to display names")
-    parser.add_argument("--category-keys", choices=KEY_READINGS, default="auto",
-                        help="how the keys of --category-names are read: name (class folder names), index (0-based "
-                             "positions in the checkpoint's class list) or auto (default): keys that are class names "
-                             "are names, keys that are all indices and no class name are indices, and keys that "
-                             "read both ways with different classes (numeric folders 1, 10, 2: key 1 is class 10 "
-                             "by index) are refused until you choose")
-    parser.add_argument("--output", type=user_path, metavar="FILE", help="write the predictions to a .csv or .json file")
-    parser.add_argument("--plot", type=user_path, metavar="PNG",
-                        help=f"draw each image with a bar chart of its top-k ({PLOT_ROWS} per page: out.png, out-2.png, ...)")
-    parser.add_argument("--min-confidence", type=float, default=None, metavar="P",
-                        help="flag predictions whose probability is below P (0..1)")
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help=f"classes to show per image (default {DEFAULT_TOP_K}, at most the class count)",
+    )
+    parser.add_argument(
+        "--category-names",
+        type=user_path,
+        metavar="JSON",
+        help="JSON object mapping class names (or class indices) to display names",
+    )
+    parser.add_argument(
+        "--category-keys",
+        choices=KEY_READINGS,
+        default="auto",
+        help="how the keys of --category-names are read: name (class folder names), index (0-based "
+        "positions in the checkpoint's class list) or auto (default): keys that are class names "
+        "are names, keys that are all indices and no class name are indices, and keys that "
+        "read both ways with different classes (numeric folders 1, 10, 2: key 1 is class 10 "
+        "by index) are refused until you choose",
+    )
+    parser.add_argument(
+        "--output", type=user_path, metavar="FILE", help="write the predictions to a .csv or .json file"
+    )
+    parser.add_argument(
+        "--plot",
+        type=user_path,
+        metavar="PNG",
+        help=f"draw each image with a bar chart of its top-k ({PLOT_ROWS} per page: out.png, out-2.png, ...)",
+    )
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        metavar="P",
+        help="flag predictions whose probability is below P (0..1)",
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
-    parser.add_argument("--tta", choices=TTA_MODES, default=None,
-                        help="test-time augmentation: flip averages the probabilities of each image and its mirror "
-                             "image (two forward passes; default none). With --model it is part of the export "
-                             "(imgclf-export --tta flip)")
-    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                        help=f"refuse images that would decode to more pixels (default {PREDICT_MAX_PIXELS:_}, or "
-                             f"the limit stored in a --model file; at most {MAX_PIXELS:_}); camera JPEGs decode at "
-                             "reduced scale and pass")
+    parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default=None,
+        help="test-time augmentation: flip averages the probabilities of each image and its mirror "
+        "image (two forward passes; default none). With --model it is part of the export "
+        "(imgclf-export --tta flip)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"refuse images that would decode to more pixels (default {PREDICT_MAX_PIXELS:_}, or "
+        f"the limit stored in a --model file; at most {MAX_PIXELS:_}); camera JPEGs decode at "
+        "reduced scale and pass",
+    )
     add_version(parser)
     args = parser.parse_args(argv)
     if args.model is not None and args.model.suffix.lower() in (".pt", ".pth"):
-        parser.error(f"--model {args.model}: a PyTorch checkpoint; pass it as --checkpoint, or export it with "
-                     "imgclf-export and pass the model.onnx")
+        parser.error(
+            f"--model {args.model}: a PyTorch checkpoint; pass it as --checkpoint, or export it with "
+            "imgclf-export and pass the model.onnx"
+        )
     if args.max_pixels is not None and not 1 <= args.max_pixels <= MAX_PIXELS:
-        parser.error(f"--max-pixels {args.max_pixels}: must be between 1 and {MAX_PIXELS} (the training limit, "
-                     "Pillow's decompression-bomb level)")
+        parser.error(
+            f"--max-pixels {args.max_pixels}: must be between 1 and {MAX_PIXELS} (the training limit, "
+            "Pillow's decompression-bomb level)"
+        )
     if args.top_k is not None and args.top_k < 1:
         parser.error(f"--top-k {args.top_k}: must be at least 1")
     if args.batch_size < 1:
@@ -146,12 +191,17 @@ def find_images(specs: Sequence[str]) -> tuple[list[str], list[Prediction]]:
         if path.is_dir():
             found = list(walk_images(path))  # the rules of the training data's scan
             if not found:
-                missing.append(Prediction(spec, error=f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder"))
+                missing.append(
+                    Prediction(spec, error=f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder")
+                )
         elif path.exists():
             found = [spec]  # named explicitly: tried whatever its extension
         elif GLOB_CHARS & set(spec):
-            found = sorted(p for p in glob.glob(spec, recursive=True)
-                           if os.path.isfile(p) and Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(
+                p
+                for p in glob.glob(spec, recursive=True)
+                if os.path.isfile(p) and Path(p).suffix.lower() in IMAGE_EXTENSIONS
+            )
             if not found:
                 missing.append(Prediction(spec, error="the pattern matches no image file"))
         else:
@@ -171,24 +221,29 @@ def display_names(predictor: Any, mapping_file: Path | None, keys: str = "auto")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ImgclfError(f"--category-names {mapping_file}: cannot be read as JSON ({exc})") from exc
     if not isinstance(mapping, dict) or not all(isinstance(v, (str, int, float)) for v in mapping.values()):
-        raise ImgclfError(f"--category-names {mapping_file}: expected a JSON object of names, "
-                          'e.g. {"21": "fire lily", "3": "canterbury bells"}')
+        raise ImgclfError(
+            f"--category-names {mapping_file}: expected a JSON object of names, "
+            'e.g. {"21": "fire lily", "3": "canterbury bells"}'
+        )
     classes = predictor.classes
     names = keyed_names({str(k): str(v) for k, v in mapping.items()}, classes, keys, f"--category-names {mapping_file}")
     unnamed = [c for c in classes if c not in names]
     if unnamed:
-        warn(f"--category-names {mapping_file} has no name for {len(unnamed)} class(es) "
-             f"({', '.join(unnamed[:5])}{', ...' if len(unnamed) > 5 else ''}); their class names are shown")
+        warn(
+            f"--category-names {mapping_file} has no name for {len(unnamed)} class(es) "
+            f"({', '.join(unnamed[:5])}{', ...' if len(unnamed) > 5 else ''}); their class names are shown"
+        )
     return names
 
 
-def predict(predictor: Any, files: Sequence[str], top_k: int, batch_size: int,
-            min_confidence: float | None = None) -> Iterator[tuple[Prediction, Any]]:
+def predict(
+    predictor: Any, files: Sequence[str], top_k: int, batch_size: int, min_confidence: float | None = None
+) -> Iterator[tuple[Prediction, Any]]:
     """Yield each file's :class:`Prediction` (in order) with its decoded image (None when unreadable).
     Files are decoded in threads (Pillow releases the GIL) and classified a batch at a time."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
+            chunk = files[start : start + batch_size]
             images = list(pool.map(_try_load, [predictor] * len(chunk), chunk))
             good = [image for image in images if not isinstance(image, str)]
             probs = iter(predictor.probabilities(good) if good else [])
@@ -213,15 +268,21 @@ def load_predictor(args: argparse.Namespace) -> Any:
     if args.model is None:
         from imgclf.inference import Predictor
 
-        return Predictor.load(checkpoint_path(args), device=args.device, tta=args.tta or "none",
-                              max_pixels=args.max_pixels or PREDICT_MAX_PIXELS)
+        return Predictor.load(
+            checkpoint_path(args),
+            device=args.device,
+            tta=args.tta or "none",
+            max_pixels=args.max_pixels or PREDICT_MAX_PIXELS,
+        )
     from imgclf.deploy.onnx_predictor import OnnxPredictor
 
     predictor = OnnxPredictor.load(args.model, max_pixels=args.max_pixels, device=args.device)
     if args.tta is not None and args.tta != predictor.tta:
-        raise ImgclfError(f"--tta {args.tta}: {args.model} was exported with test-time augmentation "
-                          f"{predictor.tta!r}, which is part of the model; export it again with "
-                          f"imgclf-export --tta {args.tta}, or leave --tta out")
+        raise ImgclfError(
+            f"--tta {args.tta}: {args.model} was exported with test-time augmentation "
+            f"{predictor.tta!r}, which is part of the model; export it again with "
+            f"imgclf-export --tta {args.tta}, or leave --tta out"
+        )
     return predictor
 
 
@@ -237,6 +298,7 @@ def _try_load(predictor: Any, path: str) -> Any:
 
 def table(predictions: Sequence[Prediction], names: dict[str, str], min_confidence: float | None) -> str:
     """The terminal table: file, prediction, confidence, the other top-k classes."""
+
     def cells(p: Prediction) -> list[str]:
         if p.error is not None:
             return [shown(p.path), "ERROR", "", p.error]
@@ -246,8 +308,7 @@ def table(predictions: Sequence[Prediction], names: dict[str, str], min_confiden
 
     rows = [["file", "prediction", "confidence", "next"]] + [cells(p) for p in predictions]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=False)) + "  " + r[3]
-                     for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=False)) + "  " + r[3] for r in rows)
 
 
 def to_csv(predictions: Sequence[Prediction], names: dict[str, str], top_k: int) -> str:
@@ -259,18 +320,33 @@ def to_csv(predictions: Sequence[Prediction], names: dict[str, str], top_k: int)
         if p.error is not None:
             return [shown(p.path)] + [""] * (len(header) - 2) + [p.error]
         top = [cell for c, v in p.top for cell in (c, f"{v:.6f}")]
-        return [shown(p.path), p.label, names.get(p.label, p.label), f"{p.confidence:.6f}",
-                str(p.low_confidence).lower(), *top, ""]
+        return [
+            shown(p.path),
+            p.label,
+            names.get(p.label, p.label),
+            f"{p.confidence:.6f}",
+            str(p.low_confidence).lower(),
+            *top,
+            "",
+        ]
 
     return csv_text(header, map(row, predictions))
 
 
 def to_json(predictions: Sequence[Prediction], names: dict[str, str], checkpoint: Path) -> str:
     """``{"checkpoint": ..., "predictions": [{path, pred, name, confidence, low_confidence, top_k, error}]}``."""
-    records = [{"path": shown(p.path), "pred": p.label, "name": names.get(p.label, p.label) if p.label else None,
-                "confidence": p.confidence, "low_confidence": p.low_confidence,
-                "top_k": [{"class": c, "name": names.get(c, c), "probability": v} for c, v in p.top],
-                "error": p.error} for p in predictions]
+    records = [
+        {
+            "path": shown(p.path),
+            "pred": p.label,
+            "name": names.get(p.label, p.label) if p.label else None,
+            "confidence": p.confidence,
+            "low_confidence": p.low_confidence,
+            "top_k": [{"class": c, "name": names.get(c, c), "probability": v} for c, v in p.top],
+            "error": p.error,
+        }
+        for p in predictions
+    ]
     return json.dumps({"checkpoint": str(checkpoint), "predictions": records}, indent=2) + "\n"
 
 
@@ -289,21 +365,33 @@ def plot(pages: Sequence[Sequence[tuple[Prediction, Any]]], names: dict[str, str
     return written
 
 
-def write_outputs(args: argparse.Namespace, predictor: Any, predictions: Sequence[Prediction],
-                  pages: Sequence[Sequence[tuple[Prediction, Any]]], names: dict[str, str], top_k: int) -> int | None:
+def write_outputs(
+    args: argparse.Namespace,
+    predictor: Any,
+    predictions: Sequence[Prediction],
+    pages: Sequence[Sequence[tuple[Prediction, Any]]],
+    names: dict[str, str],
+    top_k: int,
+) -> int | None:
     """Write ``--output`` and ``--plot``; the exit status when one cannot be written (after saying why), else None."""
     try:
         if args.output is not None:
-            text = (to_json(predictions, names, predictor.checkpoint) if args.output.suffix.lower() == ".json"
-                    else to_csv(predictions, names, top_k))
+            text = (
+                to_json(predictions, names, predictor.checkpoint)
+                if args.output.suffix.lower() == ".json"
+                else to_csv(predictions, names, top_k)
+            )
             write_text_atomic(args.output, text)
             print(f"wrote {args.output}", file=sys.stderr)
         if args.plot is not None and pages[0]:
             args.plot.parent.mkdir(parents=True, exist_ok=True)
             print(f"wrote {', '.join(map(str, plot(pages, names, args.plot)))}", file=sys.stderr)
     except ModuleNotFoundError as exc:  # a torch-free install running --model: the figures need matplotlib, torch
-        print(f"predict.py: error: --plot needs the package {exc.name!r} (the test report's figure code), which is "
-              "not installed; leave --plot out or install imgclf with its training dependencies", file=sys.stderr)
+        print(
+            f"predict.py: error: --plot needs the package {exc.name!r} (the test report's figure code), which is "
+            "not installed; leave --plot out or install imgclf with its training dependencies",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except OSError as exc:
         print(f"predict.py: error: cannot write {exc.filename or args.output}: {exc.strerror or exc}", file=sys.stderr)

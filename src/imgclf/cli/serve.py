@@ -28,21 +28,22 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
 from imgclf.cli.common import add_experiments_dir, add_version
 from imgclf.cli.experiments import best_checkpoint
 from imgclf.cli.paths import user_path
+from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
 from imgclf.errors import ImgclfError
 
 log = logging.getLogger("imgclf.serve")
-DEFAULT_HOST = "127.0.0.1"   # reachable from this machine only; --host 0.0.0.0 opens it to the network
+DEFAULT_HOST = "127.0.0.1"  # reachable from this machine only; --host 0.0.0.0 opens it to the network
 EXIT_START, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 MB = 1024 * 1024
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="imgclf-serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="imgclf-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--experiment", metavar="NAME", help="serve <experiments-dir>/NAME/best.pt")
     source.add_argument("--model", type=user_path, metavar="FILE", help="a checkpoint (.pt) or an ONNX export (.onnx)")
@@ -50,26 +51,61 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free one)")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image (default 5)")
-    parser.add_argument("--min-confidence", type=float, default=None, metavar="P",
-                        help="flag predictions whose probability is below P (0..1)")
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        metavar="P",
+        help="flag predictions whose probability is below P (0..1)",
+    )
     parser.add_argument("--max-upload-mb", type=float, default=10, metavar="M", help="largest file (default 10 MB)")
-    parser.add_argument("--max-request-mb", type=float, default=None, metavar="M",
-                        help="largest request body (default: 3 x --max-upload-mb, at least 32 MB)")
+    parser.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=None,
+        metavar="M",
+        help="largest request body (default: 3 x --max-upload-mb, at least 32 MB)",
+    )
     parser.add_argument("--max-files", type=int, default=16, metavar="N", help="files per request (default 16)")
-    parser.add_argument("--max-pixels", type=int, default=PREDICT_MAX_PIXELS, metavar="N",
-                        help=f"refuse images that would decode to more pixels (default {PREDICT_MAX_PIXELS:_})")
-    parser.add_argument("--max-active", type=int, default=4, metavar="N",
-                        help="requests decoded and classified at once, once their bodies are in; the others "
-                             "wait (default 4)")
-    parser.add_argument("--body-timeout", type=float, default=120, metavar="S",
-                        help="seconds a request's whole body may take to arrive; slower: 408 (default 120)")
-    parser.add_argument("--min-body-rate", type=float, default=8, metavar="KB",
-                        help="KB/s a body must average after --body-grace; slower: 408 (default 8; 0: no rate)")
-    parser.add_argument("--body-grace", type=float, default=10, metavar="S",
-                        help="seconds before --min-body-rate counts (default 10)")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=PREDICT_MAX_PIXELS,
+        metavar="N",
+        help=f"refuse images that would decode to more pixels (default {PREDICT_MAX_PIXELS:_})",
+    )
+    parser.add_argument(
+        "--max-active",
+        type=int,
+        default=4,
+        metavar="N",
+        help="requests decoded and classified at once, once their bodies are in; the others wait (default 4)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=120,
+        metavar="S",
+        help="seconds a request's whole body may take to arrive; slower: 408 (default 120)",
+    )
+    parser.add_argument(
+        "--min-body-rate",
+        type=float,
+        default=8,
+        metavar="KB",
+        help="KB/s a body must average after --body-grace; slower: 408 (default 8; 0: no rate)",
+    )
+    parser.add_argument(
+        "--body-grace", type=float, default=10, metavar="S", help="seconds before --min-body-rate counts (default 10)"
+    )
     parser.add_argument("--max-batch", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
-    parser.add_argument("--max-connections", type=int, default=64, metavar="N",
-                        help="open connections; more are answered 503 (default 64)")
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=64,
+        metavar="N",
+        help="open connections; more are answered 503 (default 64)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_version(parser)
@@ -107,11 +143,13 @@ def settings_of(args: argparse.Namespace):  # -> imgclf.serve.app.Settings (impo
     from imgclf.serve.uploads import Limits
 
     request_mb = args.max_request_mb if args.max_request_mb is not None else max(32.0, 3 * args.max_upload_mb)
-    limits = Limits(max_file_bytes=int(args.max_upload_mb * MB), max_request_bytes=int(request_mb * MB),
-                    max_files=args.max_files)
+    limits = Limits(
+        max_file_bytes=int(args.max_upload_mb * MB), max_request_bytes=int(request_mb * MB), max_files=args.max_files
+    )
     pace = Pace(timeout=args.body_timeout, min_rate=args.min_body_rate * 1024, grace=args.body_grace)
-    return Settings(top_k=args.top_k, min_confidence=args.min_confidence, limits=limits, max_active=args.max_active,
-                    pace=pace)
+    return Settings(
+        top_k=args.top_k, min_confidence=args.min_confidence, limits=limits, max_active=args.max_active, pace=pace
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,8 +169,11 @@ def _serve(args: argparse.Namespace) -> int:
         from imgclf.serve.model import load_predictor, model_card
         from imgclf.serve.worker import ModelWorker
     except ImportError as exc:
-        print(f"imgclf-serve: error: {exc.name or exc} is not installed; install the web app's packages with "
-              "pip install -e '.[deploy]'", file=sys.stderr)
+        print(
+            f"imgclf-serve: error: {exc.name or exc} is not installed; install the web app's packages with "
+            "pip install -e '.[deploy]'",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     try:
         path = model_path(args)
@@ -142,13 +183,26 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"imgclf-serve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if not _loopback(args.host):
-        log.warning("listening on %s: anyone who can reach this machine can use the model (there is no "
-                    "authentication); use the default --host %s to keep it local", args.host, DEFAULT_HOST)
+        log.warning(
+            "listening on %s: anyone who can reach this machine can use the model (there is no "
+            "authentication); use the default --host %s to keep it local",
+            args.host,
+            DEFAULT_HOST,
+        )
     worker = ModelWorker(predictor, max_batch=args.max_batch, queue_size=args.max_active * args.max_files)
     app = create_app(worker, card, settings_of(args))
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           limit_concurrency=args.max_connections, timeout_keep_alive=5,
-                                           server_header=False, timeout_graceful_shutdown=5))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            limit_concurrency=args.max_connections,
+            timeout_keep_alive=5,
+            server_header=False,
+            timeout_graceful_shutdown=5,
+        )
+    )
     with _stop_signals(server) as received:
         server.run()  # returns on Ctrl-C / SIGTERM after a graceful shutdown; exits 1 itself if it cannot bind
     if received:

@@ -1,6 +1,6 @@
 """imgclf-split: class-stratified, seeded train/val/test manifests for an image folder.
 
-    imgclf-split /path/to/photos --out data/my_splits [--val 0.15] [--test 0.15] [--seed 0] [--format csv|json]
+imgclf-split /path/to/photos --out data/my_splits [--val 0.15] [--test 0.15] [--seed 0] [--format csv|json]
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.root.expanduser().resolve()
     try:
-        splits = FolderSource(str(root), val_fraction=args.val, test_fraction=args.test,
-                              split_seed=args.seed).scan()
+        splits = FolderSource(str(root), val_fraction=args.val, test_fraction=args.test, split_seed=args.seed).scan()
     except ImgclfError as exc:
         print(f"imgclf-split: {exc}", file=sys.stderr)
         return 1

@@ -30,9 +30,12 @@ Generator = torch.Generator | None  # None: torch's global random generator
 BatchOp = Callable[[torch.Tensor, Generator], torch.Tensor]
 
 
-def inverse_affine(angle: np.ndarray, translate: tuple[np.ndarray, np.ndarray] = (0.0, 0.0),
-                   shear: tuple[np.ndarray, np.ndarray] = (0.0, 0.0),
-                   center: tuple[np.ndarray, np.ndarray] = (0.0, 0.0)) -> np.ndarray:
+def inverse_affine(
+    angle: np.ndarray,
+    translate: tuple[np.ndarray, np.ndarray] = (0.0, 0.0),
+    shear: tuple[np.ndarray, np.ndarray] = (0.0, 0.0),
+    center: tuple[np.ndarray, np.ndarray] = (0.0, 0.0),
+) -> np.ndarray:
     """(B, 6) maps from output to source pixels for torchvision's affine(angle, translate, scale=1,
     shear) about ``center`` (offset from the image centre), in image-centred coordinates."""
     rot = np.radians(np.asarray(angle, dtype=np.float64))
@@ -110,8 +113,9 @@ class Warp:
 
     def takes(self, op: Any) -> bool:
         """Whether ``op`` can join this resampling (a flip, or a first rotation)."""
-        return isinstance(op, Flip) or (isinstance(op, Rotation)
-                                        and not any(isinstance(p, Rotation) for p in self.parts))
+        return isinstance(op, Flip) or (
+            isinstance(op, Rotation) and not any(isinstance(p, Rotation) for p in self.parts)
+        )
 
     def __call__(self, images: torch.Tensor, g: Generator = None) -> torch.Tensor:
         total = _identities(len(images))
@@ -169,8 +173,9 @@ class TrivialAugmentWide:
 
     def __init__(self, num_bins: int, fill: Sequence[int]) -> None:
         self.num_bins, self.fill = num_bins, fill
-        self.magnitudes = {name: (fn(num_bins).double().numpy() if fn else None, signed)
-                           for name, (fn, signed) in _WIDE.items()}
+        self.magnitudes = {
+            name: (fn(num_bins).double().numpy() if fn else None, signed) for name, (fn, signed) in _WIDE.items()
+        }
 
     def draw(self, n: int, g: Generator = None) -> tuple[np.ndarray, np.ndarray]:
         """Each image's operation index (into NAMES) and signed magnitude."""
@@ -218,11 +223,15 @@ class TrivialAugmentWide:
         top-left corner, as in torchvision (a centre does not change a translation's map)."""
         shear = np.degrees(np.arctan(m))
         sheared = np.isin(names, ("ShearX", "ShearY"))
-        return inverse_affine(-np.where(names == "Rotate", m, 0.0),
-                              translate=(np.where(names == "TranslateX", np.trunc(m), 0.0),
-                                         np.where(names == "TranslateY", np.trunc(m), 0.0)),
-                              shear=(np.where(names == "ShearX", shear, 0.0), np.where(names == "ShearY", shear, 0.0)),
-                              center=(np.where(sheared, -width * 0.5, 0.0), np.where(sheared, -height * 0.5, 0.0)))
+        return inverse_affine(
+            -np.where(names == "Rotate", m, 0.0),
+            translate=(
+                np.where(names == "TranslateX", np.trunc(m), 0.0),
+                np.where(names == "TranslateY", np.trunc(m), 0.0),
+            ),
+            shear=(np.where(names == "ShearX", shear, 0.0), np.where(names == "ShearY", shear, 0.0)),
+            center=(np.where(sheared, -width * 0.5, 0.0), np.where(sheared, -height * 0.5, 0.0)),
+        )
 
 
 def _sharpen(images: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
@@ -254,14 +263,17 @@ class Crop:
         if self.padding:
             left, top, right, bottom = self.padding
             pad = (left, right, top, bottom)
-            images = (torch.nn.functional.pad(images, pad, mode="constant", value=self.fill)
-                      if self.mode == "constant" else torch.nn.functional.pad(images, pad, mode=self.mode))
+            images = (
+                torch.nn.functional.pad(images, pad, mode="constant", value=self.fill)
+                if self.mode == "constant"
+                else torch.nn.functional.pad(images, pad, mode=self.mode)
+            )
         (h, w), (height, width) = self.size, images.shape[-2:]
         if height < h or width < w:
             raise ValueError(f"RandomCrop size {self.size} is larger than the (padded) image ({height}, {width})")
         tops = torch.randint(0, height - h + 1, (len(images),), generator=g).tolist()
         lefts = torch.randint(0, width - w + 1, (len(images),), generator=g).tolist()
-        return torch.stack([img[:, t:t + h, x:x + w] for img, t, x in zip(images, tops, lefts, strict=True)])
+        return torch.stack([img[:, t : t + h, x : x + w] for img, t, x in zip(images, tops, lefts, strict=True)])
 
 
 class ResizedCrop:
@@ -297,9 +309,18 @@ class ResizedCrop:
 
     def __call__(self, images: torch.Tensor, g: Generator = None) -> torch.Tensor:
         height, width = images.shape[-2:]
-        return torch.stack([F.resized_crop(img, *self.window(height, width, g), size=self.size,
-                                           interpolation=self.interpolation, antialias=self.antialias)
-                            for img in images])
+        return torch.stack(
+            [
+                F.resized_crop(
+                    img,
+                    *self.window(height, width, g),
+                    size=self.size,
+                    interpolation=self.interpolation,
+                    antialias=self.antialias,
+                )
+                for img in images
+            ]
+        )
 
 
 class Whole:
@@ -383,4 +404,3 @@ def batch_transform(transform: Any) -> tuple[BatchOp | None, str | None]:
         else:
             ops.append(Warp([op]) if isinstance(op, (Flip, Rotation)) else op)
     return Sequential(ops), None
-

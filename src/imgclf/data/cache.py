@@ -28,20 +28,22 @@ import os
 import shutil
 import tempfile
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Sequence
+from typing import IO, Any
 
 import numpy as np
 import torch
-from imgclf.progress import progress
 
 from imgclf.atomic import remove_orphan_temps, write_atomic, write_text_atomic
+
 # decode_bytes lives in images.py (torch-free, shared with the ONNX predictor); imported from here too
 from imgclf.data.images import RESIZE_MODES, decode_bytes
 from imgclf.errors import DataError
 from imgclf.filenames import shown
+from imgclf.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,8 @@ class FileReport:
 
     paths: list[str]
     errors: dict[int, str]
-    sizes: list[list[int] | None]     # original width, height
-    digests: list[str | None]         # SHA-1 of the file's bytes
+    sizes: list[list[int] | None]  # original width, height
+    digests: list[str | None]  # SHA-1 of the file's bytes
 
     def good(self) -> list[int]:
         return [i for i in range(len(self.paths)) if i not in self.errors]
@@ -108,8 +110,9 @@ class DecodeCache:
         progress: show progress bars.
     """
 
-    def __init__(self, folder: str | Path | None, mode: str = "disk", workers: int | None = None,
-                 progress: bool = True) -> None:
+    def __init__(
+        self, folder: str | Path | None, mode: str = "disk", workers: int | None = None, progress: bool = True
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"cache mode must be one of {MODES}, got {mode!r}")
         self.folder = Path(folder).expanduser() if folder is not None else None
@@ -118,8 +121,9 @@ class DecodeCache:
         self.progress = progress
         self._writable = False  # the disk cache's folder was found writable
 
-    def load(self, paths: Sequence[str], image_size: int | None, desc: str = "decode", resize: str = "squash"
-             ) -> tuple[torch.Tensor | None, FileReport]:
+    def load(
+        self, paths: Sequence[str], image_size: int | None, desc: str = "decode", resize: str = "squash"
+    ) -> tuple[torch.Tensor | None, FileReport]:
         """Images (N, size, size, 3) uint8 (None when mode is none), each fitted to the square by ``resize``
         (:data:`~imgclf.data.images.RESIZE_MODES`), and the report for ``paths``.
 
@@ -152,8 +156,9 @@ class DecodeCache:
             self._write_report(key, report)
         return images, report
 
-    def _scan(self, paths: list[str], image_size: int | None, resize: str, array_path: Path | None, desc: str
-              ) -> tuple[torch.Tensor | None, FileReport]:
+    def _scan(
+        self, paths: list[str], image_size: int | None, resize: str, array_path: Path | None, desc: str
+    ) -> tuple[torch.Tensor | None, FileReport]:
         n = len(paths)
         report = FileReport(paths, {}, [None] * n, [None] * n)
 
@@ -173,8 +178,9 @@ class DecodeCache:
 
         pool = ThreadPoolExecutor(self.workers)
         try:  # decoded in parallel, consumed in order by the main thread
-            rows = progress(pool.map(work, range(n)), total=n, desc=desc, unit="img",
-                            enabled=self.progress and n >= 200)
+            rows = progress(
+                pool.map(work, range(n)), total=n, desc=desc, unit="img", enabled=self.progress and n >= 200
+            )
             if image_size is None:
                 for _ in rows:
                     pass
@@ -219,7 +225,8 @@ class DecodeCache:
             raise DataError(
                 f"{self.folder}: the decoded-image cache (paths.cache) cannot be written there "
                 f"({exc.strerror or exc}). Set paths.cache=<a folder you can write>, or loader.cache=memory to keep "
-                "the decoded images in memory (loader.cache=none: decode them as they are used)") from exc
+                "the decoded images in memory (loader.cache=none: decode them as they are used)"
+            ) from exc
         self._writable = True
 
     def _array_path(self, key: str, image_size: int | None, resize: str) -> Path:
@@ -372,9 +379,11 @@ def free_space(folder: Path) -> int | None:
 def disk_error(folder: Path, needed: int, cause: str) -> DataError:
     free = free_space(folder)
     room = f"{human(free)} free" if free is not None else "free space unknown"
-    return DataError(f"{folder}: cannot write the decoded-image cache: {cause} ({human(needed)} needed, {room}). "
-                     "Free some space there, point paths.cache at a disk with room, or set loader.cache=memory "
-                     "to keep the decoded images in memory instead")
+    return DataError(
+        f"{folder}: cannot write the decoded-image cache: {cause} ({human(needed)} needed, {room}). "
+        "Free some space there, point paths.cache at a disk with room, or set loader.cache=memory "
+        "to keep the decoded images in memory instead"
+    )
 
 
 def human(count: int) -> str:
@@ -415,13 +424,19 @@ def parse_report(text: str, paths: list[str]) -> FileReport:
     if raw["sha256"] != report_digest(body):
         raise ValueError("does not match its checksum (damaged or edited)")
     try:
-        report = FileReport(body["paths"], {int(k): v for k, v in body["errors"].items()}, body["sizes"],
-                            body["digests"])
+        report = FileReport(
+            body["paths"], {int(k): v for k, v in body["errors"].items()}, body["sizes"], body["digests"]
+        )
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"is not a file report ({exc!r})") from None
     n = len(paths)
-    if report.paths != paths or len(report.sizes) != n or len(report.digests) != n or \
-            any(not 0 <= i < n for i in report.errors):
-        raise ValueError(f"describes {len(report.paths)} file(s) ({len(report.digests)} digests), "
-                         f"not the {n} being loaded")
+    if (
+        report.paths != paths
+        or len(report.sizes) != n
+        or len(report.digests) != n
+        or any(not 0 <= i < n for i in report.errors)
+    ):
+        raise ValueError(
+            f"describes {len(report.paths)} file(s) ({len(report.digests)} digests), not the {n} being loaded"
+        )
     return report

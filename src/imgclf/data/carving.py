@@ -9,8 +9,9 @@ Sample = tuple[str, int]
 SHOWN = 5
 
 
-def shortfalls(pool: list[Sample], carved: dict[str, list[Sample]], fractions: dict[str, float],
-               classes: list[str], pool_name: str) -> dict[str, str]:
+def shortfalls(
+    pool: list[Sample], carved: dict[str, list[Sample]], fractions: dict[str, float], classes: list[str], pool_name: str
+) -> dict[str, str]:
     """A note for each split of ``carved`` (cut from ``pool``, the ``pool_name`` folder, by ``fractions``)
     that a fraction above 0 left without an image of some class; {} when every class got one."""
     totals = Counter(label for _, label in pool)

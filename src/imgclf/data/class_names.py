@@ -59,16 +59,20 @@ def check_distinct(names: list[str], folder: Path) -> None:
     cases = [g for g in clashes if g not in forms]
     problems = []
     if forms:
-        problems.append("differ only in Unicode normal form (they look the same, but are different folders): "
-                        + "; ".join(" vs ".join(f"{spelled(n)} ({normal_form(n)})" for n in g) for g in forms))
+        problems.append(
+            "differ only in Unicode normal form (they look the same, but are different folders): "
+            + "; ".join(" vs ".join(f"{spelled(n)} ({normal_form(n)})" for n in g) for g in forms)
+        )
     if cases:
         problems.append(f"differ only by case: {cases}")
-    raise DataError(f"class folders in {folder} " + " and ".join(problems) + "; rename or merge them into one "
-                    "folder per class")
+    raise DataError(
+        f"class folders in {folder} " + " and ".join(problems) + "; rename or merge them into one folder per class"
+    )
 
 
-def match(names: list[str], classes: list[str], where: str, kind: str = "train class"
-          ) -> tuple[dict[str, int], list[str]]:
+def match(
+    names: list[str], classes: list[str], where: str, kind: str = "train class"
+) -> tuple[dict[str, int], list[str]]:
     """Each of ``names`` (class folders found in ``where``) that is one of ``classes`` -> its index in
     ``classes``, matched exactly or after NFC normalisation (with a warning); and the names that are not
     a class, each followed by the reason when it is a near miss (only by case)."""
@@ -83,12 +87,21 @@ def match(names: list[str], classes: list[str], where: str, kind: str = "train c
         elif nfc(name) in by_form:
             index[name] = by_form[nfc(name)]
             known = classes[index[name]]
-            log.warning("class folder %s in %s is the %s %s written in another Unicode normal form (%s, as "
-                        "macOS writes names, vs %s): used as that class", spelled(name), where, kind, spelled(known),
-                        normal_form(name), normal_form(known))
+            log.warning(
+                "class folder %s in %s is the %s %s written in another Unicode normal form (%s, as "
+                "macOS writes names, vs %s): used as that class",
+                spelled(name),
+                where,
+                kind,
+                spelled(known),
+                normal_form(name),
+                normal_form(known),
+            )
         elif nfc(name).casefold() in by_case:
-            unknown.append(f"{spelled(name)} differs from the {kind} {spelled(by_case[nfc(name).casefold()])} "
-                           "only by case: rename the folder")
+            unknown.append(
+                f"{spelled(name)} differs from the {kind} {spelled(by_case[nfc(name).casefold()])} "
+                "only by case: rename the folder"
+            )
         else:
             unknown.append(spelled(name))
     return index, unknown
@@ -116,16 +129,19 @@ def keyed_names(mapping: dict[str, str], classes: list[str], keys: str, what: st
     elif keys == "index":
         if not indices:
             bad = [k for k in mapping if not (k.isascii() and k.isdigit() and int(k) < len(classes))]
-            raise DataError(f"{what}: read by index, but the keys {bad[:5]} are not class indices "
-                            f"0..{len(classes) - 1}")
+            raise DataError(
+                f"{what}: read by index, but the keys {bad[:5]} are not class indices 0..{len(classes) - 1}"
+            )
         chosen = by_index
     elif by_name and by_index and by_name != by_index:
         differ = [k for k in sorted(mapping, key=int) if classes[int(k)] != k]  # not empty: the readings differ
         key = next((k for k in differ if k in by_name), differ[0])
         by_name_is = f"class '{key}'" if key in by_name else "no class"
-        raise DataError(f"{what}: its keys are class names and class indices at once, and the two readings differ "
-                        f"(key '{key}' is {by_name_is} by name, class '{classes[int(key)]}' by index in the class order "
-                        f"{shown}); say which with --category-keys name or --category-keys index")
+        raise DataError(
+            f"{what}: its keys are class names and class indices at once, and the two readings differ "
+            f"(key '{key}' is {by_name_is} by name, class '{classes[int(key)]}' by index in the class order "
+            f"{shown}); say which with --category-keys name or --category-keys index"
+        )
     else:
         chosen = by_name or by_index
     if not chosen:

@@ -53,11 +53,13 @@ def failure_message(failure: SampleFailure, split: str, epoch: int | None) -> st
     """What failed, where and when, and what to do (the message of a :class:`SampleError`)."""
     when = f" in epoch {epoch}" if epoch is not None else ""
     reason = failure.reason.removesuffix("; remove or replace the file")  # said below
-    return (f"[{split or 'data'}] sample {failure.index} ({failure.path}) could not be loaded{when}: {reason}. "
-            "It was readable when the run checked its files, so it changed, vanished or was cut since (with "
-            "loader.cache=none every epoch reads it again). Fix or remove the file, or set dataset.bad_files=skip "
-            "to leave such samples out; then run the same command again (training resumes from the experiment's "
-            "last.pt, the last finished epoch, when one was written)")
+    return (
+        f"[{split or 'data'}] sample {failure.index} ({failure.path}) could not be loaded{when}: {reason}. "
+        "It was readable when the run checked its files, so it changed, vanished or was cut since (with "
+        "loader.cache=none every epoch reads it again). Fix or remove the file, or set dataset.bad_files=skip "
+        "to leave such samples out; then run the same command again (training resumes from the experiment's "
+        "last.pt, the last finished epoch, when one was written)"
+    )
 
 
 class _Served(Dataset):
@@ -69,8 +71,15 @@ class _Served(Dataset):
     the transform on its own, as a Pillow image.
     """
 
-    def __init__(self, labels: Sequence[int], transform: Transform | None, batched: bool, *, split: str = "",
-                 bad_files: str = "stop") -> None:
+    def __init__(
+        self,
+        labels: Sequence[int],
+        transform: Transform | None,
+        batched: bool,
+        *,
+        split: str = "",
+        bad_files: str = "stop",
+    ) -> None:
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
         self.transform = transform
         self.batch_op, self.why_per_image = batch_transform(transform) if batched else (None, "batched=False")
@@ -144,9 +153,17 @@ class DecodedImages(_Served):
         split, bad_files: as for :class:`LazyImages` (decoded images cannot fail to load).
     """
 
-    def __init__(self, images: torch.Tensor | np.ndarray, labels: Sequence[int], transform: Transform | None = None,
-                 rows: Sequence[int] | None = None, batched: bool = True, *, split: str = "",
-                 bad_files: str = "stop") -> None:
+    def __init__(
+        self,
+        images: torch.Tensor | np.ndarray,
+        labels: Sequence[int],
+        transform: Transform | None = None,
+        rows: Sequence[int] | None = None,
+        batched: bool = True,
+        *,
+        split: str = "",
+        bad_files: str = "stop",
+    ) -> None:
         super().__init__(labels, transform, batched, split=split, bad_files=bad_files)
         self.images = images.numpy() if isinstance(images, torch.Tensor) else images
         self.rows = np.asarray(rows if rows is not None else range(len(self.labels)), dtype=np.int64)
@@ -169,9 +186,18 @@ class LazyImages(_Served):
         bad_files: what a loader does with a sample that fails to load: ``stop`` or ``skip`` (drop it).
     """
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int], image_size: int,
-                 transform: Transform | None = None, batched: bool = True, resize: str = "squash", *,
-                 split: str = "", bad_files: str = "stop") -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: Sequence[int],
+        image_size: int,
+        transform: Transform | None = None,
+        batched: bool = True,
+        resize: str = "squash",
+        *,
+        split: str = "",
+        bad_files: str = "stop",
+    ) -> None:
         super().__init__(labels, transform, batched, split=split, bad_files=bad_files)
         self.paths = list(paths)
         self.image_size = image_size
@@ -202,8 +228,9 @@ class BatchLoader:
     whatever the thread count, and a run resumed mid-epoch sees what it would have seen.
     """
 
-    def __init__(self, dataset: _Served, batch_sampler: EpochBatchSampler, *, threads: int = 0,
-                 pin_memory: bool = False) -> None:
+    def __init__(
+        self, dataset: _Served, batch_sampler: EpochBatchSampler, *, threads: int = 0, pin_memory: bool = False
+    ) -> None:
         self.dataset, self.batch_sampler = dataset, batch_sampler
         self.threads, self.pin_memory = threads, pin_memory
 
@@ -244,8 +271,9 @@ class BatchLoader:
                     future.cancel()
 
 
-def collate(items: list[Sample | SampleFailure]) -> tuple[torch.Tensor | None, torch.Tensor | None,
-                                                         list[SampleFailure]]:
+def collate(
+    items: list[Sample | SampleFailure],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, list[SampleFailure]]:
     """A batch of the samples that loaded (None, None when none did) and the failures, for the main process."""
     failed = [item for item in items if isinstance(item, SampleFailure)]
     good = [item for item in items if not isinstance(item, SampleFailure)]
@@ -299,10 +327,17 @@ class EpochLoader(DataLoader):
             yield images, labels
         if self.dropped.samples:
             first = self.dropped.first[0]
-            log.warning("epoch %d: %d %s sample(s) could not be loaded and were left out (dataset.bad_files=skip)%s, "
-                        "e.g. sample %d (%s): %s", epoch, self.dropped.samples, self.dataset.split or "data",
-                        f"; {self.dropped.batches} batch(es) had no sample left" if self.dropped.batches else "",
-                        first.index, shown(first.path), first.reason)
+            log.warning(
+                "epoch %d: %d %s sample(s) could not be loaded and were left out (dataset.bad_files=skip)%s, "
+                "e.g. sample %d (%s): %s",
+                epoch,
+                self.dropped.samples,
+                self.dataset.split or "data",
+                f"; {self.dropped.batches} batch(es) had no sample left" if self.dropped.batches else "",
+                first.index,
+                shown(first.path),
+                first.reason,
+            )
 
     def _drop(self, failed: list[SampleFailure], epoch: int) -> None:
         dataset = self.dataset
@@ -311,12 +346,17 @@ class EpochLoader(DataLoader):
             raise SampleError(failure_message(failed[0], dataset.split, epoch))
         for failure in failed:
             if failure.index not in dataset.dropped:  # named once per run; every epoch counts it
-                log.warning("[%s] sample %d (%s) could not be loaded in epoch %d and is left out "
-                            "(dataset.bad_files=skip): %s", dataset.split or "data", failure.index, failure.path,
-                            epoch, failure.reason)
+                log.warning(
+                    "[%s] sample %d (%s) could not be loaded in epoch %d and is left out (dataset.bad_files=skip): %s",
+                    dataset.split or "data",
+                    failure.index,
+                    failure.path,
+                    epoch,
+                    failure.reason,
+                )
             dataset.dropped.add(failure.index)
         self.dropped.samples += len(failed)
-        self.dropped.first += failed[:max(0, 3 - len(self.dropped.first))]
+        self.dropped.first += failed[: max(0, 3 - len(self.dropped.first))]
 
     def drop_metrics(self) -> dict[str, float]:
         """``<split>/dropped_samples`` (and ``<split>/dropped_batches``) of the latest pass, when there were any."""
@@ -327,10 +367,20 @@ class EpochLoader(DataLoader):
         return metrics
 
 
-def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                pin_memory: bool = False, weights: Sequence[float] | None = None,
-                timeout: float = 0, empty_batches: bool = False, world_size: int = 1,
-                rank: int = 0) -> EpochLoader | BatchLoader:
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    weights: Sequence[float] | None = None,
+    timeout: float = 0,
+    empty_batches: bool = False,
+    world_size: int = 1,
+    rank: int = 0,
+) -> EpochLoader | BatchLoader:
     """Batches of ``dataset`` in the order of an :class:`EpochBatchSampler`.
 
     Decoded images with a batch augmentation get a :class:`BatchLoader` (``num_workers``
@@ -339,11 +389,19 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int =
     whose samples all failed to load (and were dropped) as an empty one, for the training loop to count.
     ``world_size``, ``rank``: this process's share of the data (see :class:`EpochBatchSampler`).
     """
-    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, weights=weights,
-                                world_size=world_size, rank=rank)
+    sampler = EpochBatchSampler(
+        len(dataset), batch_size, shuffle=shuffle, seed=seed, weights=weights, world_size=world_size, rank=rank
+    )
     if isinstance(dataset, DecodedImages) and dataset.batch_op is not None:
         return BatchLoader(dataset, sampler, threads=num_workers, pin_memory=pin_memory)
-    return EpochLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                       persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
-                       timeout=timeout if num_workers > 0 else 0, empty_batches=empty_batches,
-                       collate_fn=collate if isinstance(dataset, _Served) else None)
+    return EpochLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+        timeout=timeout if num_workers > 0 else 0,
+        empty_batches=empty_batches,
+        collate_fn=collate if isinstance(dataset, _Served) else None,
+    )

@@ -70,7 +70,7 @@ def write_digits(root: str | Path) -> Path:
     for label in range(10):
         idx = rng.permutation(np.flatnonzero(digits.target == label))
         n_val, n_test = (round(len(idx) * FRACTIONS[s]) for s in ("val", "test"))
-        parts = {"val": idx[:n_val], "test": idx[n_val:n_val + n_test], "train": idx[n_val + n_test:]}
+        parts = {"val": idx[:n_val], "test": idx[n_val : n_val + n_test], "train": idx[n_val + n_test :]}
         for split, members in parts.items():
             folder = tmp / split / str(label)
             folder.mkdir(parents=True, exist_ok=True)

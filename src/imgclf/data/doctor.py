@@ -23,10 +23,12 @@ EXAMPLES = 10
 
 def examine(splits: Splits, reports: dict[str, FileReport], *, root: str, bad_files: str = "stop") -> dict[str, Any]:
     """Build the doctor's report for ``splits`` from one pass over their files (``reports``)."""
-    counts = {name: Counter(splits.classes[label] for _, label in splits.samples.get(name, []))
-              for name in SPLITS}
-    bad = [{"split": name, "path": r.paths[i], "reason": reason}
-           for name, r in reports.items() for i, reason in sorted(r.errors.items())]
+    counts = {name: Counter(splits.classes[label] for _, label in splits.samples.get(name, [])) for name in SPLITS}
+    bad = [
+        {"split": name, "path": r.paths[i], "reason": reason}
+        for name, r in reports.items()
+        for i, reason in sorted(r.errors.items())
+    ]
     duplicates, leakage = same_bytes(reports)
     report: dict[str, Any] = {
         "root": root,
@@ -51,15 +53,17 @@ def examine(splits: Splits, reports: dict[str, FileReport], *, root: str, bad_fi
 def diagnose(source: FolderSource, cache: DecodeCache, *, bad_files: str = "stop") -> dict[str, Any]:
     """Scan ``source`` and read every file once (reports are cached by file list)."""
     splits = source.scan()
-    reports = {name: cache.load([p for p, _ in splits.samples.get(name, [])], None, desc=f"check {name}")[1]
-               for name in SPLITS}
+    reports = {
+        name: cache.load([p for p, _ in splits.samples.get(name, [])], None, desc=f"check {name}")[1] for name in SPLITS
+    }
     return examine(splits, reports, root=str(source.root), bad_files=bad_files)
 
 
 def _usable(splits: Splits, reports: dict[str, FileReport], name: str) -> dict[str, int]:
     errors = reports[name].errors if name in reports else {}
-    usable = Counter(splits.classes[label] for i, (_, label) in enumerate(splits.samples.get(name, []))
-                     if i not in errors)
+    usable = Counter(
+        splits.classes[label] for i, (_, label) in enumerate(splits.samples.get(name, [])) if i not in errors
+    )
     return {c: usable[c] for c in splits.classes}
 
 
@@ -79,9 +83,12 @@ def same_bytes(reports: dict[str, FileReport]) -> tuple[list[list[str]], list[li
 def warn_about_leaks(report: dict[str, Any]) -> None:
     """Log the doctor report's leakage loudly: test results would look better than they are."""
     if report["leakage"]:
-        log.warning("%d image(s) appear in more than one split (identical files), e.g. %s; "
-                    "test results will look better than they are", len(report["leakage"]),
-                    " and ".join(report["leakage"][0]))
+        log.warning(
+            "%d image(s) appear in more than one split (identical files), e.g. %s; "
+            "test results will look better than they are",
+            len(report["leakage"]),
+            " and ".join(report["leakage"][0]),
+        )
 
 
 def _sizes(reports: dict[str, FileReport]) -> dict[str, Any]:
@@ -105,8 +112,14 @@ def _blocking(report: dict[str, Any]) -> list[str]:
         if n == 0:
             reasons.append(f"class '{name}' has no usable training image")
     if not sum(report["usable"]["val"].values()):
-        reasons.append("no val image" + (f": {report['carving']['val']}" if report.get("carving", {}).get("val")
-                                         else " (training needs a val/ folder or dataset.val_fraction > 0)"))
+        reasons.append(
+            "no val image"
+            + (
+                f": {report['carving']['val']}"
+                if report.get("carving", {}).get("val")
+                else " (training needs a val/ folder or dataset.val_fraction > 0)"
+            )
+        )
     return reasons
 
 
@@ -114,19 +127,24 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as a plain-text table and lists."""
     classes = report["classes"]
     width = max([len(c) for c in classes] + [5])
-    lines = [f"dataset {report['root']} ({report['layout']}), {len(classes)} classes",
-             f"{'class':{width}}  {'train':>7} {'val':>7} {'test':>7}"]
+    lines = [
+        f"dataset {report['root']} ({report['layout']}), {len(classes)} classes",
+        f"{'class':{width}}  {'train':>7} {'val':>7} {'test':>7}",
+    ]
     for name in classes + ["total"]:
         row = [sum(report["counts"][s].values()) if name == "total" else report["counts"][s][name] for s in SPLITS]
         lines.append(f"{name:{width}}  {row[0]:7d} {row[1]:7d} {row[2]:7d}")
     sizes = report["image_sizes"]
     if sizes:
-        lines.append(f"image sizes (w x h): min {sizes['width']['min']}x{sizes['height']['min']}, median "
-                     f"{sizes['width']['median']:g}x{sizes['height']['median']:g}, max {sizes['width']['max']}x"
-                     f"{sizes['height']['max']}; most common "
-                     + ", ".join(f"{w}x{h} ({n})" for w, h, n in sizes["most_common"]))
+        lines.append(
+            f"image sizes (w x h): min {sizes['width']['min']}x{sizes['height']['min']}, median "
+            f"{sizes['width']['median']:g}x{sizes['height']['median']:g}, max {sizes['width']['max']}x"
+            f"{sizes['height']['max']}; most common " + ", ".join(f"{w}x{h} ({n})" for w, h, n in sizes["most_common"])
+        )
     if report["ignored_by_extension"]:
-        lines.append("ignored (not images): " + ", ".join(f"{ext} {n}" for ext, n in report["ignored_by_extension"].items()))
+        lines.append(
+            "ignored (not images): " + ", ".join(f"{ext} {n}" for ext, n in report["ignored_by_extension"].items())
+        )
     _section(lines, "skipped links and special files", report.get("skipped", []))
     _section(lines, "top-level folders not read (no split name)", report.get("unused_folders", []))
     _section(lines, "splits carved without some class", list(report.get("carving", {}).values()))

@@ -68,10 +68,18 @@ class FolderSource:
             project's ``cat_to_name.json``), relative to ``root`` or absolute; None for none.
     """
 
-    def __init__(self, root: str, num_classes: int | None = None,
-                 val_fraction: float = 0.15, test_fraction: float = 0.15, split_seed: int = 0,
-                 bad_files: str = "stop", val_from: str = "train", display_names: str | None = None,
-                 classes: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        num_classes: int | None = None,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 0,
+        bad_files: str = "stop",
+        val_from: str = "train",
+        display_names: str | None = None,
+        classes: list[str] | None = None,
+    ) -> None:
         if val_from not in ("train", "test"):
             raise DataError(f"dataset.val_from={val_from!r}: expected train or test")
         check_fractions(val_fraction, test_fraction)
@@ -94,8 +102,10 @@ class FolderSource:
         index, extra = match(found, self.classes, str(train_dir), kind="class of dataset.classes")
         missing = [c for i, c in enumerate(self.classes) if i not in index.values()]
         if extra or missing:
-            raise DataError(f"dataset.classes does not match the class folders in {train_dir}: folders not in "
-                            f"the list [{', '.join(extra)}], listed classes without a folder {missing}")
+            raise DataError(
+                f"dataset.classes does not match the class folders in {train_dir}: folders not in "
+                f"the list [{', '.join(extra)}], listed classes without a folder {missing}"
+            )
         return self.classes
 
     def scan(self) -> Splits:
@@ -105,29 +115,35 @@ class FolderSource:
         classes = self.class_names()
         notes = WalkNotes()
         held: dict[str, Counter] = {}
-        found = {name: self._scan_split(folder, classes, notes, held if name == "train" else {})
-                 for name, folder in (split_dirs or {"train": self.root}).items()}
+        found = {
+            name: self._scan_split(folder, classes, notes, held if name == "train" else {})
+            for name, folder in (split_dirs or {"train": self.root}).items()
+        }
         _check_non_empty(found["train"], classes, train_dir, held)
         samples = self._carve(found)
         layout = describe_splits(split_dirs) if split_dirs else "class folders, no split"
         _log_notes(notes)
         unused = unused_folders(self.root, split_dirs)
         if unused:
-            log.warning("%s: top-level folder(s) %s are not read: they are no split (split folders are named %s)",
-                        self.root, ", ".join(unused), SPELLED)
+            log.warning(
+                "%s: top-level folder(s) %s are not read: they are no split (split folders are named %s)",
+                self.root,
+                ", ".join(unused),
+                SPELLED,
+            )
         carving = self._shortfalls(found, samples, classes)
         for note in carving.values():
             log.warning("%s", note)
         return Splits(classes, samples, notes.ignored, layout, notes.skipped, unused, carving)
 
-    def _scan_split(self, folder: Path, classes: list[str], notes: WalkNotes,
-                    held: dict[str, Counter]) -> list[Sample]:
+    def _scan_split(self, folder: Path, classes: list[str], notes: WalkNotes, held: dict[str, Counter]) -> list[Sample]:
         """The samples of one split folder; what each class folder held besides images goes to ``held``."""
         names, dirs = _class_dirs(folder)
         index, unknown = match(names, classes, str(folder))
         if unknown:
-            raise DataError(f"{folder} has class folders that are not in the train classes {classes}: "
-                            + "; ".join(unknown))
+            raise DataError(
+                f"{folder} has class folders that are not in the train classes {classes}: " + "; ".join(unknown)
+            )
         for missing in sorted(set(classes) - {classes[i] for i in index.values()}):
             log.warning("%s has no folder for class '%s'", folder, missing)
         reached: dict[str, dict[int, str]] = {}  # real path -> {label: path as reached}, first way in each class
@@ -159,8 +175,9 @@ class FolderSource:
         carved, train = _stratified(found["train"], wanted, random.Random(self.split_seed))
         return {"train": train, **{s: found[s] if s in found else carved[s] for s in ("val", "test")}}
 
-    def _shortfalls(self, found: dict[str, list[Sample]], samples: dict[str, list[Sample]],
-                    classes: list[str]) -> dict[str, str]:
+    def _shortfalls(
+        self, found: dict[str, list[Sample]], samples: dict[str, list[Sample]], classes: list[str]
+    ) -> dict[str, str]:
         """Why a carved split got no image of some class (the fraction's rounding), by split."""
         fractions = {"val": self.val_fraction, "test": self.test_fraction}
         if self.val_from == "test" and "val" not in found:
@@ -182,8 +199,9 @@ class FolderSource:
         return {str(k): str(v) for k, v in names.items()}
 
 
-def _stratified(samples: list[Sample], fractions: dict[str, float],
-                rng: random.Random) -> tuple[dict[str, list[Sample]], list[Sample]]:
+def _stratified(
+    samples: list[Sample], fractions: dict[str, float], rng: random.Random
+) -> tuple[dict[str, list[Sample]], list[Sample]]:
     """Carve ``fractions`` of every class out of ``samples`` (at least one sample stays)."""
     by_class: dict[int, list[Sample]] = {}
     for sample in samples:
@@ -205,9 +223,11 @@ def _stratified(samples: list[Sample], fractions: dict[str, float],
 def check_fractions(val_fraction: float, test_fraction: float) -> None:
     """Refuse fractions that together carve all of train (or more)."""
     if val_fraction + test_fraction >= 1:
-        raise ConfigError(f"dataset.val_fraction={val_fraction:g} + dataset.test_fraction={test_fraction:g} = "
-                          f"{val_fraction + test_fraction:g}, which leaves nothing to train on: their sum must be "
-                          "below 1 (e.g. 0.15 + 0.15)")
+        raise ConfigError(
+            f"dataset.val_fraction={val_fraction:g} + dataset.test_fraction={test_fraction:g} = "
+            f"{val_fraction + test_fraction:g}, which leaves nothing to train on: their sum must be "
+            "below 1 (e.g. 0.15 + 0.15)"
+        )
 
 
 def _class_dirs(folder: Path, at_root: bool = False) -> tuple[list[str], list[Path]]:
@@ -222,17 +242,21 @@ def _class_dirs(folder: Path, at_root: bool = False) -> tuple[list[str], list[Pa
     return names, dirs
 
 
-LAYOUTS = ("ROOT/<class>/<image>                 (val and test are carved from it)\n"
-           "  ROOT/train/<class>/<image>           (+ optional ROOT/val/<class>/..., ROOT/test/<class>/...;\n"
-           "                                       also Train/, training/, valid/, Validation/, dev/, testing/...)")
+LAYOUTS = (
+    "ROOT/<class>/<image>                 (val and test are carved from it)\n"
+    "  ROOT/train/<class>/<image>           (+ optional ROOT/val/<class>/..., ROOT/test/<class>/...;\n"
+    "                                       also Train/, training/, valid/, Validation/, dev/, testing/...)"
+)
 OWN_FOLDER = "python train.py -cn=transfer dataset.root=/path/to/photos"
 SHOWN_ENTRIES = 5
 
 
 def unusable_root(folder: Path, found: str) -> str:
     """The message for a folder that holds no usable layout: what was found, what works, the command."""
-    return (f"{found}\nlayouts that work (one folder per class, named after it):\n  {LAYOUTS}\n"
-            f"for your own photos: {OWN_FOLDER}")
+    return (
+        f"{found}\nlayouts that work (one folder per class, named after it):\n  {LAYOUTS}\n"
+        f"for your own photos: {OWN_FOLDER}"
+    )
 
 
 def describe(path: Path) -> str:
@@ -266,8 +290,11 @@ def _entries(folder: Path) -> str:
         parts.append(f"{len(dirs)} folder(s): {_first(dirs)}")
     if files:
         parts.append(f"{len(files)} file(s){f' ({images} images)' if images else ''}: {_first(files)}")
-    hint = "; images directly in the root have no class: put each class's images in a folder named after it" \
-        if images and not dirs else ""
+    hint = (
+        "; images directly in the root have no class: put each class's images in a folder named after it"
+        if images and not dirs
+        else ""
+    )
     return " and ".join(parts) + hint
 
 
@@ -275,25 +302,32 @@ def _first(names: list[str]) -> str:
     return ", ".join(names[:SHOWN_ENTRIES]) + (", ..." if len(names) > SHOWN_ENTRIES else "")
 
 
-def _in_two_classes(reached: dict[str, dict[int, str]], classes: list[str], policy: str,
-                    notes: WalkNotes) -> set[str]:
+def _in_two_classes(reached: dict[str, dict[int, str]], classes: list[str], policy: str, notes: WalkNotes) -> set[str]:
     """The real paths reached under more than one class (through links), which would be trained with two
     labels: a DataError naming them under ``bad_files=stop``, else left out of every class with a warning."""
     twice = {real: labels for real, labels in reached.items() if len(labels) > 1}
     if not twice:
         return set()
-    named = [" and ".join(f"{_arrow(path, real)} (class '{classes[label]}')" for label, path in sorted(labels.items()))
-             for real, labels in sorted(twice.items())]
+    named = [
+        " and ".join(f"{_arrow(path, real)} (class '{classes[label]}')" for label, path in sorted(labels.items()))
+        for real, labels in sorted(twice.items())
+    ]
     if policy == "stop":
-        shown = "\n  ".join(named[:SHOWN_SKIPPED]) + (f"\n  ... and {len(named) - SHOWN_SKIPPED} more"
-                                                      if len(named) > SHOWN_SKIPPED else "")
-        raise DataError(f"{len(named)} file(s) are reached under two classes (through links), so they would be "
-                        f"trained with two labels:\n  {shown}\nremove one of the links (keep the file in the "
-                        "class it belongs to), or set dataset.bad_files=skip to leave such files out")
+        shown = "\n  ".join(named[:SHOWN_SKIPPED]) + (
+            f"\n  ... and {len(named) - SHOWN_SKIPPED} more" if len(named) > SHOWN_SKIPPED else ""
+        )
+        raise DataError(
+            f"{len(named)} file(s) are reached under two classes (through links), so they would be "
+            f"trained with two labels:\n  {shown}\nremove one of the links (keep the file in the "
+            "class it belongs to), or set dataset.bad_files=skip to leave such files out"
+        )
     for note in named:
         notes.skip("file in two classes", f"file in two classes: {note}")
-    log.warning("left out %d file(s) reached under two classes through links (dataset.bad_files=skip), e.g. %s",
-                len(named), named[0])
+    log.warning(
+        "left out %d file(s) reached under two classes through links (dataset.bad_files=skip), e.g. %s",
+        len(named),
+        named[0],
+    )
     return set(twice)
 
 
@@ -312,12 +346,14 @@ def _log_notes(notes: WalkNotes) -> None:
 
 
 def _some(items: list[str]) -> str:
-    return "; ".join(items[:SHOWN_SKIPPED]) + (f"; ... and {len(items) - SHOWN_SKIPPED} more"
-                                               if len(items) > SHOWN_SKIPPED else "")
+    return "; ".join(items[:SHOWN_SKIPPED]) + (
+        f"; ... and {len(items) - SHOWN_SKIPPED} more" if len(items) > SHOWN_SKIPPED else ""
+    )
 
 
-def _check_non_empty(samples: list[Sample], classes: list[str], folder: Path,
-                     held: dict[str, Counter] | None = None) -> None:
+def _check_non_empty(
+    samples: list[Sample], classes: list[str], folder: Path, held: dict[str, Counter] | None = None
+) -> None:
     """Refuse a class without a single image, saying what its folder held instead (``held``: by kind)."""
     counts = Counter(label for _, label in samples)
     empty = [name for i, name in enumerate(classes) if counts[i] == 0]
@@ -326,17 +362,21 @@ def _check_non_empty(samples: list[Sample], classes: list[str], folder: Path,
     if held is None:
         raise DataError(f"class folder(s) in {folder} hold no images: {empty}; add images or remove them")
     described = "; ".join(f"'{name}' ({_held(held.get(name, Counter()))})" for name in empty)
-    raise DataError(f"class folder(s) in {folder} hold no images: {described}. imgclf reads "
-                    f"{', '.join(sorted(IMAGE_EXTENSIONS))}: convert them to JPEG or PNG, add images, or remove "
-                    "the folder")
+    raise DataError(
+        f"class folder(s) in {folder} hold no images: {described}. imgclf reads "
+        f"{', '.join(sorted(IMAGE_EXTENSIONS))}: convert them to JPEG or PNG, add images, or remove "
+        "the folder"
+    )
 
 
 def _held(kinds: Counter) -> str:
     """``holds 12 .heic files, 1 .txt file, 2 x dangling link, which imgclf cannot read``."""
     if not kinds:
         return "an empty folder"
-    parts = [f"{n} {kind} file{'s' if n > 1 else ''}" if kind.startswith((".", "(")) else f"{n} x {kind}"
-             for kind, n in kinds.most_common()]
+    parts = [
+        f"{n} {kind} file{'s' if n > 1 else ''}" if kind.startswith((".", "(")) else f"{n} x {kind}"
+        for kind, n in kinds.most_common()
+    ]
     return "holds " + ", ".join(parts) + ", which imgclf cannot read"
 
 
@@ -353,6 +393,7 @@ def remap(splits: Splits, classes: list[str]) -> Splits:
         raise DataError(f"class folders [{', '.join(unknown)}] are not among the model's classes {classes}")
     for missing in sorted(set(classes) - {classes[i] for i in index.values()}):
         log.warning("no folder for class '%s': it is evaluated without samples", missing)
-    samples = {split: [(p, index[splits.classes[label]]) for p, label in items]
-               for split, items in splits.samples.items()}
+    samples = {
+        split: [(p, index[splits.classes[label]]) for p, label in items] for split, items in splits.samples.items()
+    }
     return replace(splits, classes=list(classes), samples=samples)

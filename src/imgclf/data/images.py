@@ -27,14 +27,14 @@ if TYPE_CHECKING:
     import torch
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"})
-MAX_PIXELS = 89_478_485       # Pillow's own default bomb limit (about 0.25 GB of RGB)
+MAX_PIXELS = 89_478_485  # Pillow's own default bomb limit (about 0.25 GB of RGB)
 # predict's (and a web endpoint's) limit on the pixels it decodes. Decoding takes up to ~24 bytes per pixel (a
 # palette PNG with transparency goes through RGBA and a composite: a 10 KB 9000x9000 file peaks at 2.0 GB and
 # 6.5 s), and predict decodes several files at once: 40 MP keeps one file near 1 GB. It counts the pixels
 # actually decoded, so camera JPEGs pass (a 48 MP one decodes at 1/8 scale, 1000x750, for a 256 px model input);
 # PNG, TIFF, WebP or BMP files over 40 MP (e.g. 7300x5500) are refused.
 PREDICT_MAX_PIXELS = 40_000_000
-MAX_ASPECT_RATIO = 50.0       # a 20000x2 strip through a resize becomes a huge tensor
+MAX_ASPECT_RATIO = 50.0  # a 20000x2 strip through a resize becomes a huge tensor
 MIN_SIDE = 2
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 # how a photo becomes the square the model is fed: squash (both sides resized to the square: the aspect
@@ -42,14 +42,16 @@ BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 RESIZE_MODES = ("squash", "keep_aspect")
 
 
-def load_image(path: str | Path, *, data: bytes | None = None, draft: int | None = None,
-               max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(
+    path: str | Path, *, data: bytes | None = None, draft: int | None = None, max_pixels: int = MAX_PIXELS
+) -> Image.Image:
     """Read an image file fully and return it as an RGB Pillow image (see :func:`open_image`)."""
     return open_image(path, data=data, draft=draft, max_pixels=max_pixels)[0]
 
 
-def open_image(path: str | Path, *, data: bytes | None = None, draft: int | None = None,
-               max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, tuple[int, int]]:
+def open_image(
+    path: str | Path, *, data: bytes | None = None, draft: int | None = None, max_pixels: int = MAX_PIXELS
+) -> tuple[Image.Image, tuple[int, int]]:
     """Read an image file fully; return it as an RGB Pillow image, and its stored size.
 
     Args:
@@ -69,13 +71,19 @@ def open_image(path: str | Path, *, data: bytes | None = None, draft: int | None
         img.seek(0)  # first frame of animations
         if draft is not None and img.format == "JPEG":
             img.draft("RGB", (draft, draft))
-        img.load()   # decode everything now: a truncated file fails here, by name
+        img.load()  # decode everything now: a truncated file fails here, by name
         img = ImageOps.exif_transpose(img)
         return to_rgb(img), stored_size
 
 
-def check_decoded_pixels(path: str | Path, max_pixels: int, *, data: bytes | None = None,
-                         draft: int | None = None, setting: str = "max_pixels") -> tuple[int, int]:
+def check_decoded_pixels(
+    path: str | Path,
+    max_pixels: int,
+    *,
+    data: bytes | None = None,
+    draft: int | None = None,
+    setting: str = "max_pixels",
+) -> tuple[int, int]:
     """Refuse an image that would decode to more than ``max_pixels``, from its header alone (``Image.open``
     reads no pixel data); returns the (width, height) it decodes to.
 
@@ -99,9 +107,11 @@ def check_decoded_pixels(path: str | Path, max_pixels: int, *, data: bytes | Non
         width, height = img.size
     if width * height > max_pixels:
         scaled = f" (decoded at {width}x{height})" if (width, height) != stored else ""
-        raise DataError(f"{path}: {stored[0]}x{stored[1]} pixels{scaled} is {width * height / 1e6:.1f} megapixels, "
-                        f"over the limit of {max_pixels} pixels ({setting}); downscale the image, or raise "
-                        f"{setting} if the memory allows (decoding takes up to ~24 bytes per pixel)")
+        raise DataError(
+            f"{path}: {stored[0]}x{stored[1]} pixels{scaled} is {width * height / 1e6:.1f} megapixels, "
+            f"over the limit of {max_pixels} pixels ({setting}); downscale the image, or raise "
+            f"{setting} if the memory allows (decoding takes up to ~24 bytes per pixel)"
+        )
     return width, height
 
 
@@ -117,8 +127,10 @@ def _read_errors_named(path: Path) -> Iterator[None]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: rejected as a decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:  # its message names a BytesIO, not the file
-        raise DataError(f"{path}: cannot be read: not an image file (Pillow recognizes no image format in it); "
-                        "remove or replace the file") from exc
+        raise DataError(
+            f"{path}: cannot be read: not an image file (Pillow recognizes no image format in it); "
+            "remove or replace the file"
+        ) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot be read as an image ({exc}); remove or replace the file") from exc
 
@@ -130,9 +142,7 @@ def _check_size(path: Path, size: tuple[int, int], max_pixels: int) -> None:
     if min(width, height) < MIN_SIDE:
         raise DataError(f"{path}: {width}x{height} is too small to be a training image")
     if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
-        raise DataError(
-            f"{path}: aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO:.0f}:1; crop or remove it"
-        )
+        raise DataError(f"{path}: aspect ratio {width}x{height} is over {MAX_ASPECT_RATIO:.0f}:1; crop or remove it")
 
 
 def stored_size(path: str | Path) -> tuple[int, int] | None:
@@ -164,8 +174,7 @@ def fit(img: Image.Image, size: int, resize: str = "squash") -> Image.Image:
     return img.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=None)
 
 
-def decode_bytes(data: bytes, path: str, image_size: int, resize: str = "squash"
-                 ) -> tuple[np.ndarray, tuple[int, int]]:
+def decode_bytes(data: bytes, path: str, image_size: int, resize: str = "squash") -> tuple[np.ndarray, tuple[int, int]]:
     """Decode one image to (size, size, 3) uint8 (see :data:`RESIZE_MODES`); also returns its stored size.
 
     What the training cache stores for every file, and what predict (torch or ONNX) decodes."""
@@ -182,7 +191,7 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     if height < size or width < size:
         raise ValueError(f"cannot crop {size}x{size} from a {width}x{height} image")
     top, left = round((height - size) / 2.0), round((width - size) / 2.0)
-    return image[top:top + size, left:left + size]
+    return image[top : top + size, left : left + size]
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -227,6 +236,8 @@ def serve(image: np.ndarray, transform: Transform | None) -> torch.Tensor:
     if isinstance(out, Image.Image):
         return torch.from_numpy(np.array(out.convert("RGB") if out.mode != "RGB" else out)).permute(2, 0, 1)
     if not isinstance(out, torch.Tensor) or out.dtype != torch.uint8 or out.ndim != 3:
-        raise TypeError("augmentation must return a Pillow image or a (3, H, W) uint8 tensor: "
-                        "leave float conversion and Normalize out (the model normalizes its inputs)")
+        raise TypeError(
+            "augmentation must return a Pillow image or a (3, H, W) uint8 tensor: "
+            "leave float conversion and Normalize out (the model normalizes its inputs)"
+        )
     return out

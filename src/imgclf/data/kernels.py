@@ -150,9 +150,16 @@ def sharpen(images, factors):
             src = images[n, c].copy()
             for y in range(1, height - 1):
                 for x in range(1, width - 1):
-                    ring = (np.float32(src[y - 1, x - 1]) + np.float32(src[y - 1, x]) + np.float32(src[y - 1, x + 1])
-                            + np.float32(src[y, x - 1]) + np.float32(src[y, x + 1]) + np.float32(src[y + 1, x - 1])
-                            + np.float32(src[y + 1, x]) + np.float32(src[y + 1, x + 1]))
+                    ring = (
+                        np.float32(src[y - 1, x - 1])
+                        + np.float32(src[y - 1, x])
+                        + np.float32(src[y - 1, x + 1])
+                        + np.float32(src[y, x - 1])
+                        + np.float32(src[y, x + 1])
+                        + np.float32(src[y + 1, x - 1])
+                        + np.float32(src[y + 1, x])
+                        + np.float32(src[y + 1, x + 1])
+                    )
                     blurred = np.rint(ring * a + np.float32(src[y, x]) * b5)
                     value = np.float32(src[y, x])
                     images[n, c, y, x] = _u8(value + rest * (blurred - value))
@@ -186,8 +193,11 @@ def affine_nearest(images, theta, fill):
                 sx, sy = a * j + row_x, d * j + row_y
                 if 0.0 <= sx < width and 0.0 <= sy < height:
                     u, v = int(sy), int(sx)
-                    out[n, 0, i, j], out[n, 1, i, j], out[n, 2, i, j] = images[n, 0, u, v], images[n, 1, u, v], \
-                        images[n, 2, u, v]
+                    out[n, 0, i, j], out[n, 1, i, j], out[n, 2, i, j] = (
+                        images[n, 0, u, v],
+                        images[n, 1, u, v],
+                        images[n, 2, u, v],
+                    )
                 else:
                     out[n, 0, i, j], out[n, 1, i, j], out[n, 2, i, j] = fill[0], fill[1], fill[2]
     return out

@@ -16,11 +16,16 @@ from imgclf.data.images import IMAGE_EXTENSIONS
 from imgclf.data.walk import skipped_dir
 from imgclf.errors import DataError
 
-SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "dev"),
-               "test": ("test", "testing")}
+SPLIT_NAMES = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation", "dev"),
+    "test": ("test", "testing"),
+}
 SPELLINGS = {name: split for split, names in SPLIT_NAMES.items() for name in names}
-SPELLED = ("train/ (or training/), val/ (or valid/, validation/, dev/) and test/ (or testing/), "
-           "in any case (Train/, VALID/...)")
+SPELLED = (
+    "train/ (or training/), val/ (or valid/, validation/, dev/) and test/ (or testing/), "
+    "in any case (Train/, VALID/...)"
+)
 SHOWN = 5
 
 
@@ -49,15 +54,18 @@ def find_splits(root: Path) -> dict[str, Path]:
     for split, folders in found.items():
         if len(folders) > 1:
             named = " and ".join(f"{f.name}/" for f in folders)
-            raise DataError(f"{root.resolve()} has {named}, two spellings of the {split} split: imgclf would read "
-                            f"only one of them. Merge them into one folder (or rename the one that is no split)")
+            raise DataError(
+                f"{root.resolve()} has {named}, two spellings of the {split} split: imgclf would read "
+                f"only one of them. Merge them into one folder (or rename the one that is no split)"
+            )
     splits = {split: found[split][0] for split in SPLIT_NAMES if split in found}
     for split, folder in splits.items():
         _check_holds_classes(root, split, folder)
     if splits and "train" not in splits:
         named = ", ".join(f"{f.name}/" for f in splits.values())
-        raise DataError(f"{root.resolve()} has split folder(s) {named} but no train folder; split folders are "
-                        f"named {SPELLED}")
+        raise DataError(
+            f"{root.resolve()} has split folder(s) {named} but no train folder; split folders are named {SPELLED}"
+        )
     return splits
 
 
@@ -87,10 +95,12 @@ def check_classes(folder: Path, dirs: list[Path], *, at_root: bool) -> None:
     named = "; ".join(f"'{d.name}' (holds {_first([s + '/' for s in subs])})" for d, subs in only[:SHOWN])
     more = f"; ... and {len(only) - SHOWN} more" if len(only) > SHOWN else ""
     split_hint = f"if such a folder is a split, name it {SPELLED}; " if at_root else ""
-    raise DataError(f"class folder(s) in {folder.resolve()} hold only folders and no images: {named}{more}. A folder "
-                    f"of folders is never read as one class (its sub-folders would be flattened into it): "
-                    f"{split_hint}if its sub-folders are the classes, set dataset.root to it; if they hold images "
-                    "of one class, move the images up into the class folder")
+    raise DataError(
+        f"class folder(s) in {folder.resolve()} hold only folders and no images: {named}{more}. A folder "
+        f"of folders is never read as one class (its sub-folders would be flattened into it): "
+        f"{split_hint}if its sub-folders are the classes, set dataset.root to it; if they hold images "
+        "of one class, move the images up into the class folder"
+    )
 
 
 def _only_folders(folder: Path) -> list[str]:
@@ -132,7 +142,8 @@ def _check_holds_classes(root: Path, split: str, folder: Path) -> None:
         f"as the {split} split (ROOT/{folder.name}/<class>/<image>), never as a class of a flat layout "
         f"(ROOT/<class>/<image>){like}. If '{folder.name}' is a class, rename its folder (e.g. to "
         f"'{folder.name}_class'; dataset.display_names can show it as '{folder.name}'); if it is the {split} split, "
-        "put its images into one folder per class inside it")
+        "put its images into one folder per class inside it"
+    )
 
 
 def _first(names: list[str]) -> str:

@@ -33,8 +33,15 @@ class ManifestSource(FolderSource):
         **kwargs: the other :class:`FolderSource` arguments (image_size, normalize, ...).
     """
 
-    def __init__(self, root: str, train: str, val: str | None = None, test: str | None = None,
-                 classes: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str,
+        train: str,
+        val: str | None = None,
+        test: str | None = None,
+        classes: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(root, classes=classes, **kwargs)
         self.files = {name: f for name, f in (("train", train), ("val", val), ("test", test)) if f}
 
@@ -52,13 +59,19 @@ class ManifestSource(FolderSource):
             rows = self._rows(split)
             unknown = sorted({label for _, label in rows} - set(index))
             if unknown:
-                raise DataError(f"{self._path(self.files[split])} has labels {unknown} that are not among the "
-                                f"classes {classes}")
+                raise DataError(
+                    f"{self._path(self.files[split])} has labels {unknown} that are not among the classes {classes}"
+                )
             found[split] = [(self._image_path(p), index[label]) for p, label in rows]
         _check_non_empty(found["train"], classes, self._path(self.files["train"]))
         samples = self._carve(found)
-        return Splits(classes, samples, Counter(), "manifests " + "/".join(self.files),
-                      carving=self._shortfalls(found, samples, classes))
+        return Splits(
+            classes,
+            samples,
+            Counter(),
+            "manifests " + "/".join(self.files),
+            carving=self._shortfalls(found, samples, classes),
+        )
 
     def _split_dirs(self) -> dict[str, Path]:
         return {}  # not a folder layout
@@ -87,8 +100,10 @@ def read_manifest(path: Path) -> ROWS:
     try:
         rows = _parse_json(text) if path.suffix.lower() == ".json" else _parse_csv(text)
     except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"manifest {path}: {exc}; expected CSV with path,label columns or a JSON list "
-                        "of {\"path\": ..., \"label\": ...}") from exc
+        raise DataError(
+            f"manifest {path}: {exc}; expected CSV with path,label columns or a JSON list "
+            'of {"path": ..., "label": ...}'
+        ) from exc
     if not rows:
         raise DataError(f"manifest {path} lists no images")
     return rows
@@ -122,8 +137,10 @@ def write_manifests(splits: Splits, out: Path, root: Path, fmt: str = "csv") -> 
     for split, samples in splits.samples.items():
         if not samples:
             continue
-        rows = [(shown(str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p), splits.classes[label])
-                for p, label in samples]  # shown: a name that is not UTF-8 has its odd bytes as \\xNN
+        rows = [
+            (shown(str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p), splits.classes[label])
+            for p, label in samples
+        ]  # shown: a name that is not UTF-8 has its odd bytes as \\xNN
         path = out / f"{split}.{fmt}"
         if fmt == "json":
             path.write_text(json.dumps([{"path": p, "label": label} for p, label in rows], indent=1))

@@ -27,27 +27,44 @@ class LoadedSplit:
     """One split after decoding: the samples kept, and where their pixels are."""
 
     samples: list[tuple[str, int]]
-    rows: list[int]                 # rows of ``images`` (or of the report) of the kept samples
-    images: torch.Tensor | None     # None: decode on the fly
+    rows: list[int]  # rows of ``images`` (or of the report) of the kept samples
+    images: torch.Tensor | None  # None: decode on the fly
     report: FileReport
-    resize: str = "squash"          # how the images were fitted to the square (images.RESIZE_MODES)
-    name: str = ""                  # train, val, test: named in errors
+    resize: str = "squash"  # how the images were fitted to the square (images.RESIZE_MODES)
+    name: str = ""  # train, val, test: named in errors
 
-    def dataset(self, image_size: int, transform: Callable | None, batched: bool = True,
-                bad_files: str = "stop") -> Dataset:
+    def dataset(
+        self, image_size: int, transform: Callable | None, batched: bool = True, bad_files: str = "stop"
+    ) -> Dataset:
         """Serve the split; ``batched``: augment whole batches when the transform allows it; ``bad_files``:
         whether a loader stops at a sample that fails to load now, or drops it (see ``dataset.py``)."""
         labels = [label for _, label in self.samples]
         if self.images is None:
-            return LazyImages([p for p, _ in self.samples], labels, image_size, transform, batched=batched,
-                              resize=self.resize, split=self.name, bad_files=bad_files)
-        return DecodedImages(self.images, labels, transform, rows=self.rows, batched=batched, split=self.name,
-                             bad_files=bad_files)
+            return LazyImages(
+                [p for p, _ in self.samples],
+                labels,
+                image_size,
+                transform,
+                batched=batched,
+                resize=self.resize,
+                split=self.name,
+                bad_files=bad_files,
+            )
+        return DecodedImages(
+            self.images, labels, transform, rows=self.rows, batched=batched, split=self.name, bad_files=bad_files
+        )
 
 
-def load_splits(splits: Splits, cache: DecodeCache, image_size: int, *, names: tuple[str, ...],
-                bad_files: str = "stop", resize: str = "squash",
-                recorded: dict[str, str] | None = None) -> dict[str, LoadedSplit]:
+def load_splits(
+    splits: Splits,
+    cache: DecodeCache,
+    image_size: int,
+    *,
+    names: tuple[str, ...],
+    bad_files: str = "stop",
+    resize: str = "squash",
+    recorded: dict[str, str] | None = None,
+) -> dict[str, LoadedSplit]:
     """Decode (or find in the cache) every split in ``names`` at ``image_size`` (fitted by ``resize``);
     bad files stop or are skipped. A file that is gone is a bad file, and so is, with ``recorded`` (the
     SHA-1s splits.csv recorded, when resuming), one whose content is no longer the one recorded.
@@ -68,20 +85,25 @@ def load_splits(splits: Splits, cache: DecodeCache, image_size: int, *, names: t
     if bad and bad_files == "stop":
         listed = "\n  ".join(f"[{split}] {shown(path)}: {reason}" for split, path, reason in bad[:SHOWN])
         more = f"\n  ... and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
-        raise DataError(f"{len(bad)} file(s) cannot be used:\n  {listed}{more}\n"
-                        "fix or remove them, or set dataset.bad_files=skip to train without them")
+        raise DataError(
+            f"{len(bad)} file(s) cannot be used:\n  {listed}{more}\n"
+            "fix or remove them, or set dataset.bad_files=skip to train without them"
+        )
     if bad:
-        log.warning("skipping %d unusable file(s) (dataset.bad_files=skip), e.g. %s: %s", len(bad), shown(bad[0][1]),
-                    bad[0][2])
+        log.warning(
+            "skipping %d unusable file(s) (dataset.bad_files=skip), e.g. %s: %s", len(bad), shown(bad[0][1]), bad[0][2]
+        )
     _check_classes_left(loaded, splits.classes)
     return loaded
 
 
 def _changed_are_bad(report: FileReport, recorded: dict[str, str]) -> FileReport:
     """``report`` with the files whose SHA-1 differs from the recorded one as errors (a copy)."""
-    changed = {i: f"changed since this experiment's splits.csv recorded it (SHA-1 {recorded[p][:12]}... -> "
-                  f"{digest[:12]}...)" for i, (p, digest) in enumerate(zip(report.paths, report.digests, strict=True))
-               if digest and recorded.get(p) and recorded[p] != digest and i not in report.errors}
+    changed = {
+        i: f"changed since this experiment's splits.csv recorded it (SHA-1 {recorded[p][:12]}... -> {digest[:12]}...)"
+        for i, (p, digest) in enumerate(zip(report.paths, report.digests, strict=True))
+        if digest and recorded.get(p) and recorded[p] != digest and i not in report.errors
+    }
     return replace(report, errors={**report.errors, **changed}) if changed else report
 
 

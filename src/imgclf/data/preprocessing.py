@@ -25,8 +25,8 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     source: str
-    resize: str = "squash"        # RESIZE_MODES
-    decode_size: int = 0          # the cached square's side (>= image_size); 0: image_size
+    resize: str = "squash"  # RESIZE_MODES
+    decode_size: int = 0  # the cached square's side (>= image_size); 0: image_size
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -36,22 +36,34 @@ class Preprocessing:
 
     def record(self) -> dict[str, object]:
         """Plain values for the checkpoint."""
-        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std), "source": self.source,
-                "resize": self.resize, "decode_size": self.decode_size}
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "source": self.source,
+            "resize": self.resize,
+            "decode_size": self.decode_size,
+        }
 
     @classmethod
     def from_checkpoint(cls, payload: Mapping[str, Any]) -> Preprocessing:
         """The preprocessing a checkpoint was trained with (checkpoints from before ``resize`` squashed)."""
         record = payload.get("preprocessing") or {}
-        return cls(int(payload["image_size"]), tuple(payload["mean"]), tuple(payload["std"]),
-                   str(record.get("source", "custom")), str(record.get("resize", "squash")),
-                   int(record.get("decode_size", payload["image_size"])))
+        return cls(
+            int(payload["image_size"]),
+            tuple(payload["mean"]),
+            tuple(payload["std"]),
+            str(record.get("source", "custom")),
+            str(record.get("resize", "squash")),
+            int(record.get("decode_size", payload["image_size"])),
+        )
 
     def view(self, transform: Transform | None) -> Transform | None:
         """``transform`` followed by the centre crop to ``image_size`` (nothing to crop: ``transform`` itself)."""
         if self.decode_size == self.image_size:
             return transform
         from torchvision.transforms import v2  # only here: predict starts without torchvision otherwise
+
         crop = v2.CenterCrop(self.image_size)
         if transform is None:
             return crop

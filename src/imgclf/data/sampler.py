@@ -30,8 +30,17 @@ class EpochBatchSampler(Sampler[list[int]]):
         rank: this process's place among them.
     """
 
-    def __init__(self, size: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 weights: Sequence[float] | None = None, world_size: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        weights: Sequence[float] | None = None,
+        world_size: int = 1,
+        rank: int = 0,
+    ) -> None:
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
         self.world_size, self.rank = world_size, rank
@@ -55,11 +64,11 @@ class EpochBatchSampler(Sampler[list[int]]):
         if not self.shuffle and self.world_size > 1:
             order = order[_share(len(order), self.world_size, self.rank)]
             for b in range(self.start_batch, -(-len(order) // self.batch_size)):
-                yield order[b * self.batch_size:(b + 1) * self.batch_size]
+                yield order[b * self.batch_size : (b + 1) * self.batch_size]
             return
         step = self.batch_size * self.world_size
         for b in range(self.start_batch, len(self)):
-            batch = order[b * step:(b + 1) * step]
+            batch = order[b * step : (b + 1) * step]
             yield batch[_share(len(batch), self.world_size, self.rank)]
 
     def __len__(self) -> int:

@@ -86,8 +86,10 @@ def read_splits(path: str | Path, classes: list[str], *, missing_ok: bool = Fals
                     raise DataError(f"{path}: class '{row['label']}' is not in the checkpoint's classes {classes}")
                 samples.setdefault(row["split"], []).append((name, index[row["label"]]))
     except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path} is not a readable splits file ({type(exc).__name__}: {exc}); restore it from a "
-                        "backup, or train the experiment again (overwrite=true)") from None
+        raise DataError(
+            f"{path} is not a readable splits file ({type(exc).__name__}: {exc}); restore it from a "
+            "backup, or train the experiment again (overwrite=true)"
+        ) from None
     missing = [] if missing_ok else [p for items in samples.values() for p, _ in items if not os.path.exists(p)]
     if missing:
         raise DataError(

@@ -14,8 +14,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CHUNK = 256  # images per step: bounded memory for memory-mapped caches of any size
 
 
-def channel_stats(images: np.ndarray | None, rows: Sequence[int], paths: Sequence[str],
-                  image_size: int, resize: str = "squash") -> tuple[list[float], list[float]]:
+def channel_stats(
+    images: np.ndarray | None, rows: Sequence[int], paths: Sequence[str], image_size: int, resize: str = "squash"
+) -> tuple[list[float], list[float]]:
     """Mean and standard deviation of each RGB channel (0..1 scale) over the given images.
 
     Args:
@@ -30,15 +31,15 @@ def channel_stats(images: np.ndarray | None, rows: Sequence[int], paths: Sequenc
     count = 0
     for start in range(0, len(rows), CHUNK):
         if images is not None:
-            chunk = np.asarray(images[list(rows[start:start + CHUNK])], dtype=np.float64)
+            chunk = np.asarray(images[list(rows[start : start + CHUNK])], dtype=np.float64)
         else:
-            chunk = np.stack([decode(p, image_size, resize) for p in paths[start:start + CHUNK]]).astype(np.float64)
+            chunk = np.stack([decode(p, image_size, resize) for p in paths[start : start + CHUNK]]).astype(np.float64)
         chunk /= 255.0
         total += chunk.sum(axis=(0, 1, 2))
-        squares += (chunk ** 2).sum(axis=(0, 1, 2))
+        squares += (chunk**2).sum(axis=(0, 1, 2))
         count += chunk.shape[0] * chunk.shape[1] * chunk.shape[2]
     mean = total / max(count, 1)
-    std = np.sqrt(np.maximum(squares / max(count, 1) - mean ** 2, 1e-12))
+    std = np.sqrt(np.maximum(squares / max(count, 1) - mean**2, 1e-12))
     return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
 
 

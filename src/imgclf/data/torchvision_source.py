@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_class
-from imgclf.progress import progress
 
 from imgclf.data.folder import FolderSource, Splits
 from imgclf.errors import DataError
+from imgclf.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,9 @@ class TorchvisionSource(FolderSource):
         **kwargs: the other :class:`FolderSource` arguments (image_size, normalize, ...).
     """
 
-    def __init__(self, root: str, dataset: str, splits: dict[str, dict[str, Any]], download: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, root: str, dataset: str, splits: dict[str, dict[str, Any]], download: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(str(Path(root) / FOLDER), **kwargs)
         self.data_root = Path(root)
         self.dataset = dataset
@@ -82,10 +83,15 @@ class TorchvisionSource(FolderSource):
         try:
             return cls(root=str(self.data_root), download=self.download, **args)
         except (RuntimeError, OSError) as exc:  # torchvision: "Dataset not found or corrupted"
-            hint = ("the download failed (is there internet?)" if self.download else
-                    "set dataset.download=true to download it (needs internet)")
-            raise DataError(f"{cls.__name__} is not in {self.data_root.resolve()} ({exc}); put its files there "
-                            f"as torchvision expects them, or {hint}") from exc
+            hint = (
+                "the download failed (is there internet?)"
+                if self.download
+                else "set dataset.download=true to download it (needs internet)"
+            )
+            raise DataError(
+                f"{cls.__name__} is not in {self.data_root.resolve()} ({exc}); put its files there "
+                f"as torchvision expects them, or {hint}"
+            ) from exc
 
 
 def _label(data: Any, index: int, files: Any) -> int:

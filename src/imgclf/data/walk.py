@@ -20,8 +20,12 @@ from imgclf.data.images import IMAGE_EXTENSIONS
 
 SKIPPED_DIRS = frozenset({"__MACOSX", "__pycache__"})
 SKIPPED_FILES = frozenset({"Thumbs.db", "desktop.ini"})
-SPECIAL_KINDS = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-                 (stat.S_ISBLK, "block device"))
+SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
 
 
 @dataclass

@@ -26,13 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from imgclf.atomic import fsync_dir, pid_alive, write_text_atomic
 from imgclf.data.images import PREDICT_MAX_PIXELS
 from imgclf.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
 from imgclf.deploy.model_card import write_card
-from imgclf.atomic import fsync_dir
 from imgclf.deploy.parity import TOLERANCE, check_parity
 from imgclf.errors import ImgclfError
-from imgclf.atomic import pid_alive, write_text_atomic
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.experiment.writable import unwritable
 from imgclf.inference import Predictor
@@ -72,9 +71,18 @@ class ExportResult:
     card: dict[str, Any]
 
 
-def export(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx", tta: str = "none",
-           exporter: str = "auto", max_pixels: int = PREDICT_MAX_PIXELS, parity_samples: int = 500,
-           tolerance: float = TOLERANCE, experiment: Path | None = None) -> ExportResult:
+def export(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    fmt: str = "onnx",
+    tta: str = "none",
+    exporter: str = "auto",
+    max_pixels: int = PREDICT_MAX_PIXELS,
+    parity_samples: int = 500,
+    tolerance: float = TOLERANCE,
+    experiment: Path | None = None,
+) -> ExportResult:
     """Export ``checkpoint`` to the folder ``out`` (replaced only when the new export passes parity).
 
     Args:
@@ -100,8 +108,10 @@ def export(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx", tta: s
     module = Deployable(predictor.model, predictor.temperature).eval()
     problem = unwritable(out.parent)  # made if missing; the export is staged in it, then renamed
     if problem is not None:
-        raise ExportError(f"cannot write the export {out}: the folder {out.parent} takes no files ({problem}). "
-                          "Make it writable, or export elsewhere: imgclf-export --output DIR")
+        raise ExportError(
+            f"cannot write the export {out}: the folder {out.parent} takes no files ({problem}). "
+            "Make it writable, or export elsewhere: imgclf-export --output DIR"
+        )
     remove_orphan_staging(out.parent)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out.parent))
     try:
@@ -112,8 +122,10 @@ def export(checkpoint: str | Path, out: str | Path, *, fmt: str = "onnx", tta: s
         failed = out.with_name(out.name + ".failed.json")
         if not parity["passed"]:
             write_text_atomic(failed, json.dumps(parity, indent=2) + "\n")
-            raise ExportError(f"{checkpoint}: the exported model does not compute what PyTorch computes: "
-                              f"{parity['reason']}; nothing was exported (the numbers are in {failed})")
+            raise ExportError(
+                f"{checkpoint}: the exported model does not compute what PyTorch computes: "
+                f"{parity['reason']}; nothing was exported (the numbers are in {failed})"
+            )
         write_text_atomic(staging / "parity.json", json.dumps(parity, indent=2) + "\n")
         card = write_card(staging, model_file, info, payload, checkpoint, experiment, parity, fmt)
         replace_folder(staging, out)
@@ -129,9 +141,11 @@ def check_exportable(predictor: Predictor, payload: dict[str, Any], path: Path) 
     (the ONNX predictor only decodes and centre-crops, as every shipped recipe evaluates)."""
     spec = (payload.get("config") or {}).get("augmentation", {}).get("eval")
     if spec is not None:
-        raise ExportError(f"{path}: its evaluation transform augmentation.eval={spec.get('_target_', spec)!r} is "
-                          "not part of an export (the exported predictor decodes, resizes and centre-crops only); "
-                          "classify with predict.py --checkpoint instead")
+        raise ExportError(
+            f"{path}: its evaluation transform augmentation.eval={spec.get('_target_', spec)!r} is "
+            "not part of an export (the exported predictor decodes, resizes and centre-crops only); "
+            "classify with predict.py --checkpoint instead"
+        )
 
 
 def evaluated_tta(checkpoint: str | Path) -> str:
@@ -144,10 +158,19 @@ def evaluated_tta(checkpoint: str | Path) -> str:
 
 def model_info(predictor: Predictor, checkpoint: Path, tta: str, max_pixels: int) -> ModelInfo:
     prep = predictor.preprocessing
-    return ModelInfo(classes=list(predictor.classes), image_size=prep.image_size, decode_size=prep.decode_size,
-                     resize=prep.resize, mean=[float(m) for m in prep.mean], std=[float(s) for s in prep.std],
-                     temperature=float(predictor.temperature), tta=tta, max_pixels=int(max_pixels),
-                     display_names=dict(predictor.display_names), source=str(checkpoint))
+    return ModelInfo(
+        classes=list(predictor.classes),
+        image_size=prep.image_size,
+        decode_size=prep.decode_size,
+        resize=prep.resize,
+        mean=[float(m) for m in prep.mean],
+        std=[float(s) for s in prep.std],
+        temperature=float(predictor.temperature),
+        tta=tta,
+        max_pixels=int(max_pixels),
+        display_names=dict(predictor.display_names),
+        source=str(checkpoint),
+    )
 
 
 def write_model(module: Deployable, info: ModelInfo, path: Path, fmt: str, exporter: str) -> str:
@@ -166,10 +189,15 @@ def write_model(module: Deployable, info: ModelInfo, path: Path, fmt: str, expor
             return "dynamo"
         except Exception as exc:  # the exporter's own failures are many classes (torch._dynamo, onnxscript...)
             if exporter == "dynamo":
-                raise ExportError(f"the dynamo ONNX exporter failed ({type(exc).__name__}: "
-                                  f"{str(exc).strip().splitlines()[0][:300]}); try --exporter legacy") from exc
-            log.warning("the dynamo ONNX exporter failed (%s: %s); using the TorchScript-based one",
-                        type(exc).__name__, str(exc).strip().splitlines()[0][:300])
+                raise ExportError(
+                    f"the dynamo ONNX exporter failed ({type(exc).__name__}: "
+                    f"{str(exc).strip().splitlines()[0][:300]}); try --exporter legacy"
+                ) from exc
+            log.warning(
+                "the dynamo ONNX exporter failed (%s: %s); using the TorchScript-based one",
+                type(exc).__name__,
+                str(exc).strip().splitlines()[0][:300],
+            )
     export_legacy(module, example, path)
     add_metadata(path, info)
     return "legacy"
@@ -180,18 +208,34 @@ def export_dynamo(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}},
-                          external_data=False, verbose=False, optimize=True)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"images": {0: batch}},
+            external_data=False,
+            verbose=False,
+            optimize=True,
+        )
 
 
 def export_legacy(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     """The TorchScript-based ONNX exporter (``dynamo=False``)."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its deprecation notice
-        torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], opset_version=LEGACY_OPSET,
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=LEGACY_OPSET,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
 
 
 def add_metadata(path: Path, info: ModelInfo) -> None:

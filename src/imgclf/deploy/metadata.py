@@ -15,7 +15,7 @@ from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS, RESIZE_MODES
 
 TOLERANCE = 1e-4  # the parity rule: every probability within this of PyTorch's (deploy/parity.py)
 
-METADATA_KEY = "imgclf"   # the metadata_props key (and TorchScript extra file "imgclf.json")
+METADATA_KEY = "imgclf"  # the metadata_props key (and TorchScript extra file "imgclf.json")
 FORMAT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 
@@ -40,7 +40,7 @@ class ModelInfo:
     tta: str = "none"
     max_pixels: int = PREDICT_MAX_PIXELS
     display_names: dict[str, str] = field(default_factory=dict)
-    source: str = ""       # the checkpoint it was exported from
+    source: str = ""  # the checkpoint it was exported from
     format: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -67,8 +67,10 @@ class ModelInfo:
         """Raises ValueError naming the first value that cannot be right."""
         problems = [
             (not self.classes or not all(isinstance(c, str) for c in self.classes), f"classes {self.classes!r}"),
-            (not 1 <= int(self.image_size) <= int(self.decode_size), f"image_size {self.image_size} / "
-                                                                     f"decode_size {self.decode_size}"),
+            (
+                not 1 <= int(self.image_size) <= int(self.decode_size),
+                f"image_size {self.image_size} / decode_size {self.decode_size}",
+            ),
             (self.resize not in RESIZE_MODES, f"resize {self.resize!r}"),
             (not 1 <= int(self.max_pixels) <= MAX_PIXELS, f"max_pixels {self.max_pixels}"),
             (not isinstance(self.display_names, Mapping), f"display_names {self.display_names!r}"),
@@ -86,10 +88,13 @@ def parse(metadata: Mapping[str, Any], where: str) -> ModelInfo:
     """
     text = metadata.get(METADATA_KEY)
     if text is None:
-        raise ValueError(f"{where} holds no imgclf metadata (key {METADATA_KEY!r}): it was not written by "
-                         "imgclf-export; export the experiment with `imgclf-export --experiment NAME`")
+        raise ValueError(
+            f"{where} holds no imgclf metadata (key {METADATA_KEY!r}): it was not written by "
+            "imgclf-export; export the experiment with `imgclf-export --experiment NAME`"
+        )
     try:
         return ModelInfo.from_json(text)
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"{where}: its imgclf metadata cannot be used ({exc}); export it again with "
-                         "this version of imgclf-export") from exc
+        raise ValueError(
+            f"{where}: its imgclf metadata cannot be used ({exc}); export it again with this version of imgclf-export"
+        ) from exc

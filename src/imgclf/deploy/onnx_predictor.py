@@ -28,14 +28,14 @@ log = logging.getLogger(__name__)
 class OnnxPredictor:
     """An exported model ready to classify images, with what its file says about them."""
 
-    session: Any                    # onnxruntime.InferenceSession
+    session: Any  # onnxruntime.InferenceSession
     info: ModelInfo
     classes: list[str]
-    display_names: dict[str, str]   # class name -> a readable name (may be empty)
+    display_names: dict[str, str]  # class name -> a readable name (may be empty)
     image_size: int
-    checkpoint: Path                # the .onnx file (named so for predict's and the web app's outputs)
+    checkpoint: Path  # the .onnx file (named so for predict's and the web app's outputs)
     max_pixels: int
-    tta: str                        # test-time augmentation folded into the graph at export
+    tta: str  # test-time augmentation folded into the graph at export
 
     @classmethod
     def load(cls, path: str | Path, max_pixels: int | None = None, device: str = "cpu") -> OnnxPredictor:
@@ -61,9 +61,11 @@ class OnnxPredictor:
         try:
             session = ort.InferenceSession(str(path), options, providers=providers(device, ort))
         except Exception as exc:  # onnxruntime raises its own pybind classes (InvalidProtobuf, Fail, ...)
-            raise CheckpointError(f"{path}: onnxruntime cannot load it ({type(exc).__name__}: "
-                                  f"{str(exc).strip().splitlines()[-1][:300]}); is it a complete model.onnx "
-                                  "written by imgclf-export?") from exc
+            raise CheckpointError(
+                f"{path}: onnxruntime cannot load it ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[-1][:300]}); is it a complete model.onnx "
+                "written by imgclf-export?"
+            ) from exc
         try:
             info = parse(session.get_modelmeta().custom_metadata_map, str(path))
         except ValueError as exc:
@@ -72,8 +74,16 @@ class OnnxPredictor:
         limit = info.max_pixels if max_pixels is None else int(max_pixels)
         if not 1 <= limit <= MAX_PIXELS:
             raise ConfigError(f"max_pixels {limit}: must be between 1 and {MAX_PIXELS}")
-        return cls(session=session, info=info, classes=list(info.classes), display_names=dict(info.display_names),
-                   image_size=info.image_size, checkpoint=path, max_pixels=limit, tta=info.tta)
+        return cls(
+            session=session,
+            info=info,
+            classes=list(info.classes),
+            display_names=dict(info.display_names),
+            image_size=info.image_size,
+            checkpoint=path,
+            max_pixels=limit,
+            tta=info.tta,
+        )
 
     def load_image(self, path: str | Path, data: bytes | None = None) -> np.ndarray:
         """One file (or its bytes ``data``, e.g. an upload; ``path`` then only names it) as the (3, H, W)
@@ -86,8 +96,9 @@ class OnnxPredictor:
         """
         info = self.info
         data = Path(path).read_bytes() if data is None else data  # read once: the header checked is the one decoded
-        check_decoded_pixels(path, self.max_pixels, data=data, draft=2 * info.decode_size,
-                             setting="predict.py --max-pixels")
+        check_decoded_pixels(
+            path, self.max_pixels, data=data, draft=2 * info.decode_size, setting="predict.py --max-pixels"
+        )
         square = decode_bytes(data, str(path), info.decode_size, info.resize)[0]
         return np.ascontiguousarray(center_crop(square, info.image_size).transpose(2, 0, 1))
 
@@ -104,11 +115,14 @@ def providers(device: str, ort: Any) -> list[str]:
     available = ort.get_available_providers()
     if device in ("cpu", "auto"):
         return (["CUDAExecutionProvider"] if device == "auto" and "CUDAExecutionProvider" in available else []) + [
-            "CPUExecutionProvider"]
+            "CPUExecutionProvider"
+        ]
     if device == "cuda" or device.startswith("cuda:"):
         if "CUDAExecutionProvider" not in available:
-            raise ConfigError(f"--device {device}: this onnxruntime has no CUDA provider (it has "
-                              f"{', '.join(available)}); install onnxruntime-gpu or use --device cpu")
+            raise ConfigError(
+                f"--device {device}: this onnxruntime has no CUDA provider (it has "
+                f"{', '.join(available)}); install onnxruntime-gpu or use --device cpu"
+            )
         index = int(device.partition(":")[2] or 0)
         return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]  # type: ignore[list-item]
     raise ConfigError(f"--device {device}: an ONNX model runs on cpu, auto or cuda[:N]")
@@ -117,13 +131,25 @@ def providers(device: str, ort: Any) -> list[str]:
 def check_signature(session: Any, info: ModelInfo, path: Path) -> None:
     """The graph takes uint8 (B, 3, S, S) ``images`` and returns (B, C) ``probabilities``, as its metadata says."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    want = f"input {INPUT_NAME} uint8 (B, 3, {info.image_size}, {info.image_size}), output {OUTPUT_NAME} (B, " \
-           f"{len(info.classes)})"
-    ok = (len(inputs) == 1 and inputs[0].name == INPUT_NAME and inputs[0].type == "tensor(uint8)"
-          and list(inputs[0].shape[1:]) == [3, info.image_size, info.image_size]
-          and len(outputs) == 1 and outputs[0].name == OUTPUT_NAME and outputs[0].shape[-1] == len(info.classes))
+    want = (
+        f"input {INPUT_NAME} uint8 (B, 3, {info.image_size}, {info.image_size}), output {OUTPUT_NAME} (B, "
+        f"{len(info.classes)})"
+    )
+    ok = (
+        len(inputs) == 1
+        and inputs[0].name == INPUT_NAME
+        and inputs[0].type == "tensor(uint8)"
+        and list(inputs[0].shape[1:]) == [3, info.image_size, info.image_size]
+        and len(outputs) == 1
+        and outputs[0].name == OUTPUT_NAME
+        and outputs[0].shape[-1] == len(info.classes)
+    )
     if not ok:
-        got = (f"inputs {[(i.name, i.type, i.shape) for i in inputs]}, "
-               f"outputs {[(o.name, o.type, o.shape) for o in outputs]}")
-        raise CheckpointError(f"{path}: the graph does not match its imgclf metadata (expected {want}; it has "
-                              f"{got}); export it again with imgclf-export")
+        got = (
+            f"inputs {[(i.name, i.type, i.shape) for i in inputs]}, "
+            f"outputs {[(o.name, o.type, o.shape) for o in outputs]}"
+        )
+        raise CheckpointError(
+            f"{path}: the graph does not match its imgclf metadata (expected {want}; it has "
+            f"{got}); export it again with imgclf-export"
+        )

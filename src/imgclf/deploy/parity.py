@@ -24,12 +24,13 @@ from imgclf.inference import Predictor
 
 log = logging.getLogger(__name__)
 
-RANDOM_SAMPLES = 16   # random uint8 images, run as one batch of 1 and one of the rest
+RANDOM_SAMPLES = 16  # random uint8 images, run as one batch of 1 and one of the rest
 BATCH = 32
 
 
-def check_parity(predictor: Predictor, model_file: Path, fmt: str, splits_csv: Path, max_val: int,
-                 tolerance: float = TOLERANCE) -> dict[str, Any]:
+def check_parity(
+    predictor: Predictor, model_file: Path, fmt: str, splits_csv: Path, max_val: int, tolerance: float = TOLERANCE
+) -> dict[str, Any]:
     """The parity record (``parity.json``): sample counts, ``max_abs_diff``, ``argmax_agreement``, ``passed``
     and, when it fails, ``reason``."""
     exported = Exported(model_file, fmt, predictor)
@@ -45,9 +46,17 @@ def check_parity(predictor: Predictor, model_file: Path, fmt: str, splits_csv: P
     reference = np.concatenate([ref_val, *ref_rand])
     output = np.concatenate([out_val, *out_rand])
     record = compare(reference, output, tolerance)
-    record.update({"val_images": len(ref_val), "val_images_unreadable": refused, "random_images": RANDOM_SAMPLES,
-                   "samples": len(reference), "pixels_mismatched": pixel_mismatch, "format": fmt,
-                   "splits": str(splits_csv) if files else None})
+    record.update(
+        {
+            "val_images": len(ref_val),
+            "val_images_unreadable": refused,
+            "random_images": RANDOM_SAMPLES,
+            "samples": len(reference),
+            "pixels_mismatched": pixel_mismatch,
+            "format": fmt,
+            "splits": str(splits_csv) if files else None,
+        }
+    )
     if not files:
         log.warning("no val images found in %s: parity is checked on random inputs only", splits_csv)
     reasons = []
@@ -66,16 +75,25 @@ def check_parity(predictor: Predictor, model_file: Path, fmt: str, splits_csv: P
 def compare(reference: np.ndarray, output: np.ndarray, tolerance: float) -> dict[str, Any]:
     """``max_abs_diff`` and ``argmax_agreement`` of two (N, C) probability arrays (ties: see the module)."""
     if reference.shape != output.shape:
-        return {"max_abs_diff": float("inf"), "argmax_agreement": 0.0, "argmax_disagreements": len(reference),
-                "ties": 0, "shape": [list(reference.shape), list(output.shape)]}
+        return {
+            "max_abs_diff": float("inf"),
+            "argmax_agreement": 0.0,
+            "argmax_disagreements": len(reference),
+            "ties": 0,
+            "shape": [list(reference.shape), list(output.shape)],
+        }
     diff = float(np.abs(reference - output).max()) if reference.size else 0.0
     ref_top, out_top = reference.argmax(1), output.argmax(1)
     rows = np.arange(len(reference))
     tie = reference[rows, ref_top] - reference[rows, out_top] <= tolerance
     agree = (ref_top == out_top) | tie
-    return {"max_abs_diff": diff, "tolerance": tolerance,
-            "argmax_agreement": float(agree.mean()) if len(agree) else 1.0,
-            "argmax_disagreements": int((~agree).sum()), "ties": int((tie & (ref_top != out_top)).sum())}
+    return {
+        "max_abs_diff": diff,
+        "tolerance": tolerance,
+        "argmax_agreement": float(agree.mean()) if len(agree) else 1.0,
+        "argmax_disagreements": int((~agree).sum()),
+        "ties": int((tie & (ref_top != out_top)).sum()),
+    }
 
 
 def val_files(splits_csv: Path, classes: list[str], limit: int) -> list[str]:
@@ -87,15 +105,16 @@ def val_files(splits_csv: Path, classes: list[str], limit: int) -> list[str]:
     return files[:limit] if limit else files
 
 
-def compare_files(predictor: Predictor, exported: Exported, files: Sequence[str]
-                  ) -> tuple[np.ndarray, np.ndarray, int, int]:
+def compare_files(
+    predictor: Predictor, exported: Exported, files: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Both models' probabilities on ``files`` (each decoded by its own loader), the count of files neither can
     read, and of files decoded differently (or read by only one of them)."""
     ref, out = [], []
     refused = mismatched = 0
     for start in range(0, len(files), BATCH):
         torch_images, own_images = [], []
-        for path in files[start:start + BATCH]:
+        for path in files[start : start + BATCH]:
             mine, theirs = _load(predictor.load_image, path), _load(exported.load_image, path)
             if mine is None and theirs is None:
                 refused += 1

@@ -5,6 +5,15 @@ Left out of sweep job folder names (``hydra.job.override_dirname``, through the
 leaderboard's columns.
 """
 
-BOOKKEEPING_KEYS = ("experiment", "resume", "overwrite", "device", "progress",
-                    "paths.experiments", "paths.runs", "paths.cache", "paths.project_root",
-                    "sweep_trial")  # set by the Optuna sweeper: which trial of which study a job is
+BOOKKEEPING_KEYS = (
+    "experiment",
+    "resume",
+    "overwrite",
+    "device",
+    "progress",
+    "paths.experiments",
+    "paths.runs",
+    "paths.cache",
+    "paths.project_root",
+    "sweep_trial",
+)  # set by the Optuna sweeper: which trial of which study a job is

@@ -89,9 +89,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt zips and pickles
-        raise CheckpointError(
-            f"checkpoint {path} ({size} bytes) cannot be read: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise CheckpointError(f"checkpoint {path} ({size} bytes) cannot be read: {type(exc).__name__}: {exc}") from exc
     if not isinstance(payload, dict) or "model" not in payload:
         raise CheckpointError(f"{path} ({size} bytes) is not an imgclf checkpoint (no 'model' entry)")
     bad = first_non_finite(payload["model"])

@@ -13,9 +13,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from imgclf.atomic import write_text_atomic
 from imgclf.data.splits_file import checksum_path
 from imgclf.errors import CheckpointError, ExperimentError, ImgclfError
-from imgclf.atomic import write_text_atomic
 from imgclf.experiment.checkpoint import load_checkpoint, remove_orphan_temps
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,14 @@ class ExperimentDir:
             :meth:`clear` to delete anything (default: the folders that hold them).
     """
 
-    def __init__(self, path: str | Path, tensorboard_dir: str | Path, *, experiments: str | Path | None = None,
-                 runs: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        tensorboard_dir: str | Path,
+        *,
+        experiments: str | Path | None = None,
+        runs: str | Path | None = None,
+    ) -> None:
         self.path = Path(path)
         self.tensorboard_dir = Path(tensorboard_dir)
         self.experiments = Path(experiments) if experiments is not None else self.path.parent
@@ -110,11 +116,14 @@ class ExperimentDir:
                 raise ExperimentError(
                     f"overwrite=true would delete results in {folder}, which is {folder.resolve()} once its links are "
                     f"resolved: not a folder inside {name} ({top.resolve()}). Nothing was deleted; remove or move "
-                    f"{folder} yourself, or choose experiment=<new name>")
+                    f"{folder} yourself, or choose experiment=<new name>"
+                )
         if self.path.resolve() == self.tensorboard_dir.resolve() or _inside(self.path, self.tensorboard_dir):
-            raise ExperimentError(f"overwrite=true would delete the TensorBoard folder {self.tensorboard_dir}, which "
-                                  f"holds the experiment folder {self.path}: set paths.runs and paths.experiments "
-                                  "to two separate folders")
+            raise ExperimentError(
+                f"overwrite=true would delete the TensorBoard folder {self.tensorboard_dir}, which "
+                f"holds the experiment folder {self.path}: set paths.runs and paths.experiments "
+                "to two separate folders"
+            )
 
     def record_config(self, config: dict[str, Any], epoch: int, step: int, saved: dict[str, Any] | None) -> Path:
         """Keep the config a run starts with as ``config_history/epoch-<E>-step-<S>.yaml`` (``config.yaml`` is
@@ -159,8 +168,10 @@ class ExperimentDir:
         if resume not in ("auto", "never"):
             payload = load_checkpoint(resume)
             if self.results() and Path(resume).resolve().parent != self.path.resolve() and not overwrite:
-                raise ExperimentError(f"{self.path} already holds results; resuming {resume} there would "
-                                      "replace them: choose experiment=<new name> or overwrite=true")
+                raise ExperimentError(
+                    f"{self.path} already holds results; resuming {resume} there would "
+                    "replace them: choose experiment=<new name> or overwrite=true"
+                )
             return payload
         if overwrite:  # deleted by the caller, with clear(), once the new run's config and data are checked
             if self.has_results():
@@ -168,9 +179,11 @@ class ExperimentDir:
             return None
         payload = self.latest_checkpoint() if resume == "auto" else None
         if payload is None and resume == "never" and self.results():
-            raise ExperimentError(f"{self.path} already holds results {[p.name for p in self.results()]}; "
-                                  "use resume=auto to continue it, overwrite=true to delete and start over, "
-                                  "or experiment=<new name>")
+            raise ExperimentError(
+                f"{self.path} already holds results {[p.name for p in self.results()]}; "
+                "use resume=auto to continue it, overwrite=true to delete and start over, "
+                "or experiment=<new name>"
+            )
         return payload
 
     def latest_checkpoint(self) -> dict[str, Any] | None:
@@ -213,7 +226,8 @@ class ExperimentLock:
                 pid = read_pid(self.path)
                 raise ExperimentError(
                     f"{self.path.parent} is in use by process {pid if pid is not None else '(unknown)'} (lock file "
-                    f"{self.path}); {self.hint}") from None
+                    f"{self.path}); {self.hint}"
+                ) from None
             if _same_file(fd, self.path):  # not a file that its holder unlinked just before we locked it
                 os.ftruncate(fd, 0)
                 os.write(fd, str(os.getpid()).encode())
@@ -242,5 +256,3 @@ def read_pid(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-

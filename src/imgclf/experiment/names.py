@@ -37,6 +37,8 @@ def check_name(name: Any, option: str = "experiment=") -> str:
     """
     problem = name_problem(name)
     if problem is not None:
-        raise ConfigError(f"{option}{name!r}: {problem}. An experiment is one folder name under paths.experiments "
-                          f"(letters, digits, '.', '-', '_'), e.g. {option}my_photos_v2")
+        raise ConfigError(
+            f"{option}{name!r}: {problem}. An experiment is one folder name under paths.experiments "
+            f"(letters, digits, '.', '-', '_'), e.g. {option}my_photos_v2"
+        )
     return str(name)

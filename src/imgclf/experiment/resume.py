@@ -29,8 +29,9 @@ def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
         return {prefix: cfg}
     flat: dict[str, Any] = {}
     for key, value in cfg.items():
-        flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else
-                    {f"{prefix}{key}": value})
+        flat.update(
+            _flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value}
+        )
     return flat
 
 
@@ -41,6 +42,7 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
 def compare_configs(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Differences that forbid resuming (:data:`STRUCTURAL_KEYS`), and every other changed setting as
     ``key: old -> new``, which resuming warns about (docs/reliability.md D6, G6)."""
+
     def get(cfg: dict[str, Any], dotted: str) -> Any:
         value: Any = cfg
         for part in dotted.split("."):
@@ -53,9 +55,13 @@ def compare_configs(saved: dict[str, Any], current: dict[str, Any]) -> tuple[lis
     refused = [change(k, get(saved, k), get(current, k)) for k in STRUCTURAL_KEYS if get(saved, k) != get(current, k)]
     old, new = _flatten(saved), _flatten(current)
     sections = {k.split(".", 1)[0] for k in old}  # a top-level key added to imgclf after the checkpoint: no change
-    warned = [change(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-              if old.get(k) != new.get(k) and not _under(k, (*STRUCTURAL_KEYS, *UNWARNED_KEYS))
-              and k.split(".", 1)[0] in sections]
+    warned = [
+        change(k, old.get(k), new.get(k))
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+        and not _under(k, (*STRUCTURAL_KEYS, *UNWARNED_KEYS))
+        and k.split(".", 1)[0] in sections
+    ]
     return refused, warned
 
 
@@ -91,8 +97,11 @@ def check_classes(payload: dict[str, Any], classes: list[str]) -> None:
 
 def refuse(refused: list[str]) -> None:
     if refused:
-        raise ExperimentError("cannot resume: these settings differ from the checkpoint's:\n  "
-                              + "\n  ".join(refused) + "\nuse experiment=<new name> or overwrite=true")
+        raise ExperimentError(
+            "cannot resume: these settings differ from the checkpoint's:\n  "
+            + "\n  ".join(refused)
+            + "\nuse experiment=<new name> or overwrite=true"
+        )
 
 
 def check_resumable(payload: dict[str, Any], config: dict[str, Any], classes: list[str]) -> list[str]:
@@ -108,7 +117,11 @@ def check_resumable(payload: dict[str, Any], config: dict[str, Any], classes: li
         refused.append(f"classes: {payload['class_names']} -> {classes}")
     refuse(refused)
     if warned:
-        log.warning("resuming from epoch %d with %d changed setting(s), which apply from here on (the config "
-                    "history in config_history/ keeps what ran before):\n  %s", payload["state"]["epoch"],
-                    len(warned), "\n  ".join(warned))
+        log.warning(
+            "resuming from epoch %d with %d changed setting(s), which apply from here on (the config "
+            "history in config_history/ keeps what ran before):\n  %s",
+            payload["state"]["epoch"],
+            len(warned),
+            "\n  ".join(warned),
+        )
     return warned

@@ -30,8 +30,14 @@ class RunLog:
         start_epoch: completed epochs of the checkpoint training resumes from (0 for a new run).
     """
 
-    def __init__(self, jsonl_path: str | Path, tensorboard_dir: str | Path, start_epoch: int = 0,
-                 figures: BestFigures | None = None, constants: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        jsonl_path: str | Path,
+        tensorboard_dir: str | Path,
+        start_epoch: int = 0,
+        figures: BestFigures | None = None,
+        constants: dict[str, Any] | None = None,
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
 
         self.jsonl_path = Path(jsonl_path)
@@ -96,11 +102,14 @@ class BestFigures:
     def draw(self, outputs: Outputs) -> dict[str, Any]:
         from imgclf.reporting import figures
 
-        drawn = {"confusion_matrix": figures.confusion_figure(outputs.confusion(len(self.classes)), self.classes, "val")}
+        drawn = {
+            "confusion_matrix": figures.confusion_figure(outputs.confusion(len(self.classes)), self.classes, "val")
+        }
         if self.picture is not None and self.mistakes:
             probs = torch.softmax(outputs.logits.double(), 1)
-            drawn["misclassified"] = figures.mistakes_figure(probs, outputs.labels, self.classes, self.picture,
-                                                             self.mistakes)
+            drawn["misclassified"] = figures.mistakes_figure(
+                probs, outputs.labels, self.classes, self.picture, self.mistakes
+            )
         return drawn
 
 
@@ -113,8 +122,9 @@ def _wait_for_a_later_second(folder: Path) -> None:
     made in, then the pid: a run resumed within the second its predecessor's file was made would sort first
     when its pid is lower, and its points would be read before the older ones (a zig-zag, and no purge).
     Waiting (under a second, and only then) for a later second keeps the files in the order they were made."""
-    stamps = [int(part) for p in folder.glob("events.out.tfevents.*")
-              for part in p.name.split(".")[3:4] if part.isdigit()]
+    stamps = [
+        int(part) for p in folder.glob("events.out.tfevents.*") for part in p.name.split(".")[3:4] if part.isdigit()
+    ]
     while stamps and time.time() < max(stamps) + 1:
         time.sleep(0.05)
 

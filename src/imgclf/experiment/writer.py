@@ -27,9 +27,16 @@ class CheckpointWriter:
         meta: plain values stored in every checkpoint (class names, input size, config, ...).
     """
 
-    def __init__(self, exp: ExperimentDir, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: Scheduler, meta: dict[str, Any], scaler: torch.amp.GradScaler | None = None,
-                 ema: torch.optim.swa_utils.AveragedModel | None = None) -> None:
+    def __init__(
+        self,
+        exp: ExperimentDir,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Scheduler,
+        meta: dict[str, Any],
+        scaler: torch.amp.GradScaler | None = None,
+        ema: torch.optim.swa_utils.AveragedModel | None = None,
+    ) -> None:
         self.exp, self.model, self.optimizer, self.scheduler = exp, model, optimizer, scheduler
         self.scaler, self.ema = scaler, ema
         self.meta = {**meta, "format": FORMAT_VERSION, "versions": versions()}
@@ -57,8 +64,10 @@ class CheckpointWriter:
         """
         bad = first_non_finite(self.model.state_dict())
         if bad is not None:
-            raise Diverged(f"weight '{bad}' became NaN or infinite after epoch {state.epoch} "
-                           f"(batch {state.step}); it was not saved")
+            raise Diverged(
+                f"weight '{bad}' became NaN or infinite after epoch {state.epoch} "
+                f"(batch {state.step}); it was not saved"
+            )
         payload = self.payload(state)
         if best:  # the new best is durable before last.pt moves on
             save_atomic(payload, self.exp.best)
@@ -68,5 +77,8 @@ class CheckpointWriter:
 def versions() -> dict[str, str]:
     import torchvision
 
-    return {"python": platform.python_version(), "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__)}
+    return {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "torchvision": str(torchvision.__version__),
+    }

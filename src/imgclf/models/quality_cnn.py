@@ -19,14 +19,25 @@ class QualityCNN(nn.Sequential):
         dropout: dropout before the output.
     """
 
-    def __init__(self, num_classes: int, image_size: int = 256, widths: Sequence[int] = (32, 64, 128),
-                 hidden: int = 528, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 256,
+        widths: Sequence[int] = (32, 64, 128),
+        hidden: int = 528,
+        dropout: float = 0.5,
+    ) -> None:
         layers: list[nn.Module] = []
         channels = 3
         for width in widths:
             layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             channels = width
         side = image_size // 2 ** len(widths)
-        layers += [nn.Flatten(), nn.Linear(channels * side * side, hidden), nn.ReLU(inplace=True),
-                   nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
+        layers += [
+            nn.Flatten(),
+            nn.Linear(channels * side * side, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        ]
         super().__init__(*layers)

@@ -26,8 +26,11 @@ class ResidualBlock(nn.Module):
         for _ in range(convs - 1):
             layers += [nn.ReLU(inplace=True), *conv_bn(out_ch, out_ch)]
         self.body = nn.Sequential(*layers)
-        self.shortcut = (nn.Identity() if stride == 1 and in_ch == out_ch
-                         else nn.Sequential(*conv_bn(in_ch, out_ch, kernel=1, stride=stride)))
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and in_ch == out_ch
+            else nn.Sequential(*conv_bn(in_ch, out_ch, kernel=1, stride=stride))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.body(x) + self.shortcut(x))
@@ -43,17 +46,25 @@ class ResNetLike(nn.Module):
         dropout: dropout before the linear head.
     """
 
-    def __init__(self, num_classes: int, widths: Sequence[int] = (64, 128, 256, 512), convs_per_block: int = 1,
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        convs_per_block: int = 1,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(*conv_bn(3, widths[0], kernel=7, stride=2), nn.ReLU(inplace=True),
-                                  nn.MaxPool2d(3, stride=2, padding=1))
+        self.stem = nn.Sequential(
+            *conv_bn(3, widths[0], kernel=7, stride=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)
+        )
         blocks, width = [], widths[0]
         for i, out in enumerate(widths):
             blocks.append(ResidualBlock(width, out, stride=1 if i == 0 else 2, convs=convs_per_block))
             width = out
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(width, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(width, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))

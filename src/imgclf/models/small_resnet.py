@@ -19,15 +19,21 @@ from imgclf.models.resnet_like import ResidualBlock, conv_bn
 
 class SmallResNet(nn.Module):
     """Args:
-        num_classes: number of output logits.
-        image_size: the input side (sets the stem's stride).
-        widths: channels of each stage (each after the first halves the resolution).
-        blocks: basic blocks per stage (3 with widths 16/32/64 is ResNet-20).
-        dropout: dropout before the linear layer.
+    num_classes: number of output logits.
+    image_size: the input side (sets the stem's stride).
+    widths: channels of each stage (each after the first halves the resolution).
+    blocks: basic blocks per stage (3 with widths 16/32/64 is ResNet-20).
+    dropout: dropout before the linear layer.
     """
 
-    def __init__(self, num_classes: int, image_size: int = 32, widths: Sequence[int] = (32, 64, 128),
-                 blocks: int = 2, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 32,
+        widths: Sequence[int] = (32, 64, 128),
+        blocks: int = 2,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         stride = max(1, int(image_size) // 32)
         self.stem = nn.Sequential(*conv_bn(3, widths[0], stride=stride), nn.ReLU(inplace=True))
@@ -37,7 +43,9 @@ class SmallResNet(nn.Module):
                 layers.append(ResidualBlock(width, out, stride=2 if stage and not block else 1, convs=2))
                 width = out
         self.blocks = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(width, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(width, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))

@@ -35,15 +35,23 @@ class TinyVGG(nn.Sequential):
             (every block halves it).
     """
 
-    def __init__(self, num_classes: int, image_size: int, in_channels: int = 3, width: int | Sequence[int] = 16,
-                 batch_norm: bool = False) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int,
+        in_channels: int = 3,
+        width: int | Sequence[int] = 16,
+        batch_norm: bool = False,
+    ) -> None:
         widths = [width, width] if isinstance(width, int) else [int(w) for w in width]
         if not widths or min(widths) < 1:
             raise ConfigError(f"model.width must be a positive integer or a list of them, got {width!r}")
         side = image_size >> len(widths)
         if side < 1:
-            raise ConfigError(f"model.width={width!r} makes {len(widths)} blocks, each halving the image, but "
-                              f"dataset.image_size={image_size} allows at most {image_size.bit_length() - 1}: "
-                              "use fewer blocks or larger images")
+            raise ConfigError(
+                f"model.width={width!r} makes {len(widths)} blocks, each halving the image, but "
+                f"dataset.image_size={image_size} allows at most {image_size.bit_length() - 1}: "
+                "use fewer blocks or larger images"
+            )
         blocks = [vgg_block(a, b, batch_norm) for a, b in zip([in_channels, *widths[:-1]], widths, strict=True)]
         super().__init__(*blocks, nn.Flatten(), nn.Linear(widths[-1] * side * side, num_classes))

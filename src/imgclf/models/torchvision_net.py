@@ -23,8 +23,10 @@ def _build(arch: str, weights: str | None) -> tuple[nn.Module, tuple | None, tup
     try:
         builder = models.get_model_builder(arch)
     except ValueError as exc:
-        raise ConfigError(f"model.arch={arch!r} is not a torchvision model; e.g. resnet18, vgg16, "
-                          "efficientnet_b2, mobilenet_v3_small, convnext_tiny") from exc
+        raise ConfigError(
+            f"model.arch={arch!r} is not a torchvision model; e.g. resnet18, vgg16, "
+            "efficientnet_b2, mobilenet_v3_small, convnext_tiny"
+        ) from exc
     if weights is None or Path(str(weights)).suffix in (".pt", ".pth"):
         net = builder(weights=None)
         if weights is not None:
@@ -38,8 +40,10 @@ def _build(arch: str, weights: str | None) -> tuple[nn.Module, tuple | None, tup
     try:
         net = builder(weights=chosen)
     except Exception as exc:  # urllib errors, hash mismatch, ...
-        raise ConfigError(f"could not download the {arch} weights {chosen} ({exc}); connect to the internet once "
-                          "(torch caches them in ~/.cache/torch), or use model.weights=null or a local .pth path") from exc
+        raise ConfigError(
+            f"could not download the {arch} weights {chosen} ({exc}); connect to the internet once "
+            "(torch caches them in ~/.cache/torch), or use model.weights=null or a local .pth path"
+        ) from exc
     transforms = chosen.transforms()
     return net, tuple(transforms.mean), tuple(transforms.std)
 
@@ -92,14 +96,28 @@ class TorchvisionNet(BackboneClassifier):
         freeze_bn: keep the backbone's BatchNorm statistics fixed while fine-tuning.
     """
 
-    def __init__(self, num_classes: int, arch: str = "resnet18", weights: str | None = None,
-                 hidden: Sequence[int] = (), dropout: float = 0.0, freeze: str = "none",
-                 unfreeze_at_epoch: int | None = None, backbone_lr_scale: float = 1.0,
-                 freeze_bn: bool = False) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        arch: str = "resnet18",
+        weights: str | None = None,
+        hidden: Sequence[int] = (),
+        dropout: float = 0.0,
+        freeze: str = "none",
+        unfreeze_at_epoch: int | None = None,
+        backbone_lr_scale: float = 1.0,
+        freeze_bn: bool = False,
+    ) -> None:
         net, mean, std = _build(arch, weights)
         backbone, features = _split_classifier(net)
-        super().__init__(backbone, make_head(features, num_classes, hidden, dropout), freeze=freeze,
-                         unfreeze_at_epoch=unfreeze_at_epoch, backbone_lr_scale=backbone_lr_scale, freeze_bn=freeze_bn)
+        super().__init__(
+            backbone,
+            make_head(features, num_classes, hidden, dropout),
+            freeze=freeze,
+            unfreeze_at_epoch=unfreeze_at_epoch,
+            backbone_lr_scale=backbone_lr_scale,
+            freeze_bn=freeze_bn,
+        )
         self.input_mean, self.input_std = mean, std  # pretrained weights bring their normalization
 
     @staticmethod

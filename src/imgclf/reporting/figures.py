@@ -56,8 +56,15 @@ def confusion_figure(cm: torch.Tensor, names: Sequence[str], title: str = "") ->
             threshold = values.max() / 2
             for i in range(n):
                 for j in range(n):
-                    ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=font,
-                            color="white" if values[i, j] > threshold else "black")
+                    ax.text(
+                        j,
+                        i,
+                        format(values[i, j], fmt),
+                        ha="center",
+                        va="center",
+                        fontsize=font,
+                        color="white" if values[i, j] > threshold else "black",
+                    )
     return fig
 
 
@@ -80,15 +87,27 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], title: str =
     return fig
 
 
-def mistakes_figure(probs: torch.Tensor, labels: torch.Tensor, names: Sequence[str],
-                    picture: Callable[[int], np.ndarray], count: int = 16, paths: Sequence[str] = ()) -> Any:
+def mistakes_figure(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    names: Sequence[str],
+    picture: Callable[[int], np.ndarray],
+    count: int = 16,
+    paths: Sequence[str] = (),
+) -> Any:
     """The ``count`` most confident mistakes, captioned with true class, prediction and confidence."""
     worst = worst_mistakes(probs, labels, count)
     confidence, preds = probs.max(1)
-    captions = [f"true {names[int(labels[i])]}\npred {names[int(preds[i])]} ({float(confidence[i]):.0%})"
-                + (f"\n{shown(Path(paths[i]).name)}" if paths else "") for i in worst]  # Matplotlib: no surrogates
-    return image_grid([picture(i) for i in worst], captions,
-                      f"most confident mistakes ({len(worst)} of {int((preds != labels).sum())})")
+    captions = [
+        f"true {names[int(labels[i])]}\npred {names[int(preds[i])]} ({float(confidence[i]):.0%})"
+        + (f"\n{shown(Path(paths[i]).name)}" if paths else "")
+        for i in worst
+    ]  # Matplotlib: no surrogates
+    return image_grid(
+        [picture(i) for i in worst],
+        captions,
+        f"most confident mistakes ({len(worst)} of {int((preds != labels).sum())})",
+    )
 
 
 PLOT_COLUMNS = 4  # images side by side on a page of predict --plot
@@ -99,8 +118,9 @@ def _short(name: str) -> str:
     return name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1] + "\u2026"
 
 
-def predictions_figure(images: Sequence[np.ndarray], top: Sequence[Sequence[tuple[str, float]]],
-                       captions: Sequence[str]) -> Any:
+def predictions_figure(
+    images: Sequence[np.ndarray], top: Sequence[Sequence[tuple[str, float]]], captions: Sequence[str]
+) -> Any:
     """A grid of up to ``PLOT_COLUMNS`` images a row, each above a bar chart of its top-k probabilities.
 
     Probabilities are written inside the bars' panel (the axis runs to 1.25) and class names are cut to
@@ -148,8 +168,7 @@ def reliability_figure(rel: Reliability, calibrated: Reliability | None = None) 
     one wrong image no longer draws a spike from 1.0 to 0.0, and the counts below say how much each holds.
     """
     plt = _pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=[3, 1], sharex=True,
-                                      constrained_layout=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=[3, 1], sharex=True, constrained_layout=True)
     top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     curves = [(rel, "model", "tab:blue")] + ([(calibrated, "temperature-scaled", "tab:orange")] if calibrated else [])
     largest = max(max(values.counts) for values, _, _ in curves) or 1
@@ -157,11 +176,26 @@ def reliability_figure(rel: Reliability, calibrated: Reliability | None = None) 
         counts = np.array(values.counts)
         seen = counts > 0
         conf, acc = np.array(values.confidence)[seen], np.array(values.accuracy)[seen]
-        lows, highs = zip(*(_wilson(a * c, int(c)) for a, c in zip(acc, counts[seen], strict=True))) if seen.any() else ((), ())
-        top.errorbar(conf, acc, yerr=np.clip([acc - np.array(lows), np.array(highs) - acc], 0, None), fmt="none", ecolor=color,
-                     alpha=0.5, capsize=2)
-        top.scatter(conf, acc, s=12 + 150 * counts[seen] / largest, color=color, alpha=0.8,
-                    label=f"{label} (ECE {values.ece:.3f})")
+        lows, highs = (
+            zip(*(_wilson(a * c, int(c)) for a, c in zip(acc, counts[seen], strict=True))) if seen.any() else ((), ())
+        )
+        top.errorbar(
+            conf,
+            acc,
+            yerr=np.clip([acc - np.array(lows), np.array(highs) - acc], 0, None),
+            fmt="none",
+            ecolor=color,
+            alpha=0.5,
+            capsize=2,
+        )
+        top.scatter(
+            conf,
+            acc,
+            s=12 + 150 * counts[seen] / largest,
+            color=color,
+            alpha=0.8,
+            label=f"{label} (ECE {values.ece:.3f})",
+        )
     top.set_ylabel("accuracy (95% interval)")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1.03)

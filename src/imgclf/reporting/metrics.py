@@ -140,8 +140,9 @@ def topk_accuracy(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """
     if not len(labels):
         return 0.0
-    metric = MulticlassAccuracy(probs.shape[1], top_k=min(k, probs.shape[1]), average="micro",
-                                validate_args=False, sync_on_compute=False).to(probs.device)
+    metric = MulticlassAccuracy(
+        probs.shape[1], top_k=min(k, probs.shape[1]), average="micro", validate_args=False, sync_on_compute=False
+    ).to(probs.device)
     metric.update(probs, labels)
     return float(metric.compute())
 
@@ -163,7 +164,8 @@ def calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15)
     """
     if not len(labels):
         return 0.0  # torchmetrics would give NaN (0 / 0 samples)
-    metric = MulticlassCalibrationError(probs.shape[1], n_bins=bins, norm="l1", validate_args=False,
-                                        sync_on_compute=False).to(probs.device)
+    metric = MulticlassCalibrationError(
+        probs.shape[1], n_bins=bins, norm="l1", validate_args=False, sync_on_compute=False
+    ).to(probs.device)
     metric.update(probs, labels)
     return float(metric.to("cpu").set_dtype(torch.float64).compute())

@@ -15,9 +15,9 @@ from imgclf.reporting.metrics import confusion_matrix
 class Outputs:
     """A model's outputs over a whole split, in loader order, on the CPU."""
 
-    loss: float              # mean loss
-    logits: torch.Tensor     # (N, C) float32
-    labels: torch.Tensor     # (N,) class indices
+    loss: float  # mean loss
+    logits: torch.Tensor  # (N, C) float32
+    labels: torch.Tensor  # (N,) class indices
 
     def confusion(self, num_classes: int) -> torch.Tensor:
         """Rows true classes, columns predictions."""

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgclf.atomic import csv_text, staged_folder, write_text_atomic
 from imgclf.errors import ReportError
 from imgclf.filenames import shown
 from imgclf.reporting import figures, statistics
-from imgclf.atomic import csv_text, staged_folder, write_text_atomic
-from imgclf.reporting.outputs import Outputs
 from imgclf.reporting.events import EventFile
 from imgclf.reporting.metrics import calibration_error, summarize, topk_accuracy
+from imgclf.reporting.outputs import Outputs
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,9 @@ class SplitResult:
     outputs: Outputs
     classes: list[str]
     paths: list[str]
-    image: Callable[[int], np.ndarray]          # (H, W, 3) uint8 picture of sample i, as the model saw it
-    info: dict[str, Any]                        # split, checkpoint, epoch, data_root, experiment, ...
-    temperature: float = 1.0                    # logits are divided by it (1: uncalibrated)
+    image: Callable[[int], np.ndarray]  # (H, W, 3) uint8 picture of sample i, as the model saw it
+    info: dict[str, Any]  # split, checkpoint, epoch, data_root, experiment, ...
+    temperature: float = 1.0  # logits are divided by it (1: uncalibrated)
     display_names: dict[str, str] = field(default_factory=dict)
 
     def names(self) -> list[str]:
@@ -68,24 +68,41 @@ def compute(result: SplitResult, *, top_k: int, bootstrap: int) -> tuple[dict[st
     if bootstrap:
         ci = statistics.bootstrap_ci(logits.argmax(1), labels, num_classes, resamples=bootstrap)
         metrics.update(accuracy_ci=ci["accuracy"], f1_ci=ci["f1"], ci_level=0.95, bootstrap_resamples=bootstrap)
-    metrics.update(ece=calibration_error(probs, labels), nll=statistics.nll(logits, labels, result.temperature),
-                   temperature=result.temperature)
+    metrics.update(
+        ece=calibration_error(probs, labels),
+        nll=statistics.nll(logits, labels, result.temperature),
+        temperature=result.temperature,
+    )
     if result.temperature != 1.0:
-        metrics.update(ece_uncalibrated=calibration_error(torch.softmax(logits.double(), 1), labels),
-                       nll_uncalibrated=statistics.nll(logits, labels))
+        metrics.update(
+            ece_uncalibrated=calibration_error(torch.softmax(logits.double(), 1), labels),
+            nll_uncalibrated=statistics.nll(logits, labels),
+        )
     metrics["per_class"] = {
         name: {**{m: summary[f"per_class_{m}"][i] for m in PER_CLASS}, "support": summary["per_class_support"][i]}
         for i, name in enumerate(result.classes)
     }
     absent = [result.classes[i] for i in summary["absent_classes"]]  # nothing to score: not in the macro averages
-    metrics.update(confusion_matrix=summary["confusion_matrix"].tolist(), classes=result.classes,
-                   display_names=result.display_names, absent_classes=absent,
-                   macro_average_over=[c for c in result.classes if c not in absent])
+    metrics.update(
+        confusion_matrix=summary["confusion_matrix"].tolist(),
+        classes=result.classes,
+        display_names=result.display_names,
+        absent_classes=absent,
+        macro_average_over=[c for c in result.classes if c not in absent],
+    )
     return metrics, probs
 
 
-def write(folder: str | Path, result: SplitResult, *, top_k: int = 5, bootstrap: int = 1000, mistakes: int = 16,
-          tensorboard: str | Path | None = None, step: int = 0) -> dict[str, Any]:
+def write(
+    folder: str | Path,
+    result: SplitResult,
+    *,
+    top_k: int = 5,
+    bootstrap: int = 1000,
+    mistakes: int = 16,
+    tensorboard: str | Path | None = None,
+    step: int = 0,
+) -> dict[str, Any]:
     """Write every report file to ``folder`` (and, given ``tensorboard``, add the split's metrics,
     PR curves and figures to that run at ``step``); return metrics.json's content.
 
@@ -98,9 +115,12 @@ def write(folder: str | Path, result: SplitResult, *, top_k: int = 5, bootstrap:
     folder = Path(folder)
     metrics, probs = compute(result, top_k=top_k, bootstrap=bootstrap)
     if metrics["absent_classes"]:
-        log.warning("the %s split has no images of %s: its macro precision, recall and F1 average the %d classes "
-                    "present", metrics.get("split", ""), ", ".join(metrics["absent_classes"]),
-                    len(metrics["macro_average_over"]))
+        log.warning(
+            "the %s split has no images of %s: its macro precision, recall and F1 average the %d classes present",
+            metrics.get("split", ""),
+            ", ".join(metrics["absent_classes"]),
+            len(metrics["macro_average_over"]),
+        )
     pics = pictures(result, probs, torch.tensor(metrics["confusion_matrix"]), mistakes)
     try:
         with staged_folder(folder) as staging:
@@ -124,23 +144,39 @@ def not_written(exc: OSError, path: Path, report: Path) -> ReportError:
     said = f"could not write {path}: {exc.strerror or exc}"
     if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         place = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-        said += (f" ({shutil.disk_usage(place).free / 2**20:.0f} MiB free in {place}; the file size limit of this "
-                 "process may be lower: ulimit -f)")
-    return ReportError(f"{said}; {report} is left as it was. Free some space or make it writable (or write "
-                       "elsewhere: paths.experiments=..., paths.runs=...), then run the same command again")
+        said += (
+            f" ({shutil.disk_usage(place).free / 2**20:.0f} MiB free in {place}; the file size limit of this "
+            "process may be lower: ulimit -f)"
+        )
+    return ReportError(
+        f"{said}; {report} is left as it was. Free some space or make it writable (or write "
+        "elsewhere: paths.experiments=..., paths.runs=...), then run the same command again"
+    )
 
 
-def write_files(folder: Path, metrics: dict[str, Any], result: SplitResult, probs: torch.Tensor,
-                pics: dict[str, Any], *, top_k: int) -> None:
+def write_files(
+    folder: Path, metrics: dict[str, Any], result: SplitResult, probs: torch.Tensor, pics: dict[str, Any], *, top_k: int
+) -> None:
     """Every report file in ``folder`` (the figures are left open)."""
     write_text_atomic(folder / "metrics.json", json.dumps(metrics, indent=2))
-    write_text_atomic(folder / "per_class.csv", csv_text(
-        ["class", "name", *PER_CLASS, "support"],
-        [[c, n, *(f"{metrics['per_class'][c][m]:.6f}" for m in PER_CLASS), metrics["per_class"][c]["support"]]
-         for c, n in zip(result.classes, result.names(), strict=True)]))
+    write_text_atomic(
+        folder / "per_class.csv",
+        csv_text(
+            ["class", "name", *PER_CLASS, "support"],
+            [
+                [c, n, *(f"{metrics['per_class'][c][m]:.6f}" for m in PER_CLASS), metrics["per_class"][c]["support"]]
+                for c, n in zip(result.classes, result.names(), strict=True)
+            ],
+        ),
+    )
     cm = torch.tensor(metrics["confusion_matrix"])
-    write_text_atomic(folder / "confusion_matrix.csv", csv_text(
-        ["true \\ predicted", *result.classes], [[c, *row] for c, row in zip(result.classes, cm.tolist(), strict=True)]))
+    write_text_atomic(
+        folder / "confusion_matrix.csv",
+        csv_text(
+            ["true \\ predicted", *result.classes],
+            [[c, *row] for c, row in zip(result.classes, cm.tolist(), strict=True)],
+        ),
+    )
     write_text_atomic(folder / "predictions.csv", predictions_csv(result, probs, min(top_k, len(result.classes))))
     for name, fig in pics.items():
         figures.save(fig, folder / f"{name}.png", close=False)
@@ -173,17 +209,23 @@ def predictions_csv(result: SplitResult, probs: torch.Tensor, k: int) -> str:
 
 def headline(metrics: dict[str, Any]) -> list[str]:
     """The overall numbers, one per line: accuracy with its interval, top-k, F1, calibration."""
-    lines = [f"accuracy {metrics['accuracy']:.4f}" + _ci(metrics, "accuracy_ci"),
-             f"macro F1 {metrics['f1']:.4f}" + _ci(metrics, "f1_ci")]
+    lines = [
+        f"accuracy {metrics['accuracy']:.4f}" + _ci(metrics, "accuracy_ci"),
+        f"macro F1 {metrics['f1']:.4f}" + _ci(metrics, "f1_ci"),
+    ]
     if "top_k_accuracy" in metrics:
         lines.append(f"top-{metrics['top_k']} accuracy {metrics['top_k_accuracy']:.4f}")
     if metrics.get("absent_classes"):
-        lines.append(f"macro precision, recall and F1 average the {len(metrics['macro_average_over'])} classes "
-                     f"present; no images of {', '.join(metrics['absent_classes'])} in this split")
+        lines.append(
+            f"macro precision, recall and F1 average the {len(metrics['macro_average_over'])} classes "
+            f"present; no images of {', '.join(metrics['absent_classes'])} in this split"
+        )
     calibration = f"ECE {metrics['ece']:.4f}, NLL {metrics['nll']:.4f}"
     if "ece_uncalibrated" in metrics:
-        calibration += (f" at temperature {metrics['temperature']:.3f} (uncalibrated: ECE "
-                        f"{metrics['ece_uncalibrated']:.4f}, NLL {metrics['nll_uncalibrated']:.4f})")
+        calibration += (
+            f" at temperature {metrics['temperature']:.3f} (uncalibrated: ECE "
+            f"{metrics['ece_uncalibrated']:.4f}, NLL {metrics['nll_uncalibrated']:.4f})"
+        )
     return [*lines, calibration, f"loss {metrics['loss']:.4f}"]
 
 
@@ -210,7 +252,9 @@ def format_table(metrics: dict[str, Any], classes: list[str]) -> str:
     ]
     for name in classes:
         row = metrics["per_class"][name]
-        lines.append(f"{shown[name]:{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:6.4f}  {row['support']:7d}")
+        lines.append(
+            f"{shown[name]:{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:6.4f}  {row['support']:7d}"
+        )
     for label, suffix in (("macro avg", ""), ("weighted avg", "_weighted")):
         values = [metrics[m + suffix] for m in PER_CLASS]
         lines.append(f"{label:{width}}  {values[0]:9.4f}  {values[1]:6.4f}  {values[2]:6.4f}  {metrics['samples']:7d}")
@@ -219,13 +263,15 @@ def format_table(metrics: dict[str, Any], classes: list[str]) -> str:
 
 def markdown(metrics: dict[str, Any], result: SplitResult) -> str:
     """report.md: the headline numbers, the per-class table and links to the pictures."""
-    rows = "\n".join(f"| {name} | {metrics['per_class'][c]['precision']:.4f} | {metrics['per_class'][c]['recall']:.4f} "
-                     f"| {metrics['per_class'][c]['f1']:.4f} | {metrics['per_class'][c]['support']} |"
-                     for c, name in zip(result.classes, result.names(), strict=True))
+    rows = "\n".join(
+        f"| {name} | {metrics['per_class'][c]['precision']:.4f} | {metrics['per_class'][c]['recall']:.4f} "
+        f"| {metrics['per_class'][c]['f1']:.4f} | {metrics['per_class'][c]['support']} |"
+        for c, name in zip(result.classes, result.names(), strict=True)
+    )
     bullets = "\n".join(f"- {line}" for line in headline(metrics))
-    return f"""# Test report: {metrics['experiment']}, {metrics['split']} split
+    return f"""# Test report: {metrics["experiment"]}, {metrics["split"]} split
 
-{metrics['samples']} images from `{metrics['data_root']}`; checkpoint `{metrics['checkpoint']}` (epoch {metrics['epoch']}){_tta(metrics)}.
+{metrics["samples"]} images from `{metrics["data_root"]}`; checkpoint `{metrics["checkpoint"]}` (epoch {metrics["epoch"]}){_tta(metrics)}.
 
 {bullets}
 
@@ -238,7 +284,7 @@ def markdown(metrics: dict[str, Any], result: SplitResult) -> str:
 ![confusion matrix](confusion_matrix.png)
 
 Counts in [confusion_matrix.csv](confusion_matrix.csv); per-class values in [per_class.csv](per_class.csv);
-every prediction with its top-{min(metrics.get('top_k', len(result.classes)), len(result.classes))} guesses in
+every prediction with its top-{min(metrics.get("top_k", len(result.classes)), len(result.classes))} guesses in
 [predictions.csv](predictions.csv).
 
 ## Most confident mistakes
@@ -251,8 +297,14 @@ every prediction with its top-{min(metrics.get('top_k', len(result.classes)), le
 """
 
 
-def log_to_tensorboard(folder: str | Path, metrics: dict[str, Any], result: SplitResult, probs: torch.Tensor,
-                       pics: dict[str, Any], step: int) -> None:
+def log_to_tensorboard(
+    folder: str | Path,
+    metrics: dict[str, Any],
+    result: SplitResult,
+    probs: torch.Tensor,
+    pics: dict[str, Any],
+    step: int,
+) -> None:
     """Add the split's metrics, per-class PR curves and the report's figures to the experiment's run, as one
     event file written whole (:class:`events.EventFile`).
 

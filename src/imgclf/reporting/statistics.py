@@ -19,11 +19,11 @@ from imgclf.reporting.metrics import calibration_error
 class Reliability:
     """Calibration of the top-1 confidence, in equal-width confidence bins."""
 
-    edges: list[float]          # bins + 1 edges from 0 to 1
-    counts: list[int]           # samples per bin
-    confidence: list[float]     # mean top-1 confidence per bin (0 for empty bins)
-    accuracy: list[float]       # accuracy per bin (0 for empty bins)
-    ece: float                  # expected calibration error: sum over bins of |acc - conf| * share
+    edges: list[float]  # bins + 1 edges from 0 to 1
+    counts: list[int]  # samples per bin
+    confidence: list[float]  # mean top-1 confidence per bin (0 for empty bins)
+    accuracy: list[float]  # accuracy per bin (0 for empty bins)
+    ece: float  # expected calibration error: sum over bins of |acc - conf| * share
 
 
 def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> Reliability:
@@ -45,8 +45,9 @@ def reliability(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> Re
     safe = counts.clamp(min=1).double()
     mean_conf = torch.bincount(index, weights=confidence, minlength=bins) / safe
     mean_acc = torch.bincount(index, weights=correct, minlength=bins) / safe
-    return Reliability(edges.tolist(), counts.tolist(), mean_conf.tolist(), mean_acc.tolist(),
-                       calibration_error(probs, labels, bins))
+    return Reliability(
+        edges.tolist(), counts.tolist(), mean_conf.tolist(), mean_acc.tolist(), calibration_error(probs, labels, bins)
+    )
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
@@ -79,8 +80,15 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return temperature
 
 
-def bootstrap_ci(preds: torch.Tensor, labels: torch.Tensor, num_classes: int, *, resamples: int = 1000,
-                 level: float = 0.95, seed: int = 0) -> dict[str, list[float]]:
+def bootstrap_ci(
+    preds: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float]]:
     """Percentile bootstrap intervals of accuracy and macro F1 over the evaluated samples.
 
     Returns ``{"accuracy": [low, high], "f1": [low, high]}``. The samples are resampled with
@@ -96,20 +104,26 @@ def bootstrap_ci(preds: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
     for start in range(0, resamples, 100):  # chunks bound the memory: 100 x N indices at a time
         count = min(100, resamples - start)
         index = torch.randint(n, (count, n), generator=generator)
-        pairs = labels[index] * num_classes + preds[index] + torch.arange(count).view(-1, 1) * num_classes ** 2
-        cms = torch.bincount(pairs.flatten(), minlength=count * num_classes ** 2).view(count, num_classes,
-                                                                                       num_classes).double()
+        pairs = labels[index] * num_classes + preds[index] + torch.arange(count).view(-1, 1) * num_classes**2
+        cms = (
+            torch.bincount(pairs.flatten(), minlength=count * num_classes**2)
+            .view(count, num_classes, num_classes)
+            .double()
+        )
         tp = cms.diagonal(dim1=1, dim2=2)
         support, predicted = cms.sum(2), cms.sum(1)
         precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
         recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
-        f1_per_class = torch.where(precision + recall > 0,
-                                   2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.zeros_like(tp))
+        f1_per_class = torch.where(
+            precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), torch.zeros_like(tp)
+        )
         accuracy.append(tp.sum(1) / n)
         f1.append(f1_per_class[:, present].mean(1))
     tail = (1 - level) / 2
-    return {name: torch.quantile(torch.cat(values), torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
-            for name, values in (("accuracy", accuracy), ("f1", f1))}
+    return {
+        name: torch.quantile(torch.cat(values), torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+        for name, values in (("accuracy", accuracy), ("f1", f1))
+    }
 
 
 def worst_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 16) -> list[int]:
@@ -118,4 +132,3 @@ def worst_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 16) -
     wrong = (preds != labels).nonzero().flatten()
     order = confidence[wrong].argsort(descending=True)
     return wrong[order[:count]].tolist()
-

@@ -54,9 +54,9 @@ class Settings:
     top_k: int = 5
     min_confidence: float | None = None
     limits: Limits = field(default_factory=Limits)
-    max_active: int = 4            # requests decoded and classified at once; the others wait their turn
-    queue_timeout: float = 30.0    # seconds a request may wait for its turn before a 503
-    pace: Pace = field(default_factory=Pace)   # how fast a body must come; it is read before the turn is taken
+    max_active: int = 4  # requests decoded and classified at once; the others wait their turn
+    queue_timeout: float = 30.0  # seconds a request may wait for its turn before a 503
+    pace: Pace = field(default_factory=Pace)  # how fast a body must come; it is read before the turn is taken
 
 
 def create_app(worker: ModelWorker, card: dict[str, Any], settings: Settings) -> FastAPI:
@@ -85,8 +85,11 @@ def create_app(worker: ModelWorker, card: dict[str, Any], settings: Settings) ->
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         # Starlette re-raises it after this answer is sent, and uvicorn logs its traceback: the server stays up
-        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server logged it"},
-                            status_code=500, headers=NO_STORE)
+        return JSONResponse(
+            {"detail": f"internal error ({type(exc).__name__}); the server logged it"},
+            status_code=500,
+            headers=NO_STORE,
+        )
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> Response:
@@ -100,13 +103,16 @@ def create_app(worker: ModelWorker, card: dict[str, Any], settings: Settings) ->
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": card["model"], "classes": len(classes),
-                "served": {"images": worker.images, "batches": worker.batches}}
+        return {
+            "status": "ok",
+            "model": card["model"],
+            "classes": len(classes),
+            "served": {"images": worker.images, "batches": worker.batches},
+        }
 
     @app.get("/card")
     async def model_card() -> dict[str, Any]:
-        return {**card, "top_k": k, "min_confidence": settings.min_confidence,
-                "limits": asdict(settings.limits)}
+        return {**card, "top_k": k, "min_confidence": settings.min_confidence, "limits": asdict(settings.limits)}
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
@@ -144,8 +150,9 @@ def create_app(worker: ModelWorker, card: dict[str, Any], settings: Settings) ->
     return app
 
 
-async def _classify(worker: ModelWorker, uploads: list[Upload], classes: list[str], k: int,
-                    min_confidence: float | None) -> list[dict[str, Any]]:
+async def _classify(
+    worker: ModelWorker, uploads: list[Upload], classes: list[str], k: int, min_confidence: float | None
+) -> list[dict[str, Any]]:
     """One result per upload, in order: its top-k, or why it could not be classified."""
     decoded = await asyncio.gather(*(_decode(worker, i, u) for i, u in enumerate(uploads)))
     good = [image for image in decoded if not isinstance(image, str)]

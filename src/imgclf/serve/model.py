@@ -19,7 +19,7 @@ from imgclf.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-CARD_FILE = "model_card.json"   # written beside an exported model; read when present
+CARD_FILE = "model_card.json"  # written beside an exported model; read when present
 
 
 def load_predictor(path: Path, *, max_pixels: int, device: str = "auto") -> Any:
@@ -30,8 +30,9 @@ def load_predictor(path: Path, *, max_pixels: int, device: str = "auto") -> Any:
         ConfigError: ``device`` is not available.
     """
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such model file; pass a best.pt checkpoint, a model.onnx export, "
-                              "or --experiment NAME")
+        raise CheckpointError(
+            f"{path}: no such model file; pass a best.pt checkpoint, a model.onnx export, or --experiment NAME"
+        )
     if path.suffix.lower() == ".onnx":
         from imgclf.deploy.onnx_predictor import OnnxPredictor
 
@@ -50,8 +51,9 @@ def probabilities(predictor: Any, images: list[Any]) -> np.ndarray:
 def top_k(row: np.ndarray, classes: list[str], names: Mapping[str, str], k: int) -> list[dict[str, Any]]:
     """The ``k`` most probable classes of one image: ``[{"class", "name", "probability"}, ...]``, most probable first."""
     order = np.argsort(-row, kind="stable")[:k]
-    return [{"class": classes[i], "name": names.get(classes[i], classes[i]), "probability": float(row[i])}
-            for i in order]
+    return [
+        {"class": classes[i], "name": names.get(classes[i], classes[i]), "probability": float(row[i])} for i in order
+    ]
 
 
 def model_card(predictor: Any, path: Path) -> dict[str, Any]:
@@ -123,14 +125,21 @@ def _from_card_file(card_file: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("experiment"), str) and checkpoint["experiment"]:
         found["model"] = checkpoint["experiment"]
     training = card_file.get("training")
-    target = training.get("model", {}).get("_target_") if isinstance(training, Mapping) and isinstance(
-        training.get("model"), Mapping) else None
+    target = (
+        training.get("model", {}).get("_target_")
+        if isinstance(training, Mapping) and isinstance(training.get("model"), Mapping)
+        else None
+    )
     if isinstance(target, str):
         found["architecture"] = target.rsplit(".", 1)[-1]
     if isinstance(card_file.get("tta"), str):
         found["tta"] = card_file["tta"]
     evaluation = card_file.get("evaluation")
-    if isinstance(evaluation, Mapping) and evaluation.get("evaluated") and isinstance(evaluation.get("metrics"), Mapping):
+    if (
+        isinstance(evaluation, Mapping)
+        and evaluation.get("evaluated")
+        and isinstance(evaluation.get("metrics"), Mapping)
+    ):
         record = _test_record({**evaluation, **evaluation["metrics"]})
         if record is not None:
             found["test"] = record

@@ -18,16 +18,16 @@ from typing import Any
 
 from imgclf.serve.uploads import UploadError
 
-Receive = Callable[[], Awaitable[dict[str, Any]]]   # the ASGI ``receive`` of one request
+Receive = Callable[[], Awaitable[dict[str, Any]]]  # the ASGI ``receive`` of one request
 
 
 @dataclass(frozen=True)
 class Pace:
     """How fast a body must arrive, counted from the request's headers."""
 
-    timeout: float = 120.0           # seconds for the whole body (--body-timeout)
-    min_rate: float = 8 * 1024       # bytes/s it must average once `grace` seconds have passed (--min-body-rate)
-    grace: float = 10.0              # seconds before the rate counts: a connection's slow start (--body-grace)
+    timeout: float = 120.0  # seconds for the whole body (--body-timeout)
+    min_rate: float = 8 * 1024  # bytes/s it must average once `grace` seconds have passed (--min-body-rate)
+    grace: float = 10.0  # seconds before the rate counts: a connection's slow start (--body-grace)
 
     def time_left(self, elapsed: float, received: int) -> float:
         """Seconds until the body is late, having received ``received`` bytes in ``elapsed`` seconds."""
@@ -64,10 +64,16 @@ async def paced(receive: Receive, pace: Pace, clock: Callable[[], float] = time.
 
 def _too_slow(pace: Pace, received: int, elapsed: float) -> UploadError:
     by_rate = pace.min_rate > 0 and max(pace.grace, received / pace.min_rate) < pace.timeout
-    missed = (f"the server's --min-body-rate of {pace.min_rate / 1024:g} KB/s (after its --body-grace of "
-              f"{pace.grace:g} s)" if by_rate else f"the server's --body-timeout of {pace.timeout:g} s")
-    return UploadError(408, f"the upload was too slow: {received} bytes in {elapsed:.1f} s, under {missed}; "
-                            "send the whole body at once, or retry on a faster connection")
+    missed = (
+        f"the server's --min-body-rate of {pace.min_rate / 1024:g} KB/s (after its --body-grace of {pace.grace:g} s)"
+        if by_rate
+        else f"the server's --body-timeout of {pace.timeout:g} s"
+    )
+    return UploadError(
+        408,
+        f"the upload was too slow: {received} bytes in {elapsed:.1f} s, under {missed}; "
+        "send the whole body at once, or retry on a faster connection",
+    )
 
 
 class BodyBudget:
@@ -100,8 +106,11 @@ class BodyShare:
         """
         budget = self.budget
         if budget.held + size > budget.limit:
-            raise UploadError(503, f"the server is holding {math.ceil(budget.held / 2**20)} MB of uploads, its "
-                                   "limit (--max-active x --max-request-mb); retry shortly")
+            raise UploadError(
+                503,
+                f"the server is holding {math.ceil(budget.held / 2**20)} MB of uploads, its "
+                "limit (--max-active x --max-request-mb); retry shortly",
+            )
         budget.held += size
         self.taken += size
 

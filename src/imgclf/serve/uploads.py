@@ -19,8 +19,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 log = logging.getLogger(__name__)
 
-FIELD = "file"            # the form field whose parts are images; other fields are read and dropped
-NAME_CHARS = 255          # a client's file name is cut to this many characters before it is echoed
+FIELD = "file"  # the form field whose parts are images; other fields are read and dropped
+NAME_CHARS = 255  # a client's file name is cut to this many characters before it is echoed
 # After a limit is crossed the rest of the body is read and dropped (up to this much, for at most this long)
 # before the 413 is sent: a server that closes a connection with unread bytes in it makes the kernel reset
 # it, and the client then sees "connection reset" instead of the message.
@@ -39,8 +39,10 @@ class Limits:
     def __str__(self) -> str:
         """How the log says it: ``10 MB a file, 32 MB a request, 16 files``."""
         mb = 1024 * 1024
-        return (f"{self.max_file_bytes / mb:g} MB a file, {self.max_request_bytes / mb:g} MB a request, "
-                f"{self.max_files} files")
+        return (
+            f"{self.max_file_bytes / mb:g} MB a file, {self.max_request_bytes / mb:g} MB a request, "
+            f"{self.max_files} files"
+        )
 
 
 @dataclass
@@ -80,9 +82,16 @@ class _Collector:
         self._header_value = bytearray()
 
     def callbacks(self) -> dict:
-        return {"on_part_begin": self._begin, "on_header_field": self._field, "on_header_value": self._value,
-                "on_header_end": self._header_end, "on_headers_finished": self._headers_finished,
-                "on_part_data": self._data, "on_part_end": self._end, "on_end": self._finish}
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": self._field,
+            "on_header_value": self._value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._data,
+            "on_part_end": self._end,
+            "on_end": self._finish,
+        }
 
     def _begin(self) -> None:
         self._part = _Part()
@@ -104,8 +113,11 @@ class _Collector:
         part.is_file = kind == b"form-data" and options.get(b"name") == FIELD.encode()
         if part.is_file:
             if len(self.files) >= self.limits.max_files:
-                raise UploadError(413, f"more than {self.limits.max_files} files in one request (the server's "
-                                       "--max-files); send them in several requests")
+                raise UploadError(
+                    413,
+                    f"more than {self.limits.max_files} files in one request (the server's "
+                    "--max-files); send them in several requests",
+                )
             part.name = options.get(b"filename", b"").decode("utf-8", "replace")[:NAME_CHARS]
 
     def _data(self, data: bytes, start: int, end: int) -> None:
@@ -114,8 +126,11 @@ class _Collector:
         if not part.is_file:
             return  # another form field: counted against the request limit by the reader, not kept
         if part.size > self.limits.max_file_bytes:
-            raise UploadError(413, f"file {len(self.files) + 1} is over the limit of {_mb(self.limits.max_file_bytes)} "
-                                   "per file (the server's --max-upload-mb)")
+            raise UploadError(
+                413,
+                f"file {len(self.files) + 1} is over the limit of {_mb(self.limits.max_file_bytes)} "
+                "per file (the server's --max-upload-mb)",
+            )
         part.chunks.append(data[start:end])
 
     def _end(self) -> None:
@@ -136,13 +151,17 @@ def boundary_of(content_type: str) -> bytes:
     kind, options = parse_options_header(content_type)
     if kind != b"multipart/form-data" or not options.get(b"boundary"):
         shown = content_type[:80] or "none"
-        raise UploadError(415, f"expected a multipart/form-data upload with the images in field {FIELD!r} "
-                               f"(Content-Type was {shown!r}), e.g. curl -F {FIELD}=@photo.jpg")
+        raise UploadError(
+            415,
+            f"expected a multipart/form-data upload with the images in field {FIELD!r} "
+            f"(Content-Type was {shown!r}), e.g. curl -F {FIELD}=@photo.jpg",
+        )
     return options[b"boundary"]
 
 
-async def read_uploads(headers: dict[str, str], body: AsyncIterator[bytes], limits: Limits,
-                       hold: Callable[[int], None] | None = None) -> list[Upload]:
+async def read_uploads(
+    headers: dict[str, str], body: AsyncIterator[bytes], limits: Limits, hold: Callable[[int], None] | None = None
+) -> list[Upload]:
     """The ``file`` parts of a multipart body, in upload order, each in memory.
 
     Args:
@@ -184,17 +203,24 @@ async def read_uploads(headers: dict[str, str], body: AsyncIterator[bytes], limi
     except FormParserError as exc:
         raise UploadError(400, f"the multipart body cannot be parsed ({exc})") from exc
     if not collector.ended:
-        raise UploadError(400, f"the upload ended after {received} bytes, before its multipart body did "
-                               "(a truncated request, or a Content-Length that does not match the body)")
+        raise UploadError(
+            400,
+            f"the upload ended after {received} bytes, before its multipart body did "
+            "(a truncated request, or a Content-Length that does not match the body)",
+        )
     if not collector.files:
-        raise UploadError(400, f"no file in the upload: send each image as a part named {FIELD!r}, "
-                               f"e.g. curl -F {FIELD}=@photo.jpg")
+        raise UploadError(
+            400, f"no file in the upload: send each image as a part named {FIELD!r}, e.g. curl -F {FIELD}=@photo.jpg"
+        )
     return collector.files
 
 
 def _request_too_large(limits: Limits) -> UploadError:
-    return UploadError(413, f"the request is over the limit of {_mb(limits.max_request_bytes)} "
-                            "(the server's --max-request-mb); send fewer or smaller files per request")
+    return UploadError(
+        413,
+        f"the request is over the limit of {_mb(limits.max_request_bytes)} "
+        "(the server's --max-request-mb); send fewer or smaller files per request",
+    )
 
 
 async def _drain(body: AsyncIterator[bytes]) -> None:

@@ -49,7 +49,7 @@ class ModelWorker:
         self._queue: queue.Queue[tuple[Any, Future] | None] = queue.Queue(queue_size)
         self._decoders = ThreadPoolExecutor(decode_threads, thread_name_prefix="imgclf-decode")
         self._thread = threading.Thread(target=self._run, name="imgclf-model", daemon=True)
-        self.batches = 0           # forward passes run, and the images in them (for the logs and tests)
+        self.batches = 0  # forward passes run, and the images in them (for the logs and tests)
         self.images = 0
 
     def start(self) -> None:

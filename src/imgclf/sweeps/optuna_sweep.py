@@ -63,16 +63,28 @@ class OptunaSweep:
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         space = search_space.parse([f"{k}={v}" for k, v in (self.settings.params or {}).items()] + list(arguments))
         if not space.distributions:
-            raise ConfigError("the search space is empty: set hydra.sweeper.params (conf/hparams_search/) or give "
-                              "key=choice(...) / interval(...) on the command line")
-        study = studies.open_study(self.url, self.settings.study_name, self.direction, self._sampler(space),
-                                   instantiate(self.settings.pruner))
+            raise ConfigError(
+                "the search space is empty: set hydra.sweeper.params (conf/hparams_search/) or give "
+                "key=choice(...) / interval(...) on the command line"
+            )
+        study = studies.open_study(
+            self.url, self.settings.study_name, self.direction, self._sampler(space), instantiate(self.settings.pruner)
+        )
         studies.fail_interrupted(study)
         wanted, done = self._wanted(space), studies.finished(study)
         n_jobs = self._n_jobs()
-        log.info("Optuna study '%s' in %s (sweep folder %s): %d of n_trials=%d finished, %d to run, %d at a time; "
-                 "%s %s", study.study_name, self.url, self.sweep_dir, done, wanted, max(wanted - done, 0), n_jobs,
-                 self.direction, self.monitor)
+        log.info(
+            "Optuna study '%s' in %s (sweep folder %s): %d of n_trials=%d finished, %d to run, %d at a time; %s %s",
+            study.study_name,
+            self.url,
+            self.sweep_dir,
+            done,
+            wanted,
+            max(wanted - done, 0),
+            n_jobs,
+            self.direction,
+            self.monitor,
+        )
         to_run = wanted - done
         while to_run > 0:
             batch = min(n_jobs, to_run)
@@ -81,8 +93,10 @@ class OptunaSweep:
             self._write(study)
         self._write(study, final=True)
         if self.failed:
-            raise ExperimentError(f"trial(s) {', '.join(map(str, self.failed))} failed (summary.csv names why); "
-                                  "they are not counted: run the same command again to run new trials in their place")
+            raise ExperimentError(
+                f"trial(s) {', '.join(map(str, self.failed))} failed (summary.csv names why); "
+                "they are not counted: run the same command again to run new trials in their place"
+            )
 
     def _run_batch(self, study: optuna.Study, space: search_space.SearchSpace, size: int) -> None:
         trials = [study.ask(space.distributions) for _ in range(size)]
@@ -92,8 +106,10 @@ class OptunaSweep:
                 jobs.append(self._prepare(study, trial, space))
             first = trials[0].number
             if [t.number for t in trials] != list(range(first, first + size)):
-                raise ExperimentError(f"study '{study.study_name}' gave trial numbers {[t.number for t in trials]}: "
-                                      "another process adds trials to it; run one sweep per study")
+                raise ExperimentError(
+                    f"study '{study.study_name}' gave trial numbers {[t.number for t in trials]}: "
+                    "another process adds trials to it; run one sweep per study"
+                )
             returns = self.launcher.launch(jobs, initial_job_idx=first)
         except BaseException:  # Ctrl-C, SIGTERM (SystemExit) or a bad folder: no trial is left RUNNING
             for trial in trials:
@@ -113,9 +129,11 @@ class OptunaSweep:
         folder = self._job_dir(job, trial.number)
         studies.set_attrs(study, trial.number, params=params, overrides=overrides, dir=str(folder))
         if any((folder / name).exists() for name in RUN_FILES):
-            raise ExperimentError(f"{folder} already holds a run, but trial {trial.number} of study "
-                                  f"'{study.study_name}' in {self.url} is new: the study was deleted or replaced. Move "
-                                  "the trial folders away, or use a new hydra.sweep.dir")
+            raise ExperimentError(
+                f"{folder} already holds a run, but trial {trial.number} of study "
+                f"'{study.study_name}' in {self.url} is new: the study was deleted or replaced. Move "
+                "the trial folders away, or use a new hydra.sweep.dir"
+            )
         return job
 
     def _job_dir(self, overrides: list[str], number: int) -> Path:
@@ -146,13 +164,20 @@ class OptunaSweep:
 
     def _write(self, study: optuna.Study, final: bool = False) -> None:
         studies.write_summary(study, self.sweep_dir, self.monitor)
-        best = studies.write_best(study, self.sweep_dir, str(self.config.hydra.job.config_name), self.groups,
-                                  self.monitor, self.url)
+        best = studies.write_best(
+            study, self.sweep_dir, str(self.config.hydra.job.config_name), self.groups, self.monitor, self.url
+        )
         if final and best is not None:
             trial = study.best_trial
-            log.info("best trial %d: %s = %.4f with %s\n  wrote %s; train it: %s", trial.number, self.monitor,
-                     trial.value, " ".join(trial.user_attrs.get("params", [])), best,
-                     studies.best_command(self.sweep_dir))
+            log.info(
+                "best trial %d: %s = %.4f with %s\n  wrote %s; train it: %s",
+                trial.number,
+                self.monitor,
+                trial.value,
+                " ".join(trial.user_attrs.get("params", [])),
+                best,
+                studies.best_command(self.sweep_dir),
+            )
         elif final:
             log.warning("no trial is complete yet, so there is no best.yaml")
 

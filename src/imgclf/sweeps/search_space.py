@@ -38,8 +38,10 @@ class SearchSpace:
                 count = round((dist.high - dist.low) / dist.step) + 1
                 values[name] = [dist.low + i * dist.step for i in range(count)]
             else:
-                raise ConfigError(f"hydra.sweeper.params.{name}: the grid sampler needs choice(...) or range(...), "
-                                  f"not {dist}; use hydra/sweeper/sampler=tpe for interval(...)")
+                raise ConfigError(
+                    f"hydra.sweeper.params.{name}: the grid sampler needs choice(...) or range(...), "
+                    f"not {dist}; use hydra/sweeper/sampler=tpe for interval(...)"
+                )
         return values
 
 
@@ -66,8 +68,12 @@ def distribution(override: Override) -> BaseDistribution:
     key, value = override.get_key_element(), override.value()
     if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
         # numbers and true/false stay values; anything else is kept as override text ('a\\ b', [256])
-        return CategoricalDistribution([x if isinstance(x, (int, float, bool)) else Transformer.str(x)
-                                        for x in override.sweep_iterator(transformer=Transformer.identity)])
+        return CategoricalDistribution(
+            [
+                x if isinstance(x, (int, float, bool)) else Transformer.str(x)
+                for x in override.sweep_iterator(transformer=Transformer.identity)
+            ]
+        )
     if override.is_range_sweep():
         assert isinstance(value, RangeSweep)
         return _range(key, value)

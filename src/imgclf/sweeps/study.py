@@ -17,15 +17,20 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
-from imgclf.errors import ConfigError
 from imgclf.atomic import write_text_atomic
+from imgclf.errors import ConfigError
 from imgclf.sweeps import summary
 
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts toward n_trials; a failed trial is run again
-STATUS = {TrialState.COMPLETE: "COMPLETED", TrialState.PRUNED: "PRUNED", TrialState.FAIL: "FAILED",
-          TrialState.RUNNING: "RUNNING", TrialState.WAITING: "WAITING"}
+STATUS = {
+    TrialState.COMPLETE: "COMPLETED",
+    TrialState.PRUNED: "PRUNED",
+    TrialState.FAIL: "FAILED",
+    TrialState.RUNNING: "RUNNING",
+    TrialState.WAITING: "WAITING",
+}
 INTERRUPTED = "interrupted: the sweep stopped while this trial ran; it is not counted and a new trial takes its place"
 # overrides of a trial that say how it was started, not what it trains: not carried into best.yaml
 NOT_IN_BEST = ("hparams_search", "sweep_trial", "experiment", "resume", "overwrite")
@@ -44,12 +49,20 @@ def rdb_storage(url: str) -> optuna.storages.RDBStorage:
 
 def open_study(url: str, name: str, direction: str, sampler: Any, pruner: Any) -> optuna.Study:
     """Create the study, or load it when an earlier run of the sweep made it (same direction only)."""
-    study = optuna.create_study(storage=rdb_storage(url), study_name=name, sampler=sampler, pruner=pruner,
-                                direction=direction, load_if_exists=True)
+    study = optuna.create_study(
+        storage=rdb_storage(url),
+        study_name=name,
+        sampler=sampler,
+        pruner=pruner,
+        direction=direction,
+        load_if_exists=True,
+    )
     if study.direction.name.lower() != direction:
-        raise ConfigError(f"study '{name}' in {url} was made to {study.direction.name.lower()}, not to {direction}: "
-                          "set hydra.sweeper.study_name=<a new name> (or hydra.sweep.dir=<a new folder>) for a "
-                          "search in the other direction")
+        raise ConfigError(
+            f"study '{name}' in {url} was made to {study.direction.name.lower()}, not to {direction}: "
+            "set hydra.sweeper.study_name=<a new name> (or hydra.sweep.dir=<a new folder>) for a "
+            "search in the other direction"
+        )
     return study
 
 
@@ -65,8 +78,9 @@ def set_attrs(study: optuna.Study, number: int, **attrs: Any) -> None:
         study._storage.set_trial_user_attr(tid, key, value)
 
 
-def tell(study: optuna.Study, trial: optuna.trial.Trial | int, value: float | None = None,
-         state: TrialState | None = None) -> None:
+def tell(
+    study: optuna.Study, trial: optuna.trial.Trial | int, value: float | None = None, state: TrialState | None = None
+) -> None:
     """``study.tell``, outside ``study.optimize``: the grid sampler calls ``study.stop()`` when its last point
     is told, which is only allowed inside ``optimize``; the sweep stops by its own count anyway."""
     try:
@@ -84,8 +98,11 @@ def fail_interrupted(study: optuna.Study) -> list[FrozenTrial]:
     for trial in stale:
         set_attrs(study, trial.number, error=INTERRUPTED)
         tell(study, trial.number, state=TrialState.FAIL)
-        log.warning("trial %d was left running by a sweep that stopped (%s): marked FAIL, not counted",
-                    trial.number, trial.user_attrs.get("dir", "no folder yet"))
+        log.warning(
+            "trial %d was left running by a sweep that stopped (%s): marked FAIL, not counted",
+            trial.number,
+            trial.user_attrs.get("dir", "no folder yet"),
+        )
     return stale
 
 
@@ -103,11 +120,19 @@ def write_summary(study: optuna.Study, sweep_dir: Path, monitor: str) -> Path:
         if trial.state == TrialState.PRUNED:
             last = trial.intermediate_values.get(trial.last_step) if trial.last_step is not None else None
             note = f"pruned after epoch {attrs.get('pruned_at_epoch', trial.last_step)}" + (
-                f" ({monitor} {last:.4g})" if isinstance(last, float) else "")
-        rows.append({"job": trial.number, "overrides": " ".join(attrs.get("params", [])),
-                     "status": STATUS.get(trial.state, trial.state.name),
-                     "best": f"{best:.6g}" if isinstance(best, float) and math.isfinite(best) else "",
-                     "error": attrs.get("error", ""), "dir": attrs.get("dir", ""), "note": note})
+                f" ({monitor} {last:.4g})" if isinstance(last, float) else ""
+            )
+        rows.append(
+            {
+                "job": trial.number,
+                "overrides": " ".join(attrs.get("params", [])),
+                "status": STATUS.get(trial.state, trial.state.name),
+                "best": f"{best:.6g}" if isinstance(best, float) and math.isfinite(best) else "",
+                "error": attrs.get("error", ""),
+                "dir": attrs.get("dir", ""),
+                "note": note,
+            }
+        )
     return summary.update(sweep_dir, rows, replace_all=True)
 
 
@@ -115,8 +140,9 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     return study.best_trial if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else None
 
 
-def write_best(study: optuna.Study, sweep_dir: Path, config_name: str, groups: set[str], monitor: str,
-               url: str) -> Path | None:
+def write_best(
+    study: optuna.Study, sweep_dir: Path, config_name: str, groups: set[str], monitor: str, url: str
+) -> Path | None:
     """``best.yaml``: the best complete trial as a primary config that extends ``config_name``, for
     ``python train.py --config-dir <sweep dir> -cn best``. None while no trial is complete."""
     trial = best_trial(study)
@@ -133,10 +159,12 @@ def write_best(study: optuna.Study, sweep_dir: Path, config_name: str, groups: s
         else:
             OmegaConf.update(body, key, override.value(), force_add=True)
     defaults = "".join(f"  - {item}\n" for item in [config_name, *chosen, "_self_"])
-    text = (f"# The best trial of Optuna study '{study.study_name}' ({url}): trial {trial.number}, "
-            f"{monitor} = {trial.value:.6g}\n# {' '.join(trial.user_attrs.get('params', []))}\n"
-            f"# Train it: {best_command(sweep_dir)}\n"
-            f"defaults:\n{defaults}\n{OmegaConf.to_yaml(body)}")
+    text = (
+        f"# The best trial of Optuna study '{study.study_name}' ({url}): trial {trial.number}, "
+        f"{monitor} = {trial.value:.6g}\n# {' '.join(trial.user_attrs.get('params', []))}\n"
+        f"# Train it: {best_command(sweep_dir)}\n"
+        f"defaults:\n{defaults}\n{OmegaConf.to_yaml(body)}"
+    )
     path = sweep_dir / "best.yaml"
     write_text_atomic(path, text)
     return path

@@ -66,6 +66,7 @@ def closing_line(rows: list[dict[str, Any]], monitor: str, mode: str, path: Path
     best = (max if mode == "max" else min)(scored, key=lambda row: float(row["best"]))
     shared = set.intersection(*(set(row["overrides"].split()) for row in rows))
     swept = " ".join(o for o in best["overrides"].split() if o not in shared) or "no overrides"  # what made it differ
-    return (f"sweep done: {len(rows)} jobs ({ended}); best {monitor} {float(best['best']):.4f} by job {best['job']} "
-            f"({swept}) in {best['dir']}; every job: {path}")
-
+    return (
+        f"sweep done: {len(rows)} jobs ({ended}); best {monitor} {float(best['best']):.4f} by job {best['job']} "
+        f"({swept}) in {best['dir']}; every job: {path}"
+    )

@@ -28,8 +28,10 @@ def parse_spec(spec: str) -> tuple[str, str, int]:
     storage, _, rest = str(spec).rpartition("|")
     storage, _, name = storage.rpartition("|")
     if not storage or not name or not rest.isdigit():
-        raise ConfigError(f"sweep_trial={spec!r} is not <storage url>|<study name>|<trial number>; it is set by the "
-                          "Optuna sweeper (python train.py -m hparams_search=<name>): leave it null")
+        raise ConfigError(
+            f"sweep_trial={spec!r} is not <storage url>|<study name>|<trial number>; it is set by the "
+            "Optuna sweeper (python train.py -m hparams_search=<name>): leave it null"
+        )
     return storage, name, int(rest)
 
 
@@ -66,13 +68,20 @@ class TrialReporter:
         try:
             self.trial.report(value if math.isfinite(value) else float("nan"), step=epoch)
         except UpdateFinishedTrialError:  # a new run of the sweep marked it failed: this process outlived its sweep
-            log.warning("trial %d was closed in the study while it trained (the sweep that started it stopped): "
-                        "stopping it", self.number)
+            log.warning(
+                "trial %d was closed in the study while it trained (the sweep that started it stopped): stopping it",
+                self.number,
+            )
             return True
         pruned = self.trial.should_prune()
         metrics[PRUNED_KEY] = float(pruned)
         if pruned:
             self.trial.set_user_attr("pruned_at_epoch", epoch)
-            log.info("trial %d pruned after epoch %d (%s %.4f): it stops here like early stopping", self.number,
-                     epoch, self.monitor, value)
+            log.info(
+                "trial %d pruned after epoch %d (%s %.4f): it stops here like early stopping",
+                self.number,
+                epoch,
+                self.monitor,
+                value,
+            )
         return pruned

@@ -77,11 +77,14 @@ def placed(cfg: DictConfig, net: nn.Module, image_size: int, device: torch.devic
         with torch.no_grad():
             out = net(torch.zeros(2, 3, image_size, image_size))
     except Exception as exc:
-        raise ConfigError(f"could not build `model` ({cfg.model.get('_target_')}) for "
-                          f"{image_size}px images: {exc}") from exc
+        raise ConfigError(
+            f"could not build `model` ({cfg.model.get('_target_')}) for {image_size}px images: {exc}"
+        ) from exc
     if tuple(out.shape) != (2, cfg.dataset.num_classes):
-        raise ConfigError(f"model {cfg.model._target_} gives logits of shape {tuple(out.shape)}, "
-                          f"expected (batch, {cfg.dataset.num_classes})")
+        raise ConfigError(
+            f"model {cfg.model._target_} gives logits of shape {tuple(out.shape)}, "
+            f"expected (batch, {cfg.dataset.num_classes})"
+        )
     layout = torch.channels_last if cfg.trainer.channels_last else torch.preserve_format
     return net.to(device, memory_format=layout)
 
@@ -110,8 +113,7 @@ def loss(cfg: DictConfig, device: torch.device, class_weights: list[float] | Non
     return instantiate(cfg.loss, weight=torch.tensor(class_weights, dtype=torch.float32)).to(device)
 
 
-def step_extras(cfg: DictConfig, model: nn.Module, device: torch.device,
-                payload: dict[str, Any] | None) -> StepExtras:
+def step_extras(cfg: DictConfig, model: nn.Module, device: torch.device, payload: dict[str, Any] | None) -> StepExtras:
     """The fp16 gradient scaler (CUDA only; restored when resuming), ``batch_mix`` and the EMA of the weights."""
     scaler = None
     if cfg.trainer.amp == "fp16" and device.type == "cuda":
@@ -138,10 +140,19 @@ def batch_mix(cfg: DictConfig) -> Any:
 def train_options(cfg: DictConfig) -> TrainOptions:
     """The loop's settings from ``cfg.trainer`` and the run's top-level keys."""
     trainer = cfg.trainer
-    return TrainOptions(epochs=cfg.epochs, monitor=cfg.monitor, mode=cfg.mode, accumulate=trainer.accumulate,
-                        clip_grad_norm=trainer.clip_grad_norm, amp=trainer.amp, channels_last=trainer.channels_last,
-                        max_nonfinite=trainer.max_nonfinite, patience=trainer.early_stopping.patience,
-                        min_delta=trainer.early_stopping.min_delta, progress=cfg.progress)
+    return TrainOptions(
+        epochs=cfg.epochs,
+        monitor=cfg.monitor,
+        mode=cfg.mode,
+        accumulate=trainer.accumulate,
+        clip_grad_norm=trainer.clip_grad_norm,
+        amp=trainer.amp,
+        channels_last=trainer.channels_last,
+        max_nonfinite=trainer.max_nonfinite,
+        patience=trainer.early_stopping.patience,
+        min_delta=trainer.early_stopping.min_delta,
+        progress=cfg.progress,
+    )
 
 
 def transform(node: Any) -> Any:

@@ -9,37 +9,51 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from imgclf.data.preprocessing import Preprocessing
 from imgclf.data.dataset import make_loader
+from imgclf.data.preprocessing import Preprocessing
 from imgclf.data.splits_file import read_splits
 from imgclf.errors import CheckpointError, DataError
 from imgclf.experiment.checkpoint import file_stamp, save_atomic
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier
+from imgclf.reporting.outputs import Outputs
 from imgclf.reporting.statistics import fit_temperature, nll
 from imgclf.tasks import build, inputs
 from imgclf.tasks.failures import evaluation_error
-from imgclf.reporting.outputs import Outputs
 from imgclf.training.validation import collect
 
 log = logging.getLogger(__name__)
 
-LOCK_HINT = ("calibrate=true writes the experiment's checkpoint: wait for that run to finish, then run this "
-             "command again (or evaluate without calibrate=true)")
+LOCK_HINT = (
+    "calibrate=true writes the experiment's checkpoint: wait for that run to finish, then run this "
+    "command again (or evaluate without calibrate=true)"
+)
 
 
 def outputs(cfg: DictConfig, model: torch.nn.Module, dataset: Any, device: torch.device, desc: str) -> Outputs:
     """The model's logits, labels and mean loss over ``dataset``, in order."""
-    loader = make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=False, num_workers=cfg.loader.num_workers,
-                         timeout=cfg.loader.timeout)
+    loader = make_loader(
+        dataset,
+        batch_size=cfg.loader.batch_size,
+        shuffle=False,
+        num_workers=cfg.loader.num_workers,
+        timeout=cfg.loader.timeout,
+    )
     try:
         return collect(model, loader, build.loss(cfg, device), device=device, progress=cfg.progress, desc=desc)
     except RuntimeError as exc:  # out of memory, a killed or hung loader worker: said with the settings to change
         raise evaluation_error(cfg, exc, device) from None
 
 
-def calibrate(cfg: DictConfig, exp: ExperimentDir, path: Path, payload: dict[str, Any], model: Classifier,
-              device: torch.device, loaded: tuple[int, int, int, str]) -> dict[str, Any]:
+def calibrate(
+    cfg: DictConfig,
+    exp: ExperimentDir,
+    path: Path,
+    payload: dict[str, Any],
+    model: Classifier,
+    device: torch.device,
+    loaded: tuple[int, int, int, str],
+) -> dict[str, Any]:
     """Fit a temperature on the experiment's val split and store it in the checkpoint at ``path``;
     returns the checkpoint with it.
 
@@ -53,16 +67,24 @@ def calibrate(cfg: DictConfig, exp: ExperimentDir, path: Path, payload: dict[str
         raise CheckpointError(
             f"{path} was replaced after this run read it (a training run saved a newer one?): storing the "
             "temperature in the copy read earlier would roll it back, so nothing was written. Run the same "
-            "command again to calibrate the checkpoint that is there now")
+            "command again to calibrate the checkpoint that is there now"
+        )
     save_atomic(payload, path)
     calibration = payload["calibration"]
-    log.info("calibrated on %d val images: temperature %.3f, NLL %.4f -> %.4f; stored in %s",
-             calibration["samples"], payload["temperature"], calibration["nll_before"], calibration["nll_after"], path)
+    log.info(
+        "calibrated on %d val images: temperature %.3f, NLL %.4f -> %.4f; stored in %s",
+        calibration["samples"],
+        payload["temperature"],
+        calibration["nll_before"],
+        calibration["nll_after"],
+        path,
+    )
     return payload
 
 
-def _fit(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any], model: Classifier,
-         device: torch.device) -> dict[str, Any]:
+def _fit(
+    cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any], model: Classifier, device: torch.device
+) -> dict[str, Any]:
     """``payload`` with the temperature fitted on the experiment's val split and how it was fitted."""
     if not exp.splits.exists():
         raise DataError(f"calibrate=true needs the experiment's val split, listed in {exp.splits}, which is missing")
@@ -72,11 +94,16 @@ def _fit(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any], model: Cl
         raise DataError(f"calibrate=true: {exp.splits} lists no val images to fit the temperature on")
     prep = Preprocessing.from_checkpoint(payload)
     val = inputs.load(cfg, build.source(cfg), splits, ("val",), prep)["val"]
-    found = outputs(cfg, model, inputs.split_dataset(cfg, val, prep, cfg.augmentation.eval), device, desc="calibrate on val")
+    found = outputs(
+        cfg, model, inputs.split_dataset(cfg, val, prep, cfg.augmentation.eval), device, desc="calibrate on val"
+    )
     temperature = fit_temperature(found.logits, found.labels)
     before, after = nll(found.logits, found.labels), nll(found.logits, found.labels, temperature)
-    return {**payload, "temperature": temperature,
-            "calibration": {"split": "val", "samples": len(found.labels), "nll_before": before, "nll_after": after}}
+    return {
+        **payload,
+        "temperature": temperature,
+        "calibration": {"split": "val", "samples": len(found.labels), "nll_before": before, "nll_after": after},
+    }
 
 
 def load_weights(model: torch.nn.Module, payload: dict[str, Any], path: Path) -> None:

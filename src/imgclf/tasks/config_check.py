@@ -15,11 +15,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf.data.folder import check_fractions
+from imgclf.data.images import RESIZE_MODES
 from imgclf.data.prepare import BAD_FILE_POLICIES
 from imgclf.errors import ConfigError
 from imgclf.experiment.names import check_name
 from imgclf.models.classifier import TTA_MODES
-from imgclf.data.images import RESIZE_MODES
 from imgclf.tasks.preprocess import AUTO, NORMALIZE
 
 MONITORS = {"val/acc": "max", "val/f1": "max", "val/loss": "min"}
@@ -61,7 +61,15 @@ def check_config(cfg: DictConfig) -> None:
     _int(cfg, "report.top_k", minimum=1)
     _int(cfg, "report.bootstrap", minimum=0)
     _int(cfg, "report.mistakes", minimum=0)
-    for key in ("deterministic", "overwrite", "progress", "tune_malloc", "calibrate", "report.figures", "trainer.sync_bn"):
+    for key in (
+        "deterministic",
+        "overwrite",
+        "progress",
+        "tune_malloc",
+        "calibrate",
+        "report.figures",
+        "trainer.sync_bn",
+    ):
         _bool(cfg, key)
     device = str(cfg.device)
     if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
@@ -71,8 +79,10 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.mode not in ("min", "max"):
         raise ConfigError(f"mode={cfg.mode!r}: expected min or max")
     if MONITORS[cfg.monitor] != cfg.mode:
-        raise ConfigError(f"monitor={cfg.monitor} with mode={cfg.mode} would keep the worst checkpoint; "
-                          f"use mode={MONITORS[cfg.monitor]}")
+        raise ConfigError(
+            f"monitor={cfg.monitor} with mode={cfg.mode} would keep the worst checkpoint; "
+            f"use mode={MONITORS[cfg.monitor]}"
+        )
     _resume_or_ckpt(cfg, "resume", ("auto", "never"))
     _resume_or_ckpt(cfg, "ckpt", ("best", "last"))
     if cfg.split not in SPLITS:
@@ -107,8 +117,10 @@ def _known_keys(cfg: DictConfig) -> None:
             if key not in schema:
                 close = difflib.get_close_matches(str(key), sorted(schema), n=1)
                 hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-                raise ConfigError(f"{name}: imgclf has no such key{hint}, so it would be ignored; the keys here are "
-                                  f"{', '.join(prefix + k for k in sorted(schema))}")
+                raise ConfigError(
+                    f"{name}: imgclf has no such key{hint}, so it would be ignored; the keys here are "
+                    f"{', '.join(prefix + k for k in sorted(schema))}"
+                )
             below = nested.get(key) if nested is not None else None
             if isinstance(below, DictConfig) and isinstance(values.get(key), DictConfig):
                 check(values[key], set(below), f"{name}.", below)
@@ -167,15 +179,19 @@ def _image_size(cfg: DictConfig) -> None:
     if "native_scale" in cfg.dataset:
         value = cfg.dataset.native_scale
         if isinstance(value, bool) or not isinstance(value, Real) or not 1 <= value <= 2:
-            raise ConfigError(f"dataset.native_scale={value!r}: expected a number in [1, 2] (1: a pretrained model "
-                              "sees the images at most at its native size; 1.5: up to 1.5x, enlarging them up to 1.5x)")
+            raise ConfigError(
+                f"dataset.native_scale={value!r}: expected a number in [1, 2] (1: a pretrained model "
+                "sees the images at most at its native size; 1.5: up to 1.5x, enlarging them up to 1.5x)"
+            )
     if "resize" in cfg.dataset:
         _choice(cfg, "dataset.resize", RESIZE_MODES)
     if "crop_fraction" in cfg.dataset:
         value = cfg.dataset.crop_fraction
         if isinstance(value, bool) or not isinstance(value, Real) or not 0.5 <= value <= 1:
-            raise ConfigError(f"dataset.crop_fraction={value!r}: expected a fraction in [0.5, 1] (0.875: evaluation "
-                              "sees the centre 87.5% of the resized shorter side)")
+            raise ConfigError(
+                f"dataset.crop_fraction={value!r}: expected a fraction in [0.5, 1] (0.875: evaluation "
+                "sees the centre 87.5% of the resized shorter side)"
+            )
 
 
 def _resume_or_ckpt(cfg: DictConfig, key: str, words: tuple[str, ...]) -> None:

@@ -56,8 +56,9 @@ def experiment_dir(cfg: DictConfig) -> ExperimentDir:
     # what overwrite=true may delete lies inside paths.experiments, or inside the folder hydra.run.dir /
     # hydra.sweep.dir put it in when they name a folder elsewhere
     under = Path(os.path.abspath(experiments)) in Path(os.path.abspath(path)).parents
-    return ExperimentDir(path, Path(cfg.paths.runs) / relative, experiments=experiments if under else path.parent,
-                         runs=cfg.paths.runs)
+    return ExperimentDir(
+        path, Path(cfg.paths.runs) / relative, experiments=experiments if under else path.parent, runs=cfg.paths.runs
+    )
 
 
 class ExperimentNameCheck(Callback):
@@ -91,13 +92,17 @@ def check_same_data(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any]
     what = f"experiment '{cfg.experiment}' ({exp.path})" if own else f"the checkpoint resume={cfg.resume}"
     done = "finished" if is_finished(payload, cfg.epochs) else "started"
     command = f"python train.py -cn={config_name()} dataset.root={cfg.dataset.root}"
-    instead = (f"  or train '{cfg.experiment}' again on it, deleting its results:  {command} overwrite=true" if own
-               else "  or start from scratch or from a checkpoint trained on this data: another resume=")
+    instead = (
+        f"  or train '{cfg.experiment}' again on it, deleting its results:  {command} overwrite=true"
+        if own
+        else "  or start from scratch or from a checkpoint trained on this data: another resume="
+    )
     raise ExperimentError(
         f"{what} was {done} on other data ({change}), so it is neither done nor continued on "
         f"dataset.root={cfg.dataset.root} (a folder moved or copied counts as other data).\n"
         f"  train this data as its own experiment:  {command} "
-        f"experiment={suggested_name(cfg.experiment, Path(cfg.dataset.root).name)}\n{instead}")
+        f"experiment={suggested_name(cfg.experiment, Path(cfg.dataset.root).name)}\n{instead}"
+    )
 
 
 def suggested_name(experiment: str, folder: str) -> str:
@@ -113,6 +118,12 @@ def report_finished(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any]
         "experiment '%s' already finished %d epochs (best %s = %.4f at epoch %d) in %s; nothing to do.\n"
         "  evaluate it:    python test.py -cn=%s\n"
         "  train it again: overwrite=true (deletes it) or experiment=<new name>; train longer: epochs=<more>",
-        cfg.experiment, state["epoch"], cfg.monitor, float(state["best"] if state["best"] is not None else "nan"),
-        state["best_epoch"], exp.path, config_name())
+        cfg.experiment,
+        state["epoch"],
+        cfg.monitor,
+        float(state["best"] if state["best"] is not None else "nan"),
+        state["best_epoch"],
+        exp.path,
+        config_name(),
+    )
     return state["best"]

@@ -23,10 +23,18 @@ def hparams(cfg: DictConfig, num_parameters: int) -> dict[str, Any]:
     overridden: list[str] = []
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
-        values.update({group: str(choice) for group, choice in hydra_cfg.runtime.choices.items()
-                       if not group.startswith("hydra") and choice is not None})
-        overridden = [key for key in (o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task)
-                      if key not in BOOKKEEPING_KEYS]
+        values.update(
+            {
+                group: str(choice)
+                for group, choice in hydra_cfg.runtime.choices.items()
+                if not group.startswith("hydra") and choice is not None
+            }
+        )
+        overridden = [
+            key
+            for key in (o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task)
+            if key not in BOOKKEEPING_KEYS
+        ]
     for key in (*HPARAM_KEYS, *overridden):
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not OmegaConf.is_config(value):

@@ -18,13 +18,13 @@ from imgclf.data.prepare import LoadedSplit, changed_files, digests_by_path, loa
 from imgclf.data.preprocessing import Preprocessing
 from imgclf.data.splits_file import read_splits
 from imgclf.data.stats import channel_stats, class_weights
-from imgclf.training.distributed import SINGLE, Distributed
 from imgclf.errors import ConfigError, DataError
-from imgclf.filenames import shown
 from imgclf.experiment.folder import ExperimentDir
+from imgclf.filenames import shown
 from imgclf.models.classifier import Classifier
 from imgclf.tasks import build
 from imgclf.tasks.preprocess import SizeChoice, Stats
+from imgclf.training.distributed import SINGLE, Distributed
 from imgclf.training.engine import EpochFollower, TrainLoader
 from imgclf.training.features import extract, extract_views, why_not_cacheable
 
@@ -43,7 +43,8 @@ def check_trainable(source: FolderSource) -> None:
         "To train on your own photos, choose a recipe made for any folder:\n"
         f"  python train.py -cn=transfer dataset.root={root}   # pretrained EfficientNet-Lite: the best start\n"
         f"  python train.py -cn=scratch dataset.root={root}    # from scratch: small or unusual images\n"
-        f"  python train.py dataset=image_folder dataset.root={root}   # the default model on your folder")
+        f"  python train.py dataset=image_folder dataset.root={root}   # the default model on your folder"
+    )
 
 
 def fill_num_classes(cfg: DictConfig, classes: list[str], root: Any, found_in: str = "the train folder") -> None:
@@ -57,8 +58,9 @@ def fill_num_classes(cfg: DictConfig, classes: list[str], root: Any, found_in: s
     cfg.dataset.num_classes = len(classes)
 
 
-def splits(exp: ExperimentDir, source: FolderSource, classes: list[str], *,
-           reuse: bool, scanned: Splits | None = None) -> tuple[Splits, dict[str, str]]:
+def splits(
+    exp: ExperimentDir, source: FolderSource, classes: list[str], *, reuse: bool, scanned: Splits | None = None
+) -> tuple[Splits, dict[str, str]]:
     """The experiment's saved splits (and recorded file hashes) when reusing them, else a fresh
     scan (``scanned``, or the source scanned now) mapped onto ``classes``. With ``dataset.bad_files=skip``
     a saved file that is gone is left to :func:`load` (a bad file, skipped) instead of refused."""
@@ -67,12 +69,25 @@ def splits(exp: ExperimentDir, source: FolderSource, classes: list[str], *,
     return remap(scanned if scanned is not None else source.scan(), classes), {}
 
 
-def load(cfg: DictConfig, source: FolderSource, splits: Splits, names: tuple[str, ...],
-         prep: Preprocessing | SizeChoice, recorded: dict[str, str] | None = None) -> dict[str, LoadedSplit]:
+def load(
+    cfg: DictConfig,
+    source: FolderSource,
+    splits: Splits,
+    names: tuple[str, ...],
+    prep: Preprocessing | SizeChoice,
+    recorded: dict[str, str] | None = None,
+) -> dict[str, LoadedSplit]:
     """Decode (or find in the cache) the splits in ``names`` to the squares of ``prep.decode_size``; files whose
     content differs from ``recorded`` (splits.csv's SHA-1s) are bad files (see ``prepare.load_splits``)."""
-    return load_splits(splits, build.cache(cfg), prep.decode_size, names=names, bad_files=source.bad_files,
-                       resize=prep.resize, recorded=recorded)
+    return load_splits(
+        splits,
+        build.cache(cfg),
+        prep.decode_size,
+        names=names,
+        bad_files=source.bad_files,
+        resize=prep.resize,
+        recorded=recorded,
+    )
 
 
 def train_sizes(cfg: DictConfig, scanned: Splits) -> list[tuple[int, int] | None]:
@@ -88,27 +103,37 @@ def check_unchanged(recorded: dict[str, str], loaded: dict[str, LoadedSplit], *,
     changed = [p for p in changed_files(recorded, digests_by_path(loaded)) if p in used]
     if not changed:
         return
-    message = (f"{len(changed)} file(s) changed since this experiment's splits.csv was written, "
-               f"e.g. {shown(changed[0])}")
+    message = f"{len(changed)} file(s) changed since this experiment's splits.csv was written, e.g. {shown(changed[0])}"
     if refuse:
-        raise DataError(message + "; resuming would train on different data: use experiment=<new name> or "
-                        "overwrite=true, or set dataset.bad_files=skip to resume without the changed files")
+        raise DataError(
+            message + "; resuming would train on different data: use experiment=<new name> or "
+            "overwrite=true, or set dataset.bad_files=skip to resume without the changed files"
+        )
     log.warning("%s; results are not comparable with earlier ones", message)
 
 
-def prepare(cfg: DictConfig, exp: ExperimentDir, source: FolderSource, classes: list[str], size: SizeChoice, *,
-            scanned: Splits, resuming: bool, writer: bool = True) -> tuple[Splits, dict[str, LoadedSplit]]:
+def prepare(
+    cfg: DictConfig,
+    exp: ExperimentDir,
+    source: FolderSource,
+    classes: list[str],
+    size: SizeChoice,
+    *,
+    scanned: Splits,
+    resuming: bool,
+    writer: bool = True,
+) -> tuple[Splits, dict[str, LoadedSplit]]:
     """Splits (reused when resuming, else ``scanned``), every split decoded once, checked, and the doctor's report
     (written by the ``writer``: rank 0 of a distributed run)."""
     found, recorded = splits(exp, source, classes, reuse=resuming, scanned=scanned)
     # bad_files=skip: a file changed (or gone) since splits.csv is left out like an unreadable one, not refused
-    loaded = load(cfg, source, found, ("train", "val", "test"), size,
-                  recorded=recorded if source.bad_files == "skip" else None)
+    loaded = load(
+        cfg, source, found, ("train", "val", "test"), size, recorded=recorded if source.bad_files == "skip" else None
+    )
     check_unchanged(recorded, loaded, refuse=True)
     if not loaded["val"].samples:
         raise DataError(f"no validation images in {source.root}: {_why_no_val(source, found)}")
-    health = examine(found, {n: s.report for n, s in loaded.items()}, root=str(source.root),
-                     bad_files=source.bad_files)
+    health = examine(found, {n: s.report for n, s in loaded.items()}, root=str(source.root), bad_files=source.bad_files)
     if writer:
         exp.path.mkdir(parents=True, exist_ok=True)
         write_report(health, exp.path / "doctor.json")
@@ -136,8 +161,10 @@ def _why_no_val(source: FolderSource, found: Splits) -> str:
         return "every val image is unusable (dataset.bad_files=skip left them out)"
     if found.carving.get("val"):
         return found.carving["val"]
-    return (f"no val/ folder and dataset.val_fraction={source.val_fraction:g}: set dataset.val_fraction "
-            "(e.g. 0.15) or add a val/ folder")
+    return (
+        f"no val/ folder and dataset.val_fraction={source.val_fraction:g}: set dataset.val_fraction "
+        "(e.g. 0.15) or add a val/ folder"
+    )
 
 
 def warn_about_absent_classes(val: LoadedSplit, classes: list[str]) -> None:
@@ -145,8 +172,11 @@ def warn_about_absent_classes(val: LoadedSplit, classes: list[str]) -> None:
     present = {label for _, label in val.samples}
     absent = [name for i, name in enumerate(classes) if i not in present]
     if absent:
-        log.warning("the val split has no images of %s: val/f1 averages the %d other classes", ", ".join(absent),
-                    len(classes) - len(absent))
+        log.warning(
+            "the val split has no images of %s: val/f1 averages the %d other classes",
+            ", ".join(absent),
+            len(classes) - len(absent),
+        )
 
 
 def train_stats(cfg: DictConfig, train: LoadedSplit, size: SizeChoice) -> Stats:
@@ -175,13 +205,19 @@ def split_dataset(cfg: DictConfig, split: LoadedSplit, prep: Preprocessing, node
     """The split as a dataset with the transform of an ``augmentation`` node, cropped to the input size;
     ``bad_files=skip`` drops a sample that fails to load while training (test.py keeps ``stop``: its report
     pairs every output with its file)."""
-    return split.dataset(prep.decode_size, prep.view(build.transform(node)), batched=cfg.loader.batch_augment,
-                         bad_files=bad_files)
+    return split.dataset(
+        prep.decode_size, prep.view(build.transform(node)), batched=cfg.loader.batch_augment, bad_files=bad_files
+    )
 
 
-def train_loaders(cfg: DictConfig, loaded: dict[str, LoadedSplit], prep: Preprocessing, device: torch.device,
-                  sample_weights: list[float] | None = None, group: Distributed = SINGLE
-                  ) -> tuple[TrainLoader, TrainLoader]:
+def train_loaders(
+    cfg: DictConfig,
+    loaded: dict[str, LoadedSplit],
+    prep: Preprocessing,
+    device: torch.device,
+    sample_weights: list[float] | None = None,
+    group: Distributed = SINGLE,
+) -> tuple[TrainLoader, TrainLoader]:
     """The shuffled (and augmented) train loader and the val loader (of this rank's share of the data)."""
     pin = device.type == "cuda" if cfg.loader.pin_memory == "auto" else bool(cfg.loader.pin_memory)
     loaders = []
@@ -189,11 +225,21 @@ def train_loaders(cfg: DictConfig, loaded: dict[str, LoadedSplit], prep: Preproc
         dataset = split_dataset(cfg, loaded[split], prep, transform, cfg.dataset.bad_files)
         if split == "train" and transform is not None and dataset.batch_op is None:
             log.info("augmentation runs image by image: %s", dataset.why_per_image)
-        loaders.append(make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=split == "train",
-                                   seed=cfg.seed, num_workers=cfg.loader.num_workers, pin_memory=pin,
-                                   timeout=cfg.loader.timeout, empty_batches=split == "train",
-                                   weights=sample_weights if split == "train" else None,
-                                   world_size=group.world_size, rank=group.rank))
+        loaders.append(
+            make_loader(
+                dataset,
+                batch_size=cfg.loader.batch_size,
+                shuffle=split == "train",
+                seed=cfg.seed,
+                num_workers=cfg.loader.num_workers,
+                pin_memory=pin,
+                timeout=cfg.loader.timeout,
+                empty_batches=split == "train",
+                weights=sample_weights if split == "train" else None,
+                world_size=group.world_size,
+                rank=group.rank,
+            )
+        )
     return loaders[0], loaders[1]
 
 
@@ -214,10 +260,20 @@ class Stage:
     until: int
 
 
-def stages(cfg: DictConfig, model: Classifier, train_loader: TrainLoader, val_loader: TrainLoader,
-           device: torch.device, sample_weights: list[float] | None, batch_mix: bool, *,
-           train_split: LoadedSplit, prep: Preprocessing, start_epoch: int, group: Distributed = SINGLE
-           ) -> list[Stage]:
+def stages(
+    cfg: DictConfig,
+    model: Classifier,
+    train_loader: TrainLoader,
+    val_loader: TrainLoader,
+    device: torch.device,
+    sample_weights: list[float] | None,
+    batch_mix: bool,
+    *,
+    train_split: LoadedSplit,
+    prep: Preprocessing,
+    start_epoch: int,
+    group: Distributed = SINGLE,
+) -> list[Stage]:
     """What trains in which epochs. Without ``trainer.cache_features``: the model on the loaders, every epoch.
 
     With it: the head on loaders of precomputed backbone features, for every epoch, or with
@@ -239,23 +295,37 @@ def stages(cfg: DictConfig, model: Classifier, train_loader: TrainLoader, val_lo
     unfreeze = getattr(model.net, "unfreeze_at_epoch", None)
     until = cfg.epochs if unfreeze is None else min(unfreeze, cfg.epochs)
     if start_epoch >= until:
-        log.info("resuming at epoch %d, after the epochs on cached features: the whole network trains on images",
-                 start_epoch + 1)
+        log.info(
+            "resuming at epoch %d, after the epochs on cached features: the whole network trains on images",
+            start_epoch + 1,
+        )
         return [whole]
-    images = (train_loader.dataset if views > 1 or unfreeze is None
-              else split_dataset(cfg, train_split, prep, cfg.augmentation.eval, cfg.dataset.bad_files))
+    images = (
+        train_loader.dataset
+        if views > 1 or unfreeze is None
+        else split_dataset(cfg, train_split, prep, cfg.augmentation.eval, cfg.dataset.bad_files)
+    )
     in_order = make_loader(images, batch_size=cfg.loader.batch_size, shuffle=False)  # per sample
     options = {"progress": cfg.progress, "channels_last": cfg.trainer.channels_last}
     train = extract_views(model, in_order, device, views, **options)
-    whole_val = make_loader(val_loader.dataset, batch_size=cfg.loader.batch_size, shuffle=False) \
-        if group.active else val_loader  # features of every val image; the head's val loader shares them out
+    whole_val = (
+        make_loader(val_loader.dataset, batch_size=cfg.loader.batch_size, shuffle=False) if group.active else val_loader
+    )  # features of every val image; the head's val loader shares them out
     val = extract(model, whole_val, device, desc="features val", **options)
-    log.info("cached backbone features of %d image(s) x %d cop%s: epochs 1-%d train only the head%s",
-             len(train), views, "y" if views == 1 else "ies (epoch e reads copy e mod views)", until,
-             f", epochs {until + 1}-{cfg.epochs} the whole network on images" if until < cfg.epochs else "")
+    log.info(
+        "cached backbone features of %d image(s) x %d cop%s: epochs 1-%d train only the head%s",
+        len(train),
+        views,
+        "y" if views == 1 else "ies (epoch e reads copy e mod views)",
+        until,
+        f", epochs {until + 1}-{cfg.epochs} the whole network on images" if until < cfg.epochs else "",
+    )
     shares = {"world_size": group.world_size, "rank": group.rank}  # every rank computed every feature
-    loaders = (make_loader(train, batch_size=cfg.loader.batch_size, shuffle=True, seed=cfg.seed, weights=sample_weights,
-                           **shares),
-               make_loader(val, batch_size=cfg.loader.batch_size, shuffle=False, **shares))
+    loaders = (
+        make_loader(
+            train, batch_size=cfg.loader.batch_size, shuffle=True, seed=cfg.seed, weights=sample_weights, **shares
+        ),
+        make_loader(val, batch_size=cfg.loader.batch_size, shuffle=False, **shares),
+    )
     head = Stage(model.net.head, loaders[0], loaders[1], [train], until)
     return [head, whole] if until < cfg.epochs else [head]

@@ -20,20 +20,28 @@ class WritableOutput(Callback):
     'file'"); here it is one line naming the folder, and exit status 1."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _writable_or_exit(Path(str(config.hydra.run.dir)), "experiment folder",
-                          "or put the experiments in another folder: paths.experiments=<folder> (copy the "
-                          "experiment there first to test it)")
+        _writable_or_exit(
+            Path(str(config.hydra.run.dir)),
+            "experiment folder",
+            "or put the experiments in another folder: paths.experiments=<folder> (copy the "
+            "experiment there first to test it)",
+        )
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _writable_or_exit(Path(str(config.hydra.sweep.dir)), "sweep folder",
-                          "or sweep into another folder: hydra.sweep.dir=<folder> or paths.experiments=<folder>")
+        _writable_or_exit(
+            Path(str(config.hydra.sweep.dir)),
+            "sweep folder",
+            "or sweep into another folder: hydra.sweep.dir=<folder> or paths.experiments=<folder>",
+        )
 
 
 def _writable_or_exit(folder: Path, what: str, elsewhere: str) -> None:
     problem = unwritable(folder)
     if problem is None:
         return
-    exc = ExperimentError(f"cannot write to the {what} {folder} ({problem}). Runs write their log, checkpoints and "
-                          f"reports there: make it writable, {elsewhere}")
+    exc = ExperimentError(
+        f"cannot write to the {what} {folder} ({problem}). Runs write their log, checkpoints and "
+        f"reports there: make it writable, {elsewhere}"
+    )
     print(f"{type(exc).__name__}: {exc}", file=sys.stderr)  # logging is not set up yet; Hydra would add a traceback
     raise SystemExit(1)

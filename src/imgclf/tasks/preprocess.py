@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 KEYS = ("image_size", "max_image_size", "native_scale", "resize", "crop_fraction", "normalize", "mean", "std")
 NORMALIZE = ("imagenet", "auto", "custom")
 AUTO = "auto"
-SMALLEST = 16          # auto never goes below this (a from-scratch model's input)
-MULTIPLE = 8           # auto sizes are rounded down to a multiple of this
+SMALLEST = 16  # auto never goes below this (a from-scratch model's input)
+MULTIPLE = 8  # auto sizes are rounded down to a multiple of this
 UPSCALE_WARNING = 2.0  # an explicit size that enlarges most train images by more than this gets a warning
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
@@ -64,8 +64,16 @@ def typical_side(sizes: Sequence[Size | None]) -> int | None:
     return int(median(sides)) if sides else None
 
 
-def image_size(setting: int | str, sizes: Sequence[Size | None], *, native: int | None, max_size: int,
-               resize: str, crop_fraction: float, native_scale: float = 1.0) -> SizeChoice:
+def image_size(
+    setting: int | str,
+    sizes: Sequence[Size | None],
+    *,
+    native: int | None,
+    max_size: int,
+    resize: str,
+    crop_fraction: float,
+    native_scale: float = 1.0,
+) -> SizeChoice:
     """Decide the input size (``dataset.image_size``: a number, or ``auto``) and the cached square's side.
 
     ``auto`` takes the median shorter side of the train images (``sizes``: width, height of each), rounded
@@ -111,15 +119,20 @@ def _pretrained(found: str, typical: int, native: int, scale: float) -> tuple[in
     limit = native if scale == 1 else _multiple(native * scale)
     wanted = _multiple(typical * scale)
     if wanted >= limit:
-        return limit, (f"{found}; the pretrained model's native input size is {native} px" if scale == 1 else
-                       f"{found}; dataset.native_scale={scale:g} x the pretrained model's native {native} px")
+        return limit, (
+            f"{found}; the pretrained model's native input size is {native} px"
+            if scale == 1
+            else f"{found}; dataset.native_scale={scale:g} x the pretrained model's native {native} px"
+        )
     floor = native // 2 // MULTIPLE * MULTIPLE
     if wanted < floor:
         return floor, f"{found}; enlarged to half the pretrained model's native {native} px, the least it needs"
     if scale == 1:
         return wanted, f"{found} (under the pretrained model's native {native} px: not enlarged)"
-    return wanted, (f"{found}, enlarged {scale:g}x (dataset.native_scale) for the pretrained model "
-                    f"(native {native} px, up to {limit} px)")
+    return wanted, (
+        f"{found}, enlarged {scale:g}x (dataset.native_scale) for the pretrained model "
+        f"(native {native} px, up to {limit} px)"
+    )
 
 
 def _multiple(value: float) -> int:
@@ -130,13 +143,27 @@ def _warn_upscale(size: int, sizes: Sequence[Size | None]) -> None:
     sides = [min(s) for s in sizes if s]
     enlarged = sum(size > UPSCALE_WARNING * side for side in sides)
     if sides and enlarged > len(sides) / 2:
-        log.warning("dataset.image_size=%d enlarges %d of %d train images more than %gx (median shorter side "
-                    "%d px): the model pays for pixels that carry no information; dataset.image_size=auto "
-                    "picks a size from the images", size, enlarged, len(sides), UPSCALE_WARNING, typical_side(sizes))
+        log.warning(
+            "dataset.image_size=%d enlarges %d of %d train images more than %gx (median shorter side "
+            "%d px): the model pays for pixels that carry no information; dataset.image_size=auto "
+            "picks a size from the images",
+            size,
+            enlarged,
+            len(sides),
+            UPSCALE_WARNING,
+            typical_side(sizes),
+        )
 
 
-def resolve(choice: SizeChoice, normalize: str, mean: Sequence[float], std: Sequence[float], *,
-            expected: Stats | None, measure: Callable[[], Stats]) -> Preprocessing:
+def resolve(
+    choice: SizeChoice,
+    normalize: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    expected: Stats | None,
+    measure: Callable[[], Stats],
+) -> Preprocessing:
     """Decide the preprocessing.
 
     Args:
@@ -151,8 +178,11 @@ def resolve(choice: SizeChoice, normalize: str, mean: Sequence[float], std: Sequ
     shape = {"resize": choice.resize, "decode_size": choice.decode_size}
     if expected is not None:
         if expected != (tuple(mean), tuple(std)):
-            log.info("the model expects inputs normalized with mean %s, std %s: using them instead of the dataset's",
-                     list(expected[0]), list(expected[1]))
+            log.info(
+                "the model expects inputs normalized with mean %s, std %s: using them instead of the dataset's",
+                list(expected[0]),
+                list(expected[1]),
+            )
         return Preprocessing(choice.image_size, *expected, source="model", **shape)
     if normalize == "imagenet":
         return Preprocessing(choice.image_size, IMAGENET_MEAN, IMAGENET_STD, source="imagenet", **shape)

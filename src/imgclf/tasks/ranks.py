@@ -54,8 +54,10 @@ def wrapped(module: nn.Module, group: Distributed, device: torch.device, sync_bn
 def check_sync_bn(sync_bn: bool, device: torch.device) -> None:
     """At start, before any data is read: torch's SyncBatchNorm runs only on GPUs."""
     if sync_bn and device.type != "cuda":
-        raise ConfigError("trainer.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm works only with GPU modules. "
-                          "On the CPU each rank keeps its own BatchNorm statistics: set trainer.sync_bn=false")
+        raise ConfigError(
+            "trainer.sync_bn=true needs CUDA GPUs: torch's SyncBatchNorm works only with GPU modules. "
+            "On the CPU each rank keeps its own BatchNorm statistics: set trainer.sync_bn=false"
+        )
 
 
 def seed_apart(seed: int, group: Distributed, state: TrainState) -> None:
@@ -83,6 +85,12 @@ def check_world_size(payload: dict[str, Any] | None, group: Distributed) -> None
         raise ConfigError(
             f"this run stopped in the middle of epoch {state['epoch'] + 1} with world size {before} (processes); "
             f"it cannot resume there with world size {group.world_size}: run it again with {before} process(es) "
-            "to finish the epoch, or start over with overwrite=true")
-    log.warning("resuming with world size %d (saved with %d): each global batch now holds loader.batch_size x %d "
-                "images; the learning rate is not changed", group.world_size, before, group.world_size)
+            "to finish the epoch, or start over with overwrite=true"
+        )
+    log.warning(
+        "resuming with world size %d (saved with %d): each global batch now holds loader.batch_size x %d "
+        "images; the learning rate is not changed",
+        group.world_size,
+        before,
+        group.world_size,
+    )

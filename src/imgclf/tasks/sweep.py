@@ -62,6 +62,7 @@ def _closing_line(path: Path, monitor: str, mode: str) -> None:
     if path.exists():
         log.info(summary.closing_line(summary.read(path), monitor, mode, path))
 
+
 def parallel_jobs() -> int:
     """How many jobs of this sweep run at once on this machine (the joblib launcher's n_jobs; else 1)."""
     if not in_sweep():
@@ -82,8 +83,14 @@ def prepare_job(cfg: DictConfig) -> None:
     job = int(HydraConfig.get().job.num)
     if cfg.device == "auto" and torch.cuda.device_count() > 1:
         cfg.device = f"cuda:{job % torch.cuda.device_count()}"
-    log.info("sweep job %d, %d at a time: %d of %d CPU thread(s), device %s", job, n_jobs, torch.get_num_threads(),
-             cores, cfg.device)
+    log.info(
+        "sweep job %d, %d at a time: %d of %d CPU thread(s), device %s",
+        job,
+        n_jobs,
+        torch.get_num_threads(),
+        cores,
+        cfg.device,
+    )
 
 
 def trial_hook(cfg: DictConfig) -> AfterEpoch | None:

@@ -63,27 +63,50 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     model.to(device)
     if cfg.calibrate:
         if path.resolve().parent != exp.path.resolve():
-            raise CheckpointError(f"calibrate=true would write a temperature into {path.resolve()}, which is not a "
-                                  f"checkpoint of experiment {exp.path.name}: calibrate it in its own experiment")
+            raise CheckpointError(
+                f"calibrate=true would write a temperature into {path.resolve()}, which is not a "
+                f"checkpoint of experiment {exp.path.name}: calibrate it in its own experiment"
+            )
         with exp.lock(LOCK_HINT):  # a training run of the experiment would replace the checkpoint
             payload = calibrate(cfg, exp, path, payload, model, device, stamp)  # the temperature of the model shipped
     loaded = inputs.load(cfg, source, splits, (split,), prep)
     inputs.check_unchanged(recorded, loaded, refuse=False)
     dataset = inputs.split_dataset(cfg, loaded[split], prep, cfg.augmentation.eval)
     found = outputs(cfg, with_tta(model, cfg.tta), dataset, device, desc=split)
-    info = {"split": split, "checkpoint": str(path.resolve()), "epoch": payload["state"]["epoch"],
-            "data_root": str(source.root), "experiment": payload["experiment"], "tta": cfg.tta}
-    result = report.SplitResult(found, classes, [p for p, _ in loaded[split].samples],
-                                lambda i: inputs.picture(dataset, i), info,
-                                temperature=float(payload.get("temperature", 1.0)),
-                                display_names=payload.get("display_names") or {})
+    info = {
+        "split": split,
+        "checkpoint": str(path.resolve()),
+        "epoch": payload["state"]["epoch"],
+        "data_root": str(source.root),
+        "experiment": payload["experiment"],
+        "tta": cfg.tta,
+    }
+    result = report.SplitResult(
+        found,
+        classes,
+        [p for p, _ in loaded[split].samples],
+        lambda i: inputs.picture(dataset, i),
+        info,
+        temperature=float(payload.get("temperature", 1.0)),
+        display_names=payload.get("display_names") or {},
+    )
     folder = exp.path / (report_folder(split, None if own_data else source.root) + (f"_ckpt-{tag}" if tag else ""))
     if tag:
-        log.info("%s is not the experiment's best.pt: its report goes to %s, and the experiment's own report and "
-                 "TensorBoard run are left as they are", path, folder)
-    metrics = report.write(folder, result, top_k=cfg.report.top_k, bootstrap=cfg.report.bootstrap,
-                           mistakes=cfg.report.mistakes, tensorboard=None if tag else exp.tensorboard_dir,
-                           step=payload["state"]["epoch"])
+        log.info(
+            "%s is not the experiment's best.pt: its report goes to %s, and the experiment's own report and "
+            "TensorBoard run are left as they are",
+            path,
+            folder,
+        )
+    metrics = report.write(
+        folder,
+        result,
+        top_k=cfg.report.top_k,
+        bootstrap=cfg.report.bootstrap,
+        mistakes=cfg.report.mistakes,
+        tensorboard=None if tag else exp.tensorboard_dir,
+        step=payload["state"]["epoch"],
+    )
     log.info("\n%s\nreport: %s", report.format_table(metrics, classes), folder / "report.md")
     return metrics
 
@@ -104,11 +127,18 @@ SPLIT_KEYS = ("split_seed", "val_fraction", "test_fraction", "val_from")
 def warn_if_split_differently(theirs: Any, ours: Any, path: Path) -> None:
     """A checkpoint of another experiment, evaluated on this one's split of the same folder: when it carved its
     splits otherwise, it may have trained on some of these test images."""
-    changed = [f"dataset.{k}: {theirs.get(k)!r} (its run) vs {ours.get(k)!r}" for k in SPLIT_KEYS
-               if theirs.get(k) != ours.get(k)]
+    changed = [
+        f"dataset.{k}: {theirs.get(k)!r} (its run) vs {ours.get(k)!r}"
+        for k in SPLIT_KEYS
+        if theirs.get(k) != ours.get(k)
+    ]
     if changed:
-        log.warning("%s split the same folder differently (%s): it may have trained on images of this split, "
-                    "so its numbers can be optimistic", path, "; ".join(changed))
+        log.warning(
+            "%s split the same folder differently (%s): it may have trained on images of this split, "
+            "so its numbers can be optimistic",
+            path,
+            "; ".join(changed),
+        )
 
 
 def report_folder(split: str, other_root: Path | None) -> str:
@@ -127,9 +157,14 @@ def split_to_test(split: str, splits: Splits, source: FolderSource) -> str:
         return split
     if split == "test" and splits.samples.get("val"):
         why = splits.carving.get("test") or f"no test/ folder and dataset.test_fraction={source.test_fraction:g}" + (
-            ", which rounds to no image of the classes' sizes" if source.test_fraction else "")
-        log.warning("%s has no test split (%s): evaluating the val split instead, which also chose the best "
-                    "checkpoint, so expect optimistic numbers. Set dataset.test_fraction to carve a test split "
-                    "from train.", source.root, why)
+            ", which rounds to no image of the classes' sizes" if source.test_fraction else ""
+        )
+        log.warning(
+            "%s has no test split (%s): evaluating the val split instead, which also chose the best "
+            "checkpoint, so expect optimistic numbers. Set dataset.test_fraction to carve a test split "
+            "from train.",
+            source.root,
+            why,
+        )
         return "val"
     raise DataError(f"split '{split}' of {source.root} has no images; choose split=val, split=train or split=all")

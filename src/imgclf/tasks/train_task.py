@@ -5,30 +5,30 @@ from __future__ import annotations
 import logging
 import os
 import random
-from pathlib import Path
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from imgclf.data.prepare import digests_by_path
+from imgclf.data.splits_file import write_splits
 from imgclf.errors import ConfigError
 from imgclf.experiment.checkpoint import file_stamp, load_checkpoint, set_rng_states
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.resume import check_classes, check_resumable, is_finished
 from imgclf.experiment.run_log import BestFigures, RunLog
 from imgclf.experiment.writer import CheckpointWriter
-from imgclf.data.splits_file import write_splits
-from imgclf.data.prepare import digests_by_path
 from imgclf.models.classifier import Classifier
 from imgclf.runtime import resolve_device, tune_malloc
 from imgclf.tasks import build, inputs, preprocess, ranks, sweep
 from imgclf.tasks.calibration import calibrate, load_weights
 from imgclf.tasks.config_check import check_config, expand_user_paths
-from imgclf.tasks.folders import check_same_data, experiment_dir, in_sweep, report_finished
 from imgclf.tasks.failures import training_error
+from imgclf.tasks.folders import check_same_data, experiment_dir, in_sweep, report_finished
 from imgclf.tasks.hparams import hparam_metrics, hparams
 from imgclf.training import distributed
 from imgclf.training.distributed import Distributed
@@ -81,8 +81,9 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
     optimizer, scheduler = build.optimizer_and_scheduler(cfg, net)
     loss_fn = build.loss(cfg, device)
     with exp.lock() if group.is_main else nullcontext():  # rank 0 alone writes the experiment folder
-        payload = group.broadcast_checkpoint(exp.resume_payload(str(cfg.resume), overwrite=cfg.overwrite)
-                                             if group.is_main else None)
+        payload = group.broadcast_checkpoint(
+            exp.resume_payload(str(cfg.resume), overwrite=cfg.overwrite) if group.is_main else None
+        )
         if payload is not None:  # a run on other data is neither done nor continued here (J3)
             check_same_data(cfg, exp, payload, classes)
         if payload is not None and is_finished(payload, cfg.epochs):
@@ -91,48 +92,95 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
             check_classes(payload, classes)
         ranks.check_world_size(payload, group)
         with group.main_first():  # the decoded-image cache: built once per machine, then read by the other ranks
-            splits, loaded = inputs.prepare(cfg, exp, source, classes, size, scanned=scanned,
-                                          resuming=payload is not None, writer=group.is_main)
-        prep = preprocess.resolve(size, cfg.dataset.normalize, cfg.dataset.mean, cfg.dataset.std,
-                                  expected=preprocess.model_stats(net),
-                                  measure=lambda: inputs.train_stats(cfg, loaded["train"], size))
+            splits, loaded = inputs.prepare(
+                cfg, exp, source, classes, size, scanned=scanned, resuming=payload is not None, writer=group.is_main
+            )
+        prep = preprocess.resolve(
+            size,
+            cfg.dataset.normalize,
+            cfg.dataset.mean,
+            cfg.dataset.std,
+            expected=preprocess.model_stats(net),
+            measure=lambda: inputs.train_stats(cfg, loaded["train"], size),
+        )
         record_preprocessing(cfg, prep)
         model = Classifier(net, prep.mean, prep.std).to(device)
         loss_weights, sample_weights = inputs.balance(cfg, loaded["train"], len(classes))
         if loss_weights is not None:
             loss_fn = build.loss(cfg, device, loss_weights)
         extras = build.step_extras(cfg, model, device, payload)
-        state = TrainState() if payload is None else restore(cfg, payload, classes, model, optimizer, scheduler,
-                                                              extras.ema)
+        state = (
+            TrainState() if payload is None else restore(cfg, payload, classes, model, optimizer, scheduler, extras.ema)
+        )
         if group.is_main:
             record_start(cfg, exp, splits, loaded, state, payload)
         train_loader, val_loader = inputs.train_loaders(cfg, loaded, prep, device, sample_weights, group)
         val_images = val_loader.dataset
-        stages = inputs.stages(cfg, model, train_loader, val_loader, device, sample_weights,
-                             extras.batch_mix is not None, train_split=loaded["train"], prep=prep,
-                             start_epoch=state.epoch, group=group)
+        stages = inputs.stages(
+            cfg,
+            model,
+            train_loader,
+            val_loader,
+            device,
+            sample_weights,
+            extras.batch_mix is not None,
+            train_split=loaded["train"],
+            prep=prep,
+            start_epoch=state.epoch,
+            group=group,
+        )
         meta = {**checkpoint_meta(cfg, source.display_names(), classes, model, prep), "world_size": group.world_size}
-        writer = CheckpointWriter(exp, model, optimizer, scheduler, meta, extras.scaler, extras.ema) \
-            if group.is_main else ranks.Silent()
-        run_log = open_run_log(cfg, exp, state, classes, val_images, meta["num_parameters"], group) \
-            if group.is_main else ranks.Silent()
+        writer = (
+            CheckpointWriter(exp, model, optimizer, scheduler, meta, extras.scaler, extras.ema)
+            if group.is_main
+            else ranks.Silent()
+        )
+        run_log = (
+            open_run_log(cfg, exp, state, classes, val_images, meta["num_parameters"], group)
+            if group.is_main
+            else ranks.Silent()
+        )
         if payload is not None:
             set_rng_states(payload["rng"])  # last, so nothing above consumes the restored streams
         ranks.seed_apart(cfg.seed, group, state)
         counts = ", ".join(f"{name} {n}" for name, n in splits.counts().items())
         shown = ", ".join(classes[:10]) + (f" and {len(classes) - 10} more" if len(classes) > 10 else "")
-        log.info("training %s: %s images; %d classes (%s); %s on %s -> %s", cfg.experiment, counts, len(classes),
-                 shown, type(net).__name__, device, exp.path)
+        log.info(
+            "training %s: %s images; %d classes (%s); %s on %s -> %s",
+            cfg.experiment,
+            counts,
+            len(classes),
+            shown,
+            type(net).__name__,
+            device,
+            exp.path,
+        )
         with stop_signal() as stop:
             try:
                 for stage in stages:
                     # checkpoints always hold the plain module's weights
                     trained = ranks.wrapped(stage.module, group, device, cfg.trainer.sync_bn)
                     trained = torch.compile(trained) if cfg.trainer.compile else trained
-                    state = fit(trained, stage.train, stage.val, loss_fn, optimizer, scheduler,
-                                build.train_options(cfg), device=device, num_classes=len(classes), state=state,
-                                checkpoints=writer, log=run_log, extras=extras, followers=stage.followers,
-                                should_stop=stop, until=stage.until, after_epoch=after_epoch, group=group)
+                    state = fit(
+                        trained,
+                        stage.train,
+                        stage.val,
+                        loss_fn,
+                        optimizer,
+                        scheduler,
+                        build.train_options(cfg),
+                        device=device,
+                        num_classes=len(classes),
+                        state=state,
+                        checkpoints=writer,
+                        log=run_log,
+                        extras=extras,
+                        followers=stage.followers,
+                        should_stop=stop,
+                        until=stage.until,
+                        after_epoch=after_epoch,
+                        group=group,
+                    )
             except Interrupted as exc:
                 if group.is_main:
                     log.warning("%s; wrote %s. Run the same command again to resume.", exc, exp.last)
@@ -143,8 +191,13 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
                 run_log.close()
         if cfg.calibrate and group.is_main and exp.best.exists():
             calibrate_best(cfg, exp, model, device)
-    log.info("best %s = %.4f at epoch %d; checkpoints in %s", cfg.monitor, state.best or float("nan"),
-             state.best_epoch, exp.path)
+    log.info(
+        "best %s = %.4f at epoch %d; checkpoints in %s",
+        cfg.monitor,
+        state.best or float("nan"),
+        state.best_epoch,
+        exp.path,
+    )
     return state.best
 
 
@@ -152,15 +205,23 @@ def choose_image_size(cfg: DictConfig, native: int | None, sizes: list[Any]) -> 
     """``dataset.image_size`` (a number or ``auto``) as the sizes the run uses; written into ``cfg`` at once, so
     every ``${dataset.image_size}`` (an augmentation's crop size) and the saved config read the number."""
     try:
-        choice = preprocess.image_size(cfg.dataset.image_size, sizes, native=native,
-                                       max_size=cfg.dataset.get("max_image_size", 224),
-                                       resize=cfg.dataset.get("resize", "squash"),
-                                       crop_fraction=cfg.dataset.get("crop_fraction", 0.875),
-                                       native_scale=cfg.dataset.get("native_scale", 1.0))
+        choice = preprocess.image_size(
+            cfg.dataset.image_size,
+            sizes,
+            native=native,
+            max_size=cfg.dataset.get("max_image_size", 224),
+            resize=cfg.dataset.get("resize", "squash"),
+            crop_fraction=cfg.dataset.get("crop_fraction", 0.875),
+            native_scale=cfg.dataset.get("native_scale", 1.0),
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     cfg.dataset.image_size = choice.image_size
-    cached = f", cached as {choice.decode_size} px squares for the centre crop" if choice.decode_size > choice.image_size else ""
+    cached = (
+        f", cached as {choice.decode_size} px squares for the centre crop"
+        if choice.decode_size > choice.image_size
+        else ""
+    )
     log.info("image size %d px (%s)%s", choice.image_size, choice.reason, cached)
     return choice
 
@@ -176,16 +237,23 @@ def start(cfg: DictConfig) -> tuple[Distributed, torch.device]:
     device = resolve_device(device_name)
     ranks.check_sync_bn(cfg.trainer.sync_bn, device)
     if group.active:
-        log.info("%d processes: global batch %d (loader.batch_size %d per rank x %d ranks), %d per optimizer step "
-                 "with trainer.accumulate=%d; optimizer.lr as configured (not scaled)", group.world_size,
-                 cfg.loader.batch_size * group.world_size, cfg.loader.batch_size, group.world_size,
-                 cfg.loader.batch_size * group.world_size * cfg.trainer.accumulate, cfg.trainer.accumulate)
+        log.info(
+            "%d processes: global batch %d (loader.batch_size %d per rank x %d ranks), %d per optimizer step "
+            "with trainer.accumulate=%d; optimizer.lr as configured (not scaled)",
+            group.world_size,
+            cfg.loader.batch_size * group.world_size,
+            cfg.loader.batch_size,
+            group.world_size,
+            cfg.loader.batch_size * group.world_size * cfg.trainer.accumulate,
+            cfg.trainer.accumulate,
+        )
     seed_everything(cfg.seed, cfg.deterministic)
     return group, device
 
 
-def record_start(cfg: DictConfig, exp: ExperimentDir, splits: Any, loaded: Any, state: TrainState,
-                 payload: dict[str, Any] | None) -> None:
+def record_start(
+    cfg: DictConfig, exp: ExperimentDir, splits: Any, loaded: Any, state: TrainState, payload: dict[str, Any] | None
+) -> None:
     """Rank 0: clear what overwrite=true replaces (only now, after every check), and record the splits and the
     config this start runs with."""
     if cfg.overwrite and payload is None:
@@ -193,18 +261,37 @@ def record_start(cfg: DictConfig, exp: ExperimentDir, splits: Any, loaded: Any, 
     if payload is None or not exp.splits.exists():  # a resumed run keeps the hashes first recorded, so a file
         write_splits(splits, exp.splits, digests_by_path(loaded))  # that changed stays left out (bad_files=skip)
     OmegaConf.save(cfg, exp.config, resolve=True)  # the latest; config_history/ keeps each start's
-    exp.record_config(OmegaConf.to_container(cfg, resolve=True), state.epoch, state.step,  # type: ignore[arg-type]
-                      payload["config"] if payload is not None else None)
+    exp.record_config(
+        OmegaConf.to_container(cfg, resolve=True),
+        state.epoch,
+        state.step,  # type: ignore[arg-type]
+        payload["config"] if payload is not None else None,
+    )
 
 
-def open_run_log(cfg: DictConfig, exp: ExperimentDir, state: TrainState, classes: list[str], val_images: Any,
-                 num_parameters: int, group: Distributed) -> RunLog:
+def open_run_log(
+    cfg: DictConfig,
+    exp: ExperimentDir,
+    state: TrainState,
+    classes: list[str],
+    val_images: Any,
+    num_parameters: int,
+    group: Distributed,
+) -> RunLog:
     """metrics.jsonl and TensorBoard (continuing after ``state.epoch``), with the HParams entry of the run."""
     figures = BestFigures(classes, lambda i: inputs.picture(val_images, i), cfg.report.mistakes)
-    run_log = RunLog(exp.metrics, exp.tensorboard_dir, start_epoch=state.epoch,
-                     figures=figures if cfg.report.figures else None,
-                     constants={"world_size": group.world_size,  # a distributed run says so in every line
-                                "global_batch_size": cfg.loader.batch_size * group.world_size} if group.active else None)
+    run_log = RunLog(
+        exp.metrics,
+        exp.tensorboard_dir,
+        start_epoch=state.epoch,
+        figures=figures if cfg.report.figures else None,
+        constants={
+            "world_size": group.world_size,  # a distributed run says so in every line
+            "global_batch_size": cfg.loader.batch_size * group.world_size,
+        }
+        if group.active
+        else None,
+    )
     run_log.hparams(hparams(cfg, num_parameters), hparam_metrics(cfg))
     return run_log
 
@@ -230,8 +317,15 @@ def record_preprocessing(cfg: DictConfig, prep: preprocess.Preprocessing) -> Non
         cfg.dataset.normalize = "custom"
 
 
-def restore(cfg: DictConfig, payload: dict[str, Any], classes: list[str], model: torch.nn.Module,
-            optimizer: torch.optim.Optimizer, scheduler: Any, ema: Any = None) -> TrainState:
+def restore(
+    cfg: DictConfig,
+    payload: dict[str, Any],
+    classes: list[str],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    ema: Any = None,
+) -> TrainState:
     """Load the state of an interrupted run into the freshly built objects (refusing a changed setup)."""
     check_resumable(payload, OmegaConf.to_container(cfg, resolve=True), classes)  # type: ignore[arg-type]
     model.load_state_dict(payload.get("train_model") or payload["model"])
@@ -245,14 +339,28 @@ def restore(cfg: DictConfig, payload: dict[str, Any], classes: list[str], model:
     return state
 
 
-def checkpoint_meta(cfg: DictConfig, display_names: dict[str, str], classes: list[str], model: Classifier,
-                    prep: preprocess.Preprocessing) -> dict[str, Any]:
+def checkpoint_meta(
+    cfg: DictConfig,
+    display_names: dict[str, str],
+    classes: list[str],
+    model: Classifier,
+    prep: preprocess.Preprocessing,
+) -> dict[str, Any]:
     """The plain values every checkpoint of the run carries: enough for test.py and predict.py alone."""
-    return {"experiment": cfg.experiment, "class_names": classes, "display_names": display_names,
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-            "image_size": prep.image_size, "mean": list(prep.mean), "std": list(prep.std),
-            "preprocessing": prep.record(), "monitor": cfg.monitor, "mode": cfg.mode,
-            "epochs": cfg.epochs, "config": OmegaConf.to_container(cfg, resolve=True)}
+    return {
+        "experiment": cfg.experiment,
+        "class_names": classes,
+        "display_names": display_names,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "image_size": prep.image_size,
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        "preprocessing": prep.record(),
+        "monitor": cfg.monitor,
+        "mode": cfg.mode,
+        "epochs": cfg.epochs,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
 
 
 def calibrate_best(cfg: DictConfig, exp: ExperimentDir, model: Classifier, device: torch.device) -> None:

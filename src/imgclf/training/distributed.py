@@ -136,8 +136,7 @@ def from_environment() -> tuple[int, int, int] | None:
             first = "127.0.0.1" if env.cluster == "local" or not env.hostnames else env.hostnames[0]
             os.environ.setdefault("MASTER_ADDR", first)
             os.environ.setdefault("MASTER_PORT", str(20000 + int(digits) % 20000))
-            os.environ.update(RANK=str(env.global_rank), LOCAL_RANK=str(env.local_rank),
-                              WORLD_SIZE=str(env.num_tasks))
+            os.environ.update(RANK=str(env.global_rank), LOCAL_RANK=str(env.local_rank), WORLD_SIZE=str(env.num_tasks))
             return env.global_rank, env.local_rank, env.num_tasks
     return None
 
@@ -154,23 +153,29 @@ def setup(device_name: str, timeout_s: float) -> tuple[Distributed, str]:
     rank, local_rank, world = found
     cuda = device_name in ("auto", "cuda") and torch.cuda.is_available()
     if device_name.startswith("cuda:"):
-        raise ConfigError(f"device={device_name} under torchrun: every rank would use that one GPU; use device=auto "
-                          "(rank r of a machine takes cuda:<local rank>) or device=cuda")
+        raise ConfigError(
+            f"device={device_name} under torchrun: every rank would use that one GPU; use device=auto "
+            "(rank r of a machine takes cuda:<local rank>) or device=cuda"
+        )
     if device_name == "cuda" and not cuda:
         raise ConfigError("device=cuda but torch sees no CUDA GPU; use device=auto or device=cpu")
     if cuda:
         if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
-                              "start torchrun with --nproc_per_node at most that")
+            raise ConfigError(
+                f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                "start torchrun with --nproc_per_node at most that"
+            )
         torch.cuda.set_device(local_rank)
     backend = "nccl" if cuda else "gloo"
     if not dist.is_initialized():
         try:
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
         except (RuntimeError, ValueError) as exc:
-            raise TrainingError(f"rank {rank} of {world} could not join the process group ({backend}, "
-                                f"MASTER_ADDR={os.environ.get('MASTER_ADDR')}, MASTER_PORT={os.environ.get('MASTER_PORT')}): "
-                                f"{exc}") from None
+            raise TrainingError(
+                f"rank {rank} of {world} could not join the process group ({backend}, "
+                f"MASTER_ADDR={os.environ.get('MASTER_ADDR')}, MASTER_PORT={os.environ.get('MASTER_PORT')}): "
+                f"{exc}"
+            ) from None
     group = Distributed(rank, local_rank, world)
     log.info("rank %d of %d (local rank %d), %s", rank, world, local_rank, backend)
     return group, f"cuda:{local_rank}" if cuda else "cpu"

@@ -15,13 +15,13 @@ from typing import Protocol
 
 import torch
 from torch import nn
-from imgclf.progress import progress
 
+from imgclf.progress import progress
+from imgclf.reporting.outputs import Outputs
 from imgclf.training.device import autocast, to_device
 from imgclf.training.distributed import SINGLE, Distributed
 from imgclf.training.scheduler import Scheduler
 from imgclf.training.state import Diverged, Interrupted, TrainState
-from imgclf.reporting.outputs import Outputs
 from imgclf.training.validation import validate
 
 logger = logging.getLogger(__name__)
@@ -131,8 +131,13 @@ class Totals:
 
     def state(self) -> dict[str, float]:
         """Plain values (one host sync), for checkpoints and logs."""
-        return {"loss_sum": float(self.loss_sum), "correct": float(self.correct),
-                "seen": self.seen, "steps": self.steps, "skipped": self.skipped}
+        return {
+            "loss_sum": float(self.loss_sum),
+            "correct": float(self.correct),
+            "seen": self.seen,
+            "steps": self.steps,
+            "skipped": self.skipped,
+        }
 
     def means(self) -> tuple[float, float]:
         seen = max(self.seen, 1)
@@ -142,8 +147,15 @@ class Totals:
         """The totals of every rank together (the steps, equal on every rank, stay as they are)."""
         if not group.active:
             return self
-        sums = group.sum(torch.stack([self.loss_sum.float(), self.correct.float(),
-                                      torch.tensor(float(self.seen), device=self.loss_sum.device)]))
+        sums = group.sum(
+            torch.stack(
+                [
+                    self.loss_sum.float(),
+                    self.correct.float(),
+                    torch.tensor(float(self.seen), device=self.loss_sum.device),
+                ]
+            )
+        )
         loss_sum, correct, seen = sums.tolist()
         return Totals(self.loss_sum.device, {**self.state(), "loss_sum": loss_sum, "correct": correct, "seen": seen})
 
@@ -177,8 +189,12 @@ class _Progress:
         self.bar.close()
 
 
-def _update(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
-            clip_grad_norm: float | None) -> None:
+def _update(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    clip_grad_norm: float | None,
+) -> None:
     """One optimizer step from the accumulated gradients (unscaled and clipped first if asked)."""
     if scaler is not None:
         scaler.unscale_(optimizer)
@@ -192,11 +208,21 @@ def _update(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.am
     optimizer.zero_grad(set_to_none=True)
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable[Batch], loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                    *, device: torch.device, options: TrainOptions = TrainOptions(),
-                    extras: StepExtras = StepExtras(), scheduler: Scheduler | None = None,
-                    totals: Totals | None = None, should_stop: Callable[[], bool] = lambda: False,
-                    desc: str = "train", group: Distributed = SINGLE) -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    options: TrainOptions = TrainOptions(),
+    extras: StepExtras = StepExtras(),
+    scheduler: Scheduler | None = None,
+    totals: Totals | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    desc: str = "train",
+    group: Distributed = SINGLE,
+) -> dict[str, float]:
     """Train over ``loader`` once (or until ``should_stop()``); ``totals`` is updated in place.
 
     A batch whose loss is NaN or infinite is skipped (no backward pass, counted in
@@ -250,8 +276,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], loss_fn: nn.Modul
             totals.skip()
             bad_in_row += 1
             if bad_in_row >= options.max_nonfinite:
-                raise Diverged(f"the loss was {float(loss.detach())} for {bad_in_row} batches in a row (batch {totals.steps} "
-                               f"of {batches}, lr {optimizer.param_groups[0]['lr']:.3g})")
+                raise Diverged(
+                    f"the loss was {float(loss.detach())} for {bad_in_row} batches in a row (batch {totals.steps} "
+                    f"of {batches}, lr {optimizer.param_groups[0]['lr']:.3g})"
+                )
         bar.update(totals, seen_before)
         if totals.steps % accumulate and totals.steps < batches:
             continue  # keep accumulating; a stop waits for the step, so no gradient is lost
@@ -269,27 +297,56 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Batch], loss_fn: nn.Modul
     seen = totals.seen - seen_before  # this rank's images of this call; with ranks, every rank's together
     if group.active:  # on the device: NCCL reduces no CPU tensor
         seen = int(group.sum(torch.tensor(float(seen), device=device)).item())
-    return {"train/loss": loss_mean, "train/acc": acc, "train/skipped_steps": totals.skipped,
-            "train/images_per_s": seen / max(seconds, 1e-9)}
+    return {
+        "train/loss": loss_mean,
+        "train/acc": acc,
+        "train/skipped_steps": totals.skipped,
+        "train/images_per_s": seen / max(seconds, 1e-9),
+    }
 
 
 def _log_epoch(epoch: int, epochs: int, metrics: dict[str, float], improved: bool) -> None:
     if metrics["train/skipped_steps"]:
-        logger.warning("epoch %d: skipped %d batch(es) whose loss was NaN or infinite", epoch,
-                       metrics["train/skipped_steps"])
-    logger.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f f1 %.4f | lr %.3g | %.1fs, %.0f img/s%s",
-                epoch, epochs, metrics["train/loss"], metrics["train/acc"], metrics["val/loss"], metrics["val/acc"],
-                metrics["val/f1"], metrics["lr"], metrics["epoch_seconds"], metrics["train/images_per_s"],
-                "  (new best)" if improved else "")
+        logger.warning(
+            "epoch %d: skipped %d batch(es) whose loss was NaN or infinite", epoch, metrics["train/skipped_steps"]
+        )
+    logger.info(
+        "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f f1 %.4f | lr %.3g | %.1fs, %.0f img/s%s",
+        epoch,
+        epochs,
+        metrics["train/loss"],
+        metrics["train/acc"],
+        metrics["val/loss"],
+        metrics["val/acc"],
+        metrics["val/f1"],
+        metrics["lr"],
+        metrics["epoch_seconds"],
+        metrics["train/images_per_s"],
+        "  (new best)" if improved else "",
+    )
 
 
-def fit(model: nn.Module, train_loader: TrainLoader, val_loader: Iterable[Batch], loss_fn: nn.Module,
-        optimizer: torch.optim.Optimizer, scheduler: Scheduler, options: TrainOptions, *, device: torch.device,
-        num_classes: int, state: TrainState, checkpoints: Checkpoints, log: EpochLog,
-        extras: StepExtras = StepExtras(), followers: Sequence[EpochFollower] = (),
-        should_stop: Callable[[], bool] = lambda: False, until: int | None = None,
-        after_epoch: Callable[[int, dict[str, float]], bool] | None = None,
-        group: Distributed = SINGLE) -> TrainState:
+def fit(
+    model: nn.Module,
+    train_loader: TrainLoader,
+    val_loader: Iterable[Batch],
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Scheduler,
+    options: TrainOptions,
+    *,
+    device: torch.device,
+    num_classes: int,
+    state: TrainState,
+    checkpoints: Checkpoints,
+    log: EpochLog,
+    extras: StepExtras = StepExtras(),
+    followers: Sequence[EpochFollower] = (),
+    should_stop: Callable[[], bool] = lambda: False,
+    until: int | None = None,
+    after_epoch: Callable[[int, dict[str, float]], bool] | None = None,
+    group: Distributed = SINGLE,
+) -> TrainState:
     """Train from ``state`` to ``options.epochs``, validating, logging and checkpointing every epoch.
 
     Args:
@@ -319,9 +376,20 @@ def fit(model: nn.Module, train_loader: TrainLoader, val_loader: Iterable[Batch]
         lr = scheduler.lr()
         start = time.perf_counter()
         try:
-            metrics = train_one_epoch(model, train_loader, loss_fn, optimizer, device=device, options=options,
-                                      extras=extras, scheduler=scheduler, totals=totals, should_stop=should_stop,
-                                      desc=f"epoch {epoch + 1}/{epochs}", group=group)
+            metrics = train_one_epoch(
+                model,
+                train_loader,
+                loss_fn,
+                optimizer,
+                device=device,
+                options=options,
+                extras=extras,
+                scheduler=scheduler,
+                totals=totals,
+                should_stop=should_stop,
+                desc=f"epoch {epoch + 1}/{epochs}",
+                group=group,
+            )
         except Diverged as exc:
             raise Diverged(f"epoch {epoch + 1}: {exc}") from None
         metrics.update(getattr(train_loader, "drop_metrics", dict)())  # samples that failed to load, if any
@@ -329,8 +397,16 @@ def fit(model: nn.Module, train_loader: TrainLoader, val_loader: Iterable[Batch]
             state.step, state.partial = totals.steps, totals.reduced(group).state()
             checkpoints.save(state, best=False)
             raise Interrupted(f"stopped in epoch {epoch + 1} after {totals.steps} batches")
-        val_metrics, outputs = validate(evaluated, val_loader, loss_fn, device=device, num_classes=num_classes,
-                                        amp=options.amp, channels_last=options.channels_last, group=group)
+        val_metrics, outputs = validate(
+            evaluated,
+            val_loader,
+            loss_fn,
+            device=device,
+            num_classes=num_classes,
+            amp=options.amp,
+            channels_last=options.channels_last,
+            group=group,
+        )
         metrics.update(val_metrics)
         metrics.update(getattr(val_loader, "drop_metrics", dict)())
         metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - start})
@@ -345,6 +421,12 @@ def fit(model: nn.Module, train_loader: TrainLoader, val_loader: Iterable[Batch]
             log.new_best(epoch + 1, outputs)
         _log_epoch(epoch + 1, epochs, metrics, improved)
         if patience_ran_out:
-            logger.info("early stopping: %s has not improved by more than %g for %d epochs (best %.4f at epoch %d)",
-                        options.monitor, options.min_delta, state.bad_epochs, state.best, state.best_epoch)
+            logger.info(
+                "early stopping: %s has not improved by more than %g for %d epochs (best %.4f at epoch %d)",
+                options.monitor,
+                options.min_delta,
+                state.bad_epochs,
+                state.best,
+                state.best_epoch,
+            )
     return state

@@ -15,11 +15,11 @@ from collections.abc import Iterable
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
-from imgclf.progress import progress as progress_bar
 
+from imgclf.models.classifier import Classifier
+from imgclf.progress import progress as progress_bar
 from imgclf.training.device import to_device
 from imgclf.training.engine import TrainLoader
-from imgclf.models.classifier import Classifier
 
 
 def why_not_cacheable(model: Classifier, random_augmentation: bool, batch_mix: bool, views: int = 1) -> str | None:
@@ -35,22 +35,34 @@ def why_not_cacheable(model: Classifier, random_augmentation: bool, batch_mix: b
     if getattr(net, "freeze", "none") != "backbone":
         return "the backbone is not frozen (set model.freeze=backbone)"
     if unfreeze == 0:
-        return ("model.unfreeze_at_epoch=0 trains the whole network from the first epoch, so no epoch could use "
-                "cached features (set model.unfreeze_at_epoch to the number of head-only epochs)")
+        return (
+            "model.unfreeze_at_epoch=0 trains the whole network from the first epoch, so no epoch could use "
+            "cached features (set model.unfreeze_at_epoch to the number of head-only epochs)"
+        )
     if random_augmentation and views == 1 and unfreeze is None:
-        return ("the train augmentation is random, so every epoch needs new features (use augmentation=none, "
-                "trainer.feature_views=N to cache N augmented copies of every image, or trainer.cache_features=false)")
+        return (
+            "the train augmentation is random, so every epoch needs new features (use augmentation=none, "
+            "trainer.feature_views=N to cache N augmented copies of every image, or trainer.cache_features=false)"
+        )
     if views > 1 and not random_augmentation:
-        return (f"trainer.feature_views={views} needs a random train augmentation: without one every copy is the same "
-                "(set trainer.feature_views=1, or choose an augmentation)")
+        return (
+            f"trainer.feature_views={views} needs a random train augmentation: without one every copy is the same "
+            "(set trainer.feature_views=1, or choose an augmentation)"
+        )
     if batch_mix:
         return "batch_mix mixes images before the backbone (use batch_mix=none)"
     return None
 
 
 @torch.no_grad()
-def extract(model: Classifier, loader: Iterable, device: torch.device, desc: str = "features",
-            progress: bool = False, channels_last: bool = False) -> TensorDataset:
+def extract(
+    model: Classifier,
+    loader: Iterable,
+    device: torch.device,
+    desc: str = "features",
+    progress: bool = False,
+    channels_last: bool = False,
+) -> TensorDataset:
     """(features, labels) of every batch of ``loader`` through the frozen backbone."""
     model.eval()
     features, labels = [], []
@@ -82,14 +94,28 @@ class AugmentedFeatures(Dataset):
         return self.features[self.view, index], self.labels[index]
 
 
-def extract_views(model: Classifier, loader: TrainLoader, device: torch.device, views: int,
-                  progress: bool = False, channels_last: bool = False) -> AugmentedFeatures:
+def extract_views(
+    model: Classifier,
+    loader: TrainLoader,
+    device: torch.device,
+    views: int,
+    progress: bool = False,
+    channels_last: bool = False,
+) -> AugmentedFeatures:
     """Features of ``views`` passes over ``loader`` (in order, augmented at random when ``views > 1``):
     pass ``v`` is the loader's epoch ``v``, so seeded batch augmentation draws new parameters for every copy."""
     copies = []
     for view in range(views):
         loader.set_epoch(view)
-        copies.append(extract(model, loader, device, desc=f"features train {view + 1}/{views}", progress=progress,
-                              channels_last=channels_last))
+        copies.append(
+            extract(
+                model,
+                loader,
+                device,
+                desc=f"features train {view + 1}/{views}",
+                progress=progress,
+                channels_last=channels_last,
+            )
+        )
     labels = copies[0].tensors[1]
     return AugmentedFeatures(torch.stack([copy.tensors[0] for copy in copies]), labels)

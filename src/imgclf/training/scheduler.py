@@ -21,9 +21,14 @@ class Scheduler:
             with any of them.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer,
-                 factory: Callable[[torch.optim.Optimizer], Any] | None = None,
-                 interval: str = "epoch", steps_on_metric: bool = False, warmup_steps: int = 0) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        factory: Callable[[torch.optim.Optimizer], Any] | None = None,
+        interval: str = "epoch",
+        steps_on_metric: bool = False,
+        warmup_steps: int = 0,
+    ) -> None:
         if interval not in ("step", "epoch"):
             raise ValueError(f"scheduler.interval must be 'step' or 'epoch', got {interval!r}")
         if steps_on_metric and interval != "epoch":
@@ -64,8 +69,11 @@ class Scheduler:
         return float(self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
-                "steps": self.steps, "scheduled": list(self.scheduled)}
+        return {
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "steps": self.steps,
+            "scheduled": list(self.scheduled),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.scheduler is not None and state.get("scheduler"):

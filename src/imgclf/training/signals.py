@@ -33,8 +33,7 @@ class StopOnSignal:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is None:
-            log.warning("received %s: stopping after the current step and writing last.pt",
-                        signal.Signals(signum).name)
+            log.warning("received %s: stopping after the current step and writing last.pt", signal.Signals(signum).name)
             self.signum = signum
         else:
             log.warning("received %s again: still saving, please wait", signal.Signals(signum).name)
@@ -45,8 +44,9 @@ class StopOnSignal:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()

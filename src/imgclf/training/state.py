@@ -21,12 +21,12 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
 class TrainState:
     """Where training stands; saved in every checkpoint."""
 
-    epoch: int = 0                 # completed epochs
-    step: int = 0                  # batches done in the unfinished epoch (after an interrupt)
-    best: float | None = None      # best monitored value so far (never NaN)
+    epoch: int = 0  # completed epochs
+    step: int = 0  # batches done in the unfinished epoch (after an interrupt)
+    best: float | None = None  # best monitored value so far (never NaN)
     best_epoch: int = 0
     partial: dict[str, float] = field(default_factory=dict)  # Totals of the unfinished epoch
-    bad_epochs: int = 0            # epochs since the monitored value last improved by min_delta
+    bad_epochs: int = 0  # epochs since the monitored value last improved by min_delta
     stopped_early: bool = False
 
     def as_dict(self) -> dict[str, Any]:

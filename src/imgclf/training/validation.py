@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from imgclf.progress import progress as progress_bar
 
+from imgclf.progress import progress as progress_bar
 from imgclf.reporting.metrics import SplitMetrics
 from imgclf.reporting.outputs import Outputs
 from imgclf.training.device import autocast, to_device
@@ -15,9 +15,18 @@ from imgclf.training.distributed import SINGLE, Distributed
 
 
 @torch.no_grad()
-def collect(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: torch.device,
-            progress: bool = False, desc: str = "eval", amp: str = "none",
-            channels_last: bool = False, metrics: SplitMetrics | None = None) -> Outputs:
+def collect(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: nn.Module,
+    *,
+    device: torch.device,
+    progress: bool = False,
+    desc: str = "eval",
+    amp: str = "none",
+    channels_last: bool = False,
+    metrics: SplitMetrics | None = None,
+) -> Outputs:
     """Logits, labels and mean loss of ``model`` over ``loader`` (one transfer to the CPU at the end);
     ``metrics`` are updated batch by batch on the device."""
     model.eval()
@@ -39,17 +48,36 @@ def collect(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: t
     return Outputs(float(loss_sum) / max(len(all_labels), 1), all_logits, all_labels)
 
 
-def validate(model: nn.Module, loader: Iterable, loss_fn: nn.Module, *, device: torch.device, num_classes: int,
-             prefix: str = "val", progress: bool = False, amp: str = "none",
-             channels_last: bool = False, group: Distributed = SINGLE) -> tuple[dict[str, float], Outputs]:
+def validate(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: nn.Module,
+    *,
+    device: torch.device,
+    num_classes: int,
+    prefix: str = "val",
+    progress: bool = False,
+    amp: str = "none",
+    channels_last: bool = False,
+    group: Distributed = SINGLE,
+) -> tuple[dict[str, float], Outputs]:
     """``<prefix>/loss``, ``<prefix>/acc`` and ``<prefix>/f1`` (macro) over ``loader``, and the outputs.
 
     With several ranks, each validates its own share of the split and every rank gets every output (one
     gather per epoch), from which the metrics of the whole split are counted. (torchmetrics' own sync is not
     used: it would all-gather the float64 CPU copy the exact scores are computed from, which NCCL cannot.)"""
     split_metrics = SplitMetrics(num_classes, device)
-    outputs = collect(model, loader, loss_fn, device=device, progress=progress, desc=prefix, amp=amp,
-                      channels_last=channels_last, metrics=None if group.active else split_metrics)
+    outputs = collect(
+        model,
+        loader,
+        loss_fn,
+        device=device,
+        progress=progress,
+        desc=prefix,
+        amp=amp,
+        channels_last=channels_last,
+        metrics=None if group.active else split_metrics,
+    )
     if group.active:
         outputs = joined(group.gather(outputs))
         split_metrics.update(outputs.logits.to(device), outputs.labels.to(device))
@@ -64,5 +92,8 @@ def joined(parts: list[Outputs]) -> Outputs:
     if not kept:
         return parts[0]
     count = sum(len(p.labels) for p in kept)
-    return Outputs(sum(p.loss * len(p.labels) for p in kept) / count, torch.cat([p.logits for p in kept]),
-                   torch.cat([p.labels for p in kept]))
+    return Outputs(
+        sum(p.loss * len(p.labels) for p in kept) / count,
+        torch.cat([p.logits for p in kept]),
+        torch.cat([p.labels for p in kept]),
+    )
