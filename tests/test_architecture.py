@@ -68,3 +68,15 @@ def test_the_package_graph_has_no_cycle() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert find_cycle({"a": {"b": {"x"}}, "b": {"c": {"y"}}, "c": {"a": {"z"}}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b": {"x"}}, "b": {"c": {"y"}}}) is None
+
+
+def test_nothing_imports_a_posix_only_module_at_import_time() -> None:
+    """Locks go through filelock, so every module imports on Windows too (fcntl, resource and termios are POSIX)."""
+    posix_only = {"fcntl", "resource", "termios", "pwd", "grp"}
+    found = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:  # module level: what `import imgclf.x` runs
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            found += [f"{path.relative_to(SRC)}: {n}" for n in names if n.split(".")[0] in posix_only]
+    assert found == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shutil
@@ -11,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from omegaconf import OmegaConf
 
 from imgclf.atomic import write_text_atomic
@@ -206,48 +206,39 @@ class ExperimentDir:
 
 
 class ExperimentLock:
-    """An exclusive lock on the experiment folder (``flock`` on ``.lock``, which holds the pid for messages), so
-    two runs never write the same experiment at once. The kernel releases it when its process dies, so a
-    crashed run leaves no stale lock, and no other run can take it in the moment its pid is being written."""
+    """An exclusive lock on the experiment folder (``.lock``, which holds the pid for messages), so two runs never
+    write the same experiment at once. filelock takes it (flock on Linux and macOS, a byte-range lock on Windows):
+    the system releases it when its process dies, so a crashed run leaves no stale lock, and no other run can take
+    it in the moment its pid is being written (the pid is written through the locked descriptor)."""
 
     def __init__(self, path: Path, hint: str = "wait for it to finish or choose another experiment=<name>") -> None:
         self.path = path
         self.hint = hint
-        self.fd: int | None = None
+        self._lock = FileLock(path, timeout=0, is_singleton=False, thread_local=False, on_acquired=_write_pid)
 
     def __enter__(self) -> ExperimentLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(10):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                pid = read_pid(self.path)
-                raise ExperimentError(
-                    f"{self.path.parent} is in use by process {pid if pid is not None else '(unknown)'} (lock file "
-                    f"{self.path}); {self.hint}"
-                ) from None
-            if _same_file(fd, self.path):  # not a file that its holder unlinked just before we locked it
-                os.ftruncate(fd, 0)
-                os.write(fd, str(os.getpid()).encode())
-                self.fd = fd
-                return self
-            os.close(fd)
-        raise ExperimentError(f"could not take the lock {self.path}")
+        try:
+            self._lock.acquire(blocking=False)
+        except Timeout:
+            pid = read_pid(self.path)
+            raise ExperimentError(
+                f"{self.path.parent} is in use by process {pid if pid is not None else '(unknown)'} (lock file "
+                f"{self.path}); {self.hint}"
+            ) from None
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        self.path.unlink(missing_ok=True)  # while still holding it: the next run locks a new file
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        # unlinked while still held, so a finished experiment keeps no lock file; a run that opened the old file
+        # meanwhile finds it unlinked once it locks it and takes the new one (filelock checks the link count)
+        self.path.unlink(missing_ok=True)
+        self._lock.release()
 
 
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        return os.fstat(fd).st_ino == path.stat().st_ino
-    except FileNotFoundError:
-        return False
+def _write_pid(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, str(os.getpid()).encode())
 
 
 def read_pid(path: Path) -> int | None:

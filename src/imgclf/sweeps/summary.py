@@ -7,12 +7,12 @@ merges and writes under a lock file; the write itself is atomic, so a killed swe
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from imgclf.atomic import write_text_atomic
 
@@ -43,15 +43,10 @@ def read(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(f))
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path) -> FileLock:
+    """A lock that parallel jobs (hydra/launcher=joblib) take in turn; the system releases it if its process dies."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also when the process dies
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return FileLock(path, is_singleton=False, thread_local=False)
 
 
 def closing_line(rows: list[dict[str, Any]], monitor: str, mode: str, path: Path) -> str:
