@@ -5,7 +5,6 @@ checkout as it was). .ci/run installs chromium; without it this test skips, sayi
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,10 +12,9 @@ from pathlib import Path
 import pytest
 from serve_helpers import start_server, stop_server
 
-from helpers import ROOT, compose_cfg, copy_trained
+from helpers import compose_cfg, copy_trained
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SCREENSHOT = ROOT / "docs" / "images" / "serve.png"
 # what a CI machine needs: no sandbox as root, no GPU, and no traffic of its own to anywhere
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -74,9 +72,6 @@ def test_the_page_classifies_picked_images_and_shows_bars_flags_errors_and_the_m
     assert shown["flags"] == [e["low_confidence"] for e in expected]
     assert "not an image" in shown["error"] and shown["bold"] == 0
     assert (tmp_path / "serve.png").stat().st_size > 10_000
-    if os.environ.get("IMGCLF_UPDATE_SCREENSHOT"):
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(tmp_path / "serve.png", SCREENSHOT)
 
 
 def classify_in_page(page, url: str, files: list[Path], screenshot: Path) -> dict:

@@ -31,7 +31,17 @@ def test_a_long_task_logs_a_line_at_each_tenth(caplog):
     lines = [r.getMessage() for r in caplog.records]
     # tenths 30..90% (10% and 20% came before QUIET_SECONDS); never one at 100%: the epoch's summary follows
     assert [line.split(" (")[1].split(")")[0] for line in lines] == ["30%", "40%", "50%", "60%", "70%", "80%", "90%"]
-    assert lines[0].startswith("train: 60/200 batch") and "batch/s" in lines[0]
+    assert lines[0].startswith("train: 60/200 batch") and "5.0 batch/s" in lines[0]
+
+
+def test_a_slow_task_says_seconds_per_item(caplog):
+    clock = Clock()
+    bar = LineProgress(total=5, desc="test", unit="batch", clock=clock)
+    with caplog.at_level(logging.INFO, logger="imgclf.progress"):
+        for _ in range(5):
+            clock.now += 30
+            bar.update(1)
+    assert caplog.records[0].getMessage() == "test: 1/5 batch (20%), 30.0 s/batch"
 
 
 def test_a_short_task_logs_nothing(caplog):

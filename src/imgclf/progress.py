@@ -71,20 +71,14 @@ class LineProgress:
         elapsed = self.clock() - self.start
         if elapsed < QUIET_SECONDS:
             return
-        rate = (self.n - self.initial) / elapsed if elapsed > 0 else 0.0
+        done = self.n - self.initial
+        # a slow task reads better in seconds per item (a cache of large photos, frozen backbones on a CPU)
+        pace = (
+            f"{done / elapsed:.1f} {self.unit}/s" if done >= elapsed else f"{elapsed / max(done, 1):.1f} s/{self.unit}"
+        )
         share = f" ({self.n / self.total:.0%})" if self.total else ""
         postfix = f", {self.postfix}" if self.postfix else ""
-        log.info(
-            "%s: %d/%s %s%s, %.1f %s/s%s",
-            self.desc,
-            self.n,
-            self.total or "?",
-            self.unit,
-            share,
-            rate,
-            self.unit,
-            postfix,
-        )
+        log.info("%s: %d/%s %s%s, %s%s", self.desc, self.n, self.total or "?", self.unit, share, pace, postfix)
 
     def set_postfix(self, refresh: bool = False, **values: Any) -> None:
         self.postfix = ", ".join(f"{key} {value}" for key, value in values.items())
