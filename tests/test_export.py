@@ -55,6 +55,15 @@ def exported(trained_tiny: tuple[list[str], Path], tmp_path_factory: pytest.Temp
     return exp
 
 
+def save_model(model: Classifier, cfg, path: Path, **extra: object) -> None:
+    """A checkpoint of ``model`` (3 classes a, b, c at 32 px, normalized by 0.5 / 0.25) as training writes one."""
+    payload = {"model": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}
+    save_atomic(
+        {**payload, "class_names": ["a", "b", "c"], "image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, **extra},
+        path,
+    )
+
+
 def val_files(exp: Path) -> list[str]:
     classes = load_checkpoint(exp / "best.pt")["class_names"]
     return [path for path, _ in read_splits(exp / "splits.csv", classes)[0].samples["val"]]
@@ -270,18 +279,7 @@ def test_every_model_option_exports_within_the_parity_tolerance(option: str, tmp
             cfg.model[key] = offline
     torch.manual_seed(0)
     model = Classifier(instantiate(cfg.model), [0.5] * 3, [0.25] * 3).eval()
-    save_atomic(
-        {
-            "model": model.state_dict(),
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "class_names": ["a", "b", "c"],
-            "image_size": 32,
-            "mean": [0.5] * 3,
-            "std": [0.25] * 3,
-            "temperature": 1.5,
-        },
-        tmp_path / "best.pt",
-    )
+    save_model(model, cfg, tmp_path / "best.pt", temperature=1.5)
     result = export(tmp_path / "best.pt", tmp_path / "export")
     assert result.parity["passed"] and result.parity["exporter"] == "dynamo", result.parity
     assert result.parity["max_abs_diff"] <= TOLERANCE and result.parity["samples"] == 16
@@ -291,17 +289,7 @@ def test_every_model_option_exports_within_the_parity_tolerance(option: str, tmp
 def test_the_legacy_exporter_is_used_when_the_dynamo_one_fails(tmp_path: Path, monkeypatch, caplog) -> None:
     cfg = compose_cfg("train", ["experiment=x", "model=tinyvgg", "dataset.num_classes=3", "dataset.image_size=32"])
     model = Classifier(instantiate(cfg.model), [0.5] * 3, [0.25] * 3).eval()
-    save_atomic(
-        {
-            "model": model.state_dict(),
-            "config": OmegaConf.to_container(cfg, resolve=True),
-            "class_names": ["a", "b", "c"],
-            "image_size": 32,
-            "mean": [0.5] * 3,
-            "std": [0.25] * 3,
-        },
-        tmp_path / "best.pt",
-    )
+    save_model(model, cfg, tmp_path / "best.pt")
 
     def unsupported(*args: object) -> None:
         raise NotImplementedError("an operator the dynamo exporter does not translate")
