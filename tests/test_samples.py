@@ -6,7 +6,6 @@ with no sample is skipped; and the run resumes afterwards."""
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 import imgclf.tasks as tasks
-from helpers import StopAfter, compose_cfg, make_folder, read_csv, run_cli, tiny_overrides
+from helpers import StopAfter, compose_cfg, make_folder, read_csv, tiny_overrides
 from imgclf.data.dataset import LazyImages, SampleError, make_loader
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.experiment.run_log import read_metrics
@@ -83,19 +82,29 @@ def test_E5_skip_drops_a_file_that_turns_to_junk_mid_run_and_counts_it(
     assert "epoch 2: 1 train sample(s) could not be loaded and were left out" in caplog.text
 
 
-def test_E5_stop_names_the_sample_index_path_split_and_epoch_and_exits_1(tmp_path: Path, folder: Path) -> None:
+def test_E5_stop_names_the_sample_index_path_split_and_epoch_and_exits_1(
+    tmp_path: Path, folder: Path, monkeypatch, caplog
+) -> None:
+    from imgclf.cli.exits import exit_on_error
+    from imgclf.tasks import inputs
+
     overrides = tiny_overrides(tmp_path, folder, NO_CACHE)
-    tasks.train(compose_cfg("train", [*overrides, "epochs=1"]))  # its check of every file is kept in paths.cache
+    tasks.train(compose_cfg("train", [*overrides, "epochs=1"]))
     exp = tmp_path / "experiments" / "tiny"
     victim = sorted((folder / "train" / "square").glob("*.jpg"))[1]
     index = [row["path"] for row in train_rows(exp)].index(str(victim))
-    before = victim.stat()  # junk of the same size and time: the kept check still vouches for the file
-    victim.write_bytes(bytes(before.st_size))
-    os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
+    build_loaders = inputs.train_loaders
 
-    done = run_cli("train.py", *overrides, "epochs=2")  # resumes epoch 2, which reads the file again
-    output = done.stdout + done.stderr
-    assert done.returncode == 1, output
+    def spoil_after_the_check(*args, **kwargs):  # every file was checked (by content, J4): the file goes bad now,
+        made = build_loaders(*args, **kwargs)  # while the run reads it, as a disk or another program would do it
+        victim.write_bytes(bytes(victim.stat().st_size))
+        return made
+
+    monkeypatch.setattr(inputs, "train_loaders", spoil_after_the_check)
+    with pytest.raises(SystemExit) as done:  # resumes epoch 2, which reads the file again
+        exit_on_error(tasks.train, compose_cfg("train", [*overrides, "epochs=2"]))
+    output = caplog.text
+    assert done.value.code == 1, output
     assert f"[train] sample {index} ({victim}) could not be loaded in epoch 2" in output
     assert "not an image file" in output and "dataset.bad_files=skip" in output and "Traceback" not in output
     assert load_checkpoint(exp / "last.pt")["state"]["epoch"] == 1, "the last finished epoch stays resumable"
