@@ -172,3 +172,11 @@ def test_plates_recipe_trains_and_tests_on_the_shared_photos(tmp_path: Path) -> 
     assert tested.returncode == 0, tested.stderr[-2000:]
     metrics = json.loads((exp / "test" / "metrics.json").read_text())
     assert metrics["samples"] == 8 and set(metrics["per_class"]) == {"cleaned", "dirty"}
+
+
+def test_test_py_of_an_experiment_never_trained_says_so_and_leaves_no_folder(tmp_path: Path, tiny_folder: Path) -> None:
+    result = run_cli("test.py", *tiny_overrides(tmp_path, tiny_folder, "experiment=never_trained"))
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "no experiment 'never_trained' to test" in output, output[-2000:]
+    assert "python train.py" in output and "Traceback" not in output
+    assert not (tmp_path / "experiments" / "never_trained").exists()  # Hydra made no folder for its log

@@ -20,8 +20,18 @@ class WritableOutput(Callback):
     'file'"); here it is one line naming the folder, and exit status 1."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        run_dir = Path(str(config.hydra.run.dir))
+        if config.hydra.job.name == "test" and str(config.get("ckpt")) in ("best", "last") and not run_dir.exists():
+            # test.py of an experiment never trained: say so before Hydra makes its folder (and leaves it behind)
+            _exit(
+                ExperimentError(
+                    f"no experiment '{config.experiment}' to test: {run_dir} does not exist. Train it first with "
+                    f"python train.py and the same arguments (-cn={config.hydra.job.config_name} ...), or test a "
+                    "checkpoint file with ckpt=<path to a .pt file>"
+                )
+            )
         _writable_or_exit(
-            Path(str(config.hydra.run.dir)),
+            run_dir,
             "experiment folder",
             "or put the experiments in another folder: paths.experiments=<folder> (copy the "
             "experiment there first to test it)",
@@ -43,5 +53,9 @@ def _writable_or_exit(folder: Path, what: str, elsewhere: str) -> None:
         f"cannot write to the {what} {folder} ({problem}). Runs write their log, checkpoints and "
         f"reports there: make it writable, {elsewhere}"
     )
+    _exit(exc)
+
+
+def _exit(exc: ExperimentError) -> None:
     print(f"{type(exc).__name__}: {exc}", file=sys.stderr)  # logging is not set up yet; Hydra would add a traceback
     raise SystemExit(1)
