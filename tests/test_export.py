@@ -388,3 +388,13 @@ def test_an_export_without_the_deploy_packages_is_one_line_saying_what_to_instal
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "onnxscript is not installed" in err and "pip install -e '.[deploy]'" in err
     assert not (exported / "never").exists()
+
+
+def test_predict_model_without_onnxruntime_is_one_line_saying_what_to_install(
+    exported: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ModuleNotFoundError
+    image = val_files(exported)[0]
+    assert predict.main([image, "--model", str(exported / "export" / "model.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "onnxruntime is not installed" in err and "pip install" in err and "Traceback" not in err

@@ -51,7 +51,13 @@ class OnnxPredictor:
             CheckpointError: the file is missing, not ONNX, or not an imgclf export; the message says which.
             ConfigError: ``device`` is not available to onnxruntime, or ``max_pixels`` is out of range.
         """
-        import onnxruntime as ort  # here: importing this module stays cheap for the torch CLI's --help
+        try:
+            import onnxruntime as ort  # here: importing this module stays cheap for the torch CLI's --help
+        except ModuleNotFoundError:
+            raise ConfigError(
+                f"{path} is an ONNX model and onnxruntime is not installed: pip install onnxruntime (or imgclf's "
+                "deploy extra, pip install -e '.[deploy]')"
+            ) from None
 
         path = Path(path)
         if not path.is_file():
