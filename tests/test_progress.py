@@ -7,9 +7,9 @@ import logging
 
 from tqdm import tqdm
 
+from helpers import make_folder, run_cli, tiny_overrides
 from imgclf import progress as progress_module
 from imgclf.progress import LineProgress, progress
-from tests.helpers import make_folder, run_cli, tiny_overrides
 
 
 class Clock:
