@@ -291,3 +291,11 @@ def test_C9_resumed_log_drops_epochs_after_the_checkpoint(tmp_path: Path) -> Non
     ]
     curve = read_tensorboard(tmp_path / "tb")["val/acc"]
     assert [(s, round(v, 4)) for s, v in curve] == [(1, 0.1), (2, 2.5), (3, 3.5)]
+
+
+def test_a_seed_of_any_size_trains(tmp_path: Path, tiny_folder: Path) -> None:
+    # the batch order and augmentation seeds are derived from `seed`; torch takes seeds below 2**64 only
+    for seed in (123_456_789, 2**62):
+        overrides = tiny_overrides(tmp_path, tiny_folder, "epochs=1", f"seed={seed}", f"experiment=seed{seed}")
+        tasks.train(compose_cfg("train", [*overrides, "augmentation=flip"]))
+        assert (tmp_path / "experiments" / f"seed{seed}" / "best.pt").exists()

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from imgclf.data.batch_augment import batch_transform
 from imgclf.data.cache import decode
 from imgclf.data.images import Transform, serve
-from imgclf.data.sampler import EpochBatchSampler
+from imgclf.data.sampler import SEED_RANGE, EpochBatchSampler
 from imgclf.errors import DataError
 from imgclf.filenames import shown
 
@@ -246,7 +246,7 @@ class BatchLoader:
         seed = (sampler.seed * 1_000_003 + sampler.epoch) * 1_000_003 + number
         if sampler.world_size > 1:  # each rank augments its own slice of the global batch with its own draws
             seed = seed * 1_009 + sampler.rank
-        images, labels = self.dataset.batch(indices, torch.Generator().manual_seed(seed))
+        images, labels = self.dataset.batch(indices, torch.Generator().manual_seed(seed % SEED_RANGE))
         if self.pin_memory:
             images, labels = images.pin_memory(), labels.pin_memory()
         return images, labels
@@ -400,7 +400,7 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed % SEED_RANGE),
         timeout=timeout if num_workers > 0 else 0,
         empty_batches=empty_batches,
         collate_fn=collate if isinstance(dataset, _Served) else None,

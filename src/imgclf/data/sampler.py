@@ -7,6 +7,10 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+# torch generators take seeds below 2**64: derived seeds are kept below 2**63, so any `seed` trains (a seed
+# under ~9 million derives the same numbers as before the cut, so its runs and their resumes are unchanged)
+SEED_RANGE = 2**63
+
 
 class EpochBatchSampler(Sampler[list[int]]):
     """Batches of indices whose order depends only on (seed, epoch), so a run resumed in the
@@ -54,7 +58,7 @@ class EpochBatchSampler(Sampler[list[int]]):
     def _order(self) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.size)
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) % SEED_RANGE)
         if self.weights is not None:  # class-balanced: draw with replacement by sample weight
             return torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
         return torch.randperm(self.size, generator=generator)

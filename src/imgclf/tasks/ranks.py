@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgclf.data.sampler import SEED_RANGE
 from imgclf.errors import ConfigError
 from imgclf.training.distributed import Distributed
 from imgclf.training.state import TrainState
@@ -65,7 +66,7 @@ def seed_apart(seed: int, group: Distributed, state: TrainState) -> None:
     where the run starts), so that they do not draw the same numbers for different images."""
     if group.is_main:
         return
-    mixed = (seed * 1_000_003 + group.rank) * 1_000_003 + state.epoch * 100_003 + state.step
+    mixed = ((seed * 1_000_003 + group.rank) * 1_000_003 + state.epoch * 100_003 + state.step) % SEED_RANGE
     random.seed(mixed)
     np.random.seed(mixed % 2**32)
     torch.manual_seed(mixed)
