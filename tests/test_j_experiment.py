@@ -157,3 +157,23 @@ def test_J3_a_resumable_experiment_whose_folder_moved_names_dataset_root(tmp_pat
     moved = photos.rename(tmp_path / "moved")
     with pytest.raises(ExperimentError, match=r"was started on other data \(dataset.root: .*photos -> .*moved\)"):
         tasks.train(compose_cfg("train", tiny_overrides(tmp_path, moved, "epochs=2")))
+
+
+def test_J1_sweep_jobs_in_a_folder_outside_the_experiments_keep_a_tensorboard_folder_each(
+    tmp_path: Path, tiny_folder: Path
+) -> None:
+    # hydra.sweep.dir elsewhere: every job wrote runs/<experiment> itself, so overwrite=true in one deleted all
+    args = [a for a in tiny_overrides(tmp_path, tiny_folder) if not a.startswith("epochs")]
+    done = run_cli(
+        "train.py",
+        "-m",
+        *args,
+        "epochs=1",
+        "optimizer.lr=1e-3,1e-2",
+        f"hydra.sweep.dir={tmp_path / 'elsewhere' / 'lr_sweep'}",
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    jobs = sorted(p.name for p in (tmp_path / "elsewhere" / "lr_sweep").iterdir() if p.name[0].isdigit())
+    runs = tmp_path / "runs" / "tiny" / "lr_sweep"
+    assert len(jobs) == 2 and sorted(p.name for p in runs.iterdir()) == jobs
+    assert not list((tmp_path / "runs" / "tiny").glob("events.out.tfevents*"))  # none shared by the jobs

@@ -51,8 +51,8 @@ def experiment_dir(cfg: DictConfig) -> ExperimentDir:
     path = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else experiments / name
     try:
         relative = path.resolve().relative_to(experiments.resolve())
-    except ValueError:
-        relative = Path(name)
+    except ValueError:  # hydra.run.dir / hydra.sweep.dir elsewhere: a sweep's jobs still get a TensorBoard folder each
+        relative = Path(name) / path.parent.name / path.name if in_sweep() else Path(name)
     # what overwrite=true may delete lies inside paths.experiments, or inside the folder hydra.run.dir /
     # hydra.sweep.dir put it in when they name a folder elsewhere
     under = Path(os.path.abspath(experiments)) in Path(os.path.abspath(path)).parents
