@@ -25,8 +25,8 @@ class WritableOutput(Callback):
             # test.py of an experiment never trained: say so before Hydra makes its folder (and leaves it behind)
             _exit(
                 ExperimentError(
-                    f"no experiment '{config.experiment}' to test: {run_dir} does not exist. Train it first with "
-                    f"python train.py and the same arguments (-cn={config.hydra.job.config_name} ...), or test a "
+                    f"no experiment '{config.experiment}' to test: {run_dir} does not exist. Train it first: "
+                    f"python train.py -cn={config.hydra.job.config_name} with the same overrides; or test a "
                     "checkpoint file with ckpt=<path to a .pt file>"
                 )
             )
