@@ -331,36 +331,21 @@ def test_the_export_folds_in_the_tta_its_checkpoint_was_evaluated_with(exported:
     # a recipe that evaluates with flip (transfer, the Lite0 recipes): its export serves what its report measured
     payload = load_checkpoint(exported / "best.pt")
     save_atomic({**payload, "config": {**payload["config"], "tta": "flip"}}, tmp_path / "best.pt")
-    assert (
-        export_cli.main(
-            [
-                "--checkpoint",
-                str(tmp_path / "best.pt"),
-                "--format",
-                "torchscript",
-                "--output",
-                str(tmp_path / "default"),
-            ]
-        )
-        == 0
-    )
-    assert json.loads((tmp_path / "default" / "parity.json").read_text())["tta"] == "flip"
-    assert (
-        export_cli.main(
-            [
-                "--checkpoint",
-                str(tmp_path / "best.pt"),
-                "--format",
-                "torchscript",
-                "--tta",
-                "none",
-                "--output",
-                str(tmp_path / "asked"),
-            ]
-        )
-        == 0
-    )
-    assert json.loads((tmp_path / "asked" / "parity.json").read_text())["tta"] == "none"
+
+    def exported_tta(folder: str, *extra: str) -> str:
+        args = [
+            "--checkpoint",
+            str(tmp_path / "best.pt"),
+            "--format",
+            "torchscript",
+            "--output",
+            str(tmp_path / folder),
+        ]
+        assert export_cli.main([*args, *extra]) == 0
+        return json.loads((tmp_path / folder / "parity.json").read_text())["tta"]
+
+    assert exported_tta("default") == "flip"
+    assert exported_tta("asked", "--tta", "none") == "none"
 
 
 def test_an_export_without_the_deploy_packages_is_one_line_saying_what_to_install(

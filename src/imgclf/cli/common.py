@@ -40,3 +40,14 @@ def add_experiments_dir(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="the folder that holds the experiments (default: experiments)",
     )
+
+
+def add_min_confidence(parser: argparse.ArgumentParser) -> None:
+    """``--min-confidence P``: flag, never hide, an answer the model is not sure of (predict and serve)."""
+    parser.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        metavar="P",
+        help="flag predictions whose probability is below P (0..1)",
+    )

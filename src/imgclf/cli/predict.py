@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from imgclf.atomic import csv_text, write_text_atomic
-from imgclf.cli.common import add_experiments_dir, add_version
+from imgclf.cli.common import add_experiments_dir, add_min_confidence, add_version
 from imgclf.cli.experiments import best_checkpoint
 from imgclf.cli.paths import user_path
 from imgclf.data.class_names import KEY_READINGS, keyed_names
@@ -123,13 +123,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="PNG",
         help=f"draw each image with a bar chart of its top-k ({PLOT_ROWS} per page: out.png, out-2.png, ...)",
     )
-    parser.add_argument(
-        "--min-confidence",
-        type=float,
-        default=None,
-        metavar="P",
-        help="flag predictions whose probability is below P (0..1)",
-    )
+    add_min_confidence(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
     parser.add_argument(

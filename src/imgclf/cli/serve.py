@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from imgclf.cli.common import add_experiments_dir, add_version
+from imgclf.cli.common import add_experiments_dir, add_min_confidence, add_version
 from imgclf.cli.experiments import best_checkpoint
 from imgclf.cli.paths import user_path
 from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
@@ -51,13 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free one)")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image (default 5)")
-    parser.add_argument(
-        "--min-confidence",
-        type=float,
-        default=None,
-        metavar="P",
-        help="flag predictions whose probability is below P (0..1)",
-    )
+    add_min_confidence(parser)
     parser.add_argument("--max-upload-mb", type=float, default=10, metavar="M", help="largest file (default 10 MB)")
     parser.add_argument(
         "--max-request-mb",
