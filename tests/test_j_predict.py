@@ -88,6 +88,28 @@ def predicted_names(capsys, image: Path, checkpoint: Path, names: Path, *extra: 
     return code, {t["class"]: t["name"] for t in record["top_k"]}, err
 
 
+def closed_at_once(*command: str) -> tuple[int, str]:
+    """Run ``command`` with a stdout its reader closed before anything was printed (``| head -n 0``)."""
+    proc = subprocess.Popen(
+        [sys.executable, *command], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    proc.stdout.close()
+    err = proc.stderr.read()
+    return proc.wait(timeout=300), err
+
+
+def test_J6_doctor_and_leaderboard_write_their_files_and_exit_like_unix_tools_when_stdout_closes(
+    trained, tiny_folder: Path, tmp_path: Path
+) -> None:
+    code, err = closed_at_once("-m", "imgclf.cli.doctor", str(tiny_folder), "--json", str(tmp_path / "r.json"))
+    assert code == 141 and "Traceback" not in err, err
+    assert json.loads((tmp_path / "r.json").read_text())["blocking"] == []  # written before the table
+    _, exp = trained
+    code, err = closed_at_once("-m", "imgclf.cli.leaderboard", "--experiments-dir", str(exp.parent))
+    assert code == 141 and "Traceback" not in err, err
+    assert (exp.parent / "leaderboard.md").is_file() and (exp.parent / "leaderboard.csv").is_file()
+
+
 def test_J16_category_names_that_read_as_names_and_as_indices_are_refused_until_chosen(
     trained, tmp_path, capsys
 ) -> None:

@@ -7,9 +7,14 @@ parts after the command line is parsed.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from imgclf.cli.paths import user_path
+
+# a table cut short by its reader (| head): what `cat` or `grep` give there (128 + SIGPIPE)
+EXIT_CLOSED_PIPE = 141
 
 
 def version() -> str:
@@ -51,3 +56,19 @@ def add_min_confidence(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="flag predictions whose probability is below P (0..1)",
     )
+
+
+def print_table(text: str) -> bool:
+    """Print the table; False when stdout was closed before all of it was read (``| head``).
+
+    The rest of the table is dropped quietly, as Unix tools do: stdout then points at /dev/null, so that
+    Python's own flush at exit cannot fail again with a second BrokenPipeError (the Python docs' recipe).
+    """
+    try:
+        print(text, flush=True)
+        return True
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return False

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from imgclf.cli.common import add_version
+from imgclf.cli.common import EXIT_CLOSED_PIPE, add_version, print_table
 from imgclf.cli.paths import user_path
 from imgclf.data.folder import BAD_FILE_POLICIES, FolderSource
 from imgclf.errors import ImgclfError
@@ -70,10 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     except ImgclfError as exc:
         print(f"imgclf-doctor: {exc}", file=sys.stderr)
         return 1
-    print(format_report(report))
-    if args.json:
+    if args.json:  # first: a reader that stops early (| head) never costs the file
         write_report(report, args.json)
-        print(f"report written to {args.json}")
+        print(f"report written to {args.json}", file=sys.stderr)
+    if not print_table(format_report(report)):
+        return EXIT_CLOSED_PIPE
     return 1 if report["blocking"] else 0
 
 

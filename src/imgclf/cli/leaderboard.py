@@ -52,7 +52,7 @@ from typing import Any
 import yaml
 
 from imgclf.atomic import csv_text, pid_alive, write_text_atomic
-from imgclf.cli.common import add_experiments_dir, add_version
+from imgclf.cli.common import EXIT_CLOSED_PIPE, add_experiments_dir, add_version, print_table
 from imgclf.cli.leaderboard_table import Row, best_of, build, direction, flatten, sort_value, to_markdown
 from imgclf.sweeps.trial import PRUNED_KEY
 
@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         write_leaderboard(sweep, jobs, args.sort)
     if args.sort and all(sort_value(row, args.sort)[0] is None for row in rows.values()):
         print(f"imgclf-leaderboard: no experiment has a value for --sort {args.sort}", file=sys.stderr)
-    print(markdown)
+    if not print_table(markdown):  # the files are written already; a reader that stops early cuts the print only
+        return EXIT_CLOSED_PIPE
     print(
         f"wrote {root / 'leaderboard.md'} and leaderboard.csv"
         + (f", and one for each of {len(sweeps)} sweep(s)" if sweeps else ""),

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from imgclf.atomic import csv_text, write_text_atomic
-from imgclf.cli.common import add_experiments_dir, add_min_confidence, add_version
+from imgclf.cli.common import EXIT_CLOSED_PIPE, add_experiments_dir, add_min_confidence, add_version, print_table
 from imgclf.cli.experiments import best_checkpoint
 from imgclf.cli.paths import user_path
 from imgclf.data.class_names import KEY_READINGS, keyed_names
@@ -51,7 +51,6 @@ DEFAULT_TOP_K = 5
 EXIT_BAD_FILES, EXIT_USAGE = 1, 2
 # stdout closed by its reader (`| head`): 128 + SIGPIPE, the status the shell reports for cat, grep or seq
 # there, so `set -o pipefail` scripts see predict.py like any other tool that did not write all it had
-EXIT_CLOSED_PIPE = 141
 
 
 @dataclass
@@ -391,22 +390,6 @@ def write_outputs(
         print(f"predict.py: error: cannot write {exc.filename or args.output}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_USAGE
     return None
-
-
-def print_table(text: str) -> bool:
-    """Print the table; False when stdout was closed before all of it was read (``| head``).
-
-    The rest of the table is dropped quietly, as Unix tools do: stdout then points at /dev/null, so that
-    Python's own flush at exit cannot fail again with a second BrokenPipeError (the Python docs' recipe).
-    """
-    try:
-        print(text, flush=True)
-        return True
-    except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return False
 
 
 def warn(message: str) -> None:
