@@ -127,12 +127,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="imgclf-export: %(levelname)s %(message)s")
     try:
         # torch is imported here, once the command line is known to be good
-        from imgclf.deploy.export import evaluated_tta, export
+        from imgclf.deploy.export import export
 
         checkpoint, experiment, out = locate(args)
-        if args.tta is None:
-            args.tta = evaluated_tta(checkpoint)
-        print(f"exporting {checkpoint} ({args.format}, tta={args.tta}) ...", file=sys.stderr)
+        tta = args.tta or "as evaluated"  # None: export() takes the checkpoint's own, from the checkpoint it reads
+        print(f"exporting {checkpoint} ({args.format}, tta {tta}) ...", file=sys.stderr)
         result = export(
             checkpoint,
             out,
@@ -152,8 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     parity = result.parity
     print(
-        f"wrote {result.folder}: {result.model.name} ({parity['exporter']} exporter), parity.json, model_card.md, "
-        "model_card.json"
+        f"wrote {result.folder}: {result.model.name} ({parity['exporter']} exporter, tta {parity['tta']}), parity.json, "
+        "model_card.md, model_card.json"
     )
     print(
         f"parity with PyTorch on {parity['samples']} samples ({parity['val_images']} val images, "

@@ -76,7 +76,7 @@ def export(
     out: str | Path,
     *,
     fmt: str = "onnx",
-    tta: str = "none",
+    tta: str | None = "none",
     exporter: str = "auto",
     max_pixels: int = PREDICT_MAX_PIXELS,
     parity_samples: int = 500,
@@ -89,7 +89,8 @@ def export(
         checkpoint: an imgclf checkpoint (``best.pt``).
         out: the export folder (``experiments/NAME/export``).
         fmt: one of :data:`FORMATS`.
-        tta: test-time augmentation folded into the graph ("none" or "flip").
+        tta: test-time augmentation folded into the graph ("none" or "flip"); None: the one the checkpoint's
+            config evaluates with (:func:`evaluated_tta`).
         exporter: ONNX exporter, one of :data:`EXPORTERS`.
         max_pixels: the pixel limit stored for the predictor (predict's ``--max-pixels`` overrides it).
         parity_samples: at most this many val images in the parity check (0: all).
@@ -101,8 +102,9 @@ def export(
     """
     checkpoint, out = Path(checkpoint), Path(out)
     experiment = experiment or checkpoint.parent
-    predictor = Predictor.load(checkpoint, device="cpu", tta=tta, max_pixels=max_pixels)
     payload = load_checkpoint(checkpoint)
+    tta = evaluated_tta(payload) if tta is None else tta
+    predictor = Predictor.load(checkpoint, device="cpu", tta=tta, max_pixels=max_pixels)
     check_exportable(predictor, payload, checkpoint)
     info = model_info(predictor, checkpoint, tta, max_pixels)
     module = Deployable(predictor.model, predictor.temperature).eval()
@@ -148,10 +150,10 @@ def check_exportable(predictor: Predictor, payload: dict[str, Any], path: Path) 
         )
 
 
-def evaluated_tta(checkpoint: str | Path) -> str:
-    """The test-time augmentation the checkpoint's config evaluates with (``tta``: the recipe's choice, which its
+def evaluated_tta(payload: dict[str, Any]) -> str:
+    """The test-time augmentation a checkpoint's config evaluates with (``tta``: the recipe's choice, which its
     test report and model card headline used), so an export serves what was measured; "none" when it has none."""
-    config = load_checkpoint(checkpoint).get("config") or {}
+    config = payload.get("config") or {}
     tta = config.get("tta", "none") if isinstance(config, dict) else "none"
     return tta if tta in TTA_MODES else "none"
 
