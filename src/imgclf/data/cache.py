@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +43,7 @@ from imgclf.data.images import RESIZE_MODES, decode_bytes
 from imgclf.errors import DataError
 from imgclf.filenames import shown
 from imgclf.progress import progress
+from imgclf.writable import unwritable
 
 log = logging.getLogger(__name__)
 
@@ -217,16 +217,13 @@ class DecodeCache:
         if self.mode != "disk" or self._writable:
             return
         assert self.folder is not None
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.folder):
-                pass
-        except OSError as exc:
+        problem = unwritable(self.folder)
+        if problem is not None:
             raise DataError(
                 f"{self.folder}: the decoded-image cache (paths.cache) cannot be written there "
-                f"({exc.strerror or exc}). Set paths.cache=<a folder you can write>, or loader.cache=memory to keep "
+                f"({problem}). Set paths.cache=<a folder you can write>, or loader.cache=memory to keep "
                 "the decoded images in memory (loader.cache=none: decode them as they are used)"
-            ) from exc
+            )
         self._writable = True
 
     def _array_path(self, key: str, image_size: int | None, resize: str) -> Path:

@@ -33,9 +33,9 @@ from imgclf.deploy.model_card import write_card
 from imgclf.deploy.parity import TOLERANCE, check_parity
 from imgclf.errors import ImgclfError
 from imgclf.experiment.checkpoint import load_checkpoint
-from imgclf.experiment.writable import unwritable
 from imgclf.inference import Predictor
 from imgclf.models.classifier import TTA_MODES
+from imgclf.writable import unwritable
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from imgclf.errors import ExperimentError
-from imgclf.experiment.writable import unwritable
+from imgclf.writable import unwritable
 
 
 class WritableOutput(Callback):
