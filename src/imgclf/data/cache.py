@@ -197,12 +197,15 @@ class DecodeCache:
             pool.shutdown(cancel_futures=True)
         return torch.from_numpy(np.load(array_path, mmap_mode="c")), report
 
-    def memo(self, paths: Sequence[str], name: str, compute: Callable[[], Any]) -> Any:
-        """``compute()``, remembered on disk for this file list under ``name`` (JSON)."""
+    def memo(
+        self, paths: Sequence[str], name: str, compute: Callable[[], Any], digests: Sequence[str] | None = None
+    ) -> Any:
+        """``compute()``, remembered on disk for this file list under ``name`` (JSON); ``digests``: the files'
+        :func:`file_digest` when the caller has them already (a split just loaded), so no file is read again."""
         if self.folder is None or not paths:
             return compute()
         self._check_writable()
-        path = self.folder / file_key(list(paths)) / f"{name}.json"
+        path = self.folder / file_key(list(paths), digests) / f"{name}.json"
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):

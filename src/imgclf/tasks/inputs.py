@@ -185,7 +185,9 @@ def train_stats(cfg: DictConfig, train: LoadedSplit, size: SizeChoice) -> Stats:
     images = train.images.numpy() if train.images is not None else None
     side, mode = size.decode_size, train.resize
     name = f"stats-{side}px" + ("" if mode == "squash" else f"-{mode}")
-    mean, std = build.cache(cfg).memo(paths, name, lambda: channel_stats(images, train.rows, paths, side, mode))
+    digests = [train.report.digests[row] for row in train.rows]  # read while loading: no second pass over the files
+    stats = build.cache(cfg).memo(paths, name, lambda: channel_stats(images, train.rows, paths, side, mode), digests)
+    mean, std = stats
     return tuple(mean), tuple(std)
 
 
