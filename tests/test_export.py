@@ -89,7 +89,7 @@ def test_exporting_the_tiny_experiment_writes_a_checked_model_its_parity_and_car
     info = ModelInfo.from_json({p.key: p.value for p in onnx.load(folder / "model.onnx").metadata_props}[METADATA_KEY])
     assert info.classes == card["classes"] and info.temperature == TEMPERATURE
     assert info.display_names == {"circle": "round thing"}
-    assert not list(exported.glob(".export-tmp-*")) and not (exported / "export.failed.json").exists()
+    assert not list(exported.glob(".staging-*")) and not (exported / "export.failed.json").exists()
 
 
 def test_onnxruntime_takes_uint8_nchw_with_a_free_batch_and_matches_the_torch_predictor(exported: Path) -> None:
@@ -233,7 +233,7 @@ def test_the_onnx_centre_crop_in_numpy_equals_the_torch_path(trained_tiny, tmp_p
     save_atomic({**payload, "preprocessing": prep}, exp / "best.pt")
     photos = make_folder(tmp_path / "wide", {"": 2}, shape=(37, 23))
     files = sorted(str(p) for p in photos.rglob("*.*"))
-    orphan = exp / ".export-tmp-999999999-x"  # a killed export's staging folder (no such pid): removed
+    orphan = exp / ".staging-export.999999999.x"  # a killed export's staging folder (no such pid): removed
     orphan.mkdir()
     (orphan / "model.onnx").write_bytes(b"half")
     result = export(exp / "best.pt", exp / "export")

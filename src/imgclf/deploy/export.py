@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from imgclf.atomic import fsync_dir, pid_alive, write_text_atomic
+from imgclf.atomic import staged_folder, write_text_atomic
 from imgclf.data.images import PREDICT_MAX_PIXELS
 from imgclf.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
 from imgclf.deploy.model_card import write_card
@@ -43,7 +41,6 @@ FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 FORMATS = tuple(FILES)
 EXPORTERS = ("auto", "dynamo", "legacy")  # auto: torch.export-based (dynamo), the TorchScript-based one if it fails
 LEGACY_OPSET = 18
-STAGING_PREFIX = ".export-tmp-"  # + pid: a folder a killed export left is removed by the next export
 EXAMPLE_BATCH = 2  # the traced batch: not 1, which the exporters would take as a fixed size
 
 
@@ -114,14 +111,14 @@ def export(
             f"cannot write the export {out}: the folder {out.parent} takes no files ({problem}). "
             "Make it writable, or export elsewhere: imgclf-export --output DIR"
         )
-    remove_orphan_staging(out.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out.parent))
-    try:
+    failed = out.with_name(out.name + ".failed.json")
+    # staged beside `out`, which it replaces whole only if the block ends without an error (I1); a staging folder a
+    # killed export left is removed, an old export it had set aside put back (imgclf.atomic.staged_folder)
+    with staged_folder(out) as staging:
         model_file = staging / FILES[fmt]
         used = write_model(module, info, model_file, fmt, exporter)
         parity = check_parity(predictor, model_file, fmt, experiment / "splits.csv", parity_samples, tolerance)
         parity.update({"exporter": used, "tta": tta})
-        failed = out.with_name(out.name + ".failed.json")
         if not parity["passed"]:
             write_text_atomic(failed, json.dumps(parity, indent=2) + "\n")
             raise ExportError(
@@ -130,10 +127,9 @@ def export(
             )
         write_text_atomic(staging / "parity.json", json.dumps(parity, indent=2) + "\n")
         card = write_card(staging, model_file, info, payload, checkpoint, experiment, parity, fmt)
-        replace_folder(staging, out)
-        failed.unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already when it became `out`
+        for file in staging.iterdir():  # the exporter's own files too, whatever the umask
+            os.chmod(file, 0o644)
+    failed.unlink(missing_ok=True)
     log.info("exported %s to %s (%s)", checkpoint, out, used)
     return ExportResult(out, out / FILES[fmt], parity, card)
 
@@ -258,28 +254,3 @@ def add_metadata(path: Path, info: ModelInfo) -> None:
         os.fsync(f.fileno())
     for leftover in path.parent.glob(path.name + ".data"):  # never an external-data file beside it
         leftover.unlink()
-
-
-def replace_folder(staging: Path, out: Path) -> None:
-    """Put the checked ``staging`` folder in place of ``out``: the old export is moved aside first and removed
-    only after the new one is in place, so ``out`` is always one whole export or absent."""
-    os.chmod(staging, 0o755)  # mkdtemp makes 0700 folders
-    for file in staging.iterdir():
-        os.chmod(file, 0o644)
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    fsync_dir(out.parent)  # the renames themselves survive a power cut
-
-
-def remove_orphan_staging(folder: Path) -> None:
-    """Remove the staging folders of exports that were killed (their pid is gone)."""
-    for staging in folder.glob(STAGING_PREFIX + "*"):
-        pid = staging.name.removeprefix(STAGING_PREFIX).split("-")[0]
-        if staging.is_dir() and (not pid.isdigit() or not pid_alive(int(pid))):
-            log.info("removing %s, left by an export that was stopped", staging)
-            shutil.rmtree(staging, ignore_errors=True)
