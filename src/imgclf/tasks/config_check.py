@@ -15,13 +15,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf.data.folder import check_fractions
-from imgclf.data.folds import check_fold_keys
 from imgclf.data.images import RESIZE_MODES
 from imgclf.data.prepare import BAD_FILE_POLICIES
 from imgclf.errors import ConfigError
 from imgclf.experiment.names import check_name
 from imgclf.models.classifier import TTA_MODES
-from imgclf.reporting.cam import CAM_METHODS
 from imgclf.tasks.preprocess import AUTO, NORMALIZE
 
 MONITORS = {"val/acc": "max", "val/f1": "max", "val/loss": "min"}
@@ -30,7 +28,7 @@ SPLITS = ("train", "val", "test", "all")
 # the base config every recipe extends: its keys are the only ones imgclf reads, so `+epochz=3` (an added key,
 # which Hydra's struct mode lets through) would be ignored; the config groups' own keys are checked when built
 BASE_CONFIG = Path(__file__).resolve().parents[3] / "conf" / "train.yaml"
-PLAIN_SECTIONS = ("trainer", "loader", "report", "paths", "preview", "audit")  # read key by key, never instantiated
+PLAIN_SECTIONS = ("trainer", "loader", "report", "paths", "preview")  # read key by key, never instantiated
 
 
 def expand_user_paths(cfg: DictConfig) -> None:
@@ -63,10 +61,6 @@ def check_config(cfg: DictConfig) -> None:
     _int(cfg, "report.top_k", minimum=1)
     _int(cfg, "report.bootstrap", minimum=0)
     _int(cfg, "report.mistakes", minimum=0)
-    _int(cfg, "report.confused_pairs", minimum=0)
-    _int(cfg, "report.cams", minimum=0)
-    _int(cfg, "report.cams_per_class", minimum=0)
-    _choice(cfg, "report.cam_method", tuple(CAM_METHODS))
     if "preview" in cfg:  # imgclf-preview's (a config saved before it has none)
         _int(cfg, "preview.batches", minimum=1)
         _int(cfg, "preview.images", minimum=1)
@@ -104,11 +98,8 @@ def check_config(cfg: DictConfig) -> None:
     _fraction(cfg, "dataset.val_fraction")
     _fraction(cfg, "dataset.test_fraction")
     check_fractions(cfg.dataset.val_fraction, cfg.dataset.test_fraction)
-    check_fold_keys(cfg.dataset.get("folds"), cfg.dataset.get("fold"))
     _normalization(cfg)
     _trainer(cfg)
-    if "audit" in cfg:  # imgclf-audit's (a config saved before it has none)
-        _audit(cfg)
     _positive_number(cfg, "optimizer.lr")
     for key in ("weight_decay", "momentum"):
         if key in cfg.optimizer:
@@ -215,18 +206,6 @@ def _resume_or_ckpt(cfg: DictConfig, key: str, words: tuple[str, ...]) -> None:
 def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
     if _get(cfg, key) not in allowed:
         raise ConfigError(f"{key}={_get(cfg, key)!r}: expected one of {', '.join(allowed)}")
-
-
-def _audit(cfg: DictConfig) -> None:
-    _int(cfg, "audit.folds", minimum=2)
-    _int(cfg, "audit.seed", minimum=0)
-    _bool(cfg, "audit.include_test")
-    _choice(cfg, "audit.rank_by", ("self_confidence", "normalized_margin", "confidence_weighted_entropy"))
-    value = cfg.audit.duplicate_threshold
-    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value <= 1:
-        raise ConfigError(f"audit.duplicate_threshold={value!r}: expected a cosine similarity in (0, 1]")
-    _int(cfg, "audit.gallery_rows", minimum=1)
-    _int(cfg, "audit.gallery_pages", minimum=0)
 
 
 def _trainer(cfg: DictConfig) -> None:
