@@ -1,16 +1,27 @@
 """imgclf-leaderboard: one table of every experiment and sweep job.
 
-    imgclf-leaderboard [--experiments-dir DIR] [--sort METRIC]
+    imgclf-leaderboard [--experiments-dir DIR] [--sort METRIC] [--no-aggregate]
     python -m imgclf.leaderboard --experiments-dir experiments --sort test/accuracy
 
-Writes ``DIR/leaderboard.md`` and ``DIR/leaderboard.csv`` (the same cells) and prints the
-markdown; every sweep folder (``DIR/<experiment>/multirun/<date_time>/``, or an Optuna search's
+Writes ``DIR/leaderboard.md`` and ``DIR/leaderboard.csv`` (the same cells, but for merged rows: see below) and
+prints the markdown; every sweep folder (``DIR/<experiment>/multirun/<date_time>/``, or an Optuna search's
 ``DIR/<experiment>/optuna/<name>/``: any folder with ``multirun.yaml``) also gets a leaderboard of its own jobs. An experiment is any folder under DIR holding ``config.yaml``, ``metrics.jsonl``,
 ``best.pt`` or ``last.pt`` (``.hydra`` and other hidden folders and an experiment's ``test*/``
 reports are not). Exit status 1 when DIR is missing or holds no experiment (nothing is written).
 
+Runs that differ only in ``seed``, ``dataset.fold`` or ``dataset.split_seed`` (a k-fold cross-validation,
+a seed sweep) are merged by default into one row, named by their common prefix (``cv_fold*``,
+``<experiment>/multirun/<date_time>/*``), whose metric cells read ``mean ± std`` (the sample standard
+deviation, ddof=1) over its ``runs``; it is ranked by the mean, and the runs it merges follow it (``↳ name``).
+The CSV gives the mean and the std columns of their own (``test/acc``, ``test/acc std``) and names each run's
+merged row in ``group``. Merging is the default because such runs are one configuration measured several
+times: a single fold is not a result to rank. ``--no-aggregate`` lists every run as a row of its own. Runs
+with any other difference are never merged (:mod:`imgclf.cli.leaderboard_groups` says how exactly).
+
 Columns:
     name            the folder, relative to DIR (to the sweep folder in a sweep's table)
+    runs            how many runs a merged row takes together (1 for a run merged with none), only
+                    when some rows are merged
     <config keys>   what differs between the rows: a config group's option (``model``: ``lite0``,
                     from the ``.hydra`` record; without one, the class's last name: ``AdamW``), and
                     the keys of config.yaml (flattened: ``optimizer.lr``) whose values differ between
@@ -52,6 +63,7 @@ from typing import Any
 import yaml
 
 from imgclf.atomic import csv_text, pid_alive, write_text_atomic
+from imgclf.cli import leaderboard_groups as groups
 from imgclf.cli.common import EXIT_CLOSED_PIPE, add_experiments_dir, add_version, print_table
 from imgclf.cli.leaderboard_table import Row, best_of, build, direction, flatten, sort_value, to_markdown
 from imgclf.sweeps.trial import PRUNED_KEY
@@ -84,7 +96,7 @@ def read_row(folder: Path, name: str) -> Row:
         config = dict(checkpoint["config"])
         row.notes.append("config from the checkpoint")
     row.config = flatten(config) if config is not None else None
-    row.choices, row.derived = _read_hydra_record(folder, row.notes)
+    row.choices, row.derived, row.requested = _read_hydra_record(folder, row.notes)
     _fill_settings(row, config or {}, checkpoint)
     row.records = records
     state = checkpoint.get("state") if isinstance(checkpoint.get("state"), Mapping) else {}
@@ -155,32 +167,34 @@ def _read_config(folder: Path, notes: list[str]) -> dict[str, Any] | None:
     return config
 
 
-def _read_hydra_record(folder: Path, notes: list[str]) -> tuple[dict[str, str], set[str]]:
+def _read_hydra_record(folder: Path, notes: list[str]) -> tuple[dict[str, str], set[str], dict[str, Any] | None]:
     """From the latest training command's record ``.hydra/train/<time>/``: the config groups'
-    options (``hydra.yaml``: ``hydra.runtime.choices``, without Hydra's own groups), and the keys
+    options (``hydra.yaml``: ``hydra.runtime.choices``, without Hydra's own groups), the keys
     whose value is an interpolation such as ``${dataset.num_classes}`` (``config.yaml``, unresolved):
-    they follow other keys. Empty when there is no record."""
+    they follow other keys, and that config flattened: what was asked for, before the run wrote what it
+    measured (an ``auto`` image size) into its config.yaml. Empty (None) when there is no record."""
     records = sorted((folder / ".hydra" / "train").glob("*/hydra.yaml"))
     if not records:
-        return {}, set()
+        return {}, set(), None
     try:
         choices = yaml.safe_load(records[-1].read_text(errors="replace"))["hydra"]["runtime"]["choices"]
         unresolved = yaml.safe_load((records[-1].parent / "config.yaml").read_text(errors="replace"))
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         notes.append(f"{records[-1].parent.relative_to(folder)} unreadable ({type(exc).__name__})")
-        return {}, set()
-    derived = {
-        key
-        for key, value in flatten(unresolved if isinstance(unresolved, dict) else {}).items()
-        if isinstance(value, str) and "${" in value
-    }
+        return {}, set(), None
+    requested = flatten(unresolved) if isinstance(unresolved, dict) else None
+    derived = {key for key, value in (requested or {}).items() if isinstance(value, str) and "${" in value}
     if not isinstance(choices, dict):
-        return {}, derived
-    return {
-        str(group): "null" if option is None else str(option)
-        for group, option in choices.items()
-        if "/" not in str(group) and not str(group).startswith("hydra")
-    }, derived
+        return {}, derived, requested
+    return (
+        {
+            str(group): "null" if option is None else str(option)
+            for group, option in choices.items()
+            if "/" not in str(group) and not str(group).startswith("hydra")
+        },
+        derived,
+        requested,
+    )
 
 
 def _read_metrics(path: Path, notes: list[str]) -> list[dict[str, Any]]:
@@ -279,12 +293,25 @@ def sweep_folder(folder: Path) -> Path | None:
     return parent if parent.parent.name == "multirun" or (parent / "multirun.yaml").exists() else None
 
 
-def write_leaderboard(folder: Path, rows: list[Row], sort: str | None) -> str:
-    """Write ``folder/leaderboard.md`` and ``.csv`` for ``rows``; return the markdown."""
-    header, cells = build(rows, sort)
+def write_leaderboard(folder: Path, rows: list[Row], sort: str | None, aggregate: bool = True) -> str:
+    """Write ``folder/leaderboard.md`` and ``.csv`` for ``rows``; return the markdown. With ``aggregate``,
+    runs that differ only in fold or seed are merged (:mod:`imgclf.cli.leaderboard_groups`)."""
+    merged = groups.build(rows, sort) if aggregate else None
+    if merged is None:
+        header, cells = build(rows, sort)
+        csv_header, csv_cells = header, cells
+    else:
+        header, cells, csv_header, csv_cells = merged
     ranked = f"by {sort}" if sort else "by each row's monitored metric"
-    markdown = f"# Leaderboard: {folder}\n\n{len(rows)} run(s), best first {ranked}.\n\n" + to_markdown(header, cells)
-    write_text_atomic(folder / "leaderboard.csv", csv_text(header, cells))
+    intro = f"{len(rows)} run(s), best first {ranked}."
+    if merged is not None:
+        intro += (
+            f" Runs that differ only in {', '.join(groups.AGGREGATED_KEYS)} are merged into one row, ranked by "
+            f"its mean: mean ± sample std (ddof=1) over its `runs`, each listed below it ({groups.MEMBER.strip()}); "
+            "`--no-aggregate` lists them apart."
+        )
+    markdown = f"# Leaderboard: {folder}\n\n{intro}\n\n" + to_markdown(header, cells)
+    write_text_atomic(folder / "leaderboard.csv", csv_text(csv_header, csv_cells))
     write_text_atomic(folder / "leaderboard.md", markdown)
     return markdown
 
@@ -299,6 +326,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="METRIC",
         default=None,
         help="rank by test/<key> of test/metrics.json or a metrics.jsonl key (default: each row's monitored metric)",
+    )
+    parser.add_argument(
+        "--aggregate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="merge runs that differ only in seed, dataset.fold or dataset.split_seed into one row of "
+        "mean ± std, each run listed below it (default); --no-aggregate: one row per run",
     )
     add_version(parser)
     return parser.parse_args(argv)
@@ -317,14 +351,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     rows = {folder: read_row(folder, folder.relative_to(root).as_posix()) for folder in folders}
-    markdown = write_leaderboard(root, list(rows.values()), args.sort)
+    markdown = write_leaderboard(root, list(rows.values()), args.sort, args.aggregate)
     sweeps: dict[Path, list[Row]] = {}
     for folder, row in rows.items():
         sweep = sweep_folder(folder)
         if sweep is not None and sweep != root and sweep.is_relative_to(root):
             sweeps.setdefault(sweep, []).append(replace(row, name=folder.relative_to(sweep).as_posix()))
     for sweep, jobs in sweeps.items():
-        write_leaderboard(sweep, jobs, args.sort)
+        write_leaderboard(sweep, jobs, args.sort, args.aggregate)
     if args.sort and all(sort_value(row, args.sort)[0] is None for row in rows.values()):
         print(f"imgclf-leaderboard: no experiment has a value for --sort {args.sort}", file=sys.stderr)
     if not print_table(markdown):  # the files are written already; a reader that stops early cuts the print only

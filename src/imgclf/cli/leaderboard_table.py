@@ -33,6 +33,8 @@ class Row:
     config: dict[str, Any] | None = None  # flattened: dotted key -> value
     choices: dict[str, str] = field(default_factory=dict)  # config group -> option (Hydra's choices)
     derived: set[str] = field(default_factory=set)  # keys set by interpolation (${...})
+    requested: dict[str, Any] | None = None  # flattened: the config as composed, before the run filled in
+    # what it found in the data (image_size=auto, normalize=auto); None without a .hydra record
     monitor: str | None = None
     mode: str | None = None  # max | min
     best: float | None = None  # best monitored value in metrics.jsonl
@@ -91,14 +93,14 @@ def sort_value(row: Row, metric: str | None) -> tuple[float | None, str]:
 
 def sort_rows(rows: list[Row], metric: str | None = None) -> list[Row]:
     """Best first, each row in its own direction; rows without a value last, then by name."""
+    return sorted(rows, key=lambda row: rank_key(*sort_value(row, metric), row.name))
 
-    def key(row: Row) -> tuple[int, float, str]:
-        value, mode = sort_value(row, metric)
-        if value is None or not math.isfinite(value):
-            return 1, 0.0, row.name
-        return 0, -value if mode == "max" else value, row.name
 
-    return sorted(rows, key=key)
+def rank_key(value: float | None, mode: str, name: str) -> tuple[int, float, str]:
+    """The sort key of a row (or of merged runs, by their mean) ranked by ``value`` in direction ``mode``."""
+    if value is None or not math.isfinite(value):
+        return 1, 0.0, name
+    return 0, -value if mode == "max" else value, name
 
 
 def differing_keys(rows: Iterable[Row]) -> list[str]:
@@ -184,6 +186,18 @@ def format_value(key: str, value: Any) -> str:
     return str(value)
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column of the table: its title, a row's cell, and for a number (a metric, the time) the value the
+    cell shows, which :mod:`imgclf.cli.leaderboard_groups` averages over merged runs."""
+
+    title: str
+    cell: Cell
+    value: Callable[[Row], float | None] | None = None
+    text: Callable[[float | None], str] | None = None  # how a value reads as a cell (default: 4 decimals)
+    merged: bool = True  # False: no cell in a row of merged runs (an interval of one test set, a run's notes)
+
+
 def build(rows: list[Row], sort: str | None = None) -> tuple[list[str], list[list[str]]]:
     """The header and the cells (strings) of the table, sorted.
 
@@ -192,34 +206,47 @@ def build(rows: list[Row], sort: str | None = None) -> tuple[list[str], list[lis
         sort: None to rank by each row's monitored metric, else a metric (see :func:`sort_value`).
     """
     rows = sort_rows(rows, sort)
+    table = columns(rows, sort)
+    return [c.title for c in table], [[one_line(c.cell(row)) for c in table] for row in rows]
+
+
+def columns(rows: list[Row], sort: str | None) -> list[Column]:
+    """The columns the rows need: the config keys that differ, the metrics some row has, notes when any."""
     keys = differing_keys(rows)
     monitors = {row.monitor for row in rows if row.monitor}
     shared = next(iter(monitors)) if len(monitors) == 1 else None
     has = {k: any(k in row.test for row in rows) for k in ("accuracy", "f1", "accuracy_ci", "ece")}
-    columns: list[tuple[str, Cell]] = [("name", lambda r: r.name)]
+    table = [Column("name", lambda r: r.name)]
     groups = config_groups(rows)
-    columns += [
-        (title, _group_cell(k) if k in groups else _config_cell(k))
+    table += [
+        Column(title, _group_cell(k) if k in groups else _config_cell(k))
         for title, k in zip(column_names(keys), keys, strict=True)
     ]
     if shared is None:
-        columns.append(("monitor", lambda r: f"{r.monitor} ({r.mode})" if r.monitor else ""))
-    columns += [
-        (f"best {shared}" if shared else "best", lambda r: _number(r.best)),
-        ("best epoch", lambda r: "" if r.best_epoch is None else str(r.best_epoch)),
-        ("epochs", lambda r: f"{r.epochs_done}/{'?' if r.epochs is None else r.epochs}"),
-        ("status", lambda r: r.status),
+        table.append(Column("monitor", lambda r: f"{r.monitor} ({r.mode})" if r.monitor else ""))
+    table += [
+        _metric(f"best {shared}" if shared else "best", lambda r: r.best),
+        Column("best epoch", lambda r: "" if r.best_epoch is None else str(r.best_epoch)),
+        Column("epochs", lambda r: f"{r.epochs_done}/{'?' if r.epochs is None else r.epochs}"),
+        Column("status", lambda r: r.status),
     ]
-    columns += [(title, cell) for key, title, cell in _test_columns() if has[key]]
+    table += [column for key, column in _test_columns() if has[key]]
     if sort is not None and sort not in SHOWN_METRICS:
-        columns.append((sort, lambda r: _number(sort_value(r, sort)[0])))
-    columns += [
-        ("time", lambda r: duration(r.seconds)),
-        ("params", lambda r: "" if r.num_parameters is None else str(r.num_parameters)),
+        table.append(_metric(sort, lambda r: sort_value(r, sort)[0]))
+    table += [
+        _metric("time", lambda r: r.seconds, text=duration),
+        Column("params", lambda r: "" if r.num_parameters is None else str(r.num_parameters)),
     ]
     if any(row.notes for row in rows):
-        columns.append(("notes", lambda r: "; ".join(r.notes)))
-    return [title for title, _ in columns], [[one_line(cell(row)) for _, cell in columns] for row in rows]
+        table.append(Column("notes", lambda r: "; ".join(r.notes), merged=False))
+    return table
+
+
+def _metric(
+    title: str, value: Callable[[Row], float | None], text: Callable[[float | None], str] | None = None
+) -> Column:
+    shown = text or number
+    return Column(title, lambda r: shown(value(r)), value=value, text=shown)
 
 
 def one_line(cell: str) -> str:
@@ -227,12 +254,15 @@ def one_line(cell: str) -> str:
     return " ".join(cell.split())
 
 
-def _test_columns() -> list[tuple[str, str, Cell]]:
+def _test_columns() -> list[tuple[str, Column]]:
+    def test_value(key: str) -> Callable[[Row], float | None]:
+        return lambda r: float(r.test[key]) if _is_number(r.test.get(key)) else None
+
     return [
-        ("accuracy", "test/acc", lambda r: _number(r.test.get("accuracy"))),
-        ("f1", "test/f1", lambda r: _number(r.test.get("f1"))),
-        ("accuracy_ci", "test/acc 95% CI", lambda r: _interval(r.test.get("accuracy_ci"))),
-        ("ece", "test/ece", lambda r: _number(r.test.get("ece"))),
+        ("accuracy", _metric("test/acc", test_value("accuracy"))),
+        ("f1", _metric("test/f1", test_value("f1"))),
+        ("accuracy_ci", Column("test/acc 95% CI", lambda r: _interval(r.test.get("accuracy_ci")), merged=False)),
+        ("ece", _metric("test/ece", test_value("ece"))),
     ]
 
 
@@ -248,7 +278,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _number(value: Any) -> str:
+def number(value: Any) -> str:
+    """A metric as a cell: 4 decimals; empty when unknown."""
     return f"{value:.4f}" if _is_number(value) else ""
 
 
