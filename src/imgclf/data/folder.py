@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -19,8 +18,11 @@ from pathlib import Path
 
 from imgclf.data.carving import shortfalls
 from imgclf.data.class_names import check_distinct, match
+from imgclf.data.describe import describe, unusable_root  # noqa: F401  describe: imported from here too
+from imgclf.data.folds import check_fold_keys, hold_out, log_fold
 from imgclf.data.images import IMAGE_EXTENSIONS
 from imgclf.data.layout import SPELLED, check_classes, describe_splits, find_splits, unused_folders
+from imgclf.data.reviewed import apply_review, read_review
 from imgclf.data.walk import WalkNotes, skipped_dir, walk_files, walk_images  # noqa: F401  walk_images: predict's
 from imgclf.errors import ConfigError, DataError
 
@@ -42,6 +44,10 @@ class Splits:
     skipped: list[str] = field(default_factory=list)  # links and special files passed over, named
     unused: list[str] = field(default_factory=list)  # top-level folders of a split layout that are no split
     carving: dict[str, str] = field(default_factory=dict)  # split -> why a fraction carved no image of a class
+    folds: dict[str, int] = field(default_factory=dict)  # path -> its fold, with dataset.folds (``data.folds``)
+    excluded: list[Sample] = field(default_factory=list)  # left out by dataset.exclude, with the folder's label
+    given: dict[str, int] = field(default_factory=dict)  # path -> the folder's label of an image relabelled
+    # excluded and given are filled by FolderSource.review, which the run calls once on a scan (``data.reviewed``)
 
     def counts(self) -> dict[str, int]:
         return {split: len(items) for split, items in self.samples.items()}
@@ -66,6 +72,12 @@ class FolderSource:
             folder into val and test, as when train and test folders are given and test is large).
         display_names: a JSON file mapping class folder names to display names (e.g. the flowers
             project's ``cat_to_name.json``), relative to ``root`` or absolute; None for none.
+        folds: K for K-fold cross-validation: the train folder's images are dealt into K stratified folds
+            seeded by ``split_seed`` (``data.folds``), fold ``fold`` is the test split and val is carved from the
+            other folds (a val folder stays val; a test folder is not used). None: no folds.
+        fold: the fold held out as the test split, 0 to K-1.
+        exclude: a CSV file whose ``path`` column lists images that train and val leave out (``data.reviewed``).
+        relabel: a CSV file of ``path`` and ``label`` (or ``suggested``): train and val images with a new label.
     """
 
     def __init__(
@@ -79,10 +91,20 @@ class FolderSource:
         val_from: str = "train",
         display_names: str | None = None,
         classes: list[str] | None = None,
+        folds: int | None = None,
+        fold: int | None = None,
+        exclude: str | None = None,
+        relabel: str | None = None,
     ) -> None:
         if val_from not in ("train", "test"):
             raise DataError(f"dataset.val_from={val_from!r}: expected train or test")
         check_fractions(val_fraction, test_fraction)
+        check_fold_keys(folds, fold)
+        if folds is not None and val_from == "test":
+            raise ConfigError(
+                f"dataset.folds={folds} with dataset.val_from=test: with folds, val is carved from the train folds "
+                "and the test folder is not used; set dataset.val_from=train"
+            )
         self.root = Path(root)
         self.num_classes = num_classes
         self.val_fraction = val_fraction
@@ -92,6 +114,9 @@ class FolderSource:
         self.val_from = val_from
         self.display_names_file = display_names
         self.classes = [str(c) for c in classes] if classes else None
+        self.folds, self.fold = folds, fold
+        self.exclude, self.relabel = exclude, relabel
+        self._plan: dict[str, int] = {}  # path -> fold, of the last scan with folds
 
     def class_names(self) -> list[str]:
         """The class list (configured, or the train folder names), found without reading any image."""
@@ -134,7 +159,27 @@ class FolderSource:
         carving = self._shortfalls(found, samples, classes)
         for note in carving.values():
             log.warning("%s", note)
-        return Splits(classes, samples, notes.ignored, layout, notes.skipped, unused, carving)
+        return self._with_folds(Splits(classes, samples, notes.ignored, layout, notes.skipped, unused, carving))
+
+    def _with_folds(self, splits: Splits) -> Splits:
+        """``splits`` with the fold plan of the last scan recorded, and the fold held out named in its layout."""
+        if self.folds is None or splits.folds:
+            return splits
+        layout = f"{splits.layout}; fold {self.fold} of {self.folds} held out as test"
+        return replace(splits, folds=self._plan, layout=layout)
+
+    def review(self, splits: Splits, known: set[str] | None = None) -> Splits:
+        """``splits`` of a scan as the run uses them: ``exclude`` and ``relabel`` applied to train and val (the test
+        split is kept as it is; the run's one log line says what changed). ``known``: the images the lists may
+        name (default: those of ``splits``)."""
+        splits = self._with_folds(splits)  # a subclass's own scan() may not have recorded them
+        if known is None:
+            known = {path for items in splits.samples.values() for path, _ in items}
+        review = read_review(self.exclude, self.relabel, self.root, known, splits.classes)
+        if review is None:
+            return splits
+        samples, excluded, given = apply_review(splits.samples, review, splits.classes)
+        return replace(splits, samples=samples, excluded=excluded, given=given)
 
     def _scan_split(self, folder: Path, classes: list[str], notes: WalkNotes, held: dict[str, Counter]) -> list[Sample]:
         """The samples of one split folder; what each class folder held besides images goes to ``held``."""
@@ -166,6 +211,8 @@ class FolderSource:
         return find_splits(self.root)
 
     def _carve(self, found: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
+        if self.folds is not None:
+            return self._carve_fold(found)
         if self.val_from == "test" and "val" not in found:
             if "test" not in found:
                 raise DataError(f"dataset.val_from=test, but {self.root} has no test/ folder")
@@ -175,11 +222,28 @@ class FolderSource:
         carved, train = _stratified(found["train"], wanted, random.Random(self.split_seed))
         return {"train": train, **{s: found[s] if s in found else carved[s] for s in ("val", "test")}}
 
+    def _carve_fold(self, found: dict[str, list[Sample]]) -> dict[str, list[Sample]]:
+        """Fold ``fold`` of the train folder as test; val carved from the other folds (unless a val folder exists)."""
+        self._plan, rest, test = hold_out(found["train"], self.folds, self.fold, self.split_seed, self.class_names())
+        if "val" in found:
+            carved, train = {"val": found["val"]}, rest
+        else:
+            carved, train = _stratified(rest, {"val": self.val_fraction}, random.Random(self.split_seed))
+        val_from = "the val folder" if "val" in found else f"val_fraction={self.val_fraction:g} of the other folds"
+        log_fold(self.folds, self.fold, self.split_seed, len(train), len(carved["val"]), len(test), val_from)
+        if "test" in found:
+            log.warning(
+                "dataset.folds=%d: fold %d of the train folder is this run's test split; the test folder's %d images "
+                "are not used (evaluate a model on them with test.py dataset.root=<the test folder> split=all)",
+                *(self.folds, self.fold, len(found["test"])),
+            )
+        return {"train": train, "val": carved["val"], "test": test}
+
     def _shortfalls(
         self, found: dict[str, list[Sample]], samples: dict[str, list[Sample]], classes: list[str]
     ) -> dict[str, str]:
         """Why a carved split got no image of some class (the fraction's rounding), by split."""
-        fractions = {"val": self.val_fraction, "test": self.test_fraction}
+        fractions = {"val": self.val_fraction} if self.folds else {"val": self.val_fraction, "test": self.test_fraction}
         if self.val_from == "test" and "val" not in found:
             return shortfalls(found["test"], samples, {"val": self.val_fraction}, classes, "test")
         carved = {s: f for s, f in fractions.items() if s not in found}
@@ -240,66 +304,6 @@ def _class_dirs(folder: Path, at_root: bool = False) -> tuple[list[str], list[Pa
     check_distinct(names, folder)
     check_classes(folder, dirs, at_root=at_root)
     return names, dirs
-
-
-LAYOUTS = (
-    "ROOT/<class>/<image>                 (val and test are carved from it)\n"
-    "  ROOT/train/<class>/<image>           (+ optional ROOT/val/<class>/..., ROOT/test/<class>/...;\n"
-    "                                       also Train/, training/, valid/, Validation/, dev/, testing/...)"
-)
-OWN_FOLDER = "python train.py -cn=transfer dataset.root=/path/to/photos"
-SHOWN_ENTRIES = 5
-
-
-def unusable_root(folder: Path, found: str) -> str:
-    """The message for a folder that holds no usable layout: what was found, what works, the command."""
-    return (
-        f"{found}\nlayouts that work (one folder per class, named after it):\n  {LAYOUTS}\n"
-        f"for your own photos: {OWN_FOLDER}"
-    )
-
-
-def describe(path: Path) -> str:
-    """What ``path`` is, in words: missing (and what its nearest existing parent holds), a file, or a
-    folder and a few of its entries."""
-    if not path.exists() and not path.is_symlink():
-        parent = path.absolute().parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        return f"does not exist (the nearest existing folder, {parent}, holds {_entries(parent)})"
-    if path.is_symlink() and not path.exists():
-        return f"is a link to {os.readlink(path)}, which does not exist"
-    if not path.is_dir():
-        kind = "a file" if path.is_file() else "not a folder (a device, pipe or socket)"
-        return f"is {kind}" + (f" of {path.stat().st_size:,} bytes" if path.is_file() else "")
-    return f"holds {_entries(path)}"
-
-
-def _entries(folder: Path) -> str:
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as exc:
-        return f"nothing that can be listed ({exc.strerror})"
-    if not entries:
-        return "nothing (an empty folder)"
-    dirs = [p.name + "/" for p in entries if p.is_dir()]
-    files = [p.name for p in entries if not p.is_dir()]
-    images = sum(Path(name).suffix.lower() in IMAGE_EXTENSIONS for name in files)
-    parts = []
-    if dirs:
-        parts.append(f"{len(dirs)} folder(s): {_first(dirs)}")
-    if files:
-        parts.append(f"{len(files)} file(s){f' ({images} images)' if images else ''}: {_first(files)}")
-    hint = (
-        "; images directly in the root have no class: put each class's images in a folder named after it"
-        if images and not dirs
-        else ""
-    )
-    return " and ".join(parts) + hint
-
-
-def _first(names: list[str]) -> str:
-    return ", ".join(names[:SHOWN_ENTRIES]) + (", ..." if len(names) > SHOWN_ENTRIES else "")
 
 
 def _in_two_classes(reached: dict[str, dict[int, str]], classes: list[str], policy: str, notes: WalkNotes) -> set[str]:
@@ -393,7 +397,10 @@ def remap(splits: Splits, classes: list[str]) -> Splits:
         raise DataError(f"class folders [{', '.join(unknown)}] are not among the model's classes {classes}")
     for missing in sorted(set(classes) - {classes[i] for i in index.values()}):
         log.warning("no folder for class '%s': it is evaluated without samples", missing)
-    samples = {
-        split: [(p, index[splits.classes[label]]) for p, label in items] for split, items in splits.samples.items()
-    }
-    return replace(splits, classes=list(classes), samples=samples)
+
+    def moved(items: list[Sample]) -> list[Sample]:
+        return [(p, index[splits.classes[label]]) for p, label in items]
+
+    samples = {split: moved(items) for split, items in splits.samples.items()}
+    given = {p: index[splits.classes[label]] for p, label in splits.given.items()}
+    return replace(splits, classes=list(classes), samples=samples, excluded=moved(splits.excluded), given=given)

@@ -13,22 +13,43 @@ from imgclf.data.folder import Splits
 from imgclf.errors import DataError
 from imgclf.filenames import from_shown, shown
 
-FIELDS = ("path", "label", "split", "sha1")
+FIELDS = (
+    "path",
+    "label",
+    "split",
+    "sha1",
+    "fold",
+    "given",
+)  # fold and given: empty unless used (older files lack them)
+REQUIRED = FIELDS[:3]
+EXCLUDED = "excluded"  # the split of an image dataset.exclude left out: listed, never loaded
 
 
 def write_splits(splits: Splits, path: str | Path, digests: dict[str, str] | None = None) -> None:
-    """Write one row per sample: path, class name, split, SHA-1 of the file (atomically). A path that is not
-    UTF-8 is written with its odd bytes as ``\\xNN`` (:func:`imgclf.filenames.shown`), read back by
-    :func:`read_splits`."""
+    """Write one row per sample: path, class name, split, SHA-1 of the file, its fold (``dataset.folds``) and the
+    folder's class of an image ``dataset.relabel`` relabelled (atomically); images ``dataset.exclude`` left out
+    are rows of split ``excluded``. A path that is not UTF-8 is written with its odd bytes as ``\\xNN``
+    (:func:`imgclf.filenames.shown`), read back by :func:`read_splits`."""
     digests = digests or {}
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(FIELDS)
-    for split, samples in splits.samples.items():
-        writer.writerows((shown(p), splits.classes[label], split, digests.get(p, "")) for p, label in samples)
+    listed = [*splits.samples.items(), (EXCLUDED, splits.excluded)]
+    for split, samples in listed:
+        writer.writerows(
+            (
+                shown(p),
+                splits.classes[label],
+                split,
+                digests.get(p, ""),
+                splits.folds.get(p, ""),
+                splits.classes[splits.given[p]] if p in splits.given else "",
+            )
+            for p, label in samples
+        )
     content = text.getvalue()
     write_text_atomic(path, content)
-    rows = sum(len(samples) for samples in splits.samples.values())
+    rows = sum(len(samples) for _, samples in listed)
     write_text_atomic(checksum_path(path), f"{_sha256(content.encode())} {rows}\n")
 
 
@@ -65,6 +86,8 @@ def _check_unchanged(path: Path) -> None:
 def read_splits(path: str | Path, classes: list[str], *, missing_ok: bool = False) -> tuple[Splits, dict[str, str]]:
     """Read ``splits.csv`` back, mapping class names to the indices of ``classes``; also returns
     the recorded SHA-1 of each file. ``missing_ok``: files that are gone stay listed (the caller skips them).
+    The fold plan, the excluded images and the relabelled images' own classes come back in the ``Splits``
+    (a file written before those columns existed reads as a run without them).
 
     Raises:
         DataError: the file differs from what was written (its ``.sha256`` record), cannot be parsed, names a
@@ -75,17 +98,20 @@ def read_splits(path: str | Path, classes: list[str], *, missing_ok: bool = Fals
     index = {name: i for i, name in enumerate(classes)}
     samples: dict[str, list[tuple[str, int]]] = {"train": [], "val": [], "test": []}
     digests: dict[str, str] = {}
+    found = Splits(list(classes), samples, layout=f"splits from {path}")
     try:
         with open(path, newline="") as f:
             for number, row in enumerate(csv.DictReader(f), start=2):
-                if None in (row.get("path"), row.get("label"), row.get("split")):
-                    raise DataError(f"{path}, line {number}: expected the columns {', '.join(FIELDS)}, got {row}")
+                if None in (row.get(key) for key in REQUIRED):
+                    raise DataError(f"{path}, line {number}: expected the columns {', '.join(REQUIRED)}, got {row}")
                 name = from_shown(row["path"])  # the file itself, for a name that is not UTF-8
-                digests[name] = row.get("sha1") or ""
-                if row["label"] not in index:
-                    raise DataError(f"{path}: class '{row['label']}' is not in the checkpoint's classes {classes}")
-                samples.setdefault(row["split"], []).append((name, index[row["label"]]))
-    except (UnicodeDecodeError, csv.Error) as exc:
+                for label in (row["label"], row.get("given") or row["label"]):
+                    if label not in index:
+                        raise DataError(f"{path}: class '{label}' is not in the checkpoint's classes {classes}")
+                _add(found, row, name, index)
+                if row["split"] != EXCLUDED:
+                    digests[name] = row.get("sha1") or ""
+    except (UnicodeDecodeError, csv.Error, ValueError) as exc:
         raise DataError(
             f"{path} is not a readable splits file ({type(exc).__name__}: {exc}); restore it from a "
             "backup, or train the experiment again (overwrite=true)"
@@ -96,4 +122,17 @@ def read_splits(path: str | Path, classes: list[str], *, missing_ok: bool = Fals
             f"{len(missing)} file(s) listed in {path} are gone, e.g. {shown(missing[0])}; "
             "restore them or start a new experiment (or, to train, set dataset.bad_files=skip to resume without them)"
         )
-    return Splits(list(classes), samples, layout=f"splits from {path}"), digests
+    return found, digests
+
+
+def _add(found: Splits, row: dict[str, str], name: str, index: dict[str, int]) -> None:
+    """One row of splits.csv into ``found``: a sample of its split, or an excluded image; its fold and own class."""
+    item = (name, index[row["label"]])
+    if row["split"] == EXCLUDED:
+        found.excluded.append(item)
+    else:
+        found.samples.setdefault(row["split"], []).append(item)
+    if row.get("fold"):
+        found.folds[name] = int(row["fold"])
+    if row.get("given"):
+        found.given[name] = index[row["given"]]

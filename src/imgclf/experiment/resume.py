@@ -18,6 +18,9 @@ def is_finished(payload: dict[str, Any], epochs: int) -> bool:
 
 
 STRUCTURAL_KEYS = ("model", "dataset.image_size", "dataset.resize", "dataset.root", "dataset.mean", "dataset.std")
+# which images a run trains and tests on, beyond the folder: another value is other data (data_change); a list
+# edited in place is caught by what it does (tasks.inputs applies it again to the splits splits.csv recorded)
+SELECTION_KEYS = ("dataset.folds", "dataset.fold", "dataset.exclude", "dataset.relabel")
 # what a setting meant in configs saved before it existed (checkpoints from before dataset.resize squashed)
 OLD_DEFAULTS = {"dataset.resize": "squash"}
 # keys that say where or how a run was started, or what test.py evaluates: changing them changes no training
@@ -52,14 +55,18 @@ def compare_configs(saved: dict[str, Any], current: dict[str, Any]) -> tuple[lis
     def change(key: str, old: Any, new: Any) -> str:
         return f"{key}: {old!r} -> {new!r}"
 
-    refused = [change(k, get(saved, k), get(current, k)) for k in STRUCTURAL_KEYS if get(saved, k) != get(current, k)]
+    refused = [
+        change(k, get(saved, k), get(current, k))
+        for k in (*STRUCTURAL_KEYS, *SELECTION_KEYS[:2])
+        if get(saved, k) != get(current, k)
+    ]
     old, new = _flatten(saved), _flatten(current)
     sections = {k.split(".", 1)[0] for k in old}  # a top-level key added to imgclf after the checkpoint: no change
     warned = [
         change(k, old.get(k), new.get(k))
         for k in sorted(set(old) | set(new))
         if old.get(k) != new.get(k)
-        and not _under(k, (*STRUCTURAL_KEYS, *UNWARNED_KEYS))
+        and not _under(k, (*STRUCTURAL_KEYS, *SELECTION_KEYS[:2], *UNWARNED_KEYS))
         and k.split(".", 1)[0] in sections
     ]
     return refused, warned
@@ -75,17 +82,30 @@ def trained_on(payload: dict[str, Any], project_root: Path) -> Path | None:
     return (path if path.is_absolute() else project_root / path).resolve()
 
 
-def data_change(payload: dict[str, Any], root: str | Path, classes: list[str], project_root: Path) -> str | None:
+def data_change(
+    payload: dict[str, Any],
+    root: str | Path,
+    classes: list[str],
+    project_root: Path,
+    dataset: dict[str, Any] | None = None,
+) -> str | None:
     """How the data a checkpoint was trained on differs from ``root`` and its ``classes`` (docs/reliability.md J3), or None.
 
     The data is identified by the folder's resolved path, not its content: a folder moved or copied to another
     path is other data too, since the experiment's splits.csv and reports name the files under the old one.
+    With ``dataset`` (the current ``dataset`` config), another fold or another reviewed list is other data too
+    (a run on fold 1 is not "finished" because fold 0 was).
     """
     saved = trained_on(payload, project_root)
     if saved is not None and saved != Path(root).expanduser().resolve():
         return f"dataset.root: {saved} -> {Path(root).expanduser().resolve()}"
     if list(payload["class_names"]) != list(classes):
         return f"classes: {list(payload['class_names'])} -> {list(classes)} in {root}"
+    theirs = (payload.get("config") or {}).get("dataset") or {}
+    for key in SELECTION_KEYS if dataset is not None else ():
+        name = key.split(".", 1)[1]
+        if theirs.get(name) != dataset.get(name):
+            return f"{key}: {theirs.get(name)!r} -> {dataset.get(name)!r}"
     return None
 
 

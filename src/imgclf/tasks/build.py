@@ -28,7 +28,7 @@ from imgclf.training.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
-PATH_KEYS = ("root", "home")  # dataset keys that name folders
+PATH_KEYS = ("root", "home", "exclude", "relabel")  # dataset keys that name folders or files
 
 
 @contextmanager
@@ -44,8 +44,8 @@ def building(cfg: DictConfig, group: str) -> Iterator[None]:
 
 
 def source(cfg: DictConfig) -> FolderSource:
-    """The ``dataset`` group's data source; a relative ``dataset.root`` resolves against the project root
-    and the absolute path is written back, so the saved config shows the folder actually used."""
+    """The ``dataset`` group's data source; a relative ``dataset.root`` (or ``exclude`` / ``relabel`` list) resolves
+    against the project root and the absolute path is written back, so the saved config shows the files used."""
     for key in PATH_KEYS:
         if cfg.dataset.get(key) is not None:
             path = Path(cfg.dataset[key]).expanduser()

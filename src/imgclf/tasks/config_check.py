@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf.data.folder import check_fractions
+from imgclf.data.folds import check_fold_keys
 from imgclf.data.images import RESIZE_MODES
 from imgclf.data.prepare import BAD_FILE_POLICIES
 from imgclf.errors import ConfigError
@@ -98,6 +99,7 @@ def check_config(cfg: DictConfig) -> None:
     _fraction(cfg, "dataset.val_fraction")
     _fraction(cfg, "dataset.test_fraction")
     check_fractions(cfg.dataset.val_fraction, cfg.dataset.test_fraction)
+    check_fold_keys(cfg.dataset.get("folds"), cfg.dataset.get("fold"))
     _normalization(cfg)
     _trainer(cfg)
     _positive_number(cfg, "optimizer.lr")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from imgclf.data.folder import FolderSource, Splits, describe, remap
 from imgclf.data.images import stored_sizes
 from imgclf.data.prepare import LoadedSplit, changed_files, digests_by_path, load_splits
 from imgclf.data.preprocessing import Preprocessing
+from imgclf.data.reviewed import review_changes, undone
 from imgclf.data.splits_file import read_splits
 from imgclf.data.stats import channel_stats, class_weights
 from imgclf.errors import ConfigError, DataError
@@ -62,11 +63,30 @@ def splits(
     exp: ExperimentDir, source: FolderSource, classes: list[str], *, reuse: bool, scanned: Splits | None = None
 ) -> tuple[Splits, dict[str, str]]:
     """The experiment's saved splits (and recorded file hashes) when reusing them, else a fresh
-    scan (``scanned``, or the source scanned now) mapped onto ``classes``. With ``dataset.bad_files=skip``
-    a saved file that is gone is left to :func:`load` (a bad file, skipped) instead of refused."""
+    scan (``scanned``, or the source scanned now, with ``dataset.exclude`` / ``relabel`` applied) mapped onto
+    ``classes``. With ``dataset.bad_files=skip`` a saved file that is gone is left to :func:`load` (a bad file,
+    skipped) instead of refused. Resuming (``scanned`` given) with lists that now leave out or relabel other
+    images than splits.csv recorded is refused."""
     if reuse and exp.splits.exists():
-        return read_splits(exp.splits, classes, missing_ok=source.bad_files == "skip")
-    return remap(scanned if scanned is not None else source.scan(), classes), {}
+        saved, digests = read_splits(exp.splits, classes, missing_ok=source.bad_files == "skip")
+        if scanned is not None:  # resuming a training run
+            check_same_review(source, saved, scanned, exp.splits)
+        return saved, digests
+    return remap(source.review(scanned if scanned is not None else source.scan()), classes), {}
+
+
+def check_same_review(source: FolderSource, saved: Splits, scanned: Splits, path: Any) -> None:
+    """Refuse to resume when ``dataset.exclude`` / ``dataset.relabel``, applied now to the recorded splits, leave
+    out or relabel other images than splits.csv recorded (a list edited, added or removed since)."""
+    raw = replace(saved, samples=undone(saved.samples, saved.excluded, saved.given), excluded=[], given={})
+    known = {p for items in scanned.samples.values() for p, _ in items}
+    changes = review_changes(saved, source.review(raw, known))
+    if changes:
+        raise DataError(
+            f"cannot resume: the reviewed lists differ from what {path} recorded: {'; '.join(changes)}. Resuming "
+            "would train on other images or labels: use experiment=<new name> or overwrite=true, or put the lists "
+            "back as they were"
+        )
 
 
 def load(
