@@ -194,17 +194,19 @@ def test_runs_that_differ_in_nothing_are_repeats_not_merged(tmp_path: Path) -> N
 
 
 def test_folds_that_measured_their_own_image_size_still_merge(tmp_path: Path) -> None:
-    """dataset.image_size=auto: each fold's config.yaml holds the size it measured on its own train split;
-    the .hydra record says what was asked for, and that is what is compared."""
+    """dataset.image_size=auto, dataset.normalize=auto: each fold's config.yaml holds the size and the mean it
+    measured on its own train split; the .hydra record says what was asked for, and that is what is compared."""
     root = tmp_path / "experiments"
     val, test = known_values(FOLDS)
     for fold in range(FOLDS):
-        requested = config(seed=0, fold=fold, image_size="auto")
-        saved = config(seed=0, fold=fold, image_size=224 + 8 * (fold % 2))
+        requested = config(seed=0, fold=fold, image_size="auto", normalize="auto")
+        measured = {"image_size": 224 + 8 * (fold % 2), "mean": [0.41 + fold / 1000, 0.32, 0.29]}
+        saved = config(seed=0, fold=fold, normalize="auto", **measured)
         write_run(root / f"auto_f{fold}", saved, list(val[fold]), float(test[fold]), requested=requested)
     markdown, rows = board(root)
 
     assert rows[0]["runs"] == str(FOLDS) and rows[0]["dataset.image_size"] == "224, 232"
+    assert rows[0]["dataset.mean"] == f"{FOLDS} values"  # five lists would make the cell unreadable
     assert markdown[0]["test/acc"] == mean_std(test)
 
 

@@ -15,7 +15,8 @@ with the runs it merges listed right below it (``↳ name``): a fold that failed
 - A metric cell is ``mean ± std`` over the runs that have the value, std being the **sample** standard
   deviation (n - 1 in the denominator, numpy's ``np.std(x, ddof=1)``): the spread one more run would show.
   ``(n=k)`` follows when only k of the runs have it (a fold not tested yet); one value has no std.
-- Other cells list the distinct values of the runs (``seed``: ``0, 1, 2``; ``status``: ``finished, running``).
+- Other cells list the distinct values of the runs (``seed``: ``0, 1, 2``; ``status``: ``finished, running``),
+  or say how many there are when the list would be long (``dataset.mean`` measured per fold: ``5 values``).
 - The CSV stays machine-readable: the mean and the std are columns of their own (``test/acc``,
   ``test/acc std``, and ``test/acc n`` when some merged row lacks a value), every run keeps its row, and
   ``group`` names the merged row a run belongs to (empty on the merged rows and on runs merged with none,
@@ -46,6 +47,7 @@ from imgclf.experiment.bookkeeping import BOOKKEEPING_KEYS
 # the keys merged runs may differ in: what a cross-validation or a seed sweep varies, not what is compared
 AGGREGATED_KEYS = ("seed", "dataset.fold", "dataset.split_seed")
 MEMBER = "↳ "  # a merged run's name in the markdown, below its merged row
+LISTED_WIDTH = 40  # a merged cell lists its runs' distinct values up to this width, else says how many
 
 Cells = list[list[str]]
 
@@ -210,7 +212,8 @@ def _merged_cell(group: Group, column: Column) -> str:
     if not column.merged:
         return one_line("; ".join(group.notes)) if column.title == "notes" else ""
     distinct = {one_line(column.cell(row)) for row in group.rows} - {""}
-    return ", ".join(sorted(distinct, key=_natural))
+    listed = ", ".join(sorted(distinct, key=_natural))
+    return listed if len(listed) <= LISTED_WIDTH else f"{len(distinct)} values"
 
 
 def _natural(cell: str) -> tuple[int, float, str]:
