@@ -7,7 +7,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,17 +87,29 @@ class RunLog:
 
 
 class BestFigures:
-    """Draws the figures of a new best epoch: confusion matrix and most confident mistakes.
+    """Draws the figures of a new best epoch: confusion matrix, most confident mistakes and their class
+    activation maps.
 
     Args:
         classes: class names, in label order.
         picture: the (H, W, 3) uint8 image of validation sample i (None: no mistakes grid, e.g.
             when training on cached features).
         mistakes: how many mistakes to show.
+        cams: computes class activation maps (``imgclf.reporting.cam.CamMaker`` of the model being trained);
+            None: no ``cam_mistakes`` figure.
+        cam_count: how many of the most confident mistakes get a map.
     """
 
-    def __init__(self, classes: list[str], picture: Callable[[int], np.ndarray] | None, mistakes: int = 16) -> None:
+    def __init__(
+        self,
+        classes: list[str],
+        picture: Callable[[int], np.ndarray] | None,
+        mistakes: int = 16,
+        cams: Callable[[Sequence[np.ndarray], Sequence[int]], list[np.ndarray]] | None = None,
+        cam_count: int = 8,
+    ) -> None:
         self.classes, self.picture, self.mistakes = classes, picture, mistakes
+        self.cams, self.cam_count = cams, cam_count
 
     def draw(self, outputs: Outputs) -> dict[str, Any]:
         from imgclf.reporting import figures
@@ -110,7 +122,32 @@ class BestFigures:
             drawn["misclassified"] = figures.mistakes_figure(
                 probs, outputs.labels, self.classes, self.picture, self.mistakes
             )
+        if self.picture is not None and self.cams is not None and self.cam_count:
+            drawn.update(self.cam_figure(outputs, self.cams, self.picture))
         return drawn
+
+    def cam_figure(
+        self,
+        outputs: Outputs,
+        cams: Callable[[Sequence[np.ndarray], Sequence[int]], list[np.ndarray]],
+        picture: Callable[[int], np.ndarray],
+    ) -> dict[str, Any]:
+        """``{"cam_mistakes": figure}``: the maps of the most confident mistakes ({} when the network has none)."""
+        from imgclf.reporting import cam
+        from imgclf.reporting.statistics import worst_mistakes
+
+        probs = torch.softmax(outputs.logits.double(), 1)
+        worst = worst_mistakes(probs, outputs.labels, self.cam_count)
+        fig = cam.cam_figure(
+            cams,
+            worst,
+            probs,
+            outputs.labels,
+            self.classes,
+            picture,
+            f"class activation maps of the {len(worst)} most confident mistakes (predicted class)",
+        )
+        return {} if fig is None else {"cam_mistakes": fig}
 
 
 def _json_number(value: float) -> float | None:

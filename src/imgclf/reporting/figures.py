@@ -68,8 +68,8 @@ def confusion_figure(cm: torch.Tensor, names: Sequence[str], title: str = "") ->
     return fig
 
 
-def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], title: str = "") -> Any:
-    """A grid of (H, W, 3) uint8 images, each with a short caption."""
+def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], title: str = "", empty: str = "no mistakes") -> Any:
+    """A grid of (H, W, 3) uint8 images, each with a short caption (``empty`` written when there are none)."""
     plt = _pyplot()
     n = max(len(images), 1)
     cols = min(4, n)
@@ -81,7 +81,7 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str], title: str =
         ax.imshow(image)
         ax.set_title(caption, fontsize=8)
     if not images:
-        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+        axes[0, 0].text(0.5, 0.5, empty, ha="center", va="center")
     if title:
         fig.suptitle(title)
     return fig

@@ -2,7 +2,8 @@
 TensorBoard entries.
 
 Files: ``metrics.json``, ``per_class.csv``, ``confusion_matrix.csv`` and ``.png``,
-``predictions.csv``, ``misclassified.png``, ``reliability.png`` and ``report.md``.
+``predictions.csv``, ``misclassified.png``, ``reliability.png``, ``confused_pairs.csv`` and ``.png``,
+``cam_mistakes.png`` and ``cam_correct.png`` (class activation maps) and ``report.md``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from imgclf.atomic import csv_text, staged_folder, write_text_atomic
 from imgclf.errors import ReportError
 from imgclf.filenames import shown
-from imgclf.reporting import figures, statistics
+from imgclf.reporting import confusion, explain, figures, statistics
 from imgclf.reporting.events import EventFile
 from imgclf.reporting.metrics import calibration_error, summarize, topk_accuracy
 from imgclf.reporting.outputs import Outputs
@@ -102,9 +103,11 @@ def write(
     mistakes: int = 16,
     tensorboard: str | Path | None = None,
     step: int = 0,
+    explained: explain.Explain | None = None,
 ) -> dict[str, Any]:
     """Write every report file to ``folder`` (and, given ``tensorboard``, add the split's metrics,
-    PR curves and figures to that run at ``step``); return metrics.json's content.
+    PR curves and figures to that run at ``step``); return metrics.json's content. ``explained`` says which
+    most-confused pairs and class activation maps it shows (None: the default counts, no maps).
 
     The files are written to a folder beside ``folder`` that replaces it only once they all are (and the
     TensorBoard file is): ``folder`` holds one whole report, the previous one or this one (docs/reliability.md J7).
@@ -121,10 +124,21 @@ def write(
             ", ".join(metrics["absent_classes"]),
             len(metrics["macro_average_over"]),
         )
-    pics = pictures(result, probs, torch.tensor(metrics["confusion_matrix"]), mistakes)
+    cm = torch.tensor(metrics["confusion_matrix"])
+    pics = pictures(result, probs, cm, mistakes)
+    explained = explained or explain.Explain()
+    pairs, more = explain.figures(
+        explained, probs, result.outputs.labels, cm, result.names(), result.image, result.paths
+    )
+    pics.update(more)
+    extra = explain.markdown(explained, pairs, pics, result.names(), result.paths)
     try:
         with staged_folder(folder) as staging:
-            write_files(staging, metrics, result, probs, pics, top_k=top_k)
+            write_files(staging, metrics, result, probs, pics, top_k=top_k, extra=extra)
+            if explained.pairs:
+                write_text_atomic(
+                    staging / "confused_pairs.csv", confusion.pairs_csv(pairs, result.classes, result.paths)
+                )
             if tensorboard is not None:
                 try:
                     log_to_tensorboard(tensorboard, metrics, result, probs, pics, step)
@@ -155,9 +169,16 @@ def not_written(exc: OSError, path: Path, report: Path) -> ReportError:
 
 
 def write_files(
-    folder: Path, metrics: dict[str, Any], result: SplitResult, probs: torch.Tensor, pics: dict[str, Any], *, top_k: int
+    folder: Path,
+    metrics: dict[str, Any],
+    result: SplitResult,
+    probs: torch.Tensor,
+    pics: dict[str, Any],
+    *,
+    top_k: int,
+    extra: str = "",
 ) -> None:
-    """Every report file in ``folder`` (the figures are left open)."""
+    """Every report file in ``folder`` (the figures are left open); ``extra``: more sections of report.md."""
     write_text_atomic(folder / "metrics.json", json.dumps(metrics, indent=2))
     write_text_atomic(
         folder / "per_class.csv",
@@ -180,7 +201,7 @@ def write_files(
     write_text_atomic(folder / "predictions.csv", predictions_csv(result, probs, min(top_k, len(result.classes))))
     for name, fig in pics.items():
         figures.save(fig, folder / f"{name}.png", close=False)
-    write_text_atomic(folder / "report.md", markdown(metrics, result))
+    write_text_atomic(folder / "report.md", markdown(metrics, result, extra))
 
 
 def pictures(result: SplitResult, probs: torch.Tensor, cm: torch.Tensor, mistakes: int) -> dict[str, Any]:
@@ -261,8 +282,8 @@ def format_table(metrics: dict[str, Any], classes: list[str]) -> str:
     return "\n".join(lines + headline(metrics))
 
 
-def markdown(metrics: dict[str, Any], result: SplitResult) -> str:
-    """report.md: the headline numbers, the per-class table and links to the pictures."""
+def markdown(metrics: dict[str, Any], result: SplitResult, extra: str = "") -> str:
+    """report.md: the headline numbers, the per-class table, links to the pictures, then ``extra``."""
     rows = "\n".join(
         f"| {name} | {metrics['per_class'][c]['precision']:.4f} | {metrics['per_class'][c]['recall']:.4f} "
         f"| {metrics['per_class'][c]['f1']:.4f} | {metrics['per_class'][c]['support']} |"
@@ -294,7 +315,7 @@ every prediction with its top-{min(metrics.get("top_k", len(result.classes)), le
 ## Calibration
 
 ![reliability diagram](reliability.png)
-"""
+""" + (f"\n{extra}" if extra else "")
 
 
 def log_to_tensorboard(

@@ -21,6 +21,7 @@ from imgclf.data.prepare import BAD_FILE_POLICIES
 from imgclf.errors import ConfigError
 from imgclf.experiment.names import check_name
 from imgclf.models.classifier import TTA_MODES
+from imgclf.reporting.cam import CAM_METHODS
 from imgclf.tasks.preprocess import AUTO, NORMALIZE
 
 MONITORS = {"val/acc": "max", "val/f1": "max", "val/loss": "min"}
@@ -62,6 +63,10 @@ def check_config(cfg: DictConfig) -> None:
     _int(cfg, "report.top_k", minimum=1)
     _int(cfg, "report.bootstrap", minimum=0)
     _int(cfg, "report.mistakes", minimum=0)
+    _int(cfg, "report.confused_pairs", minimum=0)
+    _int(cfg, "report.cams", minimum=0)
+    _int(cfg, "report.cams_per_class", minimum=0)
+    _choice(cfg, "report.cam_method", tuple(CAM_METHODS))
     if "preview" in cfg:  # imgclf-preview's (a config saved before it has none)
         _int(cfg, "preview.batches", minimum=1)
         _int(cfg, "preview.images", minimum=1)

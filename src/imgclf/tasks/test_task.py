@@ -14,7 +14,7 @@ from imgclf.data.preprocessing import Preprocessing
 from imgclf.errors import CheckpointError, DataError
 from imgclf.experiment.checkpoint import file_stamp, load_checkpoint
 from imgclf.models.classifier import Classifier, with_tta
-from imgclf.reporting import report
+from imgclf.reporting import cam, explain, report
 from imgclf.runtime import resolve_device, tune_malloc
 from imgclf.tasks import build, inputs
 from imgclf.tasks.calibration import LOCK_HINT, calibrate, load_weights, outputs
@@ -106,6 +106,12 @@ def test(cfg: DictConfig) -> dict[str, Any]:
         mistakes=cfg.report.mistakes,
         tensorboard=None if tag else exp.tensorboard_dir,
         step=payload["state"]["epoch"],
+        explained=explain.Explain(
+            pairs=cfg.report.confused_pairs,
+            cams=cfg.report.cams,
+            cams_per_class=cfg.report.cams_per_class,
+            maker=cam.CamMaker(model, cfg.report.cam_method) if cfg.report.cams or cfg.report.cams_per_class else None,
+        ),
     )
     log.info("\n%s\nreport: %s", report.format_table(metrics, classes), folder / "report.md")
     return metrics
