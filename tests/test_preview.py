@@ -84,6 +84,23 @@ def test_preview_is_the_batch_training_gets(tmp_path: Path, tiny_folder: Path, b
     assert torch.allclose(labels, given, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_preview_of_cached_features_follows_the_heads_order(tmp_path: Path, tiny_folder: Path) -> None:
+    """trainer.cache_features: the head's first batch is of the features of the previewed images, in their order
+    (the labels the loss got are the preview's: 8 of 48 images drawn in a seeded order)."""
+    extra = ["model=lite0", "model.freeze=backbone", "dataset.image_size=32", "trainer.cache_features=true"]
+    extra += ["loss._target_=test_preview.RecordingLoss", "batch_mix=none", "augmentation=none"]
+    RecordingLoss.labels.clear()
+    with pytest.raises(Interrupted):
+        tasks.train(
+            compose_cfg("train", tiny_overrides(tmp_path / "run", tiny_folder, *extra)),
+            stop_signal=lambda: StopAfter(1),
+        )
+    cfg = compose_cfg("train", tiny_overrides(tmp_path / "preview", tiny_folder, *extra))
+    shown = first_batches(cfg, experiment_dir(cfg), 1)
+    assert shown.features and shown.batches[0][1].tolist() == RecordingLoss.labels[0].tolist()
+
+
 def test_preview_writes_grids_and_keeps_the_experiment(tmp_path: Path, tiny_folder: Path) -> None:
     """preview.png and preview_2.png with preview.images tiles each, in an experiment that already holds a
     checkpoint: nothing of it is removed or changed; with a batch of 8 images, a limit of 5 draws 5 tiles."""
