@@ -24,6 +24,7 @@ from imgclf.errors import ConfigError, DataError
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.experiment.resume import compare_configs, data_change
 from imgclf.tasks.config_check import check_config
+from imgclf.tasks.test_task import warn_if_split_differently
 
 PER_CLASS = 7
 
@@ -137,6 +138,20 @@ def test_more_folds_than_images_or_a_single_image_class_are_refused(tmp_path: Pa
     (fold,) = {f for path, f in fold_plan(samples, 3, 0).items() if "/square/" in path}
     with pytest.raises(DataError, match=r"holds out the only image of class\(es\) 'square'"):
         FolderSource(str(root), folds=3, fold=fold).scan()
+
+
+def test_a_val_split_too_small_in_the_other_folds_says_so(tmp_path: Path) -> None:
+    splits = FolderSource(str(make_folder(tmp_path, {"": 6})), folds=2, fold=0).scan()
+    assert not splits.samples["val"]
+    assert "0.15 x 3 = 0.45, which rounds to 0" in splits.carving["val"]  # 3 per class left by the other fold, not 6
+    assert "in the other folds" in splits.carving["val"]
+
+
+def test_test_py_warns_when_a_checkpoint_held_out_another_fold(caplog: pytest.LogCaptureFixture) -> None:
+    theirs = {"split_seed": 0, "val_fraction": 0.15, "test_fraction": 0.15, "val_from": "train", "folds": 5, "fold": 0}
+    with caplog.at_level(logging.WARNING):
+        warn_if_split_differently(theirs, {**theirs, "fold": 1}, Path("fold0/best.pt"))
+    assert "dataset.fold: 0 (its run) vs 1" in caplog.text and "may have trained on images of this split" in caplog.text
 
 
 def write_list(path: Path, rows: list[dict[str, str]]) -> Path:

@@ -243,9 +243,12 @@ class FolderSource:
         self, found: dict[str, list[Sample]], samples: dict[str, list[Sample]], classes: list[str]
     ) -> dict[str, str]:
         """Why a carved split got no image of some class (the fraction's rounding), by split."""
-        fractions = {"val": self.val_fraction} if self.folds else {"val": self.val_fraction, "test": self.test_fraction}
+        if self.folds is not None:  # val is carved from the other folds
+            pool = [] if "val" in found else samples["train"] + samples["val"]
+            return shortfalls(pool, samples, {"val": self.val_fraction}, classes, "the other folds")
         if self.val_from == "test" and "val" not in found:
             return shortfalls(found["test"], samples, {"val": self.val_fraction}, classes, "test")
+        fractions = {"val": self.val_fraction, "test": self.test_fraction}
         carved = {s: f for s, f in fractions.items() if s not in found}
         return shortfalls(found["train"], samples, carved, classes, "train")
 

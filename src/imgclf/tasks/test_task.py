@@ -127,7 +127,7 @@ def checkpoint_tag(path: Path, experiment: Path, best: Path) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-SPLIT_KEYS = ("split_seed", "val_fraction", "test_fraction", "val_from")
+SPLIT_KEYS = ("split_seed", "val_fraction", "test_fraction", "val_from", "folds", "fold")
 
 
 def warn_if_split_differently(theirs: Any, ours: Any, path: Path) -> None:
