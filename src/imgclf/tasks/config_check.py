@@ -30,7 +30,7 @@ SPLITS = ("train", "val", "test", "all")
 # the base config every recipe extends: its keys are the only ones imgclf reads, so `+epochz=3` (an added key,
 # which Hydra's struct mode lets through) would be ignored; the config groups' own keys are checked when built
 BASE_CONFIG = Path(__file__).resolve().parents[3] / "conf" / "train.yaml"
-PLAIN_SECTIONS = ("trainer", "loader", "report", "paths", "preview")  # read key by key, never instantiated
+PLAIN_SECTIONS = ("trainer", "loader", "report", "paths", "preview", "audit")  # read key by key, never instantiated
 
 
 def expand_user_paths(cfg: DictConfig) -> None:
@@ -107,6 +107,8 @@ def check_config(cfg: DictConfig) -> None:
     check_fold_keys(cfg.dataset.get("folds"), cfg.dataset.get("fold"))
     _normalization(cfg)
     _trainer(cfg)
+    if "audit" in cfg:  # imgclf-audit's (a config saved before it has none)
+        _audit(cfg)
     _positive_number(cfg, "optimizer.lr")
     for key in ("weight_decay", "momentum"):
         if key in cfg.optimizer:
@@ -213,6 +215,18 @@ def _resume_or_ckpt(cfg: DictConfig, key: str, words: tuple[str, ...]) -> None:
 def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
     if _get(cfg, key) not in allowed:
         raise ConfigError(f"{key}={_get(cfg, key)!r}: expected one of {', '.join(allowed)}")
+
+
+def _audit(cfg: DictConfig) -> None:
+    _int(cfg, "audit.folds", minimum=2)
+    _int(cfg, "audit.seed", minimum=0)
+    _bool(cfg, "audit.include_test")
+    _choice(cfg, "audit.rank_by", ("self_confidence", "normalized_margin", "confidence_weighted_entropy"))
+    value = cfg.audit.duplicate_threshold
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value <= 1:
+        raise ConfigError(f"audit.duplicate_threshold={value!r}: expected a cosine similarity in (0, 1]")
+    _int(cfg, "audit.gallery_rows", minimum=1)
+    _int(cfg, "audit.gallery_pages", minimum=0)
 
 
 def _trainer(cfg: DictConfig) -> None:

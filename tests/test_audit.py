@@ -1,0 +1,223 @@
+"""imgclf-audit (issue 29): out-of-fold scores, label issues, duplicates, outliers and the audit folder."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from helpers import compose_cfg, make_folder, read_csv, tiny_overrides
+from imgclf.audit.duplicates import duplicates
+from imgclf.audit.folds import assign_folds, out_of_fold
+from imgclf.audit.heads import head_scorer
+from imgclf.audit.issues import label_issues
+from imgclf.audit.outliers import find_outliers, outlier_scores
+from imgclf.errors import ConfigError
+from imgclf.tasks.config_check import check_config
+from imgclf.training.scheduler import Scheduler
+
+
+def clusters(per_class: int = 30, classes: int = 3, dims: int = 16, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """Well separated Gaussian clusters: (1 view, images, dims) features and their true labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1, (classes, dims)) * 6
+    labels = np.repeat(np.arange(classes), per_class)
+    features = centres[labels] + rng.normal(0, 1, (len(labels), dims))
+    return torch.tensor(features, dtype=torch.float32).unsqueeze(0), labels
+
+
+def adam(module: nn.Module) -> tuple[torch.optim.Optimizer, Scheduler]:
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.05)
+    return optimizer, Scheduler(optimizer)
+
+
+def test_folds_score_every_image_once_by_a_model_that_never_saw_it() -> None:
+    labels = np.repeat([0, 1, 2], [30, 20, 13])
+    fold_of = assign_folds(labels, 5, seed=3)
+    scored: list[int] = []
+
+    def record(kept: np.ndarray, held_out: np.ndarray, fold: int) -> np.ndarray:
+        assert not set(kept) & set(held_out)  # the fold's model never sees what it scores
+        assert set(kept) | set(held_out) == set(range(len(labels)))
+        scored.extend(held_out.tolist())
+        return np.full((len(held_out), 3), 1 / 3)
+
+    probs = out_of_fold(fold_of, 3, record)
+    assert sorted(scored) == list(range(len(labels)))  # every image exactly once
+    assert not np.isnan(probs).any()
+    for c in range(3):  # stratified: each fold holds a fifth of every class (+-1)
+        counts = np.bincount(fold_of[labels == c], minlength=5)
+        assert counts.max() - counts.min() <= 1
+    assert (assign_folds(labels, 5, seed=3) == fold_of).all()  # seeded
+    assert (assign_folds(labels, 5, seed=4) != fold_of).any()
+
+
+def test_the_ranking_puts_planted_label_flips_first() -> None:
+    features, truth = clusters()
+    given = truth.copy()
+    flipped = np.array([2, 17, 33, 48, 61, 80])
+    given[flipped] = (truth[flipped] + 1) % 3
+    head = nn.Linear(features.shape[2], 3)
+    scorer = head_scorer(
+        head,
+        features,
+        torch.as_tensor(given),
+        optimizers=adam,
+        loss_fn=nn.CrossEntropyLoss(),
+        epochs=10,
+        batch_size=32,
+        seed=0,
+    )
+    probs = out_of_fold(assign_folds(given, 5, seed=0), 3, scorer)
+    issues = label_issues(given, probs)
+    assert {i.index for i in issues[: len(flipped)]} == set(flipped.tolist())
+    assert all(i.suggested == truth[i.index] for i in issues[: len(flipped)])
+    assert [i.score for i in issues] == sorted(i.score for i in issues)  # most suspect first
+
+
+def test_an_image_unlike_every_class_is_an_outlier_and_the_others_are_not() -> None:
+    features, labels = clusters(per_class=40)
+    odd = torch.full((1, 1, features.shape[2]), 40.0)  # far from every cluster
+    embeddings = torch.nn.functional.normalize(torch.cat([features, odd], dim=1)[0], dim=1)
+    probs = np.full((len(embeddings), 3), 1 / 3)
+    found = find_outliers(outlier_scores(embeddings), probs, ["a", "b", "c"])
+    assert [o.index for o in found] == [len(embeddings) - 1]
+    assert "fence" in found[0].why
+
+
+def varied_photo(seed: int, size: int = 160) -> Image.Image:
+    """A picture of random coloured shapes on a random background gradient: every seed another 'photo'."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    ramp = np.linspace(0, 1, size)[:, None, None]
+    image = Image.fromarray(((1 - ramp) * a + ramp * b).repeat(size, axis=1).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(8):
+        x0, y0 = rng.integers(0, size - 20, 2)
+        x1, y1 = x0 + rng.integers(15, 80), y0 + rng.integers(15, 80)
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape((int(x0), int(y0), int(x1), int(y1)), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return image
+
+
+def made_copies(image: Image.Image) -> list[Image.Image]:
+    """The issue's made copies: resized 0.5x and 2x, JPEG quality 30 and 95, a 10% crop, a mirror image."""
+
+    def jpeg(img: Image.Image, quality: int) -> Image.Image:
+        buffer = io.BytesIO()
+        img.save(buffer, format="JPEG", quality=quality)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+    w, h = image.size
+    return [
+        image.resize((w // 2, h // 2)),
+        image.resize((w * 2, h * 2)),
+        jpeg(image, 30),
+        jpeg(image, 95),
+        image.crop((w // 20, h // 20, w - w // 20, h - h // 20)),
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+    ]
+
+
+@pytest.mark.slow
+def test_planted_copies_are_found_and_unrelated_images_are_not() -> None:
+    from imgclf.models.efficientnet_lite import LiteFeatures
+
+    originals = [varied_photo(seed) for seed in range(24)]
+    copies = made_copies(originals[0]) + made_copies(originals[1])[:3]
+    images = originals + copies
+    expected = {(0, 24 + i) for i in range(6)} | {(1, 30 + i) for i in range(3)}
+    expected |= {(a, b) for a in range(24, 30) for b in range(a + 1, 30)} | {(30, 31), (30, 32), (31, 32)}
+    batch = torch.stack(
+        [torch.from_numpy(np.asarray(im.convert("RGB").resize((160, 160)))).permute(2, 0, 1) for im in images]
+    )
+    net = LiteFeatures("lite0", pretrained=True).eval()
+    with torch.no_grad():
+        flips = batch.flip(-1)
+        views = [net((b.float() / 255 - 0.5) / 0.5) for b in (batch, flips)]
+    embeddings = (views[0] + views[1]) / 2  # as the audit does with tta=flip
+    compose_cfg("transfer")  # the default threshold, as configured
+    threshold = compose_cfg("transfer").audit.duplicate_threshold
+    found = {(p.a, p.b) for p in duplicates(embeddings, [None] * len(images), threshold)}
+    assert expected <= found  # every copy of the same photo
+    assert not {(a, b) for a, b in found if a < 24 and b < 24}  # no two different photos
+
+
+def test_identical_files_are_duplicates_whatever_their_embeddings() -> None:
+    embeddings = torch.eye(4)
+    pairs = duplicates(embeddings, ["x", "y", "x", None], threshold=0.99)
+    assert [(p.a, p.b, p.identical) for p in pairs] == [(0, 2, True)]
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("audit.folds=1", "audit.folds"),
+        ("audit.duplicate_threshold=1.5", "audit.duplicate_threshold"),
+        ("audit.rank_by=loss", "audit.rank_by"),
+        ("audit.include_test=maybe", "audit.include_test"),
+        ("audit.gallery_rows=0", "audit.gallery_rows"),
+    ],
+)
+def test_bad_audit_options_are_refused_naming_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        check_config(compose_cfg("transfer", ["experiment=x", "dataset.root=/tmp", override]))
+
+
+def test_help_and_version_answer_without_torch() -> None:
+    probe = (
+        "import sys\nsys.argv = ['imgclf-audit', '{flag}']\nfrom imgclf.cli.audit import main\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'hydra') if m in sys.modules), 'CODE', code)"
+    )
+    for flag, expected in (("--help", "usage: imgclf-audit"), ("--version", "imgclf-audit (imgclf ")):
+        out = subprocess.run([sys.executable, "-c", probe.format(flag=flag)], capture_output=True, text=True).stdout
+        assert expected in out and "HEAVY [] CODE 0" in out, out[-500:]
+
+
+def plant_flips(root: Path, moves: list[tuple[str, str, str]]) -> list[str]:
+    """Move train/<from>/<name> into train/<to>/; the moved files' paths relative to ``root``."""
+    moved = []
+    for name, source, target in moves:
+        (root / "train" / source / name).rename(root / "train" / target / f"moved-{name}")
+        moved.append(f"train/{target}/moved-{name}")
+    return moved
+
+
+@pytest.mark.slow
+def test_the_audit_writes_its_folder_and_leaves_the_checkpoints_alone(tmp_path: Path) -> None:
+    from imgclf.experiment.folder import ExperimentDir
+    from imgclf.tasks.audit_task import audit
+
+    root = make_folder(tmp_path / "data", {"train": 30, "val": 6, "test": 3}, shape=(32, 32))
+    moved = plant_flips(root, [("train_004.jpg", "circle", "stripes"), ("train_007.png", "square", "circle")])
+    (root / "train" / "square" / "copy.png").write_bytes((root / "train" / "square" / "train_010.jpg").read_bytes())
+    overrides = [o for o in tiny_overrides(tmp_path, root) if not o.startswith(("dataset=", "dataset.resize"))]
+    cfg = compose_cfg("transfer", [*overrides, "model=lite0", "dataset.image_size=32", "epochs=20", "tta=none"])
+    exp = tmp_path / "experiments" / "tiny"
+    exp.mkdir(parents=True)
+    (exp / "best.pt").write_bytes(b"a trained model")
+    with ExperimentDir(exp, tmp_path / "runs").lock():  # a run of the experiment holds it: refused, nothing written
+        with pytest.raises(Exception, match="lock|busy|running"):
+            audit(cfg.copy())
+    assert not (exp / "audit").exists()
+    counts = audit(cfg)
+    assert (exp / "best.pt").read_bytes() == b"a trained model"
+    issues = read_csv(exp / "audit" / "label_issues.csv")
+    assert list(issues[0]) == ["path", "split", "given", "suggested", "score"]
+    assert {row["path"] for row in issues[:2]} == set(moved)
+    assert counts["images"] == 3 * 36 + 1
+    pairs = read_csv(exp / "audit" / "duplicates.csv")
+    assert list(pairs[0]) == ["path_a", "path_b", "similarity", "splits"]
+    assert {pairs[0]["path_a"], pairs[0]["path_b"]} == {"train/square/copy.png", "train/square/train_010.jpg"}
+    assert list(read_csv(exp / "audit" / "outliers.csv")[0]) if counts["outliers"] else True
+    summary = (exp / "audit" / "summary.md").read_text()
+    assert "dataset.exclude=" in summary and "estimated wrong" in summary
+    assert (exp / "audit" / "label_issues-1.png").is_file()
