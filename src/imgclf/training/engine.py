@@ -105,6 +105,18 @@ class EpochLog(Protocol):
     def new_best(self, epoch: int, outputs: Outputs) -> None: ...
 
 
+@dataclass(frozen=True)
+class Stage:
+    """What :func:`fit` trains: ``module`` on these loaders, for the epochs up to ``until`` (None: all);
+    ``followers`` are told the epoch before it starts (e.g. a model that unfreezes its backbone at an epoch)."""
+
+    module: nn.Module
+    train: TrainLoader
+    val: Iterable[Batch]
+    followers: Sequence[EpochFollower] = ()
+    until: int | None = None
+
+
 class Totals:
     """Running loss and accuracy sums kept on the device."""
 
@@ -223,15 +235,16 @@ def train_one_epoch(
     desc: str = "train",
     group: Distributed = SINGLE,
 ) -> dict[str, float]:
-    """Train over ``loader`` once (or until ``should_stop()``); ``totals`` is updated in place.
+    """Train over ``loader`` once (or until ``should_stop()``, asked at each optimizer step); ``totals`` is updated
+    in place.
 
     A batch whose loss is NaN or infinite is skipped (no backward pass, counted in
     ``train/skipped_steps``); ``options.max_nonfinite`` of them in a row raise :class:`Diverged`,
     before anything non-finite reaches the weights. Checking costs one host read of the loss per batch.
 
     With several ranks (``group``; ``model`` wrapped in DistributedDataParallel), each batch is this rank's
-    slice of the global batch: the ranks agree once per step on the global batch size (each rank's loss is
-    weighted by its share, so the averaged gradient is the global batch's), on skipping the step when any
+    slice of the global batch: the ranks agree once per batch on the global batch size (each rank's loss is
+    weighted by its share, so the averaged gradient is the global batch's), on skipping the batch when any
     rank's loss is not finite, and on stopping. The returned means are over every rank.
 
     Returns:
@@ -241,59 +254,106 @@ def train_one_epoch(
     seen_before = totals.seen
     batches = len(loader)  # type: ignore[arg-type]
     bar = _Progress(batches, totals.steps, desc, options.progress)
-    accumulate, scaler = options.accumulate, extras.scaler
+    nonfinite = _NonFinite(options.max_nonfinite, batches, optimizer)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    bad_in_row = 0
     start = time.perf_counter()
-    stopping = False
     for images, labels in loader:
-        if not len(labels) and not group.active:  # every sample failed to load and was dropped
-            totals.steps += 1  # (dataset.bad_files=skip): nothing to learn, but a batch of the epoch, so that a
-            bar.update(totals, seen_before)  # run resumed mid-epoch starts after it
-            continue
-        images = to_device(images, device, options.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        if extras.batch_mix is not None:
-            images, labels = extras.batch_mix(images.float() / 255 if images.dtype == torch.uint8 else images, labels)
-        with autocast(device, options.amp):
-            logits = model(images)
-            loss = loss_fn(logits, labels) if len(labels) else logits.sum() * 0  # an empty slice still steps
-        finite = bool(torch.isfinite(loss.detach()))  # the one per-step host read
-        share = 1.0
-        if group.active:  # the one per-step collective
-            total, finite, stop_now = group.agree(len(labels), finite, should_stop(), device)
-            share, stopping = len(labels) * group.world_size / max(total, 1), stopping or stop_now
-        if finite:
-            scaled = loss * share / accumulate
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            if len(labels):
-                totals.add(loss, logits, labels)
-            else:
-                totals.steps += 1
-            bad_in_row = 0
-        else:
-            totals.skip()
-            bad_in_row += 1
-            if bad_in_row >= options.max_nonfinite:
-                raise Diverged(
-                    f"the loss was {float(loss.detach())} for {bad_in_row} batches in a row (batch {totals.steps} "
-                    f"of {batches}, lr {optimizer.param_groups[0]['lr']:.3g})"
-                )
+        ends_step = (totals.steps + 1) % options.accumulate == 0 or totals.steps + 1 >= batches
+        if len(labels) or group.active:  # an empty slice still steps with the other ranks
+            stop = _learn(
+                model,
+                images,
+                labels,
+                loss_fn,
+                options,
+                extras,
+                totals,
+                nonfinite,
+                group,
+                device,
+                stop=ends_step and should_stop(),  # asked once per optimizer step
+            )
+        else:  # every sample failed to load (dataset.bad_files=skip): nothing to learn, but a batch of the
+            totals.steps += 1  # epoch, so that a run resumed mid-epoch starts after it
+            ends_step = stop = False
         bar.update(totals, seen_before)
-        if totals.steps % accumulate and totals.steps < batches:
+        if not ends_step:
             continue  # keep accumulating; a stop waits for the step, so no gradient is lost
-        _update(model, optimizer, scaler, options.clip_grad_norm)
+        _update(model, optimizer, extras.scaler, options.clip_grad_norm)
         if extras.ema is not None:
             extras.ema.update_parameters(model)
         if scheduler is not None:
             scheduler.after_step()
-        if stopping if group.active else should_stop():
+        if stop:
             break
-    everyone = totals.reduced(group)
-    loss_mean, acc = everyone.means()
-    seconds = time.perf_counter() - start
     bar.close()
+    return _epoch_metrics(totals, seen_before, time.perf_counter() - start, group, device)
+
+
+class _NonFinite:
+    """Counts batches in a row whose loss was NaN or infinite, and raises :class:`Diverged` at the limit."""
+
+    def __init__(self, limit: int, batches: int, optimizer: torch.optim.Optimizer) -> None:
+        self.limit, self.batches, self.optimizer, self.in_row = limit, batches, optimizer, 0
+
+    def finite(self) -> None:
+        self.in_row = 0
+
+    def skipped(self, loss: torch.Tensor, totals: Totals) -> None:
+        totals.skip()
+        self.in_row += 1
+        if self.in_row >= self.limit:
+            raise Diverged(
+                f"the loss was {float(loss.detach())} for {self.in_row} batches in a row (batch {totals.steps} "
+                f"of {self.batches}, lr {self.optimizer.param_groups[0]['lr']:.3g})"
+            )
+
+
+def _learn(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    loss_fn: nn.Module,
+    options: TrainOptions,
+    extras: StepExtras,
+    totals: Totals,
+    nonfinite: _NonFinite,
+    group: Distributed,
+    device: torch.device,
+    *,
+    stop: bool,
+) -> bool:
+    """Forward and backward of one batch (skipped when a rank's loss is not finite); True when this rank
+    (``stop``) or another asked to stop."""
+    images = to_device(images, device, options.channels_last)
+    labels = labels.to(device, non_blocking=True)
+    if extras.batch_mix is not None:
+        images, labels = extras.batch_mix(images.float() / 255 if images.dtype == torch.uint8 else images, labels)
+    with autocast(device, options.amp):
+        logits = model(images)
+        loss = loss_fn(logits, labels) if len(labels) else logits.sum() * 0  # an empty slice still steps
+    finite = bool(torch.isfinite(loss.detach()))  # the one per-step host read
+    total, finite, stop = group.agree(len(labels), finite, stop, device)  # the one per-step collective
+    if not finite:
+        nonfinite.skipped(loss, totals)
+        return stop
+    share = len(labels) * group.world_size / max(total, 1)  # 1.0 in one process
+    scaled = loss * share / options.accumulate
+    (extras.scaler.scale(scaled) if extras.scaler is not None else scaled).backward()
+    if len(labels):
+        totals.add(loss, logits, labels)
+    else:
+        totals.steps += 1
+    nonfinite.finite()
+    return stop
+
+
+def _epoch_metrics(
+    totals: Totals, seen_before: int, seconds: float, group: Distributed, device: torch.device
+) -> dict[str, float]:
+    """The epoch's means over every rank, and the images per second of this call."""
+    loss_mean, acc = totals.reduced(group).means()
     seen = totals.seen - seen_before  # this rank's images of this call; with ranks, every rank's together
     if group.active:  # on the device: NCCL reduces no CPU tensor
         seen = int(group.sum(torch.tensor(float(seen), device=device)).item())
@@ -327,9 +387,7 @@ def _log_epoch(epoch: int, epochs: int, metrics: dict[str, float], improved: boo
 
 
 def fit(
-    model: nn.Module,
-    train_loader: TrainLoader,
-    val_loader: Iterable[Batch],
+    stage: Stage,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Scheduler,
@@ -341,18 +399,15 @@ def fit(
     checkpoints: Checkpoints,
     log: EpochLog,
     extras: StepExtras = StepExtras(),
-    followers: Sequence[EpochFollower] = (),
     should_stop: Callable[[], bool] = lambda: False,
-    until: int | None = None,
     after_epoch: Callable[[int, dict[str, float]], bool] | None = None,
     group: Distributed = SINGLE,
 ) -> TrainState:
     """Train from ``state`` to ``options.epochs``, validating, logging and checkpointing every epoch.
 
     Args:
-        followers: told the epoch before it starts (e.g. a model that unfreezes its backbone at an epoch).
-        until: stop after this epoch instead (one stage of a run: its epochs are still shown out of
-            ``options.epochs``).
+        stage: the module and loaders; with ``stage.until``, training stops after that epoch instead (one
+            stage of a run: its epochs are still shown out of ``options.epochs``).
         after_epoch: called with the epoch number and its metrics after validation, before they are logged
             (it may add its own entries, which are logged with them); True stops training after this epoch
             like early stopping. An Optuna trial reports to its study here and stops when pruned. With several
@@ -364,13 +419,14 @@ def fit(
         Interrupted: ``should_stop()`` turned true; ``last.pt`` was written first.
         Diverged: the loss stayed non-finite (see :func:`train_one_epoch`).
     """
+    model, train_loader = stage.module, stage.train
     evaluated = extras.ema.module if extras.ema is not None else model  # with EMA, the averaged weights are kept
     epochs = options.epochs
-    for epoch in range(state.epoch, epochs if until is None else min(until, epochs)):
+    for epoch in range(state.epoch, epochs if stage.until is None else min(stage.until, epochs)):
         if state.stopped_early:
             break
         train_loader.set_epoch(epoch, state.step)
-        for follower in followers:
+        for follower in stage.followers:
             follower.set_epoch(epoch)
         totals = Totals.resumed(device, state.partial, group)
         lr = scheduler.lr()
@@ -393,13 +449,13 @@ def fit(
         except Diverged as exc:
             raise Diverged(f"epoch {epoch + 1}: {exc}") from None
         metrics.update(getattr(train_loader, "drop_metrics", dict)())  # samples that failed to load, if any
-        if group.agree(0, True, should_stop(), device)[2] if group.active else should_stop():
+        if group.agree(0, True, should_stop(), device)[2]:  # every rank stops with the one that was asked
             state.step, state.partial = totals.steps, totals.reduced(group).state()
             checkpoints.save(state, best=False)
             raise Interrupted(f"stopped in epoch {epoch + 1} after {totals.steps} batches")
         val_metrics, outputs = validate(
             evaluated,
-            val_loader,
+            stage.val,
             loss_fn,
             device=device,
             num_classes=num_classes,
@@ -408,7 +464,7 @@ def fit(
             group=group,
         )
         metrics.update(val_metrics)
-        metrics.update(getattr(val_loader, "drop_metrics", dict)())
+        metrics.update(getattr(stage.val, "drop_metrics", dict)())
         metrics.update({"lr": lr, "epoch_seconds": time.perf_counter() - start})
         scheduler.after_epoch(metrics[options.monitor])
         improved = state.end_epoch(epoch + 1, metrics[options.monitor], options.mode, options.min_delta)
