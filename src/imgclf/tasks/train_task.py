@@ -6,7 +6,8 @@ import logging
 import os
 import random
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +15,19 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from imgclf.data.prepare import digests_by_path
-from imgclf.data.splits_file import write_splits
 from imgclf.errors import ConfigError
-from imgclf.experiment.checkpoint import file_stamp, load_checkpoint, set_rng_states
+from imgclf.experiment.checkpoint import set_rng_states
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.resume import check_classes, check_resumable, is_finished
-from imgclf.experiment.run_log import BestFigures, RunLog
-from imgclf.experiment.writer import CheckpointWriter
 from imgclf.models.classifier import Classifier
 from imgclf.runtime import resolve_device, tune_malloc
-from imgclf.tasks import build, inputs, preprocess, ranks, sweep
-from imgclf.tasks.calibration import calibrate, load_weights
+from imgclf.tasks import build, inputs, preprocess, rank_writes, ranks, sweep
 from imgclf.tasks.config_check import check_config, expand_user_paths
 from imgclf.tasks.failures import training_error
 from imgclf.tasks.folders import check_same_data, experiment_dir, in_sweep, report_finished
-from imgclf.tasks.hparams import hparam_metrics, hparams
 from imgclf.training import distributed
 from imgclf.training.distributed import Distributed
-from imgclf.training.engine import fit
+from imgclf.training.engine import Checkpoints, Stage, StepExtras, fit
 from imgclf.training.signals import StopOnSignal
 from imgclf.training.state import Diverged, Interrupted, TrainState
 
@@ -68,129 +63,25 @@ def train(cfg: DictConfig, *, stop_signal: StopSignal = StopOnSignal) -> float |
 def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> float | None:
     sweep.prepare_job(cfg)  # a parallel sweep job: its share of the CPU threads, its own GPU
     group, device = start(cfg)
-    after_epoch = sweep.trial_hook(cfg) if group.is_main else None  # an Optuna trial reports each epoch (rank 0)
-    source = build.source(cfg)
-    inputs.check_trainable(source)
-    classes = source.class_names()  # lists folders only: config errors surface before any decoding
-    inputs.fill_num_classes(cfg, classes, source.root)
-    native = build.native_size(cfg)  # a bad model target fails here, before any file is read
-    scanned = source.scan()  # once: the sizes below and the splits (unless resuming) come from it
-    size = choose_image_size(cfg, native, inputs.train_sizes(cfg, scanned))
+    writes = rank_writes.for_rank(cfg, exp, group)  # rank 0 writes the experiment; the other ranks nothing
+    data = plan_data(cfg)
     net = build.network(cfg)  # initialises the weights: the first draw from the seeded RNG
-    net = build.placed(cfg, net, size.image_size, device)
+    net = build.placed(cfg, net, data.size.image_size, device)
     optimizer, scheduler = build.optimizer_and_scheduler(cfg, net)
-    loss_fn = build.loss(cfg, device)
-    with exp.lock() if group.is_main else nullcontext():  # rank 0 alone writes the experiment folder
-        payload = group.broadcast_checkpoint(
-            exp.resume_payload(str(cfg.resume), overwrite=cfg.overwrite) if group.is_main else None
-        )
+    loss_fn = build.loss(cfg, device)  # a bad loss target fails here, before any file is decoded
+    with writes.lock():
+        payload = group.broadcast_checkpoint(writes.resume_payload())
         if payload is not None:  # a run on other data is neither done nor continued here (J3)
-            check_same_data(cfg, exp, payload, classes)
-        if payload is not None and is_finished(payload, cfg.epochs):
-            return report_finished(cfg, exp, payload)
-        if payload is not None:
-            check_classes(payload, classes)
+            check_same_data(cfg, exp, payload, data.classes)
+            if is_finished(payload, cfg.epochs):
+                return report_finished(cfg, exp, payload)
+            check_classes(payload, data.classes)
         ranks.check_world_size(payload, group)
-        with group.main_first():  # the decoded-image cache: built once per machine, then read by the other ranks
-            splits, loaded = inputs.prepare(
-                cfg, exp, source, classes, size, scanned=scanned, resuming=payload is not None, writer=group.is_main
-            )
-        prep = preprocess.resolve(
-            size,
-            cfg.dataset.normalize,
-            cfg.dataset.mean,
-            cfg.dataset.std,
-            expected=preprocess.model_stats(net),
-            measure=lambda: inputs.train_stats(cfg, loaded["train"], size),
+        run = prepare_run(
+            cfg, exp, data, net, Optimization(optimizer, scheduler, loss_fn), payload, writes, group, device
         )
-        record_preprocessing(cfg, prep)
-        model = Classifier(net, prep.mean, prep.std).to(device)
-        loss_weights, sample_weights = inputs.balance(cfg, loaded["train"], len(classes))
-        if loss_weights is not None:
-            loss_fn = build.loss(cfg, device, loss_weights)
-        extras = build.step_extras(cfg, model, device, payload)
-        state = (
-            TrainState() if payload is None else restore(cfg, payload, classes, model, optimizer, scheduler, extras.ema)
-        )
-        if group.is_main:
-            record_start(cfg, exp, splits, loaded, state, payload)
-        train_loader, val_loader = inputs.train_loaders(cfg, loaded, prep, device, sample_weights, group)
-        val_images = val_loader.dataset
-        stages = inputs.stages(
-            cfg,
-            model,
-            train_loader,
-            val_loader,
-            device,
-            sample_weights,
-            extras.batch_mix is not None,
-            train_split=loaded["train"],
-            prep=prep,
-            start_epoch=state.epoch,
-            group=group,
-        )
-        meta = {**checkpoint_meta(cfg, source.display_names(), classes, model, prep), "world_size": group.world_size}
-        writer = (
-            CheckpointWriter(exp, model, optimizer, scheduler, meta, extras.scaler, extras.ema)
-            if group.is_main
-            else ranks.Silent()
-        )
-        run_log = (
-            open_run_log(cfg, exp, state, classes, val_images, meta["num_parameters"], group)
-            if group.is_main
-            else ranks.Silent()
-        )
-        if payload is not None:
-            set_rng_states(payload["rng"])  # last, so nothing above consumes the restored streams
-        ranks.seed_apart(cfg.seed, group, state)
-        counts = ", ".join(f"{name} {n}" for name, n in splits.counts().items())
-        shown = ", ".join(classes[:10]) + (f" and {len(classes) - 10} more" if len(classes) > 10 else "")
-        log.info(
-            "training %s: %s images; %d classes (%s); %s on %s -> %s",
-            cfg.experiment,
-            counts,
-            len(classes),
-            shown,
-            type(net).__name__,
-            device,
-            exp.path,
-        )
-        with stop_signal() as stop:
-            try:
-                for stage in stages:
-                    # checkpoints always hold the plain module's weights
-                    trained = ranks.wrapped(stage.module, group, device, cfg.trainer.sync_bn)
-                    trained = torch.compile(trained) if cfg.trainer.compile else trained
-                    state = fit(
-                        trained,
-                        stage.train,
-                        stage.val,
-                        loss_fn,
-                        optimizer,
-                        scheduler,
-                        build.train_options(cfg),
-                        device=device,
-                        num_classes=len(classes),
-                        state=state,
-                        checkpoints=writer,
-                        log=run_log,
-                        extras=extras,
-                        followers=stage.followers,
-                        should_stop=stop,
-                        until=stage.until,
-                        after_epoch=after_epoch,
-                        group=group,
-                    )
-            except Interrupted as exc:
-                if group.is_main:
-                    log.warning("%s; wrote %s. Run the same command again to resume.", exc, exp.last)
-                raise Interrupted(str(exc), exit_code=stop.exit_code) from None
-            except (Diverged, torch.OutOfMemoryError, RuntimeError) as exc:
-                raise training_error(cfg, exc, device, exp) from None
-            finally:
-                run_log.close()
-        if cfg.calibrate and group.is_main and exp.best.exists():
-            calibrate_best(cfg, exp, model, device)
+        state = train_stages(cfg, exp, run, writes, stop_signal, group, device)
+        writes.calibrate(run.model, device)
     log.info(
         "best %s = %.4f at epoch %d; checkpoints in %s",
         cfg.monitor,
@@ -199,6 +90,166 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
         exp.path,
     )
     return state.best
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """What the folder holds, read before the network is built: the source, its classes, the files found and the
+    image size chosen from them."""
+
+    source: Any
+    classes: list[str]
+    scanned: Any
+    size: preprocess.SizeChoice
+
+
+def plan_data(cfg: DictConfig) -> DataPlan:
+    """List the folder (no image decoded yet) and choose the input size; config errors surface here first."""
+    source = build.source(cfg)
+    inputs.check_trainable(source)
+    classes = source.class_names()  # lists folders only: config errors surface before any decoding
+    inputs.fill_num_classes(cfg, classes, source.root)
+    native = build.native_size(cfg)  # a bad model target fails here, before any file is read
+    scanned = source.scan()  # once: the sizes below and the splits (unless resuming) come from it
+    size = choose_image_size(cfg, native, inputs.train_sizes(cfg, scanned))
+    return DataPlan(source, classes, scanned, size)
+
+
+@dataclass(frozen=True)
+class Optimization:
+    """What turns a loss into new weights: the optimizer, its learning-rate schedule and the loss."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss_fn: torch.nn.Module
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run ready to train: the model, its stages and state, and where its epochs are written."""
+
+    model: Classifier
+    stages: list[Stage]
+    state: TrainState
+    optimization: Optimization
+    extras: StepExtras
+    checkpoints: Checkpoints
+    run_log: Any  # RunLog, or a stand-in on other ranks
+    num_classes: int
+
+
+def prepare_run(
+    cfg: DictConfig,
+    exp: ExperimentDir,
+    data: DataPlan,
+    net: torch.nn.Module,
+    optimization: Optimization,
+    payload: dict[str, Any] | None,
+    writes: rank_writes.MainWrites | rank_writes.OtherRankWrites,
+    group: Distributed,
+    device: torch.device,
+) -> Run:
+    """Decode the splits, fix the preprocessing, restore a resumed run's state, record the start and build the
+    loaders, stages, checkpoint writer and run log; the RNG streams are restored (or seeded apart) last."""
+    source, classes = data.source, data.classes
+    with group.main_first():  # the decoded-image cache: built once per machine, then read by the other ranks
+        splits, loaded = inputs.prepare(
+            cfg, exp, source, classes, data.size, scanned=data.scanned, resuming=payload is not None, writer=writes.main
+        )
+    prep = preprocess.resolve(
+        data.size,
+        cfg.dataset.normalize,
+        cfg.dataset.mean,
+        cfg.dataset.std,
+        expected=preprocess.model_stats(net),
+        measure=lambda: inputs.train_stats(cfg, loaded["train"], data.size),
+    )
+    record_preprocessing(cfg, prep)
+    model = Classifier(net, prep.mean, prep.std).to(device)
+    loss_weights, sample_weights = inputs.balance(cfg, loaded["train"], len(classes))
+    if loss_weights is not None:
+        optimization = replace(optimization, loss_fn=build.loss(cfg, device, loss_weights))
+    optimizer, scheduler = optimization.optimizer, optimization.scheduler
+    extras = build.step_extras(cfg, model, device, payload)
+    state = TrainState() if payload is None else restore(cfg, payload, classes, model, optimizer, scheduler, extras.ema)
+    writes.record_start(splits, loaded, state, payload)
+    train_loader, val_loader = inputs.train_loaders(cfg, loaded, prep, device, sample_weights, group)
+    stages = inputs.stages(
+        cfg,
+        model,
+        train_loader,
+        val_loader,
+        device,
+        sample_weights,
+        extras.batch_mix is not None,
+        train_split=loaded["train"],
+        prep=prep,
+        start_epoch=state.epoch,
+        group=group,
+    )
+    meta = {**checkpoint_meta(cfg, source.display_names(), classes, model, prep), "world_size": group.world_size}
+    checkpoints = writes.checkpoints(model, optimizer, scheduler, meta, extras)
+    run_log = writes.run_log(state, classes, val_loader.dataset, meta["num_parameters"], group)
+    if payload is not None:
+        set_rng_states(payload["rng"])  # last, so nothing above consumes the restored streams
+    ranks.seed_apart(cfg.seed, group, state)
+    counts = ", ".join(f"{name} {n}" for name, n in splits.counts().items())
+    shown = ", ".join(classes[:10]) + (f" and {len(classes) - 10} more" if len(classes) > 10 else "")
+    log.info(
+        "training %s: %s images; %d classes (%s); %s on %s -> %s",
+        cfg.experiment,
+        counts,
+        len(classes),
+        shown,
+        type(net).__name__,
+        device,
+        exp.path,
+    )
+    return Run(model, stages, state, optimization, extras, checkpoints, run_log, len(classes))
+
+
+def train_stages(
+    cfg: DictConfig,
+    exp: ExperimentDir,
+    run: Run,
+    writes: rank_writes.MainWrites | rank_writes.OtherRankWrites,
+    stop_signal: StopSignal,
+    group: Distributed,
+    device: torch.device,
+) -> TrainState:
+    """Train each stage in turn (the head on cached features, then the whole network); a stop on request
+    writes ``last.pt`` and says how to resume, a failure is explained."""
+    state, opt = run.state, run.optimization
+    with stop_signal() as stop:
+        try:
+            for stage in run.stages:
+                # checkpoints always hold the plain module's weights
+                trained = ranks.wrapped(stage.module, group, device, cfg.trainer.sync_bn)
+                trained = torch.compile(trained) if cfg.trainer.compile else trained
+                state = fit(
+                    replace(stage, module=trained),
+                    opt.loss_fn,
+                    opt.optimizer,
+                    opt.scheduler,
+                    build.train_options(cfg),
+                    device=device,
+                    num_classes=run.num_classes,
+                    state=state,
+                    checkpoints=run.checkpoints,
+                    log=run.run_log,
+                    extras=run.extras,
+                    should_stop=stop,
+                    after_epoch=writes.after_epoch,
+                    group=group,
+                )
+        except Interrupted as exc:
+            writes.interrupted(exc)
+            raise Interrupted(str(exc), exit_code=stop.exit_code) from None
+        except (Diverged, torch.OutOfMemoryError, RuntimeError) as exc:
+            raise training_error(cfg, exc, device, exp) from None
+        finally:
+            run.run_log.close()
+    return state
 
 
 def choose_image_size(cfg: DictConfig, native: int | None, sizes: list[Any]) -> preprocess.SizeChoice:
@@ -249,51 +300,6 @@ def start(cfg: DictConfig) -> tuple[Distributed, torch.device]:
         )
     seed_everything(cfg.seed, cfg.deterministic)
     return group, device
-
-
-def record_start(
-    cfg: DictConfig, exp: ExperimentDir, splits: Any, loaded: Any, state: TrainState, payload: dict[str, Any] | None
-) -> None:
-    """Rank 0: clear what overwrite=true replaces (only now, after every check), and record the splits and the
-    config this start runs with."""
-    if cfg.overwrite and payload is None:
-        exp.clear()  # only now: the new run's config, model and data have all been checked
-    if payload is None or not exp.splits.exists():  # a resumed run keeps the hashes first recorded, so a file
-        write_splits(splits, exp.splits, digests_by_path(loaded))  # that changed stays left out (bad_files=skip)
-    OmegaConf.save(cfg, exp.config, resolve=True)  # the latest; config_history/ keeps each start's
-    exp.record_config(
-        OmegaConf.to_container(cfg, resolve=True),
-        state.epoch,
-        state.step,  # type: ignore[arg-type]
-        payload["config"] if payload is not None else None,
-    )
-
-
-def open_run_log(
-    cfg: DictConfig,
-    exp: ExperimentDir,
-    state: TrainState,
-    classes: list[str],
-    val_images: Any,
-    num_parameters: int,
-    group: Distributed,
-) -> RunLog:
-    """metrics.jsonl and TensorBoard (continuing after ``state.epoch``), with the HParams entry of the run."""
-    figures = BestFigures(classes, lambda i: inputs.picture(val_images, i), cfg.report.mistakes)
-    run_log = RunLog(
-        exp.metrics,
-        exp.tensorboard_dir,
-        start_epoch=state.epoch,
-        figures=figures if cfg.report.figures else None,
-        constants={
-            "world_size": group.world_size,  # a distributed run says so in every line
-            "global_batch_size": cfg.loader.batch_size * group.world_size,
-        }
-        if group.active
-        else None,
-    )
-    run_log.hparams(hparams(cfg, num_parameters), hparam_metrics(cfg))
-    return run_log
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -361,11 +367,3 @@ def checkpoint_meta(
         "epochs": cfg.epochs,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-
-
-def calibrate_best(cfg: DictConfig, exp: ExperimentDir, model: Classifier, device: torch.device) -> None:
-    """``calibrate=true``: fit a temperature for ``best.pt`` on val and store it there (under the run's lock)."""
-    stamp = file_stamp(exp.best)
-    best = load_checkpoint(exp.best)
-    load_weights(model, best, exp.best)
-    calibrate(cfg, exp, exp.best, best, model, device, stamp)

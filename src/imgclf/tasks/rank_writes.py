@@ -1,0 +1,137 @@
+"""What a training process writes, decided once: rank 0 (or a single process) writes the experiment folder
+under its lock, the run log and a sweep trial's reports; every other rank writes nothing and gets stand-ins."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from imgclf.data.prepare import digests_by_path
+from imgclf.data.splits_file import write_splits
+from imgclf.experiment.checkpoint import file_stamp, load_checkpoint
+from imgclf.experiment.folder import ExperimentDir
+from imgclf.experiment.run_log import BestFigures, RunLog
+from imgclf.experiment.writer import CheckpointWriter
+from imgclf.models.classifier import Classifier
+from imgclf.tasks import inputs, ranks, sweep
+from imgclf.tasks.calibration import calibrate, load_weights
+from imgclf.tasks.hparams import hparam_metrics, hparams
+from imgclf.training.distributed import Distributed
+from imgclf.training.engine import Checkpoints, StepExtras
+from imgclf.training.state import Interrupted, TrainState
+
+log = logging.getLogger(__name__)
+
+AfterEpoch = Any  # sweep.trial_hook's reporter: called with (epoch, metrics), True to stop
+
+
+class MainWrites:
+    """Rank 0, or a single process: everything the run writes."""
+
+    main = True
+
+    def __init__(self, cfg: DictConfig, exp: ExperimentDir) -> None:
+        self.cfg, self.exp = cfg, exp
+        self.after_epoch: AfterEpoch | None = sweep.trial_hook(cfg)  # an Optuna trial reports each epoch
+
+    def lock(self) -> AbstractContextManager[Any]:
+        return self.exp.lock()
+
+    def resume_payload(self) -> dict[str, Any] | None:
+        return self.exp.resume_payload(str(self.cfg.resume), overwrite=self.cfg.overwrite)
+
+    def record_start(self, splits: Any, loaded: Any, state: TrainState, payload: dict[str, Any] | None) -> None:
+        """Clear what overwrite=true replaces (only now, after every check), and record the splits and the config
+        this start runs with."""
+        cfg, exp = self.cfg, self.exp
+        if cfg.overwrite and payload is None:
+            exp.clear()  # only now: the new run's config, model and data have all been checked
+        if payload is None or not exp.splits.exists():  # a resumed run keeps the hashes first recorded, so a file
+            write_splits(splits, exp.splits, digests_by_path(loaded))  # that changed stays left out (bad_files=skip)
+        OmegaConf.save(cfg, exp.config, resolve=True)  # the latest; config_history/ keeps each start's
+        exp.record_config(
+            OmegaConf.to_container(cfg, resolve=True),
+            state.epoch,
+            state.step,  # type: ignore[arg-type]
+            payload["config"] if payload is not None else None,
+        )
+
+    def checkpoints(
+        self,
+        model: Classifier,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        meta: dict[str, Any],
+        extras: StepExtras,
+    ) -> Checkpoints:
+        return CheckpointWriter(self.exp, model, optimizer, scheduler, meta, extras.scaler, extras.ema)
+
+    def run_log(
+        self, state: TrainState, classes: list[str], val_images: Any, num_parameters: int, group: Distributed
+    ) -> RunLog:
+        """metrics.jsonl and TensorBoard (continuing after ``state.epoch``), with the HParams entry of the run."""
+        cfg = self.cfg
+        figures = BestFigures(classes, lambda i: inputs.picture(val_images, i), cfg.report.mistakes)
+        run_log = RunLog(
+            self.exp.metrics,
+            self.exp.tensorboard_dir,
+            start_epoch=state.epoch,
+            figures=figures if cfg.report.figures else None,
+            constants={
+                "world_size": group.world_size,  # a distributed run says so in every line
+                "global_batch_size": cfg.loader.batch_size * group.world_size,
+            }
+            if group.active
+            else None,
+        )
+        run_log.hparams(hparams(cfg, num_parameters), hparam_metrics(cfg))
+        return run_log
+
+    def interrupted(self, exc: Interrupted) -> None:
+        log.warning("%s; wrote %s. Run the same command again to resume.", exc, self.exp.last)
+
+    def calibrate(self, model: Classifier, device: torch.device) -> None:
+        """``calibrate=true``: fit a temperature for ``best.pt`` on val and store it there (under the run's lock)."""
+        exp = self.exp
+        if not self.cfg.calibrate or not exp.best.exists():
+            return
+        stamp = file_stamp(exp.best)
+        best = load_checkpoint(exp.best)
+        load_weights(model, best, exp.best)
+        calibrate(self.cfg, exp, exp.best, best, model, device, stamp)
+
+
+class OtherRankWrites:
+    """Ranks other than 0 under torchrun: they train in step with rank 0 and write nothing."""
+
+    main = False
+    after_epoch = None  # rank 0 reports a trial's epochs and tells the others whether to stop
+
+    def lock(self) -> AbstractContextManager[Any]:
+        return nullcontext()
+
+    def resume_payload(self) -> dict[str, Any] | None:
+        return None  # rank 0 reads the checkpoint and broadcasts it
+
+    def record_start(self, splits: Any, loaded: Any, state: TrainState, payload: dict[str, Any] | None) -> None:
+        pass
+
+    def checkpoints(self, *args: Any) -> Checkpoints:
+        return ranks.Silent()
+
+    def run_log(self, *args: Any) -> RunLog | ranks.Silent:
+        return ranks.Silent()
+
+    def interrupted(self, exc: Interrupted) -> None:
+        pass
+
+    def calibrate(self, model: Classifier, device: torch.device) -> None:
+        pass
+
+
+def for_rank(cfg: DictConfig, exp: ExperimentDir, group: Distributed) -> MainWrites | OtherRankWrites:
+    return MainWrites(cfg, exp) if group.is_main else OtherRankWrites()
