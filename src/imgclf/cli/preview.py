@@ -1,10 +1,8 @@
-"""imgclf-preview: see what the model is fed, before training on it.
+"""usage: imgclf-preview -cn=<recipe> [key=value ...]
 
-    imgclf-preview -cn=<recipe> [key=value ...]
-
-Builds the data of `python train.py -cn=<recipe> [key=value ...]` (the same splits, image size, cache,
-augmentation and MixUp/CutMix, the same seed) without training, and draws the first training batches as the
-loop receives them into experiments/<experiment>/preview.png (batch 1) and preview_<n>.png (batch n), each image
+See what the model is fed, before training on it. Builds the data of `python train.py -cn=<recipe>
+[key=value ...]` (the same splits, image size, cache, augmentation and MixUp/CutMix, the same seed) without
+training, and draws the first training batches as the loop receives them into experiments/<experiment>/preview.png (batch 1) and preview_<n>.png (batch n), each image
 captioned with its label (a mixed image with its two classes and their shares). Options:
 
     preview.batches=N   batches to draw (default 1)
