@@ -2,8 +2,9 @@
 
 See what the model is fed, before training on it. Builds the data of `python train.py -cn=<recipe>
 [key=value ...]` (the same splits, image size, cache, augmentation and MixUp/CutMix, the same seed) without
-training, and draws the first training batches as the loop receives them into experiments/<experiment>/preview.png (batch 1) and preview_<n>.png (batch n), each image
-captioned with its label (a mixed image with its two classes and their shares). Options:
+training, and draws the first training batches as the loop receives them into
+experiments/<experiment>/preview.png (batch 1) and preview_<n>.png (batch n), each image captioned with its
+label (a mixed image with its two classes and their shares). Options:
 
     preview.batches=N   batches to draw (default 1)
     preview.images=N    at most N images of each batch (default 32)
