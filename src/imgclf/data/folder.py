@@ -99,12 +99,7 @@ class FolderSource:
         if val_from not in ("train", "test"):
             raise DataError(f"dataset.val_from={val_from!r}: expected train or test")
         check_fractions(val_fraction, test_fraction)
-        check_fold_keys(folds, fold)
-        if folds is not None and val_from == "test":
-            raise ConfigError(
-                f"dataset.folds={folds} with dataset.val_from=test: with folds, val is carved from the train folds "
-                "and the test folder is not used; set dataset.val_from=train"
-            )
+        check_fold_keys(folds, fold, val_from)
         self.root = Path(root)
         self.num_classes = num_classes
         self.val_fraction = val_fraction
@@ -230,13 +225,8 @@ class FolderSource:
         else:
             carved, train = _stratified(rest, {"val": self.val_fraction}, random.Random(self.split_seed))
         val_from = "the val folder" if "val" in found else f"val_fraction={self.val_fraction:g} of the other folds"
-        log_fold(self.folds, self.fold, self.split_seed, len(train), len(carved["val"]), len(test), val_from)
-        if "test" in found:
-            log.warning(
-                "dataset.folds=%d: fold %d of the train folder is this run's test split; the test folder's %d images "
-                "are not used (evaluate a model on them with test.py dataset.root=<the test folder> split=all)",
-                *(self.folds, self.fold, len(found["test"])),
-            )
+        sizes = (len(train), len(carved["val"]), len(test), len(found.get("test", [])))
+        log_fold(self.folds, self.fold, self.split_seed, sizes, val_from)
         return {"train": train, "val": carved["val"], "test": test}
 
     def _shortfalls(

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 Sample = tuple[str, int]
 
 
-def check_fold_keys(folds: object, fold: object) -> None:
-    """Refuse ``dataset.folds`` / ``dataset.fold`` values that name no fold of a plan, naming the key."""
+def check_fold_keys(folds: object, fold: object, val_from: str = "train") -> None:
+    """Refuse ``dataset.folds`` / ``dataset.fold`` values that name no fold of a plan, naming the key (and
+    ``dataset.val_from=test``, which would carve val from a test folder that folds leave unused)."""
     if folds is None:
         if fold is not None:
             raise ConfigError(
@@ -38,6 +39,11 @@ def check_fold_keys(folds: object, fold: object) -> None:
     if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
         raise ConfigError(
             f"dataset.fold={fold!r}: expected a whole number from 0 to {folds - 1} (dataset.folds={folds})"
+        )
+    if val_from == "test":
+        raise ConfigError(
+            f"dataset.folds={folds} with dataset.val_from=test: with folds, val is carved from the train folds "
+            "and the test folder is not used; set dataset.val_from=train"
         )
 
 
@@ -91,11 +97,19 @@ def hold_out(
     return plan, rest, held
 
 
-def log_fold(folds: int, fold: int, seed: int, train: int, val: int, test: int, val_from: str) -> None:
+def log_fold(folds: int, fold: int, seed: int, sizes: tuple[int, int, int, int], val_from: str) -> None:
+    """The run's split in one line; ``sizes``: train, val, test, and the test folder's images (not used)."""
+    train, val, test, test_folder = sizes
     log.info(
         "dataset.folds=%d, dataset.fold=%d (split_seed=%d): test %d images (this fold), train %d, val %d (%s)",
         *(folds, fold, seed, test, train, val, val_from),
     )
+    if test_folder:
+        log.warning(
+            "dataset.folds=%d: fold %d of the train folder is this run's test split; the test folder's %d images "
+            "are not used (evaluate a model on them with test.py dataset.root=<the test folder> split=all)",
+            *(folds, fold, test_folder),
+        )
 
 
 def warn_small_classes(samples: list[Sample], folds: int, classes: list[str]) -> None:
