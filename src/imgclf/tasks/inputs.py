@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from imgclf.models.classifier import Classifier
 from imgclf.tasks import build
 from imgclf.tasks.preprocess import SizeChoice, Stats
 from imgclf.training.distributed import SINGLE, Distributed
-from imgclf.training.engine import EpochFollower, TrainLoader
+from imgclf.training.engine import Stage, TrainLoader
 from imgclf.training.features import extract, extract_views, why_not_cacheable
 
 log = logging.getLogger(__name__)
@@ -269,17 +269,6 @@ def picture(dataset: Any, index: int) -> np.ndarray:
     """Sample ``index`` of an image dataset as the (H, W, 3) uint8 array the model saw."""
     index = dataset.served_index(index) if hasattr(dataset, "served_index") else index  # after dropped samples
     return dataset[index][0].permute(1, 2, 0).numpy()
-
-
-@dataclass(frozen=True)
-class Stage:
-    """The epochs up to ``until`` train ``module`` on these loaders; ``followers`` are told every epoch."""
-
-    module: torch.nn.Module
-    train: TrainLoader
-    val: TrainLoader
-    followers: list[EpochFollower]
-    until: int
 
 
 def stages(
