@@ -18,6 +18,8 @@ SCRIPTS = {
     "imgclf-leaderboard": "imgclf.cli.leaderboard",
     "imgclf-serve": "imgclf.cli.serve",
     "imgclf-export": "imgclf.cli.export",
+    "imgclf-audit": "imgclf.cli.audit",
+    "imgclf-preview": "imgclf.cli.preview",
 }
 PROBE = """
 import sys

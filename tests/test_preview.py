@@ -3,13 +3,16 @@ their labels (two classes and their shares after MixUp); the first batch of a ru
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import imgclf.tasks as tasks
@@ -82,6 +85,20 @@ def test_preview_is_the_batch_training_gets(tmp_path: Path, tiny_folder: Path, b
     assert labels.ndim == 2 and not torch.equal(labels.max(1).values, torch.ones(len(labels)))  # mixed
     assert torch.allclose(_normalized(images, shown.mean, shown.std), fed, atol=1e-5)
     assert torch.allclose(labels, given, atol=1e-6)
+    # the run put the same batch into TensorBoard (train_task taps the loop's first batch)
+    assert np.array_equal(
+        _first_batch_in_tensorboard(tmp_path / "run" / "runs"), np.concatenate(displayable(images), 1)
+    )
+
+
+def _first_batch_in_tensorboard(runs: Path) -> np.ndarray:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (folder,) = {p.parent for p in runs.rglob("events.out.tfevents*")}
+    events = EventAccumulator(str(folder), size_guidance={"images": 0})
+    events.Reload()
+    encoded = events.Images("train/first_batch_pixels")[0].encoded_image_string
+    return np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
 
 
 @pytest.mark.slow

@@ -15,5 +15,7 @@ BOOKKEEPING_KEYS = (
     "paths.runs",
     "paths.cache",
     "paths.project_root",
-    "sweep_trial",
-)  # set by the Optuna sweeper: which trial of which study a job is
+    "sweep_trial",  # set by the Optuna sweeper: which trial of which study a job is
+    "preview",  # imgclf-preview's and imgclf-audit's own settings: they change nothing a training run does
+    "audit",
+)

@@ -17,11 +17,13 @@ from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.run_log import BestFigures, RunLog
 from imgclf.experiment.writer import CheckpointWriter
 from imgclf.models.classifier import Classifier
+from imgclf.reporting.batches import first_batch_to_tensorboard
 from imgclf.tasks import inputs, ranks, sweep
 from imgclf.tasks.calibration import calibrate, load_weights
 from imgclf.tasks.hparams import hparam_metrics, hparams
 from imgclf.training.distributed import Distributed
-from imgclf.training.engine import Checkpoints, StepExtras
+from imgclf.training.engine import Checkpoints, StepExtras, TrainLoader
+from imgclf.training.first_batch import tap_first_batch
 from imgclf.training.state import Interrupted, TrainState
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ class MainWrites:
     def __init__(self, cfg: DictConfig, exp: ExperimentDir) -> None:
         self.cfg, self.exp = cfg, exp
         self.after_epoch: AfterEpoch | None = sweep.trial_hook(cfg)  # an Optuna trial reports each epoch
+        self._run_log: RunLog | None = None
 
     def lock(self) -> AbstractContextManager[Any]:
         return self.exp.lock()
@@ -89,7 +92,23 @@ class MainWrites:
             else None,
         )
         run_log.hparams(hparams(cfg, num_parameters), hparam_metrics(cfg))
+        self._run_log = run_log
         return run_log
+
+    def tap_first_batch(
+        self, loader: TrainLoader, extras: StepExtras, classes: list[str], *, resuming: bool
+    ) -> tuple[TrainLoader, StepExtras]:
+        """A fresh run puts the first batch it trains on (after augmentation and MixUp/CutMix) into TensorBoard,
+        as the loop gets it: what ``imgclf-preview`` draws. Recorded inside the loop, so training draws the same
+        random numbers as without it; the run log, opened later, is read when the batch arrives."""
+        if resuming or not self.cfg.report.figures or self.cfg.trainer.cache_features:
+            return loader, extras
+
+        def show(images: torch.Tensor, labels: torch.Tensor) -> None:
+            if self._run_log is not None:
+                first_batch_to_tensorboard(self._run_log.writer, images, labels, classes)
+
+        return tap_first_batch(loader, extras, show)
 
     def interrupted(self, exc: Interrupted) -> None:
         log.warning("%s; wrote %s. Run the same command again to resume.", exc, self.exp.last)
@@ -128,6 +147,11 @@ class OtherRankWrites:
 
     def interrupted(self, exc: Interrupted) -> None:
         pass
+
+    def tap_first_batch(
+        self, loader: TrainLoader, extras: StepExtras, classes: list[str], *, resuming: bool
+    ) -> tuple[TrainLoader, StepExtras]:
+        return loader, extras
 
     def calibrate(self, model: Classifier, device: torch.device) -> None:
         pass

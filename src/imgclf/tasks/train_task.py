@@ -174,6 +174,7 @@ def prepare_run(
     state = TrainState() if payload is None else restore(cfg, payload, classes, model, optimizer, scheduler, extras.ema)
     writes.record_start(splits, loaded, state, payload)
     train_loader, val_loader = inputs.train_loaders(cfg, loaded, prep, device, sample_weights, group)
+    train_loader, extras = writes.tap_first_batch(train_loader, extras, classes, resuming=payload is not None)
     stages = inputs.stages(
         cfg,
         model,
