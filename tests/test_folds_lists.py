@@ -178,6 +178,18 @@ def test_paths_not_in_the_folder_are_refused_naming_them(flat: Path, tmp_path: P
     assert {os.path.basename(p) for p, _ in splits.excluded} <= {"img_000.jpg", "img_001.png"}
 
 
+def test_lists_name_images_of_linked_class_folders_either_way(tmp_path: Path) -> None:
+    real = make_folder(tmp_path / "real", {"": 4})
+    root = tmp_path / "root"
+    root.mkdir()
+    for name in CLASSES:
+        (root / name).symlink_to(real / name, target_is_directory=True)
+    listed = ["circle/img_000.jpg", str(real / "square" / "img_001.png")]  # through the link; the audit's real path
+    splits = scan(root, test_fraction=0.0, exclude=str(write_list(tmp_path / "x.csv", [{"path": p} for p in listed])))
+    assert sorted(p for p, _ in splits.excluded) == [str(real / "circle" / "img_000.jpg"), listed[1]]
+    assert not {p for p, _ in splits.excluded} & {p for items in splits.samples.values() for p, _ in items}
+
+
 def test_relabel_refuses_unknown_classes_and_reads_label_before_suggested(flat: Path, tmp_path: Path) -> None:
     unknown = write_list(tmp_path / "unknown.csv", [{"path": "circle/img_000.jpg", "label": "sqare"}])
     with pytest.raises(DataError, match=r"'sqare' is not a class \(did you mean 'square'\?\).*circle"):

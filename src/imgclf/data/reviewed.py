@@ -71,7 +71,7 @@ def _entries(key: str, file: str, root: Path, known: set[str], label_columns: tu
     found, missing = [], []
     for line, entry, label in rows:
         real = _real_path(entry, root)
-        if real is None or real not in known:
+        if real not in known:
             missing.append(f"{entry!r} (line {line})")
         else:
             found.append((real, label))
@@ -115,15 +115,11 @@ def _read_rows(key: str, path: Path, label_columns: tuple[str, ...]) -> list[tup
     return out
 
 
-def _real_path(entry: str, root: Path) -> str | None:
-    """The real path of a listed image (relative to ``root``, or absolute inside it); None when outside."""
+def _real_path(entry: str, root: Path) -> str:
+    """The real path of a listed image: relative to ``root``, or absolute (inside it, or the real path of one of
+    its images reached through a linked folder, as the audit writes those); the caller checks it is an image."""
     path = Path(from_shown(entry)).expanduser()
-    if not path.is_absolute():
-        return os.path.realpath(root / path)
-    inside = [(path, root), (Path(os.path.realpath(path)), Path(os.path.realpath(root)))]
-    if any(p.is_relative_to(Path(os.path.abspath(r))) for p, r in inside):
-        return os.path.realpath(path)
-    return None
+    return os.path.realpath(path if path.is_absolute() else root / path)
 
 
 def _class(key: str, file: str, name: str, classes: list[str]) -> str:
