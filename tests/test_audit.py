@@ -215,3 +215,20 @@ def test_the_audit_writes_its_folder_and_leaves_the_checkpoints_alone(tmp_path: 
     summary = (exp / "audit" / "summary.md").read_text()
     assert "dataset.exclude=" in summary and "estimated wrong" in summary
     assert (exp / "audit" / "label_issues-1.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_recipe_without_cached_features_trains_the_whole_network_per_fold(tmp_path: Path) -> None:
+    from imgclf.tasks.audit_task import audit
+
+    root = make_folder(tmp_path / "data", {"train": 12, "val": 4, "test": 2}, shape=(16, 16))
+    cfg = compose_cfg("train", [*tiny_overrides(tmp_path, root), "audit.folds=2", "epochs=1"])
+    counts = audit(cfg)
+    assert counts["images"] == 3 * 16
+    summary = (tmp_path / "experiments" / "tiny" / "audit" / "summary.md").read_text()
+    assert "each a full training run" in summary and "EfficientNet-Lite0" in summary
+    assert (
+        list(read_csv(tmp_path / "experiments" / "tiny" / "audit" / "label_issues.csv")[0])
+        if counts["issues"]
+        else True
+    )

@@ -249,7 +249,7 @@ def slow_scorer(
         len(loaded.samples) * (folds - 1) // folds,
         folds,
     )
-    first = model.state_dict()
+    first = {name: value.detach().clone() for name, value in model.state_dict().items()}  # not the live tensors
     started = time.perf_counter()
 
     def train_and_score(kept: np.ndarray, held_out: np.ndarray, fold: int) -> np.ndarray:
@@ -300,9 +300,7 @@ def _fit_fold(
     state = TrainState()
     for stage in stages:
         state = fit(
-            stage.module,
-            stage.train,
-            stage.val,
+            stage,
             build.loss(cfg, device),
             optimizer,
             scheduler,
@@ -313,8 +311,6 @@ def _fit_fold(
             checkpoints=ranks.Silent(),
             log=ranks.Silent(),
             extras=extras,
-            followers=stage.followers,
-            until=stage.until,
         )
 
 
