@@ -27,6 +27,9 @@ this machine's time, so the audit ran with ``--override model=lite0 --override d
 | food101_mini | 45 | 0.58 / 0.78 (145 flags, 512 s) | 0.60 / 0.80 (133 flags, 380 s) |
 | plates | 4 | 0.50 / 0.75 (11 flags) | 0.75 / 0.75 (9 flags; the carved test split not audited then) |
 
+With the full ``transfer`` recipe (no overrides): plates (k=4) 0.50 / 0.75 for both, the audit's 11 flags
+holding all 4 moved images (the baseline's 3); k=4 is too few images to tell the two apart.
+
 On the same food101_mini Lite0 features (benchmarks scratch work, logistic regression out of fold): ranking by
 ``self_confidence`` beats ``normalized_margin`` (precision@45 0.58 vs 0.47), and averaging each image's features
 with its mirror image's raises it to 0.67 (within 2k: 0.82): the audit ranks by self-confidence and, with
