@@ -104,7 +104,7 @@ def test_training_logs_best_epoch_figures_and_hparams(trained_tiny) -> None:
     overrides, exp = trained_tiny
     runs = Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("paths.runs=")))
     events = tensorboard_events(runs / exp.name)
-    assert {"val/confusion_matrix", "val/misclassified"} <= set(events.Tags()["images"])
+    assert {"val/confusion_matrix", "val/misclassified", "val/cam_mistakes"} <= set(events.Tags()["images"])
     best_epoch = load_checkpoint(exp / "best.pt")["state"]["best_epoch"]
     assert best_epoch in [e.step for e in events.Images("val/confusion_matrix")]
     content = events.PluginTagToContent("hparams")

@@ -17,6 +17,7 @@ from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.run_log import BestFigures, RunLog
 from imgclf.experiment.writer import CheckpointWriter
 from imgclf.models.classifier import Classifier
+from imgclf.reporting import cam
 from imgclf.reporting.batches import first_batch_to_tensorboard
 from imgclf.tasks import inputs, ranks, sweep
 from imgclf.tasks.calibration import calibrate, load_weights
@@ -74,11 +75,27 @@ class MainWrites:
         return CheckpointWriter(self.exp, model, optimizer, scheduler, meta, extras.scaler, extras.ema)
 
     def run_log(
-        self, state: TrainState, classes: list[str], val_images: Any, num_parameters: int, group: Distributed
+        self,
+        state: TrainState,
+        classes: list[str],
+        val_images: Any,
+        num_parameters: int,
+        group: Distributed,
+        model: Classifier,
     ) -> RunLog:
-        """metrics.jsonl and TensorBoard (continuing after ``state.epoch``), with the HParams entry of the run."""
+        """metrics.jsonl and TensorBoard (continuing after ``state.epoch``), with the HParams entry of the run; at
+        each new best, the class activation maps of the most confident mistakes, unless the run trains on cached
+        features (a map runs the whole network backwards: seconds per new best with the transfer backbones, where
+        the head trains in seconds; test.py's report draws them once)."""
         cfg = self.cfg
-        figures = BestFigures(classes, lambda i: inputs.picture(val_images, i), cfg.report.mistakes)
+        cams = cfg.report.cams and not cfg.trainer.cache_features
+        figures = BestFigures(
+            classes,
+            lambda i: inputs.picture(val_images, i),
+            cfg.report.mistakes,
+            cams=cam.CamMaker(model, cfg.report.cam_method) if cams else None,
+            cam_count=cfg.report.cams,
+        )
         run_log = RunLog(
             self.exp.metrics,
             self.exp.tensorboard_dir,

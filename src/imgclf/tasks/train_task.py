@@ -190,7 +190,7 @@ def prepare_run(
     )
     meta = {**checkpoint_meta(cfg, source.display_names(), classes, model, prep), "world_size": group.world_size}
     checkpoints = writes.checkpoints(model, optimizer, scheduler, meta, extras)
-    run_log = writes.run_log(state, classes, val_loader.dataset, meta["num_parameters"], group)
+    run_log = writes.run_log(state, classes, val_loader.dataset, meta["num_parameters"], group, model)
     if payload is not None:
         set_rng_states(payload["rng"])  # last, so nothing above consumes the restored streams
     ranks.seed_apart(cfg.seed, group, state)
