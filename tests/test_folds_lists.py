@@ -281,3 +281,17 @@ def test_train_py_on_a_fold_then_test_py_evaluates_that_fold(tmp_path: Path) -> 
     tested = run_cli("test.py", *overrides)
     assert tested.returncode == 0, tested.stderr[-2000:]
     assert {row["path"] for row in read_csv(exp / "test" / "predictions.csv")} == held
+
+
+def test_another_fold_under_a_finished_folds_name_is_not_called_finished(tmp_path: Path) -> None:
+    """A finished fold-0 run, then fold 1 under the same experiment name: refused as other data (naming the
+    fold), never "already finished; nothing to do" (which would leave fold 1 untrained and its test missing)."""
+    from imgclf.errors import ExperimentError
+
+    root = make_folder(tmp_path / "data", {"": 6})
+    tasks.train(compose_cfg("train", tiny_overrides(tmp_path, root, "epochs=1", "dataset.folds=3", "dataset.fold=0")))
+    with pytest.raises(ExperimentError, match=r"dataset\.fold: 0 -> 1") as refused:
+        tasks.train(
+            compose_cfg("train", tiny_overrides(tmp_path, root, "epochs=1", "dataset.folds=3", "dataset.fold=1"))
+        )
+    assert "dataset.folds=3 dataset.fold=1 experiment=tiny_fold1" in str(refused.value)  # a command that does it

@@ -12,12 +12,12 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from imgclf.errors import ConfigError, ExperimentError
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.names import check_name
-from imgclf.experiment.resume import data_change, is_finished
+from imgclf.experiment.resume import SELECTION_KEYS, data_change, is_finished
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,16 @@ def check_same_data(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any]
 
     A stop rather than a new experiment named after the folder: where the outputs go never changes silently.
     """
-    change = data_change(payload, cfg.dataset.root, classes, project_root(cfg))
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)  # its fold and reviewed lists count as data too
+    change = data_change(payload, cfg.dataset.root, classes, project_root(cfg), dataset)  # type: ignore[arg-type]
     if change is None:
         return
     own = str(cfg.resume) in ("auto", "never")
     what = f"experiment '{cfg.experiment}' ({exp.path})" if own else f"the checkpoint resume={cfg.resume}"
     done = "finished" if is_finished(payload, cfg.epochs) else "started"
-    command = f"python train.py -cn={config_name()} dataset.root={cfg.dataset.root}"
+    chosen = [f"{key}={dataset[key.split('.', 1)[1]]}" for key in SELECTION_KEYS if dataset.get(key.split(".", 1)[1])]
+    command = " ".join([f"python train.py -cn={config_name()} dataset.root={cfg.dataset.root}", *chosen])
+    name = f"{cfg.experiment}_fold{dataset['fold']}" if change.startswith("dataset.fold:") else None
     instead = (
         f"  or train '{cfg.experiment}' again on it, deleting its results:  {command} overwrite=true"
         if own
@@ -101,7 +104,7 @@ def check_same_data(cfg: DictConfig, exp: ExperimentDir, payload: dict[str, Any]
         f"{what} was {done} on other data ({change}), so it is neither done nor continued on "
         f"dataset.root={cfg.dataset.root} (a folder moved or copied counts as other data).\n"
         f"  train this data as its own experiment:  {command} "
-        f"experiment={suggested_name(cfg.experiment, Path(cfg.dataset.root).name)}\n{instead}"
+        f"experiment={name or suggested_name(cfg.experiment, Path(cfg.dataset.root).name)}\n{instead}"
     )
 
 
