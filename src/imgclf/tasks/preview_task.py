@@ -32,10 +32,10 @@ from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier
 from imgclf.reporting import figures
 from imgclf.reporting.batches import batch_grid
-from imgclf.tasks import build, inputs, preprocess
+from imgclf.tasks import build, inputs
 from imgclf.tasks.config_check import expand_user_paths
 from imgclf.tasks.folders import experiment_dir
-from imgclf.tasks.train_task import choose_image_size, start
+from imgclf.tasks.train_task import plan_data, resolve_preprocessing, start
 from imgclf.training import distributed
 from imgclf.training.device import to_device
 from imgclf.training.engine import Batch, StepExtras, TrainLoader
@@ -86,24 +86,12 @@ def first_batches(cfg: DictConfig, exp: ExperimentDir, count: int) -> Preview:
     optimizer, the loss, the checkpoint writer, the run log) and minus what writes into the experiment folder.
     """
     group, device = start(cfg)  # checks the config, seeds every generator
-    source = build.source(cfg)
-    inputs.check_trainable(source)
-    classes = source.class_names()
-    inputs.fill_num_classes(cfg, classes, source.root)
-    native = build.native_size(cfg)
-    scanned = source.scan()
-    size = choose_image_size(cfg, native, inputs.train_sizes(cfg, scanned))
+    data = plan_data(cfg)
+    classes, size = data.classes, data.size
     net = build.network(cfg)  # the first draw from the seeded generator, as in training
     net = build.placed(cfg, net, size.image_size, device)
-    _, loaded = inputs.prepare(cfg, exp, source, classes, size, scanned=scanned, resuming=False, writer=False)
-    prep = preprocess.resolve(
-        size,
-        cfg.dataset.normalize,
-        cfg.dataset.mean,
-        cfg.dataset.std,
-        expected=preprocess.model_stats(net),
-        measure=lambda: inputs.train_stats(cfg, loaded["train"], size),
-    )
+    _, loaded = inputs.prepare(cfg, exp, data.source, classes, size, scanned=data.scanned, resuming=False, writer=False)
+    prep = resolve_preprocessing(cfg, size, net, loaded)
     model = Classifier(net, prep.mean, prep.std).to(device)
     _, sample_weights = inputs.balance(cfg, loaded["train"], len(classes))
     extras = build.step_extras(cfg, model, device, None)

@@ -115,6 +115,21 @@ def plan_data(cfg: DictConfig) -> DataPlan:
     return DataPlan(source, classes, scanned, size)
 
 
+def resolve_preprocessing(
+    cfg: DictConfig, size: preprocess.SizeChoice, net: torch.nn.Module, loaded: dict[str, Any]
+) -> preprocess.Preprocessing:
+    """The normalization of the run (the pretrained weights' own, ImageNet's, measured on train, or as given)
+    with the decided sizes."""
+    return preprocess.resolve(
+        size,
+        cfg.dataset.normalize,
+        cfg.dataset.mean,
+        cfg.dataset.std,
+        expected=preprocess.model_stats(net),
+        measure=lambda: inputs.train_stats(cfg, loaded["train"], size),
+    )
+
+
 @dataclass(frozen=True)
 class Optimization:
     """What turns a loss into new weights: the optimizer, its learning-rate schedule and the loss."""
@@ -156,14 +171,7 @@ def prepare_run(
         splits, loaded = inputs.prepare(
             cfg, exp, source, classes, data.size, scanned=data.scanned, resuming=payload is not None, writer=writes.main
         )
-    prep = preprocess.resolve(
-        data.size,
-        cfg.dataset.normalize,
-        cfg.dataset.mean,
-        cfg.dataset.std,
-        expected=preprocess.model_stats(net),
-        measure=lambda: inputs.train_stats(cfg, loaded["train"], data.size),
-    )
+    prep = resolve_preprocessing(cfg, data.size, net, loaded)
     record_preprocessing(cfg, prep)
     model = Classifier(net, prep.mean, prep.std).to(device)
     loss_weights, sample_weights = inputs.balance(cfg, loaded["train"], len(classes))
