@@ -37,7 +37,7 @@ from imgclf.tasks import build, inputs, preprocess, ranks
 from imgclf.tasks.calibration import outputs
 from imgclf.tasks.config_check import expand_user_paths
 from imgclf.tasks.folders import config_name, experiment_dir
-from imgclf.tasks.train_task import choose_image_size, record_preprocessing, start
+from imgclf.tasks.train_task import plan_data, record_preprocessing, resolve_preprocessing, start
 from imgclf.training.engine import fit
 from imgclf.training.features import extract, why_not_cacheable
 from imgclf.training.state import TrainState
@@ -61,24 +61,12 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
 
 def _audit(cfg: DictConfig, exp: ExperimentDir) -> dict[str, Any]:
     _, device = start(cfg)  # the config checked (audit keys too), the generators seeded
-    source = build.source(cfg)
-    inputs.check_trainable(source)
-    classes = source.class_names()
-    inputs.fill_num_classes(cfg, classes, source.root)
-    native = build.native_size(cfg)
-    scanned = source.scan()
-    size = choose_image_size(cfg, native, inputs.train_sizes(cfg, scanned))
+    data = plan_data(cfg)  # the folder listed and the input size chosen, as a training run does
+    source, classes, size = data.source, data.classes, data.size
     net = build.placed(cfg, build.network(cfg), size.image_size, device)
-    pool, split_of = audited_samples(remap(scanned, classes), include_test=cfg.audit.include_test)
+    pool, split_of = audited_samples(remap(data.scanned, classes), include_test=cfg.audit.include_test)
     loaded = inputs.load(cfg, source, Splits(classes, {"train": pool}), ("train",), size)["train"]
-    prep = preprocess.resolve(
-        size,
-        cfg.dataset.normalize,
-        cfg.dataset.mean,
-        cfg.dataset.std,
-        expected=preprocess.model_stats(net),
-        measure=lambda: inputs.train_stats(cfg, loaded, size),
-    )
+    prep = resolve_preprocessing(cfg, size, net, {"train": loaded})
     record_preprocessing(cfg, prep)
     model = Classifier(net, prep.mean, prep.std).to(device)
     images = Audited(
