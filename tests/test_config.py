@@ -162,3 +162,29 @@ def test_B1_train_py_refuses_plus_typo_before_writing_anything(tmp_path: Path, t
     assert "epochz: imgclf has no such key (did you mean epochs?)" in output
     assert "Traceback" not in output
     assert not (tmp_path / "experiments" / "tiny" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("option", ["mixup", "cutmix"])
+def test_a_whole_number_alpha_mixes_a_batch(tmp_path: Path, option: str) -> None:
+    """batch_mix.alpha=50 (an int from the command line) mixes like 50.0: torch's Dirichlet sampler has no integer
+    version, and torchvision keeps the type it is given."""
+    import torch
+
+    from imgclf.tasks import build
+
+    cfg = compose_cfg("train", [f"batch_mix={option}", "batch_mix.alpha=50", "dataset.num_classes=3"])
+    images, labels = build.batch_mix(cfg)(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))
+    assert labels.shape == (4, 3) and torch.allclose(labels.sum(1), torch.ones(4))
+
+
+def test_a_batch_mix_alpha_not_above_0_is_named() -> None:
+    from imgclf.tasks import build
+
+    with pytest.raises(ConfigError, match=r"batch_mix\.alpha=-1: MixUp and CutMix need a number above 0"):
+        build.batch_mix(compose_cfg("train", ["batch_mix=mixup", "batch_mix.alpha=-1", "dataset.num_classes=3"]))
+    with pytest.raises(ConfigError, match=r"batch_mix\.transforms\.1\.alpha=0\.0: "):
+        build.batch_mix(
+            compose_cfg(
+                "train", ["batch_mix=mixup_cutmix", "batch_mix.transforms.1.alpha=0.0", "dataset.num_classes=3"]
+            )
+        )

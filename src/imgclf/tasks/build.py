@@ -133,8 +133,31 @@ def ema(cfg: DictConfig, model: nn.Module) -> torch.optim.swa_utils.AveragedMode
 
 
 def batch_mix(cfg: DictConfig) -> Any:
-    """MixUp/CutMix from the ``batch_mix`` group (None for ``batch_mix=none``)."""
-    return instantiate(cfg.batch_mix) if cfg.batch_mix and "_target_" in cfg.batch_mix else None
+    """MixUp/CutMix from the ``batch_mix`` group (None for ``batch_mix=none``). An ``alpha`` written as a whole
+    number (``batch_mix.alpha=1``) is made a float: torchvision keeps its type and torch's Dirichlet sampler has no
+    integer version."""
+    if not cfg.batch_mix or "_target_" not in cfg.batch_mix:
+        return None
+    with building(cfg, "batch_mix"):
+        return instantiate(_float_alphas(OmegaConf.to_container(cfg.batch_mix, resolve=True)))
+
+
+def _float_alphas(node: Any, key: str = "batch_mix") -> Any:
+    """``node`` with every ``alpha`` a float, refused unless above 0 (a Beta distribution's parameter)."""
+    if isinstance(node, list):
+        return [_float_alphas(v, f"{key}.{i}") for i, v in enumerate(node)]
+    if not isinstance(node, dict):
+        return node
+    found = {k: _float_alphas(v, f"{key}.{k}") for k, v in node.items()}
+    alpha = found.get("alpha")
+    if alpha is not None:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+            raise ConfigError(
+                f"{key}.alpha={alpha!r}: MixUp and CutMix need a number above 0 (torchvision's recipes use 0.2 for "
+                "MixUp and 1.0 for CutMix)"
+            )
+        found["alpha"] = float(alpha)
+    return found
 
 
 def train_options(cfg: DictConfig) -> TrainOptions:
