@@ -37,8 +37,7 @@ from imgclf.tasks.config_check import expand_user_paths
 from imgclf.tasks.folders import experiment_dir
 from imgclf.tasks.train_task import plan_data, resolve_preprocessing, start
 from imgclf.training import distributed
-from imgclf.training.device import to_device
-from imgclf.training.engine import Batch, StepExtras, TrainLoader
+from imgclf.training.engine import Batch, StepExtras, TrainLoader, loop_inputs
 from imgclf.training.features import why_not_cacheable
 
 log = logging.getLogger(__name__)
@@ -135,17 +134,14 @@ def feature_images(
 def loop_batches(
     loader: TrainLoader, extras: StepExtras, device: torch.device, channels_last: bool, count: int
 ) -> list[Batch]:
-    """The first ``count`` non-empty batches of epoch 1, prepared as ``engine.train_one_epoch`` prepares them
-    (moved to the device, then ``batch_mix`` on floats in 0..1), back on the CPU."""
+    """The first ``count`` non-empty batches of epoch 1, prepared by ``engine.loop_inputs`` as the training loop
+    prepares them, back on the CPU."""
     loader.set_epoch(0, 0)
     taken: list[Batch] = []
     for images, labels in loader:
         if not len(labels):  # every sample of the batch failed to load (dataset.bad_files=skip)
             continue
-        images = to_device(images, device, channels_last)
-        labels = labels.to(device, non_blocking=True)
-        if extras.batch_mix is not None:
-            images, labels = extras.batch_mix(images.float() / 255 if images.dtype == torch.uint8 else images, labels)
+        images, labels = loop_inputs(images, labels, device, channels_last, extras)
         taken.append((images.cpu(), labels.cpu()))
         if len(taken) == count:
             break

@@ -310,6 +310,18 @@ class _NonFinite:
             )
 
 
+def loop_inputs(
+    images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool, extras: StepExtras
+) -> Batch:
+    """A loader's batch as the model trains on it: on the device (channels-last when asked), then ``batch_mix``
+    (MixUp/CutMix) on floats in 0..1. ``imgclf-preview`` draws exactly this."""
+    images = to_device(images, device, channels_last)
+    labels = labels.to(device, non_blocking=True)
+    if extras.batch_mix is not None:
+        images, labels = extras.batch_mix(images.float() / 255 if images.dtype == torch.uint8 else images, labels)
+    return images, labels
+
+
 def _learn(
     model: nn.Module,
     images: torch.Tensor,
@@ -326,10 +338,7 @@ def _learn(
 ) -> bool:
     """Forward and backward of one batch (skipped when a rank's loss is not finite); True when this rank
     (``stop``) or another asked to stop."""
-    images = to_device(images, device, options.channels_last)
-    labels = labels.to(device, non_blocking=True)
-    if extras.batch_mix is not None:
-        images, labels = extras.batch_mix(images.float() / 255 if images.dtype == torch.uint8 else images, labels)
+    images, labels = loop_inputs(images, labels, device, options.channels_last, extras)
     with autocast(device, options.amp):
         logits = model(images)
         loss = loss_fn(logits, labels) if len(labels) else logits.sum() * 0  # an empty slice still steps
