@@ -9,7 +9,7 @@ import pytest
 from omegaconf import DictConfig
 
 import imgclf.tasks as tasks
-from helpers import compose_cfg, make_folder, tiny_overrides
+from helpers import TRAINED_CAMS, compose_cfg, make_folder, tiny_overrides
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -42,7 +42,7 @@ def trained_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_folder: Path) ->
 
     Shared by every test that needs a checkpoint: copy it (``shutil.copytree``) before changing it.
     """
-    overrides = tiny_overrides(tmp_path_factory.mktemp("trained"), tiny_folder, "epochs=3")
+    overrides = tiny_overrides(tmp_path_factory.mktemp("trained"), tiny_folder, "epochs=3", TRAINED_CAMS)
     cfg = compose_cfg("train", overrides)
     tasks.train(cfg)
     return overrides, Path(cfg.paths.experiments) / cfg.experiment

@@ -86,6 +86,8 @@ def tiny_overrides(tmp_path: Path, root: Path, *extra: str) -> list[str]:
         f"paths.experiments={tmp_path / 'experiments'}",
         f"paths.runs={tmp_path / 'runs'}",
         f"paths.cache={tmp_path / 'cache'}",
+        "report.cams=0",  # class activation maps: a figure at every new best and in every report (about a
+        "report.cams_per_class=0",  # second each); the tests of the maps ask for them (report.cams=N in extra)
         *extra,
     ]
 
@@ -115,11 +117,15 @@ class StopAfter:
         pass
 
 
+TRAINED_CAMS = "report.cams=8"  # the session's trained run draws maps at its new bests (test_report checks them);
+# its copies leave them out unless a test asks
+
+
 def copy_trained(trained_tiny: tuple[list[str], Path], tmp_path: Path, *extra: str) -> tuple[list[str], Path]:
     """The session's trained experiment copied under ``tmp_path``: (overrides, experiment dir)."""
     overrides, exp = trained_tiny
     shutil.copytree(exp.parent, tmp_path / "experiments")
-    kept = [o for o in overrides if not o.startswith(("paths.experiments=", "paths.runs="))]
+    kept = [o for o in overrides if o != TRAINED_CAMS and not o.startswith(("paths.experiments=", "paths.runs="))]
     moved = [*kept, f"paths.experiments={tmp_path / 'experiments'}", f"paths.runs={tmp_path / 'runs'}", *extra]
     return moved, tmp_path / "experiments" / exp.name
 

@@ -189,7 +189,7 @@ def test_best_figures_put_the_maps_of_mistakes_into_tensorboard() -> None:
 
 
 def test_test_py_writes_class_activation_maps(trained_tiny, tmp_path: Path) -> None:
-    overrides, exp = copy_trained(trained_tiny, tmp_path, "report.cams_per_class=1")
+    overrides, exp = copy_trained(trained_tiny, tmp_path, "report.cams=8", "report.cams_per_class=1")
     tasks.test(compose_cfg("train", overrides))
     written = {p.name for p in (exp / "test").iterdir()}
     assert {"cam_correct.png", "cam_mistakes.png", "confused_pairs.csv"} <= written

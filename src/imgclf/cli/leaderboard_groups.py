@@ -42,7 +42,7 @@ from imgclf.cli.leaderboard_table import (
     sort_rows,
     sort_value,
 )
-from imgclf.experiment.bookkeeping import BOOKKEEPING_KEYS
+from imgclf.experiment.bookkeeping import is_bookkeeping
 
 # the keys merged runs may differ in: what a cross-validation or a seed sweep varies, not what is compared
 AGGREGATED_KEYS = ("seed", "dataset.fold", "dataset.split_seed")
@@ -142,7 +142,7 @@ def _identity(row: Row) -> Hashable | None:
         sorted(
             (key, format_value(key, value))
             for key, value in config.items()
-            if key not in AGGREGATED_KEYS and key not in BOOKKEEPING_KEYS and not key.startswith(IGNORED_PREFIXES)
+            if key not in AGGREGATED_KEYS and not is_bookkeeping(key) and not key.startswith(IGNORED_PREFIXES)
         )
     )
     return row.requested is not None, tuple(sorted(row.choices.items())), values

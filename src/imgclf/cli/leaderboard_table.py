@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from imgclf.experiment.bookkeeping import BOOKKEEPING_KEYS
+from imgclf.experiment.bookkeeping import is_bookkeeping
 from imgclf.training.state import is_better
 
 # bookkeeping keys that say where or how a run was started, not what was trained; `monitor`,
 # `mode` and `epochs` have columns of their own
-IGNORED_KEYS = frozenset({*BOOKKEEPING_KEYS, "monitor", "mode", "epochs"})
+IGNORED_KEYS = frozenset({"monitor", "mode", "epochs"})
 IGNORED_PREFIXES = ("paths.", "hydra.")
 # --sort METRIC: these words in a metric's name mean smaller is better
 SMALLER_IS_BETTER = ("loss", "ece", "nll", "seconds", "error")
@@ -158,7 +158,7 @@ def _differs(rows: list[Row], key: str, groups: list[str]) -> bool:
 
 
 def _ignored(key: str) -> bool:
-    return key in IGNORED_KEYS or key.startswith(IGNORED_PREFIXES)
+    return key in IGNORED_KEYS or is_bookkeeping(key) or key.startswith(IGNORED_PREFIXES)
 
 
 def column_names(keys: list[str]) -> list[str]:

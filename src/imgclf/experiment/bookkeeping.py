@@ -1,7 +1,8 @@
 """The config keys that say where or how a run was started, not what was trained.
 
 Left out of sweep job folder names (``hydra.job.override_dirname``, through the
-``${imgclf.bookkeeping:}`` resolver in conf/train.yaml), of TensorBoard's HParams and of the
+``${imgclf.bookkeeping:}`` resolver in conf/train.yaml, which spells out the keys under a
+section because Hydra matches whole keys), of TensorBoard's HParams and of the
 leaderboard's columns.
 """
 
@@ -18,4 +19,10 @@ BOOKKEEPING_KEYS = (
     "sweep_trial",  # set by the Optuna sweeper: which trial of which study a job is
     "preview",  # imgclf-preview's and imgclf-audit's own settings: they change nothing a training run does
     "audit",
+    "report",  # how test.py reports a run (figures, maps, intervals): nothing it trains
 )
+
+
+def is_bookkeeping(key: str) -> bool:
+    """``key`` is a bookkeeping key or lies under one (``preview.batches``, ``report.cams``)."""
+    return any(key == k or key.startswith(f"{k}.") for k in BOOKKEEPING_KEYS)

@@ -24,7 +24,7 @@ SELECTION_KEYS = ("dataset.folds", "dataset.fold", "dataset.exclude", "dataset.r
 # what a setting meant in configs saved before it existed (checkpoints from before dataset.resize squashed)
 OLD_DEFAULTS = {"dataset.resize": "squash"}
 # keys that say where or how a run was started, or what test.py evaluates: changing them changes no training
-UNWARNED_KEYS = (*BOOKKEEPING_KEYS, "ckpt", "split", "tta", "loader.num_workers", "loader.pin_memory", "report")
+UNWARNED_KEYS = (*BOOKKEEPING_KEYS, "ckpt", "split", "tta", "loader.num_workers", "loader.pin_memory")
 
 
 def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:

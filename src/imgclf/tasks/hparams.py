@@ -7,7 +7,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from imgclf.experiment.bookkeeping import BOOKKEEPING_KEYS
+from imgclf.experiment.bookkeeping import is_bookkeeping
 from imgclf.sweeps.trial import PRUNED_KEY, parse_spec
 
 HPARAM_KEYS = ("optimizer.lr", "optimizer.weight_decay", "loader.batch_size", "epochs", "dataset.image_size", "seed")
@@ -33,7 +33,7 @@ def hparams(cfg: DictConfig, num_parameters: int) -> dict[str, Any]:
         overridden = [
             key
             for key in (o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task)
-            if key not in BOOKKEEPING_KEYS
+            if not is_bookkeeping(key)
         ]
     for key in (*HPARAM_KEYS, *overridden):
         value = OmegaConf.select(cfg, key, default=None)

@@ -54,9 +54,29 @@ def job_subdir(num: Any, overrides: str) -> str:
     return f"{start}-{digest}"
 
 
-def bookkeeping(*extra: str) -> list[str]:
-    """The bookkeeping keys (:data:`~imgclf.experiment.bookkeeping.BOOKKEEPING_KEYS`) and ``extra`` ones."""
-    return [*BOOKKEEPING_KEYS, *extra]
+def bookkeeping(*extra: str, _root_: Any = None) -> list[str]:
+    """The bookkeeping keys (:data:`~imgclf.experiment.bookkeeping.BOOKKEEPING_KEYS`), every key under those
+    that are sections of the config (``report.cams``: Hydra's ``exclude_keys`` matches whole keys), and
+    ``extra`` ones."""
+    keys = [*BOOKKEEPING_KEYS, *extra]
+    for key in BOOKKEEPING_KEYS:
+        section = _root_
+        for part in key.split("."):  # the nodes, not their values: resolving `experiment` here would fail
+            section = section._get_node(part) if OmegaConf.is_dict(section) else None
+        if OmegaConf.is_dict(section):
+            keys += [f"{key}.{leaf}" for leaf in _leaves(section)]
+    return keys
+
+
+def _leaves(section: Any) -> list[str]:
+    leaves = []
+    for name in section.keys():
+        child = section._get_node(name)
+        if OmegaConf.is_dict(child):
+            leaves += [f"{name}.{leaf}" for leaf in _leaves(child)]
+        else:
+            leaves.append(str(name))
+    return leaves
 
 
 def rank0(value: Any) -> Any:
