@@ -20,6 +20,7 @@ SCRIPTS = {
     "imgclf-export": "imgclf.cli.export",
     "imgclf-audit": "imgclf.cli.audit",
     "imgclf-preview": "imgclf.cli.preview",
+    "imgclf-lr-find": "imgclf.cli.lr_find",
 }
 PROBE = """
 import sys

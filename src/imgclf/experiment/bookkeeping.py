@@ -19,6 +19,7 @@ BOOKKEEPING_KEYS = (
     "sweep_trial",  # set by the Optuna sweeper: which trial of which study a job is
     "preview",  # imgclf-preview's and imgclf-audit's own settings: they change nothing a training run does
     "audit",
+    "lr_find",  # imgclf-lr-find's sweep: it trains nothing that is kept
     "report",  # how test.py reports a run (figures, maps, intervals): nothing it trains
 )
 
