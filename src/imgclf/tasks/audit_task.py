@@ -34,6 +34,7 @@ from imgclf.errors import ConfigError
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier, with_tta
 from imgclf.tasks import build, inputs, preprocess, ranks
+from imgclf.tasks.batch_size import refuse_off_cuda, resolve_batch_size
 from imgclf.tasks.calibration import outputs
 from imgclf.tasks.config_check import expand_user_paths
 from imgclf.tasks.folders import config_name, experiment_dir
@@ -61,6 +62,7 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
 
 def _audit(cfg: DictConfig, exp: ExperimentDir) -> dict[str, Any]:
     _, device = start(cfg)  # the config checked (audit keys too), the generators seeded
+    refuse_off_cuda(cfg, device)  # loader.batch_size=auto: before any image is decoded
     data = plan_data(cfg)  # the folder listed and the input size chosen, as a training run does
     source, classes, size = data.source, data.classes, data.size
     net = build.placed(cfg, build.network(cfg), size.image_size, device)
@@ -69,6 +71,8 @@ def _audit(cfg: DictConfig, exp: ExperimentDir) -> dict[str, Any]:
     prep = resolve_preprocessing(cfg, size, net, {"train": loaded})
     record_preprocessing(cfg, prep)
     model = Classifier(net, prep.mean, prep.std).to(device)
+    folds = cfg.audit.folds  # loader.batch_size=auto: found for a fold's training run (the frozen passes need less)
+    resolve_batch_size(cfg, model, train_size=len(loaded.samples) * (folds - 1) // folds, device=device)
     images = Audited(
         source.root,
         [p for p, _ in loaded.samples],

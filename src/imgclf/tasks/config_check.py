@@ -52,7 +52,7 @@ def check_config(cfg: DictConfig) -> None:
     _known_keys(cfg)
     _int(cfg, "epochs", minimum=1)
     _int(cfg, "seed", minimum=0)
-    _int(cfg, "loader.batch_size", minimum=1)
+    _batch_size(cfg)
     _int(cfg, "loader.num_workers", minimum=0)
     _image_size(cfg)
     if cfg.dataset.num_classes is not None:
@@ -204,6 +204,21 @@ def _image_size(cfg: DictConfig) -> None:
                 f"dataset.crop_fraction={value!r}: expected a fraction in [0.5, 1] (0.875: evaluation "
                 "sees the centre 87.5% of the resized shorter side)"
             )
+
+
+def _batch_size(cfg: DictConfig) -> None:
+    """A number, or ``auto`` (found on the GPU by tasks.batch_size, within ``max_batch_size``)."""
+    if cfg.loader.batch_size != AUTO:
+        value = cfg.loader.batch_size
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(
+                f"loader.batch_size={value!r}: expected a whole number >= 1, or auto (on CUDA: the largest batch "
+                "that trains on the GPU)"
+            )
+    if "max_batch_size" in cfg.loader:  # a config saved before batch_size=auto has none
+        _int(cfg, "loader.max_batch_size", minimum=2)
+    if cfg.loader.get("auto_reference_batch") is not None:
+        _int(cfg, "loader.auto_reference_batch", minimum=1)
 
 
 def _resume_or_ckpt(cfg: DictConfig, key: str, words: tuple[str, ...]) -> None:

@@ -33,6 +33,7 @@ from imgclf.models.classifier import Classifier
 from imgclf.reporting import figures
 from imgclf.reporting.batches import batch_grid
 from imgclf.tasks import build, inputs
+from imgclf.tasks.batch_size import refuse_off_cuda, resolve_batch_size
 from imgclf.tasks.config_check import expand_user_paths
 from imgclf.tasks.folders import experiment_dir
 from imgclf.tasks.train_task import plan_data, resolve_preprocessing, start
@@ -85,6 +86,7 @@ def first_batches(cfg: DictConfig, exp: ExperimentDir, count: int) -> Preview:
     optimizer, the loss, the checkpoint writer, the run log) and minus what writes into the experiment folder.
     """
     group, device = start(cfg)  # checks the config, seeds every generator
+    refuse_off_cuda(cfg, device)  # loader.batch_size=auto: before any image is decoded
     data = plan_data(cfg)
     classes, size = data.classes, data.size
     net = build.network(cfg)  # the first draw from the seeded generator, as in training
@@ -94,6 +96,7 @@ def first_batches(cfg: DictConfig, exp: ExperimentDir, count: int) -> Preview:
     model = Classifier(net, prep.mean, prep.std).to(device)
     _, sample_weights = inputs.balance(cfg, loaded["train"], len(classes))
     extras = build.step_extras(cfg, model, device, None)
+    resolve_batch_size(cfg, model, train_size=len(loaded["train"].samples), device=device, group=group, extras=extras)
     train_loader, _ = inputs.train_loaders(cfg, loaded, prep, device, sample_weights, group)
     features = bool(cfg.trainer.cache_features)
     if features:

@@ -17,6 +17,7 @@ from imgclf.models.classifier import Classifier, with_tta
 from imgclf.reporting import cam, explain, report
 from imgclf.runtime import resolve_device, tune_malloc
 from imgclf.tasks import build, inputs
+from imgclf.tasks.batch_size import batch_for_evaluation
 from imgclf.tasks.calibration import LOCK_HINT, calibrate, load_weights, outputs
 from imgclf.tasks.config_check import check_config, expand_user_paths
 from imgclf.tasks.folders import config_name, experiment_dir
@@ -47,6 +48,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
         )
     stamp = file_stamp(path) if cfg.calibrate else None  # taken first: a file replaced while read is seen as changed
     payload = load_checkpoint(path)
+    batch_for_evaluation(cfg, payload, path)  # loader.batch_size=auto: the batch it trained with
     tag = checkpoint_tag(path, exp.path, exp.best)
     classes = list(payload["class_names"])
     source = build.source(cfg)
