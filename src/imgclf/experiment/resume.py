@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 def is_finished(payload: dict[str, Any], epochs: int) -> bool:
     state = payload["state"]
-    return state.get("stopped_early", False) or (state["epoch"] >= epochs and not state["step"])
+    planned = (state.get("budget") or {}).get("epochs") or epochs  # a budgeted run ends with its plan
+    return state.get("stopped_early", False) or (state["epoch"] >= min(planned, epochs) and not state["step"])
 
 
 STRUCTURAL_KEYS = ("model", "dataset.image_size", "dataset.resize", "dataset.root", "dataset.mean", "dataset.std")

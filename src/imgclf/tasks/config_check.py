@@ -255,6 +255,8 @@ def _trainer(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.ema_decay={decay!r}: expected a number between 0 and 1, or null")
     if cfg.trainer.clip_grad_norm is not None:
         _positive_number(cfg, "trainer.clip_grad_norm")
+    if cfg.trainer.get("budget") is not None:  # minutes
+        _positive_number(cfg, "trainer.budget")
     if cfg.trainer.early_stopping.patience is not None:
         _int(cfg, "trainer.early_stopping.patience", minimum=1)
     _positive_number(cfg, "trainer.early_stopping.min_delta", allow_zero=True)

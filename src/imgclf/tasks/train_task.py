@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from imgclf.tasks.config_check import check_config, expand_user_paths
 from imgclf.tasks.failures import training_error
 from imgclf.tasks.folders import check_same_data, experiment_dir, in_sweep, report_finished
 from imgclf.training import distributed
+from imgclf.training.budget import Budget
 from imgclf.training.distributed import Distributed
 from imgclf.training.engine import Checkpoints, Stage, StepExtras, fit
 from imgclf.training.signals import StopOnSignal
@@ -49,18 +51,19 @@ def train(cfg: DictConfig, *, stop_signal: StopSignal = StopOnSignal) -> float |
             cannot go on; the message names what and says what to do.
         Interrupted: stopped on request; run the same command again to resume.
     """
+    started = time.perf_counter()  # a budget (trainer.budget) counts from here
     expand_user_paths(cfg)
     exp = experiment_dir(cfg)
     try:
         if in_sweep():  # a failed job keeps its folder and log: the sweep's summary points there
-            return _train(cfg, exp, stop_signal)
+            return _train(cfg, exp, stop_signal, started)
         with exp.discarded_unless_used(Path(cfg.paths.experiments)):  # bad input before any result: no folder left
-            return _train(cfg, exp, stop_signal)
+            return _train(cfg, exp, stop_signal, started)
     finally:
         distributed.teardown()  # under torchrun
 
 
-def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> float | None:
+def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal, started: float) -> float | None:
     sweep.prepare_job(cfg)  # a parallel sweep job: its share of the CPU threads, its own GPU
     group, device = start(cfg)
     writes = rank_writes.for_rank(cfg, exp, group)  # rank 0 writes the experiment; the other ranks nothing
@@ -80,7 +83,7 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal) -> floa
         run = prepare_run(
             cfg, exp, data, net, Optimization(optimizer, scheduler, loss_fn), payload, writes, group, device
         )
-        state = train_stages(cfg, exp, run, writes, stop_signal, group, device)
+        state = train_stages(cfg, exp, run, writes, stop_signal, group, device, budget(cfg, run, group, started))
         writes.calibrate(run.model, device)
     log.info(
         "best %s = %.4f at epoch %d; checkpoints in %s",
@@ -225,6 +228,7 @@ def train_stages(
     stop_signal: StopSignal,
     group: Distributed,
     device: torch.device,
+    budget: Budget | None = None,
 ) -> TrainState:
     """Train each stage in turn (the head on cached features, then the whole network); a stop on request
     writes ``last.pt`` and says how to resume, a failure is explained."""
@@ -250,6 +254,7 @@ def train_stages(
                     should_stop=stop,
                     after_epoch=writes.after_epoch,
                     group=group,
+                    budget=budget,
                 )
         except Interrupted as exc:
             writes.interrupted(exc)
@@ -259,6 +264,30 @@ def train_stages(
         finally:
             run.run_log.close()
     return state
+
+
+def budget(cfg: DictConfig, run: Run, group: Distributed, started: float) -> Budget | None:
+    """``trainer.budget``'s planner (None without one), its schedule handed to the run's scheduler; a resumed run
+    goes on with the budget its checkpoint says is left."""
+    minutes = cfg.trainer.get("budget")
+    if minutes is None:
+        return None
+    stage, scheduler = run.stages[0], run.optimization.scheduler
+    steps_per_epoch = -(-len(stage.train) // cfg.trainer.accumulate)
+    scheduler.follow_plan(cfg.epochs if scheduler.interval == "epoch" else cfg.epochs * steps_per_epoch)
+    plan = Budget(
+        minutes,
+        max_epochs=cfg.epochs,
+        steps_per_epoch=steps_per_epoch,
+        val_batches=len(stage.val),
+        on_plan=scheduler.plan,
+        agree=group.broadcast,
+        started=started,
+        state=run.state.budget,
+    )
+    state = run.state
+    plan.begin(state.epoch, -(-state.step // cfg.trainer.accumulate))
+    return plan
 
 
 def choose_image_size(cfg: DictConfig, native: int | None, sizes: list[Any]) -> preprocess.SizeChoice:

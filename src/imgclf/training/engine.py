@@ -18,6 +18,7 @@ from torch import nn
 
 from imgclf.progress import progress
 from imgclf.reporting.outputs import Outputs
+from imgclf.training.budget import Budget
 from imgclf.training.device import autocast, to_device
 from imgclf.training.distributed import SINGLE, Distributed
 from imgclf.training.scheduler import Scheduler
@@ -234,6 +235,7 @@ def train_one_epoch(
     should_stop: Callable[[], bool] = lambda: False,
     desc: str = "train",
     group: Distributed = SINGLE,
+    after_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Train over ``loader`` once (or until ``should_stop()``, asked at each optimizer step); ``totals`` is updated
     in place.
@@ -246,6 +248,8 @@ def train_one_epoch(
     slice of the global batch: the ranks agree once per batch on the global batch size (each rank's loss is
     weighted by its share, so the averaged gradient is the global batch's), on skipping the batch when any
     rank's loss is not finite, and on stopping. The returned means are over every rank.
+
+    ``after_step`` is told the optimizer steps done in the epoch after each one (a budget times them).
 
     Returns:
         ``train/loss``, ``train/acc`` over the epoch so far, ``train/skipped_steps`` and ``train/images_per_s``.
@@ -285,6 +289,8 @@ def train_one_epoch(
             extras.ema.update_parameters(model)
         if scheduler is not None:
             scheduler.after_step()
+        if after_step is not None:
+            after_step(-(-totals.steps // options.accumulate))
         if stop:
             break
     bar.close()
@@ -411,6 +417,7 @@ def fit(
     should_stop: Callable[[], bool] = lambda: False,
     after_epoch: Callable[[int, dict[str, float]], bool] | None = None,
     group: Distributed = SINGLE,
+    budget: Budget | None = None,
 ) -> TrainState:
     """Train from ``state`` to ``options.epochs``, validating, logging and checkpointing every epoch.
 
@@ -423,6 +430,8 @@ def fit(
             ranks it runs on rank 0, which tells the others whether to stop.
         group: the ranks training together (see :func:`train_one_epoch`); ``checkpoints`` and ``log`` write
             on rank 0 only (the others get stand-ins that write nothing).
+        budget: plans the number of epochs (at most ``options.epochs``) to end on time (``trainer.budget``):
+            told every optimizer step and every epoch's seconds; its state goes into ``state.budget``.
 
     Raises:
         Interrupted: ``should_stop()`` turned true; ``last.pt`` was written first.
@@ -430,10 +439,11 @@ def fit(
     """
     model, train_loader = stage.module, stage.train
     evaluated = extras.ema.module if extras.ema is not None else model  # with EMA, the averaged weights are kept
-    epochs = options.epochs
-    for epoch in range(state.epoch, epochs if stage.until is None else min(stage.until, epochs)):
+    epoch, mark = state.epoch, time.perf_counter()  # mark: the last epoch's end, for the budget
+    while epoch < _last_epoch(options.epochs, stage.until, budget):
         if state.stopped_early:
             break
+        epochs = budget.planned() if budget is not None else options.epochs
         train_loader.set_epoch(epoch, state.step)
         for follower in stage.followers:
             follower.set_epoch(epoch)
@@ -454,12 +464,14 @@ def fit(
                 should_stop=should_stop,
                 desc=f"epoch {epoch + 1}/{epochs}",
                 group=group,
+                after_step=None if budget is None else lambda step, done=epoch: budget.after_step(done, step),
             )
         except Diverged as exc:
             raise Diverged(f"epoch {epoch + 1}: {exc}") from None
         metrics.update(getattr(train_loader, "drop_metrics", dict)())  # samples that failed to load, if any
         if group.agree(0, True, should_stop(), device)[2]:  # every rank stops with the one that was asked
             state.step, state.partial = totals.steps, totals.reduced(group).state()
+            state.budget = budget.state() if budget is not None else None
             checkpoints.save(state, best=False)
             raise Interrupted(f"stopped in epoch {epoch + 1} after {totals.steps} batches")
         val_metrics, outputs = validate(
@@ -481,10 +493,14 @@ def fit(
         stopped_by_hook = group.broadcast(after_epoch is not None and group.is_main and after_epoch(epoch + 1, metrics))
         state.stopped_early = patience_ran_out or stopped_by_hook
         log.write(epoch + 1, metrics)
+        if budget is not None:  # the plan for the epochs after this one, made before the checkpoint keeps it
+            budget.end_epoch(epoch + 1, time.perf_counter() - mark)  # the last epoch's checkpoints included
+            mark = time.perf_counter()
+            state.budget = budget.state()
         checkpoints.save(state, best=improved)
         if improved:
             log.new_best(epoch + 1, outputs)
-        _log_epoch(epoch + 1, epochs, metrics, improved)
+        _log_epoch(epoch + 1, budget.planned() if budget is not None else epochs, metrics, improved)
         if patience_ran_out:
             logger.info(
                 "early stopping: %s has not improved by more than %g for %d epochs (best %.4f at epoch %d)",
@@ -494,4 +510,11 @@ def fit(
                 state.best,
                 state.best_epoch,
             )
+        epoch += 1
     return state
+
+
+def _last_epoch(epochs: int, until: int | None, budget: Budget | None) -> int:
+    """The epoch a stage trains up to: ``epochs`` or the budget's plan, and the stage's own end."""
+    last = budget.planned() if budget is not None else epochs
+    return last if until is None else min(until, last)

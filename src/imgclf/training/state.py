@@ -28,6 +28,7 @@ class TrainState:
     partial: dict[str, float] = field(default_factory=dict)  # Totals of the unfinished epoch
     bad_epochs: int = 0  # epochs since the monitored value last improved by min_delta
     stopped_early: bool = False
+    budget: dict[str, Any] | None = None  # trainer.budget's plan and the seconds spent (training.budget.Budget)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
