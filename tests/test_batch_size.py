@@ -11,7 +11,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from helpers import compose_cfg, tiny_overrides
+import imgclf.tasks as tasks
+from helpers import compose_cfg, copy_trained, tiny_overrides
 from imgclf.errors import CheckpointError, ConfigError
 from imgclf.models.classifier import Classifier
 from imgclf.tasks import build
@@ -291,7 +292,7 @@ def test_config_check_accepts_a_number_or_auto(override: str, key: str) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the search measures device memory")
 def test_on_cuda_finds_a_batch_that_trains_with_weights_unchanged() -> None:
     """On a real GPU with 2% of its memory allowed to this process: a real out-of-memory error stops the growth."""
-    device = torch.device("cuda")
+    device = torch.device("cuda", torch.cuda.current_device())  # the memory fraction needs an index
     cfg = _auto_cfg("dataset.image_size=64", "loader.max_batch_size=100000", "trainer.amp=bf16")
     net = build.network(cfg).to(device)
     model = Classifier(net, [0.5] * 3, [0.25] * 3).to(device)
@@ -309,3 +310,13 @@ def test_on_cuda_finds_a_batch_that_trains_with_weights_unchanged() -> None:
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_test_py_with_auto_evaluates_in_the_checkpoints_batch(
+    trained_tiny: tuple[list[str], Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    overrides, _ = copy_trained(trained_tiny, tmp_path, "loader.batch_size=auto", "device=cpu")
+    with caplog.at_level(logging.INFO, logger="imgclf"):
+        metrics = tasks.test(compose_cfg("train", overrides))
+    assert 0 <= metrics["accuracy"] <= 1  # the report was written
+    assert "loader.batch_size=auto: evaluating in batches of 8, the batch best.pt trained with" in caplog.text
