@@ -19,6 +19,7 @@ from imgclf.tasks import build
 from imgclf.tasks.batch_size import (
     batch_for_evaluation,
     choose,
+    describe,
     find_batch_size,
     refuse_off_cuda,
     resolve_batch_size,
@@ -120,6 +121,7 @@ class FakeGroup(Distributed):
 def test_ranks_agree_on_the_smallest_batch() -> None:
     choice = choose(out_of_memory_above(432), max_batch_size=1024, train_size=100_000, group=FakeGroup((400, 512)))
     assert choice.found == (400, 384, 512) and choice.batch_size == 384
+    assert "the smallest of 3 ranks' [400, 384, 512]: global batch 1152" in describe(choice, FakeGroup((400, 512)))
     choice = choose(out_of_memory_above(10**9), max_batch_size=1024, train_size=100_000, group=FakeGroup((200, 512)))
     assert choice.batch_size == 200
     # the train split is shared by the ranks: each rank's batch is at most its share
@@ -320,3 +322,23 @@ def test_test_py_with_auto_evaluates_in_the_checkpoints_batch(
         metrics = tasks.test(compose_cfg("train", overrides))
     assert 0 <= metrics["accuracy"] <= 1  # the report was written
     assert "loader.batch_size=auto: evaluating in batches of 8, the batch best.pt trained with" in caplog.text
+
+
+def _rank_choice(rank: int, world: int, store: str, results: str) -> None:
+    """One rank of a real gloo group: it finds its own largest batch (a different simulated limit per rank)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        group = Distributed(rank, rank, world)
+        choice = choose(out_of_memory_above(100 * (rank + 1)), max_batch_size=1024, train_size=10**5, group=group)
+        Path(results, str(rank)).write_text(f"{choice.batch_size} {list(choice.found)}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes: about 40 s on 2 shared cores
+def test_ranks_of_a_real_process_group_agree(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(_rank_choice, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    expected = f"{with_headroom(100)} {[with_headroom(100), with_headroom(200)]}"
+    assert [(tmp_path / str(rank)).read_text() for rank in (0, 1)] == [expected, expected]

@@ -257,7 +257,12 @@ def describe(choice: Choice, group: Distributed = SINGLE) -> str:
         why = f"capped by {capped_by}; {search.largest} trained"
     else:
         why = f"largest that fit: {search.largest}, {HEADROOM:.0%} headroom"
-    ranks = f"; the smallest of {group.world_size} ranks' {list(choice.found)}" if group.active else ""
+    ranks = ""
+    if group.active:
+        ranks = (
+            f"; the smallest of {group.world_size} ranks' {list(choice.found)}: global batch "
+            f"{choice.batch_size * group.world_size}"
+        )
     return f"batch size auto: {choice.batch_size} ({why}; {len(search.tries)} tries in {search.seconds:.1f} s){ranks}"
 
 
