@@ -13,7 +13,7 @@ from torch import nn
 
 import imgclf.tasks as tasks
 from helpers import compose_cfg, copy_trained, tiny_overrides
-from imgclf.errors import CheckpointError, ConfigError
+from imgclf.errors import CheckpointError, ConfigError, TrainingError
 from imgclf.models.classifier import Classifier
 from imgclf.tasks import build
 from imgclf.tasks.batch_size import (
@@ -220,6 +220,14 @@ def test_find_batch_size_writes_the_batch_into_the_config_and_says_the_lr_rule(
     line = next(r.getMessage() for r in caplog.records if "batch size auto" in r.getMessage())
     assert "batch size auto: 56 (largest that fit: 63, 90% headroom" in line
     assert f"optimizer.lr {cfg.optimizer.lr:g} as configured (not scaled)" in line
+
+
+def test_nothing_fits_stops_the_run_saying_what_to_change() -> None:
+    cfg = _auto_cfg()
+    model = Classifier(OutOfMemoryNet(limit=1, where="forward"), [0.5] * 3, [0.25] * 3)
+    with pytest.raises(TrainingError, match=r"not even a batch of 2 images of 12 px .* trainer\.amp=bf16"):
+        find_batch_size(cfg, model, train_size=5000, device=CPU)
+    assert cfg.loader.batch_size == "auto"
 
 
 def test_linear_lr_scaling_rebuilds_the_optimizer_and_scheduler(caplog: pytest.LogCaptureFixture) -> None:
