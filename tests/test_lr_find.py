@@ -19,6 +19,7 @@ from torch import nn
 from helpers import ROOT, compose_cfg, options, read_csv, tiny_overrides
 from imgclf.data.dataset import make_loader
 from imgclf.errors import ConfigError
+from imgclf.models.efficientnet_lite import EfficientNetLite
 from imgclf.tasks.lr_find_task import lr_find
 from imgclf.training.engine import TrainOptions
 from imgclf.training.lr_range import Curve, Sweep, range_test, suggest
@@ -143,19 +144,31 @@ def test_every_group_follows_the_exponential_schedule_at_its_own_ratio() -> None
     assert [g["lr"] for g in optimizer.param_groups] == [0.5, 0.05]  # restored
 
 
-def test_suggestion_is_the_steepest_fall_and_none_for_a_flat_curve() -> None:
-    """On a made-up curve falling fastest at lr 1e-3 the suggestion is there (one grid step); a flat curve, or one
-    too short to read, gives none with the reason."""
-    lrs = [10 ** (-6 + 6 * i / 59) for i in range(60)]
-    falling = [2 - math.tanh(2 * (math.log10(lr) + 3)) for lr in lrs]  # steepest at log10(lr) = -3
-    found = suggest(Curve(lrs, falling, falling))
-    assert found.lr == pytest.approx(1e-3, rel=0.3)
-    assert found.minimum == pytest.approx(min(lrs[6:55], key=lambda lr: falling[lrs.index(lr)]) / 10)
+def test_suggestions_valley_steepest_and_minimum_and_none_for_a_flat_curve() -> None:
+    """A made-up curve, flat at 2, falling fastest at lr 1e-2 down to its lowest point at lr 1e-1, then blowing up:
+    the steepest fall is at 1e-2, the valley halfway (in steps) along the longest fall from the end of the flat
+    part (1e-5) to the lowest point, a tenth of the lowest point is 1e-2. A flat curve, or one too short to read,
+    gives none with the reason."""
+    lrs = [10 ** (-7 + 8 * i / 80) for i in range(81)]  # ten steps per decade, 1e-7 to 10
+
+    def loss(lr: float) -> float:
+        x = math.log10(lr)
+        if x <= -5:
+            return 2.0
+        if x <= -1:
+            return 1.5 - 0.5 * math.tanh(2 * (x + 2))  # from 2 at 1e-5 to its lowest at 1e-1
+        return 1.5 - 0.5 * math.tanh(2) + 50 * (x + 1) ** 2
+
+    curve = [loss(lr) for lr in lrs]
+    found = suggest(Curve(lrs, curve, curve))
+    assert found.steepest == pytest.approx(1e-2, rel=0.3)
+    assert found.minimum == pytest.approx(1e-2, rel=0.3)
+    assert 10**-3.5 < found.lr < 10**-2.5  # about halfway from 1e-5 to 1e-1 on the log axis (fastai rounds down)
 
     flat = [2.0 + 0.01 * math.sin(i) for i in range(60)]
-    none = suggest(Curve(lrs, flat, flat))
-    assert none.lr is None and "never fell" in none.reason
-    short = suggest(Curve(lrs[:2], falling[:2], falling[:2]))
+    none = suggest(Curve(lrs[:60], flat, flat))
+    assert none.lr is None and none.steepest is None and "never fell" in none.reason
+    short = suggest(Curve(lrs[:2], curve[:2], curve[:2]))
     assert short.lr is None and "too few" in short.reason
 
 
@@ -211,15 +224,32 @@ def test_bf16_accumulation_and_clipping_take_real_steps(tmp_path: Path, tiny_fol
     assert len(found.curve.lrs) == 4 and CountingLoss.calls == 8
 
 
+class CountingLite(EfficientNetLite):
+    """Counts the forward passes of its backbone (``model._target_=test_lr_find.CountingLite``)."""
+
+    backbone_calls = 0
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.backbone.register_forward_hook(lambda *_: CountingLite.count())
+
+    @staticmethod
+    def count() -> None:
+        CountingLite.backbone_calls += 1
+
+
 @pytest.mark.slow
 def test_cached_features_sweep_the_head(tmp_path: Path, tiny_folder: Path) -> None:
-    """The transfer recipe's frozen backbone with trainer.cache_features=true: the head trains on cached features
-    (a Lite0 from scratch, at 32 px), and the sweep runs on them."""
-    extra = ["model=lite0", "model.pretrained=false", "model.freeze=backbone", "dataset.image_size=32"]
-    extra += ["trainer.cache_features=true", "loss._target_=test_lr_find.CountingLoss", *SWEEP]
-    CountingLoss.calls = 0
+    """The transfer recipe's frozen backbone with trainer.cache_features=true (a Lite0 from scratch, at 32 px): the
+    sweep trains the head on the cached features, so the backbone runs only to compute them (the 48 train and 18
+    val images in batches of 8, and the model check on two blank images), never during the sweep's steps."""
+    extra = ["model=lite0", "model._target_=test_lr_find.CountingLite", "model.pretrained=false"]
+    extra += ["model.freeze=backbone", "dataset.image_size=32", "trainer.cache_features=true"]
+    extra += ["loss._target_=test_lr_find.CountingLoss", *SWEEP]
+    CountingLoss.calls = CountingLite.backbone_calls = 0
     found = lr_find(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, *extra)))
     assert len(found.curve.lrs) > 5 and CountingLoss.calls == len(found.curve.lrs)
+    assert CountingLite.backbone_calls == 1 + 6 + 3
     assert (tmp_path / "experiments" / "tiny" / "lr_find.png").is_file()
 
 

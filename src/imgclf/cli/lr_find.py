@@ -4,7 +4,8 @@ Find a learning rate before training (the range test of fastai's lr_find and Lig
 the run of `python train.py -cn=<recipe> [key=value ...]` (the same data, model, optimizer, loss, AMP,
 accumulation, clipping and MixUp/CutMix; with trainer.cache_features the head on the cached features) and takes
 real training steps at a learning rate growing exponentially, recording the loss, until the loss diverges. It
-prints the learning rate where the smoothed loss falls fastest as the override to paste:
+prints the learning rate halfway along the longest fall of the smoothed loss (fastai's "valley") as the override
+to paste, with the steepest fall and a tenth of the lowest point beside it:
 
     optimizer.lr=<value>
 
@@ -62,7 +63,10 @@ def _run(conf: Path, args: list[str]) -> None:
         if found.override() is None:
             print(f"{PROGRAM}: no learning rate to suggest: {shown.reason}")
         else:
-            print(f"{PROGRAM}: {shown.reason} at lr {shown.lr:.2g}; lowest loss / 10: {shown.minimum:.2g}")
+            print(f"{PROGRAM}: {shown.reason}: lr {shown.lr:.2g}")
+            print(
+                f"{PROGRAM}: for comparison, steepest fall at lr {shown.steepest:.2g}, lowest loss / 10: {shown.minimum:.2g}"
+            )
             print(found.override())
         print(f"{PROGRAM}: curve in {found.plot}")
 

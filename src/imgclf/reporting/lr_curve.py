@@ -17,11 +17,12 @@ def lr_figure(
     smoothed: Sequence[float],
     *,
     suggested: float | None,
+    steepest: float | None,
     minimum: float | None,
     title: str,
 ) -> Any:
-    """The raw and smoothed loss per step against its learning rate (log x), with the suggested rate and a tenth
-    of the lowest point as vertical lines; the y range is cut at the first loss (log scale), so the blow-up at
+    """The raw and smoothed loss per step against its learning rate (log x), with the suggested rate, the steepest
+    fall and a tenth of the lowest point as vertical lines; the y range is cut at the first loss (log scale), so the blow-up at
     the end does not flatten the part that matters."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -30,7 +31,9 @@ def lr_figure(
         ax.plot(*zip(*finite, strict=True), color="0.75", linewidth=1, label="loss per step")
     ax.plot(lrs, smoothed, color="C0", linewidth=2, label="smoothed loss")
     if suggested is not None:
-        ax.axvline(suggested, color="C3", linestyle="--", label=f"suggested lr {suggested:.2g} (steepest fall)")
+        ax.axvline(suggested, color="C3", linestyle="--", linewidth=2, label=f"suggested lr {suggested:.2g} (valley)")
+    if steepest is not None:
+        ax.axvline(steepest, color="C1", linestyle="-.", label=f"steepest fall: {steepest:.2g}")
     if minimum is not None:
         ax.axvline(minimum, color="C2", linestyle=":", label=f"lowest loss / 10: {minimum:.2g}")
     ax.set_xscale("log")

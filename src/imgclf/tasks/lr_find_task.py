@@ -146,7 +146,13 @@ def write(cfg: DictConfig, exp: ExperimentDir, curve: Curve, suggestion: Suggest
     stopped = f", stopped at step {len(curve.lrs)}: the loss diverged" if curve.diverged else ""
     title = f"{cfg.experiment}: learning-rate range test ({len(curve.lrs)} of {cfg.lr_find.steps} steps{stopped})"
     fig = lr_figure(
-        curve.lrs, curve.losses, curve.smoothed, suggested=suggestion.lr, minimum=suggestion.minimum, title=title
+        curve.lrs,
+        curve.losses,
+        curve.smoothed,
+        suggested=suggestion.lr,
+        steepest=suggestion.steepest,
+        minimum=suggestion.minimum,
+        title=title,
     )
     events_dir = exp.tensorboard_dir / EVENTS
     events_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,8 @@ gets a loader that stops when the sweep is done and a step hook in place of its 
 loss and sets the next rate. The module, the optimizer, the gradient scaler and every random generator are restored
 afterwards, so a caller can train from where it was.
 
-The suggestion is fastai's "steep": the rate where the smoothed loss falls fastest against log(lr).
+The suggestion is fastai's "valley" (halfway along the longest fall of the smoothed loss), with its "steep" (the
+fastest fall against log(lr)) and "minimum" (a tenth of the lowest point) beside it.
 """
 
 from __future__ import annotations
@@ -87,15 +88,18 @@ class Curve:
 
 @dataclass(frozen=True)
 class Suggestion:
-    """What the curve suggests.
+    """What the curve suggests (every rate None when the loss never fell enough to say).
 
     Attributes:
-        lr: the steepest fall of the smoothed loss (None: the loss never fell enough to say).
-        minimum: a tenth of the rate with the lowest smoothed loss, fastai's other rule (None as ``lr``).
+        lr: the suggestion, fastai's "valley": halfway along the longest stretch over which the smoothed loss keeps
+            falling (its longest falling subsequence), where the fall is under way and still far from the blow-up.
+        steepest: the rate where the smoothed loss falls fastest against log(lr) (fastai's "steep").
+        minimum: a tenth of the rate with the lowest smoothed loss (fastai's "minimum").
         reason: why there is no suggestion, or how it was found.
     """
 
     lr: float | None
+    steepest: float | None
     minimum: float | None
     reason: str
 
@@ -258,30 +262,46 @@ def _set_rng_states(states: tuple) -> None:
 
 
 def suggest(curve: Curve, *, min_fall: float = 0.05) -> Suggestion:
-    """fastai's "steep" rule on the smoothed loss, with its trimming: the first tenth of the steps (the average
-    still filling) and the last few (where it blows up) are left out. No suggestion when the trimmed curve has
-    fewer than 3 points or its lowest point is not ``min_fall`` (5%) below its first: a flat curve's steepest
-    point is noise."""
+    """fastai's suggestions on the smoothed loss, with its trimming: the first tenth of the steps (the average still
+    filling) and the last few (where it blows up) are left out. None when the trimmed curve has fewer than 3 points
+    or its lowest point is not ``min_fall`` (5%) below its first: a flat curve's steepest point is noise."""
     points = len(curve.smoothed)
     head, tail = points // 10, min(5, points // 4)
     lrs = np.array(curve.lrs[head : points - tail])
     smoothed = np.array(curve.smoothed[head : points - tail])
     if len(smoothed) < 3 or not np.isfinite(smoothed).all():
-        return Suggestion(None, None, f"{points} step(s) recorded: too few to read a slope (raise lr_find.steps)")
+        return Suggestion(None, None, None, f"{points} step(s) recorded: too few to read a slope (raise lr_find.steps)")
     lowest = int(smoothed.argmin())
     fall = (smoothed[0] - smoothed[lowest]) / abs(smoothed[0]) if smoothed[0] else 0.0
     if fall < min_fall:
         return Suggestion(
             None,
             None,
+            None,
             f"the smoothed loss never fell by {min_fall:.0%} (from {smoothed[0]:.4g} at lr {lrs[0]:.2g} to at best "
             f"{smoothed[lowest]:.4g} at lr {lrs[lowest]:.2g}): widen the range (lr_find.start/end), take more "
             "lr_find.steps, or check that the data can be learned",
         )
-    slopes = np.diff(smoothed) / np.diff(np.log(lrs))
-    steepest = int(slopes.argmin())
+    start, end = _longest_fall(smoothed)
+    third = (end - start) / 3
+    valley = start + int(third) + int(third / 2)
+    steepest = int((np.diff(smoothed) / np.diff(np.log(lrs))).argmin())
     return Suggestion(
+        float(lrs[valley]),
         float(lrs[steepest]),
         float(lrs[lowest] / 10),
-        f"steepest fall of the smoothed loss ({slopes[steepest]:.3g} per e-fold of lr)",
+        f"valley: halfway along the longest fall of the smoothed loss (lr {lrs[start]:.2g} to {lrs[end]:.2g})",
     )
+
+
+def _longest_fall(losses: np.ndarray) -> tuple[int, int]:
+    """The first and last index of the longest strictly falling subsequence of ``losses`` (fastai's valley)."""
+    lengths = [1] * len(losses)
+    end = 0
+    for i in range(1, len(losses)):
+        for j in range(i):
+            if losses[i] < losses[j]:
+                lengths[i] = max(lengths[i], lengths[j] + 1)
+        if lengths[i] > lengths[end]:
+            end = i
+    return max(end - lengths[end], 0), end
