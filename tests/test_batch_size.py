@@ -350,3 +350,12 @@ def test_ranks_of_a_real_process_group_agree(tmp_path: Path) -> None:
     torch.multiprocessing.spawn(_rank_choice, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2)
     expected = f"{with_headroom(100)} {[with_headroom(100), with_headroom(200)]}"
     assert [(tmp_path / str(rank)).read_text() for rank in (0, 1)] == [expected, expected]
+
+
+def test_train_py_with_auto_on_the_cpu_is_refused_before_any_image_is_decoded(
+    tmp_path: Path, tiny_folder: Path
+) -> None:
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "loader.batch_size=auto", "device=cpu"))
+    with pytest.raises(ConfigError, match=r"loader\.batch_size=auto"):
+        tasks.train(cfg)
+    assert not (tmp_path / "cache").exists()  # refused before the decoded-image cache was built

@@ -22,7 +22,7 @@ from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.resume import check_classes, check_resumable, is_finished
 from imgclf.models.classifier import Classifier
 from imgclf.runtime import resolve_device, tune_malloc
-from imgclf.tasks import build, inputs, preprocess, rank_writes, ranks, sweep
+from imgclf.tasks import batch_size, build, inputs, preprocess, rank_writes, ranks, sweep
 from imgclf.tasks.config_check import check_config, expand_user_paths
 from imgclf.tasks.failures import training_error
 from imgclf.tasks.folders import check_same_data, experiment_dir, in_sweep, report_finished
@@ -182,6 +182,18 @@ def prepare_run(
         optimization = replace(optimization, loss_fn=build.loss(cfg, device, loss_weights))
     optimizer, scheduler = optimization.optimizer, optimization.scheduler
     extras = build.step_extras(cfg, model, device, payload)
+    batch_size.resolve_batch_size(  # loader.batch_size=auto: found on the GPU (resuming: the run's own)
+        cfg,
+        model,
+        train_size=len(loaded["train"].samples),
+        device=device,
+        group=group,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss_fn=optimization.loss_fn,
+        extras=extras,
+        payload=payload,
+    )
     state = TrainState() if payload is None else restore(cfg, payload, classes, model, optimizer, scheduler, extras.ema)
     writes.record_start(splits, loaded, state, payload)
     train_loader, val_loader = inputs.train_loaders(cfg, loaded, prep, device, sample_weights, group)
@@ -324,8 +336,9 @@ def start(cfg: DictConfig) -> tuple[Distributed, torch.device]:
     group, device_name = distributed.setup(cfg.device, cfg.trainer.dist_timeout)
     ranks.quiet(group)
     device = resolve_device(device_name)
+    batch_size.refuse_off_cuda(cfg, device)  # loader.batch_size=auto off CUDA: refused before any image is decoded
     ranks.check_sync_bn(cfg.trainer.sync_bn, device)
-    if group.active:
+    if group.active and not batch_size.is_auto(cfg):  # with auto, the batch found is logged with the global one
         log.info(
             "%d processes: global batch %d (loader.batch_size %d per rank x %d ranks), %d per optimizer step "
             "with trainer.accumulate=%d; optimizer.lr as configured (not scaled)",
