@@ -22,8 +22,8 @@ def lr_figure(
     title: str,
 ) -> Any:
     """The raw and smoothed loss per step against its learning rate (log x), with the suggested rate, the steepest
-    fall and a tenth of the lowest point as vertical lines; the y range is cut at the first loss (log scale), so the blow-up at
-    the end does not flatten the part that matters."""
+    fall and a tenth of the lowest point as vertical lines; the y range stops a little above the first smoothed
+    loss, so the blow-up at the end does not flatten the part that matters."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     finite = [(lr, loss) for lr, loss in zip(lrs, losses, strict=True) if math.isfinite(loss)]
@@ -38,8 +38,8 @@ def lr_figure(
         ax.axvline(minimum, color="C2", linestyle=":", label=f"lowest loss / 10: {minimum:.2g}")
     ax.set_xscale("log")
     shown = [s for s in smoothed if math.isfinite(s)]
-    if shown and shown[0] > min(shown):  # a curve that falls: from its lowest point to a little above its first
-        low, first = min(shown), shown[0]
+    if shown and shown[0] > min(shown):  # a curve that falls: from its lowest loss to a little above its first
+        low, first = min(shown + [loss for _, loss in finite]), shown[0]
         ax.set_ylim(low - 0.05 * (first - low), first + 0.25 * (first - low))
     ax.set_xlabel("learning rate (optimizer.lr)")
     ax.set_ylabel("training loss")
