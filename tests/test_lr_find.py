@@ -175,10 +175,13 @@ def test_suggestions_valley_steepest_and_minimum_and_none_for_a_flat_curve() -> 
 def test_lr_find_writes_the_plot_and_table_and_no_checkpoint(tmp_path: Path, tiny_folder: Path) -> None:
     """Through lr_find(cfg) on the tiny folder: the csv's lr column is the exponential schedule from lr_find.start,
     each smoothed value is the bias-corrected moving average of the losses; the experiment folder holds the plot
-    and the table only, and TensorBoard gets its own run."""
+    and the table only beside what it held (left as it was), and TensorBoard gets its own run."""
+    exp = tmp_path / "experiments" / "tiny"
+    exp.mkdir(parents=True)
+    (exp / "last.pt").write_bytes(b"a run's checkpoint")  # never read: lr_find resumes nothing
     found = lr_find(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, *SWEEP)))
 
-    rows = read_csv(tmp_path / "experiments" / "tiny" / "lr_find.csv")
+    rows = read_csv(exp / "lr_find.csv")
     lrs = [float(r["lr"]) for r in rows]
     assert lrs[0] == pytest.approx(1e-4) and len(rows) == len(found.curve.lrs) <= 24
     for i, lr in enumerate(lrs):
@@ -189,7 +192,8 @@ def test_lr_find_writes_the_plot_and_table_and_no_checkpoint(tmp_path: Path, tin
         average = 0.8 * average + 0.2 * loss
         if math.isfinite(average):
             assert float(row["smoothed"]) == pytest.approx(average / (1 - 0.8 ** (i + 1)), rel=1e-4)
-    assert sorted(p.name for p in (tmp_path / "experiments" / "tiny").iterdir()) == ["lr_find.csv", "lr_find.png"]
+    assert sorted(p.name for p in exp.iterdir()) == ["last.pt", "lr_find.csv", "lr_find.png"]
+    assert (exp / "last.pt").read_bytes() == b"a run's checkpoint"
     assert found.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((tmp_path / "runs" / "tiny" / "lr_find").glob("events.out.tfevents.*"))
 
