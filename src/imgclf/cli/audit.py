@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from imgclf.cli.common import add_version
+from imgclf.cli.common import add_version, config_dir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,14 +30,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. dataset.root=/data audit.folds=10")
     add_version(parser)
     return parser
-
-
-def config_dir() -> Path:
-    """conf/ of the project run from (the current folder), else the one of the imgclf checkout installed."""
-    here = Path.cwd() / "conf"
-    if (here / "train.yaml").is_file():
-        return here
-    return Path(__file__).resolve().parents[3] / "conf"
 
 
 def main() -> None:

@@ -72,3 +72,27 @@ def print_table(text: str) -> bool:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return False
+
+
+def config_dir() -> Path:
+    """./conf when it holds train.yaml (a project of one's own), else the conf/ of the checkout imgclf runs from."""
+    here = Path.cwd() / "conf"
+    if (here / "train.yaml").is_file():
+        return here
+    return Path(__file__).resolve().parents[3] / "conf"
+
+
+def hydra_front_door(program: str, doc: str, argv: list[str] | None) -> tuple[Path, list[str]]:
+    """What a Hydra program (imgclf-preview, imgclf-lr-find) does before importing Hydra and torch: ``--help``
+    and ``--version`` answered at once, and the conf/ folder it composes from, or exit 1 saying there is none."""
+    args = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(args):
+        raise SystemExit(0 if print_table(doc.strip()) else EXIT_CLOSED_PIPE)
+    if "--version" in args:
+        print(f"{program} (imgclf {version()})")
+        raise SystemExit(0)
+    conf = config_dir()
+    if not (conf / "train.yaml").is_file():
+        print(f"{program}: no conf/train.yaml in {Path.cwd()} or {conf.parent}: run it in the imgclf checkout")
+        raise SystemExit(1)
+    return conf, args

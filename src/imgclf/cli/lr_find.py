@@ -28,24 +28,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from imgclf.cli.common import EXIT_CLOSED_PIPE, print_table, version
-from imgclf.cli.preview import config_dir
+from imgclf.cli.common import hydra_front_door
 
 PROGRAM = "imgclf-lr-find"
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if {"-h", "--help"} & set(args):  # answered before Hydra and torch are imported
-        raise SystemExit(0 if print_table(__doc__.strip()) else EXIT_CLOSED_PIPE)
-    if "--version" in args:
-        print(f"{PROGRAM} (imgclf {version()})")
-        raise SystemExit(0)
-    conf = config_dir()
-    if not (conf / "train.yaml").is_file():
-        print(f"{PROGRAM}: no conf/train.yaml in {Path.cwd()} or {conf.parent}: run it in the imgclf checkout")
-        raise SystemExit(1)
-    _run(conf, args)
+    _run(*hydra_front_door(PROGRAM, __doc__, argv))
 
 
 def _run(conf: Path, args: list[str]) -> None:

@@ -19,31 +19,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from imgclf.cli.common import EXIT_CLOSED_PIPE, print_table, version
+from imgclf.cli.common import hydra_front_door
 
 PROGRAM = "imgclf-preview"
 
 
-def config_dir() -> Path:
-    """./conf when it holds train.yaml (a project of one's own), else the conf/ of the checkout imgclf runs from."""
-    here = Path.cwd() / "conf"
-    if (here / "train.yaml").is_file():
-        return here
-    return Path(__file__).resolve().parents[3] / "conf"
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if {"-h", "--help"} & set(args):  # answered before Hydra and torch are imported
-        raise SystemExit(0 if print_table(__doc__.strip()) else EXIT_CLOSED_PIPE)
-    if "--version" in args:
-        print(f"{PROGRAM} (imgclf {version()})")
-        raise SystemExit(0)
-    conf = config_dir()
-    if not (conf / "train.yaml").is_file():
-        print(f"{PROGRAM}: no conf/train.yaml in {Path.cwd()} or {conf.parent}: run it in the imgclf checkout")
-        raise SystemExit(1)
-    _run(conf, args)
+    _run(*hydra_front_door(PROGRAM, __doc__, argv))
 
 
 def _run(conf: Path, args: list[str]) -> None:
