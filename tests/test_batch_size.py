@@ -359,3 +359,11 @@ def test_train_py_with_auto_on_the_cpu_is_refused_before_any_image_is_decoded(
     with pytest.raises(ConfigError, match=r"loader\.batch_size=auto"):
         tasks.train(cfg)
     assert not (tmp_path / "cache").exists()  # refused before the decoded-image cache was built
+
+
+def test_lr_find_with_auto_on_the_cpu_is_refused_naming_the_key(tmp_path: Path, tiny_folder: Path) -> None:
+    from imgclf.tasks.lr_find_task import lr_find
+
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "loader.batch_size=auto", "device=cpu"))
+    with pytest.raises(ConfigError, match=r"loader\.batch_size=auto"):
+        lr_find(cfg)

@@ -26,7 +26,7 @@ from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier
 from imgclf.reporting import figures
 from imgclf.reporting.lr_curve import lr_events, lr_figure
-from imgclf.tasks import build, inputs
+from imgclf.tasks import batch_size, build, inputs
 from imgclf.tasks.config_check import expand_user_paths
 from imgclf.tasks.folders import experiment_dir
 from imgclf.tasks.train_task import plan_data, resolve_preprocessing, start
@@ -103,6 +103,15 @@ def sweep_run(cfg: DictConfig, exp: ExperimentDir, sweep: Sweep) -> Curve:
     if loss_weights is not None:
         loss_fn = build.loss(cfg, device, loss_weights)
     extras = build.step_extras(cfg, model, device, None)
+    batch_size.resolve_batch_size(  # loader.batch_size=auto (CUDA): the batch training would find
+        cfg,
+        model,
+        train_size=len(loaded["train"].samples),
+        device=device,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        extras=extras,
+    )
     train_loader, val_loader = inputs.train_loaders(cfg, loaded, prep, device, sample_weights, group)
     stage = inputs.stages(
         cfg,
