@@ -17,6 +17,18 @@ folder is the clean copy's, untouched. Then, each a fresh process as a user runs
 It prints the test accuracy of each run, the share of the accuracy that the flips cost which excluding (or
 relabelling) the flagged images wins back (the issue's target: at least half), and the audit's time beside the
 one training's.
+
+Measured (2026-12-07, 2 CPU cores shared with a CI run, seed 0, noise 0.1, the full ``transfer`` recipe):
+
+| `transfer` on food101_mini | test accuracy (150 photos) | share of the flips' cost won back |
+|---|---|---|
+| clean labels | 0.853 | |
+| 10% of train flipped (45 of 450) | 0.813 | |
+| flipped, the audit's 99 flags excluded | 0.820 | 17% |
+| flipped, the audit's 99 flags relabelled | 0.773 | -100% |
+
+Time from an empty cache: training once 905 s, the audit 771 s (features 10.1 min, five folds of about 28 s).
+The issue's target (half of the cost won back) is not met on food101_mini; flowers5 is not measured yet.
 """
 
 from __future__ import annotations
