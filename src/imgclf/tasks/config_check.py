@@ -30,7 +30,8 @@ SPLITS = ("train", "val", "test", "all")
 # the base config every recipe extends: its keys are the only ones imgclf reads, so `+epochz=3` (an added key,
 # which Hydra's struct mode lets through) would be ignored; the config groups' own keys are checked when built
 BASE_CONFIG = Path(__file__).resolve().parents[3] / "conf" / "train.yaml"
-PLAIN_SECTIONS = ("trainer", "loader", "report", "paths", "preview", "audit", "lr_find")  # read key by key, never instantiated
+# read key by key, never instantiated
+PLAIN_SECTIONS = ("trainer", "loader", "report", "paths", "preview", "audit", "lr_find")
 
 
 def expand_user_paths(cfg: DictConfig) -> None:
