@@ -2,13 +2,18 @@
 
     imgclf-export (--experiment NAME | --checkpoint FILE) [--experiments-dir DIR] [--format onnx|torchscript]
                   [--tta none|flip] [--output DIR] [--exporter auto|dynamo|legacy] [--max-pixels N]
-                  [--parity-samples N]
+                  [--parity-samples N] [--quantize none|int8] [--calibration-images N]
+                  [--int8-min-agreement F] [--int8-max-accuracy-drop F]
 
 Writes <experiment>/export/ (or --output): model.onnx (uint8 NCHW images in, any batch size; normalization,
 the calibrated temperature and softmax inside; probabilities out; classes, sizes and the pixel limit in its
 metadata), parity.json (the export against PyTorch on the experiment's val images and random inputs) and
 model_card.md / model_card.json. The folder is replaced only when parity holds (every probability within
 1e-4, the same top class); otherwise the exit status is 1 and nothing named model.onnx is left.
+
+--quantize int8 adds model.int8.onnx: statically quantized for CPUs, calibrated on the experiment's training images,
+kept only when on val its top class agrees with model.onnx's on >= 97% of the images and its accuracy is at most
+1 point lower (both numbers in parity.json and the model card).
 
 Classify with the export, without torch: python predict.py --model experiments/NAME/export/model.onnx PATH...
 """
@@ -31,6 +36,8 @@ EXIT_FAILED = 1
 # what an export to each format imports (the dynamo exporter needs onnxscript; parity runs on onnxruntime)
 DEPLOY_PACKAGES = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "torchscript": ()}
 TTA_MODES = ("none", "flip")  # imgclf.models.classifier.TTA_MODES (a test keeps them equal); no torch for --help
+# imgclf.deploy.quantize's defaults (a test keeps them equal): --help imports neither torch nor onnxruntime
+CALIBRATION_IMAGES, MIN_AGREEMENT, MAX_ACCURACY_DROP = 200, 0.97, 0.01
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -83,6 +90,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="N",
         help="val images in the parity check (default 500; 0: all)",
     )
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="int8: also write model.int8.onnx, statically quantized for CPUs (ONNX only; default none)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=CALIBRATION_IMAGES,
+        metavar="N",
+        help=f"training images (a seeded sample) that calibrate the INT8 model (default {CALIBRATION_IMAGES})",
+    )
+    parser.add_argument(
+        "--int8-min-agreement",
+        type=float,
+        default=MIN_AGREEMENT,
+        metavar="F",
+        help=f"the INT8 gate: its top class equals fp32's on at least this share of val (default {MIN_AGREEMENT})",
+    )
+    parser.add_argument(
+        "--int8-max-accuracy-drop",
+        type=float,
+        default=MAX_ACCURACY_DROP,
+        metavar="F",
+        help=f"the INT8 gate: its val accuracy at most this below fp32's (default {MAX_ACCURACY_DROP}: 1 point)",
+    )
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help=argparse.SUPPRESS)
     add_version(parser)
     args = parser.parse_args(argv)
@@ -90,6 +124,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--max-pixels {args.max_pixels}: must be between 1 and {MAX_PIXELS}")
     if args.parity_samples < 0:
         parser.error(f"--parity-samples {args.parity_samples}: must be 0 (all) or more")
+    if args.quantize == "int8" and args.format != "onnx":
+        parser.error(f"--quantize int8 with --format {args.format}: INT8 models are ONNX; use --format onnx")
+    if args.calibration_images < 1:
+        parser.error(f"--calibration-images {args.calibration_images}: must be 1 or more")
+    if not 0 <= args.int8_min_agreement <= 1:
+        parser.error(f"--int8-min-agreement {args.int8_min_agreement}: a share between 0 and 1")
+    if not 0 <= args.int8_max_accuracy_drop <= 1:
+        parser.error(f"--int8-max-accuracy-drop {args.int8_max_accuracy_drop}: a share between 0 and 1")
     return args
 
 
@@ -128,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # torch is imported here, once the command line is known to be good
         from imgclf.deploy.export import export
+        from imgclf.deploy.quantize import Int8Gate
 
         checkpoint, experiment, out = locate(args)
         tta = args.tta or "as evaluated"  # None: export() takes the checkpoint's own, from the checkpoint it reads
@@ -142,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parity_samples=args.parity_samples,
             tolerance=args.tolerance,
             experiment=experiment,
+            quantize=args.quantize,
+            calibration_images=args.calibration_images,
+            int8_gate=Int8Gate(args.int8_min_agreement, args.int8_max_accuracy_drop),
         )
     except ImgclfError as exc:
         print(f"imgclf-export: error: {exc}", file=sys.stderr)
@@ -159,8 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{parity['random_images']} random): max |difference| {parity['max_abs_diff']:.2e}, top class agrees on "
         f"{parity['argmax_agreement']:.0%}"
     )
+    if result.int8 is not None:
+        int8 = parity["int8"]
+        print(
+            f"{result.int8.name} against {result.model.name} on {int8['val_images']} val images: top class agrees on "
+            f"{int8['argmax_agreement']:.1%}, accuracy {int8['int8_accuracy']:.1%} against {int8['fp32_accuracy']:.1%}"
+        )
     if args.format == "onnx":
-        print(f"classify without torch: python predict.py --model {result.model} PATH...")
+        print(f"classify without torch: python predict.py --model {result.int8 or result.model} PATH...")
     return 0
 
 

@@ -9,6 +9,10 @@ predictor needs besides pixels (classes, sizes, resize, crop, pixel limit) is st
 Nothing is written in place (docs/reliability.md I1): the files go to a temporary folder next to ``export/``, and only
 once parity with PyTorch holds is that folder renamed to ``export/``. A failed export leaves only
 ``export.failed.json`` (the parity numbers), never a ``model.onnx``.
+
+``quantize="int8"`` adds ``model.int8.onnx`` beside ``model.onnx`` (:mod:`imgclf.deploy.quantize`): calibrated on
+the experiment's training images, gated against the fp32 model on val; a failed gate fails the export as a
+failed parity check does.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from imgclf.data.images import PREDICT_MAX_PIXELS
 from imgclf.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
 from imgclf.deploy.model_card import write_card
 from imgclf.deploy.parity import TOLERANCE, check_parity
+from imgclf.deploy.quantize import CALIBRATION_IMAGES, INT8_FILE, Int8Gate, export_int8
 from imgclf.errors import ImgclfError
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.inference import Predictor
@@ -42,6 +47,7 @@ FORMATS = tuple(FILES)
 EXPORTERS = ("auto", "dynamo", "legacy")  # auto: torch.export-based (dynamo), the TorchScript-based one if it fails
 LEGACY_OPSET = 18
 EXAMPLE_BATCH = 2  # the traced batch: not 1, which the exporters would take as a fixed size
+QUANTIZE = ("none", "int8")
 
 
 class ExportError(ImgclfError):
@@ -66,6 +72,7 @@ class ExportResult:
     model: Path
     parity: dict[str, Any]
     card: dict[str, Any]
+    int8: Path | None = None  # model.int8.onnx, with quantize="int8"
 
 
 def export(
@@ -79,6 +86,9 @@ def export(
     parity_samples: int = 500,
     tolerance: float = TOLERANCE,
     experiment: Path | None = None,
+    quantize: str = "none",
+    calibration_images: int = CALIBRATION_IMAGES,
+    int8_gate: Int8Gate | None = None,
 ) -> ExportResult:
     """Export ``checkpoint`` to the folder ``out`` (replaced only when the new export passes parity).
 
@@ -93,12 +103,16 @@ def export(
         parity_samples: at most this many val images in the parity check (0: all).
         tolerance: the largest difference of a probability allowed between the export and PyTorch.
         experiment: the experiment folder (its splits.csv, test report, doctor.json); None: the checkpoint's.
+        quantize: "int8" also writes ``model.int8.onnx`` (ONNX only), calibrated on ``calibration_images`` training
+            images and kept only when it passes ``int8_gate`` (default :class:`Int8Gate`) on val.
 
     Raises:
         CheckpointError: the checkpoint cannot be used; ExportError: export failed or parity does not hold.
     """
     checkpoint, out = Path(checkpoint), Path(out)
     experiment = experiment or checkpoint.parent
+    if quantize not in QUANTIZE or (quantize == "int8" and fmt != "onnx"):
+        raise ExportError(f"quantize={quantize!r} with format {fmt!r}: INT8 is an ONNX export (quantize none or int8)")
     payload = load_checkpoint(checkpoint)
     tta = evaluated_tta(payload) if tta is None else tta
     predictor = Predictor.load(checkpoint, device="cpu", tta=tta, max_pixels=max_pixels)
@@ -125,13 +139,28 @@ def export(
                 f"{checkpoint}: the exported model does not compute what PyTorch computes: "
                 f"{parity['reason']}; nothing was exported (the numbers are in {failed})"
             )
+        if quantize == "int8":
+            parity["int8"] = export_int8(
+                model_file,
+                experiment / "splits.csv",
+                calibration_images=calibration_images,
+                parity_samples=parity_samples,
+                gate=int8_gate or Int8Gate(),
+            )
+            if not parity["int8"]["passed"]:
+                write_text_atomic(failed, json.dumps(parity, indent=2) + "\n")
+                raise ExportError(
+                    f"{checkpoint}: the INT8 model does not answer as the fp32 model does: "
+                    f"{parity['int8']['reason']}; nothing was exported (the numbers are in {failed}; "
+                    "export without --quantize, or with more --calibration-images)"
+                )
         write_text_atomic(staging / "parity.json", json.dumps(parity, indent=2) + "\n")
         card = write_card(staging, model_file, info, payload, checkpoint, experiment, parity, fmt)
         for file in staging.iterdir():  # the exporter's own files too, whatever the umask
             os.chmod(file, 0o644)
     failed.unlink(missing_ok=True)
     log.info("exported %s to %s (%s)", checkpoint, out, used)
-    return ExportResult(out, out / FILES[fmt], parity, card)
+    return ExportResult(out, out / FILES[fmt], parity, card, out / INT8_FILE if quantize == "int8" else None)
 
 
 def check_exportable(predictor: Predictor, payload: dict[str, Any], path: Path) -> None:

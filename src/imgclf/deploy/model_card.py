@@ -83,9 +83,43 @@ def write_card(
         },
         "versions": versions(),
     }
+    if "int8" in parity:
+        card["int8"] = int8_record(model_file.with_name(parity["int8"]["file"]), parity["int8"])
     write_text_atomic(folder / "model_card.json", json.dumps(card, indent=2, ensure_ascii=False) + "\n")
     write_text_atomic(folder / "model_card.md", markdown(card))
     return card
+
+
+def int8_record(path: Path, gate: dict[str, Any]) -> dict[str, Any]:
+    """The INT8 twin of the model file: what it is, how it was quantized, and its gate against fp32 on val."""
+    keys = ("val_images", "argmax_agreement", "fp32_accuracy", "int8_accuracy", "accuracy_drop", "max_abs_diff")
+    return {
+        "name": path.name,
+        "precision": "int8",
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "quantization": gate.get("quantization"),
+        "gate": {"min_agreement": gate.get("min_agreement"), "max_accuracy_drop": gate.get("max_accuracy_drop")},
+        "parity": {k: gate.get(k) for k in keys},
+    }
+
+
+def int8_markdown(int8: dict[str, Any]) -> list[str]:
+    q, p, g = int8["quantization"] or {}, int8["parity"], int8["gate"]
+    return [
+        "## INT8 model",
+        "",
+        f"`{int8['name']}` ({int8['bytes']:,} bytes, SHA-256 `{int8['sha256']}`): the same model statically "
+        f"quantized to INT8 for CPUs ({q.get('format')}; weights {q.get('weights')}; activations "
+        f"{q.get('activations')} on {q.get('calibration_images')} {q.get('calibration_split')} images). Same input, "
+        "output and metadata as the fp32 file.",
+        "",
+        f"Against the fp32 model on {p['val_images']} val images: top class agrees on {p['argmax_agreement']:.1%} "
+        f"(at least {g['min_agreement']:.1%} required), accuracy {p['int8_accuracy']:.1%} against "
+        f"{p['fp32_accuracy']:.1%} (at most {g['max_accuracy_drop'] * 100:g} points lower allowed), max |difference| "
+        f"of a probability {p['max_abs_diff']:.3f}.",
+        "",
+    ]
 
 
 def calibration(payload: dict[str, Any]) -> dict[str, Any]:
@@ -259,6 +293,7 @@ def markdown(card: dict[str, Any]) -> str:
         f"{card['parity']['max_abs_diff']:.2e} (tolerance {card['parity']['tolerance']:g}), top-class "
         f"agreement {card['parity']['argmax_agreement']:.0%}.",
         "",
+        *(int8_markdown(card["int8"]) if "int8" in card else []),
         "## Versions",
         "",
         ", ".join(f"{k} {v}" for k, v in card["versions"].items() if v),
