@@ -22,7 +22,7 @@ import torch
 
 from imgclf.data.images import PREDICT_MAX_PIXELS, check_decoded_pixels, decode_bytes, serve
 from imgclf.data.preprocessing import Preprocessing
-from imgclf.errors import CheckpointError
+from imgclf.errors import CheckpointError, ConfigError
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.models.classifier import Classifier, with_tta
 from imgclf.runtime import resolve_device
@@ -41,6 +41,7 @@ MODELS = {
         ("lite0", "EfficientNetLite0"),
         ("efficientnet_lite", "EfficientNetLite"),
         ("torchvision_net", "TorchvisionNet"),
+        ("timm_net", "TimmNet"),  # builds only architectures timm registers (timm_net checks the name)
     )
 }
 # the trained weights are in the checkpoint: never load or download pretrained ones
@@ -156,7 +157,7 @@ def build_model(spec: Mapping[str, Any], path: Path) -> torch.nn.Module:
     kwargs = {**_arguments(spec, path), **{k: v for k, v in NO_PRETRAINED.items() if k in spec}}
     try:
         return getattr(importlib.import_module(module), name)(**kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ConfigError) as exc:  # ConfigError: e.g. a timm name timm does not register
         raise CheckpointError(f"{path}: cannot build {name} from the checkpoint's settings {kwargs}: {exc}") from exc
 
 
