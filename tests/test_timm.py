@@ -15,6 +15,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
+from timm.data import IMAGENET_DEFAULT_MEAN
 
 import imgclf.tasks as tasks
 from helpers import ROOT, compose_cfg, tiny_overrides
@@ -31,7 +32,7 @@ slow = pytest.mark.slow
 # timm's own tiny test_* networks (0.1-0.4 M parameters) of each family train in seconds; the real small members
 # of the same families run in CI. ViTs are built for the run's input size (timm's img_size).
 FAMILIES = [
-    "test_resnet",
+    "test_resnet",  # the default suite's round trip (about 20 s here, most of it the ONNX export)
     pytest.param("test_convnext", marks=slow),
     pytest.param("test_efficientnet", marks=slow),
     pytest.param("test_vit", marks=slow),
@@ -95,6 +96,24 @@ def test_local_weights_bring_their_input_size_normalization_and_resampled_positi
     assert Predictor.load(exp / "best.pt", device="cpu").image_size == 80
 
 
+@slow  # two or more trainings: 20-30 s here
+def test_the_transfer_recipe_takes_a_timm_backbone(tmp_path: Path, tiny_folder: Path, caplog) -> None:
+    # the documented `-cn=transfer model=timm model.pretrained=true`, its weights a local file instead of the Hub's
+    torch.manual_seed(0)
+    source = timm.create_model("test_efficientnet").state_dict()  # ImageNet mean/std, native 160 px
+    save_file(source, tmp_path / "model.safetensors")
+    extra = ("model=timm", "model.name=test_efficientnet", f"model.weights={tmp_path / 'model.safetensors'}")
+    with caplog.at_level("INFO"):
+        tasks.train(compose_cfg("transfer", tiny_overrides(tmp_path, tiny_folder, *extra, "dataset.image_size=auto")))
+    assert "cached backbone features" in caplog.text  # the recipe's frozen backbone, its features cached
+    payload = load_checkpoint(tmp_path / "experiments" / "tiny" / "best.pt")
+    assert payload["image_size"] == 80  # 24 px images: enlarged to half the weights' native 160 px
+    assert payload["mean"] == pytest.approx(list(IMAGENET_DEFAULT_MEAN))
+    assert payload["config"]["model"]["hidden"] == [512]  # the recipe's head
+    frozen = {k.removeprefix("net.backbone."): v for k, v in payload["model"].items() if k.startswith("net.backbone.")}
+    assert all(torch.equal(value, source[key]) for key, value in frozen.items())
+
+
 def test_the_pretrained_config_answers_without_a_download() -> None:
     assert TimmNet.native_input_size("convnext_nano", pretrained=True) == 224
     assert TimmNet.native_input_size("test_vit", pretrained=True) == 160
@@ -103,6 +122,7 @@ def test_the_pretrained_config_answers_without_a_download() -> None:
     assert scratch.input_mean is None and scratch.input_std is None  # the dataset's normalization applies
 
 
+@slow  # two or more trainings: 20-30 s here
 def test_the_feature_cache_trains_a_frozen_timm_backbone_head_as_the_full_model_does(
     tmp_path: Path, tiny_folder: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -119,6 +139,8 @@ def test_the_feature_cache_trains_a_frozen_timm_backbone_head_as_the_full_model_
 
 
 def test_drop_path_rate_reaches_the_backbone() -> None:
+    with pytest.raises(ConfigError, match="drop_path_rate=1.5"):
+        TimmNet(3, name="test_convnext", drop_path_rate=1.5)
     rates = [
         m.drop_prob for m in TimmNet(3, name="test_convnext", drop_path_rate=0.2).modules() if hasattr(m, "drop_prob")
     ]
@@ -165,8 +187,9 @@ def test_train_py_offline_with_pretrained_weights_exits_with_the_message(tmp_pat
     done = subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *overrides], env=env, capture_output=True, text=True, timeout=300
     )
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "timm's pretrained weights for convnext_atto" in done.stderr and "model.pretrained=false" in done.stderr
+    output = done.stdout + done.stderr  # the entry point logs the error line
+    assert done.returncode == 1 and "Traceback" not in output, output
+    assert "timm's pretrained weights for convnext_atto" in output and "model.pretrained=false" in output
 
 
 @pytest.mark.parametrize("name", ["hf-hub:someone/anything", "os.system", "resnet18:evil"])

@@ -128,6 +128,8 @@ class TimmNet(BackboneClassifier):
         freeze_bn: bool = False,
     ) -> None:
         pretrained_cfg = _pretrained_cfg(name)
+        if not 0 <= drop_path_rate < 1:
+            raise ConfigError(f"model.drop_path_rate={drop_path_rate}: expected a probability in [0, 1), e.g. 0.1")
         options: dict[str, Any] = {}
         if drop_path_rate:  # only when asked: not every architecture takes the keyword
             options["drop_path_rate"] = float(drop_path_rate)
