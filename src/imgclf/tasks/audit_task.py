@@ -187,16 +187,17 @@ def frozen_features(
     loader = make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=False)
     flips = (False, True) if cfg.tta == "flip" else (False,)
     options = {"progress": cfg.progress, "channels_last": cfg.trainer.channels_last}
-    views = [
-        extract(
-            model,
-            _mirrored(loader) if flip else loader,
-            device,
-            desc=f"features{' mirrored' if flip else ''}",
-            **options,
-        ).tensors[0]
-        for flip in flips
-    ]
+    with build.frozen_passes(cfg, model, device):
+        views = [
+            extract(
+                model,
+                _mirrored(loader) if flip else loader,
+                device,
+                desc=f"features{' mirrored' if flip else ''}",
+                **options,
+            ).tensors[0]
+            for flip in flips
+        ]
     return torch.stack(views)
 
 
@@ -319,4 +320,5 @@ def lite0_embeddings(
     again = inputs.load(cfg, source, Splits(classes, {"train": loaded.samples}), ("train",), size)["train"]
     dataset = again.dataset(LITE0_SIZE, None)
     loader = make_loader(dataset, batch_size=cfg.loader.batch_size, shuffle=False)
-    return extract(model, loader, device, desc="features Lite0", progress=cfg.progress).tensors[0]
+    with build.frozen_passes(cfg, model, device):
+        return extract(model, loader, device, desc="features Lite0", progress=cfg.progress).tensors[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,11 @@ from torch import nn
 from imgclf.data.cache import DecodeCache
 from imgclf.data.folder import FolderSource
 from imgclf.errors import ConfigError, ImgclfError
+from imgclf.models.classifier import Classifier
 from imgclf.tasks import preprocess
 from imgclf.tasks.folders import project_root
 from imgclf.training.engine import StepExtras, TrainOptions
+from imgclf.training.onnx_twin import faster_backbone
 from imgclf.training.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,13 @@ def train_options(cfg: DictConfig) -> TrainOptions:
 def transform(node: Any) -> Any:
     """A transform of the ``augmentation`` group (``train`` or ``eval``), or None."""
     return instantiate(node) if node is not None else None
+
+
+def frozen_passes(cfg: DictConfig, model: Classifier, device: torch.device) -> AbstractContextManager[None]:
+    """A block whose frozen-backbone passes run on ``trainer.frozen_engine``; the exported backbone is kept under
+    ``paths.cache`` (with ``loader.cache=disk``, as the decoded images are) for later runs and test.py."""
+    folder = Path(cfg.paths.cache).expanduser() / "onnx" if cfg.loader.cache == "disk" else None
+    return faster_backbone(model.net, cfg.trainer.frozen_engine, device, folder)
 
 
 def cache(cfg: DictConfig, mode: str | None = None) -> DecodeCache:

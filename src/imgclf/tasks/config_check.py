@@ -23,6 +23,7 @@ from imgclf.experiment.names import check_name
 from imgclf.models.classifier import TTA_MODES
 from imgclf.reporting.cam import CAM_METHODS
 from imgclf.tasks.preprocess import AUTO, NORMALIZE
+from imgclf.training.onnx_twin import ENGINES, onnxruntime_installed
 
 MONITORS = {"val/acc": "max", "val/f1": "max", "val/loss": "min"}
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -249,6 +250,12 @@ def _trainer(cfg: DictConfig) -> None:
     _int(cfg, "trainer.accumulate", minimum=1)
     _int(cfg, "trainer.feature_views", minimum=1)
     _choice(cfg, "trainer.amp", ("none", "bf16", "fp16"))
+    _choice(cfg, "trainer.frozen_engine", ENGINES)
+    if cfg.trainer.frozen_engine == "onnxruntime" and not onnxruntime_installed():
+        raise ConfigError(
+            "trainer.frozen_engine=onnxruntime: onnxruntime is not installed; pip install 'imgclf[deploy]', "
+            "or set trainer.frozen_engine=auto (PyTorch when onnxruntime is missing)"
+        )
     for key in ("trainer.channels_last", "trainer.compile", "trainer.cache_features"):
         _bool(cfg, key)
     decay = cfg.trainer.ema_decay

@@ -318,11 +318,12 @@ def stages(
     )
     in_order = make_loader(images, batch_size=cfg.loader.batch_size, shuffle=False)  # per sample
     options = {"progress": cfg.progress, "channels_last": cfg.trainer.channels_last}
-    train = extract_views(model, in_order, device, views, **options)
     whole_val = (
         make_loader(val_loader.dataset, batch_size=cfg.loader.batch_size, shuffle=False) if group.active else val_loader
     )  # features of every val image; the head's val loader shares them out
-    val = extract(model, whole_val, device, desc="features val", **options)
+    with build.frozen_passes(cfg, model, device):
+        train = extract_views(model, in_order, device, views, **options)
+        val = extract(model, whole_val, device, desc="features val", **options)
     log.info(
         "cached backbone features of %d image(s) x %d cop%s: epochs 1-%d train only the head%s",
         len(train),

@@ -19,7 +19,7 @@ from imgclf.experiment.writer import CheckpointWriter
 from imgclf.models.classifier import Classifier
 from imgclf.reporting import cam
 from imgclf.reporting.batches import first_batch_to_tensorboard
-from imgclf.tasks import inputs, ranks, sweep
+from imgclf.tasks import build, inputs, ranks, sweep
 from imgclf.tasks.calibration import calibrate, load_weights
 from imgclf.tasks.hparams import hparam_metrics, hparams
 from imgclf.training.distributed import Distributed
@@ -138,7 +138,8 @@ class MainWrites:
         stamp = file_stamp(exp.best)
         best = load_checkpoint(exp.best)
         load_weights(model, best, exp.best)
-        calibrate(self.cfg, exp, exp.best, best, model, device, stamp)
+        with build.frozen_passes(self.cfg, model, device):
+            calibrate(self.cfg, exp, exp.best, best, model, device, stamp)
 
 
 class OtherRankWrites:

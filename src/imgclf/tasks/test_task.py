@@ -63,18 +63,19 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     model = Classifier(instantiate(cfg.model), payload["mean"], payload["std"])
     load_weights(model, payload, path)
     model.to(device)
-    if cfg.calibrate:
-        if path.resolve().parent != exp.path.resolve():
-            raise CheckpointError(
-                f"calibrate=true would write a temperature into {path.resolve()}, which is not a "
-                f"checkpoint of experiment {exp.path.name}: calibrate it in its own experiment"
-            )
-        with exp.lock(LOCK_HINT):  # a training run of the experiment would replace the checkpoint
-            payload = calibrate(cfg, exp, path, payload, model, device, stamp)  # the temperature of the model shipped
-    loaded = inputs.load(cfg, source, splits, (split,), prep)
-    inputs.check_unchanged(recorded, loaded, refuse=False)
-    dataset = inputs.split_dataset(cfg, loaded[split], prep, cfg.augmentation.eval)
-    found = outputs(cfg, with_tta(model, cfg.tta), dataset, device, desc=split)
+    if cfg.calibrate and path.resolve().parent != exp.path.resolve():
+        raise CheckpointError(
+            f"calibrate=true would write a temperature into {path.resolve()}, which is not a "
+            f"checkpoint of experiment {exp.path.name}: calibrate it in its own experiment"
+        )
+    with build.frozen_passes(cfg, model, device):  # class activation maps (below) need PyTorch's backbone
+        if cfg.calibrate:
+            with exp.lock(LOCK_HINT):  # a training run of the experiment would replace the checkpoint
+                payload = calibrate(cfg, exp, path, payload, model, device, stamp)  # the temperature shipped
+        loaded = inputs.load(cfg, source, splits, (split,), prep)
+        inputs.check_unchanged(recorded, loaded, refuse=False)
+        dataset = inputs.split_dataset(cfg, loaded[split], prep, cfg.augmentation.eval)
+        found = outputs(cfg, with_tta(model, cfg.tta), dataset, device, desc=split)
     info = {
         "split": split,
         "checkpoint": str(path.resolve()),
