@@ -138,6 +138,16 @@ def test_the_feature_cache_trains_a_frozen_timm_backbone_head_as_the_full_model_
     assert not torch.equal(full_weights["net.head.1.weight"], before["head.1.weight"])  # but the head learned
 
 
+def test_freezing_and_the_backbone_learning_rate_cover_every_timm_parameter() -> None:
+    model = TimmNet(3, name="test_convnext", freeze="backbone", unfreeze_at_epoch=2, backbone_lr_scale=0.1)
+    head, backbone = model.param_groups(1.0)
+    assert (head["lr"], backbone["lr"]) == (1.0, pytest.approx(0.1))
+    assert len(head["params"]) + len(backbone["params"]) == len(list(model.parameters()))
+    assert [p.requires_grad for p in backbone["params"]] == [False] * len(backbone["params"])
+    model.set_epoch(2)  # from unfreeze_at_epoch on, the whole network trains
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_drop_path_rate_reaches_the_backbone() -> None:
     with pytest.raises(ConfigError, match="drop_path_rate=1.5"):
         TimmNet(3, name="test_convnext", drop_path_rate=1.5)
