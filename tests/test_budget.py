@@ -140,6 +140,24 @@ def test_bad_budgets_are_refused_naming_the_key(tmp_path: Path, tiny_folder: Pat
             tasks.train(cfg)
 
 
+def test_a_scheduler_a_budget_cannot_stretch_is_refused_before_any_image_is_read(
+    tmp_path: Path, tiny_folder: Path
+) -> None:
+    onecycle = (
+        "trainer.budget=5",
+        "scheduler=cosine",
+        "scheduler.factory._target_=torch.optim.lr_scheduler.OneCycleLR",
+        "~scheduler.factory.T_max",
+        "~scheduler.factory.eta_min",
+        "+scheduler.factory.max_lr=0.01",
+        "+scheduler.factory.total_steps=100",
+    )
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, *onecycle))
+    with pytest.raises(ConfigError, match=r"trainer.budget cannot stretch scheduler.factory .*OneCycleLR"):
+        tasks.train(cfg)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "experiments").exists()  # refused before the data
+
+
 def epochs_of(exp: Path) -> list[dict]:
     return [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines() if line.strip()]
 

@@ -12,6 +12,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf.data.folder import check_fractions
@@ -229,6 +230,27 @@ def _resume_or_ckpt(cfg: DictConfig, key: str, words: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}={value!r}: expected {' or '.join(words)} or the path of an existing checkpoint file")
 
 
+def _schedule_stretches(cfg: DictConfig) -> None:
+    """A budget lays the schedule over the steps it plans through the torch scheduler's closed form: one without it
+    is refused here, before any image is decoded, rather than when the first plan is made (Scheduler.follow_plan
+    says the same for a scheduler built otherwise)."""
+    scheduler = cfg.get("scheduler") or {}
+    factory = scheduler.get("factory") if isinstance(scheduler, DictConfig) else None
+    target = factory.get("_target_") if isinstance(factory, DictConfig) else None
+    if target is None or scheduler.get("steps_on_metric"):
+        return
+    try:
+        cls = get_class(str(target))
+    except Exception:  # noqa: BLE001 - a name that does not import is reported when the scheduler is built
+        return
+    if not hasattr(cls, "_get_closed_form_lr"):
+        raise ConfigError(
+            f"trainer.budget cannot stretch scheduler.factory {target} over the planned steps (it has no closed "
+            "form): use scheduler=cosine, step or none (or LinearLR, ExponentialLR, PolynomialLR, MultiStepLR), "
+            "or trainer.budget=null"
+        )
+
+
 def _choice(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
     if _get(cfg, key) not in allowed:
         raise ConfigError(f"{key}={_get(cfg, key)!r}: expected one of {', '.join(allowed)}")
@@ -265,6 +287,7 @@ def _trainer(cfg: DictConfig) -> None:
         _positive_number(cfg, "trainer.clip_grad_norm")
     if cfg.trainer.get("budget") is not None:  # minutes
         _positive_number(cfg, "trainer.budget")
+        _schedule_stretches(cfg)
     if cfg.trainer.early_stopping.patience is not None:
         _int(cfg, "trainer.early_stopping.patience", minimum=1)
     _positive_number(cfg, "trainer.early_stopping.min_delta", allow_zero=True)

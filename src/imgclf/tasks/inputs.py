@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -321,14 +322,19 @@ def stages(
     whole_val = (
         make_loader(val_loader.dataset, batch_size=cfg.loader.batch_size, shuffle=False) if group.active else val_loader
     )  # features of every val image; the head's val loader shares them out
+    started = time.perf_counter()
     with build.frozen_passes(cfg, model, device):
         train = extract_views(model, in_order, device, views, **options)
         val = extract(model, whole_val, device, desc="features val", **options)
+    seconds = time.perf_counter() - started
     log.info(
-        "cached backbone features of %d image(s) x %d cop%s: epochs 1-%d train only the head%s",
+        "cached backbone features of %d image(s) x %d cop%s in %.0f s (%.0f ms per image pass): epochs 1-%d train "
+        "only the head%s",
         len(train),
         views,
         "y" if views == 1 else "ies (epoch e reads copy e mod views)",
+        seconds,
+        1000 * seconds / max(1, len(train) * views + len(val)),
         until,
         f", epochs {until + 1}-{cfg.epochs} the whole network on images" if until < cfg.epochs else "",
     )
