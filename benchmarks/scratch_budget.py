@@ -34,7 +34,7 @@ run): they show that the script works, not whether the targets hold.
 |---|---|---|---|---|---|
 | flowers5 ``--limit 300`` (240 train, 60 test) | imgclf ``-cn=scratch`` | 0.200 | 88 s | 1 min | 1 (26.9 s) |
 | | hand loop | 0.317 | 68 s | 88 s given | 2 |
-| flowers5 ``--limit 1000`` (800 train, 200 test) | imgclf ``-cn=scratch`` | 0.200 | 130 s | 2 min | 1 (74.6 s, 10 img/s) |
+| flowers5 ``--limit 1000`` (800 train, 200 test) | imgclf ``-cn=scratch`` | 0.200 | 130 s | 2 min | 1 (74.6 s) |
 | | hand loop | 0.490 | 133 s | 130 s given | 3 |
 
 What they show beyond that: train.py goes over by what lies outside ``trainer.budget``'s clock, which starts in
@@ -256,7 +256,8 @@ def budget_holds(result: dict) -> tuple[bool, str]:
     capped = result["epochs"] >= result["max_epochs"]
     holds = wall <= budget * (1 + BUDGET_SLACK) and over <= epoch and (capped or wall >= budget * (1 - BUDGET_SLACK))
     sign = "over" if over > 0 else "under"
-    note = f"train.py {wall:.0f} s of {budget:.0f} s ({abs(over):.0f} s {sign}, {over / budget:+.1%}; an epoch {epoch:.1f} s"
+    note = f"train.py {wall:.0f} s of {budget:.0f} s ({abs(over):.0f} s {sign}, {over / budget:+.1%}"
+    note += f"; an epoch {epoch:.1f} s"
     return holds, note + (f"; reached epochs={result['max_epochs']})" if capped else ")")
 
 
