@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import pytest
 import torch
 
 import imgclf.tasks as tasks
-from helpers import StopAfter, compose_cfg, tiny_overrides
+from helpers import StopAfter, compose_cfg, run_cli, tiny_overrides
 from imgclf.errors import ConfigError
+from imgclf.runtime import process_age
 from imgclf.training.budget import Budget
 from imgclf.training.scheduler import Scheduler
 from imgclf.training.state import Interrupted
@@ -200,3 +202,26 @@ def test_a_resumed_budgeted_run_goes_on_with_the_budget_left(tmp_path: Path, tin
     longest = max(e["epoch_seconds"] for e in epochs_of(exp))
     assert state["budget"]["spent"] <= 12 + 2 * longest + 1.0
     assert second <= 12 - spent + 2 * longest + 3.0  # the rest of the budget, not a new one
+
+
+@pytest.mark.slow
+def test_the_budget_of_a_command_counts_from_the_commands_start(tmp_path: Path, tiny_folder: Path) -> None:
+    """python train.py: the interpreter, imports and Hydra's start are spent budget, as on the user's clock."""
+    launched = time.time()
+    done = run_cli("train.py", *tiny_overrides(tmp_path, tiny_folder, "epochs=3", "trainer.budget=1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = re.search(
+        r"\[([\d-]+ [\d:,]+)\]\[imgclf.training.budget\]\[INFO\] - budget 1 min: plan .*\((\d+) s spent\)",
+        done.stdout + done.stderr,
+    )
+    assert found, (done.stdout + done.stderr)[-3000:]
+    logged = (
+        time.mktime(time.strptime(found[1].split(",")[0], "%Y-%m-%d %H:%M:%S")) + int(found[1].split(",")[1]) / 1000
+    )
+    assert int(found[2]) >= logged - launched - 1.5  # the plan's "spent" is the command's age (s, rounded)
+
+
+def test_a_process_knows_its_age() -> None:
+    before = process_age()
+    time.sleep(0.3)
+    assert before > 0.0 and 0.25 <= process_age() - before <= 2.0

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -51,3 +53,14 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("device=mps but Apple's MPS backend is not available; use device=auto or device=cpu")
     return torch.device(name)
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux's /proc; 0 elsewhere): the interpreter, imports and Hydra's start,
+    which a user's clock counts and ``trainer.budget`` must too."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0

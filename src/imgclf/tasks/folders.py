@@ -32,6 +32,12 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def entry_point_run() -> bool:
+    """Whether this process is one run of an entry point (``python train.py ...``, not a sweep's job, not a call of
+    ``tasks.train`` from other code): then the process's age is the run's age."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
+
+
 def project_root(cfg: DictConfig) -> Path:
     """Where relative data paths point from: paths.project_root, else the folder holding conf/."""
     if cfg.paths.project_root:

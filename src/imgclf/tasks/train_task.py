@@ -21,11 +21,11 @@ from imgclf.experiment.checkpoint import set_rng_states
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.resume import check_classes, check_resumable, is_finished
 from imgclf.models.classifier import Classifier
-from imgclf.runtime import resolve_device, tune_malloc
+from imgclf.runtime import process_age, resolve_device, tune_malloc
 from imgclf.tasks import batch_size, build, inputs, preprocess, rank_writes, ranks, sweep
 from imgclf.tasks.config_check import check_config, expand_user_paths
 from imgclf.tasks.failures import training_error
-from imgclf.tasks.folders import check_same_data, experiment_dir, in_sweep, report_finished
+from imgclf.tasks.folders import check_same_data, entry_point_run, experiment_dir, in_sweep, report_finished
 from imgclf.training import distributed
 from imgclf.training.budget import Budget
 from imgclf.training.distributed import Distributed
@@ -51,7 +51,8 @@ def train(cfg: DictConfig, *, stop_signal: StopSignal = StopOnSignal) -> float |
             cannot go on; the message names what and says what to do.
         Interrupted: stopped on request; run the same command again to resume.
     """
-    started = time.perf_counter()  # a budget (trainer.budget) counts from here
+    # a budget (trainer.budget) counts from the command's start (a sweep job's: from here), as the user's clock does
+    started = time.perf_counter() - (process_age() if entry_point_run() else 0.0)
     expand_user_paths(cfg)
     exp = experiment_dir(cfg)
     try:
