@@ -34,7 +34,8 @@ from imgclf.models.classifier import TTA_MODES, Classifier
 
 TOLERANCE = 1e-4
 TEMPERATURE = 0.7  # a calibrated checkpoint: the export must divide by it
-SLOW_MODELS = {"lite_ensemble", "torchvision", "resnet_like_v2", "small_resnet"}  # 5-40 s each here (CI runs them)
+# 5-40 s each here (CI runs them)
+SLOW_MODELS = {"lite_ensemble", "torchvision", "resnet_like_v2", "small_resnet", "timm"}
 
 
 @pytest.fixture(scope="module")

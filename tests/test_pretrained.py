@@ -385,3 +385,13 @@ def test_training_on_cached_augmented_copies(tmp_path: Path, tiny_folder: Path, 
     trained = load_checkpoint(tmp_path / "experiments" / "tiny" / "last.pt")["model"]
     pretrained = EfficientNetLite0(2).state_dict()
     assert all(torch.equal(trained[f"net.{key}"], value) for key, value in pretrained.items() if "backbone" in key)
+
+
+def test_a_models_own_error_reaches_the_user_without_hydras_wrapping(tmp_path: Path, tiny_folder: Path) -> None:
+    """instantiate wraps what a model's constructor raises ("Error in call to target ..."): the user reads the
+    model's own message, which says what to do."""
+    cfg = compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "model=torchvision", "model.arch=resnet1800"))
+    with pytest.raises(ConfigError) as raised:
+        tasks.train(cfg)
+    assert str(raised.value).startswith("model.arch='resnet1800' is not a torchvision model")
+    assert "Error in call to target" not in str(raised.value) and "full_key" not in str(raised.value)

@@ -42,6 +42,8 @@ def building(cfg: DictConfig, group: str) -> Iterator[None]:
     except ImgclfError:
         raise
     except Exception as exc:
+        if isinstance(exc.__cause__, ImgclfError):  # Hydra's instantiate wraps the class's own message
+            raise exc.__cause__ from None
         raise ConfigError(f"could not build `{group}` ({cfg[group].get('_target_')}): {exc}") from exc
 
 
