@@ -59,6 +59,7 @@ def test_class_weights_are_inverse_frequency() -> None:
     assert class_weights([0, 1, 2], 3) == pytest.approx([1, 1, 1])
 
 
+@pytest.mark.slow
 def test_weighted_loss_gets_the_train_class_weights(tmp_path: Path, imbalanced: Path) -> None:
     RecordingLoss.calls.clear()
     cfg = compose_cfg(

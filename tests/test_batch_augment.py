@@ -44,6 +44,7 @@ def differing(a: torch.Tensor, b: torch.Tensor) -> tuple[int, float]:
         (kernels.HUE, F.adjust_hue, -0.5, 0.5),
     ],
 )
+@pytest.mark.slow
 def test_colour_kernels_equal_torchvision_per_image(
     photos: torch.Tensor, code: int, fn, low: float, high: float
 ) -> None:

@@ -182,6 +182,7 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("where", ["forward", "backward"])
+@pytest.mark.slow
 def test_the_search_leaves_weights_optimizer_and_random_streams_unchanged(where: str) -> None:
     cfg = _auto_cfg("optimizer=adamw", "trainer.clip_grad_norm=1.0", "trainer.accumulate=2")
     net = OutOfMemoryNet(limit=37, where=where)
@@ -322,6 +323,7 @@ def test_on_cuda_finds_a_batch_that_trains_with_weights_unchanged() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_test_py_with_auto_evaluates_in_the_checkpoints_batch(
     trained_tiny: tuple[list[str], Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

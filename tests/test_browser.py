@@ -32,6 +32,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 def test_the_page_classifies_picked_images_and_shows_bars_flags_errors_and_the_model_card(
     trained_tiny, tiny_folder: Path, tmp_path: Path
 ) -> None:

@@ -164,6 +164,7 @@ def epochs_of(exp: Path) -> list[dict]:
     return [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_ends_on_time_with_its_schedule_completed(tmp_path: Path, tiny_folder: Path, caplog) -> None:
     caplog.set_level("INFO")
     overrides = tiny_overrides(tmp_path, tiny_folder, "epochs=100000", "trainer.budget=0.2", "scheduler=cosine")

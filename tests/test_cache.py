@@ -130,6 +130,7 @@ def test_A13_the_same_image_in_two_splits_is_found(tmp_path: Path, folder: Path,
     assert "appear in more than one split" in caplog.text and "copy.png" in caplog.text
 
 
+@pytest.mark.slow
 def test_A13_resume_refuses_and_test_warns_when_files_changed(tmp_path: Path, folder: Path, caplog) -> None:
     cfg = compose_cfg("train", tiny_overrides(tmp_path, folder, "epochs=2"))
     with pytest.raises(Interrupted):
@@ -147,6 +148,7 @@ def test_A13_resume_refuses_and_test_warns_when_files_changed(tmp_path: Path, fo
     assert "changed since this experiment's splits.csv" in caplog.text
 
 
+@pytest.mark.slow
 def test_test_py_evaluates_val_plainly_when_there_is_no_test_split(tmp_path: Path, caplog) -> None:
     folder = make_folder(tmp_path / "tv", {"train": 8, "val": 3})
     args = tiny_overrides(tmp_path, folder, "epochs=1", "dataset.test_fraction=0")

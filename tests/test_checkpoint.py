@@ -138,6 +138,7 @@ except CheckpointError as exc:
 """
 
 
+@pytest.mark.slow
 def test_C3_disk_full_during_a_save_keeps_the_previous_file_and_names_the_path(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
     save_atomic(payload(1.0), path)
@@ -221,6 +222,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_C1_kill_during_repeated_saves_leaves_a_loadable_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
     rng = random.Random(0)

@@ -30,6 +30,7 @@ def test_train_then_test_from_the_command_line(tmp_path: Path, tiny_folder: Path
     assert len(list((exp / ".hydra" / "test").glob("*/config.yaml"))) == 1  # kept apart from train's
 
 
+@pytest.mark.slow
 def test_D1_test_without_a_checkpoint_says_how_to_make_one(tmp_path: Path, tiny_folder: Path) -> None:
     result = run_cli("test.py", *tiny_overrides(tmp_path, tiny_folder))
     assert result.returncode == 1
@@ -46,6 +47,7 @@ def test_D1_test_without_a_checkpoint_says_how_to_make_one(tmp_path: Path, tiny_
         ("optimizer=adamx", "adamx"),
     ],
 )
+@pytest.mark.slow
 def test_B1_B2_bad_overrides_fail_fast_with_the_key_and_no_traceback(
     tmp_path: Path, tiny_folder: Path, override: str, message: str
 ) -> None:
@@ -63,6 +65,7 @@ def test_B1_B2_bad_overrides_fail_fast_with_the_key_and_no_traceback(
         ("dataset=image_folder", "no value for dataset.root: set it on the command line"),  # a ??? left unset
     ],
 )
+@pytest.mark.slow
 def test_B1_bad_override_grammar_or_an_unset_value_stops_before_anything_is_read_or_written(
     tmp_path: Path, tiny_folder: Path, override: str, message: str
 ) -> None:
@@ -74,12 +77,14 @@ def test_B1_bad_override_grammar_or_an_unset_value_stops_before_anything_is_read
     assert list(tmp_path.iterdir()) == []  # no experiments/, runs/ or cache/: the data was never read
 
 
+@pytest.mark.slow
 def test_A12_missing_data_folder_names_the_absolute_path(tmp_path: Path) -> None:
     result = run_cli("train.py", *tiny_overrides(tmp_path, tmp_path / "nowhere"), "dataset=plates")
     assert result.returncode == 1
     assert f"dataset folder not found: {tmp_path / 'nowhere'}" in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_B4_sweep_gives_every_job_its_own_dirs_and_a_summary(tmp_path: Path, tiny_folder: Path) -> None:
     args = [a for a in tiny_overrides(tmp_path, tiny_folder) if not a.startswith("epochs")]
     result = run_cli("train.py", "-m", *args, "epochs=1", "optimizer=adamw,sgd", "optimizer.lr=1e-3,abc")
@@ -122,6 +127,7 @@ def test_quickstart_reaches_095_test_accuracy(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_E1_signal_writes_last_checkpoint_and_resume_finishes(
     tmp_path: Path, tiny_folder: Path, sig: signal.Signals, code: int
 ) -> None:
@@ -174,6 +180,7 @@ def test_plates_recipe_trains_and_tests_on_the_shared_photos(tmp_path: Path) -> 
     assert metrics["samples"] == 8 and set(metrics["per_class"]) == {"cleaned", "dirty"}
 
 
+@pytest.mark.slow
 def test_test_py_of_an_experiment_never_trained_says_so_and_leaves_no_folder(tmp_path: Path, tiny_folder: Path) -> None:
     result = run_cli("test.py", *tiny_overrides(tmp_path, tiny_folder, "experiment=never_trained"))
     output = result.stdout + result.stderr

@@ -55,6 +55,7 @@ def test_a_checkpoint_from_before_the_redesign_predicts_as_it_did(tmp_path: Path
     assert (tmp_path / "p.csv").read_text().count("\n") == 1 + 6  # header and the 6 images
 
 
+@pytest.mark.slow
 def test_G2_a_checkpoint_from_before_the_redesign_is_evaluated_by_test_py(tmp_path: Path) -> None:
     folder = make_folder(tmp_path / "data", {"train": 4, "val": 2, "test": 3})
     overrides = tiny_overrides(tmp_path, folder, "model.width=4", f"ckpt={OLD_CHECKPOINT}")

@@ -153,6 +153,7 @@ def test_B1_a_key_added_with_plus_that_imgclf_never_reads_is_refused(override: s
         check_config(compose_cfg("train", ["experiment=x", override]))
 
 
+@pytest.mark.slow
 def test_B1_train_py_refuses_plus_typo_before_writing_anything(tmp_path: Path, tiny_folder: Path) -> None:
     from helpers import run_cli
 

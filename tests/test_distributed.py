@@ -90,6 +90,7 @@ def test_global_batches_are_split_between_ranks_without_overlap() -> None:
     assert [i for s in val for b in s for i in b] == list(range(11))  # every val image once, in order
 
 
+@pytest.mark.slow
 def test_H3_two_processes_train_one_experiment_like_one_process_with_the_whole_batch(
     tmp_path: Path, uneven_folder: Path
 ) -> None:

@@ -78,6 +78,7 @@ def test_A13_duplicates_and_leakage_are_reported(tmp_path: Path) -> None:
     assert report["blocking"] == []
 
 
+@pytest.mark.slow
 def test_cli_on_a_folder_exits_1_when_blocked_and_writes_json(tmp_path: Path, zoo: Path) -> None:
     result = doctor(str(zoo), "--json", str(tmp_path / "r.json"), "--cache", str(tmp_path / "cache"))
     assert result.returncode == 1
@@ -88,6 +89,7 @@ def test_cli_on_a_folder_exits_1_when_blocked_and_writes_json(tmp_path: Path, zo
     assert skip.returncode == 0 and "ready to train" in skip.stdout
 
 
+@pytest.mark.slow
 def test_A12_cli_with_a_config_and_a_missing_folder(tmp_path: Path, tiny_folder: Path) -> None:
     ok = doctor("-cn", "train", f"dataset.root={tiny_folder}", f"paths.cache={tmp_path / 'c'}")
     assert ok.returncode == 0, ok.stderr

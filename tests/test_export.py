@@ -70,6 +70,7 @@ def val_files(exp: Path) -> list[str]:
     return [path for path, _ in read_splits(exp / "splits.csv", classes)[0].samples["val"]]
 
 
+@pytest.mark.slow
 def test_exporting_the_tiny_experiment_writes_a_checked_model_its_parity_and_card(exported: Path) -> None:
     folder = exported / "export"
     assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "model_card.json", "model_card.md", "parity.json"]
@@ -273,6 +274,7 @@ def test_predict_spells_the_tta_modes_of_the_model_package() -> None:
 @pytest.mark.parametrize(
     "option", [pytest.param(o, marks=pytest.mark.slow) if o in SLOW_MODELS else o for o in options("model")]
 )
+@pytest.mark.slow
 def test_every_model_option_exports_within_the_parity_tolerance(option: str, tmp_path: Path) -> None:
     cfg = compose_cfg("train", ["experiment=x", f"model={option}", "dataset.num_classes=3", "dataset.image_size=32"])
     for key, offline in (("pretrained", False), ("weights", None)):  # no download: the weights are the checkpoint's

@@ -132,6 +132,7 @@ class Hangs(Dataset):
         return torch.zeros(1), 0
 
 
+@pytest.mark.slow
 def test_E4_a_hung_loader_worker_times_out() -> None:
     loader = make_loader(Hangs(), batch_size=2, shuffle=False, num_workers=1, timeout=1)
     start = time.perf_counter()
@@ -158,6 +159,7 @@ def test_E2_non_finite_weights_are_never_written(tmp_path: Path) -> None:
     assert exp.last.read_bytes() == good and load_checkpoint(exp.best)["state"]["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_C4_disk_full_while_training_fails_the_run_and_keeps_a_resumable_last_pt(
     tmp_path: Path, tiny_folder: Path
 ) -> None:
@@ -245,6 +247,7 @@ def test_E4_test_py_names_a_killed_loader_worker(tested, monkeypatch) -> None:
         tasks.test(cfg)
 
 
+@pytest.mark.slow
 def test_E4_test_py_stops_a_hung_loader_worker_after_loader_timeout(tested, monkeypatch) -> None:
     overrides, _ = tested
     cfg = compose_cfg("train", [*overrides, "loader.num_workers=1", "loader.batch_augment=false", "loader.timeout=1"])

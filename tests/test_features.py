@@ -92,6 +92,7 @@ def test_early_stopping_stops_and_counts_as_finished(tmp_path: Path, tiny_folder
 @pytest.mark.parametrize(
     "option", ["trainer.channels_last=true", "trainer.amp=bf16", "trainer.accumulate=3", "trainer.clip_grad_norm=1.0"]
 )
+@pytest.mark.slow
 def test_options_train_end_to_end(tmp_path: Path, tiny_folder: Path, option: str) -> None:
     best = tasks.train(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, "epochs=1", option)))
     assert best is not None
@@ -140,6 +141,7 @@ def test_batch_mix_blends_images_and_softens_labels(mix: str, tmp_path: Path, ti
     assert best is not None
 
 
+@pytest.mark.slow
 def test_ema_weights_are_validated_kept_and_resumed(tmp_path: Path, tiny_folder: Path) -> None:
     from helpers import StopAfter
     from imgclf.data.cache import DecodeCache

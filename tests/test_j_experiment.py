@@ -61,6 +61,7 @@ def test_J1_a_name_that_is_not_one_folder_is_refused_and_deletes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["experiments", "keep.py", "runs", "tests"]
 
 
+@pytest.mark.slow
 def test_J1_train_py_refuses_a_bad_name_before_hydra_makes_a_folder(tmp_path: Path, tiny_folder: Path) -> None:
     before = sentinel_tree(tmp_path)
     done = run_cli(
@@ -159,6 +160,7 @@ def test_J3_a_resumable_experiment_whose_folder_moved_names_dataset_root(tmp_pat
         tasks.train(compose_cfg("train", tiny_overrides(tmp_path, moved, "epochs=2")))
 
 
+@pytest.mark.slow
 def test_J1_sweep_jobs_in_a_folder_outside_the_experiments_keep_a_tensorboard_folder_each(
     tmp_path: Path, tiny_folder: Path
 ) -> None:

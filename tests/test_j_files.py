@@ -54,6 +54,7 @@ def test_J4_the_disk_cache_sees_a_rewrite_that_kept_size_and_mtime(tmp_path: Pat
     assert again_report.digests[-1] != report.digests[-1]  # the SHA-1 compared with splits.csv's
 
 
+@pytest.mark.slow
 def test_J4_resume_refuses_and_test_py_scores_the_new_pixels_after_a_rewrite_that_kept_size_and_mtime(
     tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -100,6 +101,7 @@ def add_latin1_files(folder: Path) -> list[bytes]:
     return made
 
 
+@pytest.mark.slow
 def test_J9_a_name_that_is_not_utf8_is_trained_resumed_tested_and_predicted(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -121,6 +121,7 @@ def assert_one_message(done: subprocess.CompletedProcess, *names: str) -> None:
         assert name in output, output[-3000:]
 
 
+@pytest.mark.slow
 def test_J12_train_into_a_read_only_experiments_folder_says_so(tmp_path: Path, tiny_folder: Path, read_only) -> None:
     experiments = tmp_path / "experiments"
     experiments.mkdir()
@@ -129,6 +130,7 @@ def test_J12_train_into_a_read_only_experiments_folder_says_so(tmp_path: Path, t
     assert not list(experiments.iterdir())
 
 
+@pytest.mark.slow
 def test_J12_a_file_where_the_experiment_folder_goes_is_named(tmp_path: Path, tiny_folder: Path) -> None:
     (tmp_path / "experiments").mkdir()
     (tmp_path / "experiments" / "tiny").write_text("not a folder")  # works for every user, root included
@@ -136,6 +138,7 @@ def test_J12_a_file_where_the_experiment_folder_goes_is_named(tmp_path: Path, ti
     assert_one_message(done, f"{tmp_path / 'experiments' / 'tiny'} (a file, not a folder)")
 
 
+@pytest.mark.slow
 def test_J12_test_of_a_read_only_experiment_says_so(trained_tiny, tmp_path: Path, read_only) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path)
     before = sorted(p.name for p in exp.iterdir())

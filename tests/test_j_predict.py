@@ -31,6 +31,7 @@ def data_root(overrides: list[str]) -> Path:
     return Path(next(o for o in overrides if o.startswith("dataset.root=")).split("=", 1)[1])
 
 
+@pytest.mark.slow
 def test_J6_closed_stdout_keeps_the_output_file_whole_and_exits_like_unix_tools(trained, tmp_path) -> None:
     overrides, exp = trained
     image = next((data_root(overrides) / "test").rglob("*.png"))
@@ -98,6 +99,7 @@ def closed_at_once(*command: str) -> tuple[int, str]:
     return proc.wait(timeout=300), err
 
 
+@pytest.mark.slow
 def test_J6_doctor_and_leaderboard_write_their_files_and_exit_like_unix_tools_when_stdout_closes(
     trained, tiny_folder: Path, tmp_path: Path
 ) -> None:
@@ -222,6 +224,7 @@ def test_J17_path_options_of_the_other_programs_expand_tilde(trained, home, tmp_
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_J17_unquoted_tilde_in_an_override_gets_a_hint_to_quote_it(capsys) -> None:
     for script in ("train.py", "test.py"):
         result = run_cli(script, "dataset.root=~/photos")

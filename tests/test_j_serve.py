@@ -71,6 +71,7 @@ class Trickle(threading.Thread):
 # --- J13: slow clients --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_J13_clients_trickling_uploads_never_block_a_fast_client_and_get_408_at_their_deadline(
     trained_tiny, tiny_folder: Path
 ) -> None:
@@ -179,6 +180,7 @@ def test_J13_bodies_read_outside_the_turns_are_held_to_the_servers_memory_budget
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.slow
 def test_J14_ctrl_c_and_sigterm_shut_the_server_down_cleanly_with_exit_130_and_143(
     trained_tiny, signum: int, status: int
 ) -> None:

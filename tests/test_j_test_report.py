@@ -37,6 +37,7 @@ with ExperimentLock(Path(sys.argv[1])):
 """
 
 
+@pytest.mark.slow
 def test_J5_calibration_is_refused_while_another_process_holds_the_experiment(trained_tiny, tmp_path: Path) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path, "report.bootstrap=0", "calibrate=true")
     before = (exp / "best.pt").read_bytes()
@@ -102,6 +103,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("fails", ["report", pytest.param("tensorboard", marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_J7_disk_full_while_writing_the_report_keeps_the_old_report_whole(
     trained_tiny, tmp_path: Path, fails: str
 ) -> None:

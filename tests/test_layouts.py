@@ -41,6 +41,7 @@ def test_food11_layout_train_and_test_folders(tmp_path: Path) -> None:
     assert metrics["split"] == "test" and metrics["samples"] == 12
 
 
+@pytest.mark.slow
 def test_dishes_layout_splits_the_test_folder_into_val_and_test(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "dishes", {"train": 10, "test": 10}, classes=("clean", "dirty"))
     ckpt, metrics = train_and_test(tmp_path, "dishes", root)
@@ -112,6 +113,7 @@ def fake_cifar10(root: Path, per_batch: int = 4) -> None:
         )
 
 
+@pytest.mark.slow
 def test_cifar10_through_torchvision_becomes_class_folders(tmp_path: Path, monkeypatch) -> None:
     import torchvision.datasets.cifar as cifar
 

@@ -239,6 +239,7 @@ def train_cli(tmp_path: Path, root: Path, timeout: float) -> subprocess.Complete
         pytest.fail(f"python train.py did not finish within {timeout:.0f} s (a FIFO opened?)")
 
 
+@pytest.mark.slow
 def test_G3_end_to_end_a_fifo_is_skipped_and_a_file_in_two_classes_stops_the_run(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "data", {"train": 6, "val": 2, "test": 2})
     os.mkfifo(root / "train" / "circle" / "pipe.jpg")

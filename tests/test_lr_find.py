@@ -246,9 +246,12 @@ class CountingLite(EfficientNetLite):
 def test_cached_features_sweep_the_head(tmp_path: Path, tiny_folder: Path) -> None:
     """The transfer recipe's frozen backbone with trainer.cache_features=true (a Lite0 from scratch, at 32 px): the
     sweep trains the head on the cached features, so the backbone runs only to compute them (the 48 train and 18
-    val images in batches of 8, and the model check on two blank images), never during the sweep's steps."""
+    val images in batches of 8, and the model check on two blank images), never during the sweep's steps. The torch
+    engine is pinned: the hook counts torch passes, and trainer.frozen_engine=auto computes the features on
+    onnxruntime (tests/test_onnx_twin.py)."""
     extra = ["model=lite0", "model._target_=test_lr_find.CountingLite", "model.pretrained=false"]
     extra += ["model.freeze=backbone", "dataset.image_size=32", "trainer.cache_features=true"]
+    extra += ["trainer.frozen_engine=torch"]
     extra += ["loss._target_=test_lr_find.CountingLoss", *SWEEP]
     CountingLoss.calls = CountingLite.backbone_calls = 0
     found = lr_find(compose_cfg("train", tiny_overrides(tmp_path, tiny_folder, *extra)))

@@ -130,6 +130,7 @@ print(applied, faults)
 
 
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
+@pytest.mark.slow
 def test_malloc_tuning_stops_page_faults_on_repeated_large_tensors() -> None:
     import subprocess
     import sys

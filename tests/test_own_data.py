@@ -46,6 +46,7 @@ def _bad_root(tmp_path: Path, kind: str) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("kind", ["missing", "file", "empty", "images_without_classes"])
+@pytest.mark.slow
 def test_A12_a_bad_root_stops_with_what_was_found_and_creates_nothing(tmp_path: Path, kind: str) -> None:
     root, found = _bad_root(tmp_path, kind)
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -59,6 +60,7 @@ def test_A12_a_bad_root_stops_with_what_was_found_and_creates_nothing(tmp_path: 
 
 
 @pytest.mark.parametrize("kind", ["missing", "images_without_classes"])
+@pytest.mark.slow
 def test_A12_a_relative_root_is_named_by_its_absolute_path_from_the_project(tmp_path: Path, kind: str) -> None:
     import os
     import re
@@ -77,6 +79,7 @@ def test_A12_a_relative_root_is_named_by_its_absolute_path_from_the_project(tmp_
     assert "layouts that work" in out and "ROOT/<class>/<image>" in out and "ROOT/train/<class>/<image>" in out
 
 
+@pytest.mark.slow
 def test_the_quickstart_never_trains_on_another_folder(tmp_path: Path) -> None:
     photos = make_folder(tmp_path / "photos", {"train": 2})
     before = sorted(str(p) for p in photos.rglob("*"))
@@ -89,6 +92,7 @@ def test_the_quickstart_never_trains_on_another_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "experiments").exists()
 
 
+@pytest.mark.slow
 def test_A12_a_mistyped_root_gets_no_digits_written_into_it(tmp_path: Path) -> None:
     typo = tmp_path / "my_photos"
     result = run_cli("train.py", f"dataset.root={typo}", *_outputs(tmp_path))
@@ -220,6 +224,7 @@ LAYOUTS = {
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("recipe", ["transfer", "scratch"])
+@pytest.mark.slow
 def test_the_own_folder_recipes_train_and_test_in_every_layout(tmp_path: Path, recipe: str, layout: str) -> None:
     root = make_folder(tmp_path / "photos", LAYOUTS[layout], classes=("cat", "dog"), shape=(40, 30))
     args = [a for a in tiny_overrides(tmp_path, root) if not a.startswith(("dataset", "epochs"))]

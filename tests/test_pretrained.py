@@ -156,6 +156,7 @@ def test_training_with_lite0_uses_the_weights_normalization(tmp_path: Path, tiny
     assert ckpt["mean"] == [0.5, 0.5, 0.5] and ckpt["config"]["dataset"]["normalize"] == "custom"
 
 
+@pytest.mark.slow
 def test_an_ensemble_trains_on_cached_features_and_predict_rebuilds_it(tmp_path: Path, tiny_folder: Path) -> None:
     from imgclf.inference import Predictor
 
@@ -195,6 +196,7 @@ def test_freeze_bn_trains_backbone_weights_but_keeps_its_statistics() -> None:
     assert torch.equal(bn.running_mean, stats) and not torch.equal(bn.weight, weight)
 
 
+@pytest.mark.slow
 def test_cached_features_train_the_same_head_as_the_full_model(tmp_path: Path, tiny_folder: Path) -> None:
     common = ("model=lite0", "model.freeze=backbone", "epochs=2", "dataset.image_size=32", "model.dropout=0")
     tasks.train(compose_cfg("train", tiny_overrides(tmp_path / "full", tiny_folder, *common)))
@@ -217,6 +219,7 @@ def _weights(tmp_path: Path, run: str, name: str = "last.pt") -> dict[str, torch
     return load_checkpoint(tmp_path / run / "experiments" / "tiny" / name)["model"]
 
 
+@pytest.mark.slow
 def test_head_epochs_on_cached_features_then_fine_tuning_equal_the_same_run_on_images(
     tmp_path: Path, tiny_folder: Path
 ) -> None:
@@ -249,6 +252,7 @@ def test_head_epochs_on_cached_features_then_fine_tuning_equal_the_same_run_on_i
         assert a["train/loss"] == pytest.approx(b["train/loss"], abs=1e-4) and a["val/acc"] == b["val/acc"]
 
 
+@pytest.mark.slow
 def test_with_a_random_augmentation_the_head_epochs_read_features_of_the_plain_images(
     tmp_path: Path, tiny_folder: Path
 ) -> None:
@@ -273,6 +277,7 @@ def test_with_a_random_augmentation_the_head_epochs_read_features_of_the_plain_i
         torch.testing.assert_close(flip[key], plain[key], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_run_resumed_in_the_fine_tuning_epochs_computes_no_features(
     tmp_path: Path, tiny_folder: Path, monkeypatch, caplog
 ) -> None:

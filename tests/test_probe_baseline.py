@@ -22,6 +22,7 @@ def run_in_process(monkeypatch: pytest.MonkeyPatch, *args: str) -> None:
     runpy.run_path(str(ROOT / SCRIPT), run_name="__main__")
 
 
+@pytest.mark.slow
 def test_baseline_beside_the_experiments_own_accuracy(
     trained_tiny: tuple[list[str], Path], tiny_folder: Path, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 from tqdm import tqdm
 
 from helpers import make_folder, run_cli, tiny_overrides
@@ -60,6 +61,7 @@ def test_a_bar_only_on_a_terminal(monkeypatch):
     assert list(progress(range(3), desc="x")) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_train_py_writes_no_carriage_returns_into_a_redirected_log(tmp_path):
     root = make_folder(tmp_path / "data", {"train": 12, "val": 4, "test": 4})
     overrides = [o for o in tiny_overrides(tmp_path, root) if o != "progress=false"] + ["progress=true"]

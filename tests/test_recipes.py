@@ -59,6 +59,7 @@ def layout_for(dataset: str, root: Path) -> Path:
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.slow
 def test_recipe_trains_one_epoch_on_data_of_its_layout(recipe: str, tmp_path: Path, monkeypatch) -> None:
     import torchvision.datasets.cifar as cifar
 

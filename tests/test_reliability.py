@@ -152,6 +152,7 @@ def test_C6_a_best_pt_that_cannot_be_written_leaves_last_pt_where_it_was(tmp_pat
 # --- C8: a second process on the same experiment ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_C8_a_second_run_of_a_running_experiment_is_refused_naming_the_process(
     tmp_path: Path, tiny_folder: Path
 ) -> None:
@@ -176,6 +177,7 @@ def test_C8_a_second_run_of_a_running_experiment_is_refused_naming_the_process(
 # --- C9: metrics survive a SIGKILL --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_C9_a_killed_run_keeps_its_logged_epochs_in_tensorboard_and_resumes_one_curve(
     tmp_path: Path, tiny_folder: Path
 ) -> None:
@@ -198,6 +200,7 @@ def test_C9_a_killed_run_keeps_its_logged_epochs_in_tensorboard_and_resumes_one_
     assert read_tensorboard(runs)["val/acc"] == list(range(1, saved + 2))  # one point per epoch: no zig-zag
 
 
+@pytest.mark.slow
 def test_C9_epochs_logged_after_the_last_checkpoint_of_a_crashed_run_are_replaced_not_repeated(
     tmp_path: Path, tiny_folder: Path
 ) -> None:

@@ -131,6 +131,7 @@ def test_calibration_keeps_predictions_and_lowers_val_nll(trained_tiny, tmp_path
     assert again["temperature"] == payload["temperature"]
 
 
+@pytest.mark.slow
 def test_A6_other_split_and_other_folder_get_their_own_report(trained_tiny, tmp_path: Path) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path)
     val = tasks.test(compose_cfg("train", [*overrides, "split=val"]))
@@ -146,6 +147,7 @@ def test_A6_other_split_and_other_folder_get_their_own_report(trained_tiny, tmp_
     assert metrics["per_class"]["square"]["support"] == 0
 
 
+@pytest.mark.slow
 def test_G2_another_checkpoint_gets_its_own_report_and_never_the_experiments(trained_tiny, tmp_path: Path) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path)
     own = tasks.test(compose_cfg("train", overrides))
@@ -206,6 +208,7 @@ def test_bootstrap_interval_contains_the_estimate_and_narrows_with_data() -> Non
     assert widths[1] < widths[0] / 3
 
 
+@pytest.mark.slow
 def test_confusion_figure_stays_readable_with_many_classes(tmp_path: Path) -> None:
     names = [f"class_{i:03d}" for i in range(120)]
     cm = torch.randint(0, 5, (120, 120)) + torch.eye(120, dtype=torch.long) * 50

@@ -165,6 +165,7 @@ def test_E5_stop_in_a_worker_process_is_the_same_clear_error(tmp_path: Path) -> 
     assert "Traceback" not in message and "DataLoader worker" not in message
 
 
+@pytest.mark.slow
 def test_E5_resume_after_a_skip_leaves_out_changed_and_vanished_files(
     tmp_path: Path, folder: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

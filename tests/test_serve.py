@@ -206,6 +206,7 @@ def test_model_card_reads_the_test_report_of_this_checkpoint_or_a_card_file(trai
     }
 
 
+@pytest.mark.slow
 def test_an_onnx_export_is_served_without_torch_and_answers_as_its_checkpoint(
     served: Served, trained_tiny, tmp_path: Path
 ) -> None:
@@ -262,6 +263,7 @@ def test_F3_a_decompression_bomb_is_refused_from_its_header_under_the_servers_pi
     assert_up(served.server)
 
 
+@pytest.mark.slow
 def test_F3_uploads_over_the_byte_limits_get_413_however_they_are_sent(served: Served) -> None:
     server = served.server
     small = served.samples[0].read_bytes()

@@ -51,6 +51,7 @@ def train(tmp_path: Path, folder: Path, *extra: str) -> Path:
 
 
 @pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.slow
 def test_a_timm_family_trains_checkpoints_predicts_and_exports_with_parity(
     name: str, tmp_path: Path, tiny_folder: Path
 ) -> None:
