@@ -22,7 +22,7 @@ from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.resume import check_classes, check_resumable, is_finished
 from imgclf.models.classifier import Classifier
 from imgclf.runtime import process_age, resolve_device, tune_malloc
-from imgclf.tasks import batch_size, build, inputs, preprocess, rank_writes, ranks, sweep
+from imgclf.tasks import batch_size, build, frozen_budget, inputs, preprocess, rank_writes, ranks, sweep
 from imgclf.tasks.config_check import check_config, expand_user_paths
 from imgclf.tasks.failures import training_error
 from imgclf.tasks.folders import check_same_data, entry_point_run, experiment_dir, in_sweep, report_finished
@@ -68,7 +68,12 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal, started
     sweep.prepare_job(cfg)  # a parallel sweep job: its share of the CPU threads, its own GPU
     group, device = start(cfg)
     writes = rank_writes.for_rank(cfg, exp, group)  # rank 0 writes the experiment; the other ranks nothing
-    data = plan_data(cfg)
+    # trainer.budget with a frozen, cached backbone: the backbones and size whose features fit, chosen before any
+    # image is decoded (the transfer recipe's step-down)
+    data = plan_data(
+        cfg,
+        lambda scanned, sizes: frozen_budget.fit(cfg, exp, scanned, sizes, started=started, device=device, group=group),
+    )
     net = build.network(cfg)  # initialises the weights: the first draw from the seeded RNG
     net = build.placed(cfg, net, data.size.image_size, device)
     optimizer, scheduler = build.optimizer_and_scheduler(cfg, net)
@@ -107,15 +112,19 @@ class DataPlan:
     size: preprocess.SizeChoice
 
 
-def plan_data(cfg: DictConfig) -> DataPlan:
-    """List the folder (no image decoded yet) and choose the input size; config errors surface here first."""
+def plan_data(cfg: DictConfig, fit_model: Callable[[Any, list[Any]], None] | None = None) -> DataPlan:
+    """List the folder (no image decoded yet) and choose the input size; config errors surface here first.
+    ``fit_model(scanned, sizes)`` may change the model's config (and so its native size) before the size is chosen."""
     source = build.source(cfg)
     inputs.check_trainable(source)
     classes = source.class_names()  # lists folders only: config errors surface before any decoding
     inputs.fill_num_classes(cfg, classes, source.root)
-    native = build.native_size(cfg)  # a bad model target fails here, before any file is read
+    build.native_size(cfg)  # a bad model target fails here, before any file is read
     scanned = source.scan()  # once: the sizes below and the splits (unless resuming) come from it
-    size = choose_image_size(cfg, native, inputs.train_sizes(cfg, scanned))
+    sizes = inputs.train_sizes(cfg, scanned)
+    if fit_model is not None:
+        fit_model(scanned, sizes)
+    size = choose_image_size(cfg, build.native_size(cfg), sizes)
     return DataPlan(source, classes, scanned, size)
 
 
