@@ -1,11 +1,13 @@
 """Per-epoch metrics to TensorBoard and to ``metrics.jsonl``, both flushed every epoch; figures of
-each new best epoch and the run's hyperparameters to TensorBoard."""
+each new best epoch and the run's hyperparameters to TensorBoard. The trackers of the ``logger`` group (MLflow,
+CSV) get each metrics.jsonl line and each new best's figures as they are written."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,26 +28,32 @@ class RunLog:
 
     Args:
         jsonl_path: the ``metrics.jsonl`` file (appended to).
-        tensorboard_dir: folder of the TensorBoard event files.
+        tensorboard_dir: folder of the TensorBoard event files (None: no TensorBoard, ``logger`` without it).
         start_epoch: completed epochs of the checkpoint training resumes from (0 for a new run).
+        trackers: :class:`imgclf.tracking.Tracker` objects, begun: each gets every line and new best's figures,
+            and ``end`` when the run log closes.
     """
 
     def __init__(
         self,
         jsonl_path: str | Path,
-        tensorboard_dir: str | Path,
+        tensorboard_dir: str | Path | None,
         start_epoch: int = 0,
         figures: BestFigures | None = None,
         constants: dict[str, Any] | None = None,
+        trackers: Sequence[Any] = (),
     ) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
-
         self.jsonl_path = Path(jsonl_path)
         _truncate_after(self.jsonl_path, start_epoch)
-        _wait_for_a_later_second(Path(tensorboard_dir))
-        self.writer = SummaryWriter(str(tensorboard_dir), purge_step=start_epoch + 1 if start_epoch else None)
+        self.writer: Any = None
+        if tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter  # slow import, only when training
+
+            _wait_for_a_later_second(Path(tensorboard_dir))
+            self.writer = SummaryWriter(str(tensorboard_dir), purge_step=start_epoch + 1 if start_epoch else None)
         self.figures = figures
         self.constants = constants or {}  # the same in every line (e.g. world_size), not plotted
+        self.trackers = list(trackers)
 
     def write(self, epoch: int, metrics: dict[str, float]) -> None:
         record = {"epoch": epoch, **{k: _json_number(v) for k, v in metrics.items()}, **self.constants}
@@ -53,6 +61,10 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        for tracker in self.trackers:  # after the line is safe on disk: a tracker never holds it up
+            tracker.log_epoch(epoch, record)
+        if self.writer is None:
+            return
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, epoch)
         self.writer.flush()
@@ -61,8 +73,17 @@ class RunLog:
         """The confusion matrix and the most confident mistakes of a new best epoch on val."""
         if self.figures is None:
             return
-        for tag, fig in self.figures.draw(outputs).items():
-            self.writer.add_figure(f"val/{tag}", fig, epoch)
+        drawn = self.figures.draw(outputs)
+        for tracker in self.trackers:
+            tracker.log_figures(epoch, drawn)
+        if self.writer is None:
+            from imgclf.reporting import figures
+
+            for fig in drawn.values():
+                figures.close(fig)
+            return
+        for tag, fig in drawn.items():
+            self.writer.add_figure(f"val/{tag}", fig, epoch)  # closes it
         self.writer.flush()
 
     def hparams(self, values: dict[str, Any], metrics: list[str]) -> None:
@@ -71,6 +92,8 @@ class RunLog:
         Written into the run's own folder (not a sub-run as ``SummaryWriter.add_hparams`` does), so
         the HParams tab lists one row per experiment or sweep job with its curves.
         """
+        if self.writer is None:
+            return
         from torch.utils.tensorboard.summary import hparams
 
         clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
@@ -79,11 +102,18 @@ class RunLog:
         self.writer.flush()
 
     def add_text(self, tag: str, text: str) -> None:
+        if self.writer is None:
+            return
         self.writer.add_text(tag, text, 0)
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        """Called in a ``finally``: the error training stops with, if any, tells the trackers how the run ended."""
+        error = sys.exc_info()[1]
+        for tracker in self.trackers:
+            tracker.end(error)
+        if self.writer is not None:
+            self.writer.close()
 
 
 class BestFigures:

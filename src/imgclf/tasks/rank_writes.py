@@ -19,7 +19,7 @@ from imgclf.experiment.writer import CheckpointWriter
 from imgclf.models.classifier import Classifier
 from imgclf.reporting import cam
 from imgclf.reporting.batches import first_batch_to_tensorboard
-from imgclf.tasks import build, inputs, ranks, sweep
+from imgclf.tasks import build, inputs, loggers, ranks, sweep
 from imgclf.tasks.calibration import calibrate, load_weights
 from imgclf.tasks.hparams import hparam_metrics, hparams
 from imgclf.training.distributed import Distributed
@@ -41,6 +41,9 @@ class MainWrites:
         self.cfg, self.exp = cfg, exp
         self.after_epoch: AfterEpoch | None = sweep.trial_hook(cfg)  # an Optuna trial reports each epoch
         self._run_log: RunLog | None = None
+        self.loggers = loggers.build(cfg)  # the logger group: TensorBoard, MLflow, CSV
+        self.loggers.check()  # a tracking server that does not answer: said now, before any image is read
+        self._resuming = False
 
     def lock(self) -> AbstractContextManager[Any]:
         return self.exp.lock()
@@ -52,6 +55,7 @@ class MainWrites:
         """Clear what overwrite=true replaces (only now, after every check), and record the splits and the config
         this start runs with."""
         cfg, exp = self.cfg, self.exp
+        self._resuming = payload is not None  # the trackers continue the run they recorded
         if cfg.overwrite and payload is None:
             exp.clear()  # only now: the new run's config, model and data have all been checked
         if payload is None or not exp.splits.exists():  # a resumed run keeps the hashes first recorded, so a file
@@ -96,9 +100,12 @@ class MainWrites:
             cams=cam.CamMaker(model, cfg.report.cam_method) if cams else None,
             cam_count=cfg.report.cams,
         )
+        run = loggers.run_info(cfg, self.exp.path, resuming=self._resuming, start_epoch=state.epoch)
+        for tracker in self.loggers.trackers:
+            tracker.begin(run)  # MLflow: a new run, or the one a resumed training recorded
         run_log = RunLog(
             self.exp.metrics,
-            self.exp.tensorboard_dir,
+            self.exp.tensorboard_dir if self.loggers.tensorboard else None,
             start_epoch=state.epoch,
             figures=figures if cfg.report.figures else None,
             constants={
@@ -107,6 +114,7 @@ class MainWrites:
             }
             if group.active
             else None,
+            trackers=self.loggers.trackers,
         )
         run_log.hparams(hparams(cfg, num_parameters), hparam_metrics(cfg))
         self._run_log = run_log
@@ -122,7 +130,7 @@ class MainWrites:
             return loader, extras
 
         def show(images: torch.Tensor, labels: torch.Tensor) -> None:
-            if self._run_log is not None:
+            if self._run_log is not None and self._run_log.writer is not None:
                 first_batch_to_tensorboard(self._run_log.writer, images, labels, classes)
 
         return tap_first_batch(loader, extras, show)
@@ -131,15 +139,17 @@ class MainWrites:
         log.warning("%s; wrote %s. Run the same command again to resume.", exc, self.exp.last)
 
     def calibrate(self, model: Classifier, device: torch.device) -> None:
-        """``calibrate=true``: fit a temperature for ``best.pt`` on val and store it there (under the run's lock)."""
+        """``calibrate=true``: fit a temperature for ``best.pt`` on val and store it there (under the run's lock);
+        then the trained ``best.pt`` goes to the trackers as the run's model (MLflow's ``log_model``)."""
         exp = self.exp
-        if not self.cfg.calibrate or not exp.best.exists():
-            return
-        stamp = file_stamp(exp.best)
-        best = load_checkpoint(exp.best)
-        load_weights(model, best, exp.best)
-        with build.frozen_passes(self.cfg, model, device):
-            calibrate(self.cfg, exp, exp.best, best, model, device, stamp)
+        if self.cfg.calibrate and exp.best.exists():
+            stamp = file_stamp(exp.best)
+            best = load_checkpoint(exp.best)
+            load_weights(model, best, exp.best)
+            with build.frozen_passes(self.cfg, model, device):
+                calibrate(self.cfg, exp, exp.best, best, model, device, stamp)
+        if exp.best.exists():
+            self.loggers.log_model(str(self.cfg.experiment), [exp.best, exp.config])
 
 
 class OtherRankWrites:

@@ -16,7 +16,7 @@ from imgclf.experiment.checkpoint import file_stamp, load_checkpoint
 from imgclf.models.classifier import Classifier, with_tta
 from imgclf.reporting import cam, explain, report
 from imgclf.runtime import resolve_device, tune_malloc
-from imgclf.tasks import build, inputs
+from imgclf.tasks import build, inputs, loggers
 from imgclf.tasks.batch_size import batch_for_evaluation
 from imgclf.tasks.calibration import LOCK_HINT, calibrate, load_weights, outputs
 from imgclf.tasks.config_check import check_config, expand_user_paths
@@ -40,6 +40,8 @@ def test(cfg: DictConfig) -> dict[str, Any]:
         tune_malloc()
     device = resolve_device(cfg.device)
     exp = experiment_dir(cfg)
+    tracking = loggers.build(cfg)
+    tracking.check()  # a tracking server that does not answer: said now, before any image is read
     path = {"best": exp.best, "last": exp.last}.get(str(cfg.ckpt), Path(str(cfg.ckpt)))
     if not path.exists():
         raise CheckpointError(
@@ -107,7 +109,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
         top_k=cfg.report.top_k,
         bootstrap=cfg.report.bootstrap,
         mistakes=cfg.report.mistakes,
-        tensorboard=None if tag else exp.tensorboard_dir,
+        tensorboard=None if tag or not tracking.tensorboard else exp.tensorboard_dir,
         step=payload["state"]["epoch"],
         explained=explain.Explain(
             pairs=cfg.report.confused_pairs,
@@ -117,6 +119,8 @@ def test(cfg: DictConfig) -> dict[str, Any]:
         ),
     )
     log.info("\n%s\nreport: %s", report.format_table(metrics, classes), folder / "report.md")
+    if not tag:  # the experiment's own report, as in TensorBoard
+        loggers.log_report(cfg, tracking, exp.path, metrics, folder, payload["state"]["epoch"])
     return metrics
 
 
