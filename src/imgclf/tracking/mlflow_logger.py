@@ -103,7 +103,9 @@ class MlflowLogger:
 
     def begin_sweep(self, sweep_dir: Path, name: str, params: Mapping[str, str]) -> None:
         """The parent run of a sweep's jobs; a sweep continued in the same folder (an Optuna study) continues it."""
-        self._start(RunInfo(folder=sweep_dir, name=name, params=params), sweep_dir / SWEEP_FILE, reuse=True)
+        self._start(
+            RunInfo(folder=sweep_dir, name=name, params=params), sweep_dir / SWEEP_FILE, reuse=True, parent=None
+        )
 
     def _start(self, run: RunInfo, record: Path, *, reuse: bool, parent: str | None, reopen: bool = True) -> None:
         self.check()
