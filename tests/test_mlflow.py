@@ -103,8 +103,13 @@ def test_logger_group_defaults_to_tensorboard_and_takes_several(tmp_path: Path) 
 
 
 def test_params_are_the_flattened_config() -> None:
-    flat = flat_params({"optimizer": {"lr": 0.01, "betas": [0.9, 0.99]}, "model": {"hidden": []}, "seed": 1})
-    assert flat == {"optimizer.lr": "0.01", "optimizer.betas": "[0.9, 0.99]", "model.hidden": "[]", "seed": "1"}
+    flat = flat_params({"optimizer": {"lr": 0.01, "betas": [0.9, 0.99]}, "dataset": {"exclude": ["a.jpg"]}, "seed": 1})
+    assert flat == {
+        "optimizer.lr": "0.01",
+        "optimizer.betas": "[0.9, 0.99]",
+        "dataset.exclude": '["a.jpg"]',
+        "seed": "1",
+    }
 
 
 def test_csv_logger_writes_a_column_per_metric_and_keeps_resumed_rows(tmp_path: Path) -> None:
