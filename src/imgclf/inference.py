@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from imgclf.abstain import Abstain
 from imgclf.data.images import PREDICT_MAX_PIXELS, check_decoded_pixels, decode_bytes, serve
 from imgclf.data.preprocessing import Preprocessing
 from imgclf.errors import CheckpointError, ConfigError
@@ -67,6 +68,7 @@ class Predictor:
     device: torch.device
     checkpoint: Path
     max_pixels: int = PREDICT_MAX_PIXELS  # images that would decode to more pixels are refused (images.py says why)
+    abstain: Abstain | None = None  # the "not sure" thresholds chosen on val (imgclf.abstain), if any
 
     @classmethod
     def load(
@@ -113,6 +115,7 @@ class Predictor:
             device=torch_device,
             checkpoint=path,
             max_pixels=max_pixels,
+            abstain=Abstain.from_dict(payload.get("abstain")),
         )
 
     @property
@@ -143,6 +146,14 @@ class Predictor:
         batch = torch.stack(list(images)).to(self.device, non_blocking=True)
         logits = self.model(batch).float()
         return torch.softmax(logits / self.temperature, dim=1).cpu()
+
+    def scores(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`probabilities` and the energy score of each image (:mod:`imgclf.models.energy_tap`), one pass."""
+        from imgclf.models.energy_tap import EnergyTap
+
+        with EnergyTap(self.model, self.temperature) as tap:
+            probs = self.probabilities(images)
+        return probs, tap.scores()
 
 
 def build_model(spec: Mapping[str, Any], path: Path) -> torch.nn.Module:

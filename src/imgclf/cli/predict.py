@@ -2,13 +2,15 @@
 
     python predict.py PATH... (--experiment NAME | --checkpoint FILE | --model model.onnx) [--top-k K]
                       [--category-names names.json] [--output out.csv|out.json] [--plot out.png]
-                      [--min-confidence P] [--device auto] [--batch-size N] [--max-pixels N]
+                      [--min-confidence P] [--no-abstain] [--device auto] [--batch-size N] [--max-pixels N]
 
 PATH: image files, folders (searched recursively; hidden folders skipped) or glob patterns
 (quote them: "photos/**/*.jpg"). Class names, input size, normalization and the calibrated
 temperature come from the checkpoint. --model runs a file written by imgclf-export on onnxruntime
 without importing torch: everything it needs (classes, sizes, temperature, test-time augmentation,
-pixel limit) is inside the .onnx file. A file that cannot be read, or that would decode to more
+pixel limit, "not sure" thresholds) is inside the .onnx file. A model given thresholds on val (abstain.*, see
+docs/not_sure.md) answers "not sure: top guesses ..." for an image below them (pred empty, not_sure set in --output);
+--no-abstain names a class anyway. --min-confidence P only flags answers below P, the user's own line. A file that cannot be read, or that would decode to more
 than --max-pixels (checked from its header, before decoding), gets an error row and the exit
 status is 1 at the end; every other file is still classified. Exit status 2: the command line
 or the checkpoint cannot be used. --output and --plot are written before the table is printed: when
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from imgclf.abstain import message, reasons, scored
 from imgclf.atomic import csv_text, write_text_atomic
 from imgclf.cli.common import EXIT_CLOSED_PIPE, add_experiments_dir, add_min_confidence, add_version, print_table
 from imgclf.cli.experiments import best_checkpoint
@@ -61,6 +64,8 @@ class Prediction:
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
     low_confidence: bool = False
+    not_sure: str | None = None  # why the model's thresholds leave it unanswered (imgclf.abstain), else None
+    energy: float | None = None  # its energy score, when the model has an OOD threshold
 
     @property
     def label(self) -> str | None:
@@ -123,6 +128,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"draw each image with a bar chart of its top-k ({PLOT_ROWS} per page: out.png, out-2.png, ...)",
     )
     add_min_confidence(parser)
+    parser.add_argument(
+        "--no-abstain",
+        action="store_true",
+        help='always name a class: ignore the model\'s "not sure" thresholds (abstain.* chosen on val)',
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
     parser.add_argument(
@@ -230,23 +240,33 @@ def display_names(predictor: Any, mapping_file: Path | None, keys: str = "auto")
 
 
 def predict(
-    predictor: Any, files: Sequence[str], top_k: int, batch_size: int, min_confidence: float | None = None
+    predictor: Any,
+    files: Sequence[str],
+    top_k: int,
+    batch_size: int,
+    min_confidence: float | None = None,
+    abstain: bool = True,
 ) -> Iterator[tuple[Prediction, Any]]:
     """Yield each file's :class:`Prediction` (in order) with its decoded image (None when unreadable).
-    Files are decoded in threads (Pillow releases the GIL) and classified a batch at a time."""
+    Files are decoded in threads (Pillow releases the GIL) and classified a batch at a time; with ``abstain``, the
+    model's own "not sure" thresholds (:mod:`imgclf.abstain`) mark the images it does not answer."""
+    record = getattr(predictor, "abstain", None) if abstain else None
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
             images = list(pool.map(_try_load, [predictor] * len(chunk), chunk))
             good = [image for image in images if not isinstance(image, str)]
-            probs = iter(predictor.probabilities(good) if good else [])
+            probs, energy = scored(predictor, good, record)
+            whys = iter(reasons(probs.max(axis=1), energy, record) if len(good) else [])
+            scores, rows = iter(energy if energy is not None else [None] * len(good)), iter(probs)
             for path, image in zip(chunk, images, strict=True):
                 if isinstance(image, str):
                     yield Prediction(path, error=image), None
                     continue
-                top = top_classes(np.asarray(next(probs)), predictor.classes, top_k)
+                top = top_classes(np.asarray(next(rows)), predictor.classes, top_k)
                 low = min_confidence is not None and top[0][1] < min_confidence
-                yield Prediction(path, top=top, low_confidence=low), image
+                score = next(scores)
+                yield Prediction(path, top=top, low_confidence=low, not_sure=next(whys), energy=score), image
 
 
 def top_classes(probs: np.ndarray, classes: Sequence[str], k: int) -> list[tuple[str, float]]:
@@ -296,6 +316,9 @@ def table(predictions: Sequence[Prediction], names: dict[str, str], min_confiden
         if p.error is not None:
             return [shown(p.path), "ERROR", "", p.error]
         flag = f" (below {min_confidence:g})" if p.low_confidence else ""
+        if p.not_sure is not None:  # the guesses, the first one included, go in the last column
+            said = message(p.not_sure, [f"{names.get(c, c)} {v:.1%}" for c, v in p.top]) or ""
+            return [shown(p.path), said.partition(":")[0], f"{p.confidence:.1%}{flag}", said.partition(": ")[2]]
         rest = ", ".join(f"{names.get(c, c)} {v:.1%}" for c, v in p.top[1:])
         return [shown(p.path), names.get(p.label, p.label), f"{p.confidence:.1%}{flag}", rest]
 
@@ -305,8 +328,9 @@ def table(predictions: Sequence[Prediction], names: dict[str, str], min_confiden
 
 
 def to_csv(predictions: Sequence[Prediction], names: dict[str, str], top_k: int) -> str:
-    """Columns: path, pred, name, confidence, low_confidence, top1, p1 ... topK, pK, error."""
-    header = ["path", "pred", "name", "confidence", "low_confidence"]
+    """Columns: path, pred, name, confidence, low_confidence, not_sure, top1, p1 ... topK, pK, error. A "not sure"
+    row has no pred, ``not sure`` as its name, why in ``not_sure`` (confidence, or ood) and its guesses in topK."""
+    header = ["path", "pred", "name", "confidence", "low_confidence", "not_sure"]
     header += [f"{col}{i}" for i in range(1, top_k + 1) for col in ("top", "p")] + ["error"]
 
     def row(p: Prediction) -> list[str]:
@@ -315,10 +339,11 @@ def to_csv(predictions: Sequence[Prediction], names: dict[str, str], top_k: int)
         top = [cell for c, v in p.top for cell in (c, f"{v:.6f}")]
         return [
             shown(p.path),
-            p.label,
-            names.get(p.label, p.label),
+            p.label if p.not_sure is None else "",
+            names.get(p.label, p.label) if p.not_sure is None else "not sure",
             f"{p.confidence:.6f}",
             str(p.low_confidence).lower(),
+            p.not_sure or "",
             *top,
             "",
         ]
@@ -327,14 +352,19 @@ def to_csv(predictions: Sequence[Prediction], names: dict[str, str], top_k: int)
 
 
 def to_json(predictions: Sequence[Prediction], names: dict[str, str], checkpoint: Path) -> str:
-    """``{"checkpoint": ..., "predictions": [{path, pred, name, confidence, low_confidence, top_k, error}]}``."""
+    """``{"checkpoint": ..., "predictions": [{path, pred, name, confidence, low_confidence, not_sure,
+    not_sure_reason, energy, top_k, error}]}``; a "not sure" record has ``pred`` and ``name`` null, its guesses in
+    ``top_k``."""
     records = [
         {
             "path": shown(p.path),
-            "pred": p.label,
-            "name": names.get(p.label, p.label) if p.label else None,
+            "pred": p.label if p.not_sure is None else None,
+            "name": names.get(p.label, p.label) if p.label and p.not_sure is None else None,
             "confidence": p.confidence,
             "low_confidence": p.low_confidence,
+            "not_sure": p.not_sure is not None,
+            "not_sure_reason": p.not_sure,
+            "energy": p.energy,
             "top_k": [{"class": c, "name": names.get(c, c), "probability": v} for c, v in p.top],
             "error": p.error,
         }
@@ -352,7 +382,11 @@ def plot(pages: Sequence[Sequence[tuple[Prediction, Any]]], names: dict[str, str
         out = path if number == 1 else path.with_name(f"{path.stem}-{number}{path.suffix}")
         images = [np.asarray(image).transpose(1, 2, 0) for _, image in page]  # torch tensor or numpy array
         tops = [[(names.get(c, c), v) for c, v in p.top] for p, _ in page]
-        captions = [shown(Path(p.path).name) + (" (low confidence)" if p.low_confidence else "") for p, _ in page]
+        captions = [
+            shown(Path(p.path).name)
+            + (" (not sure)" if p.not_sure else " (low confidence)" if p.low_confidence else "")
+            for p, _ in page
+        ]
         figures.save(figures.predictions_figure(images, tops, captions), out)
         written.append(out)
     return written
@@ -410,7 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         warn(f"--top-k {args.top_k} is more than the model's {num_classes} classes; showing {num_classes}")
     files, missing = find_images(args.paths)
     predictions, pages = list(missing), [[]]
-    for prediction, image in predict(predictor, files, top_k, args.batch_size, args.min_confidence):
+    run = predict(predictor, files, top_k, args.batch_size, args.min_confidence, abstain=not args.no_abstain)
+    for prediction, image in run:
         predictions.append(prediction)
         if args.plot is not None and image is not None:
             if len(pages[-1]) == PLOT_ROWS:
@@ -425,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     low = sum(p.low_confidence for p in predictions)
     summary = f"{len(predictions) - len(bad)} image(s) classified with {predictor.checkpoint}"
     summary += f", {low} below --min-confidence {args.min_confidence:g}" if args.min_confidence is not None else ""
+    unsure = sum(p.not_sure is not None for p in predictions)
+    summary += f', {unsure} answered "not sure" (--no-abstain: always a class)' if unsure else ""
     summary += f"; {len(bad)} could not be read (ERROR rows)" if bad else ""
     print(summary, file=sys.stderr)
     if not shown:

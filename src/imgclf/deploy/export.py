@@ -30,7 +30,7 @@ from torch import nn
 
 from imgclf.atomic import staged_folder, write_text_atomic
 from imgclf.data.images import PREDICT_MAX_PIXELS
-from imgclf.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
+from imgclf.deploy.metadata import ENERGY_NAME, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
 from imgclf.deploy.model_card import write_card
 from imgclf.deploy.parity import TOLERANCE, check_parity
 from imgclf.deploy.quantize import CALIBRATION_IMAGES, INT8_FILE, Int8Gate, export_int8
@@ -38,6 +38,7 @@ from imgclf.errors import ImgclfError
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.inference import Predictor
 from imgclf.models.classifier import TTA_MODES
+from imgclf.models.energy_tap import EnergyTap
 from imgclf.writable import unwritable
 
 log = logging.getLogger(__name__)
@@ -55,15 +56,21 @@ class ExportError(ImgclfError):
 
 
 class Deployable(nn.Module):
-    """What the exported file computes: uint8 images -> probabilities, as ``Predictor.probabilities`` does."""
+    """What the exported file computes: uint8 images -> probabilities, as ``Predictor.probabilities`` does; with
+    ``energy``, also each image's energy score (a second output, as ``Predictor.scores`` gives it)."""
 
-    def __init__(self, model: nn.Module, temperature: float) -> None:
+    def __init__(self, model: nn.Module, temperature: float, energy: bool = False) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.energy, self.energy_temperature = model, energy, float(temperature)
         self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(images).float() / self.temperature, dim=1)
+    def forward(self, images: torch.Tensor) -> Any:
+        if not self.energy:
+            return torch.softmax(self.model(images).float() / self.temperature, dim=1)
+        with EnergyTap(self.model, self.energy_temperature) as tap:  # the exporters trace through its hooks
+            probs = torch.softmax(self.model(images).float() / self.temperature, dim=1)
+            views = tap.batches[-1]
+        return probs, torch.stack(views).mean(0)
 
 
 @dataclass
@@ -118,7 +125,8 @@ def export(
     predictor = Predictor.load(checkpoint, device="cpu", tta=tta, max_pixels=max_pixels)
     check_exportable(predictor, payload, checkpoint)
     info = model_info(predictor, checkpoint, tta, max_pixels)
-    module = Deployable(predictor.model, predictor.temperature).eval()
+    ood = predictor.abstain is not None and predictor.abstain.ood_threshold is not None
+    module = Deployable(predictor.model, predictor.temperature, energy=ood and fmt == "onnx").eval()
     problem = unwritable(out.parent)  # made if missing; the export is staged in it, then renamed
     if problem is not None:
         raise ExportError(
@@ -197,6 +205,7 @@ def model_info(predictor: Predictor, checkpoint: Path, tta: str, max_pixels: int
         max_pixels=int(max_pixels),
         display_names=dict(predictor.display_names),
         source=str(checkpoint),
+        abstain=predictor.abstain.to_dict() if predictor.abstain is not None else None,
     )
 
 
@@ -241,7 +250,7 @@ def export_dynamo(module: nn.Module, example: torch.Tensor, path: Path) -> None:
             str(path),
             dynamo=True,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=output_names(module),
             dynamic_shapes={"images": {0: batch}},
             external_data=False,
             verbose=False,
@@ -259,10 +268,14 @@ def export_legacy(module: nn.Module, example: torch.Tensor, path: Path) -> None:
             str(path),
             dynamo=False,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=output_names(module),
             opset_version=LEGACY_OPSET,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *output_names(module))},
         )
+
+
+def output_names(module: nn.Module) -> list[str]:
+    return [OUTPUT_NAME, ENERGY_NAME] if getattr(module, "energy", False) else [OUTPUT_NAME]
 
 
 def add_metadata(path: Path, info: ModelInfo) -> None:

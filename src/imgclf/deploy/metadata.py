@@ -18,6 +18,7 @@ TOLERANCE = 1e-4  # the parity rule: every probability within this of PyTorch's 
 METADATA_KEY = "imgclf"  # the metadata_props key (and TorchScript extra file "imgclf.json")
 FORMAT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+ENERGY_NAME = "energy"  # a second output, (B,) energy scores, when the model has an OOD threshold (imgclf.abstain)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class ModelInfo:
     max_pixels: int = PREDICT_MAX_PIXELS
     display_names: dict[str, str] = field(default_factory=dict)
     source: str = ""  # the checkpoint it was exported from
+    abstain: dict[str, Any] | None = None  # the "not sure" thresholds chosen on val (imgclf.abstain.Abstain)
     format: int = FORMAT_VERSION
 
     def to_json(self) -> str:

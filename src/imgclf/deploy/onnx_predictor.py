@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from imgclf.abstain import Abstain
 from imgclf.data.images import MAX_PIXELS, center_crop, check_decoded_pixels, decode_bytes
-from imgclf.deploy.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo, parse
+from imgclf.deploy.metadata import ENERGY_NAME, INPUT_NAME, OUTPUT_NAME, ModelInfo, parse
 from imgclf.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class OnnxPredictor:
     checkpoint: Path  # the .onnx file (named so for predict's and the web app's outputs)
     max_pixels: int
     tta: str  # test-time augmentation folded into the graph at export
+    abstain: Abstain | None = None  # the "not sure" thresholds chosen on val, from the file's metadata
 
     @classmethod
     def load(cls, path: str | Path, max_pixels: int | None = None, device: str = "cpu") -> OnnxPredictor:
@@ -89,6 +91,7 @@ class OnnxPredictor:
             checkpoint=path,
             max_pixels=limit,
             tta=info.tta,
+            abstain=Abstain.from_dict(info.abstain),
         )
 
     def load_image(self, path: str | Path, data: bytes | None = None) -> np.ndarray:
@@ -114,6 +117,15 @@ class OnnxPredictor:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         batch = np.ascontiguousarray(np.stack([np.asarray(image, dtype=np.uint8) for image in images]))
         return np.asarray(self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0], dtype=np.float32)
+
+    def scores(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`probabilities` and the energy scores, (B,); None when the graph has no energy output (exported
+        without an OOD threshold)."""
+        if ENERGY_NAME not in {o.name for o in self.session.get_outputs()} or len(images) == 0:
+            return self.probabilities(images), None
+        batch = np.ascontiguousarray(np.stack([np.asarray(image, dtype=np.uint8) for image in images]))
+        probs, energy = self.session.run([OUTPUT_NAME, ENERGY_NAME], {INPUT_NAME: batch})
+        return np.asarray(probs, dtype=np.float32), np.asarray(energy, dtype=np.float64)
 
 
 def providers(device: str, ort: Any) -> list[str]:
@@ -146,8 +158,9 @@ def check_signature(session: Any, info: ModelInfo, path: Path) -> None:
         and inputs[0].name == INPUT_NAME
         and inputs[0].type == "tensor(uint8)"
         and list(inputs[0].shape[1:]) == [3, info.image_size, info.image_size]
-        and len(outputs) == 1
+        and len(outputs) in (1, 2)
         and outputs[0].name == OUTPUT_NAME
+        and all(o.name == ENERGY_NAME for o in outputs[1:])
         and outputs[0].shape[-1] == len(info.classes)
     )
     if not ok:

@@ -3,7 +3,8 @@ TensorBoard entries.
 
 Files: ``metrics.json``, ``per_class.csv``, ``confusion_matrix.csv`` and ``.png``,
 ``predictions.csv``, ``misclassified.png``, ``reliability.png``, ``confused_pairs.csv`` and ``.png``,
-``cam_mistakes.png`` and ``cam_correct.png`` (class activation maps) and ``report.md``.
+``cam_mistakes.png`` and ``cam_correct.png`` (class activation maps), ``coverage_accuracy.png`` (answering only
+above a confidence threshold: the "not sure" point the checkpoint stores) and ``report.md``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgclf.abstain import Abstain
 from imgclf.atomic import csv_text, staged_folder, write_text_atomic
 from imgclf.errors import ReportError
 from imgclf.filenames import shown
-from imgclf.reporting import confusion, explain, figures, statistics
+from imgclf.reporting import confusion, explain, figures, selective, statistics
 from imgclf.reporting.events import EventFile
 from imgclf.reporting.metrics import calibration_error, summarize, topk_accuracy
 from imgclf.reporting.outputs import Outputs
@@ -44,6 +46,8 @@ class SplitResult:
     info: dict[str, Any]  # split, checkpoint, epoch, data_root, experiment, ...
     temperature: float = 1.0  # logits are divided by it (1: uncalibrated)
     display_names: dict[str, str] = field(default_factory=dict)
+    abstain: Abstain | None = None  # the checkpoint's "not sure" thresholds (imgclf.abstain)
+    energy: np.ndarray | None = None  # (N,) energy scores, for an OOD threshold
 
     def names(self) -> list[str]:
         return [self.display_names.get(c, c) for c in self.classes]
@@ -132,6 +136,10 @@ def write(
     )
     pics.update(more)
     extra = explain.markdown(explained, pairs, pics, result.names(), result.paths)
+    metrics["not_sure"], pics["coverage_accuracy"], unsure = selective.report(
+        probs.numpy(), result.outputs.labels.numpy(), result.abstain, result.energy, resamples=bootstrap
+    )
+    extra = unsure + (f"\n{extra}" if extra else "")
     try:
         with staged_folder(folder) as staging:
             write_files(staging, metrics, result, probs, pics, top_k=top_k, extra=extra)

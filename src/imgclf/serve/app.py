@@ -3,7 +3,9 @@
 ``POST /predict`` takes a ``multipart/form-data`` body with one or more parts named ``file``:
 
 * one file: 200 ``{"filename": str, "predictions": [{"class", "name", "probability"}, ...],
-  "low_confidence": bool}``, the top-k classes most probable first; or 422 ``{"detail": str,
+  "low_confidence": bool, "not_sure": bool, "not_sure_reason": null | "confidence" | "ood", "message": null | str}``,
+  the top-k classes most probable first (a "not sure" answer's top guesses, its message "not sure: top guesses ...",
+  when the model's thresholds chosen on val leave it unanswered: ``imgclf.abstain``); or 422 ``{"detail": str,
   "filename": str}`` when it is not an image, is truncated or would decode to more than ``--max-pixels``.
 * several files: 200 ``{"results": [...]}``, one entry per file in upload order: the one-file object
   above, or ``{"filename": str, "error": str, "status": 422}`` for a file that cannot be classified.
@@ -30,10 +32,12 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from imgclf.abstain import Abstain, message, reasons
 from imgclf.errors import ImgclfError
 from imgclf.serve.model import top_k
 from imgclf.serve.pacing import BodyBudget, Pace, paced
@@ -53,6 +57,7 @@ class Settings:
 
     top_k: int = 5
     min_confidence: float | None = None
+    abstain: bool = True  # apply the model's "not sure" thresholds (imgclf.abstain), when it has any
     limits: Limits = field(default_factory=Limits)
     max_active: int = 4  # requests decoded and classified at once; the others wait their turn
     queue_timeout: float = 30.0  # seconds a request may wait for its turn before a 503
@@ -67,6 +72,7 @@ def create_app(worker: ModelWorker, card: dict[str, Any], settings: Settings) ->
     budget = BodyBudget(settings.max_active * settings.limits.max_request_bytes)
     classes = list(worker.predictor.classes)
     k = min(settings.top_k, len(classes))
+    record = getattr(worker.predictor, "abstain", None) if settings.abstain else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -112,7 +118,13 @@ def create_app(worker: ModelWorker, card: dict[str, Any], settings: Settings) ->
 
     @app.get("/card")
     async def model_card() -> dict[str, Any]:
-        return {**card, "top_k": k, "min_confidence": settings.min_confidence, "limits": asdict(settings.limits)}
+        return {
+            **card,
+            "top_k": k,
+            "min_confidence": settings.min_confidence,
+            "abstain": record.to_dict() if record is not None and record.active else None,
+            "limits": asdict(settings.limits),
+        }
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
@@ -133,7 +145,7 @@ def create_app(worker: ModelWorker, card: dict[str, Any], settings: Settings) ->
         except asyncio.TimeoutError:  # TimeoutError itself only from Python 3.11
             return _error(503, f"the server is busy (no turn within {settings.queue_timeout:g} s); retry shortly")
         try:
-            results = await _classify(worker, uploads, classes, k, settings.min_confidence)
+            results = await _classify(worker, uploads, classes, k, settings.min_confidence, record)
         except Busy as exc:
             return _error(503, str(exc))
         except ModelFailure as exc:
@@ -151,12 +163,20 @@ def create_app(worker: ModelWorker, card: dict[str, Any], settings: Settings) ->
 
 
 async def _classify(
-    worker: ModelWorker, uploads: list[Upload], classes: list[str], k: int, min_confidence: float | None
+    worker: ModelWorker,
+    uploads: list[Upload],
+    classes: list[str],
+    k: int,
+    min_confidence: float | None,
+    record: Abstain | None = None,
 ) -> list[dict[str, Any]]:
-    """One result per upload, in order: its top-k, or why it could not be classified."""
+    """One result per upload, in order: its top-k (and whether it is "not sure"), or why it could not be classified."""
     decoded = await asyncio.gather(*(_decode(worker, i, u) for i, u in enumerate(uploads)))
     good = [image for image in decoded if not isinstance(image, str)]
-    rows = iter(await worker.classify(good) if good else [])
+    probs, energy = await worker.classify(good) if good else (np.zeros((0, len(classes))), [])
+    scores = None if not energy or energy[0] is None else np.asarray(energy, dtype=np.float64)
+    whys = iter(reasons(probs.max(axis=1), scores, record) if good else [])
+    rows = iter(probs)
     names = worker.predictor.display_names
     results = []
     for upload, image in zip(uploads, decoded, strict=True):
@@ -165,7 +185,17 @@ async def _classify(
             continue
         top = top_k(next(rows), classes, names, k)
         low = min_confidence is not None and top[0]["probability"] < min_confidence
-        results.append({"filename": upload.name, "predictions": top, "low_confidence": low})
+        why = next(whys)
+        results.append(
+            {
+                "filename": upload.name,
+                "predictions": top,
+                "low_confidence": low,
+                "not_sure": why is not None,
+                "not_sure_reason": why,
+                "message": message(why, [p["name"] for p in top]),
+            }
+        )
     return results
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf.serve.model import probabilities
+from imgclf.abstain import scored
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,9 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._decoders, lambda: self.predictor.load_image(label, data=data))
 
-    async def classify(self, images: list[Any]) -> np.ndarray:
-        """(len(images), C) probabilities, computed by the model thread with whatever else is queued.
+    async def classify(self, images: list[Any]) -> tuple[np.ndarray, list[float | None]]:
+        """(len(images), C) probabilities and each image's energy score (None unless the model has an OOD threshold,
+        :mod:`imgclf.abstain`), computed by the model thread with whatever else is queued.
 
         Raises:
             Busy: the queue cannot take these images now.
@@ -89,7 +90,9 @@ class ModelWorker:
                 raise Busy(f"the model's queue is full ({self._queue.maxsize} images waiting); retry shortly") from None
             futures.append(future)
         rows = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
-        return np.stack(rows) if rows else np.zeros((0, len(self.predictor.classes)), np.float32)
+        if not rows:
+            return np.zeros((0, len(self.predictor.classes)), np.float32), []
+        return np.stack([probs for probs, _ in rows]), [energy for _, energy in rows]
 
     def _run(self) -> None:
         stopping = False
@@ -113,7 +116,9 @@ class ModelWorker:
         if not batch:
             return
         try:
-            probs = probabilities(self.predictor, [image for image, _ in batch])
+            probs, energy = scored(
+                self.predictor, [image for image, _ in batch], getattr(self.predictor, "abstain", None)
+            )
         except Exception as exc:  # noqa: BLE001  any failure of the model fails its batch, never the server
             log.exception("the forward pass of %d image(s) failed", len(batch))
             for _, future in batch:
@@ -121,5 +126,6 @@ class ModelWorker:
             return
         self.batches += 1
         self.images += len(batch)
-        for row, (_, future) in zip(probs, batch, strict=True):
-            future.set_result(row)
+        scores = [None] * len(batch) if energy is None else [float(e) for e in energy]
+        for row, score, (_, future) in zip(probs, scores, batch, strict=True):
+            future.set_result((row, score))

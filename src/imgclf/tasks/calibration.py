@@ -18,7 +18,7 @@ from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier
 from imgclf.reporting.outputs import Outputs
 from imgclf.reporting.statistics import fit_temperature, nll
-from imgclf.tasks import build, inputs
+from imgclf.tasks import build, inputs, not_sure
 from imgclf.tasks.failures import evaluation_error
 from imgclf.training.validation import collect
 
@@ -94,16 +94,22 @@ def _fit(
         raise DataError(f"calibrate=true: {exp.splits} lists no val images to fit the temperature on")
     prep = Preprocessing.from_checkpoint(payload)
     val = inputs.load(cfg, build.source(cfg), splits, ("val",), prep)["val"]
-    found = outputs(
-        cfg, model, inputs.split_dataset(cfg, val, prep, cfg.augmentation.eval), device, desc="calibrate on val"
-    )
+    dataset = inputs.split_dataset(cfg, val, prep, cfg.augmentation.eval)
+    found = outputs(cfg, model, dataset, device, desc="calibrate on val")
     temperature = fit_temperature(found.logits, found.labels)
     before, after = nll(found.logits, found.labels), nll(found.logits, found.labels, temperature)
-    return {
+    fitted = {
         **payload,
         "temperature": temperature,
         "calibration": {"split": "val", "samples": len(found.labels), "nll_before": before, "nll_after": after},
     }
+    fitted.pop("abstain", None)  # thresholds of an earlier temperature would no longer mean what they say
+    if not_sure.wanted(cfg):  # chosen on the calibrated probabilities, as predict will compute them
+        scored = not_sure.val_scores(
+            cfg, model, lambda m: outputs(cfg, m, dataset, device, "abstain on val"), temperature
+        )
+        fitted["abstain"] = not_sure.fit(cfg, *scored, temperature)
+    return fitted
 
 
 def load_weights(model: torch.nn.Module, payload: dict[str, Any], path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from imgclf.abstain import GOALS, OOD_SCORES
 from imgclf.data.folder import check_fractions
 from imgclf.data.folds import check_fold_keys
 from imgclf.data.images import RESIZE_MODES
@@ -33,7 +34,7 @@ SPLITS = ("train", "val", "test", "all")
 # which Hydra's struct mode lets through) would be ignored; the config groups' own keys are checked when built
 BASE_CONFIG = Path(__file__).resolve().parents[3] / "conf" / "train.yaml"
 # read key by key, never instantiated
-PLAIN_SECTIONS = ("trainer", "loader", "report", "paths", "preview", "audit", "lr_find")
+PLAIN_SECTIONS = ("trainer", "loader", "report", "paths", "preview", "audit", "lr_find", "abstain")
 
 
 def expand_user_paths(cfg: DictConfig) -> None:
@@ -112,6 +113,8 @@ def check_config(cfg: DictConfig) -> None:
     _trainer(cfg)
     if "audit" in cfg:  # imgclf-audit's (a config saved before it has none)
         _audit(cfg)
+    if "abstain" in cfg:  # a config saved before it has none
+        _abstain(cfg)
     _positive_number(cfg, "optimizer.lr")
     for key in ("weight_decay", "momentum"):
         if key in cfg.optimizer:
@@ -266,6 +269,23 @@ def _audit(cfg: DictConfig) -> None:
         raise ConfigError(f"audit.duplicate_threshold={value!r}: expected a cosine similarity in (0, 1]")
     _int(cfg, "audit.gallery_rows", minimum=1)
     _int(cfg, "audit.gallery_pages", minimum=0)
+
+
+def _abstain(cfg: DictConfig) -> None:
+    """``abstain.*``: the thresholds are chosen on calibrated val probabilities, so they need ``calibrate=true``."""
+    for key, allowed in (("abstain.goal", GOALS), ("abstain.ood", OOD_SCORES)):
+        if _get(cfg, key) is not None and _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={_get(cfg, key)!r}: expected null or one of {', '.join(allowed)}")
+    _int(cfg, "abstain.min_answered", minimum=1)
+    for key in ("abstain.target", "abstain.ood_keep"):
+        value = _get(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value <= 1:
+            raise ConfigError(f"{key}={value!r}: expected a share in (0, 1], e.g. 0.95")
+    if (cfg.abstain.goal is not None or cfg.abstain.ood is not None) and not cfg.calibrate:
+        raise ConfigError(
+            f"abstain.goal={cfg.abstain.goal} abstain.ood={cfg.abstain.ood}: the thresholds are chosen on val after "
+            "the temperature is fitted; add calibrate=true (train.py after training, or test.py)"
+        )
 
 
 def _trainer(cfg: DictConfig) -> None:

@@ -9,11 +9,13 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from imgclf.abstain import Abstain
 from imgclf.data.folder import FolderSource, Splits
 from imgclf.data.preprocessing import Preprocessing
 from imgclf.errors import CheckpointError, DataError
 from imgclf.experiment.checkpoint import file_stamp, load_checkpoint
 from imgclf.models.classifier import Classifier, with_tta
+from imgclf.models.energy_tap import EnergyTap
 from imgclf.reporting import cam, explain, report
 from imgclf.runtime import resolve_device, tune_malloc
 from imgclf.tasks import build, inputs, loggers
@@ -77,7 +79,9 @@ def test(cfg: DictConfig) -> dict[str, Any]:
         loaded = inputs.load(cfg, source, splits, (split,), prep)
         inputs.check_unchanged(recorded, loaded, refuse=False)
         dataset = inputs.split_dataset(cfg, loaded[split], prep, cfg.augmentation.eval)
-        found = outputs(cfg, with_tta(model, cfg.tta), dataset, device, desc=split)
+        evaluated = with_tta(model, cfg.tta)
+        with EnergyTap(evaluated, float(payload.get("temperature", 1.0))) as tap:  # the "not sure" OOD score
+            found = outputs(cfg, evaluated, dataset, device, desc=split)
     info = {
         "split": split,
         "checkpoint": str(path.resolve()),
@@ -94,6 +98,8 @@ def test(cfg: DictConfig) -> dict[str, Any]:
         info,
         temperature=float(payload.get("temperature", 1.0)),
         display_names=payload.get("display_names") or {},
+        abstain=Abstain.from_dict(payload.get("abstain")),
+        energy=tap.scores().double().numpy(),
     )
     folder = exp.path / (report_folder(split, None if own_data else source.root) + (f"_ckpt-{tag}" if tag else ""))
     if tag:

@@ -37,6 +37,8 @@ async function loadCard() {
     const mb = (card.limits.max_file_bytes / 1048576).toFixed(0);
     let limits = `up to ${card.limits.max_files} images per upload, ${mb} MB each; top ${card.top_k} classes shown`;
     if (card.min_confidence !== null) limits += `; flagged below ${pct(card.min_confidence)}`;
+    if (card.abstain && card.abstain.threshold !== null) limits += `; "not sure" below ${pct(card.abstain.threshold)}`;
+    if (card.abstain && card.abstain.ood_threshold !== null) limits += '; "not sure" for what it was not taught';
     $("limits").textContent = limits;
   } catch (err) {
     $("card").textContent = "the model card could not be loaded: " + err;
@@ -60,9 +62,12 @@ function showError(box, message) {
 
 function showPredictions(box, result) {
   const top = result.predictions;
-  box.className = "result done" + (result.low_confidence ? " low" : "");
-  const title = el("p", "top-class", top[0].name);
-  title.dataset.class = top[0].class;
+  box.className = "result done" + (result.low_confidence || result.not_sure ? " low" : "");
+  // "not sure": the model's thresholds chosen on val leave it unanswered; its top guesses are shown instead
+  const title = result.not_sure
+    ? el("p", "top-class not-sure", result.message || "not sure: top guesses " + top.map((p) => p.name).join(", "))
+    : el("p", "top-class", top[0].name);
+  if (!result.not_sure) title.dataset.class = top[0].class;
   if (result.low_confidence) {
     title.append(el("span", "flag", `low confidence: below ${pct(settings.min_confidence)}`));
   }
