@@ -16,7 +16,7 @@ import imgclf.tasks as tasks
 from helpers import ROOT, compose_cfg, tiny_overrides
 from imgclf.data.dataset import DecodedImages, make_loader
 from imgclf.errors import TrainingError
-from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.experiment.checkpoint import first_non_finite, load_checkpoint
 from imgclf.models.small_cnn import SmallCNN
 from imgclf.training.engine import TrainOptions, train_one_epoch
 from imgclf.training.state import Diverged
@@ -157,6 +157,22 @@ def test_E2_non_finite_weights_are_never_written(tmp_path: Path) -> None:
     with pytest.raises(Diverged, match=r"weight '1.weight' became NaN or infinite after epoch 2"):
         writer.save(TrainState(epoch=2), best=True)
     assert exp.last.read_bytes() == good and load_checkpoint(exp.best)["state"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_E2_the_fast_check_names_a_non_finite_tensor_of_any_dtype_and_passes_huge_finite_ones(dtype, bad) -> None:
+    state = {
+        "a": torch.ones(3, 3),
+        "b": torch.zeros(5, dtype=dtype),
+        "steps": torch.tensor(7),  # integers are never checked
+        "c": torch.ones(4, dtype=dtype),
+    }
+    assert first_non_finite(state) is None
+    state["c"][2] = bad
+    assert first_non_finite(state) == "c"
+    huge = {"a": torch.full((1000,), torch.finfo(dtype).max / 2, dtype=dtype)}  # its norm overflows; it is finite
+    assert first_non_finite(huge) is None
 
 
 @pytest.mark.slow
