@@ -42,14 +42,14 @@ def test(cfg: DictConfig) -> dict[str, Any]:
         tune_malloc()
     device = resolve_device(cfg.device)
     exp = experiment_dir(cfg)
-    tracking = loggers.build(cfg)
-    tracking.check()  # a tracking server that does not answer: said now, before any image is read
     path = {"best": exp.best, "last": exp.last}.get(str(cfg.ckpt), Path(str(cfg.ckpt)))
     if not path.exists():
         raise CheckpointError(
             f"no checkpoint at {path.resolve()}: train it first with `python train.py -cn={config_name()}` "
             "(with the same overrides), or pass ckpt=<path to a .pt file>"
         )
+    tracking = loggers.build(cfg)
+    tracking.check()  # a tracking server that does not answer: said now, before any image is read
     stamp = file_stamp(path) if cfg.calibrate else None  # taken first: a file replaced while read is seen as changed
     payload = load_checkpoint(path)
     batch_for_evaluation(cfg, payload, path)  # loader.batch_size=auto: the batch it trained with
