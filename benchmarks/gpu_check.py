@@ -5,7 +5,7 @@
 
 Steps, in the order they run (the cheap ones first, so that a slow compile cannot starve them):
 
-  nccl             a process group on NCCL and an all-reduce on the GPU (CUDA only)
+  nccl             imgclf's DistributedDataParallel loop and collectives on an NCCL group of one rank (CUDA only)
   quickstart       train.py -cn=quickstart (12 epochs) with trainer.amp=bf16, channels-last, compile, pinned memory
                    and loader workers, then test.py: test accuracy against the recipe's target 0.95
   quickstart_fp16  the same with trainer.amp=fp16, eager: last.pt must hold the gradient scaler's state (CUDA only)
@@ -48,13 +48,13 @@ MARK = "GPU_CHECK_RESULT "
 @dataclass(frozen=True)
 class Step:
     name: str
-    module: str  # gpu_check_steps or gpu_check_speed: imported in the step's own process only
+    module: str  # gpu_check_steps, _speed or _nccl (benchmarks/): imported in the step's own process only
     cuda_only: bool
     timeout_s: int  # on a GPU; the budget left caps it
 
 
 STEPS = (
-    Step("nccl", "gpu_check_steps", True, 60),
+    Step("nccl", "gpu_check_nccl", True, 60),
     Step("quickstart", "gpu_check_steps", False, 180),
     Step("quickstart_fp16", "gpu_check_steps", True, 120),
     Step("torchrun_resume", "gpu_check_steps", False, 150),

@@ -279,25 +279,3 @@ def torchrun_resume(setup: Setup) -> Result:
     ran_on(exp, setup.device)
     last = epochs_logged(exp)[-1]
     return Result(last["val/acc"], last["train/images_per_s"], [stopped, f"resumed to epoch {epochs[-1]}"])
-
-
-def nccl(setup: Setup) -> Result:
-    """A process group on NCCL and one all-reduce on the GPU. imgclf starts no process group for one process
-    (WORLD_SIZE=1), so the torchrun step alone never touches NCCL."""
-    import torch
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    device = torch.device(setup.device if ":" in setup.device else "cuda:0")
-    torch.cuda.set_device(device)
-    dist.init_process_group("nccl", rank=0, world_size=1)
-    try:
-        values = torch.arange(4.0, device=device)
-        dist.all_reduce(values)
-        torch.cuda.synchronize(device)
-        if values.tolist() != [0.0, 1.0, 2.0, 3.0]:
-            raise StepFailed(f"all_reduce over one rank changed the values: {values.tolist()}")
-        version = ".".join(map(str, torch.cuda.nccl.version()))
-    finally:
-        dist.destroy_process_group()
-    return Result(details=[f"NCCL {version}: init_process_group + all_reduce on {torch.cuda.get_device_name(device)}"])

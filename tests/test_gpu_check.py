@@ -3,6 +3,7 @@ a failing or stuck step is a FAIL row and exit status 1, and every train.py run 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,18 @@ def test_a_failing_train_command_is_a_fail_row_with_its_error_and_exit_1() -> No
     status, _, accuracy, _, details = rows["quickstart"]
     assert status == "FAIL" and accuracy == "" and "train.py exited 1" in details and "trainer.amp" in details, rows
     assert rows["quickstart_fp16"][0] == "SKIP"  # the table goes on after a failure
+
+
+@pytest.mark.slow
+def test_the_nccl_step_runs_imgclfs_ddp_loop_and_collectives_on_a_group_of_one(tmp_path: Path) -> None:
+    """On the GPU the step is NCCL; its own process, asked directly, runs the same on gloo here."""
+    script = str(ROOT / "benchmarks" / "gpu_check.py")
+    args = ["--step", "nccl", "--device", "cpu", "--quick", "--work", str(tmp_path)]
+    done = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.split(gpu_check.MARK)[-1])
+    assert result["details"][0] == "gloo on CPU" and "DDP loop" in result["details"][1]
+    assert 0 <= result["accuracy"] <= 1 and result["images_per_s"] > 0
 
 
 @pytest.mark.slow
