@@ -89,7 +89,13 @@ def accelerated(setup: Setup, amp: str = "bf16", compile: bool = True) -> list[s
             f"loader.num_workers={setup.workers}",
         ]
     # bf16 autocast is 20x slower than fp32 on this kind of CPU; compiling takes minutes; pinning needs CUDA
-    return ["trainer.amp=none", "trainer.channels_last=true", "trainer.compile=false", "loader.pin_memory=false"]
+    return [
+        "trainer.amp=none",
+        "trainer.channels_last=true",
+        "trainer.compile=false",
+        "loader.pin_memory=false",
+        "loader.num_workers=1",
+    ]
 
 
 def run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
