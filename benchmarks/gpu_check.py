@@ -195,9 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(Row(step.name, "FAIL", details=f"not run: the {args.budget:.0f} s budget was spent"))
         else:
             rows.append(launch(step, args, min(args.step_timeout or step.timeout_s, left)))
-        print(
-            f"[gpu_check] {rows[-1].step}: {rows[-1].status} in {rows[-1].seconds:.1f} s", file=sys.stderr, flush=True
-        )
+        # each row as soon as it is known: a run cut short from outside still shows what it found
+        print("[gpu_check]", table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     failed = any(r.status == "FAIL" for r in rows)
     print(machine(args.device))
     print(table(rows))
