@@ -20,6 +20,7 @@ from imgclf.reporting.outputs import Outputs
 from imgclf.training.budget import Budget
 from imgclf.training.device import autocast, to_device
 from imgclf.training.distributed import SINGLE, Distributed
+from imgclf.training.figure_throttle import FigureThrottle
 from imgclf.training.scheduler import Scheduler
 from imgclf.training.state import Diverged, Interrupted, TrainState
 from imgclf.training.totals import Progress, Totals
@@ -356,6 +357,7 @@ def fit(
     model, train_loader = stage.module, stage.train
     evaluated = extras.ema.module if extras.ema is not None else model  # with EMA, the averaged weights are kept
     epoch, mark = state.epoch, time.perf_counter()  # mark: the last epoch's end, for the budget
+    figures = FigureThrottle(log.new_best)  # drawn at most a tenth of the time; the stage's best always
     while epoch < _last_epoch(options.epochs, stage.until, budget):
         if state.stopped_early:
             break
@@ -415,7 +417,7 @@ def fit(
             state.budget = budget.state()
         checkpoints.save(state, best=improved)
         if improved:
-            log.new_best(epoch + 1, outputs)
+            figures.new_best(epoch + 1, outputs)
         _log_epoch(epoch + 1, budget.planned() if budget is not None else epochs, metrics, improved)
         if patience_ran_out:
             logger.info(
@@ -427,6 +429,7 @@ def fit(
                 state.best_epoch,
             )
         epoch += 1
+    figures.flush()
     return state
 
 
