@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         print("[gpu_check]", table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     failed = any(r.status == "FAIL" for r in rows)
     print(machine(args.device))
+    if args.set:
+        print("added to every train.py and test.py command (--set):", " ".join(args.set))
     print(table(rows))
     if temporary and not failed and not args.keep:
         shutil.rmtree(args.work, ignore_errors=True)
