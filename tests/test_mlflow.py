@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig
 
 import imgclf.tasks as tasks
 from helpers import StopAfter, compose_cfg, make_folder, read_csv, run_cli, tiny_overrides
@@ -146,19 +145,20 @@ def test_unreachable_server_fails_fast_before_any_image_is_read(tmp_path: Path, 
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[DictConfig, Path]:
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
     """train.py then test.py with logger=[tensorboard,mlflow,csv] and the default store."""
     tmp = tmp_path_factory.mktemp("local_run")
     root = make_folder(tmp / "data", {"train": 6, "val": 3, "test": 3})
     overrides = tiny_overrides(tmp, root, "logger=[tensorboard,mlflow,csv]")
     tasks.train(compose_cfg("train", overrides))
     tasks.test(compose_cfg("train", overrides))
-    return compose_cfg("train", overrides), tmp
+    return overrides, tmp
 
 
 @pytest.mark.slow
-def test_local_store_run_has_metrics_params_report_and_model(local_run: tuple[DictConfig, Path]) -> None:
-    cfg, tmp = local_run
+def test_local_store_run_has_metrics_params_report_and_model(local_run: tuple[list[str], Path]) -> None:
+    overrides, tmp = local_run
+    cfg = compose_cfg("train", overrides)
     exp = tmp / "experiments" / "tiny"
     client = MlflowClient(f"sqlite:///{tmp / 'runs' / 'mlflow.db'}")
     run = only_run(client, "tiny")
@@ -351,3 +351,32 @@ def test_a_2x2_sweep_is_four_runs_under_one_parent_with_metrics_jsonl(
         jsonl_matches_history(client, child.info.run_id, job / "metrics.jsonl")
         swept.add((child.data.params["optimizer.lr"], child.data.params["optimizer.weight_decay"]))
     assert swept == {("0.001", "0.0"), ("0.001", "0.01"), ("0.002", "0.0"), ("0.002", "0.01")}
+
+
+@pytest.mark.slow
+def test_an_optuna_study_is_one_parent_run_also_when_continued(tmp_path: Path, tiny_folder: Path) -> None:
+    args = ["-m", *(a for a in tiny_overrides(tmp_path, tiny_folder) if not a.startswith("epochs"))]
+    args += ["hparams_search=quickstart_optuna", "epochs=1", "logger=[mlflow]", "experiment=study"]
+    for n_trials in (2, 3):  # the same command again, asking for one more trial: the study and its parent go on
+        result = run_cli("train.py", *args, f"hydra.sweeper.n_trials={n_trials}")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("study").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.info.run_name for r in children) == ["trial_0", "trial_1", "trial_2"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert {"summary.csv", "best.yaml"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    for child in children:
+        jsonl_matches_history(client, child.info.run_id, Path(child.data.tags["imgclf.folder"]) / "metrics.jsonl")
+
+
+@pytest.mark.slow
+def test_test_py_fails_fast_on_an_unreachable_server_and_keeps_the_report(local_run: tuple[list[str], Path]) -> None:
+    overrides, tmp = local_run
+    report = tmp / "experiments" / "tiny" / "test" / "metrics.json"
+    before = report.stat().st_mtime_ns
+    uri = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(TrackingError, match=uri.replace(".", r"\.")):
+        tasks.test(compose_cfg("train", [*overrides, f"logger.mlflow.tracking_uri={uri}"]))
+    assert report.stat().st_mtime_ns == before  # refused before evaluating: the report is untouched
