@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 import imgclf.tasks as tasks
-from helpers import StopAfter, compose_cfg, make_folder, read_csv, run_cli, tiny_overrides
+from helpers import ROOT, StopAfter, compose_cfg, make_folder, read_csv, run_cli, tiny_overrides
+from imgclf.errors import ConfigError
 from imgclf.experiment.run_log import read_metrics
 from imgclf.tasks.loggers import build, flat_params
 from imgclf.tracking import CsvLogger, MlflowLogger, RunInfo, TrackingError
@@ -99,6 +100,8 @@ def test_logger_group_defaults_to_tensorboard_and_takes_several(tmp_path: Path) 
     assert mlflow.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"  # the local store under paths.runs
     none = build(compose_cfg("train", ["logger=[]"]))
     assert not none.tensorboard and none.trackers == []
+    with pytest.raises(ConfigError, match=r"logger\.mlflow: .*retries=-1"):
+        build(compose_cfg("train", ["experiment=x", "logger=mlflow", "logger.mlflow.retries=-1"]))
 
 
 def test_params_are_the_flattened_config() -> None:
@@ -380,3 +383,21 @@ def test_test_py_fails_fast_on_an_unreachable_server_and_keeps_the_report(local_
     with pytest.raises(TrackingError, match=uri.replace(".", r"\.")):
         tasks.test(compose_cfg("train", [*overrides, f"logger.mlflow.tracking_uri={uri}"]))
     assert report.stat().st_mtime_ns == before  # refused before evaluating: the report is untouched
+
+
+@pytest.mark.slow
+def test_under_torchrun_only_rank_0_logs_one_run(tmp_path: Path, tiny_folder: Path) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1"]
+    command += [f"--master_port={free_port()}", str(ROOT / "train.py")]
+    command += tiny_overrides(
+        tmp_path, tiny_folder, "logger=[mlflow,csv]", "loader.batch_size=4", "loader.cache=memory"
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    run = only_run(client, "tiny")  # one run, not one per rank
+    exp = tmp_path / "experiments" / "tiny"
+    jsonl_matches_history(client, run.info.run_id, exp / "metrics.jsonl")
+    assert run.data.metrics["world_size"] == 2 and run.data.metrics["global_batch_size"] == 8
+    assert len(read_csv(exp / "metrics.csv")) == 2  # one row per epoch: one writer

@@ -63,6 +63,10 @@ class MlflowLogger:
         timeout: int = 10,
         retries: int = 2,
     ) -> None:
+        if int(timeout) < 1 or int(retries) < 0:
+            raise ValueError(
+                f"timeout={timeout!r} and retries={retries!r}: expected a timeout of at least 1 s, retries >= 0"
+            )
         root = Path(local_dir).expanduser().resolve()
         self.local_root = None if tracking_uri else root
         self.tracking_uri = str(tracking_uri) if tracking_uri else f"sqlite:///{root / 'mlflow.db'}"
