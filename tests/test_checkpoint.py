@@ -269,3 +269,14 @@ def test_C1_text_writes_are_atomic_and_leave_no_temp_on_failure(tmp_path: Path, 
         write_text_atomic(target, '{"new": 2}')
     monkeypatch.undo()
     assert target.read_text() == '{"old": 1}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_checkpoint_from_a_machine_with_more_gpus_restores_the_generators_of_those_here(monkeypatch) -> None:
+    """Two GPUs' CUDA generator states, resumed where one GPU is (torch.cuda.set_rng_state_all would fail)."""
+    restored: list[int] = []
+    states = {**rng_states(), "cuda": [torch.get_rng_state(), torch.get_rng_state()]}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append(device))
+    set_rng_states(states)
+    assert restored == [0]

@@ -44,11 +44,12 @@ def free_port() -> int:
 def torchrun(
     *args: str, nproc: int = 2, extra: tuple[str, ...] = (), env: dict[str, str] | None = None, wait: bool = True
 ) -> subprocess.CompletedProcess | subprocess.Popen:
-    """``torchrun --nproc_per_node=N train.py args`` on 127.0.0.1, as a user runs it."""
+    """``torchrun --nproc_per_node=N train.py args`` on 127.0.0.1, as a user runs it; on the CPU (gloo) also on a
+    machine with one GPU, which cannot hold two ranks."""
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *extra]
     if not extra:
         command += ["--master_addr=127.0.0.1", f"--master_port={free_port()}"]
-    command += [str(ROOT / "train.py"), *args]
+    command += [str(ROOT / "train.py"), "device=cpu", *args]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     if not wait:
         return subprocess.Popen(
