@@ -8,7 +8,7 @@ one-line error before any data is read.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,22 @@ def native_size(cfg: DictConfig) -> int | None:
         model_class = get_class(cfg.model._target_)
         arguments = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if not k.startswith("_")}
         return preprocess.native_size(model_class, arguments)
+
+
+def image_size(cfg: DictConfig, native: int | None, sizes: Sequence[Any]) -> preprocess.SizeChoice:
+    """``dataset.image_size`` (a number or ``auto``) for train images of ``sizes`` and a model of ``native`` size."""
+    try:
+        return preprocess.image_size(
+            cfg.dataset.image_size,
+            sizes,
+            native=native,
+            max_size=cfg.dataset.get("max_image_size", 224),
+            resize=cfg.dataset.get("resize", "squash"),
+            crop_fraction=cfg.dataset.get("crop_fraction", 0.875),
+            native_scale=cfg.dataset.get("native_scale", 1.0),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def network(cfg: DictConfig) -> nn.Module:

@@ -27,7 +27,7 @@ from imgclf.data.folder import Splits
 from imgclf.errors import ConfigError
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.experiment.folder import ExperimentDir
-from imgclf.tasks import build, preprocess
+from imgclf.tasks import build
 from imgclf.training.distributed import Distributed
 from imgclf.training.onnx_twin import chosen_engine
 from imgclf.training.pass_cost import seconds_per_image
@@ -182,19 +182,7 @@ def _with(cfg: DictConfig, choice: Choice) -> DictConfig:
 
 
 def _size(cfg: DictConfig, sizes: Sequence[Any]) -> int:
-    native = build.native_size(cfg)
-    try:
-        return preprocess.image_size(
-            cfg.dataset.image_size,
-            sizes,
-            native=native,
-            max_size=cfg.dataset.get("max_image_size", 224),
-            resize=cfg.dataset.get("resize", "squash"),
-            crop_fraction=cfg.dataset.get("crop_fraction", 0.875),
-            native_scale=cfg.dataset.get("native_scale", 1.0),
-        ).image_size
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    return build.image_size(cfg, build.native_size(cfg), sizes).image_size
 
 
 def _apply(cfg: DictConfig, choice: Choice) -> None:

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from imgclf.errors import ConfigError
 from imgclf.experiment.checkpoint import set_rng_states
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.resume import check_classes, check_resumable, is_finished
@@ -315,18 +314,7 @@ def budget(cfg: DictConfig, run: Run, group: Distributed, started: float) -> Bud
 def choose_image_size(cfg: DictConfig, native: int | None, sizes: list[Any]) -> preprocess.SizeChoice:
     """``dataset.image_size`` (a number or ``auto``) as the sizes the run uses; written into ``cfg`` at once, so
     every ``${dataset.image_size}`` (an augmentation's crop size) and the saved config read the number."""
-    try:
-        choice = preprocess.image_size(
-            cfg.dataset.image_size,
-            sizes,
-            native=native,
-            max_size=cfg.dataset.get("max_image_size", 224),
-            resize=cfg.dataset.get("resize", "squash"),
-            crop_fraction=cfg.dataset.get("crop_fraction", 0.875),
-            native_scale=cfg.dataset.get("native_scale", 1.0),
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    choice = build.image_size(cfg, native, sizes)
     cfg.dataset.image_size = choice.image_size
     cached = (
         f", cached as {choice.decode_size} px squares for the centre crop"
