@@ -167,7 +167,8 @@ def test_thresholds_are_stored_in_the_checkpoint_and_reported_by_test(unsure) ->
     section = json.loads((report / "metrics.json").read_text())["not_sure"]
     assert 0 < section["coverage"] < 1 and section["samples"] == 18
     assert section["precision_ci"][0] <= section["precision"] <= section["precision_ci"][1]
-    assert "## Not sure" in (report / "report.md").read_text()
+    text = (report / "report.md").read_text()
+    assert "## Not sure" in text and f"not sure: answered {section['answered']} of 18" in text
 
 
 def test_predict_answers_not_sure_below_the_threshold_and_a_class_above_it(unsure, tmp_path) -> None:

@@ -255,6 +255,12 @@ def headline(metrics: dict[str, Any]) -> list[str]:
             f" at temperature {metrics['temperature']:.3f} (uncalibrated: ECE "
             f"{metrics['ece_uncalibrated']:.4f}, NLL {metrics['nll_uncalibrated']:.4f})"
         )
+    unsure = metrics.get("not_sure") or {}
+    if unsure.get("answered") is not None:  # the checkpoint's "not sure" thresholds, applied to this split
+        lines.append(
+            f"not sure: answered {unsure['answered']} of {unsure['samples']} (coverage {unsure['coverage']:.4f}), "
+            f"precision of the answered {unsure['precision']:.4f}" + _ci(unsure, "precision_ci")
+        )
     return [*lines, calibration, f"loss {metrics['loss']:.4f}"]
 
 
