@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -190,3 +194,17 @@ def test_D5_warmup_state_survives_a_checkpoint() -> None:
     again = Scheduler(opt2, None, warmup_steps=10)
     again.load_state_dict(state)
     assert again.lr() == scheduler.lr() == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_openmp_threads_sleep_while_they_wait_unless_the_user_says_otherwise(preset: str | None) -> None:
+    """imgclf sets OMP_WAIT_POLICY=PASSIVE before torch (and so OpenMP) starts; a policy the user set is kept."""
+    code = (
+        "import sys, os, imgclf; assert 'torch' not in sys.modules; import torch; print(os.environ['OMP_WAIT_POLICY'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (preset or "PASSIVE")

@@ -56,6 +56,8 @@ def test_the_twin_computes_pytorchs_features_and_keeps_its_export(tmp_path: Path
     with torch.no_grad():
         expected, got = backbone(images), twin(images)
         assert twin.session is not None and twin.failed is None  # onnxruntime computed it
+        options = twin.session.get_session_options()  # its idle threads sleep: they share the cores
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
         assert twin.parity is not None and twin.parity <= TOLERANCE
         assert torch.allclose(got, expected, atol=1e-5)
         assert torch.allclose(twin(images[:1]), expected[:1], atol=1e-5)  # any batch size

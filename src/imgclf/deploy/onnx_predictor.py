@@ -66,6 +66,8 @@ class OnnxPredictor:
             raise CheckpointError(f"{path}: no such model file; export one with `imgclf-export --experiment NAME`")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
+        # idle threads sleep instead of spinning: 1.4x faster with other processes on the cores (see onnx_twin)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(path), options, providers=providers(device, ort))
         except Exception as exc:  # onnxruntime raises its own pybind classes (InvalidProtobuf, Fail, ...)
