@@ -113,6 +113,11 @@ def downscale(folder: Path, size: int) -> None:
                 small.save(path.with_suffix(".png"))
 
 
+# both contenders' OpenMP threads wait as imgclf's do (imgclf/__init__.py sets PASSIVE unless the user chose): the
+# hand loop does not import imgclf, and the comparison is of the training loops, not of this setting
+SAME_THREADS = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
+
 def run(script: str, args: Sequence[str], log: Path) -> float:
     """One of imgclf's entry points in a fresh process, its output in ``log``; its seconds."""
     start = time.perf_counter()
@@ -120,7 +125,7 @@ def run(script: str, args: Sequence[str], log: Path) -> float:
         done = subprocess.run(
             [sys.executable, str(ROOT / script), *args, "progress=false"],
             cwd=ROOT,
-            env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+            env={**SAME_THREADS, "HYDRA_FULL_ERROR": "1"},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -170,7 +175,8 @@ def hand(data: Path, image_size: int, seconds: float, seed: int) -> dict:
     """The hand loop in a fresh process, given ``seconds`` from its launch: test accuracy, wall time, epochs."""
     launched = time.time()
     args = [str(data), str(image_size), str(launched + seconds), str(seed)]
-    done = subprocess.run([sys.executable, __file__, "--hand", *args], cwd=ROOT, capture_output=True, text=True)
+    command = [sys.executable, __file__, "--hand", *args]
+    done = subprocess.run(command, cwd=ROOT, env=SAME_THREADS, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"the hand loop failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
