@@ -92,7 +92,7 @@ def fit(
     """
     if not applies(cfg):
         return
-    resumed = _resumed_from(cfg, exp)
+    resumed = _resumed_config(cfg, exp)
     if resumed is not None:  # a resumed run trains what its checkpoint holds, whatever this machine's speed now
         _apply(cfg, _recorded(cfg, resumed))
         return
@@ -120,17 +120,24 @@ def _choose(
     passes = counts.get("train", 0) * int(cfg.trainer.get("feature_views", 1)) + counts.get("val", 0)
     trials = [_with(cfg, choice) for choice in choices]
     sized = [_size(trial, sizes) for trial in trials]
+    on_torch: dict[int, float] = {}  # seconds per image on PyTorch, by choice: each timed once
+
+    def torch_time(index: int) -> float:
+        if index not in on_torch:
+            on_torch[index] = measure(trials[index], sized[index], "torch")
+        return on_torch[index]
+
     speedup, note = 1.0, "on PyTorch"
     if engine != "torch":
-        fast = measure(trials[-1], sized[-1], engine)
-        speedup = measure(trials[-1], sized[-1], "torch") / fast
+        fast = measure(trials[-1], sized[-1], engine)  # first: it exports the backbone the run may reuse
+        speedup = torch_time(len(trials) - 1) / fast
         note = f"on {engine}: {speedup:.1f}x PyTorch on the smallest, measured"
     budget = float(cfg.trainer.budget) * 60
     lines, allowed, left, seconds = [], 0.0, 0.0, 0.0
-    for index, (choice, trial, size) in enumerate(zip(choices, trials, sized, strict=True)):
+    for index, (choice, size) in enumerate(zip(choices, sized, strict=True)):
         if index and (choice.variant, size) == (choices[index - 1].variant, sized[index - 1]):
             continue  # the native size is the size already timed (small images)
-        seconds = measure(trial, size, "torch") / speedup * passes
+        seconds = torch_time(index) / speedup * passes
         left = budget - (time.perf_counter() - started)
         allowed = FEATURE_SHARE * left
         lines.append(f"{choice.describe(size)}: {seconds / max(passes, 1) * 1000:.0f} ms per image, {seconds:.0f} s")
@@ -192,18 +199,17 @@ def _apply(cfg: DictConfig, choice: Choice) -> None:
         cfg.dataset.native_scale = choice.native_scale
 
 
-def _resumed_from(cfg: DictConfig, exp: ExperimentDir) -> Path | None:
-    """The checkpoint the run will resume from (as ``ExperimentDir.resume_payload`` decides), if any."""
+def _resumed_config(cfg: DictConfig, exp: ExperimentDir) -> dict[str, Any] | None:
+    """The config of the checkpoint the run will resume from, read as ``ExperimentDir.resume_payload`` reads it
+    (``last.pt``, or ``best.pt`` when ``last.pt`` cannot be read), or None for a fresh start."""
     resume = str(cfg.get("resume", "auto"))
     if cfg.get("overwrite") or resume == "never":
         return None
-    if resume != "auto":
-        return Path(resume)
-    return exp.last if exp.last.is_file() else None
+    payload = exp.latest_checkpoint() if resume == "auto" else load_checkpoint(resume)
+    return None if payload is None else payload.get("config", {})
 
 
-def _recorded(cfg: DictConfig, last: Path) -> Choice:
-    config = load_checkpoint(last).get("config", {})
+def _recorded(cfg: DictConfig, config: dict[str, Any]) -> Choice:
     variant = config.get("model", {}).get("variant", cfg.model.get("variant"))
     names = None if variant is None else ([variant] if isinstance(variant, str) else list(variant))
     scale = config.get("dataset", {}).get("native_scale", cfg.dataset.get("native_scale", 1.0))

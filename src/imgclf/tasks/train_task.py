@@ -118,12 +118,13 @@ def plan_data(cfg: DictConfig, fit_model: Callable[[Any, list[Any]], None] | Non
     inputs.check_trainable(source)
     classes = source.class_names()  # lists folders only: config errors surface before any decoding
     inputs.fill_num_classes(cfg, classes, source.root)
-    build.native_size(cfg)  # a bad model target fails here, before any file is read
+    native = build.native_size(cfg)  # a bad model target fails here, before any file is read
     scanned = source.scan()  # once: the sizes below and the splits (unless resuming) come from it
     sizes = inputs.train_sizes(cfg, scanned)
     if fit_model is not None:
         fit_model(scanned, sizes)
-    size = choose_image_size(cfg, build.native_size(cfg), sizes)
+        native = build.native_size(cfg)  # of the model it chose
+    size = choose_image_size(cfg, native, sizes)
     return DataPlan(source, classes, scanned, size)
 
 
