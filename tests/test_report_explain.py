@@ -85,6 +85,33 @@ def test_the_target_layer_is_the_last_feature_map_before_pooling(model: str, lay
     assert [name for name, _ in found] == layers
 
 
+@pytest.mark.parametrize("model,extra", [("resnet_like", ""), ("lite0", "model.freeze=backbone")])
+def test_the_maps_equal_grad_cams_own_and_skip_the_backward_through_the_backbone(model: str, extra: str) -> None:
+    """The graph starts at the target layers: the same maps as grad-cam computes with the input's gradient, and no
+    module before the target layer is back-propagated through (there, two thirds of a map's time)."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    size = 64
+    net = build(model, *[e for e in [extra] if e], size=size).eval()
+    images = pictures(size)
+    maker = cam.CamMaker(net)
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    backwards: list[int] = []
+    handle = first.register_full_backward_hook(lambda *_: backwards.append(1))
+    try:
+        maps = np.stack(maker(images, [0, 1, 2, 0]))
+    finally:
+        handle.remove()
+    assert not backwards, "the backward reached the first convolution"
+
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255).requires_grad_(True)
+    reference = pytorch_grad_cam.GradCAM(model=net, target_layers=[m for _, m in maker.layers])
+    expected = reference(input_tensor=batch, targets=[ClassifierOutputTarget(c) for c in [0, 1, 2, 0]])
+    reference.activations_and_grads.release()
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
+
+
 def test_a_network_may_declare_its_layers() -> None:
     net = build("resnet_like")
     type(net.net).cam_layers = ("stem",)
