@@ -14,11 +14,12 @@ from PIL import Image
 from torch import nn
 
 from helpers import SHARED_DATA, compose_cfg, make_folder, read_csv, tiny_overrides
-from imgclf.audit.duplicates import duplicates
+from imgclf.audit.duplicates import duplicates, nearest_pairs
 from imgclf.audit.folds import assign_folds, out_of_fold
 from imgclf.audit.heads import head_scorer
 from imgclf.audit.issues import label_issues
 from imgclf.audit.outliers import find_outliers, outlier_scores
+from imgclf.audit.pixel_match import Thumbnails, correlation
 from imgclf.errors import ConfigError
 from imgclf.tasks.config_check import check_config
 from imgclf.training.scheduler import Scheduler
@@ -82,6 +83,24 @@ def test_the_ranking_puts_planted_label_flips_first() -> None:
     assert [i.score for i in issues] == sorted(i.score for i in issues)  # most suspect first
 
 
+def test_the_flagged_list_is_the_n_lowest_scored_images_n_from_confident_learning() -> None:
+    """label_issues.csv's first 2k rows are what a user reviews: no image may be left out of the list while one
+    scored as less suspect is in it (cleanlab's default prune_by_noise_rate flags skip some here)."""
+    from cleanlab.count import num_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 50)
+    probs = rng.dirichlet(np.full(4, 0.5), size=len(labels))
+    probs[np.arange(len(labels)), labels] += 0.6
+    probs /= probs.sum(1, keepdims=True)
+    issues = label_issues(labels, probs)
+    quality = get_label_quality_scores(labels, probs)
+    listed = np.array([i.index for i in issues])
+    assert len(issues) == num_label_issues(labels, probs) > 0
+    assert quality[np.setdiff1d(np.arange(len(labels)), listed)].min() >= quality[listed].max()
+
+
 def test_an_image_unlike_every_class_is_an_outlier_and_the_others_are_not() -> None:
     features, labels = clusters(per_class=40)
     odd = torch.full((1, 1, features.shape[2]), 40.0)  # far from every cluster
@@ -111,18 +130,48 @@ def made_copies(image: Image.Image) -> list[Image.Image]:
     ]
 
 
+FOOD = SHARED_DATA / "food101_mini"
+
+
+@pytest.mark.skipif(not FOOD.is_dir(), reason="needs the food101_mini photos")
+def test_made_copies_match_pixel_for_pixel_and_different_photos_do_not() -> None:
+    """The pixel check alone, on real photos: every made copy of the issue's kinds reaches the configured
+    threshold against its original, and no two different photos of one class do."""
+    threshold = compose_cfg("transfer", ["experiment=x"]).audit.duplicate_threshold  # the default, as configured
+    files = sorted((FOOD / "train" / "apple_pie").glob("*.jpg"))[:10]
+    thumbs = [Thumbnails.of_file(f) for f in files]
+    for f, thumb in zip(files[:3], thumbs, strict=False):
+        original = Image.open(f).convert("RGB")
+        w, h = original.size
+        off_centre = original.crop((0, 0, w * 9 // 10, h * 9 // 10))  # the kept part need not be the middle
+        for copy in [*made_copies(original), off_centre, off_centre.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]:
+            assert correlation(thumb, Thumbnails(copy)) >= threshold
+    different = [correlation(a, b) for i, a in enumerate(thumbs) for b in thumbs[i + 1 :]]
+    assert max(different) < threshold
+
+
+def test_a_flat_image_matches_nothing_and_does_not_divide_by_zero() -> None:
+    flat = Thumbnails(Image.new("RGB", (64, 48), (120, 120, 120)))
+    noise = Thumbnails(Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)))
+    assert correlation(flat, noise) == 0.0 and correlation(flat, flat) == 0.0
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not (SHARED_DATA / "food101_mini").is_dir(), reason="needs the food101_mini photos")
-def test_planted_copies_are_found_and_unrelated_images_are_not() -> None:
-    """Real photos: pretrained features of flat synthetic drawings do not behave like those of photos."""
+@pytest.mark.skipif(not FOOD.is_dir(), reason="needs the food101_mini photos")
+def test_planted_copies_are_found_and_unrelated_images_are_not(tmp_path: Path) -> None:
+    """Real photos, end to end: pretrained embeddings propose the pairs, the pixels decide."""
     from torchvision.transforms import functional as F
 
     from imgclf.models.efficientnet_lite import EfficientNetLite, LiteFeatures
 
-    files = sorted((SHARED_DATA / "food101_mini" / "train").rglob("*.jpg"))[::15][:24]
+    files = sorted((FOOD / "train").rglob("*.jpg"))[::15][:24]
     originals = [Image.open(f).convert("RGB") for f in files]
     copies = made_copies(originals[0]) + made_copies(originals[1])[:3]
     images = originals + copies
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        image.save(paths[-1])
     expected = {(0, 24 + i) for i in range(6)} | {(1, 30 + i) for i in range(3)}
     expected |= {(a, b) for a in range(24, 30) for b in range(a + 1, 30)} | {(30, 31), (30, 32), (31, 32)}
     batch = torch.stack(
@@ -138,15 +187,32 @@ def test_planted_copies_are_found_and_unrelated_images_are_not() -> None:
     net = LiteFeatures("lite0", pretrained=True).eval()
     with torch.no_grad():
         embeddings = (net(batch) + net(batch.flip(-1))) / 2  # the image and its mirror, as the audit with tta=flip
-    threshold = compose_cfg("transfer", ["experiment=x"]).audit.duplicate_threshold  # the default, as configured
-    found = {(p.a, p.b) for p in duplicates(embeddings, [None] * len(images), threshold)}
-    assert expected <= found  # every copy of the same photo
-    assert not {(a, b) for a, b in found if a < 24 and b < 24}  # no two different photos
+    cfg = compose_cfg("transfer", ["experiment=x"])  # the defaults, as configured
+    found = duplicates(
+        embeddings,
+        [None] * len(images),
+        paths,
+        cfg.audit.duplicate_threshold,
+        neighbours=cfg.audit.duplicate_neighbours,
+    )
+    pairs = {(p.a, p.b) for p in found}
+    assert expected <= pairs  # every copy of the same photo
+    assert not {(a, b) for a, b in pairs if a < 24 and b < 24}  # no two different photos
 
 
-def test_identical_files_are_duplicates_whatever_their_embeddings() -> None:
-    embeddings = torch.eye(4)
-    pairs = duplicates(embeddings, ["x", "y", "x", None], threshold=0.99)
+def test_the_candidates_are_each_images_nearest_neighbours() -> None:
+    embeddings = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]), dim=1)
+    assert nearest_pairs(embeddings, 1, chunk=3) == [(0, 1), (2, 3)]
+    assert len(nearest_pairs(embeddings, 10)) == 6  # more neighbours than images: every pair once
+
+
+def test_identical_files_are_duplicates_whatever_their_embeddings(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(files[-1])
+    pairs = duplicates(torch.eye(4), ["x", "y", "x", None], files, threshold=0.99)
     assert [(p.a, p.b, p.identical) for p in pairs] == [(0, 2, True)]
 
 
@@ -155,6 +221,7 @@ def test_identical_files_are_duplicates_whatever_their_embeddings() -> None:
     [
         ("audit.folds=1", "audit.folds"),
         ("audit.duplicate_threshold=1.5", "audit.duplicate_threshold"),
+        ("audit.duplicate_neighbours=0", "audit.duplicate_neighbours"),
         ("audit.rank_by=loss", "audit.rank_by"),
         ("audit.include_test=maybe", "audit.include_test"),
         ("audit.gallery_rows=0", "audit.gallery_rows"),

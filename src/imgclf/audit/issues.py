@@ -1,9 +1,13 @@
 """Label issues: the images whose given label the out-of-fold probabilities contradict, ranked by cleanlab.
 
-Which images are flagged is confident learning's answer (``cleanlab.filter.find_label_issues``, pruning by the
-estimated noise rates: the count it flags estimates how many labels are wrong); their order, and the score shown,
-is cleanlab's label quality score (``cleanlab.rank.get_label_quality_scores``, ``rank_by``): 0 to 1, lower is
-more likely wrong.
+How many images are flagged is confident learning's estimate of how many labels are wrong
+(``cleanlab.count.num_label_issues``); which ones, their order and the score shown come from cleanlab's label
+quality score (``cleanlab.rank.get_label_quality_scores``, ``rank_by``: 0 to 1, lower is more likely wrong): the
+list is the N lowest-scored images, so its first rows are the ones to review first and it never leaves out an image
+scored lower than one it holds. This is cleanlab's ``filter_by="low_self_confidence"`` (or
+``"low_normalized_margin"``) for every ``rank_by``. Measured on food101_mini with 45 of 450 labels moved
+(benchmarks/label_noise.py): the first 90 rows held 89% of the moved images this way, against 82% when the list was
+cleanlab's default ``prune_by_noise_rate`` flags in the same order (a flag set that skips some low-scored images).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def label_issues(labels: np.ndarray, probs: np.ndarray, *, rank_by: str = "self_
         probs: (images, classes) out-of-fold probabilities.
         rank_by: cleanlab's label quality method (one of ``RANK_METHODS``).
     """
-    from cleanlab.filter import find_label_issues
+    from cleanlab.count import num_label_issues
     from cleanlab.rank import get_label_quality_scores
 
     if rank_by not in RANK_METHODS:
@@ -44,9 +48,9 @@ def label_issues(labels: np.ndarray, probs: np.ndarray, *, rank_by: str = "self_
     probs = _normalised(probs)
     with warnings.catch_warnings():  # cleanlab warns about classes with few examples; the summary says so
         warnings.simplefilter("ignore")
-        flagged = find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1)
+        count = num_label_issues(labels, probs)
         quality = get_label_quality_scores(labels, probs, method=rank_by)
-    order = sorted(np.flatnonzero(flagged), key=lambda i: (quality[i], i))
+    order = np.lexsort((np.arange(len(labels)), quality))[:count]  # lowest score first, ties by index
     return [LabelIssue(int(i), int(labels[i]), int(probs[i].argmax()), float(quality[i])) for i in order]
 
 

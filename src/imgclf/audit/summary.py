@@ -28,9 +28,9 @@ def summary_text(images: Audited, found: Findings, galleries: dict[str, list[str
         "",
         "## Suspect labels",
         "",
-        "Flagged by confident learning (`cleanlab.filter.find_label_issues` on out-of-fold probabilities) and "
-        f"ranked by cleanlab's label quality score ({notes.get('rank_by', 'self_confidence')}: 0 to 1, lower is "
-        "more likely wrong). The estimated share of wrong labels per class is the count of flagged images "
+        "The N lowest-scored images by cleanlab's label quality score on out-of-fold probabilities "
+        f"({notes.get('rank_by', 'self_confidence')}: 0 to 1, lower is more likely wrong), N being confident "
+        "learning's estimate of the wrong labels (`cleanlab.count.num_label_issues`). The estimated share of wrong labels per class is the count of flagged images "
         "given that class over the class's image count:",
         "",
         "| class | images | flagged | estimated wrong |",

@@ -137,7 +137,7 @@ def findings(
     """Label issues, duplicates and outliers from the out-of-fold ``probs`` and the ``embeddings``."""
     threshold = cfg.audit.duplicate_threshold
     digests = [loaded.report.digests[row] for row in loaded.rows]
-    pairs = duplicates(embeddings, digests, threshold)
+    pairs = duplicates(embeddings, digests, images.paths, threshold, neighbours=cfg.audit.duplicate_neighbours)
     scores = outlier_scores(normalised(embeddings))
     small = small_classes(images.labels, cfg.audit.folds, images.class_names)
     return Findings(
@@ -150,10 +150,11 @@ def findings(
             "rank_by": cfg.audit.rank_by,
             "small_classes": ", ".join(small),
             "duplicates": (
-                f"Identical files by their SHA-1; near-duplicates from the embeddings of {origin}: the dataset's "
-                f"mean embedding subtracted, L2-normalised, and a pair listed when its cosine similarity is at "
-                f"least audit.duplicate_threshold={threshold} (copies resized 0.5-2x, re-encoded as JPEG, cropped "
-                "10% or mirrored score above it; different photos of one class below it)."
+                f"Identical files by their SHA-1; copies a hash cannot see: each image is compared with its "
+                f"{cfg.audit.duplicate_neighbours} nearest images in the embeddings of {origin} (audit.duplicate_"
+                "neighbours), and a pair is listed when their grey thumbnails, best aligned over crops and the "
+                f"mirror image, correlate at least audit.duplicate_threshold={threshold} (the similarity column; "
+                "copies resized 0.5-2x, re-encoded as JPEG, cropped 10% or mirrored score 0.98 or more)."
             ),
             "outliers": (
                 f"cleanlab's kNN out-of-distribution score on the (centred, normalised) embeddings of {origin}; an "

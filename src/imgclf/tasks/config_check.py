@@ -266,7 +266,8 @@ def _audit(cfg: DictConfig) -> None:
     _choice(cfg, "audit.rank_by", ("self_confidence", "normalized_margin", "confidence_weighted_entropy"))
     value = cfg.audit.duplicate_threshold
     if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value <= 1:
-        raise ConfigError(f"audit.duplicate_threshold={value!r}: expected a cosine similarity in (0, 1]")
+        raise ConfigError(f"audit.duplicate_threshold={value!r}: expected a pixel correlation in (0, 1]")
+    _int(cfg, "audit.duplicate_neighbours", minimum=1)
     _int(cfg, "audit.gallery_rows", minimum=1)
     _int(cfg, "audit.gallery_pages", minimum=0)
 
