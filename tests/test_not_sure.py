@@ -197,6 +197,8 @@ def test_serve_answers_not_sure_with_the_top_guesses(unsure) -> None:
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
+    from imgclf.cli import serve as serve_cli
+    from imgclf.cli.serve import settings_of
     from imgclf.serve.app import Settings, create_app
     from imgclf.serve.model import model_card
     from imgclf.serve.worker import ModelWorker
@@ -219,6 +221,17 @@ def test_serve_answers_not_sure_with_the_top_guesses(unsure) -> None:
     assert no and yes
     assert all(r["message"].startswith("not sure") and r["predictions"][0]["name"] in r["message"] for r in no)
     assert all(r["message"] is None and r["predictions"][0]["probability"] >= predictor.abstain.threshold for r in yes)
+
+    # imgclf-serve --no-abstain: the same model always names a class
+    settings = settings_of(serve_cli.parse_args(["--model", str(path), "--no-abstain"]))
+    assert settings.abstain is False and settings_of(serve_cli.parse_args(["--model", str(path)])).abstain is True
+    app = create_app(ModelWorker(predictor), model_card(predictor, path), settings)
+    with TestClient(app) as client:
+        unsure_files = [f for f, r in zip(files, results, strict=True) if r["not_sure"]][:6]
+        again = client.post("/predict", files=[("file", (f.name, f.read_bytes())) for f in unsure_files]).json()
+        assert client.get("/card").json()["abstain"] is None
+    again = again["results"]
+    assert again and not any(r["not_sure"] for r in again)
 
 
 def test_an_unreachable_goal_stores_no_threshold_and_predict_always_answers(trained_tiny, tmp_path, caplog) -> None:

@@ -58,6 +58,15 @@ def add_min_confidence(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_no_abstain(parser: argparse.ArgumentParser) -> None:
+    """``--no-abstain``: always name a class, ignoring the model's "not sure" thresholds (predict and serve)."""
+    parser.add_argument(
+        "--no-abstain",
+        action="store_true",
+        help='always name a class: ignore the model\'s "not sure" thresholds (abstain.* chosen on val)',
+    )
+
+
 def print_table(text: str) -> bool:
     """Print the table; False when stdout was closed before all of it was read (``| head``).
 

@@ -35,7 +35,14 @@ import numpy as np
 
 from imgclf.abstain import message, reasons, scored
 from imgclf.atomic import csv_text, write_text_atomic
-from imgclf.cli.common import EXIT_CLOSED_PIPE, add_experiments_dir, add_min_confidence, add_version, print_table
+from imgclf.cli.common import (
+    EXIT_CLOSED_PIPE,
+    add_experiments_dir,
+    add_min_confidence,
+    add_no_abstain,
+    add_version,
+    print_table,
+)
 from imgclf.cli.experiments import best_checkpoint
 from imgclf.cli.paths import user_path
 from imgclf.data.class_names import KEY_READINGS, keyed_names
@@ -128,11 +135,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"draw each image with a bar chart of its top-k ({PLOT_ROWS} per page: out.png, out-2.png, ...)",
     )
     add_min_confidence(parser)
-    parser.add_argument(
-        "--no-abstain",
-        action="store_true",
-        help='always name a class: ignore the model\'s "not sure" thresholds (abstain.* chosen on val)',
-    )
+    add_no_abstain(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
     parser.add_argument(

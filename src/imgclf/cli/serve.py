@@ -1,12 +1,13 @@
 """imgclf-serve: classify images in the browser, or over HTTP, with a trained model.
 
     imgclf-serve (--experiment NAME | --model FILE) [--experiments DIR] [--host 127.0.0.1] [--port 8000]
-                 [--min-confidence P] [--top-k K] [--max-upload-mb M] [--max-request-mb M] [--max-files N]
+                 [--min-confidence P] [--no-abstain] [--top-k K] [--max-upload-mb M] [--max-request-mb M] [--max-files N]
                  [--max-pixels N] [--body-timeout S] [--min-body-rate KB] [--body-grace S] [--device auto]
 
 --model takes a checkpoint (best.pt) or an ONNX export (model.onnx, served without torch). Open
 http://127.0.0.1:8000/ for the page; POST /predict takes multipart uploads (field "file", one or
-more), GET /health says the server is up. Uploads are read into memory, never written to disk, and
+more), GET /health says the server is up. A model with "not sure" thresholds (abstain.*, chosen on val)
+answers "not sure: top guesses ..." below them; --no-abstain always names a class. Uploads are read into memory, never written to disk, and
 refused (4xx with a JSON message) over the byte limits or when an image would decode to more than
 --max-pixels (checked from its header, before decoding). The server listens on 127.0.0.1 only unless
 --host says otherwise; it has no authentication. A request's body is read in full before it waits for
@@ -28,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from imgclf.cli.common import add_experiments_dir, add_min_confidence, add_version
+from imgclf.cli.common import add_experiments_dir, add_min_confidence, add_no_abstain, add_version
 from imgclf.cli.experiments import best_checkpoint
 from imgclf.cli.paths import user_path
 from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
@@ -52,6 +53,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free one)")
     parser.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image (default 5)")
     add_min_confidence(parser)
+    add_no_abstain(parser)
     parser.add_argument("--max-upload-mb", type=float, default=10, metavar="M", help="largest file (default 10 MB)")
     parser.add_argument(
         "--max-request-mb",
@@ -142,7 +144,12 @@ def settings_of(args: argparse.Namespace):  # -> imgclf.serve.app.Settings (impo
     )
     pace = Pace(timeout=args.body_timeout, min_rate=args.min_body_rate * 1024, grace=args.body_grace)
     return Settings(
-        top_k=args.top_k, min_confidence=args.min_confidence, limits=limits, max_active=args.max_active, pace=pace
+        top_k=args.top_k,
+        min_confidence=args.min_confidence,
+        abstain=not args.no_abstain,
+        limits=limits,
+        max_active=args.max_active,
+        pace=pace,
     )
 
 
