@@ -138,6 +138,22 @@ def test_J12_a_file_where_the_experiment_folder_goes_is_named(tmp_path: Path, ti
     assert_one_message(done, f"{tmp_path / 'experiments' / 'tiny'} (a file, not a folder)")
 
 
+def test_J12_tasks_train_called_directly_names_a_file_in_the_way(tmp_path: Path, tiny_folder: Path) -> None:
+    """The Python API (no Hydra callback before it): paths.experiments under a file is one clear error, not the
+    lock's NotADirectoryError from deep inside a mkdir."""
+    import imgclf.tasks as tasks
+    from helpers import compose_cfg
+    from imgclf.errors import ExperimentError
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file")
+    overrides = [o for o in tiny_overrides(tmp_path, tiny_folder) if not o.startswith("paths.experiments=")]
+    cfg = compose_cfg("train", [*overrides, f"paths.experiments={blocker / 'experiments'}"])
+    with pytest.raises(ExperimentError, match=f"{blocker} is a file, not a folder.*paths.experiments="):
+        tasks.train(cfg)
+    assert blocker.read_text() == "a file"
+
+
 @pytest.mark.slow
 def test_J12_test_of_a_read_only_experiment_says_so(trained_tiny, tmp_path: Path, read_only) -> None:
     overrides, exp = copy_trained(trained_tiny, tmp_path)

@@ -55,6 +55,12 @@ def experiment_dir(cfg: DictConfig) -> ExperimentDir:
     name = check_name(cfg.experiment)
     experiments = Path(cfg.paths.experiments)
     path = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else experiments / name
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # the command line's WritableOutput said so already; tasks.train() called directly
+        raise ExperimentError(
+            f"cannot write to the experiment folder {path}: {blocking} is a file, not a folder. Remove or move it, "
+            "or put the experiments in another folder: paths.experiments=<folder>"
+        )
     try:
         relative = path.resolve().relative_to(experiments.resolve())
     except ValueError:  # hydra.run.dir / hydra.sweep.dir elsewhere: a sweep's jobs still get a TensorBoard folder each
