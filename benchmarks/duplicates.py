@@ -11,16 +11,18 @@ the same class folder under a new name (the carved splits put it where they put 
 byte hash the doctor uses (identical files only). For both: the share of planted copies found, and the share of
 reported pairs that are no planted copy (false pairs; pairs of files already duplicated in PATH do not count).
 
-Measured (2026-12-06, seed 0, share 0.05):
+Measured (seed 0, share 0.05), before and after the pixel check (imgclf.audit.pixel_match) replaced the threshold
+on the embeddings' similarity (0.75):
 
 | folder | copies | byte hash found | audit found | audit pairs / false share | audit run |
 |---|---|---|---|---|---|
-| food101_mini | 22 | 0.00 | 1.00 | 22 / 0.000 | ``--override model=lite0 --override dataset.native_scale=1`` |
-| plates | 2 | 0.00 | 0.50 | 5 / 0.800 | the full ``transfer`` recipe |
+| food101_mini (2026-12-06, embeddings >= 0.75) | 22 | 0.00 | 1.00 | 22 / 0.000 | ``--override model=lite0 --override dataset.native_scale=1`` |
+| plates (2026-12-06, embeddings >= 0.75) | 2 | 0.00 | 0.50 | 5 / 0.800 | the full ``transfer`` recipe |
+| plates (2026-12-07, 10 nearest + pixels >= 0.97) | 2 | 0.00 | 1.00 | 2 / 0.000 | the full ``transfer`` recipe |
 
-plates is 40 photos of plates on one table: with the three backbones at 384 px different photos of it score up to
-0.84 (the threshold 0.75 was measured with Lite0 at 224 px on food101_mini), so there the threshold is too low
-and a copy was still missed: a threshold relative to each folder's own similarities is what is left to do.
+plates is 40 photos of plates on one table: with the three backbones at 384 px a planted copy scored 0.63 and
+different photos up to 0.84, so no threshold on the embeddings could list the copies alone; each copy was its
+original's nearest image, and the pixels told copies (0.997 and 1.0) from different photos (0.963 at most).
 """
 
 from __future__ import annotations
