@@ -83,10 +83,11 @@ def test_the_ranking_puts_planted_label_flips_first() -> None:
     assert [i.score for i in issues] == sorted(i.score for i in issues)  # most suspect first
 
 
-def test_the_flagged_list_is_the_n_lowest_scored_images_n_from_confident_learning() -> None:
-    """label_issues.csv's first 2k rows are what a user reviews: no image may be left out of the list while one
-    scored as less suspect is in it (cleanlab's default prune_by_noise_rate flags skip some here)."""
+def test_the_list_starts_with_the_n_lowest_scored_images_and_holds_every_noise_rate_flag() -> None:
+    """label_issues.csv's first rows are what a user reviews: no image may be left out of the first N (cleanlab's
+    estimate of the wrong labels) while one scored as less suspect is in them; cleanlab's default flags follow."""
     from cleanlab.count import num_label_issues
+    from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
     rng = np.random.default_rng(0)
@@ -97,8 +98,11 @@ def test_the_flagged_list_is_the_n_lowest_scored_images_n_from_confident_learnin
     issues = label_issues(labels, probs)
     quality = get_label_quality_scores(labels, probs)
     listed = np.array([i.index for i in issues])
-    assert len(issues) == num_label_issues(labels, probs) > 0
-    assert quality[np.setdiff1d(np.arange(len(labels)), listed)].min() >= quality[listed].max()
+    count = num_label_issues(labels, probs)
+    assert 0 < count < len(issues)  # here the noise-rate flags add images beyond the first N
+    assert quality[np.setdiff1d(np.arange(len(labels)), listed[:count])].min() >= quality[listed[:count]].max()
+    assert set(np.flatnonzero(find_label_issues(labels, probs))) <= set(listed.tolist())
+    assert list(quality[listed]) == sorted(quality[listed])
 
 
 def test_an_image_unlike_every_class_is_an_outlier_and_the_others_are_not() -> None:
