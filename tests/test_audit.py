@@ -204,6 +204,21 @@ def test_planted_copies_are_found_and_unrelated_images_are_not(tmp_path: Path) -
     assert not {(a, b) for a, b in pairs if a < 24 and b < 24}  # no two different photos
 
 
+def test_a_file_gone_since_it_was_listed_is_compared_with_nothing_and_named(tmp_path: Path, caplog) -> None:
+    from imgclf.audit.pixel_match import correlations
+
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(files[-1])
+    Image.open(files[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(files[2])  # a mirrored copy of 0
+    files[1].write_bytes(b"not an image any more")
+    found = correlations(files, [(0, 1), (0, 2), (1, 2)])
+    assert found[0] == found[2] == -1.0 and found[1] > 0.99
+    assert str(files[1]) in caplog.text
+
+
 def test_the_candidates_are_each_images_nearest_neighbours() -> None:
     embeddings = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]), dim=1)
     assert nearest_pairs(embeddings, 1, chunk=3) == [(0, 1), (2, 3)]

@@ -9,8 +9,9 @@ different photos of one subject on every folder (on plates, 40 photos of plates 
 less), and the rank does: the planted copies measured were each other's nearest image. The pixel correlation
 threshold (``audit.duplicate_threshold`` 0.97) was measured on made copies of 120 food101_mini, plates and flowers5
 photos (resized 0.5-2x, JPEG quality 30, 10% crops off-centre, mirrored, brightened 30%, and combinations): every
-copy of those kinds 0.984 or more (brightened by 30%, clipped: 0.966 or more, 5% under 0.983); different photos at most 0.71 on food101_mini and
-0.65 on flowers5, but up to 0.963 on plates, whose photos differ by little more than the plate.
+copy of those kinds 0.984 or more (brightened by 30%, clipped: 0.966 or more, 5% under 0.983); different photos at
+most 0.79 on food101_mini and 0.65 on flowers5, but up to 0.963 on plates, whose photos differ by little more than
+the plate.
 
 Neighbours are found in chunks of rows of the similarity matrix (``chunk`` x images floats at a time), so 10,000
 images never need the 10,000 x 10,000 matrix at once.

@@ -9,6 +9,7 @@ image and over crop windows of either image (the part a cropped copy kept), and 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,22 +21,25 @@ GRID = 96  # the side the image is first brought to, on which crop windows are c
 SCALES = (0.9, 0.8)  # window sides as a share of the image's: a copy cropped by up to 20% of each side
 POSITIONS = 3  # window positions per axis: left/centre/right, top/middle/bottom
 
+log = logging.getLogger(__name__)
+
 
 class Thumbnails:
     """One image's thumbnails as unit vectors: ``views`` (2, SIDE*SIDE), the whole image and its mirror image;
-    ``windows`` (1 + 2 x 9, SIDE*SIDE), the whole image and its crop windows."""
+    ``windows`` (1 + 2 x 9, SIDE*SIDE), the whole image and its crop windows. Kept as float16 (40 KB an image: every
+    candidate's thumbnails stay in memory while the pairs are compared), compared in float32."""
 
     def __init__(self, image: Image.Image) -> None:
         grid = image.convert("L").resize((GRID, GRID), Image.Resampling.BOX)
         whole = _unit(grid)
-        self.views = np.stack([whole, _unit(grid.transpose(Image.Transpose.FLIP_LEFT_RIGHT))])
+        self.views = np.stack([whole, _unit(grid.transpose(Image.Transpose.FLIP_LEFT_RIGHT))]).astype(np.float16)
         crops = [whole]
         for scale in SCALES:
             side = round(GRID * scale)
             for top in np.linspace(0, GRID - side, POSITIONS).round().astype(int):
                 for left in np.linspace(0, GRID - side, POSITIONS).round().astype(int):
                     crops.append(_unit(grid.crop((left, top, left + side, top + side))))
-        self.windows = np.stack(crops)
+        self.windows = np.stack(crops).astype(np.float16)
 
     @classmethod
     def of_file(cls, path: str | Path) -> Thumbnails:
@@ -56,11 +60,24 @@ def _unit(image: Image.Image) -> np.ndarray:
 def correlation(a: Thumbnails, b: Thumbnails) -> float:
     """The best Pearson correlation of the two images' grey levels over the alignments a copy can have: either
     image whole or cropped, against the other whole or mirrored (-1 to 1; a copy scores near 1)."""
-    return float(max((a.windows @ b.views.T).max(), (b.windows @ a.views.T).max()))
+
+    def f32(x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float32)
+
+    return float(max((f32(a.windows) @ f32(b.views).T).max(), (f32(b.windows) @ f32(a.views).T).max()))
 
 
 def correlations(files: Sequence[str | Path], pairs: Sequence[tuple[int, int]]) -> list[float]:
-    """The correlation of each pair of ``files`` (indices), every file read once."""
-    needed = sorted({i for pair in pairs for i in pair})
-    thumbnails = {i: Thumbnails.of_file(files[i]) for i in needed}
-    return [correlation(thumbnails[a], thumbnails[b]) for a, b in pairs]
+    """The correlation of each pair of ``files`` (indices), every file read once. A file that can no longer be read
+    (moved or changed since it was listed) is said once in the log, and its pairs score -1: never listed."""
+    thumbnails: dict[int, Thumbnails | None] = {}
+    for i in sorted({i for pair in pairs for i in pair}):
+        try:
+            thumbnails[i] = Thumbnails.of_file(files[i])
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            log.warning("duplicates: %s cannot be read again (%s); it is compared with no other image", files[i], exc)
+            thumbnails[i] = None
+    return [
+        correlation(ta, tb) if (ta := thumbnails[a]) is not None and (tb := thumbnails[b]) is not None else -1.0
+        for a, b in pairs
+    ]
