@@ -154,6 +154,18 @@ def test_made_copies_match_pixel_for_pixel_and_different_photos_do_not() -> None
     assert max(different) < threshold
 
 
+def test_a_copy_in_another_file_mode_matches_16_bit_grey_included(tmp_path: Path) -> None:
+    """Scans and microscopy come as 16-bit grey: clipped to 8 bits they would be flat and match nothing."""
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 60000, (30, 40)).astype(np.uint16)
+    Image.fromarray(grey).resize((160, 120)).save(tmp_path / "a.png")  # 16-bit grey (I;16)
+    as_8_bit = Image.fromarray((grey // 257).astype(np.uint8)).resize((160, 120))
+    as_8_bit.convert("CMYK").save(tmp_path / "b.jpg", quality=95)
+    as_8_bit.convert("P").save(tmp_path / "c.gif")
+    original, cmyk, palette = (Thumbnails.of_file(tmp_path / n) for n in ("a.png", "b.jpg", "c.gif"))
+    assert correlation(original, cmyk) > 0.98 and correlation(original, palette) > 0.98
+
+
 def test_a_flat_image_matches_nothing_and_does_not_divide_by_zero() -> None:
     flat = Thumbnails(Image.new("RGB", (64, 48), (120, 120, 120)))
     noise = Thumbnails(Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)))

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from imgclf.data.images import to_rgb
+
 SIDE = 32  # the compared thumbnails' side: enough to tell two scenes apart, coarse enough to ignore JPEG noise
 GRID = 96  # the side the image is first brought to, on which crop windows are cut
 SCALES = (0.9, 0.8)  # window sides as a share of the image's: a copy cropped by up to 20% of each side
@@ -46,7 +48,7 @@ class Thumbnails:
         """The thumbnails of an image file, upright as its EXIF orientation says (as the images are loaded)."""
         with Image.open(path) as image:
             image.draft("RGB", (GRID * 2, GRID * 2))  # JPEG: decode at a reduced size, several times faster
-            return cls(ImageOps.exif_transpose(image))
+            return cls(to_rgb(ImageOps.exif_transpose(image)))  # 16-bit and float scaled as the loader does
 
 
 def _unit(image: Image.Image) -> np.ndarray:
