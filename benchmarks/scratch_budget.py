@@ -32,6 +32,10 @@ Measured in full (2026-12-07 afternoon, quiet machine, flowers5 as it is, ``--te
 accuracy in 886 s of its 900 s budget (28 epochs, 27-30 s each), the hand loop 0.669 in 756 s (11 epochs): the clock
 and "beats the hand loop" hold, 0.78 on flowers5 does not.
 
+Under load (2026-12-07, one process spinning on a core beside it all along; flowers5 ``--limit 1000 --budget 3``,
+850 train, 150 test photos at 64 px): imgclf 184 s of 180 s (+2.0%, an epoch 8.7 s; 9 re-plans between 13 and 18
+epochs, 17 run), test accuracy 0.573; the hand loop 0.547 in 182 s (7 epochs).
+
 Measured (2026-12-07) as smoke runs only, on 2 CPU cores at a load average of 7.2-7.6 (two other agents and a CI
 run), with ``--test-share 0.2``: they show that the script works, not whether the targets hold.
 
