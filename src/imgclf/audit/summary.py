@@ -31,8 +31,9 @@ def summary_text(images: Audited, found: Findings, galleries: dict[str, list[str
         "Ranked by cleanlab's label quality score on out-of-fold probabilities "
         f"({notes.get('rank_by', 'self_confidence')}: 0 to 1, lower is more likely wrong): the N lowest-scored "
         "images, N being confident learning's estimate of the wrong labels (`cleanlab.count.num_label_issues`), "
-        "then the further images confident learning flags by the noise rate between classes. The estimated share of wrong labels per class is the count of flagged images "
-        "given that class over the class's image count:",
+        "then the further images confident learning flags by the noise rate between classes. The estimated "
+        "share of wrong labels per class is the count of flagged images given that class over the class's "
+        "image count:",
         "",
         "| class | images | flagged | estimated wrong |",
         "|---|---|---|---|",

@@ -11,7 +11,8 @@ Then train without the flagged images: python train.py -cn=<recipe> dataset.root
 
 Options of the audit (conf/train.yaml, `audit:`): audit.folds, audit.seed, audit.include_test, audit.rank_by,
 audit.duplicate_threshold, audit.duplicate_neighbours, audit.gallery_rows, audit.gallery_pages. Hydra's own flags
-(--cfg job, --config-dir DIR, -m) work as with train.py. Exit status 0 when done, 1 for a problem it names, 130/143 when interrupted.
+(--cfg job, --config-dir DIR, -m) work as with train.py. Exit status 0 when done, 1 for a problem it names, 130/143
+when interrupted.
 """
 
 from __future__ import annotations
