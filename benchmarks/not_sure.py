@@ -1,13 +1,15 @@
 """An answer of "not sure" measured (issue 31): the threshold chosen on val for precision 0.95, on the test split, and
-the energy score against max-softmax on a folder of classes the model never saw.
+the out-of-distribution score (``--ood knn`` or ``energy``) against max-softmax on folders of classes the model never
+saw.
 
     python benchmarks/not_sure.py [--recipe transfer] [--data ../shared/data/food101_mini]
                                   [--unseen ../shared/data/flowers5 ...] [--experiment NAME --experiments-dir DIR]
-                                  [--target 0.95] [--ood-keep 0.95] [--unseen-limit 300] [--keep DIR]
+                                  [--ood knn|energy] [--target 0.95] [--ood-keep 0.95] [--unseen-limit 300]
+                                  [--keep DIR]
                                   [--override key=value ...]
 
 Without ``--experiment`` it trains ``--recipe`` on ``--data`` with ``calibrate=true abstain.goal=precision
-abstain.target=<target> abstain.ood=energy`` (train.py fits the temperature and the thresholds on val after training),
+abstain.target=<target> abstain.ood=<ood>`` (train.py fits the temperature and the thresholds on val after training),
 then runs test.py: the test report's ``not_sure`` record gives the coverage and the precision of the answered test
 images with a bootstrap interval. With ``--experiment`` the existing experiment is reported (test.py with
 calibrate=true and the same abstain settings, which store the thresholds in its best.pt). A cheaper recipe for a quick
@@ -16,12 +18,13 @@ run: ``--recipe food101_mini_lite0``.
 Then the checkpoint's own predictor (``imgclf.inference.Predictor``, the test-time augmentation the thresholds were
 chosen with) scores the test images and up to ``--unseen-limit`` images of each unseen folder (seeded sample): the
 share answered "not sure" (and why), and the AUROC (scikit-learn's ``roc_auc_score``; known classes positive) of the
-energy score and of max-softmax, the baseline.
+stored OOD score, of max-softmax (the baseline) and of the energy score (read in the same pass, for comparison).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
@@ -30,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -47,6 +51,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--experiment", help="report this experiment instead of training one")
     parser.add_argument("--experiments-dir", type=Path, default=ROOT / "experiments")
     parser.add_argument("--target", type=float, default=0.95, help="abstain.target: the precision kept on val")
+    parser.add_argument("--ood", choices=["knn", "energy"], default="knn", help="abstain.ood (default knn)")
     parser.add_argument("--ood-keep", type=float, default=0.95, help="abstain.ood_keep")
     parser.add_argument("--unseen-limit", type=int, default=300, help="images per unseen folder at most (0: all)")
     parser.add_argument("--keep", type=Path, help="work here (kept) instead of a temporary folder")
@@ -59,7 +64,7 @@ def abstain_args(args: argparse.Namespace) -> list[str]:
         "calibrate=true",
         "abstain.goal=precision",
         f"abstain.target={args.target}",
-        "abstain.ood=energy",
+        f"abstain.ood={args.ood}",
         f"abstain.ood_keep={args.ood_keep}",
     ]
 
@@ -95,23 +100,27 @@ def images(folder: Path, limit: int, seed: int = 0) -> list[Path]:
     return files
 
 
-def score(predictor, files: list[Path]) -> tuple[np.ndarray, np.ndarray, list]:
-    """Top probability, energy score and the "not sure" reason (None: answered) of every file."""
+def score(predictor, files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """Top probability, the stored OOD score, the energy score and the "not sure" reason (None: answered) of every
+    file."""
     from imgclf.abstain import reasons
+    from imgclf.models.ood_tap import OodTap
 
-    top, energy = [], []
+    top, ood, energy = [], [], []
     for start in range(0, len(files), BATCH):
         chunk = [predictor.load_image(f) for f in files[start : start + BATCH]]
-        probs, scores = predictor.scores(chunk)
+        with OodTap(predictor.model, "energy", temperature=predictor.temperature) as tap:
+            probs, scores = predictor.scores(chunk)
         top.append(probs.numpy().max(1))
-        energy.append(scores.numpy())
-    top_all, energy_all = np.concatenate(top), np.concatenate(energy)
-    return top_all, energy_all, reasons(top_all, energy_all, predictor.abstain)
+        ood.append(scores.numpy())
+        energy.append(tap.scores().numpy())
+    top_all, ood_all = np.concatenate(top), np.concatenate(ood)
+    return top_all, ood_all, np.concatenate(energy), reasons(top_all, ood_all, predictor.abstain)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         work = args.keep or Path(tmp)
         exp, metrics, seconds = run_recipe(args, work)
         section = metrics["not_sure"]
@@ -124,13 +133,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         from sklearn.metrics import roc_auc_score
 
         from imgclf.inference import Predictor
+        from imgclf.models.ood_tap import inner_classifier
+        from imgclf.training.onnx_twin import faster_backbone
 
         predictor = Predictor.load(exp / "best.pt", device="cpu", tta=stored.get("tta") or "none")
-        known_top, known_energy, known_why = score(predictor, images(args.data / "test", 0))
+        # a frozen backbone runs on onnxruntime, as test.py runs it (trainer.frozen_engine=auto)
+        twin = faster_backbone(inner_classifier(predictor.model).net, "auto", torch.device("cpu"), None)
+        stack.enter_context(twin)
+        known_top, known_ood, known_energy, known_why = score(predictor, images(args.data / "test", 0))
         rows = []
         for folder in args.unseen:
             files = images(folder, args.unseen_limit)
-            top, energy, why = score(predictor, files)
+            top, ood, energy, why = score(predictor, files)
             labels = np.r_[np.ones(len(known_top)), np.zeros(len(top))]
             rows.append(
                 (
@@ -139,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     np.mean([w is not None for w in why]),
                     np.mean([w == "ood" for w in why]),
                     roc_auc_score(labels, np.r_[known_top, top]),
+                    roc_auc_score(labels, np.r_[known_ood, ood]),
                     roc_auc_score(labels, np.r_[known_energy, energy]),
                 )
             )
@@ -152,19 +167,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(
         f'\nknown classes\' test images answered "not sure": {np.mean([w is not None for w in known_why]):.3f} '
-        f"(by the energy threshold: {np.mean([w == 'ood' for w in known_why]):.3f})"
+        f"(by the {args.ood} threshold: {np.mean([w == 'ood' for w in known_why]):.3f})"
     )
     print(
-        '\n| unseen classes | images | answered "not sure" | by the energy threshold | AUROC max-softmax | '
-        "AUROC energy |\n|---|---:|---:|---:|---:|---:|"
+        f'\n| unseen classes | images | answered "not sure" | by the {args.ood} threshold | AUROC max-softmax | '
+        f"AUROC {args.ood} | AUROC energy |\n|---|---:|---:|---:|---:|---:|---:|"
     )
-    for name, count, unsure, ood, auc_msp, auc_energy in rows:
-        print(f"| {name} | {count} | {unsure:.3f} | {ood:.3f} | {auc_msp:.3f} | {auc_energy:.3f} |")
+    for name, count, unsure, ood, auc_msp, auc_ood, auc_energy in rows:
+        print(f"| {name} | {count} | {unsure:.3f} | {ood:.3f} | {auc_msp:.3f} | {auc_ood:.3f} | {auc_energy:.3f} |")
     met = precision >= args.target
     better = all(r[5] > r[4] for r in rows)
     print(
         f"\ntargets: precision of the answered test images >= {args.target:g}: {'met' if met else 'NOT met'} "
-        f"({precision:.3f}); energy AUROC above max-softmax on every unseen folder: {'met' if better else 'NOT met'}"
+        f"({precision:.3f}); {args.ood} AUROC above max-softmax on every unseen folder: {'met' if better else 'NOT met'}"
     )
 
 

@@ -1,7 +1,8 @@
 """An answer of "not sure": the thresholds a model was given on val, and the rule every predictor applies.
 
 A model answers an image only when its top probability (calibrated) reaches ``threshold`` and, with an
-out-of-distribution score, when its energy score reaches ``ood_threshold``; otherwise it says "not sure" and
+out-of-distribution score (``ood``: the energy score, or the kNN similarity to training images'
+features, :mod:`imgclf.models.ood_tap`), when that score reaches ``ood_threshold``; otherwise it says "not sure" and
 shows its top guesses. The record is plain data, stored in the checkpoint (``payload["abstain"]``) and in an
 export's metadata, so predict, serve and the page apply it without torch. The thresholds are chosen by
 :mod:`imgclf.reporting.selective` (called from ``tasks.calibration``).
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 
 GOALS = ("precision", "coverage")
-OOD_SCORES = ("energy",)
+OOD_SCORES = ("energy", "knn")  # imgclf.models.ood_tap.KINDS
+OOD_NAMES = {"energy": "energy score", "knn": "kNN similarity"}
 CONFIDENCE, OOD = "confidence", "ood"  # why an image was not answered
 
 
@@ -30,9 +32,10 @@ class Abstain:
     goal: str | None = None  # precision | coverage | None
     target: float | None = None  # the precision (or coverage) the threshold keeps on val
     threshold: float | None = None  # answer when the top probability is >= this
-    ood: str | None = None  # energy | None
+    ood: str | None = None  # energy | knn | None
     ood_keep: float | None = None  # the share of in-distribution val images the OOD threshold keeps
-    ood_threshold: float | None = None  # answer only when the energy score is >= this
+    ood_threshold: float | None = None  # answer only when the OOD score is >= this
+    ood_k: int | None = None  # knn: the score is the similarity to the k-th nearest training image
     temperature: float = 1.0  # the energy score's temperature (the calibrated one)
     tta: str = "none"  # the test-time augmentation the val scores were computed with
     val: dict[str, Any] | None = None  # on val at the chosen point: samples, answered, coverage, precision
@@ -54,14 +57,21 @@ class Abstain:
         """Whether any threshold is applied at all."""
         return self.threshold is not None or self.ood_threshold is not None
 
+    @property
+    def ood_name(self) -> str:
+        """The OOD score in words ("energy score", "kNN similarity")."""
+        return OOD_NAMES.get(self.ood or "energy", str(self.ood))
+
     def describe(self) -> str:
         """One line for logs and the page: the thresholds and what they were chosen for."""
         parts = []
         if self.threshold is not None:
             parts.append(f"top probability >= {self.threshold:.4g} (chosen on val for {self.goal} {self.target:g})")
         if self.ood_threshold is not None:
+            k = f", k={self.ood_k}" if self.ood == "knn" else ""
             parts.append(
-                f"energy score >= {self.ood_threshold:.4g} (keeps {self.ood_keep:.0%} of val images of known classes)"
+                f"{self.ood_name} >= {self.ood_threshold:.4g} (keeps {self.ood_keep:.0%} of val images of known "
+                f"classes{k})"
             )
         return "answers when " + " and ".join(parts) if parts else "answers every image"
 
@@ -75,14 +85,14 @@ def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return float(temperature) * (top[:, 0] + np.log(np.exp(z - top).sum(axis=1)))
 
 
-def reasons(top_probability: np.ndarray, energy: np.ndarray | None, record: Abstain | None) -> list[str | None]:
+def reasons(top_probability: np.ndarray, ood_scores: np.ndarray | None, record: Abstain | None) -> list[str | None]:
     """Per image: None (answered), :data:`OOD` (not like the classes it knows) or :data:`CONFIDENCE` (too unsure).
-    An image whose energy score is unknown (an export without the score) is judged by its probability alone."""
+    An image whose OOD score is unknown (an export without the score) is judged by its probability alone."""
     out: list[str | None] = []
     for i, p in enumerate(np.asarray(top_probability, dtype=np.float64)):
         why = None
-        if record is not None and record.ood_threshold is not None and energy is not None:
-            if float(energy[i]) < record.ood_threshold:
+        if record is not None and record.ood_threshold is not None and ood_scores is not None:
+            if float(ood_scores[i]) < record.ood_threshold:
                 why = OOD
         if why is None and record is not None and record.threshold is not None and p < record.threshold:
             why = CONFIDENCE
@@ -100,13 +110,13 @@ def message(why: str | None, guesses: list[str]) -> str | None:
 
 def scored(predictor: Any, images: list[Any], record: Abstain | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Probabilities (B, C) of either predictor (torch or ONNX) as numpy and, when ``record`` has an OOD threshold,
-    the energy scores (B,) of the same forward pass (None otherwise, or when an export has no energy output)."""
+    the OOD scores (B,) of the same forward pass (None otherwise, or when an export has no score output)."""
     if not images:
         return np.zeros((0, len(predictor.classes)), np.float32), None
     if record is None or record.ood_threshold is None:
         return _numpy(predictor.probabilities(images)), None
-    probs, energy = predictor.scores(images)
-    return _numpy(probs), None if energy is None else np.asarray(energy, dtype=np.float64)
+    probs, ood_scores = predictor.scores(images)
+    return _numpy(probs), None if ood_scores is None else np.asarray(ood_scores, dtype=np.float64)
 
 
 def _numpy(values: Any) -> np.ndarray:

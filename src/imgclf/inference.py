@@ -26,6 +26,7 @@ from imgclf.data.preprocessing import Preprocessing
 from imgclf.errors import CheckpointError, ConfigError
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.models.classifier import Classifier, with_tta
+from imgclf.models.ood_tap import BANK_KEY, score_tap
 from imgclf.runtime import resolve_device
 
 # `_target_` of a checkpoint's model -> the class predict may build
@@ -69,6 +70,7 @@ class Predictor:
     checkpoint: Path
     max_pixels: int = PREDICT_MAX_PIXELS  # images that would decode to more pixels are refused (images.py says why)
     abstain: Abstain | None = None  # the "not sure" thresholds chosen on val (imgclf.abstain), if any
+    ood_bank: torch.Tensor | None = None  # abstain.ood=knn: the training features the kNN score compares with
 
     @classmethod
     def load(
@@ -116,6 +118,7 @@ class Predictor:
             checkpoint=path,
             max_pixels=max_pixels,
             abstain=Abstain.from_dict(payload.get("abstain")),
+            ood_bank=knn_bank(payload, path),
         )
 
     @property
@@ -148,12 +151,28 @@ class Predictor:
         return torch.softmax(logits / self.temperature, dim=1).cpu()
 
     def scores(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`probabilities` and the energy score of each image (:mod:`imgclf.models.energy_tap`), one pass."""
-        from imgclf.models.energy_tap import EnergyTap
-
-        with EnergyTap(self.model, self.temperature) as tap:
+        """:meth:`probabilities` and the out-of-distribution score of each image (the record's ``ood``: the energy
+        score by default, :mod:`imgclf.models.ood_tap`), one pass."""
+        record = self.abstain
+        ood, k = (record.ood, record.ood_k) if record is not None else (None, None)
+        with score_tap(self.model, ood, temperature=self.temperature, bank=self.ood_bank, k=k) as tap:
             probs = self.probabilities(images)
         return probs, tap.scores()
+
+
+def knn_bank(payload: Mapping[str, Any], path: Path) -> torch.Tensor | None:
+    """The checkpoint's kNN bank (abstain.ood=knn), checked: a kNN threshold without its bank would judge images
+    on nothing."""
+    record = payload.get("abstain") or {}
+    bank = payload.get(BANK_KEY)
+    if not (isinstance(record, Mapping) and record.get("ood") == "knn" and record.get("ood_threshold") is not None):
+        return None
+    if not isinstance(bank, torch.Tensor) or bank.dim() != 2 or len(bank) == 0:
+        raise CheckpointError(
+            f'{path} has a kNN "not sure" threshold (abstain.ood=knn) but no bank of training features '
+            f"({BANK_KEY!r} is {type(bank).__name__}): fit it again with python test.py calibrate=true abstain.ood=knn"
+        )
+    return bank
 
 
 def build_model(spec: Mapping[str, Any], path: Path) -> torch.nn.Module:

@@ -72,7 +72,7 @@ class Prediction:
     error: str | None = None
     low_confidence: bool = False
     not_sure: str | None = None  # why the model's thresholds leave it unanswered (imgclf.abstain), else None
-    energy: float | None = None  # its energy score, when the model has an OOD threshold
+    ood_score: float | None = None  # its OOD score (abstain.ood), when the model has an OOD threshold
 
     @property
     def label(self) -> str | None:
@@ -259,9 +259,9 @@ def predict(
             chunk = files[start : start + batch_size]
             images = list(pool.map(_try_load, [predictor] * len(chunk), chunk))
             good = [image for image in images if not isinstance(image, str)]
-            probs, energy = scored(predictor, good, record)
-            whys = iter(reasons(probs.max(axis=1), energy, record) if len(good) else [])
-            scores, rows = iter(energy if energy is not None else [None] * len(good)), iter(probs)
+            probs, ood = scored(predictor, good, record)
+            whys = iter(reasons(probs.max(axis=1), ood, record) if len(good) else [])
+            scores, rows = iter(ood if ood is not None else [None] * len(good)), iter(probs)
             for path, image in zip(chunk, images, strict=True):
                 if isinstance(image, str):
                     yield Prediction(path, error=image), None
@@ -269,7 +269,7 @@ def predict(
                 top = top_classes(np.asarray(next(rows)), predictor.classes, top_k)
                 low = min_confidence is not None and top[0][1] < min_confidence
                 score = next(scores)
-                yield Prediction(path, top=top, low_confidence=low, not_sure=next(whys), energy=score), image
+                yield Prediction(path, top=top, low_confidence=low, not_sure=next(whys), ood_score=score), image
 
 
 def top_classes(probs: np.ndarray, classes: Sequence[str], k: int) -> list[tuple[str, float]]:
@@ -356,7 +356,7 @@ def to_csv(predictions: Sequence[Prediction], names: dict[str, str], top_k: int)
 
 def to_json(predictions: Sequence[Prediction], names: dict[str, str], checkpoint: Path) -> str:
     """``{"checkpoint": ..., "predictions": [{path, pred, name, confidence, low_confidence, not_sure,
-    not_sure_reason, energy, top_k, error}]}``; a "not sure" record has ``pred`` and ``name`` null, its guesses in
+    not_sure_reason, ood_score, top_k, error}]}``; a "not sure" record has ``pred`` and ``name`` null, its guesses in
     ``top_k``."""
     records = [
         {
@@ -367,7 +367,7 @@ def to_json(predictions: Sequence[Prediction], names: dict[str, str], checkpoint
             "low_confidence": p.low_confidence,
             "not_sure": p.not_sure is not None,
             "not_sure_reason": p.not_sure,
-            "energy": p.energy,
+            "ood_score": p.ood_score,
             "top_k": [{"class": c, "name": names.get(c, c), "probability": v} for c, v in p.top],
             "error": p.error,
         }

@@ -30,7 +30,7 @@ from torch import nn
 
 from imgclf.atomic import staged_folder, write_text_atomic
 from imgclf.data.images import PREDICT_MAX_PIXELS
-from imgclf.deploy.metadata import ENERGY_NAME, INPUT_NAME, METADATA_KEY, OUTPUT_NAME, ModelInfo
+from imgclf.deploy.metadata import INPUT_NAME, METADATA_KEY, OOD_NAME, OUTPUT_NAME, ModelInfo
 from imgclf.deploy.model_card import write_card
 from imgclf.deploy.parity import TOLERANCE, check_parity
 from imgclf.deploy.quantize import CALIBRATION_IMAGES, INT8_FILE, Int8Gate, export_int8
@@ -38,7 +38,7 @@ from imgclf.errors import ImgclfError
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.inference import Predictor
 from imgclf.models.classifier import TTA_MODES
-from imgclf.models.energy_tap import EnergyTap
+from imgclf.models.ood_tap import OodTap, score_tap
 from imgclf.writable import unwritable
 
 log = logging.getLogger(__name__)
@@ -57,20 +57,27 @@ class ExportError(ImgclfError):
 
 class Deployable(nn.Module):
     """What the exported file computes: uint8 images -> probabilities, as ``Predictor.probabilities`` does; with
-    ``energy``, also each image's energy score (a second output, as ``Predictor.scores`` gives it)."""
+    ``ood`` (energy or knn), also each image's out-of-distribution score (a second output, as ``Predictor.scores``
+    gives it; the kNN bank is a constant of the graph)."""
 
-    def __init__(self, model: nn.Module, temperature: float, energy: bool = False) -> None:
+    def __init__(
+        self, model: nn.Module, temperature: float, ood: str | None = None, bank: torch.Tensor | None = None, k: int = 1
+    ) -> None:
         super().__init__()
-        self.model, self.energy, self.energy_temperature = model, energy, float(temperature)
+        self.model, self.ood, self.ood_temperature, self.ood_k = model, ood, float(temperature), k
         self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float32))
+        self.register_buffer("ood_bank", bank)  # float16 in the file too: the score casts it
 
     def forward(self, images: torch.Tensor) -> Any:
-        if not self.energy:
+        if self.ood is None:
             return torch.softmax(self.model(images).float() / self.temperature, dim=1)
-        with EnergyTap(self.model, self.energy_temperature) as tap:  # the exporters trace through its hooks
+        tap: OodTap = score_tap(
+            self.model, self.ood, temperature=self.ood_temperature, bank=self.ood_bank, k=self.ood_k
+        )
+        with tap:  # the exporters trace through its hooks
             probs = torch.softmax(self.model(images).float() / self.temperature, dim=1)
             views = tap.batches[-1]
-        return probs, torch.stack(views).mean(0)
+        return probs, tap.batch_scores(views)
 
 
 @dataclass
@@ -125,8 +132,10 @@ def export(
     predictor = Predictor.load(checkpoint, device="cpu", tta=tta, max_pixels=max_pixels)
     check_exportable(predictor, payload, checkpoint)
     info = model_info(predictor, checkpoint, tta, max_pixels)
-    ood = predictor.abstain is not None and predictor.abstain.ood_threshold is not None
-    module = Deployable(predictor.model, predictor.temperature, energy=ood and fmt == "onnx").eval()
+    record = predictor.abstain
+    ood = record.ood or "energy" if record is not None and record.ood_threshold is not None and fmt == "onnx" else None
+    k = int(record.ood_k or 1) if record is not None else 1
+    module = Deployable(predictor.model, predictor.temperature, ood, predictor.ood_bank, k).eval()
     problem = unwritable(out.parent)  # made if missing; the export is staged in it, then renamed
     if problem is not None:
         raise ExportError(
@@ -275,7 +284,7 @@ def export_legacy(module: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 
 def output_names(module: nn.Module) -> list[str]:
-    return [OUTPUT_NAME, ENERGY_NAME] if getattr(module, "energy", False) else [OUTPUT_NAME]
+    return [OUTPUT_NAME, OOD_NAME] if getattr(module, "ood", None) else [OUTPUT_NAME]
 
 
 def add_metadata(path: Path, info: ModelInfo) -> None:

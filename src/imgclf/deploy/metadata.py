@@ -18,7 +18,8 @@ TOLERANCE = 1e-4  # the parity rule: every probability within this of PyTorch's 
 METADATA_KEY = "imgclf"  # the metadata_props key (and TorchScript extra file "imgclf.json")
 FORMAT_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
-ENERGY_NAME = "energy"  # a second output, (B,) energy scores, when the model has an OOD threshold (imgclf.abstain)
+OOD_NAME = "ood_score"  # a second output, (B,) OOD scores, when the model has an OOD threshold (imgclf.abstain)
+OOD_NAMES = (OOD_NAME, "energy")  # "energy": what exports made before the kNN score named it
 
 
 @dataclass(frozen=True)

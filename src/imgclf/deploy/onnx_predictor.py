@@ -19,7 +19,7 @@ import numpy as np
 
 from imgclf.abstain import Abstain
 from imgclf.data.images import MAX_PIXELS, center_crop, check_decoded_pixels, decode_bytes
-from imgclf.deploy.metadata import ENERGY_NAME, INPUT_NAME, OUTPUT_NAME, ModelInfo, parse
+from imgclf.deploy.metadata import INPUT_NAME, OOD_NAMES, OUTPUT_NAME, ModelInfo, parse
 from imgclf.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -121,13 +121,14 @@ class OnnxPredictor:
         return np.asarray(self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0], dtype=np.float32)
 
     def scores(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-        """:meth:`probabilities` and the energy scores, (B,); None when the graph has no energy output (exported
-        without an OOD threshold)."""
-        if ENERGY_NAME not in {o.name for o in self.session.get_outputs()} or len(images) == 0:
+        """:meth:`probabilities` and the OOD scores (the metadata's ``abstain.ood``), (B,); None when the graph has
+        no score output (exported without an OOD threshold)."""
+        named = [o.name for o in self.session.get_outputs()[1:] if o.name in OOD_NAMES]
+        if not named or len(images) == 0:
             return self.probabilities(images), None
         batch = np.ascontiguousarray(np.stack([np.asarray(image, dtype=np.uint8) for image in images]))
-        probs, energy = self.session.run([OUTPUT_NAME, ENERGY_NAME], {INPUT_NAME: batch})
-        return np.asarray(probs, dtype=np.float32), np.asarray(energy, dtype=np.float64)
+        probs, ood = self.session.run([OUTPUT_NAME, named[0]], {INPUT_NAME: batch})
+        return np.asarray(probs, dtype=np.float32), np.asarray(ood, dtype=np.float64)
 
 
 def providers(device: str, ort: Any) -> list[str]:
@@ -162,7 +163,7 @@ def check_signature(session: Any, info: ModelInfo, path: Path) -> None:
         and list(inputs[0].shape[1:]) == [3, info.image_size, info.image_size]
         and len(outputs) in (1, 2)
         and outputs[0].name == OUTPUT_NAME
-        and all(o.name == ENERGY_NAME for o in outputs[1:])
+        and all(o.name in OOD_NAMES for o in outputs[1:])
         and outputs[0].shape[-1] == len(info.classes)
     )
     if not ok:

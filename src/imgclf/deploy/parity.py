@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 RANDOM_SAMPLES = 16  # random uint8 images, run as one batch of 1 and one of the rest
 BATCH = 32
+OOD_TOLERANCE = 1e-3  # the OOD score (energy: logits' scale; kNN: a cosine) of the export against PyTorch's
 
 
 def check_parity(
@@ -35,17 +36,19 @@ def check_parity(
     and, when it fails, ``reason``."""
     exported = Exported(model_file, fmt, predictor)
     files = val_files(splits_csv, predictor.classes, max_val)
-    ref_val, out_val, refused, pixel_mismatch = compare_files(predictor, exported, files)
+    scores = Scores()
+    ref_val, out_val, refused, pixel_mismatch = compare_files(predictor, exported, files, scores)
     rng = np.random.default_rng(0)
     size = predictor.image_size
     random = rng.integers(0, 256, (RANDOM_SAMPLES, 3, size, size), dtype=np.uint8)
     ref_rand, out_rand = [], []
     for chunk in (random[:1], random[1:]):  # batch 1 and batch 15: the batch dimension is dynamic
-        ref_rand.append(torch_probs(predictor, list(chunk)))
-        out_rand.append(exported.probabilities(chunk))
+        ref_rand.append(scores.torch(predictor, list(chunk)))
+        out_rand.append(scores.exported(exported, list(chunk)))
     reference = np.concatenate([ref_val, *ref_rand])
     output = np.concatenate([out_val, *out_rand])
     record = compare(reference, output, tolerance)
+    record.update(scores.record())
     record.update(
         {
             "val_images": len(ref_val),
@@ -66,6 +69,8 @@ def check_parity(
         reasons.append(f"top class differs on {record['argmax_disagreements']} of {len(reference)} samples")
     if pixel_mismatch:
         reasons.append(f"the exported predictor decodes {pixel_mismatch} val image(s) to other pixels")
+    if record.get("ood_max_abs_diff", 0.0) > OOD_TOLERANCE:
+        reasons.append(f"max |OOD score difference| {record['ood_max_abs_diff']:.3g} > {OOD_TOLERANCE:g}")
     record["passed"] = not reasons
     if reasons:
         record["reason"] = "; ".join(reasons)
@@ -106,10 +111,12 @@ def val_files(splits_csv: Path, classes: list[str], limit: int) -> list[str]:
 
 
 def compare_files(
-    predictor: Predictor, exported: Exported, files: Sequence[str]
+    predictor: Predictor, exported: Exported, files: Sequence[str], scores: Scores | None = None
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Both models' probabilities on ``files`` (each decoded by its own loader), the count of files neither can
-    read, and of files decoded differently (or read by only one of them)."""
+    read, and of files decoded differently (or read by only one of them); ``scores`` also collects their OOD
+    scores."""
+    scores = scores or Scores()
     ref, out = [], []
     refused = mismatched = 0
     for start in range(0, len(files), BATCH):
@@ -125,8 +132,8 @@ def compare_files(
             torch_images.append(mine)
             own_images.append(theirs)
         if torch_images:
-            ref.append(torch_probs(predictor, torch_images))
-            out.append(exported.probabilities(own_images))
+            ref.append(scores.torch(predictor, torch_images))
+            out.append(scores.exported(exported, own_images))
     classes = len(predictor.classes)
     empty = np.zeros((0, classes), dtype=np.float32)
     return (np.concatenate(ref) if ref else empty), (np.concatenate(out) if out else empty), refused, mismatched
@@ -141,6 +148,39 @@ def _load(load: Any, path: str) -> Any:
 
 def torch_probs(predictor: Predictor, images: Sequence[Any]) -> np.ndarray:
     return predictor.probabilities([torch.as_tensor(np.asarray(image)) for image in images]).numpy()
+
+
+class Scores:
+    """Runs both models and, when the export has an OOD-score output, keeps both sides' scores of the same images
+    (``ood_max_abs_diff`` in the record; the kNN bank and the energy score are inside the graph)."""
+
+    def __init__(self) -> None:
+        self.reference: list[np.ndarray] = []
+        self.output: list[np.ndarray] = []
+
+    def torch(self, predictor: Predictor, images: Sequence[Any]) -> np.ndarray:
+        tensors = [torch.as_tensor(np.asarray(image)) for image in images]
+        if predictor.abstain is None or predictor.abstain.ood_threshold is None:
+            return predictor.probabilities(tensors).numpy()
+        probs, ood = predictor.scores(tensors)
+        self.reference.append(ood.double().numpy())
+        return probs.numpy()
+
+    def exported(self, exported: Exported, images: Sequence[Any]) -> np.ndarray:
+        if exported.fmt != "onnx":
+            return exported.probabilities(images)
+        probs, ood = exported.onnx.scores([np.asarray(image) for image in images])
+        if ood is not None:
+            self.output.append(ood)
+        return probs
+
+    def record(self) -> dict[str, Any]:
+        if not self.output:
+            return {}
+        reference, output = np.concatenate(self.reference), np.concatenate(self.output)
+        if reference.shape != output.shape:
+            return {"ood_max_abs_diff": float("inf")}
+        return {"ood_max_abs_diff": float(np.abs(reference - output).max()) if len(reference) else 0.0}
 
 
 class Exported:

@@ -47,7 +47,7 @@ class SplitResult:
     temperature: float = 1.0  # logits are divided by it (1: uncalibrated)
     display_names: dict[str, str] = field(default_factory=dict)
     abstain: Abstain | None = None  # the checkpoint's "not sure" thresholds (imgclf.abstain)
-    energy: np.ndarray | None = None  # (N,) energy scores, for an OOD threshold
+    ood_scores: np.ndarray | None = None  # (N,) out-of-distribution scores (abstain.ood), for an OOD threshold
 
     def names(self) -> list[str]:
         return [self.display_names.get(c, c) for c in self.classes]
@@ -137,7 +137,7 @@ def write(
     pics.update(more)
     extra = explain.markdown(explained, pairs, pics, result.names(), result.paths)
     metrics["not_sure"], pics["coverage_accuracy"], unsure = selective.report(
-        probs.numpy(), result.outputs.labels.numpy(), result.abstain, result.energy, resamples=bootstrap
+        probs.numpy(), result.outputs.labels.numpy(), result.abstain, result.ood_scores, resamples=bootstrap
     )
     extra = unsure + (f"\n{extra}" if extra else "")
     try:

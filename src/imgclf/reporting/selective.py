@@ -1,7 +1,7 @@
 """Selective classification: answer only the images the model is sure of, and say what that buys.
 
 ``choose_threshold`` picks the confidence threshold on val for a stated goal (precision of the answered images, or
-a coverage), ``ood_threshold`` the energy score's threshold; ``measure`` gives the coverage, the precision of the
+a coverage), ``ood_threshold`` the out-of-distribution score's threshold; ``measure`` gives the coverage, the precision of the
 answered images and its bootstrap interval on a split; ``curve`` and ``figure`` draw the coverage/accuracy curve
 (the selective-risk curve of Geifman & El-Yaniv, 2017) with the chosen point. numpy only, matplotlib on first use.
 """
@@ -84,7 +84,8 @@ def choose_threshold(
 
 
 def ood_threshold(scores: np.ndarray, keep: float) -> float | None:
-    """The energy score that ``keep`` of these in-distribution (val) images reach: images below it are "not one of
+    """The out-of-distribution score (high: like the training data) that ``keep`` of these in-distribution (val)
+    images reach: images below it are "not one of
     the classes I know". None without images."""
     scores = np.sort(np.asarray(scores, dtype=np.float64))
     if len(scores) == 0:
@@ -168,7 +169,7 @@ def report(
     probs: np.ndarray,
     labels: np.ndarray,
     record: Abstain | None,
-    energy: np.ndarray | None,
+    ood_scores: np.ndarray | None,
     *,
     resamples: int = 1000,
 ) -> tuple[dict[str, Any], Any, str]:
@@ -181,13 +182,13 @@ def report(
     metrics: dict[str, Any] = {"stored": record.to_dict() if record is not None else None}
     chosen = None
     if record is not None and record.active:
-        whys = reasons(confidence, energy, record)
+        whys = reasons(confidence, ood_scores, record)
         answered = np.array([why is None for why in whys])
         chosen = measure(answered, correct, resamples=resamples)
         chosen["unanswered_ood"] = sum(why == OOD for why in whys)
         metrics.update(chosen)
         cuts = [f"p >= {record.threshold:.3g}"] if record.threshold is not None else []
-        cuts += [f"energy >= {record.ood_threshold:.3g}"] if record.ood_threshold is not None else []
+        cuts += [f"{record.ood_name} >= {record.ood_threshold:.3g}"] if record.ood_threshold is not None else []
         chosen = {**chosen, "label": f"thresholds chosen on val ({', '.join(cuts)})"}
     fig = figure(points, chosen, f"{len(labels)} images: answered only above a confidence threshold")
     return metrics, fig, _markdown(metrics, record)

@@ -173,8 +173,8 @@ async def _classify(
     """One result per upload, in order: its top-k (and whether it is "not sure"), or why it could not be classified."""
     decoded = await asyncio.gather(*(_decode(worker, i, u) for i, u in enumerate(uploads)))
     good = [image for image in decoded if not isinstance(image, str)]
-    probs, energy = await worker.classify(good) if good else (np.zeros((0, len(classes))), [])
-    scores = None if not energy or energy[0] is None else np.asarray(energy, dtype=np.float64)
+    probs, ood = await worker.classify(good) if good else (np.zeros((0, len(classes))), [])
+    scores = None if not ood or ood[0] is None else np.asarray(ood, dtype=np.float64)
     whys = iter(reasons(probs.max(axis=1), scores, record) if good else [])
     rows = iter(probs)
     names = worker.predictor.display_names

@@ -72,7 +72,7 @@ class ModelWorker:
         return await loop.run_in_executor(self._decoders, lambda: self.predictor.load_image(label, data=data))
 
     async def classify(self, images: list[Any]) -> tuple[np.ndarray, list[float | None]]:
-        """(len(images), C) probabilities and each image's energy score (None unless the model has an OOD threshold,
+        """(len(images), C) probabilities and each image's OOD score (None unless the model has an OOD threshold,
         :mod:`imgclf.abstain`), computed by the model thread with whatever else is queued.
 
         Raises:
@@ -92,7 +92,7 @@ class ModelWorker:
         rows = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         if not rows:
             return np.zeros((0, len(self.predictor.classes)), np.float32), []
-        return np.stack([probs for probs, _ in rows]), [energy for _, energy in rows]
+        return np.stack([probs for probs, _ in rows]), [ood for _, ood in rows]
 
     def _run(self) -> None:
         stopping = False
@@ -116,9 +116,7 @@ class ModelWorker:
         if not batch:
             return
         try:
-            probs, energy = scored(
-                self.predictor, [image for image, _ in batch], getattr(self.predictor, "abstain", None)
-            )
+            probs, ood = scored(self.predictor, [image for image, _ in batch], getattr(self.predictor, "abstain", None))
         except Exception as exc:  # noqa: BLE001  any failure of the model fails its batch, never the server
             log.exception("the forward pass of %d image(s) failed", len(batch))
             for _, future in batch:
@@ -126,6 +124,6 @@ class ModelWorker:
             return
         self.batches += 1
         self.images += len(batch)
-        scores = [None] * len(batch) if energy is None else [float(e) for e in energy]
+        scores = [None] * len(batch) if ood is None else [float(e) for e in ood]
         for row, score, (_, future) in zip(probs, scores, batch, strict=True):
             future.set_result((row, score))

@@ -10,12 +10,14 @@ import torch
 from omegaconf import DictConfig
 
 from imgclf.data.dataset import make_loader
+from imgclf.data.folder import Splits
 from imgclf.data.preprocessing import Preprocessing
 from imgclf.data.splits_file import read_splits
 from imgclf.errors import CheckpointError, DataError
 from imgclf.experiment.checkpoint import file_stamp, save_atomic
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier
+from imgclf.models.ood_tap import BANK_KEY
 from imgclf.reporting.outputs import Outputs
 from imgclf.reporting.statistics import fit_temperature, nll
 from imgclf.tasks import build, inputs, not_sure
@@ -93,9 +95,14 @@ def _fit(
     if not splits.samples.get("val"):
         raise DataError(f"calibrate=true: {exp.splits} lists no val images to fit the temperature on")
     prep = Preprocessing.from_checkpoint(payload)
-    val = inputs.load(cfg, build.source(cfg), splits, ("val",), prep)["val"]
-    dataset = inputs.split_dataset(cfg, val, prep, cfg.augmentation.eval)
-    found = outputs(cfg, model, dataset, device, desc="calibrate on val")
+    source = build.source(cfg)
+
+    def collect(evaluated: torch.nn.Module, split: str, chosen: Splits, desc: str = "abstain on") -> Outputs:
+        loaded = inputs.load(cfg, source, chosen, (split,), prep)[split]
+        dataset = inputs.split_dataset(cfg, loaded, prep, cfg.augmentation.eval)
+        return outputs(cfg, evaluated, dataset, device, desc=f"{desc} {split}")
+
+    found = collect(model, "val", splits, desc="calibrate on")
     temperature = fit_temperature(found.logits, found.labels)
     before, after = nll(found.logits, found.labels), nll(found.logits, found.labels, temperature)
     fitted = {
@@ -103,12 +110,13 @@ def _fit(
         "temperature": temperature,
         "calibration": {"split": "val", "samples": len(found.labels), "nll_before": before, "nll_after": after},
     }
-    fitted.pop("abstain", None)  # thresholds of an earlier temperature would no longer mean what they say
+    for key in ("abstain", BANK_KEY):  # thresholds of an earlier temperature would no longer mean what they say
+        fitted.pop(key, None)
     if not_sure.wanted(cfg):  # chosen on the calibrated probabilities, as predict will compute them
-        scored = not_sure.val_scores(
-            cfg, model, lambda m: outputs(cfg, m, dataset, device, "abstain on val"), temperature
-        )
-        fitted["abstain"] = not_sure.fit(cfg, *scored, temperature)
+        found, scores, bank = not_sure.val_scores(cfg, model, splits, collect, temperature)
+        fitted["abstain"] = not_sure.fit(cfg, found, scores, temperature)
+        if bank is not None:
+            fitted[BANK_KEY] = bank
     return fitted
 
 

@@ -278,6 +278,13 @@ def _abstain(cfg: DictConfig) -> None:
         if _get(cfg, key) is not None and _get(cfg, key) not in allowed:
             raise ConfigError(f"{key}={_get(cfg, key)!r}: expected null or one of {', '.join(allowed)}")
     _int(cfg, "abstain.min_answered", minimum=1)
+    for key in ("abstain.ood_k", "abstain.ood_bank"):
+        _int(cfg, key, minimum=1)
+    if cfg.abstain.ood == "knn" and cfg.abstain.ood_k > cfg.abstain.ood_bank:
+        raise ConfigError(
+            f"abstain.ood_k={cfg.abstain.ood_k} > abstain.ood_bank={cfg.abstain.ood_bank}: the kNN score compares "
+            "with the k-th nearest of the bank's training images; make ood_bank larger or ood_k smaller"
+        )
     for key in ("abstain.target", "abstain.ood_keep"):
         value = _get(cfg, key)
         if isinstance(value, bool) or not isinstance(value, Real) or not 0 < value <= 1:

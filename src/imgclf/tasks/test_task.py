@@ -15,7 +15,7 @@ from imgclf.data.preprocessing import Preprocessing
 from imgclf.errors import CheckpointError, DataError
 from imgclf.experiment.checkpoint import file_stamp, load_checkpoint
 from imgclf.models.classifier import Classifier, with_tta
-from imgclf.models.energy_tap import EnergyTap
+from imgclf.models.ood_tap import checkpoint_tap
 from imgclf.reporting import cam, explain, report
 from imgclf.runtime import resolve_device, tune_malloc
 from imgclf.tasks import build, inputs, loggers
@@ -80,7 +80,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
         inputs.check_unchanged(recorded, loaded, refuse=False)
         dataset = inputs.split_dataset(cfg, loaded[split], prep, cfg.augmentation.eval)
         evaluated = with_tta(model, cfg.tta)
-        with EnergyTap(evaluated, float(payload.get("temperature", 1.0))) as tap:  # the "not sure" OOD score
+        with checkpoint_tap(evaluated, payload) as tap:  # the "not sure" OOD score
             found = outputs(cfg, evaluated, dataset, device, desc=split)
     info = {
         "split": split,
@@ -99,7 +99,7 @@ def test(cfg: DictConfig) -> dict[str, Any]:
         temperature=float(payload.get("temperature", 1.0)),
         display_names=payload.get("display_names") or {},
         abstain=Abstain.from_dict(payload.get("abstain")),
-        energy=tap.scores().double().numpy(),
+        ood_scores=tap.scores().double().numpy(),
     )
     folder = exp.path / (report_folder(split, None if own_data else source.root) + (f"_ckpt-{tag}" if tag else ""))
     if tag:
