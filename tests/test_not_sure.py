@@ -320,6 +320,8 @@ def test_the_export_carries_the_thresholds_and_the_ood_score(unsure, tmp_path) -
     np.testing.assert_allclose(probs, expected_probs.numpy(), atol=1e-4)
     np.testing.assert_allclose(energy, expected_energy.numpy(), atol=1e-3)
     assert result.parity["ood_max_abs_diff"] <= 1e-3
+    # TorchScript has no second output: its file computes the probabilities alone, as parity checks
+    assert export(exp / "best.pt", exp / "ts", fmt="torchscript").parity["passed"]
     # an export made before the kNN score named its second output "energy": still read, to the same scores
     import onnx as onnx_lib
 

@@ -133,7 +133,8 @@ def export(
     check_exportable(predictor, payload, checkpoint)
     info = model_info(predictor, checkpoint, tta, max_pixels)
     record = predictor.abstain
-    ood = record.ood or "energy" if record is not None and record.ood_threshold is not None and fmt == "onnx" else None
+    scored = record is not None and record.ood_threshold is not None and fmt == "onnx"
+    ood = (record.ood or "energy") if scored else None
     k = int(record.ood_k or 1) if record is not None else 1
     module = Deployable(predictor.model, predictor.temperature, ood, predictor.ood_bank, k).eval()
     problem = unwritable(out.parent)  # made if missing; the export is staged in it, then renamed
