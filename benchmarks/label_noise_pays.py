@@ -96,8 +96,8 @@ def split_copy(source: Path, target: Path, test_share: float, limit: int | None,
 AUDIT = ("-c", "from imgclf.cli.audit import main; main()")  # imgclf-audit, with this interpreter
 
 
-def command(script: Sequence[str], *args: str) -> float:
-    """Run one of imgclf's commands in a fresh process; its seconds."""
+def command(script: Sequence[str], *args: str, output: list[str] | None = None) -> float:
+    """Run one of imgclf's commands in a fresh process; its seconds (``output`` gets its stdout and stderr)."""
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, *script, *args, "progress=false"],
@@ -108,6 +108,8 @@ def command(script: Sequence[str], *args: str) -> float:
     )
     if done.returncode != 0:
         raise SystemExit(f"{' '.join([*script, *args])} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    if output is not None:
+        output += [done.stdout, done.stderr]
     return time.perf_counter() - start
 
 

@@ -333,24 +333,19 @@ def test_training_goes_on_when_the_server_drops(server: str, tmp_path: Path, tin
     assert run.data.metrics == {} and run.info.status == "RUNNING"  # the server really was gone after the start
 
 
-@pytest.mark.slow
-def test_a_2x2_sweep_is_four_runs_under_one_parent_with_metrics_jsonl(
-    server: str, tmp_path: Path, tiny_folder: Path
-) -> None:
-    args = [a for a in tiny_overrides(tmp_path, tiny_folder) if not a.startswith("epochs")]
-    result = run_cli(
-        "train.py", "-m", *args, "epochs=1", "logger=[mlflow]", f"logger.mlflow.tracking_uri={server}",
-        "experiment=grid", "optimizer.lr=1e-3,2e-3", "optimizer.weight_decay=0.0,0.01",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    client = MlflowClient(server)
+GRID = ("optimizer.lr=1e-3,2e-3", "optimizer.weight_decay=0.0,0.01")
+
+
+def four_runs_under_one_parent(client: MlflowClient, sweep_root: Path) -> None:
+    """The 2x2 grid of experiment "grid": one parent run with summary.csv, four finished children whose metrics
+    are their metrics.jsonl, one per grid point."""
     runs = client.search_runs([client.get_experiment_by_name("grid").experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 4
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert {r.info.status for r in runs} == {"FINISHED"}
-    (sweep_dir,) = (tmp_path / "experiments" / "grid" / "multirun").iterdir()
+    (sweep_dir,) = sweep_root.iterdir()
     assert "summary.csv" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     swept = set()
     for child in children:
@@ -359,6 +354,35 @@ def test_a_2x2_sweep_is_four_runs_under_one_parent_with_metrics_jsonl(
         jsonl_matches_history(client, child.info.run_id, job / "metrics.jsonl")
         swept.add((child.data.params["optimizer.lr"], child.data.params["optimizer.weight_decay"]))
     assert swept == {("0.001", "0.0"), ("0.001", "0.01"), ("0.002", "0.0"), ("0.002", "0.01")}
+
+
+@pytest.mark.slow
+def test_a_2x2_sweep_is_four_runs_under_one_parent_with_metrics_jsonl(
+    server: str, tmp_path: Path, tiny_folder: Path
+) -> None:
+    args = [a for a in tiny_overrides(tmp_path, tiny_folder) if not a.startswith("epochs")]
+    result = run_cli(
+        "train.py", "-m", *args, "epochs=1", "logger=[mlflow]", f"logger.mlflow.tracking_uri={server}",
+        "experiment=grid", *GRID,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    four_runs_under_one_parent(MlflowClient(server), tmp_path / "experiments" / "grid" / "multirun")
+
+
+@pytest.mark.slow
+def test_parallel_sweep_jobs_share_the_local_sqlite_store_without_losing_a_run(
+    tmp_path: Path, tiny_folder: Path
+) -> None:
+    """hydra/launcher=joblib with 2 jobs at once, both writing the default local store (SQLite) as they train."""
+    args = [a for a in tiny_overrides(tmp_path, tiny_folder) if not a.startswith("epochs")]
+    result = run_cli(
+        "train.py", "-m", *args, "epochs=2", "logger=[mlflow]", "experiment=grid", *GRID,
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "database is locked" not in result.stdout + result.stderr
+    store = tmp_path / "runs" / "mlflow.db"
+    four_runs_under_one_parent(MlflowClient(f"sqlite:///{store}"), tmp_path / "experiments" / "grid" / "multirun")
 
 
 @pytest.mark.slow
