@@ -28,7 +28,7 @@ from timing import best_of  # noqa: E402
 
 from imgclf.deploy.metadata import INPUT_NAME, OUTPUT_NAME  # noqa: E402
 from imgclf.deploy.onnx_predictor import OnnxPredictor  # noqa: E402
-from imgclf.deploy.quantize import INT8_FILE, split_samples  # noqa: E402
+from imgclf.deploy.quantize import INT8_FILE, Int8Gate, split_samples  # noqa: E402
 
 BATCHES = (1, 32)
 TARGET = 1.5
@@ -78,6 +78,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calibration-images", type=int, default=200)
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=Int8Gate.max_accuracy_drop,
+        help="the export's INT8 gate (default 0.01); raise it to time an INT8 file the gate would refuse (the "
+        "accuracies are printed either way)",
+    )
     args = parser.parse_args()
     experiment = args.experiments_dir / args.experiment
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,7 +93,14 @@ def main() -> None:
             from imgclf.deploy.export import export
 
             folder = Path(tmp) / "export"
-            result = export(experiment / "best.pt", folder, quantize="int8", calibration_images=args.calibration_images)
+            gate = Int8Gate(max_accuracy_drop=args.max_accuracy_drop)
+            result = export(
+                experiment / "best.pt",
+                folder,
+                quantize="int8",
+                calibration_images=args.calibration_images,
+                int8_gate=gate,
+            )
             gate = result.parity["int8"]
             print(
                 f"exported {experiment.name}: int8 gate on {gate['val_images']} val images: top class agrees on "

@@ -12,6 +12,13 @@ import imgclf.tasks as tasks
 from helpers import TRAINED_CAMS, compose_cfg, make_folder, tiny_overrides
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """predict and serve keep a checkpoint's backbone exported for onnxruntime in $XDG_CACHE_HOME/imgclf: the tests'
+    go to a temporary folder, never the user's ~/.cache (subprocesses inherit it)."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache_home"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked slow (long end-to-end runs: sweeps, torchrun groups, kill loops) run in CI (CI=true, as
     .ci/run is run), with IMGCLF_SLOW=1, or when asked for with -m; elsewhere they are skipped, saying so, to

@@ -5,6 +5,8 @@ the network: the weights are trained from scratch here, or a local file written 
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN
 
 import imgclf.tasks as tasks
 from helpers import ROOT, compose_cfg, tiny_overrides
+from imgclf.cli.common import ENGINES as CLI_ENGINES
 from imgclf.deploy.export import export
 from imgclf.deploy.onnx_predictor import OnnxPredictor
 from imgclf.deploy.parity import TOLERANCE
@@ -27,6 +30,7 @@ from imgclf.experiment.checkpoint import load_checkpoint, save_atomic
 from imgclf.experiment.run_log import read_metrics
 from imgclf.inference import Predictor
 from imgclf.models.timm_net import TimmNet
+from imgclf.training.onnx_twin import ENGINES
 
 slow = pytest.mark.slow
 # timm's own tiny test_* networks (0.1-0.4 M parameters) of each family train in seconds; the real small members
@@ -214,3 +218,35 @@ def test_a_checkpoint_can_name_only_timm_architectures(name: str, tmp_path: Path
     save_atomic({**payload, "mean": [0.5] * 3, "std": [0.25] * 3}, tmp_path / "best.pt")
     with pytest.raises(CheckpointError, match="cannot build TimmNet.*not a timm architecture"):
         Predictor.load(tmp_path / "best.pt", device="cpu")
+
+
+def test_predict_runs_a_checkpoints_backbone_on_onnxruntime_with_torchs_answers(
+    tmp_path: Path, tiny_folder: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """predict.py --engine auto on a CPU: the backbone exported once into the user's cache, the same probabilities
+    as --engine torch, and the kept file reused by the next run."""
+    pytest.importorskip("onnxruntime")
+    from imgclf.cli import predict as predict_cli
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache_home"))
+    exp = train(tmp_path, tiny_folder, "model.name=test_resnet")
+    folder = str(tiny_folder / "val")
+
+    def run(engine: str) -> list[list[float]]:
+        out = tmp_path / f"{engine}.json"
+        args = [folder, "--checkpoint", str(exp / "best.pt"), "--output", str(out), "--engine", engine]
+        assert predict_cli.main([*args, "--device", "cpu"]) == 0
+        rows = json.loads(out.read_text())["predictions"]
+        return [[c["probability"] for c in sorted(r["top_k"], key=lambda c: c["class"])] for r in rows]
+
+    with caplog.at_level(logging.INFO, logger="imgclf.training.onnx_twin"):
+        eager = run("torch")
+        assert "onnxruntime" not in caplog.text
+        twin = run("auto")
+        assert "frozen passes run on onnxruntime" in caplog.text
+    np.testing.assert_allclose(twin, eager, atol=1e-4, rtol=0)
+    (kept,) = (tmp_path / "cache_home" / "imgclf" / "onnx").glob("*.onnx")
+    assert CLI_ENGINES == ENGINES  # the command line's choices, spelled out without torch
+    stamp = kept.stat().st_mtime_ns
+    np.testing.assert_allclose(run("onnxruntime"), eager, atol=1e-4, rtol=0)
+    assert kept.stat().st_mtime_ns == stamp  # found, not exported again

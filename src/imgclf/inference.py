@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from imgclf.data.preprocessing import Preprocessing
 from imgclf.errors import CheckpointError, ConfigError
 from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.models.classifier import Classifier, with_tta
-from imgclf.models.ood_tap import BANK_KEY, score_tap
+from imgclf.models.ood_tap import BANK_KEY, inner_classifier, score_tap
 from imgclf.runtime import resolve_device
 
 # `_target_` of a checkpoint's model -> the class predict may build
@@ -158,6 +159,14 @@ class Predictor:
         with score_tap(self.model, ood, temperature=self.temperature, bank=self.ood_bank, k=k) as tap:
             probs = self.probabilities(images)
         return probs, tap.scores()
+
+    def frozen_engine(self, engine: str = "auto", folder: Path | None = None) -> AbstractContextManager[None]:
+        """A block whose backbone passes run on ``engine`` (:mod:`imgclf.training.onnx_twin`: ``auto`` is onnxruntime
+        on a CPU when it is installed, its first images checked against PyTorch, else PyTorch); the exported backbone
+        is kept in ``folder`` (keyed by its weights) for later runs. Networks without a ``backbone`` run as they are."""
+        from imgclf.training.onnx_twin import faster_backbone
+
+        return faster_backbone(inner_classifier(self.model).net, engine, self.device, folder)
 
 
 def knn_bank(payload: Mapping[str, Any], path: Path) -> torch.Tensor | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from imgclf.cli.paths import user_path
@@ -65,6 +66,33 @@ def add_no_abstain(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help='always name a class: ignore the model\'s "not sure" thresholds (abstain.* chosen on val)',
     )
+
+
+ENGINES = ("auto", "onnxruntime", "torch")  # imgclf.training.onnx_twin.ENGINES, spelled out: no torch here
+
+
+def add_engine(parser: argparse.ArgumentParser) -> None:
+    """``--engine``: what a checkpoint's pretrained backbone runs on (predict and serve)."""
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="a checkpoint's pretrained backbone runs on: auto (onnxruntime on a CPU when installed, checked against "
+        "PyTorch on the first images; the exported backbone kept in $XDG_CACHE_HOME/imgclf/onnx, default "
+        "~/.cache), onnxruntime, or torch. An ONNX model runs as it is",
+    )
+
+
+def engine_block(predictor: object, engine: str) -> AbstractContextManager[object]:
+    """The block a predictor runs in: a checkpoint's backbone on ``engine`` (an ONNX model's predictor as it is)."""
+    faster = getattr(predictor, "frozen_engine", None)
+    return nullcontext() if faster is None else faster(engine, twin_folder())
+
+
+def twin_folder() -> Path:
+    """Where predict and serve keep a checkpoint's backbone exported for onnxruntime (each file keyed by the weights,
+    so a retrained checkpoint gets its own)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "imgclf" / "onnx"
 
 
 def print_table(text: str) -> bool:

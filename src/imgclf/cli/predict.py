@@ -3,6 +3,7 @@
     python predict.py PATH... (--experiment NAME | --checkpoint FILE | --model model.onnx) [--top-k K]
                       [--category-names names.json] [--output out.csv|out.json] [--plot out.png]
                       [--min-confidence P] [--no-abstain] [--device auto] [--batch-size N] [--max-pixels N]
+                      [--engine auto|onnxruntime|torch]
 
 PATH: image files, folders (searched recursively; hidden folders skipped) or glob patterns
 (quote them: "photos/**/*.jpg"). Class names, input size, normalization and the calibrated
@@ -35,10 +36,12 @@ import numpy as np
 from imgclf.abstain import reasons, scored
 from imgclf.cli.common import (
     EXIT_CLOSED_PIPE,
+    add_engine,
     add_experiments_dir,
     add_min_confidence,
     add_no_abstain,
     add_version,
+    engine_block,
     print_table,
 )
 from imgclf.cli.experiments import best_checkpoint
@@ -114,6 +117,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_no_abstain(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, mps")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward pass")
+    add_engine(parser)
     parser.add_argument(
         "--tta",
         choices=TTA_MODES,
@@ -307,12 +311,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     files, missing = find_images(args.paths)
     predictions, pages = list(missing), [[]]
     run = predict(predictor, files, top_k, args.batch_size, args.min_confidence, abstain=not args.no_abstain)
-    for prediction, image in run:
-        predictions.append(prediction)
-        if args.plot is not None and image is not None:
-            if len(pages[-1]) == PLOT_ROWS:
-                pages.append([])
-            pages[-1].append((prediction, image))
+    with engine_block(predictor, args.engine):
+        for prediction, image in run:
+            predictions.append(prediction)
+            if args.plot is not None and image is not None:
+                if len(pages[-1]) == PLOT_ROWS:
+                    pages.append([])
+                pages[-1].append((prediction, image))
     # the files first: a reader that leaves early (`| head`) must not cost the user the CSV
     failed = write_outputs(args, predictor, predictions, pages, names, top_k)
     shown = print_table(table(predictions, names, args.min_confidence))

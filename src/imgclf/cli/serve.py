@@ -3,6 +3,7 @@
     imgclf-serve (--experiment NAME | --model FILE) [--experiments DIR] [--host 127.0.0.1] [--port 8000]
                  [--min-confidence P] [--no-abstain] [--top-k K] [--max-upload-mb M] [--max-request-mb M]
                  [--max-files N] [--max-pixels N] [--body-timeout S] [--min-body-rate KB] [--body-grace S] [--device auto]
+                 [--engine auto|onnxruntime|torch]
 
 --model takes a checkpoint (best.pt) or an ONNX export (model.onnx, served without torch). Open
 http://127.0.0.1:8000/ for the page; POST /predict takes multipart uploads (field "file", one or
@@ -29,7 +30,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from imgclf.cli.common import add_experiments_dir, add_min_confidence, add_no_abstain, add_version
+from imgclf.cli.common import (
+    add_engine,
+    add_experiments_dir,
+    add_min_confidence,
+    add_no_abstain,
+    add_version,
+    engine_block,
+)
 from imgclf.cli.experiments import best_checkpoint
 from imgclf.cli.paths import user_path
 from imgclf.data.images import MAX_PIXELS, PREDICT_MAX_PIXELS
@@ -103,6 +111,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="open connections; more are answered 503 (default 64)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    add_engine(parser)
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_version(parser)
     args = parser.parse_args(argv)
@@ -204,7 +213,7 @@ def _serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=5,
         )
     )
-    with _stop_signals(server) as received:
+    with _stop_signals(server) as received, engine_block(predictor, args.engine):
         server.run()  # returns on Ctrl-C / SIGTERM after a graceful shutdown; exits 1 itself if it cannot bind
     if received:
         return 128 + received[0]  # 130 / 143, as train.py
