@@ -7,6 +7,11 @@ selection copied to a work folder), each a fresh process timed from launch to ex
 baseline), ``--engine auto`` with an empty ``$XDG_CACHE_HOME`` (the backbone exported and checked first), and
 ``--engine auto`` again (the exported file found). It prints the seconds and images/s of each and the largest
 difference of a probability between the onnxruntime runs and PyTorch's.
+
+Measured (2026-12-07 evening, quiet machine) on the food101_mini ``transfer`` checkpoint (Lite0+1+2 at 384 px) with
+64 test photos and ``--tta flip``: ``--engine torch`` 158.0 s (0.41 images/s), ``--engine auto`` 36.3 s with the
+export (1.77 images/s, 4.4x) and 32.8 s with the kept file (1.95 images/s, 4.8x); probabilities within 8.9e-07 of
+PyTorch's.
 """
 
 from __future__ import annotations
