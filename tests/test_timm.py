@@ -250,3 +250,29 @@ def test_predict_runs_a_checkpoints_backbone_on_onnxruntime_with_torchs_answers(
     stamp = kept.stat().st_mtime_ns
     np.testing.assert_allclose(run("onnxruntime"), eager, atol=1e-4, rtol=0)
     assert kept.stat().st_mtime_ns == stamp  # found, not exported again
+
+
+def test_serve_exports_a_checkpoints_backbone_before_the_first_request(tmp_path: Path, tiny_folder: Path) -> None:
+    """imgclf-serve --engine auto: the backbone is exported and checked at start (on random pixels), kept in the
+    cache, and the answers are PyTorch's."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("onnxruntime")
+    from serve_helpers import MULTIPART, multipart, start_server, stop_server
+
+    exp = train(tmp_path, tiny_folder, "model.name=test_resnet")
+    cache = Path(os.environ["XDG_CACHE_HOME"]) / "imgclf" / "onnx"
+    before = set(cache.glob("*.onnx"))
+    server = start_server("--model", str(exp / "best.pt"), "--log-level", "info", "--device", "cpu")
+    try:
+        assert "frozen passes run on onnxruntime" in server.log()  # before any request
+        assert len(set(cache.glob("*.onnx")) - before) == 1
+        image = next((tiny_folder / "test").rglob("*.*"))
+        body = multipart([(image.name, image.read_bytes())])
+        with server.client() as client:
+            got = client.post("/predict", content=body, headers={"content-type": MULTIPART}).json()
+    finally:
+        stop_server(server)
+    predictor = Predictor.load(exp / "best.pt", device="cpu")
+    expected = predictor.probabilities([predictor.load_image(image)])[0]
+    served = {p["class"]: p["probability"] for p in got["predictions"]}  # one file: one result
+    np.testing.assert_allclose([served[c] for c in predictor.classes], expected.numpy(), atol=1e-4, rtol=0)

@@ -29,6 +29,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from imgclf.cli.common import (
     add_engine,
@@ -214,10 +215,27 @@ def _serve(args: argparse.Namespace) -> int:
         )
     )
     with _stop_signals(server) as received, engine_block(predictor, args.engine):
+        warm_up(predictor)  # an exported backbone is made (and checked) now, not on the first user's request
         server.run()  # returns on Ctrl-C / SIGTERM after a graceful shutdown; exits 1 itself if it cannot bind
     if received:
         return 128 + received[0]  # 130 / 143, as train.py
     return 0 if server.started else EXIT_START
+
+
+def warm_up(predictor: Any) -> None:
+    """One image of seeded random pixels through the model before the server starts: a backbone run on onnxruntime
+    is exported and checked against PyTorch on it (random pixels, as the export's parity check uses), and
+    onnxruntime plans its buffers, so the first request waits for neither."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    size = int(predictor.image_size)
+    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    predictor.probabilities([predictor.load_image("warm-up.png", data=buffer.getvalue())])
 
 
 @contextmanager
