@@ -96,11 +96,14 @@ def _fit(
         raise DataError(f"calibrate=true: {exp.splits} lists no val images to fit the temperature on")
     prep = Preprocessing.from_checkpoint(payload)
     source = build.source(cfg)
+    datasets: dict[tuple[str, int], Any] = {}  # each split's images read once: val serves the temperature and abstain
 
     def collect(evaluated: torch.nn.Module, split: str, chosen: Splits, desc: str = "abstain on") -> Outputs:
-        loaded = inputs.load(cfg, source, chosen, (split,), prep)[split]
-        dataset = inputs.split_dataset(cfg, loaded, prep, cfg.augmentation.eval)
-        return outputs(cfg, evaluated, dataset, device, desc=f"{desc} {split}")
+        key = (split, id(chosen))
+        if key not in datasets:
+            loaded = inputs.load(cfg, source, chosen, (split,), prep)[split]
+            datasets[key] = inputs.split_dataset(cfg, loaded, prep, cfg.augmentation.eval)
+        return outputs(cfg, evaluated, datasets[key], device, desc=f"{desc} {split}")
 
     found = collect(model, "val", splits, desc="calibrate on")
     temperature = fit_temperature(found.logits, found.labels)
