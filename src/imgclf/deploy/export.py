@@ -61,7 +61,12 @@ class Deployable(nn.Module):
     gives it; the kNN bank is a constant of the graph)."""
 
     def __init__(
-        self, model: nn.Module, temperature: float, ood: str | None = None, bank: torch.Tensor | None = None, k: int = 1
+        self,
+        model: nn.Module,
+        temperature: float,
+        ood: str | None = None,
+        bank: torch.Tensor | None = None,
+        k: int | None = None,
     ) -> None:
         super().__init__()
         self.model, self.ood, self.ood_temperature, self.ood_k = model, ood, float(temperature), k
@@ -135,7 +140,7 @@ def export(
     record = predictor.abstain
     scored = record is not None and record.ood_threshold is not None and fmt == "onnx"
     ood = (record.ood or "energy") if scored else None
-    k = int(record.ood_k or 1) if record is not None else 1
+    k = record.ood_k if record is not None else None
     module = Deployable(predictor.model, predictor.temperature, ood, predictor.ood_bank, k).eval()
     problem = unwritable(out.parent)  # made if missing; the export is staged in it, then renamed
     if problem is not None:

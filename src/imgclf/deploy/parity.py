@@ -146,10 +146,6 @@ def _load(load: Any, path: str) -> Any:
         return None
 
 
-def torch_probs(predictor: Predictor, images: Sequence[Any]) -> np.ndarray:
-    return predictor.probabilities([torch.as_tensor(np.asarray(image)) for image in images]).numpy()
-
-
 class Scores:
     """Runs both models and, when the export has an OOD-score output, keeps both sides' scores of the same images
     (``ood_max_abs_diff`` in the record; the kNN bank and the energy score are inside the graph)."""
