@@ -104,14 +104,16 @@ def main() -> None:
             gate = result.parity["int8"]
             print(
                 f"exported {experiment.name}: int8 gate on {gate['val_images']} val images: top class agrees on "
-                f"{gate['argmax_agreement']:.1%}, accuracy {gate['int8_accuracy']:.1%} vs fp32 {gate['fp32_accuracy']:.1%}"
+                f"{gate['argmax_agreement']:.1%}, accuracy {gate['int8_accuracy']:.1%} "
+                f"vs fp32 {gate['fp32_accuracy']:.1%}"
             )
         models = {"fp32": folder / "model.onnx", "int8": folder / INT8_FILE}
         predictors = {name: OnnxPredictor.load(path) for name, path in models.items()}
         fp32 = predictors["fp32"]
         print(
             f"\n{experiment.name}: {fp32.image_size} px, {len(fp32.classes)} classes, tta {fp32.tta}; "
-            f"files {models['fp32'].stat().st_size / 1e6:.1f} MB fp32, {models['int8'].stat().st_size / 1e6:.1f} MB int8"
+            f"files {models['fp32'].stat().st_size / 1e6:.1f} MB fp32, "
+            f"{models['int8'].stat().st_size / 1e6:.1f} MB int8"
         )
         decoded: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}
         for split in ("val", "test"):

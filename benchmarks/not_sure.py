@@ -126,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         section = metrics["not_sure"]
         stored = section["stored"] or {}
         print(
-            f"{exp}: train + test {seconds:.0f} s, test accuracy {metrics['accuracy']:.3f} ({metrics['samples']} images)"
+            f"{exp}: train + test {seconds:.0f} s, test accuracy {metrics['accuracy']:.3f} "
+            f"({metrics['samples']} images)"
         )
         print(f"stored on val: {json.dumps(stored)}")
 
@@ -179,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     better = all(r[5] > r[4] for r in rows)
     print(
         f"\ntargets: precision of the answered test images >= {args.target:g}: {'met' if met else 'NOT met'} "
-        f"({precision:.3f}); {args.ood} AUROC above max-softmax on every unseen folder: {'met' if better else 'NOT met'}"
+        f"({precision:.3f}); {args.ood} AUROC above max-softmax on every unseen folder: "
+        f"{'met' if better else 'NOT met'}"
     )
 
 

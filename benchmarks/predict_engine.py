@@ -1,4 +1,5 @@
-"""predict.py on a checkpoint: its backbone on onnxruntime (``--engine auto``) against eager PyTorch (``--engine torch``).
+"""predict.py on a checkpoint: its backbone on onnxruntime (``--engine auto``) against eager PyTorch
+(``--engine torch``).
 
     python benchmarks/predict_engine.py CHECKPOINT FOLDER [--limit 64] [--tta flip]
 

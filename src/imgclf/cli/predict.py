@@ -11,10 +11,10 @@ temperature come from the checkpoint. --model runs a file written by imgclf-expo
 without importing torch: everything it needs (classes, sizes, temperature, test-time augmentation,
 pixel limit, "not sure" thresholds) is inside the .onnx file. A model given thresholds on val (abstain.*, see
 docs/not_sure.md) answers "not sure: top guesses ..." for an image below them (pred empty, not_sure set in --output);
---no-abstain names a class anyway. --min-confidence P only flags answers below P, the user's own line. A file that cannot be read, or that would decode to more
-than --max-pixels (checked from its header, before decoding), gets an error row and the exit
-status is 1 at the end; every other file is still classified. Exit status 2: the command line
-or the checkpoint cannot be used. --output and --plot are written before the table is printed: when
+--no-abstain names a class anyway. --min-confidence P only flags answers below P, the user's own line. A file
+that cannot be read, or that would decode to more than --max-pixels (checked from its header, before decoding),
+gets an error row and the exit status is 1 at the end; every other file is still classified. Exit status 2: the
+command line or the checkpoint cannot be used. --output and --plot are written before the table is printed: when
 stdout is closed early (`predict.py ... --output p.csv | head`), p.csv still has every row, the rest
 of the table is dropped and the exit status is 141, as for cat or grep there.
 """

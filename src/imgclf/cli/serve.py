@@ -2,15 +2,15 @@
 
     imgclf-serve (--experiment NAME | --model FILE) [--experiments DIR] [--host 127.0.0.1] [--port 8000]
                  [--min-confidence P] [--no-abstain] [--top-k K] [--max-upload-mb M] [--max-request-mb M]
-                 [--max-files N] [--max-pixels N] [--body-timeout S] [--min-body-rate KB] [--body-grace S] [--device auto]
-                 [--engine auto|onnxruntime|torch]
+                 [--max-files N] [--max-pixels N] [--body-timeout S] [--min-body-rate KB] [--body-grace S]
+                 [--device auto] [--engine auto|onnxruntime|torch]
 
 --model takes a checkpoint (best.pt) or an ONNX export (model.onnx, served without torch). Open
 http://127.0.0.1:8000/ for the page; POST /predict takes multipart uploads (field "file", one or
 more), GET /health says the server is up. A model with "not sure" thresholds (abstain.*, chosen on val)
 answers "not sure: top guesses ..." below them; --no-abstain always names a class. Uploads are read into
-memory, never written to disk, and refused (4xx with a JSON message) over the byte limits or when an image would decode to more than
---max-pixels (checked from its header, before decoding). The server listens on 127.0.0.1 only unless
+memory, never written to disk, and refused (4xx with a JSON message) over the byte limits or when an image would
+decode to more than --max-pixels (checked from its header, before decoding). The server listens on 127.0.0.1 only unless
 --host says otherwise; it has no authentication. A request's body is read in full before it waits for
 one of the --max-active turns, and must arrive within --body-timeout seconds and, after --body-grace
 seconds, at --min-body-rate KB/s on average: a slower client is answered 408 and its connection

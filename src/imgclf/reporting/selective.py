@@ -1,9 +1,10 @@
 """Selective classification: answer only the images the model is sure of, and say what that buys.
 
 ``choose_threshold`` picks the confidence threshold on val for a stated goal (precision of the answered images, or
-a coverage), ``ood_threshold`` the out-of-distribution score's threshold; ``measure`` gives the coverage, the precision of the
-answered images and its bootstrap interval on a split; ``curve`` and ``figure`` draw the coverage/accuracy curve
-(the selective-risk curve of Geifman & El-Yaniv, 2017) with the chosen point. numpy only, matplotlib on first use.
+a coverage), ``ood_threshold`` the out-of-distribution score's threshold; ``measure`` gives the coverage, the
+precision of the answered images and its bootstrap interval on a split; ``curve`` and ``figure`` draw the
+coverage/accuracy curve (the selective-risk curve of Geifman & El-Yaniv, 2017) with the chosen point. numpy only,
+matplotlib on first use.
 """
 
 from __future__ import annotations
@@ -85,8 +86,7 @@ def choose_threshold(
 
 def ood_threshold(scores: np.ndarray, keep: float) -> float | None:
     """The out-of-distribution score (high: like the training data) that ``keep`` of these in-distribution (val)
-    images reach: images below it are "not one of
-    the classes I know". None without images."""
+    images reach: images below it are "not one of the classes I know". None without images."""
     scores = np.sort(np.asarray(scores, dtype=np.float64))
     if len(scores) == 0:
         return None
