@@ -8,8 +8,20 @@ from typing import Any
 
 from imgclf.errors import ExperimentError
 from imgclf.experiment.bookkeeping import BOOKKEEPING_KEYS
+from imgclf.experiment.checkpoint import load_checkpoint
+from imgclf.experiment.folder import ExperimentDir
 
 log = logging.getLogger(__name__)
+
+
+def resumed_config(exp: ExperimentDir, resume: str, overwrite: bool) -> dict[str, Any] | None:
+    """The config of the checkpoint a run will resume from, read as ``ExperimentDir.resume_payload`` reads it
+    (``last.pt``, or ``best.pt`` when ``last.pt`` cannot be read), or None for a fresh start (``resume=never``,
+    ``overwrite``, or nothing to resume). A choice a run made for its budget is read back from it."""
+    if overwrite or resume == "never":
+        return None
+    payload = exp.latest_checkpoint() if resume == "auto" else load_checkpoint(resume)
+    return None if payload is None else payload.get("config", {})
 
 
 def is_finished(payload: dict[str, Any], epochs: int) -> bool:

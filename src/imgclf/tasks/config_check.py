@@ -316,6 +316,8 @@ def _trainer(cfg: DictConfig) -> None:
     if cfg.trainer.get("budget") is not None:  # minutes
         _positive_number(cfg, "trainer.budget")
         _schedule_stretches(cfg)
+    if cfg.trainer.get("budget_min_epochs") is not None:
+        _int(cfg, "trainer.budget_min_epochs", minimum=1)
     if cfg.trainer.early_stopping.patience is not None:
         _int(cfg, "trainer.early_stopping.patience", minimum=1)
     _positive_number(cfg, "trainer.early_stopping.min_delta", allow_zero=True)

@@ -25,8 +25,8 @@ from omegaconf import DictConfig, ListConfig
 
 from imgclf.data.folder import Splits
 from imgclf.errors import ConfigError
-from imgclf.experiment.checkpoint import load_checkpoint
 from imgclf.experiment.folder import ExperimentDir
+from imgclf.experiment.resume import resumed_config
 from imgclf.tasks import build
 from imgclf.training.distributed import Distributed
 from imgclf.training.onnx_twin import chosen_engine
@@ -92,7 +92,7 @@ def fit(
     """
     if not applies(cfg):
         return
-    resumed = _resumed_config(cfg, exp)
+    resumed = resumed_config(exp, str(cfg.get("resume", "auto")), bool(cfg.get("overwrite")))
     if resumed is not None:  # a resumed run trains what its checkpoint holds, whatever this machine's speed now
         _apply(cfg, _recorded(cfg, resumed))
         return
@@ -197,16 +197,6 @@ def _apply(cfg: DictConfig, choice: Choice) -> None:
         cfg.model.variant = list(choice.variant) if len(choice.variant) > 1 else choice.variant[0]
     if "native_scale" in cfg.dataset:
         cfg.dataset.native_scale = choice.native_scale
-
-
-def _resumed_config(cfg: DictConfig, exp: ExperimentDir) -> dict[str, Any] | None:
-    """The config of the checkpoint the run will resume from, read as ``ExperimentDir.resume_payload`` reads it
-    (``last.pt``, or ``best.pt`` when ``last.pt`` cannot be read), or None for a fresh start."""
-    resume = str(cfg.get("resume", "auto"))
-    if cfg.get("overwrite") or resume == "never":
-        return None
-    payload = exp.latest_checkpoint() if resume == "auto" else load_checkpoint(resume)
-    return None if payload is None else payload.get("config", {})
 
 
 def _recorded(cfg: DictConfig, config: dict[str, Any]) -> Choice:

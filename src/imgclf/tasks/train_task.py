@@ -21,7 +21,7 @@ from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.resume import check_classes, check_resumable, is_finished
 from imgclf.models.classifier import Classifier
 from imgclf.runtime import process_age, resolve_device, tune_malloc
-from imgclf.tasks import batch_size, build, frozen_budget, inputs, preprocess, rank_writes, ranks, sweep
+from imgclf.tasks import batch_size, build, depth_budget, frozen_budget, inputs, preprocess, rank_writes, ranks, sweep
 from imgclf.tasks.config_check import check_config, expand_user_paths
 from imgclf.tasks.failures import training_error
 from imgclf.tasks.folders import check_same_data, entry_point_run, experiment_dir, in_sweep, report_finished
@@ -67,12 +67,7 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal, started
     sweep.prepare_job(cfg)  # a parallel sweep job: its share of the CPU threads, its own GPU
     group, device = start(cfg)
     writes = rank_writes.for_rank(cfg, exp, group)  # rank 0 writes the experiment; the other ranks nothing
-    # trainer.budget with a frozen, cached backbone: the backbones and size whose features fit, chosen before any
-    # image is decoded (the transfer recipe's step-down)
-    data = plan_data(
-        cfg,
-        lambda scanned, sizes: frozen_budget.fit(cfg, exp, scanned, sizes, started=started, device=device, group=group),
-    )
+    data = plan_data(cfg, lambda scanned, sizes: fit_budget(cfg, exp, scanned, sizes, started, device, group))
     net = build.network(cfg)  # initialises the weights: the first draw from the seeded RNG
     net = build.placed(cfg, net, data.size.image_size, device)
     optimizer, scheduler = build.optimizer_and_scheduler(cfg, net)
@@ -98,6 +93,22 @@ def _train(cfg: DictConfig, exp: ExperimentDir, stop_signal: StopSignal, started
         exp.path,
     )
     return state.best
+
+
+def fit_budget(
+    cfg: DictConfig,
+    exp: ExperimentDir,
+    scanned: Any,
+    sizes: list[Any],
+    started: float,
+    device: torch.device,
+    group: Distributed,
+) -> None:
+    """``trainer.budget``'s choices made before any image is decoded: with a frozen, cached backbone the backbones
+    and size whose features fit (the transfer recipe's step-down); a network trained whole, its depth
+    (``trainer.budget_min_epochs``: the scratch recipe's)."""
+    frozen_budget.fit(cfg, exp, scanned, sizes, started=started, device=device, group=group)
+    depth_budget.fit(cfg, exp, scanned, sizes, started=started, device=device, group=group)
 
 
 @dataclass(frozen=True)

@@ -39,13 +39,13 @@ def seconds_per_image(
     images = torch.rand(batch, 3, image_size, image_size, generator=generator).to(device, memory_format=layout)
     with faster_backbone(net, engine, device, folder), torch.no_grad():
         net(images[:WARM_UP])
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         net(images)
-        _sync(device)
+        sync(device)
         return (time.perf_counter() - start) / batch
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
