@@ -74,6 +74,9 @@ def test_a_budget_too_small_for_two_blocks_trains_one_and_every_record_says_so(
     assert not any(key.startswith("blocks.2.") for key in best["model"])  # 3 stages of one block: blocks.0-2 only
     assert any(key.startswith("net.blocks.2.") for key in best["model"])
     assert not any(key.startswith("net.blocks.3.") for key in best["model"])
+    # test.py, composed from the recipe as the user runs it, builds the network the budget chose
+    metrics = tasks.test(scratch_cfg(tmp_path, tiny_folder, "trainer.budget_min_epochs=10"))
+    assert 0 <= metrics["accuracy"] <= 1
 
 
 def test_a_budget_that_fits_keeps_the_configured_depth_and_times_nothing_else(tmp_path, tiny_folder, monkeypatch):

@@ -73,6 +73,9 @@ def test_a_budget_too_small_for_three_backbones_trains_one_and_every_record_says
     assert best["config"]["model"]["variant"] == "lite0"
     head_inputs = [v.shape[1] for k, v in best["model"].items() if k.endswith(".head.1.weight")][0]
     assert head_inputs == 1280  # one backbone's features, not three
+    # test.py, composed from the recipe as the user runs it (three backbones), builds the one the budget chose
+    metrics = tasks.test(transfer_cfg(tmp_path, tiny_folder, "trainer.budget=2", "trainer.frozen_engine=torch"))
+    assert 0 <= metrics["accuracy"] <= 1
 
 
 def test_onnxruntime_is_timed_on_the_smallest_choice_and_scales_the_others(tmp_path, tiny_folder, monkeypatch):

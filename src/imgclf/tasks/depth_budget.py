@@ -84,6 +84,15 @@ def fit(
     cfg.model.blocks = depths[group.broadcast(index)]
 
 
+def follow(cfg: DictConfig, config: dict[str, Any]) -> None:
+    """Build what a budgeted run chose (test.py): the checkpoint's ``model.blocks``, when its ``config`` had a budget
+    and a least epoch count to choose the depth by; another run's config is left as the user composed it."""
+    trainer, model = config.get("trainer", {}), config.get("model", {})
+    chosen = trainer.get("budget") is not None and trainer.get("budget_min_epochs") is not None
+    if chosen and "blocks" in model and "blocks" in cfg.model:
+        cfg.model.blocks = model["blocks"]
+
+
 def _choose(
     cfg: DictConfig, depths: list[int], scanned: Splits, image_size: int, started: float, measure: Measure
 ) -> int:

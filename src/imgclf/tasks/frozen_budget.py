@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from imgclf.data.folder import Splits
 from imgclf.errors import ConfigError
@@ -102,6 +102,13 @@ def fit(
     if group.is_main:  # rank 0 measures and decides; every rank trains the same network
         index = _choose(cfg, choices, scanned, sizes, started, measure or _measurer(cfg, device), engine)
     _apply(cfg, choices[group.broadcast(index)])
+
+
+def follow(cfg: DictConfig, config: dict[str, Any]) -> None:
+    """Build what a budgeted run chose (test.py): the backbones and native scale of the checkpoint's ``config``, when
+    that run had a budget to choose them by; another run's config is left as the user composed it."""
+    if applies(OmegaConf.create(config)):
+        _apply(cfg, _recorded(cfg, config))
 
 
 def _choose(

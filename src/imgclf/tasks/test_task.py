@@ -18,7 +18,7 @@ from imgclf.models.classifier import Classifier, with_tta
 from imgclf.models.ood_tap import checkpoint_tap
 from imgclf.reporting import cam, explain, report
 from imgclf.runtime import resolve_device, tune_malloc
-from imgclf.tasks import build, inputs, loggers
+from imgclf.tasks import build, depth_budget, frozen_budget, inputs, loggers
 from imgclf.tasks.batch_size import batch_for_evaluation
 from imgclf.tasks.calibration import LOCK_HINT, calibrate, load_weights, outputs
 from imgclf.tasks.config_check import check_config, expand_user_paths
@@ -64,6 +64,8 @@ def test(cfg: DictConfig) -> dict[str, Any]:
     split = split_to_test(cfg.split, splits, source)
     prep = Preprocessing.from_checkpoint(payload)
     cfg.dataset.image_size = prep.image_size  # the size it was trained at (a model may be built for it; auto is past)
+    frozen_budget.follow(cfg, payload["config"])  # what trainer.budget chose: backbones, depth
+    depth_budget.follow(cfg, payload["config"])
     model = Classifier(instantiate(cfg.model), payload["mean"], payload["std"])
     load_weights(model, payload, path)
     model.to(device)
