@@ -72,6 +72,7 @@ def run(script: str, *args: str) -> None:
 def one_run(recipe: str, experiment: str, overrides: list[str], fresh: bool) -> dict[str, float]:
     """Train and test one experiment; its test metrics and training time."""
     common = [f"-cn={recipe}", f"experiment={experiment}", *overrides]
+    trains = fresh or not (ROOT / "experiments" / experiment / "best.pt").exists()  # else train.py reports it done
     start = time.perf_counter()
     run("train.py", *common, *(["overwrite=true"] if fresh else []))
     wall = time.perf_counter() - start  # the whole command: start-up, decoding, feature caching, epochs
@@ -86,7 +87,7 @@ def one_run(recipe: str, experiment: str, overrides: list[str], fresh: bool) -> 
         "samples": metrics["samples"],
         "seconds": sum(e["epoch_seconds"] for e in epochs),
         "epochs": len(epochs),
-        "wall_seconds": wall if fresh else None,
+        "wall_seconds": wall if trains else None,
     }
 
 
@@ -101,6 +102,7 @@ def measure(recipe: str, seeds: int, fresh: bool) -> dict[str, object]:
         for s in range(seeds)
     ]
     accuracies = [r["accuracy"] for r in runs]
+    walls = [r["wall_seconds"] for r in runs]
     return {
         "accuracy": statistics.mean(accuracies),
         "accuracy_sd": statistics.stdev(accuracies),
@@ -108,7 +110,7 @@ def measure(recipe: str, seeds: int, fresh: bool) -> dict[str, object]:
         "samples": runs[0]["samples"],
         "seconds": statistics.mean(r["seconds"] for r in runs),
         "epochs": runs[0]["epochs"],
-        "wall_seconds": statistics.mean(r["wall_seconds"] for r in runs) if fresh else None,
+        "wall_seconds": None if None in walls else statistics.mean(walls),
         "runs": len(runs),
         "target": target,
         "data": data,
