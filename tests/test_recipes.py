@@ -81,3 +81,16 @@ def test_recipe_trains_one_epoch_on_data_of_its_layout(recipe: str, tmp_path: Pa
     assert tasks.train(cfg) is not None
     assert (tmp_path / "experiments" / "tiny" / "best.pt").exists()
     assert tasks.test(cfg)["samples"] > 0
+
+
+@pytest.mark.parametrize(
+    ("recipe", "option"),
+    [("scratch", o) for o in ("tinyvgg", "timm", "small_resnet", "lite0")]
+    + [("transfer", "timm"), ("transfer", "lite0")],
+)
+def test_the_recipes_for_any_folder_take_any_model_option_as_it_is(recipe: str, option: str, tmp_path: Path) -> None:
+    """`-cn=scratch model=timm` (as the README offers): scratch sets no key inside the `model` group, so another
+    option is built from its own file alone; transfer sets only keys its pretrained options have (freeze, head)."""
+    cfg = compose_cfg(recipe, ["dataset.root=/nowhere", f"model={option}", "dataset.num_classes=3"])
+    own = compose_cfg("train", [f"model={option}", "dataset.num_classes=3"])
+    assert set(cfg.model) == set(own.model)
