@@ -64,7 +64,7 @@ def test_a_budget_too_small_for_two_blocks_trains_one_and_every_record_says_so(
     cfg = scratch_cfg(tmp_path, tiny_folder, "trainer.budget_min_epochs=10")
     tasks.train(cfg)
     assert calls == [(2, 16), (1, 16)]  # deepest first, at the size the run trains at
-    assert "chose model.blocks=1 (the deeper ones get fewer than trainer.budget_min_epochs=10)" in caplog.text
+    assert "chose model.blocks=1 (the deeper ones get fewer than 10 epochs, trainer.budget_min_epochs)" in caplog.text
     assert "model.blocks=2: 1.20 s per step of 8, about 7 epochs" in caplog.text
     assert "model.blocks=1: 0.60 s per step of 8, about 14 epochs" in caplog.text
     saved = OmegaConf.load(tmp_path / "experiments" / "tiny" / "config.yaml")

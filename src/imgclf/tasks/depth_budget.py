@@ -98,16 +98,15 @@ def _choose(
 ) -> int:
     """The first depth whose epochs reach the least asked for; each is timed once, deepest first."""
     counts = scanned.counts()
-    batch = int(cfg.loader.batch_size)
-    steps = math.ceil(math.ceil(counts.get("train", 0) / batch) / int(cfg.trainer.accumulate))
-    val_batches = math.ceil(counts.get("val", 0) / batch)
+    batch = int(cfg.loader.batch_size)  # a timed step is one batch's: with accumulation, a part of an optimizer step
+    batches, val_batches = math.ceil(counts.get("train", 0) / batch), math.ceil(counts.get("val", 0) / batch)
     wanted = min(int(cfg.trainer.budget_min_epochs), int(cfg.epochs))
     lines = []
     for index, blocks in enumerate(depths):
         trial = copy.deepcopy(cfg)
         trial.model.blocks = blocks
         step = measure(trial, image_size)
-        epoch = step * (int(cfg.trainer.accumulate) * steps + VALIDATION_SHARE * val_batches)
+        epoch = step * (batches + VALIDATION_SHARE * val_batches)
         left = float(cfg.trainer.budget) * 60 - (time.perf_counter() - started)
         epochs = max(left, 0.0) / max(epoch, 1e-9)
         lines.append(f"model.blocks={blocks}: {step:.2f} s per step of {batch}, about {epochs:.0f} epochs")
@@ -115,15 +114,15 @@ def _choose(
             reason = (
                 "as configured"
                 if index == 0
-                else f"the deeper ones get fewer than trainer.budget_min_epochs={wanted}"
+                else f"the deeper ones get fewer than {wanted} epochs, trainer.budget_min_epochs"
                 + ("" if epochs >= wanted else "; the shallowest, though it gets fewer too")
             )
             log.info(
-                "trainer.budget=%g min, %.0f s left for %d steps per epoch at %d px; measured:\n  %s\nchose "
+                "trainer.budget=%g min, %.0f s left for %d batches per epoch at %d px; measured:\n  %s\nchose "
                 "model.blocks=%d (%s)",
                 cfg.trainer.budget,
                 left,
-                steps,
+                batches,
                 image_size,
                 "\n  ".join(lines),
                 blocks,
