@@ -60,7 +60,7 @@ def test_a_budget_too_small_for_two_blocks_trains_one_and_every_record_says_so(
     about 7 epochs (fewer than the 10 asked for), one block about 14."""
     caplog.set_level(logging.INFO)
     calls: list[tuple[int, int]] = []
-    monkeypatch.setattr(depth_budget, "_measurer", lambda cfg, device: per_block(0.6, calls))
+    monkeypatch.setattr(depth_budget, "measurer", lambda device: per_block(0.6, calls))
     cfg = scratch_cfg(tmp_path, tiny_folder, "trainer.budget_min_epochs=10")
     tasks.train(cfg)
     assert calls == [(2, 16), (1, 16)]  # deepest first, at the size the run trains at
@@ -81,7 +81,7 @@ def test_a_budget_too_small_for_two_blocks_trains_one_and_every_record_says_so(
 
 def test_a_budget_that_fits_keeps_the_configured_depth_and_times_nothing_else(tmp_path, tiny_folder, monkeypatch):
     calls: list[tuple[int, int]] = []
-    monkeypatch.setattr(depth_budget, "_measurer", lambda cfg, device: per_block(0.01, calls))
+    monkeypatch.setattr(depth_budget, "measurer", lambda device: per_block(0.01, calls))
     cfg = scratch_cfg(tmp_path, tiny_folder, "epochs=2")  # the least asked for is at most `epochs`
     tasks.train(cfg)
     assert calls == [(2, 16)]
@@ -92,7 +92,7 @@ def test_when_no_depth_gets_the_epochs_the_shallowest_trains_and_the_log_says_it
     tmp_path, tiny_folder, monkeypatch, caplog
 ):
     caplog.set_level(logging.INFO)
-    monkeypatch.setattr(depth_budget, "_measurer", lambda cfg, device: per_block(1.0, []))
+    monkeypatch.setattr(depth_budget, "measurer", lambda device: per_block(1.0, []))
     cfg = scratch_cfg(tmp_path, tiny_folder, "trainer.budget_min_epochs=20", "model.blocks=3", "epochs=2")
     choice = depth_budget._choose  # the choice alone: a run this slow would not train within its minute
     depths = depth_budget.ladder(cfg)
@@ -102,12 +102,12 @@ def test_when_no_depth_gets_the_epochs_the_shallowest_trains_and_the_log_says_it
 
 
 def test_a_resumed_run_keeps_its_checkpoints_depth_whatever_the_speed_now(tmp_path, tiny_folder, monkeypatch) -> None:
-    monkeypatch.setattr(depth_budget, "_measurer", lambda cfg, device: per_block(0.6, []))
+    monkeypatch.setattr(depth_budget, "measurer", lambda device: per_block(0.6, []))
     overrides = ("trainer.budget_min_epochs=10", "epochs=10")
     with pytest.raises(Interrupted):  # stopped in its second epoch
         tasks.train(scratch_cfg(tmp_path, tiny_folder, *overrides), stop_signal=lambda: StopAfter(8))
     measured: list[tuple[int, int]] = []
-    monkeypatch.setattr(depth_budget, "_measurer", lambda cfg, device: per_block(0.0, measured))
+    monkeypatch.setattr(depth_budget, "measurer", lambda device: per_block(0.0, measured))
     again = scratch_cfg(tmp_path, tiny_folder, *overrides)
     tasks.train(again)  # a faster machine now would fit two blocks: the run goes on with its one
     assert measured == []
@@ -151,13 +151,13 @@ def test_the_timing_trains_a_real_step_and_leaves_the_random_generators_as_they_
 
 def test_each_depth_is_timed_for_real_at_the_size_the_run_chooses(tmp_path, tiny_folder, caplog) -> None:
     """No stand-in: the recipe's network, optimizer, loss and batch augmentation timed at the size the run picks
-    (``dataset.image_size=auto`` is still unresolved when the depth is chosen); asked for more epochs than a minute
+    (``dataset.image_size=auto`` is still unresolved when the depth is chosen), in the precision chosen before; asked for more epochs than a minute
     holds, both depths are timed and the shallowest is chosen."""
     caplog.set_level(logging.INFO)
-    cfg = scratch_cfg(tmp_path, tiny_folder, "trainer.budget_min_epochs=1000000", "epochs=1000000")
+    cfg = scratch_cfg(tmp_path, tiny_folder, "trainer.budget_min_epochs=1000000", "epochs=1000000", "trainer.amp=bf16")
     scanned = tasks.train_task.plan_data(cfg).scanned
     cfg.dataset.image_size = "auto"  # as fit() sees it, before the size is chosen
-    measure = depth_budget._measurer(cfg, torch.device("cpu"))
+    measure = depth_budget.measurer(torch.device("cpu"))
     depths = depth_budget.ladder(cfg)
     assert depths[depth_budget._choose(cfg, depths, scanned, 16, time.perf_counter(), measure)] == 1
     timed = re.findall(r"model.blocks=(\d): ([\d.]+) s per step of 8, about (\d+) epochs", caplog.text)

@@ -33,7 +33,7 @@ from imgclf.data.preprocessing import Preprocessing
 from imgclf.errors import ConfigError
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier, with_tta
-from imgclf.tasks import build, inputs, preprocess, ranks
+from imgclf.tasks import build, inputs, precision, preprocess, ranks
 from imgclf.tasks.batch_size import refuse_off_cuda, resolve_batch_size
 from imgclf.tasks.calibration import outputs
 from imgclf.tasks.config_check import expand_user_paths
@@ -61,9 +61,10 @@ def audit(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _audit(cfg: DictConfig, exp: ExperimentDir) -> dict[str, Any]:
-    _, device = start(cfg)  # the config checked (audit keys too), the generators seeded
+    group, device = start(cfg)  # the config checked (audit keys too), the generators seeded
     refuse_off_cuda(cfg, device)  # loader.batch_size=auto: before any image is decoded
-    data = plan_data(cfg)  # the folder listed and the input size chosen, as a training run does
+    # the folder listed, trainer.amp=auto resolved and the input size chosen, as a training run does
+    data = plan_data(cfg, lambda scanned, sizes: precision.fit(cfg, None, sizes, device=device, group=group))
     source, classes, size = data.source, data.classes, data.size
     net = build.placed(cfg, build.network(cfg), size.image_size, device)
     pool, split_of = audited_samples(remap(data.scanned, classes), include_test=cfg.audit.include_test)

@@ -299,7 +299,7 @@ def _abstain(cfg: DictConfig) -> None:
 def _trainer(cfg: DictConfig) -> None:
     _int(cfg, "trainer.accumulate", minimum=1)
     _int(cfg, "trainer.feature_views", minimum=1)
-    _choice(cfg, "trainer.amp", ("none", "bf16", "fp16"))
+    _choice(cfg, "trainer.amp", ("none", "bf16", "fp16", "auto"))
     _choice(cfg, "trainer.frozen_engine", ENGINES)
     if cfg.trainer.frozen_engine == "onnxruntime" and not onnxruntime_installed():
         raise ConfigError(

@@ -5,7 +5,7 @@ A deep network that the budget stops after a few epochs learns less than a shall
 on flowers5 at 32 px the recipe's two blocks per stage ran 28 epochs in 15 minutes on 2 cores (test accuracy
 0.686), one block per stage 60 (0.726) (docs/recipes.md). Before any image is decoded, each depth from the
 configured ``model.blocks`` down to one is timed on a few real optimizer steps of random images
-(:mod:`imgclf.training.step_cost`: the run's batch, size, optimizer, loss and batch augmentation), its epochs are
+(:mod:`imgclf.tasks.step_timing`: the run's batch, size, optimizer, loss, precision and batch augmentation), its epochs are
 estimated as :class:`~imgclf.training.budget.Budget` first estimates them, and the deepest one that gets
 ``trainer.budget_min_epochs`` (at most ``epochs``) is kept; none does: the shallowest. The run then plans its
 epochs from its own measured steps as any budgeted run does. The choice is written into the config, so the saved
@@ -18,24 +18,21 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 
-from imgclf.data.batch_augment import batch_transform
 from imgclf.data.folder import Splits
 from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.resume import resumed_config
 from imgclf.tasks import build
+from imgclf.tasks.step_timing import Measure, measurer
 from imgclf.training.budget import VALIDATION_SHARE
 from imgclf.training.distributed import Distributed
-from imgclf.training.step_cost import seconds_per_step
 
 log = logging.getLogger(__name__)
-
-Measure = Callable[[DictConfig, int], float]  # (the config of one depth, image size) -> seconds per optimizer step
 
 
 def applies(cfg: DictConfig) -> bool:
@@ -80,7 +77,7 @@ def fit(
     index = 0
     if group.is_main:  # rank 0 measures and decides; every rank trains the same network
         size = build.image_size(cfg, build.native_size(cfg), sizes).image_size
-        index = _choose(cfg, depths, scanned, size, started, measure or _measurer(cfg, device))
+        index = _choose(cfg, depths, scanned, size, started, measure or measurer(device))
     cfg.model.blocks = depths[group.broadcast(index)]
 
 
@@ -130,30 +127,3 @@ def _choose(
             )
             return index
     raise AssertionError("unreachable: the last depth is always chosen")
-
-
-def _measurer(cfg: DictConfig, device: torch.device) -> Measure:
-    """Times a depth's real optimizer step (its network, optimizer, loss and the batch augmentation at the size the
-    run trains at) on ``device``; the networks built for it draw nothing from the run's seeded generators."""
-
-    def measure(trial: DictConfig, image_size: int) -> float:
-        trial.dataset.image_size = image_size  # the augmentation's crop size reads it
-        augment = None
-        if trial.loader.batch_augment and trial.augmentation.get("train") is not None:
-            augment, _ = batch_transform(build.transform(trial.augmentation.train))  # None: image by image
-        with torch.random.fork_rng(devices=[]):
-            net = build.network(trial)
-            optimizer, _ = build.optimizer_and_scheduler(trial, net)
-        return seconds_per_step(
-            net,
-            optimizer,
-            build.loss(trial, device),
-            image_size=image_size,
-            batch=int(trial.loader.batch_size),
-            num_classes=int(trial.dataset.num_classes),
-            device=device,
-            channels_last=bool(trial.trainer.channels_last),
-            augment=augment,
-        )
-
-    return measure

@@ -26,7 +26,7 @@ from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier
 from imgclf.reporting import figures
 from imgclf.reporting.lr_curve import lr_events, lr_figure
-from imgclf.tasks import batch_size, build, inputs
+from imgclf.tasks import batch_size, build, inputs, precision
 from imgclf.tasks.config_check import expand_user_paths
 from imgclf.tasks.folders import experiment_dir
 from imgclf.tasks.train_task import plan_data, resolve_preprocessing, start
@@ -89,7 +89,7 @@ def sweep_run(cfg: DictConfig, exp: ExperimentDir, sweep: Sweep) -> Curve:
     group, device = start(cfg)  # checks the config, seeds every generator
     if group.active:
         raise ConfigError("imgclf-lr-find runs in one process: start it without torchrun")
-    data = plan_data(cfg)
+    data = plan_data(cfg, lambda scanned, sizes: precision.fit(cfg, None, sizes, device=device, group=group))
     net = build.network(cfg)  # the first draw from the seeded generator, as in training
     net = build.placed(cfg, net, data.size.image_size, device)
     optimizer, _ = build.optimizer_and_scheduler(cfg, net)  # built as training does; the sweep sets the rates

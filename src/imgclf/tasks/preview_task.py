@@ -32,7 +32,7 @@ from imgclf.experiment.folder import ExperimentDir
 from imgclf.models.classifier import Classifier
 from imgclf.reporting import figures
 from imgclf.reporting.batches import batch_grid
-from imgclf.tasks import build, inputs
+from imgclf.tasks import build, inputs, precision
 from imgclf.tasks.batch_size import refuse_off_cuda, resolve_batch_size
 from imgclf.tasks.config_check import expand_user_paths
 from imgclf.tasks.folders import experiment_dir
@@ -87,7 +87,7 @@ def first_batches(cfg: DictConfig, exp: ExperimentDir, count: int) -> Preview:
     """
     group, device = start(cfg)  # checks the config, seeds every generator
     refuse_off_cuda(cfg, device)  # loader.batch_size=auto: before any image is decoded
-    data = plan_data(cfg)
+    data = plan_data(cfg, lambda scanned, sizes: precision.fit(cfg, None, sizes, device=device, group=group))
     classes, size = data.classes, data.size
     net = build.network(cfg)  # the first draw from the seeded generator, as in training
     net = build.placed(cfg, net, size.image_size, device)

@@ -21,7 +21,18 @@ from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.resume import check_classes, check_resumable, is_finished
 from imgclf.models.classifier import Classifier
 from imgclf.runtime import process_age, resolve_device, tune_malloc
-from imgclf.tasks import batch_size, build, depth_budget, frozen_budget, inputs, preprocess, rank_writes, ranks, sweep
+from imgclf.tasks import (
+    batch_size,
+    build,
+    depth_budget,
+    frozen_budget,
+    inputs,
+    precision,
+    preprocess,
+    rank_writes,
+    ranks,
+    sweep,
+)
 from imgclf.tasks.config_check import check_config, expand_user_paths
 from imgclf.tasks.failures import training_error
 from imgclf.tasks.folders import check_same_data, entry_point_run, experiment_dir, in_sweep, report_finished
@@ -104,9 +115,11 @@ def fit_budget(
     device: torch.device,
     group: Distributed,
 ) -> None:
-    """``trainer.budget``'s choices made before any image is decoded: with a frozen, cached backbone the backbones
-    and size whose features fit (the transfer recipe's step-down); a network trained whole, its depth
-    (``trainer.budget_min_epochs``: the scratch recipe's)."""
+    """The choices made before any image is decoded: the precision ``trainer.amp=auto`` stands for; under
+    ``trainer.budget``, with a frozen, cached backbone the backbones and size whose features fit (the transfer
+    recipe's step-down), and for a network trained whole its depth (``trainer.budget_min_epochs``: the scratch
+    recipe's), timed in that precision."""
+    precision.fit(cfg, exp, sizes, device=device, group=group)
     frozen_budget.fit(cfg, exp, scanned, sizes, started=started, device=device, group=group)
     depth_budget.fit(cfg, exp, scanned, sizes, started=started, device=device, group=group)
 

@@ -12,6 +12,9 @@ def to_device(images: torch.Tensor, device: torch.device, channels_last: bool = 
 
 
 def autocast(device: torch.device, amp: str) -> torch.autocast:
-    """Mixed precision for ``amp`` = ``bf16`` or ``fp16`` (``none``: full precision)."""
+    """Mixed precision for ``amp`` = ``bf16`` or ``fp16`` (``none``: full precision); ``auto`` is resolved before a
+    run trains (``tasks.precision``)."""
+    if amp not in ("none", "bf16", "fp16"):
+        raise ValueError(f"amp={amp!r}: expected none, bf16 or fp16 (auto is resolved by tasks.precision.fit)")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp != "none")

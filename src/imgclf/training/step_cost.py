@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from imgclf.training.device import autocast
 from imgclf.training.pass_cost import sync
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # uint8 (B, 3, H, W) -> uint8, as the run's
@@ -33,9 +34,11 @@ def seconds_per_step(
     device: torch.device,
     channels_last: bool = False,
     augment: Augment | None = None,
+    amp: str = "none",
 ) -> float:
     """The wall time of one optimizer step on a batch of ``batch`` random images of ``image_size`` px (the mean of
-    :data:`TIMED_STEPS` after :data:`WARM_STEPS`), ``augment`` applied to the uint8 batch first as the loader would.
+    :data:`TIMED_STEPS` after :data:`WARM_STEPS`), ``augment`` applied to the uint8 batch first as the loader would,
+    the forward pass and loss under ``amp``'s mixed precision as the loop runs them.
     ``net`` is trained by it: time a copy that the run will not use."""
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (batch, 3, image_size, image_size), dtype=torch.uint8, generator=generator)
@@ -48,7 +51,9 @@ def seconds_per_step(
             images = augment(pixels, generator) if augment is not None else pixels
             inputs = images.to(device).float().div_(255).contiguous(memory_format=layout)
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(net(inputs), labels).backward()
+            with autocast(device, amp):
+                loss = loss_fn(net(inputs), labels)
+            loss.backward()
             optimizer.step()
 
         for _ in range(WARM_STEPS):
