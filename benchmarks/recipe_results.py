@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -162,13 +163,35 @@ def _torch_version() -> str:
 
 
 def update_page(block: str, text: str, page: Path) -> None:
+    """Replace the block's table with ``text``, keeping the rows of recipes this run did not measure (a recipe
+    re-run alone leaves the others' rows as they were, and the note says from which earlier run they are)."""
     begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     content = page.read_text()
     if begin not in content or end not in content:
         raise SystemExit(f"{page} has no {begin} ... {end} block to replace")
     head, rest = content.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    page.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    old, tail = rest.split(end, 1)
+    page.write_text(f"{head}{begin}\n{merged(old, text)}\n{end}{tail}")
+
+
+def merged(old: str, new: str) -> str:
+    """``new``'s table with the rows of ``old`` whose recipe and data (the first two cells) it lacks, in old's
+    order with new's rows in their places; kept rows are named in the note with old's date."""
+
+    def rows(text: str) -> dict[str, str]:
+        return {"|".join(line.split("|")[1:3]): line for line in text.splitlines() if line.startswith("| `")}
+
+    fresh, earlier = rows(new), rows(old)
+    kept = [key for key in earlier if key not in fresh]
+    if not kept:
+        return new
+    order = list(earlier) + [key for key in fresh if key not in earlier]
+    lines = new.splitlines()
+    header, note = lines[:2], [line for line in lines[2:] if not line.startswith("| `")]
+    date = re.search(r" on (\d{4}-\d{2}-\d{2})", old)
+    names = ", ".join(" on ".join(cell.strip() for cell in key.split("|")) for key in kept)
+    note[-1] += f" Rows kept from the run of {date.group(1) if date else 'an earlier day'}: {names}."
+    return "\n".join([*header, *((fresh.get(key) or earlier[key]) for key in order), *note])
 
 
 def main() -> None:
