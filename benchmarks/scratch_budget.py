@@ -66,7 +66,20 @@ the flowers5 run's first four minutes):
 
 So the clock holds on both, and "beats the hand loop" holds on food101_mini but **not** on flowers5 at 32 px: where
 the budget, not ``epochs``, ends the run, the seed CNN's cheaper step (about half the recipe's) buys 51 epochs against
-28, and wins by 5 points. The commands:
+28, and wins by 5 points.
+
+With ``trainer.amp=auto`` (2026-12-08, quiet machine, which ran float32 about twice as fast as the day before: the
+recipe chose bf16, 1.56x and 1.68x faster on its timed step, and kept two blocks):
+
+| folder (``--size 32``) | run | test accuracy | wall time | budget | epochs |
+|---|---|---|---|---|---|
+| food101_mini | imgclf ``-cn=scratch`` | **0.487** | 134 s | 15 min (ended at ``epochs``) | 100 |
+| | hand loop | 0.413 | 134 s | 134 s given | 100 |
+| flowers5 | imgclf ``-cn=scratch`` | 0.757 | 873 s (-3.0%, ended at ``epochs``) | 15 min | 100 |
+| | hand loop | **0.766** | 879 s | 873 s given | 96 |
+
+The clock holds on both and imgclf wins on food101_mini; on flowers5 at 32 px the hand loop stays ahead by 6 of 649
+photos. The commands:
 
     python benchmarks/scratch_budget.py ../shared/data/flowers5 --keep /tmp/scratch_flowers5
     python benchmarks/scratch_budget.py ../shared/data/flowers5 --size 32 --keep /tmp/scratch_flowers5_32
