@@ -6,7 +6,8 @@
 Steps, in the order they run (the cheap ones first, so that a slow compile cannot starve them):
 
   nccl             imgclf's DistributedDataParallel loop and collectives on an NCCL group of one rank (CUDA only)
-  quickstart       train.py -cn=quickstart (12 epochs) with trainer.amp=bf16, channels-last, compile, pinned memory
+  quickstart       train.py -cn=quickstart (12 epochs) with trainer.amp=auto (bf16 on a GPU that has it: train.log
+                   must say so), channels-last, compile, pinned memory
                    and loader workers, then test.py: test accuracy against the recipe's target 0.95
   quickstart_fp16  the same with trainer.amp=fp16, eager: last.pt must hold the gradient scaler's state (CUDA only)
   torchrun_resume  torchrun --nproc_per_node=1 train.py stopped by SIGTERM once last.pt exists, then the same

@@ -53,10 +53,11 @@ def test_every_train_run_of_the_check_composes_with_real_keys_and_passes_the_con
         assert cfg.device == device and cfg.experiment == experiment
         if device == "cuda":
             assert cfg.trainer.channels_last and cfg.loader.pin_memory is True and cfg.loader.num_workers == 4
-            assert cfg.trainer.amp in ("bf16", "fp16")
+            assert cfg.trainer.amp in ("bf16", "fp16", "auto")
     quick, transfer = runs["gc_quickstart"][1], runs["gc_transfer"][1]
     if device == "cuda":
         assert "trainer.compile=true" in quick and "trainer.compile=true" in transfer
+        assert "trainer.amp=auto" in quick  # train.log must say what it chose (bf16 on a GPU that has it)
         assert "trainer.amp=fp16" in runs["gc_fp16"][1] and "trainer.amp=fp16" in transfer
         assert f"dataset.root={tmp_path / 'photos'}" in transfer  # the photos given (food101_mini) on the GPU
 
