@@ -9,7 +9,7 @@ experiment's val and test images (splits.csv), decoded once by the export's own 
 Target (issue 31): INT8 >= 1.5x fp32 images/s at batch 1 and 32, val accuracy within 1 point of fp32.
 
     python benchmarks/int8_speed.py --experiment food_lite0 [--experiments-dir DIR] [--export DIR] [--repeats 5]
-                                    [--threads 2] [--calibration-images 200]
+                                    [--threads 2] [--calibration-images 200] [--weight-bits 7|8]
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calibration-images", type=int, default=200)
+    parser.add_argument("--weight-bits", type=int, choices=(7, 8), default=7, help="imgclf-export --int8-weight-bits")
     parser.add_argument(
         "--max-accuracy-drop",
         type=float,
@@ -100,6 +101,7 @@ def main() -> None:
                 quantize="int8",
                 calibration_images=args.calibration_images,
                 int8_gate=gate,
+                int8_weight_bits=args.weight_bits,
             )
             gate = result.parity["int8"]
             print(

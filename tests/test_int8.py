@@ -119,5 +119,25 @@ def test_calibration_is_a_seeded_sample_of_train_and_the_cli_defaults_are_the_mo
         gate.min_agreement,
         gate.max_accuracy_drop,
     )
+    assert export_cli.WEIGHT_BITS == quantize.WEIGHT_BITS
     with pytest.raises(SystemExit):  # INT8 is an ONNX export
         export_cli.parse_args(["--checkpoint", "x.pt", "--format", "torchscript", "--quantize", "int8"])
+
+
+@pytest.mark.parametrize(("bits", "largest"), [(7, 64), (8, 127)])
+def test_weight_bits_set_the_range_of_the_int8_weights_and_the_record_says_which(
+    trained_tiny: tuple[list[str], Path], tmp_path: Path, bits: int, largest: int
+) -> None:
+    """7 bits (reduce_range, the default) keeps every weight within -64..64, safe on any x86 CPU; 8 uses the full
+    int8 range (each channel's largest weight maps to 127), for CPUs with VNNI or ARM."""
+    _, exp = copy_trained(trained_tiny, tmp_path)
+    argv = ["--experiment", exp.name, "--experiments-dir", str(exp.parent), "--quantize", "int8"]
+    gate = ["--int8-min-agreement", "0", "--int8-max-accuracy-drop", "1"]  # the range is under test, not the gate
+    assert export_cli.main([*argv, "--calibration-images", "8", "--int8-weight-bits", str(bits), *gate]) == 0
+    int8 = onnx.load(str(exp / "export" / INT8_FILE))
+    weights = [
+        onnx.numpy_helper.to_array(init) for init in int8.graph.initializer if init.data_type == onnx.TensorProto.INT8
+    ]
+    assert weights and max(int(np.abs(w).max()) for w in weights) == largest
+    record = json.loads({p.key: p.value for p in int8.metadata_props}[QUANTIZATION_KEY])
+    assert record["weights"].endswith(f"({bits} bits)")

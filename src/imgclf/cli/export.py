@@ -3,7 +3,7 @@
     imgclf-export (--experiment NAME | --checkpoint FILE) [--experiments-dir DIR] [--format onnx|torchscript]
                   [--tta none|flip] [--output DIR] [--exporter auto|dynamo|legacy] [--max-pixels N]
                   [--parity-samples N] [--quantize none|int8] [--calibration-images N]
-                  [--int8-min-agreement F] [--int8-max-accuracy-drop F]
+                  [--int8-weight-bits 7|8] [--int8-min-agreement F] [--int8-max-accuracy-drop F]
 
 Writes <experiment>/export/ (or --output): model.onnx (uint8 NCHW images in, any batch size; normalization,
 the calibrated temperature and softmax inside; probabilities out; classes, sizes and the pixel limit in its
@@ -38,6 +38,7 @@ DEPLOY_PACKAGES = {"onnx": ("onnx", "onnxscript", "onnxruntime"), "torchscript":
 TTA_MODES = ("none", "flip")  # imgclf.models.classifier.TTA_MODES (a test keeps them equal); no torch for --help
 # imgclf.deploy.quantize's defaults (a test keeps them equal): --help imports neither torch nor onnxruntime
 CALIBRATION_IMAGES, MIN_AGREEMENT, MAX_ACCURACY_DROP = 200, 0.85, 0.01
+WEIGHT_BITS = (7, 8)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -102,6 +103,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=CALIBRATION_IMAGES,
         metavar="N",
         help=f"training images (a seeded sample) that calibrate the INT8 model (default {CALIBRATION_IMAGES})",
+    )
+    parser.add_argument(
+        "--int8-weight-bits",
+        type=int,
+        choices=WEIGHT_BITS,
+        default=7,
+        help="7 (default): reduce_range weights, right on every x86 CPU; 8: the full int8 range, closer to fp32, "
+        "for CPUs with VNNI (AVX512-VNNI, AVX-VNNI, AMX) or ARM, where 7-bit products would not saturate anyway",
     )
     parser.add_argument(
         "--int8-min-agreement",
@@ -188,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             quantize=args.quantize,
             calibration_images=args.calibration_images,
             int8_gate=Int8Gate(args.int8_min_agreement, args.int8_max_accuracy_drop),
+            int8_weight_bits=args.int8_weight_bits,
         )
     except ImgclfError as exc:
         print(f"imgclf-export: error: {exc}", file=sys.stderr)

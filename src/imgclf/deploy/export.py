@@ -108,6 +108,7 @@ def export(
     quantize: str = "none",
     calibration_images: int = CALIBRATION_IMAGES,
     int8_gate: Int8Gate | None = None,
+    int8_weight_bits: int = 7,
 ) -> ExportResult:
     """Export ``checkpoint`` to the folder ``out`` (replaced only when the new export passes parity).
 
@@ -124,6 +125,7 @@ def export(
         experiment: the experiment folder (its splits.csv, test report, doctor.json); None: the checkpoint's.
         quantize: "int8" also writes ``model.int8.onnx`` (ONNX only), calibrated on ``calibration_images`` training
             images and kept only when it passes ``int8_gate`` (default :class:`Int8Gate`) on val.
+        int8_weight_bits: 7 (reduce_range: any x86 CPU) or 8 (the full range: CPUs with VNNI or AMX, and ARM).
 
     Raises:
         CheckpointError: the checkpoint cannot be used; ExportError: export failed or parity does not hold.
@@ -169,6 +171,7 @@ def export(
                 calibration_images=calibration_images,
                 parity_samples=parity_samples,
                 gate=int8_gate or Int8Gate(),
+                weight_bits=int8_weight_bits,
             )
             if not parity["int8"]["passed"]:
                 write_text_atomic(failed, json.dumps(parity, indent=2) + "\n")

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 INT8_FILE = "model.int8.onnx"
 QUANTIZATION_KEY = "imgclf.quantization"  # metadata_props: how the file was quantized (model.onnx has none)
 CALIBRATION_IMAGES = 200
+WEIGHT_BITS = (7, 8)  # 7: reduce_range, safe on every x86 CPU; 8: the full range, for VNNI/AMX or ARM CPUs
 CALIBRATION_SEED = 0
 CALIBRATION_BATCH = 8  # images per calibration run: the ranges are the mean of each batch's min and max
 # the convolutions and what sits between them (so integer tensors flow from one to the next without a float
@@ -118,10 +119,17 @@ def first_convolutions(model: Any) -> list[str]:
 
 
 def quantize_int8(
-    fp32_file: Path, int8_file: Path, files: Sequence[str], load_image: Callable[[str], np.ndarray]
+    fp32_file: Path,
+    int8_file: Path,
+    files: Sequence[str],
+    load_image: Callable[[str], np.ndarray],
+    weight_bits: int = 7,
 ) -> dict:
     """Write ``int8_file``, the static INT8 twin of ``fp32_file`` calibrated on ``files`` (decoded by
-    ``load_image``), with the fp32 file's imgclf metadata; returns the quantization record stored in it."""
+    ``load_image``), with the fp32 file's imgclf metadata; returns the quantization record stored in it.
+    ``weight_bits`` 7 (``reduce_range``) runs on any x86 CPU; 8, the full int8 range, needs VNNI or ARM."""
+    if weight_bits not in WEIGHT_BITS:
+        raise Int8Error(f"weight_bits={weight_bits!r}: expected one of {WEIGHT_BITS}")
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -140,7 +148,7 @@ def quantize_int8(
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(OPERATORS),
             per_channel=True,
-            reduce_range=True,
+            reduce_range=weight_bits == 7,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
@@ -155,7 +163,7 @@ def quantize_int8(
         "precision": "int8",
         "format": "QDQ",
         "activations": "uint8 (asymmetric; ranges: the mean of each batch's min and max)",
-        "weights": "int8 per channel, reduce_range (7 bits)",
+        "weights": "int8 per channel, " + ("reduce_range (7 bits)" if weight_bits == 7 else "full range (8 bits)"),
         "operators": list(OPERATORS),
         "float_nodes": stem,
         "calibration_images": reader.used,
@@ -228,7 +236,13 @@ def check_int8(fp32: Any, int8: Any, samples: Sequence[tuple[str, int]], gate: I
 
 
 def export_int8(
-    fp32_file: Path, splits_csv: Path, *, calibration_images: int, parity_samples: int, gate: Int8Gate
+    fp32_file: Path,
+    splits_csv: Path,
+    *,
+    calibration_images: int,
+    parity_samples: int,
+    gate: Int8Gate,
+    weight_bits: int = 7,
 ) -> dict[str, Any]:
     """Quantize ``fp32_file`` into ``model.int8.onnx`` beside it and check it; returns the ``int8`` record of
     ``parity.json`` (``passed`` False: the caller must not keep the file)."""
@@ -245,7 +259,7 @@ def export_int8(
     int8_file = fp32_file.with_name(INT8_FILE)
     files = calibration_files(train, calibration_images)
     log.info("calibrating INT8 on %d training images", len(files))
-    quantization = quantize_int8(fp32_file, int8_file, files, fp32.load_image)
+    quantization = quantize_int8(fp32_file, int8_file, files, fp32.load_image, weight_bits)
     int8 = OnnxPredictor.load(int8_file, max_pixels=fp32.max_pixels)
     record = check_int8(fp32, int8, val[:parity_samples] if parity_samples else val, gate)
     record["quantization"] = quantization
