@@ -4,8 +4,8 @@ images, and kept only when it answers as the fp32 model does on val.
 Static, not dynamic: the activations' ranges are measured once on real images (calibration), so the convolutions
 run as integer kernels end to end instead of quantizing every activation at run time. QDQ format (onnxruntime's
 recommended one for CPUs), per-channel weights (depthwise convolutions, as in EfficientNet-Lite, lose too much with
-one scale per tensor) and ``reduce_range`` (7-bit weights: x86 CPUs without VNNI saturate 8-bit products; it costs
-little accuracy and the file may run on any CPU). Activation ranges are the mean of each calibration batch's
+one scale per tensor) and ``reduce_range`` (7-bit weights: x86 CPUs without VNNI saturate 8-bit products; the file
+may run on any CPU) unless ``weight_bits=8`` asks for the full range (VNNI/AMX or ARM CPUs: closer to fp32). Activation ranges are the mean of each calibration batch's
 minimum and maximum (onnxruntime's ``CalibMovingAverage``), not the extremes of all of them: one outlier image
 would otherwise widen a range and coarsen every other image's steps. Only the convolutions and what sits between
 them are quantized; the first convolution (it sees the raw normalized pixels), the fully connected head, the
