@@ -151,8 +151,8 @@ def test_the_timing_trains_a_real_step_and_leaves_the_random_generators_as_they_
 
 def test_each_depth_is_timed_for_real_at_the_size_the_run_chooses(tmp_path, tiny_folder, caplog) -> None:
     """No stand-in: the recipe's network, optimizer, loss and batch augmentation timed at the size the run picks
-    (``dataset.image_size=auto`` is still unresolved when the depth is chosen), in the precision chosen before; asked for more epochs than a minute
-    holds, both depths are timed and the shallowest is chosen."""
+    (``dataset.image_size=auto`` is still unresolved when the depth is chosen), in the precision chosen before;
+    asked for more epochs than a minute holds, both depths are timed and the shallowest is chosen."""
     caplog.set_level(logging.INFO)
     cfg = scratch_cfg(tmp_path, tiny_folder, "trainer.budget_min_epochs=1000000", "epochs=1000000", "trainer.amp=bf16")
     scanned = tasks.train_task.plan_data(cfg).scanned

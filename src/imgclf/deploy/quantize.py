@@ -5,9 +5,10 @@ Static, not dynamic: the activations' ranges are measured once on real images (c
 run as integer kernels end to end instead of quantizing every activation at run time. QDQ format (onnxruntime's
 recommended one for CPUs), per-channel weights (depthwise convolutions, as in EfficientNet-Lite, lose too much with
 one scale per tensor) and ``reduce_range`` (7-bit weights: x86 CPUs without VNNI saturate 8-bit products; the file
-may run on any CPU) unless ``weight_bits=8`` asks for the full range (VNNI/AMX or ARM CPUs: closer to fp32). Activation ranges are the mean of each calibration batch's
-minimum and maximum (onnxruntime's ``CalibMovingAverage``), not the extremes of all of them: one outlier image
-would otherwise widen a range and coarsen every other image's steps. Only the convolutions and what sits between
+may run on any CPU) unless ``weight_bits=8`` asks for the full range (VNNI/AMX or ARM CPUs: closer to fp32).
+Activation ranges are the mean of each calibration batch's minimum and maximum (onnxruntime's
+``CalibMovingAverage``), not the extremes of all of them: one outlier image would otherwise widen a range and coarsen
+every other image's steps. Only the convolutions and what sits between
 them are quantized; the first convolution (it sees the raw normalized pixels), the fully connected head, the
 normalization, temperature and softmax stay float. Measurements: docs/deploy.md, "INT8 for CPUs".
 

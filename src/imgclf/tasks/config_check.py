@@ -25,6 +25,7 @@ from imgclf.experiment.names import check_name
 from imgclf.models.classifier import TTA_MODES
 from imgclf.reporting.cam import CAM_METHODS
 from imgclf.tasks.preprocess import AUTO, NORMALIZE
+from imgclf.training.device import AMP_MODES
 from imgclf.training.onnx_twin import ENGINES, onnxruntime_installed
 
 MONITORS = {"val/acc": "max", "val/f1": "max", "val/loss": "min"}
@@ -299,7 +300,7 @@ def _abstain(cfg: DictConfig) -> None:
 def _trainer(cfg: DictConfig) -> None:
     _int(cfg, "trainer.accumulate", minimum=1)
     _int(cfg, "trainer.feature_views", minimum=1)
-    _choice(cfg, "trainer.amp", ("none", "bf16", "fp16", "auto"))
+    _choice(cfg, "trainer.amp", (*AMP_MODES, "auto"))
     _choice(cfg, "trainer.frozen_engine", ENGINES)
     if cfg.trainer.frozen_engine == "onnxruntime" and not onnxruntime_installed():
         raise ConfigError(

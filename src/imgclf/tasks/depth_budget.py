@@ -5,8 +5,8 @@ A deep network that the budget stops after a few epochs learns less than a shall
 on flowers5 at 32 px the recipe's two blocks per stage ran 28 epochs in 15 minutes on 2 cores (test accuracy
 0.686), one block per stage 60 (0.726) (docs/recipes.md). Before any image is decoded, each depth from the
 configured ``model.blocks`` down to one is timed on a few real optimizer steps of random images
-(:mod:`imgclf.tasks.step_timing`: the run's batch, size, optimizer, loss, precision and batch augmentation), its epochs are
-estimated as :class:`~imgclf.training.budget.Budget` first estimates them, and the deepest one that gets
+(:mod:`imgclf.tasks.step_timing`: the run's batch, size, optimizer, loss, precision and batch augmentation), its
+epochs are estimated as :class:`~imgclf.training.budget.Budget` first estimates them, and the deepest one that gets
 ``trainer.budget_min_epochs`` (at most ``epochs``) is kept; none does: the shallowest. The run then plans its
 epochs from its own measured steps as any budgeted run does. The choice is written into the config, so the saved
 config, the checkpoint and a resumed run say what ran; a resumed run keeps its checkpoint's depth.

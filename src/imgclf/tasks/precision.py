@@ -25,11 +25,11 @@ from imgclf.experiment.folder import ExperimentDir
 from imgclf.experiment.resume import resumed_config
 from imgclf.tasks import build
 from imgclf.tasks.step_timing import Measure, measurer
+from imgclf.training.device import AMP_MODES
 from imgclf.training.distributed import Distributed
 
 log = logging.getLogger(__name__)
 
-CHOICES = ("none", "bf16", "fp16")
 SPEEDUP = 1.2  # bf16 must beat float32 by this factor: a smaller gain is within the timing's noise on a busy machine
 
 
@@ -52,7 +52,7 @@ def fit(
         return
     resumed = None if exp is None else resumed_config(exp, str(cfg.get("resume", "auto")), bool(cfg.get("overwrite")))
     kept = (resumed or {}).get("trainer", {}).get("amp")
-    if kept in CHOICES:
+    if kept in AMP_MODES:
         cfg.trainer.amp = kept
         log.info("trainer.amp=auto: %s, as the checkpoint this run resumes trained", kept)
         return
